@@ -1,0 +1,189 @@
+"""The public entry points: load(), explain(), similarity()."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backends import Backend, ImageBatch, Modality, TextBatch, load_backend
+from .errors import InputError
+from .explanation import Explanation
+from .inputs import ImageInput, check_texts, load_image
+from .methods import get_method
+
+
+def load(model: Any, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "float32",
+         processor: Any = None, tokenizer: Any = None) -> Backend:
+    """Load a model for explaining.
+
+    Args:
+        model: a built-in name (``"shapes"``, ``"random-tiny"``; see ``m2ib.list_models()``), a
+            Hugging Face hub id (``"openai/clip-vit-base-patch32"``), a local directory saved
+            with ``save_pretrained``, a ``transformers.CLIPModel``, or a backend.
+        device: ``"cpu"``, ``"cuda"``, ...; ``None`` leaves the model where it is.
+        dtype: precision of the weights for the attribution, ``"float32"`` by default
+            (half-precision checkpoints are upcast); ``"model"`` keeps the model's own.
+        processor: a ``CLIPProcessor`` to go with a model object.
+        tokenizer: a tokenizer to go with a model object.
+
+    Returns:
+        A :class:`~m2ib.backends.Backend`. A model object you pass is never modified: if it
+        must move or change precision, m2ib uses a copy.
+    """
+    return load_backend(model, device=device, dtype=dtype, processor=processor, tokenizer=tokenizer)
+
+
+def _as_list(x: Any) -> tuple[list, bool]:
+    """(items, was_single)."""
+    if isinstance(x, (list, tuple)):
+        return list(x), False
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        return list(x), False
+    return [x], True
+
+
+def _pair_up(n_images: int, n_texts: int) -> tuple[list[int], list[int]]:
+    if n_images == n_texts:
+        return list(range(n_images)), list(range(n_texts))
+    if n_images == 1:
+        return [0] * n_texts, list(range(n_texts))
+    if n_texts == 1:
+        return list(range(n_images)), [0] * n_images
+    raise InputError(f"{n_images} images and {n_texts} texts: give one text per image, "
+                     "or one image with many texts, or many images with one text")
+
+
+class _Inputs:
+    """Lazily preprocessed images and texts, addressed by index (large runs load per chunk)."""
+
+    def __init__(self, backend: Backend, images: Any, texts: Any, pixel_values: torch.Tensor | None,
+                 input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None):
+        self.backend = backend
+        if pixel_values is not None:
+            if images is not None:
+                raise InputError("give either images or pixel_values, not both")
+            if pixel_values.ndim != 4:
+                raise InputError(f"pixel_values must be [N, 3, H, W], got {tuple(pixel_values.shape)}")
+            self.images, single_image = None, False
+            self.pixel_values = pixel_values
+            self.n_images = pixel_values.shape[0]
+        else:
+            if images is None:
+                raise InputError("no image given: pass an image path, a PIL image or a tensor")
+            self.images, single_image = _as_list(images)
+            self.n_images = len(self.images)
+        if input_ids is not None:
+            if texts is not None:
+                raise InputError("give either texts or input_ids, not both")
+            if input_ids.ndim == 1:
+                input_ids = input_ids[None]
+            self.text_batch_all = backend.text_batch(input_ids, attention_mask)
+            self.texts, single_text = None, False
+            self.n_texts = input_ids.shape[0]
+        else:
+            if texts is None:
+                raise InputError("no text given: pass a string or a list of strings")
+            self.texts, single_text = _as_list(texts)
+            check_texts(self.texts)
+            self.n_texts = len(self.texts)
+        if self.n_images == 0 or self.n_texts == 0:
+            raise InputError("no pairs to explain: the image or text list is empty")
+        self.single = single_image and single_text
+        self.image_index, self.text_index = _pair_up(self.n_images, self.n_texts)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def chunk(self, start: int, stop: int) -> tuple[ImageBatch, TextBatch]:
+        img_rows = self.image_index[start:stop]
+        txt_rows = self.text_index[start:stop]
+        if self.images is None:
+            pixels = self.pixel_values[img_rows].to(self.backend.device)
+            images = ImageBatch(pixels, None, tuple("<pixel_values>" for _ in img_rows))
+        else:
+            unique = sorted(set(img_rows))
+            loaded = {i: load_image(self.images[i]) for i in unique}
+            pil = [loaded[i][0] for i in img_rows]
+            images = self.backend.preprocess_images(pil, [loaded[i][1] for i in img_rows])
+        if self.texts is None:
+            texts = self.text_batch_all.select(txt_rows)
+        else:
+            texts = self.backend.tokenize([self.texts[i] for i in txt_rows])
+        return images, texts
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
+            texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
+            modalities: Sequence[Modality] = ("image", "text"), pixel_values: torch.Tensor | None = None,
+            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+            batch_size: int = 16, progress: bool | None = None, device: str | None = None,
+            **settings: Any) -> Explanation | list[Explanation]:
+    """Explain why images and texts match: which image regions and which tokens carry it.
+
+    Args:
+        model: what :func:`load` accepts (a loaded backend is fastest for repeated calls).
+        images: an image (file path, PIL image, or unnormalised tensor [3, H, W] in [0, 1]),
+            or a list of them.
+        texts: a string or a list of strings. N images with N texts make N pairs; one image
+            with N texts (or N images with one text) pairs the single one with each.
+        method: a name from ``m2ib.list_methods()``.
+        modalities: which sides to explain: ``("image", "text")``, ``("image",)`` or ``("text",)``.
+        pixel_values: [N, 3, H, W] already preprocessed images, instead of ``images``.
+        input_ids: [N, T] token ids (with start/end tokens) instead of ``texts``;
+            ``attention_mask`` [N, T] marks real tokens when they are padded.
+        batch_size: pairs fitted together (memory grows with it; maps do not depend on it).
+        progress: show a progress bar; ``None`` shows one when there is more than one batch.
+        device: device for a model given by name.
+        **settings: the method's settings, e.g. for M2IB ``vision_layer``, ``text_layer``,
+            ``vision_beta``, ``text_beta``, ``var``, ``steps``, ``lr``, ``samples``, ``seed``,
+            ``precision``.
+
+    Returns:
+        An :class:`Explanation` for a single image and a single text, else a list, one per
+        pair. ``image_map`` is [H, W] and ``text_map`` [T], both in [0, 1].
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise InputError(f"batch_size={batch_size!r} must be a positive integer")
+    modalities = tuple(modalities)
+    if not modalities or any(m not in ("image", "text") for m in modalities):
+        raise InputError(f"modalities={modalities!r}: use ('image', 'text'), ('image',) or ('text',)")
+    backend = load(model, device=device)
+    algorithm = get_method(method)
+    chosen = algorithm.make_settings(backend, **settings)
+    inputs = _Inputs(backend, images, texts, pixel_values, input_ids, attention_mask)
+    show = progress if progress is not None else len(inputs) > batch_size
+    results: list[Explanation] = []
+    with tqdm(total=len(inputs), desc=f"{method}", unit="pair", disable=not show) as bar:
+        for start, stop in _chunks(len(inputs), batch_size):
+            image_batch, text_batch = inputs.chunk(start, stop)
+            results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities))
+            bar.update(stop - start)
+    return results[0] if inputs.single else results
+
+
+def similarity(model: Any, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str],
+               *, batch_size: int = 64) -> torch.Tensor:
+    """Cosine similarities [n_images, n_texts] between image and text embeddings."""
+    backend = load(model)
+    image_list, _ = _as_list(images)
+    text_list, _ = _as_list(texts)
+    check_texts(text_list)
+    image_embs, text_embs = [], []
+    with backend.attribution_mode(), torch.no_grad():
+        for start, stop in _chunks(len(image_list), batch_size):
+            loaded = [load_image(x) for x in image_list[start:stop]]
+            batch = backend.preprocess_images([x[0] for x in loaded], [x[1] for x in loaded])
+            image_embs.append(F.normalize(backend.embed("image", batch).float(), dim=-1))
+        for start, stop in _chunks(len(text_list), batch_size):
+            batch = backend.tokenize(text_list[start:stop])
+            text_embs.append(F.normalize(backend.embed("text", batch).float(), dim=-1))
+    return (torch.cat(image_embs) @ torch.cat(text_embs).T).cpu()

@@ -1,0 +1,190 @@
+"""The backend interface: everything a method needs from a model, whatever library made it.
+
+A backend turns inputs into tensors, runs a tower up to the output of one of its blocks
+(`prefix`), runs the rest of that tower from hidden states there (`suffix`, with the
+tower's own masks, pooling and projection), and embeds whole inputs (`embed`). Methods,
+metrics, the CLI and the viewer only talk to this interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+
+Modality = Literal["image", "text"]
+MODALITIES: tuple[Modality, ...] = ("image", "text")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes a method needs to turn token scores into maps; read from the model's config."""
+
+    image_size: tuple[int, int]  # (height, width) of the model's input in pixels
+    patch_grid: tuple[int, int]  # (rows, cols) of image patches
+    image_prefix_tokens: int  # tokens before the patches in the image tower (CLS, registers)
+    vision_layers: int  # number of blocks in the image tower
+    text_layers: int  # number of blocks in the text tower
+    context_length: int  # most text tokens the text tower reads, start/end included
+
+    def layers(self, modality: Modality) -> int:
+        return self.vision_layers if modality == "image" else self.text_layers
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Preprocessed images."""
+
+    pixel_values: torch.Tensor  # [N, 3, H, W], normalised as the model expects
+    display: torch.Tensor | None = None  # [N, 3, H, W] in [0, 1]: the same pixels before normalising
+    sources: tuple[str, ...] = ()  # where each image came from (path or a description)
+
+    def __len__(self) -> int:
+        return self.pixel_values.shape[0]
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> ImageBatch:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageBatch(
+            self.pixel_values[index.to(self.pixel_values.device)],
+            None if self.display is None else self.display[index.to(self.display.device)],
+            tuple(self.sources[i] for i in index.tolist()) if self.sources else (),
+        )
+
+    def repeat_interleave(self, k: int) -> ImageBatch:
+        return self.select(torch.arange(len(self)).repeat_interleave(k))
+
+    def to(self, device: torch.device | str) -> ImageBatch:
+        return replace(self, pixel_values=self.pixel_values.to(device))
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """Tokenised texts, padded on the right to the longest one."""
+
+    input_ids: torch.Tensor  # [N, T] token ids
+    attention_mask: torch.Tensor  # [N, T], 1 for real tokens (start/end included), 0 for padding
+    texts: tuple[str, ...] = ()  # the texts as given
+    tokens: tuple[tuple[str, ...], ...] = ()  # readable tokens per text, without padding
+    special: tuple[tuple[int, ...], ...] = ()  # per text, indices of start/end tokens
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.attention_mask.sum(dim=1)
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> TextBatch:
+        index = torch.as_tensor(index, dtype=torch.long)
+        rows = index.tolist()
+        return TextBatch(
+            self.input_ids[index.to(self.input_ids.device)],
+            self.attention_mask[index.to(self.attention_mask.device)],
+            tuple(self.texts[i] for i in rows) if self.texts else (),
+            tuple(self.tokens[i] for i in rows) if self.tokens else (),
+            tuple(self.special[i] for i in rows) if self.special else (),
+        )
+
+    def repeat_interleave(self, k: int) -> TextBatch:
+        return self.select(torch.arange(len(self)).repeat_interleave(k))
+
+    def to(self, device: torch.device | str) -> TextBatch:
+        return replace(self, input_ids=self.input_ids.to(device),
+                       attention_mask=self.attention_mask.to(device))
+
+
+Batch = ImageBatch | TextBatch
+
+
+@dataclass
+class Backend(ABC):
+    """Adapter between one model family and m2ib's methods.
+
+    Subclasses implement the abstract methods; everything else is shared. A backend
+    never changes the model it wraps outside :meth:`attribution_mode`, which restores
+    the training flags and ``requires_grad`` flags it touched.
+    """
+
+    model: torch.nn.Module
+    name: str = "model"  # how the model was named when loaded (hub id, directory, built-in name)
+    # Settings a model ships with (e.g. the layers chosen on a validation split), per method.
+    recommended: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # --- what a family adapter implements -------------------------------------------
+    @property
+    @abstractmethod
+    def geometry(self) -> Geometry: ...
+
+    @abstractmethod
+    def preprocess_images(self, images: Sequence[Image.Image], sources: Sequence[str] = ()) -> ImageBatch:
+        """RGB PIL images -> the model's input tensors (resized, cropped, normalised)."""
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        """Texts -> token ids with start/end tokens, truncated to the context length."""
+
+    @abstractmethod
+    def prefix(self, modality: Modality, batch: Batch, layer: int) -> torch.Tensor:
+        """Hidden states at the output of block ``layer`` (0-based): [N, tokens, width]."""
+
+    @abstractmethod
+    def suffix(self, modality: Modality, hidden: torch.Tensor, layer: int, batch: Batch) -> torch.Tensor:
+        """Run blocks ``layer + 1 ...`` on ``hidden``, then pool and project: [N, embed_dim].
+
+        ``hidden`` may hold ``k`` copies of each item of ``batch`` (``N * k`` rows, copies of
+        one item adjacent); masks and pooling positions are repeated to match.
+        """
+
+    # --- shared ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def num_layers(self, modality: Modality) -> int:
+        return self.geometry.layers(modality)
+
+    def resolve_layer(self, modality: Modality, layer: int, setting: str = "layer") -> int:
+        """A layer index (negative counts from the end) -> a checked non-negative index."""
+        n = self.num_layers(modality)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise InputError(f"{setting}={layer!r} must be an integer block index")
+        if not -n <= layer < n:
+            tower = "image" if modality == "image" else "text"
+            raise InputError(
+                f"{setting}={layer} is outside the {tower} encoder's {n} blocks: "
+                f"use 0..{n - 1} (or -{n}..-1 from the end)"
+            )
+        return layer % n
+
+    def embed(self, modality: Modality, batch: Batch) -> torch.Tensor:
+        """Projected (not normalised) embeddings [N, embed_dim] of whole inputs."""
+        last = self.num_layers(modality) - 1
+        return self.suffix(modality, self.prefix(modality, batch, last), last, batch)
+
+    @contextlib.contextmanager
+    def attribution_mode(self) -> Iterator[None]:
+        """Eval mode and frozen weights for the duration; the model's flags are restored after."""
+        modules = list(self.model.modules())
+        training = [m.training for m in modules]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            self.model.eval()
+            for p in params:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+            for m, flag in zip(modules, training):
+                m.training = flag

@@ -1,0 +1,194 @@
+"""Backend for ``transformers`` ``CLIPModel`` checkpoints (OpenAI CLIP, fine-tunes, our shapes model)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..inputs import ImagePreprocessing
+from .base import Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+def readable_token(token: str) -> str:
+    """'cat</w>' -> 'cat'; byte-level symbols decoded; special tokens kept as they are."""
+    if token.startswith("<|") and token.endswith("|>"):
+        return token
+    return token.replace("</w>", "")
+
+
+def preprocessing_from(processor: Any, image_size: int) -> ImagePreprocessing:
+    """Read a CLIPImageProcessor's settings; OpenAI CLIP's when there is none."""
+    ip = getattr(processor, "image_processor", processor)
+    if ip is None:
+        return ImagePreprocessing(image_size, (image_size, image_size), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    size = getattr(ip, "size", None) or {}
+    crop = getattr(ip, "crop_size", None) or {}
+    if not isinstance(size, dict):
+        size = dict(size)
+    if not isinstance(crop, dict):
+        crop = dict(crop)
+    shortest = size.get("shortest_edge") or min(size.get("height", image_size), size.get("width", image_size))
+    if getattr(ip, "do_center_crop", True) and crop:
+        crop_hw = (int(crop.get("height", image_size)), int(crop.get("width", image_size)))
+    else:
+        crop_hw = (int(shortest), int(shortest))
+    resample = getattr(ip, "resample", Image.Resampling.BICUBIC)
+    resample = int(getattr(resample, "value", resample))
+    return ImagePreprocessing(int(shortest), crop_hw, tuple(ip.image_mean), tuple(ip.image_std), resample)
+
+
+@dataclass
+class HFCLIPBackend(Backend):
+    """A ``transformers.CLIPModel`` behind m2ib's backend interface.
+
+    The split forward (``prefix`` then ``suffix``) reproduces ``get_image_features`` /
+    ``get_text_features``: the same embeddings, layer norms, causal and padding masks,
+    end-token pooling and projections.
+    """
+
+    tokenizer: Any = None  # a transformers CLIP tokenizer
+    preprocessing: ImagePreprocessing | None = None
+    _layer_takes_causal_mask: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from transformers import CLIPModel
+
+        if not isinstance(self.model, CLIPModel):
+            raise InputError(f"HFCLIPBackend needs a transformers CLIPModel, got {type(self.model).__name__}")
+        attn = getattr(self.model.config, "_attn_implementation", "eager") or "eager"
+        if attn not in SUPPORTED_ATTENTION:
+            raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
+                             "attn_implementation='sdpa' or 'eager'")
+        if self.preprocessing is None:
+            self.preprocessing = preprocessing_from(None, self.model.config.vision_config.image_size)
+        layer = self.model.vision_model.encoder.layers[0]
+        # transformers < 5 encoder layers take a separate causal mask and return tuples.
+        self._layer_takes_causal_mask = "causal_attention_mask" in inspect.signature(layer.forward).parameters
+
+    # --- geometry ------------------------------------------------------------------------
+    @property
+    def geometry(self) -> Geometry:
+        vc, tc = self.model.config.vision_config, self.model.config.text_config
+        grid = vc.image_size // vc.patch_size
+        return Geometry(
+            image_size=(vc.image_size, vc.image_size),
+            patch_grid=(grid, grid),
+            image_prefix_tokens=1,
+            vision_layers=vc.num_hidden_layers,
+            text_layers=tc.num_hidden_layers,
+            context_length=tc.max_position_embeddings,
+        )
+
+    # --- inputs --------------------------------------------------------------------------
+    def preprocess_images(self, images: Sequence[Image.Image], sources: Sequence[str] = ()) -> ImageBatch:
+        pixels, display = self.preprocessing(images)
+        if pixels.shape[-2:] != self.geometry.image_size:
+            raise InputError(f"the image processor crops to {tuple(pixels.shape[-2:])} but the model reads "
+                             f"{self.geometry.image_size}: fix the processor's crop_size")
+        return ImageBatch(pixels.to(self.device), display, tuple(sources))
+
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        if self.tokenizer is None:
+            raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= (or a CLIPProcessor) to "
+                             "m2ib.load, or give input_ids")
+        limit = self.geometry.context_length
+        full = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        for text, ids in zip(texts, full):
+            if len(ids) > limit:
+                warnings.warn(f"text {_short(text)!r} has {len(ids)} tokens but the model reads {limit}: "
+                              f"the last {len(ids) - limit} tokens were dropped", stacklevel=3)
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return self.text_batch(enc["input_ids"], enc["attention_mask"], texts)
+
+    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   texts: Sequence[str] = ()) -> TextBatch:
+        """A TextBatch from token ids (readable tokens and start/end positions filled in)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        tokens, special = [], []
+        specials = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            ids = [i for i, m in zip(ids, mask) if m]
+            if self.tokenizer is not None:
+                tokens.append(tuple(readable_token(t) for t in self.tokenizer.convert_ids_to_tokens(ids)))
+            else:
+                tokens.append(tuple(str(i) for i in ids))
+            special.append(tuple(j for j, i in enumerate(ids) if i in specials))
+        if not texts and self.tokenizer is not None:
+            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in input_ids.tolist()]
+        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts),
+                         tuple(tokens), tuple(special))
+
+    # --- the split forward ---------------------------------------------------------------
+    def _run_layers(self, modality: Modality, hidden: torch.Tensor, start: int, stop: int,
+                    batch: Batch, copies: int) -> torch.Tensor:
+        tower = self.model.vision_model if modality == "image" else self.model.text_model
+        layers = tower.encoder.layers[start:stop]
+        if len(layers) == 0:
+            return hidden
+        mask = None
+        if modality == "text":
+            mask = _text_mask(batch.attention_mask.repeat_interleave(copies, 0), hidden.dtype)
+        for layer in layers:
+            if self._layer_takes_causal_mask:
+                out = layer(hidden, mask, None)
+            else:
+                out = layer(hidden, mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def prefix(self, modality: Modality, batch: Batch, layer: int) -> torch.Tensor:
+        if modality == "image":
+            vm = self.model.vision_model
+            pixels = batch.pixel_values.to(self.device, self.dtype)
+            hidden = vm.pre_layrnorm(vm.embeddings(pixels))
+        else:
+            hidden = self.model.text_model.embeddings(input_ids=batch.input_ids.to(self.device))
+        return self._run_layers(modality, hidden, 0, layer + 1, batch, 1)
+
+    def suffix(self, modality: Modality, hidden: torch.Tensor, layer: int, batch: Batch) -> torch.Tensor:
+        copies = hidden.shape[0] // len(batch)
+        if copies * len(batch) != hidden.shape[0]:
+            raise ValueError(f"hidden has {hidden.shape[0]} rows, not a multiple of the batch's {len(batch)}")
+        hidden = self._run_layers(modality, hidden, layer + 1, self.num_layers(modality), batch, copies)
+        if modality == "image":
+            pooled = self.model.vision_model.post_layernorm(hidden[:, 0, :])
+            return self.model.visual_projection(pooled)
+        hidden = self.model.text_model.final_layer_norm(hidden)
+        positions = self.pool_positions(batch).repeat_interleave(copies, 0)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
+        return self.model.text_projection(pooled)
+
+    def pool_positions(self, batch: TextBatch) -> torch.Tensor:
+        """Index of the end-of-text token whose state CLIP pools, as transformers does."""
+        ids = batch.input_ids
+        eos = self.model.config.text_config.eos_token_id
+        if eos == 2:  # legacy configs: the end token has the largest id
+            return ids.argmax(dim=-1)
+        return (ids == eos).int().argmax(dim=-1)
+
+
+def _text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [N, 1, T, T] mask: causal, and padding keys hidden."""
+    n, t = attention_mask.shape
+    device = attention_mask.device
+    allowed = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    allowed = allowed[None, None] & attention_mask.bool()[:, None, None, :]
+    # A padded query row still sees the real tokens before it, so no row is fully masked.
+    mask = torch.zeros(n, 1, t, t, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -1,0 +1,110 @@
+"""Explanation: the result of explaining one image-text pair, as tensors, with save()."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Explanation:
+    """Attribution maps of one image-text pair.
+
+    Maps are CPU float tensors. ``image_map`` is at the model's input resolution and
+    ``image`` is the picture as the model saw it (resized and cropped), so they overlay.
+    """
+
+    text: str  # the text as given
+    tokens: list[str]  # readable tokens, start/end included, aligned with text_map
+    image: torch.Tensor  # [3, H, W] in [0, 1]: the image as the model saw it
+    image_map: torch.Tensor | None  # [H, W] in [0, 1] (min-max normalised); None if not explained
+    text_map: torch.Tensor | None  # [T] in [0, 1], one score per token; None if not explained
+    image_map_raw: torch.Tensor | None = None  # [H, W] before normalising (e.g. KL in nats, upsampled)
+    image_grid: torch.Tensor | None = None  # [rows, cols] raw per-patch scores, when the method has them
+    text_map_raw: torch.Tensor | None = None  # [T] before normalising
+    special_tokens: tuple[int, ...] = ()  # indices of start/end tokens in ``tokens``
+    similarity: float = float("nan")  # cosine similarity of the image and text embeddings
+    method: str = "m2ib"
+    settings: dict[str, Any] = field(default_factory=dict)  # the settings actually used
+    model: str = ""  # the model's name
+    image_source: str = ""  # path of the image, or a description
+    info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers (e.g. final loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the tensors, JSON-ready."""
+        return {
+            "method": self.method, "model": self.model, "image": self.image_source, "text": self.text,
+            "tokens": self.tokens, "special_tokens": list(self.special_tokens),
+            "similarity": self.similarity, "settings": self.settings, "info": self.info,
+            "text_scores": None if self.text_map is None else [round(float(v), 6) for v in self.text_map],
+        }
+
+    def figure(self, boxes: list[tuple[float, float, float, float]] | None = None):
+        """The PIL figure: heatmap over the image beside the shaded tokens (needs matplotlib)."""
+        from .viz.figure import explanation_figure
+
+        subtitle = f"{self.method} · {self.model} · cosine similarity {self.similarity:.3f}"
+        return explanation_figure(self.image, self.image_map, self.tokens, self.text_map, title=self.text,
+                                  subtitle=subtitle, boxes=boxes, special_tokens=self.special_tokens)
+
+    def save(self, directory: str | os.PathLike, stem: str = "explanation", figure: bool | None = None,
+             boxes: list[tuple[float, float, float, float]] | None = None) -> dict[str, Path]:
+        """Write ``STEM.png`` (figure), ``STEM.npz`` (maps) and ``STEM.json`` (settings, scores).
+
+        Each file is written to a temporary name and renamed, so a crash never leaves a
+        half-written file. ``figure=None`` writes the figure when matplotlib is installed
+        (``pip install 'm2ib[figures]'``) and warns otherwise; ``True`` requires it.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {}
+        arrays = {k: v.numpy() for k, v in self._tensors().items() if v is not None}
+        paths["npz"] = _atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
+        text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        paths["json"] = _atomic_write(out / f"{stem}.json", lambda f: f.write(text.encode()))
+        if figure is not False:
+            try:
+                image = self.figure(boxes)
+            except ImportError:
+                if figure:
+                    raise
+                warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=2)
+            else:
+                paths["png"] = _atomic_write(out / f"{stem}.png", lambda f: image.save(f, format="PNG"))
+        return paths
+
+    def _tensors(self) -> dict[str, torch.Tensor | None]:
+        return {"image": self.image, "image_map": self.image_map, "text_map": self.text_map,
+                "image_map_raw": self.image_map_raw, "image_grid": self.image_grid,
+                "text_map_raw": self.text_map_raw}
+
+
+def _atomic_write(path: Path, write) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)

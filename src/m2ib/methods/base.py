@@ -1,0 +1,205 @@
+"""The method interface and registry.
+
+A method is one class with a ``name``, a frozen ``Settings`` dataclass and one hook,
+:meth:`Method.attribute`, that returns raw scores for one modality of a batch of pairs.
+The base class runs the shared steps around it (eval mode and frozen weights, the target
+embeddings, turning token scores into maps, normalising, building Explanations), so a new
+method is one file plus ``@register``. The CLI's ``--method`` choices and
+``m2ib.list_methods()`` read the registry, nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
+from ..explanation import Explanation
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    try:
+        return REGISTRY[name]()
+    except KeyError:
+        raise InputError(f"unknown method {name!r}: choose one of {', '.join(REGISTRY)}") from None
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    """A settings field with its help text (the CLI builds its flags from these)."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of every method's settings. Fields carry ``help`` metadata for the CLI."""
+
+    seed: int = setting(0, "random seed; the same seed gives the same maps for a pair, alone or in a batch")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # overridden to check ranges; errors name the setting
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InputError(f"seed={self.seed!r} must be an integer")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RawScores:
+    """What :meth:`Method.attribute` returns for one modality of a batch."""
+
+    scores: torch.Tensor  # image: [N, tokens] or [N, rows, cols] or [N, H, W]; text: [N, T] (padded)
+    info: list[dict[str, Any]] = field(default_factory=list)  # per pair, JSON-ready numbers
+
+
+class Method(ABC):
+    """Base class: shared steps around one ``attribute`` hook."""
+
+    name: ClassVar[str]  # registry key and CLI choice
+    title: ClassVar[str]  # display name
+    paper: ClassVar[str] = ""  # link to the paper
+    Settings: ClassVar[type[Settings]] = Settings
+    modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
+
+    def make_settings(self, backend: Backend | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the model's recommended values for this method, then ``overrides``."""
+        names = {f.name for f in dataclasses.fields(self.Settings)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(f"unknown setting(s) for {self.name}: {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(names))}")
+        values = {}
+        if backend is not None:
+            values.update({k: v for k, v in backend.recommended.get(self.name, {}).items() if k in names})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return self.Settings(**values)
+
+    def resolved(self, backend: Backend, settings: Settings) -> Settings:
+        """Settings with model-dependent defaults filled in (e.g. ``None`` layers). Hook."""
+        return settings
+
+    @abstractmethod
+    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
+                  targets: torch.Tensor, settings: Settings) -> RawScores:
+        """Raw relevance of ``modality``'s input units for each image-text pair.
+
+        Args:
+            backend: the model.
+            modality: ``"image"`` or ``"text"``: which side to explain.
+            images: N preprocessed images (pair i is ``images[i]`` with ``texts[i]``).
+            texts: N tokenised texts.
+            targets: [N, E] unit-norm embeddings of the other modality, fixed.
+            settings: this method's settings, resolved.
+        """
+
+    def explain(self, backend: Backend, images: ImageBatch, texts: TextBatch, settings: Settings,
+                modalities: Sequence[Modality] = ("image", "text")) -> list[Explanation]:
+        """Explain pairs ``(images[i], texts[i])``; returns one Explanation per pair."""
+        if len(images) != len(texts):
+            raise InputError(f"{len(images)} images but {len(texts)} texts: give one text per image")
+        for m in modalities:
+            if m not in self.modalities:
+                raise InputError(f"{self.name} cannot explain the {m} side")
+        settings = self.resolved(backend, settings)
+        with backend.attribution_mode():
+            with torch.no_grad():
+                image_emb = F.normalize(backend.embed("image", images).float(), dim=-1)
+                text_emb = F.normalize(backend.embed("text", texts).float(), dim=-1)
+            similarity = (image_emb * text_emb).sum(-1).cpu()
+            raw: dict[Modality, RawScores] = {}
+            for m in modalities:
+                targets = text_emb if m == "image" else image_emb
+                raw[m] = self.attribute(backend, m, images, texts, targets, settings)
+        return self._assemble(backend, images, texts, raw, similarity, settings)
+
+    # --- shared post-processing --------------------------------------------------------
+    def _assemble(self, backend: Backend, images: ImageBatch, texts: TextBatch,
+                  raw: dict[Modality, RawScores], similarity: torch.Tensor, settings: Settings) -> list[Explanation]:
+        geometry = backend.geometry
+        display = images.display if images.display is not None else torch.zeros(
+            len(images), 3, *geometry.image_size)
+        out = []
+        image_grids = image_maps = None
+        if "image" in raw:
+            image_grids, image_maps = image_scores_to_maps(raw["image"].scores.detach().float().cpu(),
+                                                           backend)
+        text_scores = raw["text"].scores.detach().float().cpu() if "text" in raw else None
+        lengths = texts.lengths.tolist()
+        for i in range(len(images)):
+            info = {m: r.info[i] for m, r in raw.items() if r.info}
+            exp = Explanation(
+                text=texts.texts[i] if texts.texts else "",
+                tokens=list(texts.tokens[i]) if texts.tokens else [],
+                image=display[i].detach().cpu().float(),
+                image_map=None, text_map=None,
+                special_tokens=tuple(texts.special[i]) if texts.special else (),
+                similarity=float(similarity[i]),
+                method=self.name, settings=settings.as_dict(), model=backend.name,
+                image_source=images.sources[i] if images.sources else "",
+                info=info,
+            )
+            if image_maps is not None:
+                exp.image_map_raw = image_maps[i]
+                exp.image_map = minmax(image_maps[i])
+                exp.image_grid = None if image_grids is None else image_grids[i]
+            if text_scores is not None:
+                t = finite(text_scores[i, : lengths[i]])
+                exp.text_map_raw = t
+                exp.text_map = minmax(t)
+            out.append(exp)
+        return out
+
+
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """Replace NaN and +-inf so that no map ever carries them."""
+    return torch.nan_to_num(x, nan=0.0, posinf=torch.finfo(x.dtype).max / 4, neginf=0.0)
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise to [0, 1]; a constant map becomes all zeros (never NaN)."""
+    x = finite(x)
+    lo, hi = x.min(), x.max()
+    span = hi - lo
+    if not math.isfinite(float(span)) or float(span) <= 1e-12 * max(1.0, float(hi.abs())):
+        return torch.zeros_like(x)
+    return ((x - lo) / span).clamp_(0.0, 1.0)
+
+
+def image_scores_to_maps(scores: torch.Tensor, backend: Backend) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Raw image scores -> (patch grid or None, [N, H, W] map at input resolution).
+
+    Token scores [N, tokens] lose the prefix tokens (CLS, registers) and are reshaped to
+    the patch grid; grids are upsampled bilinearly (as in the paper's code).
+    """
+    g = backend.geometry
+    rows, cols = g.patch_grid
+    if scores.ndim == 2:
+        expected = g.image_prefix_tokens + rows * cols
+        if scores.shape[1] != expected:
+            raise ValueError(f"image token scores have {scores.shape[1]} tokens, expected {expected}")
+        scores = scores[:, g.image_prefix_tokens:].reshape(-1, rows, cols)
+    scores = finite(scores)
+    if tuple(scores.shape[-2:]) == tuple(g.image_size):
+        return None, scores
+    maps = F.interpolate(scores[:, None], size=g.image_size, mode="bilinear", align_corners=False)[:, 0]
+    return scores, maps

@@ -1,0 +1,96 @@
+"""Models m2ib knows by name: the shipped shapes-world CLIP and random-weight CLIPs.
+
+Each entry is data (a name, a description and how to build it), so the CLI's help and
+``m2ib.list_models()`` come from this one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MODELS_DIR = Path(__file__).parent
+
+# Words the random demo models' tokenizer knows as single tokens (others split into letters).
+DEMO_WORDS = (
+    "a an the of and with in on photo picture image red green blue yellow orange purple "
+    "circle square triangle star cross cat dog bird car tree house person man woman"
+).split()
+
+
+@dataclass(frozen=True)
+class RandomCLIPSpec:
+    """Shape of a random-weight CLIP (a transformers CLIPConfig in few numbers)."""
+
+    image_size: int  # input resolution in pixels
+    patch_size: int  # patch side in pixels
+    vision_width: int  # hidden size of the image tower
+    vision_layers: int  # blocks in the image tower
+    vision_heads: int  # attention heads in the image tower
+    text_width: int  # hidden size of the text tower
+    text_layers: int  # blocks in the text tower
+    text_heads: int  # attention heads in the text tower
+    embed_dim: int  # size of the joint embedding
+    vocab_size: int | None = None  # None: the demo word tokenizer's size
+    context_length: int = 77  # most text tokens, start/end included
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    build: Callable[[], tuple[torch.nn.Module, object, object, dict]]  # -> model, tokenizer, preprocessing, info
+
+
+def random_clip(spec: RandomCLIPSpec, seed: int = 0):
+    """A CLIPModel with random weights (deterministic from ``seed``) and the demo tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from ..tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(DEMO_WORDS)
+    vocab = spec.vocab_size or len(tokenizer)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=spec.text_width, intermediate_size=4 * spec.text_width,
+                         num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+                         max_position_embeddings=spec.context_length, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=spec.image_size, patch_size=spec.patch_size, hidden_size=spec.vision_width,
+                           intermediate_size=4 * spec.vision_width, num_hidden_layers=spec.vision_layers,
+                           num_attention_heads=spec.vision_heads),
+        projection_dim=spec.embed_dim,
+    )
+    config._attn_implementation = "sdpa"
+    fork = torch.random.fork_rng(devices=[])  # do not disturb the caller's global RNG
+    with fork:
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+    return model, tokenizer
+
+
+TINY = RandomCLIPSpec(image_size=64, patch_size=8, vision_width=64, vision_layers=4, vision_heads=4,
+                      text_width=64, text_layers=4, text_heads=4, embed_dim=32)
+# The shape of OpenAI's ViT-B/32 (transformers' CLIPConfig() defaults), for benchmarks.
+VIT_B_32 = RandomCLIPSpec(image_size=224, patch_size=32, vision_width=768, vision_layers=12, vision_heads=12,
+                          text_width=512, text_layers=12, text_heads=8, embed_dim=512, vocab_size=49408)
+
+
+def _random_builder(spec: RandomCLIPSpec, label: str):
+    def build():
+        model, tokenizer = random_clip(spec)
+        return model, tokenizer, None, {"note": f"{label}: RANDOM WEIGHTS, maps are not meaningful"}
+    return build
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel("random-tiny", "tiny CLIP with random weights (64 px, 4+4 blocks): a smoke test, "
+                     "its maps mean nothing", _random_builder(TINY, "random-tiny")),
+        BuiltinModel("random-vit-b-32", "CLIP ViT-B/32-shaped model with random weights (for benchmarks)",
+                     _random_builder(VIT_B_32, "random-vit-b-32")),
+    )
+}
