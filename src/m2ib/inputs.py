@@ -117,14 +117,27 @@ class ImagePreprocessing:
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (display - mean) / std, display
 
-    def _resize_crop(self, image: Image.Image) -> torch.Tensor:
-        w, h = image.size
+    def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         s = self.shortest_edge
         # Same rounding as transformers' shortest-edge resize (and torchvision's Resize).
         if w <= h:
-            size = (s, max(1, int(s * h / w)))
-        else:
-            size = (max(1, int(s * w / h)), s)
+            return s, max(1, int(s * h / w))
+        return max(1, int(s * w / h)), s
+
+    def map_box(self, box: tuple[float, float, float, float], original_size: tuple[int, int]
+                ) -> tuple[float, float, float, float]:
+        """A box (x, y, w, h) in the original image's pixels -> in the model's input pixels."""
+        w0, h0 = original_size
+        w1, h1 = self._resized_size(w0, h0)
+        ch, cw = self.crop
+        left, top = (max(w1, cw) - cw) // 2 - (max(w1, cw) - w1) // 2, (max(h1, ch) - ch) // 2 - (max(h1, ch) - h1) // 2
+        x, y, w, h = box
+        sx, sy = w1 / w0, h1 / h0
+        return x * sx - left, y * sy - top, w * sx, h * sy
+
+    def _resize_crop(self, image: Image.Image) -> torch.Tensor:
+        w, h = image.size
+        size = self._resized_size(w, h)
         if size != (w, h):
             image = image.resize(size, resample=self.resample)
         ch, cw = self.crop

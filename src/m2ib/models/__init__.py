@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 MODELS_DIR = Path(__file__).parent
+# What the CLI and README use when no model is named. Random weights until a trained model ships.
+DEFAULT_MODEL = "random-tiny"
 
 # Words the random demo models' tokenizer knows as single tokens (others split into letters).
 DEMO_WORDS = (

@@ -243,8 +243,7 @@ def _layout_tokens(
     show_scores = any(i not in special for i in range(len(tokens)))
     pitch = box_h + _LINE_GAP + ((_SCORE_GAP + score_asc + score_desc) if show_scores else 0.0)
 
-    cells: list[_Cell] = []
-    x, line, used = 0.0, 0, 0.0
+    items = []  # (text, box width, special)
     for i, tok in enumerate(tokens):
         is_special = i in special
         prop = fonts.special if is_special else fonts.token
@@ -252,13 +251,32 @@ def _layout_tokens(
         w = ruler.width(text, prop) + 2 * _TOK_HPAD
         if not is_special:
             w = max(w, score_w)
-        w = min(w, max_w)
-        if x > 0 and x + w > max_w + 1e-9:
-            line += 1
-            x = 0.0
-        cells.append(_Cell(text, x, line, w, is_special))
-        used = max(used, x + w)
-        x += w + _TOK_HGAP
+        items.append((text, min(w, max_w), is_special))
+
+    def wrap(limit: float) -> tuple[list[_Cell], int, float]:
+        cells: list[_Cell] = []
+        x, line, used = 0.0, 0, 0.0
+        for text, w, is_special in items:
+            if x > 0 and x + w > limit + 1e-9:
+                line += 1
+                x = 0.0
+            cells.append(_Cell(text, x, line, w, is_special))
+            used = max(used, x + w)
+            x += w + _TOK_HGAP
+        return cells, line, used
+
+    cells, line, used = wrap(max_w)
+    if line > 0:
+        # Balance the lines: the narrowest width that needs no more lines than
+        # max_w does, so a caption never ends with a lone orphan token.
+        lo, hi = max(w for _, w, _ in items), used
+        for _ in range(24):
+            mid = (lo + hi) / 2
+            if wrap(mid)[1] <= line:
+                hi = mid
+            else:
+                lo = mid
+        cells, line, used = wrap(hi)
     n_lines = line + 1 if cells else 0
     return _TokenBlock(cells, n_lines, used, box_h, pitch, asc, score_asc, show_scores)
 
@@ -324,14 +342,19 @@ def _new_canvas(mpl: _MplNS, dpi: int):
 
 
 def _panel_size(h: int, w: int, side: float, dpi: int) -> tuple[float, float]:
-    """Display size (inches, whole pixels) of an image panel, long side = ``side``."""
-    if w >= h:
-        wpx = round(side * dpi)
-        hpx = max(1, round(side * dpi * h / w))
-    else:
-        hpx = round(side * dpi)
-        wpx = max(1, round(side * dpi * w / h))
-    return wpx / dpi, hpx / dpi
+    """Display size (inches, whole pixels) of an image panel.
+
+    The panel has the area of a ``side`` x ``side`` square at the image's
+    aspect ratio, with the long side at most 1.45 ``side`` and the short side
+    at least 0.5 ``side`` where the aspect ratio allows (the long-side cap wins).
+    """
+    aspect = w / h  # > 1: wide
+    pw, ph = side * aspect**0.5, side / aspect**0.5
+    grow = max(1.0, 0.5 * side / min(pw, ph))
+    pw, ph = pw * grow, ph * grow
+    shrink = min(1.0, 1.45 * side / max(pw, ph))  # the cap wins; the aspect ratio is kept
+    pw, ph = pw * shrink, ph * shrink
+    return max(1, round(pw * dpi)) / dpi, max(1, round(ph * dpi)) / dpi
 
 
 def _display_array(rgb: torch.Tensor, wpx: int, hpx: int):
@@ -580,8 +603,9 @@ def explanation_figure(
         if show_img:
             x += _PANEL_GAP
         block = _layout_tokens(ruler, fonts, toks, special, _TEXT_W if show_img else _TEXT_W_ALONE)
-        cols.append(("text", x, block.width))
-        x += block.width
+        text_w = max(block.width, ruler.width("text attribution", fonts.head))
+        cols.append(("text", x, text_w))
+        x += text_w
     content_w = x - _MARGIN
     content_w = max(content_w, min(_natural_title_width(ruler, fonts, title, subtitle), _TEXT_W_ALONE))
     t_lines, s_lines = _title_lines(ruler, fonts, title, subtitle, content_w)
@@ -631,7 +655,7 @@ def comparison_figure(
 
     One row per method: ``[name | input image (first row only) | overlay |
     shaded tokens]``, with one shared "relevance" colorbar beside the overlay
-    column and the same visual language as :func:`explanation_figure`.  A row
+    column (beside the first row) and the same visual language as :func:`explanation_figure`.  A row
     whose image map (or text map) is None shows a dashed "n/a" placeholder in
     that cell; a column that is None in every row is left out.
 
@@ -687,7 +711,8 @@ def comparison_figure(
             x += _PANEL_GAP
         text_x = x
         block = _layout_tokens(ruler, fonts, toks, special, _TEXT_W if input_x is not None else _TEXT_W_ALONE)
-        x += block.width
+        text_w = max(block.width, ruler.width("text attribution", fonts.head))
+        x += text_w
     content_w = x - _MARGIN
     content_w = max(content_w, min(_natural_title_width(ruler, fonts, title, None), _TEXT_W_ALONE))
     t_lines, _ = _title_lines(ruler, fonts, title, None, content_w)
@@ -720,7 +745,7 @@ def comparison_figure(
     if overlay_x is not None:
         _draw_heading(cv, ruler, fonts, overlay_x + shift, head_y, pw, "image attribution")
     if text_x is not None:
-        _draw_heading(cv, ruler, fonts, text_x + shift, head_y, block.width, "text attribution")
+        _draw_heading(cv, ruler, fonts, text_x + shift, head_y, text_w, "text attribution")
 
     for k, (name, imap, tmap) in enumerate(rows):
         top, rh = row_tops[k], row_hs[k]
@@ -741,11 +766,10 @@ def comparison_figure(
             if row_scores[k] is not None:
                 _draw_tokens(cv, fonts, block, text_x + shift, ty, row_scores[k])
             else:
-                _placeholder(cv, fonts, text_x + shift, ty, block.width, block.height, "no text attribution")
+                _placeholder(cv, fonts, text_x + shift, ty, text_w, block.height, "no text attribution")
     if cb_x is not None:
         first = row_tops[0] + ((row_hs[0] - ph) / 2)
-        last = row_tops[-1] + ((row_hs[-1] - ph) / 2) + ph
-        _draw_colorbar(cv, ruler, fonts, cb_x + shift, first, last - first, "jet")
+        _draw_colorbar(cv, ruler, fonts, cb_x + shift, first, ph, "jet")
     return cv.to_pil()
 
 

@@ -1,0 +1,45 @@
+"""Small random CLIPs built inside the tests (offline, seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network
+
+from m2ib.models import RandomCLIPSpec, random_clip  # noqa: E402
+
+# A 48 px input with 12 px patches: a 4x4 grid, nothing hard-coded to 224/32.
+SMALL = RandomCLIPSpec(image_size=48, patch_size=12, vision_width=32, vision_layers=3, vision_heads=2,
+                       text_width=32, text_layers=3, text_heads=2, embed_dim=16)
+
+
+@pytest.fixture(scope="session")
+def small_clip():
+    """(CLIPModel, tokenizer) with random weights; do not modify (tests check it is unchanged)."""
+    return random_clip(SMALL, seed=1)
+
+
+@pytest.fixture()
+def backend(small_clip):
+    import m2ib
+
+    model, tokenizer = small_clip
+    return m2ib.load(model, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 40 + 7 * i, 56 - 5 * i, generator=g) for i in range(3)]
+
+
+
+
+
+@pytest.fixture(scope="session")
+def fast():
+    """Settings that exercise every code path quickly."""
+    return dict(steps=3, samples=4)
