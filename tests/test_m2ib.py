@@ -18,7 +18,7 @@ def reference_m2ib(model, pixel_values, input_ids, modality, layer, beta, var=1.
                    samples=10, seed=0):
     """The method as written in the paper and its code: a hook replaces block ``layer``'s output
     with Z, the WHOLE model (and the other tower) runs on the noise copies at every step, and
-    the KL is the paper's formula. Noise is drawn like m2ib's (one generator, per step)."""
+    the KL is the paper's formula. Noise is drawn like m2ib's (one generator, all steps at once)."""
     tower = model.vision_model if modality == "image" else model.text_model
     hidden = {}
 
@@ -36,11 +36,12 @@ def reference_m2ib(model, pixel_values, input_ids, modality, layer, beta, var=1.
     alpha = torch.full_like(r, 5.0, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
     g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(steps, samples, *r.shape[1:], generator=g)
     kl = None
-    for _ in range(steps):
+    for step in range(steps):
         optimiser.zero_grad()
         lam = torch.sigmoid(alpha)
-        eps = torch.randn(samples, *r.shape[1:], generator=g) * var ** 0.5
+        eps = noise[step] * var ** 0.5
         z = lam * r + (1 - lam) * eps
         mu, v = lam * r, (1 - lam) ** 2 * var
         kl = 0.5 * (v / var + mu ** 2 / var - 1 - torch.log(v / var))  # KL(N(mu, v) || N(0, var))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
@@ -161,14 +162,52 @@ class HFCLIPBackend(Backend):
         copies = hidden.shape[0] // len(batch)
         if copies * len(batch) != hidden.shape[0]:
             raise ValueError(f"hidden has {hidden.shape[0]} rows, not a multiple of the batch's {len(batch)}")
-        hidden = self._run_layers(modality, hidden, layer + 1, self.num_layers(modality), batch, copies)
+        last = self.num_layers(modality) - 1
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
         if modality == "image":
-            pooled = self.model.vision_model.post_layernorm(hidden[:, 0, :])
-            return self.model.visual_projection(pooled)
-        hidden = self.model.text_model.final_layer_norm(hidden)
-        positions = self.pool_positions(batch).repeat_interleave(copies, 0)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
-        return self.model.text_projection(pooled)
+            positions = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)  # CLS
+        else:
+            positions = self.pool_positions(batch).repeat_interleave(copies, 0)
+        if layer < last:
+            # Blocks before the last run on every token; the last block only for the pooled one.
+            hidden = self._run_layers(modality, hidden, layer + 1, last, batch, copies)
+            pooled = self._last_block_at(modality, hidden, positions, batch, copies)
+        else:
+            pooled = hidden[rows, positions]
+        if modality == "image":
+            return self.model.visual_projection(self.model.vision_model.post_layernorm(pooled))
+        return self.model.text_projection(self.model.text_model.final_layer_norm(pooled))
+
+    def _last_block_at(self, modality: Modality, hidden: torch.Tensor, positions: torch.Tensor,
+                       batch: Batch, copies: int) -> torch.Tensor:
+        """The last encoder block's output at one position per row: [N, width].
+
+        Only the pooled token (CLS / end of text) of the last block reaches the embedding,
+        so its query, attention output and MLP are computed for that token alone; keys and
+        values still come from every token. Same numbers as the full block, about a sixth
+        of its work.
+        """
+        tower = self.model.vision_model if modality == "image" else self.model.text_model
+        block = tower.encoder.layers[-1]
+        attn = block.self_attn
+        n, t, width = hidden.shape
+        heads = attn.num_heads
+        rows = torch.arange(n, device=hidden.device)
+        residual = hidden[rows, positions]  # [N, width]
+        normed = block.layer_norm1(hidden)
+        query = attn.q_proj(normed[rows, positions]).view(n, heads, 1, -1)
+        key = attn.k_proj(normed).view(n, t, heads, -1).transpose(1, 2)
+        value = attn.v_proj(normed).view(n, t, heads, -1).transpose(1, 2)
+        mask = None
+        if modality == "text":  # the pooled query sees the real tokens up to itself
+            keys = torch.arange(t, device=hidden.device)
+            allowed = (keys[None, :] <= positions[:, None]) & batch.attention_mask.repeat_interleave(
+                copies, 0).bool()
+            mask = allowed[:, None, None, :]
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
+        out = attn.out_proj(out.reshape(n, width))
+        hidden = residual + out
+        return hidden + block.mlp(block.layer_norm2(hidden))
 
     def pool_positions(self, batch: TextBatch) -> torch.Tensor:
         """Index of the end-of-text token whose state CLIP pools, as transformers does."""

@@ -10,6 +10,7 @@ method is one file plus ``@register``. The CLI's ``--method`` choices and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from abc import ABC, abstractmethod
@@ -25,6 +26,16 @@ from ..errors import InputError
 from ..explanation import Explanation
 
 REGISTRY: dict[str, type[Method]] = {}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast(device: torch.device, precision: str):
+    """Reduced-precision autocast for ``bf16``/``fp16``; nothing for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -122,7 +133,7 @@ class Method(ABC):
                 raise InputError(f"{self.name} cannot explain the {m} side")
         settings = self.resolved(backend, settings)
         with backend.attribution_mode():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(backend.device, getattr(settings, "precision", "fp32")):
                 image_emb = F.normalize(backend.embed("image", images).float(), dim=-1)
                 text_emb = F.normalize(backend.embed("text", texts).float(), dim=-1)
             similarity = (image_emb * text_emb).sum(-1).cpu()

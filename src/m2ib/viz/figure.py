@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from .overlay import _as_image, _as_map, _sanitize, colormap, overlay
+from .overlay import _as_image, _as_map, _sanitize, colormap, overlay, to_pil
 
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
 
@@ -359,16 +359,13 @@ def _panel_size(h: int, w: int, side: float, dpi: int) -> tuple[float, float]:
 
 def _display_array(rgb: torch.Tensor, wpx: int, hpx: int):
     """[3,H,W] float -> uint8 numpy [hpx, wpx, 3] resampled for display."""
+    import numpy as np
     from PIL import Image
-
-    from .overlay import to_pil
 
     pil = to_pil(rgb)
     if pil.size != (wpx, hpx):
         up = wpx >= pil.size[0] and hpx >= pil.size[1]
         pil = pil.resize((wpx, hpx), Image.Resampling.BICUBIC if up else Image.Resampling.LANCZOS)
-    import numpy as np
-
     return np.asarray(pil)
 
 
@@ -637,7 +634,7 @@ def explanation_figure(
         else:
             _draw_heading(cv, ruler, fonts, cx, head_y, cw, "text attribution")
             off = (body_h - block.height) / 2 if show_img else 0.0
-            _draw_tokens(cv, fonts, block, cx, body_y + off, scores)
+            _draw_tokens(cv, fonts, block, cx + (cw - block.width) / 2, body_y + off, scores)
     return cv.to_pil()
 
 
@@ -764,7 +761,7 @@ def comparison_figure(
         if text_x is not None:
             ty = top + (rh - block.height) / 2
             if row_scores[k] is not None:
-                _draw_tokens(cv, fonts, block, text_x + shift, ty, row_scores[k])
+                _draw_tokens(cv, fonts, block, text_x + shift + (text_w - block.width) / 2, ty, row_scores[k])
             else:
                 _placeholder(cv, fonts, text_x + shift, ty, text_w, block.height, "no text attribution")
     if cb_x is not None:
