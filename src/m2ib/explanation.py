@@ -52,8 +52,23 @@ class Explanation:
         from .viz.figure import explanation_figure
 
         subtitle = f"{self.method} · {self.model} · cosine similarity {self.similarity:.3f}"
-        return explanation_figure(self.image, self.image_map, self.tokens, self.text_map, title=self.text,
+        return explanation_figure(self.image, self.image_map, self.tokens, self.word_shading(), title=self.text,
                                   subtitle=subtitle, boxes=boxes, special_tokens=self.special_tokens)
+
+    def word_shading(self) -> torch.Tensor | None:
+        """Token scores for display: min-max over the words only (start/end excluded), as in
+        the paper's figures; the end token often dominates the raw map and would wash them out."""
+        if self.text_map is None:
+            return None
+        words = [i for i in range(len(self.tokens)) if i not in set(self.special_tokens)]
+        if not words:
+            return self.text_map
+        from .methods.base import minmax
+
+        raw = self.text_map_raw if self.text_map_raw is not None else self.text_map
+        shaded = torch.zeros_like(self.text_map)
+        shaded[words] = minmax(raw[words])
+        return shaded
 
     def save(self, directory: str | os.PathLike, stem: str = "explanation", figure: bool | None = None,
              boxes: list[tuple[float, float, float, float]] | None = None) -> dict[str, Path]:
