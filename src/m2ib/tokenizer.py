@@ -32,28 +32,42 @@ def _byte_alphabet() -> list[str]:
     return chars
 
 
+def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly merge the adjacent pair of lowest rank."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(r, i) for r, i in pairs if r is not None]
+        if not pairs:
+            break
+        _, i = min(pairs)
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+    return pieces
+
+
 def word_vocabulary(words: Iterable[str]) -> tuple[dict[str, int], list[str]]:
-    """Vocabulary and BPE merges that make each of ``words`` (lower-case letters) one token."""
+    """Vocabulary and BPE merges that make each of ``words`` (lower-case letters) one token.
+
+    Each word is first encoded with the merges made so far (which may split it, e.g. "an"
+    inside "orange"); merges joining those pieces left to right are then appended. Appended
+    merges rank below every earlier one, so words already whole stay whole.
+    """
     alphabet = _byte_alphabet()
     vocab: dict[str, int] = {}
     for token in alphabet + [c + "</w>" for c in alphabet]:
         vocab.setdefault(token, len(vocab))
     merges: list[str] = []
-    seen_merges: set[str] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in sorted({w.strip().lower() for w in words if w.strip()}):
         if not word.isalpha() or not word.isascii():
             raise ValueError(f"tokenizer words must be ASCII letters, got {word!r}")
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        left = pieces[0]
-        for right in pieces[1:]:
-            merge = f"{left} {right}"
-            left = left + right
-            if merge not in seen_merges:
-                seen_merges.add(merge)
-                merges.append(merge)
-            vocab.setdefault(left, len(vocab))
-        if len(pieces) == 1:
+        pieces = _apply_merges(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(f"{pair[0]} {pair[1]}")
+            pieces = _apply_merges(pieces, ranks)
             vocab.setdefault(pieces[0], len(vocab))
+        vocab.setdefault(pieces[0], len(vocab))
     vocab[START_TOKEN] = len(vocab)
     vocab[END_TOKEN] = len(vocab)
     return vocab, merges

@@ -9,6 +9,7 @@ metrics, the CLI and the viewer only talk to this interface.
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -116,6 +117,10 @@ class Backend(ABC):
     name: str = "model"  # how the model was named when loaded (hub id, directory, built-in name)
     # Settings a model ships with (e.g. the layers chosen on a validation split), per method.
     recommended: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Reusable per-shape work of methods (e.g. captured CUDA graphs); belongs to this backend only.
+    graph_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Copies of this backend with the weights in another dtype (for opt-in reduced precision).
+    dtype_copies: dict[torch.dtype, Backend] = field(default_factory=dict, repr=False, compare=False)
 
     # --- what a family adapter implements -------------------------------------------
     @property
@@ -166,6 +171,15 @@ class Backend(ABC):
                 f"use 0..{n - 1} (or -{n}..-1 from the end)"
             )
         return layer % n
+
+    def in_dtype(self, dtype: torch.dtype) -> Backend:
+        """This backend with a copy of the weights in ``dtype`` (made once, then cached)."""
+        if dtype == self.dtype:
+            return self
+        if dtype not in self.dtype_copies:
+            model = copy.deepcopy(self.model).to(dtype)
+            self.dtype_copies[dtype] = replace(self, model=model, graph_cache={}, dtype_copies={})
+        return self.dtype_copies[dtype]
 
     def embed(self, modality: Modality, batch: Batch) -> torch.Tensor:
         """Projected (not normalised) embeddings [N, embed_dim] of whole inputs."""

@@ -54,8 +54,10 @@ class M2IBSettings(Settings):
     lr: float = setting(1.0, "Adam learning rate")
     samples: int = setting(10, "noise copies per step")
     init_alpha: float = setting(5.0, "initial value of alpha (lam = sigmoid(alpha) starts near 1)")
-    precision: str = setting("fp32", "arithmetic of the blocks after the bottleneck: fp32 (default, "
-                                     "exact), or bf16/fp16 autocast (faster, opt-in)", choices=PRECISIONS)
+    precision: str = setting("fp32", "arithmetic of the towers: fp32 (default, exact), or bf16/fp16 "
+                                     "(faster, opt-in; the bottleneck and loss stay fp32)", choices=PRECISIONS)
+    cuda_graphs: bool = setting(True, "on a GPU, replay the optimisation loop as a CUDA graph (same kernels, "
+                                      "far fewer launches); no effect on a CPU")
 
     def validate(self) -> None:
         super().validate()
@@ -126,51 +128,127 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
     """Fit one bottleneck per pair of ``batch`` at ``layer``; return KL maps [N, tokens] and info."""
     device = backend.device
     with torch.no_grad(), autocast(device, s.precision):
-        hidden = backend.prefix(modality, batch, layer)
-    hidden = hidden.float()  # [N, T, D]
+        hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
     n, t, d = hidden.shape
-    if modality == "text":
-        valid = batch.attention_mask.to(device).float()  # padding carries no information
-        lengths = batch.lengths.tolist()
-    else:
-        valid = torch.ones(n, t, device=device)
-        lengths = [t] * n
-    elements = valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
-    copies = batch.repeat_interleave(s.samples)
-    target = targets.to(device).float().repeat_interleave(s.samples, 0)
-    generators = noise_generators(device, s.seed, n)
-    std = s.var ** 0.5
+    use_graph = s.cuda_graphs and device.type == "cuda"
+    key = (modality, layer, n, t, d, beta, s.var, s.steps, s.lr, s.samples, s.init_alpha, s.precision)
+    fit = backend.graph_cache.pop(key, None) if use_graph else None
+    if fit is None:
+        fit = BottleneckFit(backend, modality, batch.repeat_interleave(s.samples), layer, beta, s, n, t, d,
+                            graph=use_graph)
+    fit.load(hidden, batch, targets, s.seed)
+    fit.run()
+    if use_graph:  # keep the few most recent loops (their memory stays reserved while cached)
+        backend.graph_cache[key] = fit
+        while len(backend.graph_cache) > GRAPH_CACHE_SIZE:
+            backend.graph_cache.pop(next(iter(backend.graph_cache)))
+    numbers = fit.numbers.tolist()  # one device sync, not 2N
+    return fit.kl_map.clone(), [{"compression": c, "fit": f} for c, f in numbers]
 
-    # All steps' noise at once, per pair at its own length (few kernel launches on a GPU).
-    noise = torch.empty(n, s.steps, s.samples, t, d, device=device)
-    for i, g in enumerate(generators):
-        if lengths[i] == t:
-            torch.randn(s.steps, s.samples, t, d, generator=g, device=device, out=noise[i])
+
+GRAPH_CACHE_SIZE = 4
+LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class BottleneckFit:
+    """The optimisation loop of a batch of bottlenecks, on fixed buffers.
+
+    On a GPU the whole loop (all steps: forward, backward, Adam) is captured once as a CUDA
+    graph and replayed for later batches of the same shape, which removes the per-kernel
+    launch cost that dominates small batches. Eager and graph runs execute the same kernels.
+    """
+
+    def __init__(self, backend: Backend, modality: Modality, copies: ImageBatch | TextBatch, layer: int,
+                 beta: float, s: M2IBSettings, n: int, t: int, d: int, graph: bool):
+        device = backend.device
+        self.backend, self.modality, self.copies, self.layer, self.beta, self.s = (
+            backend, modality, copies, layer, beta, s)
+        # Reduced precision runs the blocks after the bottleneck on a copy of the weights in
+        # that dtype (activations stay in it, no per-op casts); the bottleneck itself stays fp32.
+        self.runner = backend if s.precision == "fp32" else backend.in_dtype(LOW_PRECISION[s.precision])
+        self.hidden = torch.zeros(n, t, d, device=device)
+        self.valid = torch.zeros(n, t, device=device)
+        self.target = torch.zeros(n * s.samples, 1, device=device)
+        self.noise = torch.zeros(n, s.steps, s.samples, t, d, device=device)
+        self.alpha = torch.full((n, t, d), float(s.init_alpha), device=device, requires_grad=True)
+        # fused: one kernel per step on a GPU; capturable: its step count lives on the device
+        self.optimiser = torch.optim.Adam([self.alpha], lr=s.lr, fused=device.type == "cuda", capturable=graph)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.wants_graph = graph
+        self.kl_map = self.numbers = None
+
+    def load(self, hidden: torch.Tensor, batch: ImageBatch | TextBatch, targets: torch.Tensor, seed: int) -> None:
+        """Copy one batch's inputs into the buffers and draw its noise."""
+        s, device = self.s, self.hidden.device
+        n, t, d = hidden.shape
+        self.hidden.copy_(hidden)
+        if isinstance(batch, TextBatch):
+            self.valid.copy_(batch.attention_mask)  # padding carries no information
+            self.copies.input_ids.copy_(batch.input_ids.repeat_interleave(s.samples, 0))
+            self.copies.attention_mask.copy_(batch.attention_mask.repeat_interleave(s.samples, 0))
+            lengths = batch.lengths.tolist()
         else:
-            noise[i].zero_()
-            noise[i, :, :, : lengths[i]] = torch.randn(s.steps, s.samples, lengths[i], d, generator=g,
-                                                       device=device)
+            self.valid.fill_(1.0)
+            lengths = [t] * n
+        target = targets.to(device).float().repeat_interleave(s.samples, 0)
+        if self.target.shape != target.shape:
+            self.target = torch.zeros_like(target)
+        self.target.copy_(target)
+        # All steps' noise at once, per pair at its own length, from the pair's own generator.
+        for i, g in enumerate(noise_generators(device, seed, n)):
+            if lengths[i] == t:
+                torch.randn(s.steps, s.samples, t, d, generator=g, device=device, out=self.noise[i])
+            else:
+                self.noise[i].zero_()
+                self.noise[i, :, :, : lengths[i]] = torch.randn(s.steps, s.samples, lengths[i], d, generator=g,
+                                                                device=device)
 
-    alpha = torch.full_like(hidden, float(s.init_alpha), requires_grad=True)
-    # One fused kernel per step on a GPU; the same update rule as the default implementation.
-    optimiser = torch.optim.Adam([alpha], lr=s.lr, fused=device.type == "cuda")
-    kl = compression = fit = None
-    for step in range(s.steps):
-        lam = torch.sigmoid(alpha)
-        log_one_minus = F.logsigmoid(-alpha)
-        lam_r = lam * hidden
-        kl = kl_to_prior(lam_r, log_one_minus, s.var)  # [N, T, D]
-        # Z = lam R + (1 - lam) sqrt(var) eps, for every noise copy: [N, S, T, D]
-        z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], noise[:, step])
-        with autocast(device, s.precision):
-            emb = backend.suffix(modality, z.reshape(n * s.samples, t, d), layer, copies)
-        fit = F.cosine_similarity(emb.float(), target, dim=-1, eps=1e-6).view(n, s.samples).mean(1)
-        compression = (kl * valid[..., None]).sum((1, 2)) / elements
-        loss = (beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses
-        (grad,) = torch.autograd.grad(loss, alpha)
-        alpha.grad = grad
-        optimiser.step()
-    kl_map = (kl.detach() * valid[..., None]).sum(-1)  # from the last step's forward, as in the paper
-    numbers = torch.stack([compression.detach(), fit.detach()], 1).tolist()  # one device sync, not 2N
-    info = [{"compression": c, "fit": f} for c, f in numbers]
-    return kl_map, info
+    def _reset(self) -> None:
+        with torch.no_grad():
+            self.alpha.fill_(float(self.s.init_alpha))
+            for state in self.optimiser.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+
+    def _loop(self) -> None:
+        s, n, t, d = self.s, *self.hidden.shape
+        device = self.hidden.device
+        elements = self.valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
+        std = s.var ** 0.5
+        kl = compression = fit = None
+        for step in range(s.steps):
+            lam = torch.sigmoid(self.alpha)
+            log_one_minus = F.logsigmoid(-self.alpha)
+            lam_r = lam * self.hidden
+            kl = kl_to_prior(lam_r, log_one_minus, s.var)  # [N, T, D]
+            # Z = lam R + (1 - lam) sqrt(var) eps, for every noise copy: [N, S, T, D]
+            z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
+            emb = self.runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(self.runner.dtype),
+                                     self.layer, self.copies)
+            fit = F.cosine_similarity(emb.float(), self.target, dim=-1, eps=1e-6).view(n, s.samples).mean(1)
+            compression = (kl * self.valid[..., None]).sum((1, 2)) / elements
+            loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses
+            (grad,) = torch.autograd.grad(loss, self.alpha)
+            self.alpha.grad = grad
+            self.optimiser.step()
+        # the attribution: the KL of the last step's forward pass, as in the paper
+        self.kl_map = (kl.detach() * self.valid[..., None]).sum(-1)
+        self.numbers = torch.stack([compression.detach(), fit.detach()], 1)
+
+    def run(self) -> None:
+        self._reset()
+        if not self.wants_graph:
+            self._loop()
+            return
+        if self.graph is None:
+            side = torch.cuda.Stream(device=self.hidden.device)
+            side.wait_stream(torch.cuda.current_stream(self.hidden.device))
+            with torch.cuda.stream(side):  # warm-up: creates the optimiser state and workspaces
+                self._loop()
+            torch.cuda.current_stream(self.hidden.device).wait_stream(side)
+            self._reset()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._loop()
+        self.graph.replay()
