@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(ex)
 
     sub.add_parser("list", help="list methods and built-in models")
+    sub.add_parser("train-shapes", add_help=False,
+                   help="train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)")
     return parser
 
 
@@ -200,6 +202,11 @@ def _list(_: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-shapes"]:  # its own parser: every TrainConfig field is a flag
+        from .training import main as train_main
+
+        return train_main(argv[1:], prog="m2ib train-shapes")
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers: dict[str, Any] = {"explain": _explain, "list": _list}

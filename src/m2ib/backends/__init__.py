@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -144,6 +145,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No 'Loading weights' bar from transformers while we load; its setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_directory(path: Path, name: str | None = None, processor: Any = None, tokenizer: Any = None) -> Backend:
     """Load a saved CLIPModel directory (config.json + weights, tokenizer and preprocessor files)."""
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
@@ -154,7 +169,7 @@ def load_directory(path: Path, name: str | None = None, processor: Any = None, t
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "clip":
         raise InputError(f"{path}: model_type {config.model_type!r} has no m2ib backend yet (supported: clip)")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_transformers():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
         model = CLIPModel.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32).eval()
     if tokenizer is None:

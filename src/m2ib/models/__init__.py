@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 MODELS_DIR = Path(__file__).parent
-# What the CLI and README use when no model is named. Random weights until a trained model ships.
-DEFAULT_MODEL = "random-tiny"
+# What the CLI and README use when no model is named: the shipped shapes-world CLIP.
+DEFAULT_MODEL = "shapes"
 
 # Words the random demo models' tokenizer knows as single tokens (others split into letters).
 DEMO_WORDS = (
@@ -87,9 +87,25 @@ def _random_builder(spec: RandomCLIPSpec, label: str):
     return build
 
 
+SHAPES_DIR = MODELS_DIR / "shapes"
+
+
+def _shapes():
+    """The CLIP trained on the shapes world, shipped in the package (weights, tokenizer, settings)."""
+    from ..backends import load_directory
+    from ..errors import ModelNotAvailableError
+
+    if not (SHAPES_DIR / "config.json").exists():
+        raise ModelNotAvailableError(f"the shapes model is missing from this install ({SHAPES_DIR}): "
+                                     "reinstall m2ib, or train one with `m2ib train-shapes --out DIR`")
+    return load_directory(SHAPES_DIR, name="shapes"), None, None, {}
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
+        BuiltinModel("shapes", "small CLIP trained on m2ib's synthetic shapes world (96 px, offline default)",
+                     _shapes),
         BuiltinModel("random-tiny", "tiny CLIP with random weights (64 px, 4+4 blocks): a smoke test, "
                      "its maps mean nothing", _random_builder(TINY, "random-tiny")),
         BuiltinModel("random-vit-b-32", "CLIP ViT-B/32-shaped model with random weights (for benchmarks)",

@@ -1,0 +1,175 @@
+"""Tests for m2ib.training: tiny runs on the CPU, data generated in-process (workers=0)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import m2ib
+from m2ib.datasets.shapes import make_caption, render_scene, split_seed
+from m2ib.errors import InputError
+from m2ib.training import (
+    CHECKPOINT,
+    EXIT_UNFINISHED,
+    QUICK,
+    TrainBatches,
+    WORDS,
+    TrainConfig,
+    batch_accuracy,
+    build_model,
+    label_matrix,
+    main,
+    sigmoid_loss,
+    train,
+)
+
+TINY = replace(QUICK, steps=6, batch_size=8, warmup_steps=2, checkpoint_every=2)
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
+               "special_tokens_map.json", "preprocessor_config.json", "m2ib.json")
+
+
+@pytest.fixture(scope="module")
+def quick_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    before = torch.get_rng_state()
+    train(QUICK, out, progress=False, command="pytest")
+    assert torch.equal(before, torch.get_rng_state()), "training changed the caller's global RNG"
+    return out
+
+
+def test_quick_run_writes_a_loadable_model(quick_dir):
+    for name in MODEL_FILES:
+        assert (quick_dir / name).is_file(), name
+    assert not (quick_dir / CHECKPOINT).exists()
+    meta = json.loads((quick_dir / "m2ib.json").read_text())
+    assert meta["name"] == "shapes" and meta["recommended"] == {}
+    t = meta["training"]
+    assert t["command"] == "pytest" and t["steps"] == QUICK.steps and t["device"] == "cpu"
+    assert TrainConfig(**{**t["config"], "n_objects": tuple(t["config"]["n_objects"])}) == QUICK
+    assert t["final_loss"] > 0 and 0 <= t["final_batch_accuracy"] <= 1 and t["wall_seconds"] > 0
+    assert t["torch"] == torch.__version__
+
+    backend = m2ib.load(quick_dir)
+    assert backend.geometry.image_size == (QUICK.image_size, QUICK.image_size)
+    scene = render_scene(split_seed("val", 0), size=QUICK.image_size)
+    caption = make_caption(scene)
+    exp = m2ib.explain(backend, scene.to_pil(), caption.text, steps=2, samples=2)
+    assert exp.image_map.shape == (QUICK.image_size, QUICK.image_size)
+    assert torch.isfinite(torch.as_tensor(exp.image_map)).all()
+    assert [t for t in exp.tokens if not t.startswith("<|")] == re.findall(r"\w+|,", caption.text)
+
+
+def test_every_vocabulary_word_is_one_token():
+    tokenizer = TrainBatches(QUICK).tokenizer
+    for word in WORDS:
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_loaded_preprocessing_equals_training_inputs(quick_dir):
+    backend = m2ib.load(quick_dir)
+    data = TrainBatches(QUICK)
+    step = 3
+    batch = data[step]
+    pairs = data.pairs(step)
+    assert [s.seed for s, _ in pairs] == [split_seed("train", step * QUICK.batch_size + j, base=QUICK.seed)
+                                          for j in range(QUICK.batch_size)]
+    pixels = backend.preprocess_images([s.to_pil() for s, _ in pairs]).pixel_values
+    assert pixels.shape == batch["pixel_values"].shape
+    assert torch.allclose(pixels, batch["pixel_values"], atol=1e-6, rtol=0)
+    text = backend.tokenize([c.text for _, c in pairs])
+    assert torch.equal(text.input_ids, batch["input_ids"])
+    assert torch.equal(text.attention_mask, batch["attention_mask"])
+    again = TrainBatches(QUICK)[step]  # a batch is a function of (seed, step) alone
+    assert all(torch.equal(batch[k], again[k]) for k in ("pixel_values", "input_ids", "labels"))
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
+    train(TINY, straight, progress=False, keep_checkpoint=True)
+    train(replace(TINY, workers=1), parts, progress=False, stop_after=3)  # workers do not change the data
+    assert (parts / CHECKPOINT).exists() and not (parts / "model.safetensors").exists()
+    assert torch.load(parts / CHECKPOINT, weights_only=True)["step"] == 3
+    train(TINY, parts, progress=False, keep_checkpoint=True)
+
+    a, b = load_file(straight / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    ca = torch.load(straight / CHECKPOINT, weights_only=True)
+    cb = torch.load(parts / CHECKPOINT, weights_only=True)
+    assert ca["step"] == cb["step"] == TINY.steps
+    assert torch.allclose(ca["logit_bias"], cb["logit_bias"], atol=1e-6)
+    assert torch.allclose(torch.tensor(ca["history"]), torch.tensor(cb["history"]), atol=1e-5, rtol=0)
+    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"] == TINY.steps
+
+    with pytest.raises(InputError, match="another config") as err:  # a checkpoint of another config
+        train(replace(TINY, lr=2e-3), straight, progress=False)
+    assert "\n" not in str(err.value)
+    train(TINY, straight, progress=False)  # a finished checkpoint: saves the model again, then removes it
+    assert not (straight / CHECKPOINT).exists()
+    c = load_file(straight / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_label_matrix_marks_every_scene_holding_the_named_objects():
+    red_circle = render_scene(1, size=64, n_objects=(1, 1), colours=["red"], shapes=["circle"])
+    blue_star = render_scene(2, size=64, n_objects=(1, 1), colours=["blue"], shapes=["star"])
+    both = next(s for seed in range(3, 200)
+                if {("red", "circle"), ("blue", "star")} <= set(
+                    (s := render_scene(seed, size=64, n_objects=(2, 2), colours=["red", "blue"],
+                                       shapes=["circle", "star"])).pairs))
+    scenes = [red_circle, blue_star, both]
+    captions = [make_caption(red_circle, "single"), make_caption(blue_star, "single"), make_caption(both, "all")]
+    assert captions[0].text == "a red circle" and captions[1].text == "a blue star"
+    expected = torch.tensor([[1.0, 0.0, 0.0],   # red circle: only its own caption
+                             [0.0, 1.0, 0.0],   # blue star: only its own caption
+                             [1.0, 1.0, 1.0]])  # both: "a red circle", "a blue star" and both named
+    assert torch.equal(label_matrix(scenes, captions), expected)
+    labels = TrainBatches(TINY)[0]["labels"]
+    assert labels.shape == (TINY.batch_size, TINY.batch_size) and bool(labels.diagonal().all())
+
+
+def test_sigmoid_loss_and_accuracy_match_their_definitions():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 5, generator=g) * 3
+    labels = (torch.rand(5, 5, generator=g) < 0.4).float()
+    labels.fill_diagonal_(1.0)
+    naive = 0.0
+    for i in range(5):
+        for j in range(5):
+            p = torch.sigmoid(logits[i, j])
+            naive -= float(torch.log(p if labels[i, j] else 1 - p))
+    assert float(sigmoid_loss(logits, labels)) == pytest.approx(naive / 5, rel=1e-5)
+    best = logits.argmax(0)
+    assert batch_accuracy(logits, labels) == pytest.approx(float(labels[best, torch.arange(5)].mean()))
+
+
+def test_model_init_is_deterministic_and_default_is_small():
+    a, b = build_model(QUICK), build_model(QUICK)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert float(a.logit_scale.detach().exp()) == pytest.approx(10.0)
+    with pytest.raises(InputError):
+        TrainConfig(image_size=100, patch_size=6)
+
+
+def test_cli_trains_resumes_and_keeps_recommended(tmp_path, capsys):
+    out = tmp_path / "cli"
+    out.mkdir()
+    (out / "m2ib.json").write_text(json.dumps({"name": "shapes", "recommended": {"m2ib": {"vision_layer": 1}}}))
+    args = ["--out", str(out), "--quick", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1",
+            "--no-progress"]
+    assert main(args + ["--stop-after", "2"]) == EXIT_UNFINISHED
+    assert main(args + ["--seed", "1"]) == 2  # the checkpoint was made with seed 0
+    assert "another config" in capsys.readouterr().err
+    assert main(args) == 0
+    assert str(out) in capsys.readouterr().out
+    meta = json.loads((out / "m2ib.json").read_text())
+    assert meta["recommended"] == {"m2ib": {"vision_layer": 1}}
+    assert meta["training"]["steps"] == 4 and "--steps 4" in meta["training"]["command"]
+    assert meta["training"]["config"]["batch_size"] == 8
+    assert not (out / CHECKPOINT).exists()
