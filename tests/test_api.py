@@ -52,6 +52,7 @@ def test_preprocessed_tensors_and_modalities(backend, images):
     for a, b in zip(from_tensors, from_inputs):
         torch.testing.assert_close(a.text_map, b.text_map)
         torch.testing.assert_close(a.image_map, b.image_map)
+        torch.testing.assert_close(a.image, b.image, atol=1e-5, rtol=0)  # pictures recovered for figures
         assert a.tokens == b.tokens
     only_text = m2ib.explain(backend, images[0], "a cat", modalities=("text",), **FAST)
     assert only_text.image_map is None and only_text.text_map is not None

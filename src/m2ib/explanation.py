@@ -67,7 +67,7 @@ class Explanation:
 
         raw = self.text_map_raw if self.text_map_raw is not None else self.text_map
         shaded = torch.zeros_like(self.text_map)
-        shaded[words] = minmax(raw[words])
+        shaded[words] = minmax(raw[words][None])[0]
         return shaded
 
     def save(self, directory: str | os.PathLike, stem: str = "explanation", figure: bool | None = None,

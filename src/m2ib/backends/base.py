@@ -172,6 +172,11 @@ class Backend(ABC):
             )
         return layer % n
 
+    def display_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Preprocessed inputs [N, 3, H, W] -> the pictures in [0, 1] (for figures). Hook;
+        families that know their normalisation override it, the default is grey."""
+        return torch.full_like(pixel_values, 0.5, dtype=torch.float32)
+
     def in_dtype(self, dtype: torch.dtype) -> Backend:
         """This backend with a copy of the weights in ``dtype`` (made once, then cached)."""
         if dtype == self.dtype:

@@ -99,6 +99,11 @@ class HFCLIPBackend(Backend):
                              f"{self.geometry.image_size}: fix the processor's crop_size")
         return ImageBatch(pixels.to(self.device), display, tuple(sources))
 
+    def display_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.preprocessing.mean, device=pixel_values.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocessing.std, device=pixel_values.device).view(1, 3, 1, 1)
+        return (pixel_values.float() * std + mean).clamp(0.0, 1.0)
+
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
             raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= (or a CLIPProcessor) to "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -146,37 +145,36 @@ class Method(ABC):
     # --- shared post-processing --------------------------------------------------------
     def _assemble(self, backend: Backend, images: ImageBatch, texts: TextBatch,
                   raw: dict[Modality, RawScores], similarity: torch.Tensor, settings: Settings) -> list[Explanation]:
-        geometry = backend.geometry
-        display = images.display if images.display is not None else torch.zeros(
-            len(images), 3, *geometry.image_size)
-        out = []
-        image_grids = image_maps = None
-        if "image" in raw:
-            image_grids, image_maps = image_scores_to_maps(raw["image"].scores.detach().float().cpu(),
-                                                           backend)
+        display = images.display if images.display is not None else backend.display_images(images.pixel_values)
+        display = display.detach().float().cpu()
+        image_grids = image_maps = image_norm = None
+        if "image" in raw:  # batched on the model's device, then one copy to the CPU
+            image_grids, image_maps = image_scores_to_maps(raw["image"].scores.detach().float(), backend)
+            image_norm = minmax(image_maps).cpu()
+            image_maps = image_maps.cpu()
+            image_grids = None if image_grids is None else image_grids.cpu()
         text_scores = raw["text"].scores.detach().float().cpu() if "text" in raw else None
         lengths = texts.lengths.tolist()
+        settings_dict = settings.as_dict()
+        out = []
         for i in range(len(images)):
-            info = {m: r.info[i] for m, r in raw.items() if r.info}
             exp = Explanation(
                 text=texts.texts[i] if texts.texts else "",
                 tokens=list(texts.tokens[i]) if texts.tokens else [],
-                image=display[i].detach().cpu().float(),
+                image=display[i],
                 image_map=None, text_map=None,
                 special_tokens=tuple(texts.special[i]) if texts.special else (),
                 similarity=float(similarity[i]),
-                method=self.name, settings=settings.as_dict(), model=backend.name,
+                method=self.name, settings=dict(settings_dict), model=backend.name,
                 image_source=images.sources[i] if images.sources else "",
-                info=info,
+                info={m: r.info[i] for m, r in raw.items() if r.info},
             )
             if image_maps is not None:
-                exp.image_map_raw = image_maps[i]
-                exp.image_map = minmax(image_maps[i])
+                exp.image_map_raw, exp.image_map = image_maps[i], image_norm[i]
                 exp.image_grid = None if image_grids is None else image_grids[i]
             if text_scores is not None:
-                t = finite(text_scores[i, : lengths[i]])
-                exp.text_map_raw = t
-                exp.text_map = minmax(t)
+                exp.text_map_raw = finite(text_scores[i, : lengths[i]])
+                exp.text_map = minmax(exp.text_map_raw[None])[0]
             out.append(exp)
         return out
 
@@ -187,13 +185,14 @@ def finite(x: torch.Tensor) -> torch.Tensor:
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise to [0, 1]; a constant map becomes all zeros (never NaN)."""
+    """Min-max normalise each row of ``x`` [N, ...] to [0, 1]; a constant row becomes zeros (never NaN)."""
     x = finite(x)
-    lo, hi = x.min(), x.max()
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     span = hi - lo
-    if not math.isfinite(float(span)) or float(span) <= 1e-12 * max(1.0, float(hi.abs())):
-        return torch.zeros_like(x)
-    return ((x - lo) / span).clamp_(0.0, 1.0)
+    flat_ok = span > 1e-12 * hi.abs().clamp(min=1.0)
+    out = torch.where(flat_ok, (flat - lo) / torch.where(flat_ok, span, torch.ones_like(span)), 0.0)
+    return out.clamp_(0.0, 1.0).reshape(x.shape)
 
 
 def image_scores_to_maps(scores: torch.Tensor, backend: Backend) -> tuple[torch.Tensor | None, torch.Tensor]:
