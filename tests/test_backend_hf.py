@@ -129,3 +129,35 @@ def test_user_model_is_never_moved_or_changed(small_clip):
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_recorded_attention_keeps_the_forward_and_cleans_up(backend, images):
+    image_batch = backend.preprocess_images([load_image(im)[0] for im in images])
+    text_batch = backend.tokenize(TEXTS)
+    with torch.no_grad():
+        plain_image, plain_text = backend.embed("image", image_batch), backend.embed("text", text_batch)
+    assert backend.supports_attention
+    with backend.record_attention("image") as image_records, backend.record_attention("text") as text_records:
+        with torch.no_grad():
+            torch.testing.assert_close(backend.embed("image", image_batch), plain_image, atol=1e-5, rtol=0)
+            torch.testing.assert_close(backend.embed("text", text_batch), plain_text, atol=1e-5, rtol=0)
+    assert len(image_records) == backend.num_layers("image") and len(text_records) == backend.num_layers("text")
+    probs = text_records[0].probs  # [N, heads, T, T]: causal, padding keys masked, rows sum to 1
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    assert probs[0, :, 0, 1:].abs().max() == 0
+    length = int(text_batch.lengths[2])
+    assert probs[2, :, :, length:].abs().max() == 0
+    assert image_records[-1].output.shape == (3, 17, 32)
+    assert backend._recording == {}  # nothing left installed
+    with torch.no_grad():  # and the fast path is back
+        torch.testing.assert_close(backend.embed("image", image_batch), plain_image, atol=1e-5, rtol=0)
+
+
+def test_embeddings_layer_index_runs_every_block(backend):
+    from m2ib.backends import EMBEDDINGS
+
+    text_batch = backend.tokenize(TEXTS)
+    with torch.no_grad():
+        hidden = backend.prefix("text", text_batch, EMBEDDINGS)
+        torch.testing.assert_close(backend.suffix("text", hidden, EMBEDDINGS, text_batch),
+                                   backend.embed("text", text_batch), atol=1e-5, rtol=0)

@@ -16,10 +16,10 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import InputError, ModelNotAvailableError
-from .base import MODALITIES, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
+from .base import EMBEDDINGS, MODALITIES, AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
 from .hf_clip import HFCLIPBackend, preprocessing_from
 
-__all__ = ["Backend", "Batch", "Geometry", "ImageBatch", "TextBatch", "Modality", "MODALITIES",
+__all__ = ["AttentionRecord", "EMBEDDINGS", "Backend", "Batch", "Geometry", "ImageBatch", "TextBatch", "Modality", "MODALITIES",
            "HFCLIPBackend", "load_backend"]
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

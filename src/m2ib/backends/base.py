@@ -103,6 +103,22 @@ class TextBatch:
 
 Batch = ImageBatch | TextBatch
 
+# Layer index for prefix/suffix meaning "the input of block 0" (token or patch embeddings after
+# any pre-norm): prefix(m, batch, EMBEDDINGS) returns it, suffix(m, hidden, EMBEDDINGS, batch) runs
+# every block. Used by gradient methods that differentiate w.r.t. the embeddings.
+EMBEDDINGS = -1
+
+
+@dataclass
+class AttentionRecord:
+    """One block's self-attention during a recorded forward pass (tensors stay in the graph)."""
+
+    probs: torch.Tensor  # [N, heads, T, T] softmax attention probabilities (masks applied)
+    query: torch.Tensor  # [N, heads, T, head_dim]
+    key: torch.Tensor  # [N, heads, T, head_dim]
+    value: torch.Tensor  # [N, heads, T, head_dim]
+    output: torch.Tensor  # [N, T, width] attention output after the out-projection, before the residual
+
 
 @dataclass
 class Backend(ABC):
@@ -135,9 +151,16 @@ class Backend(ABC):
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         """Texts -> token ids with start/end tokens, truncated to the context length."""
 
+    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   texts: Sequence[str] = ()) -> TextBatch:
+        """A TextBatch from token ids the user made (readable tokens, start/end positions)."""
+        raise NotImplementedError(f"{type(self).__name__} does not accept input_ids; pass texts")
+
     @abstractmethod
     def prefix(self, modality: Modality, batch: Batch, layer: int) -> torch.Tensor:
-        """Hidden states at the output of block ``layer`` (0-based): [N, tokens, width]."""
+        """Hidden states at the output of block ``layer`` (0-based; ``EMBEDDINGS`` for the
+        input of block 0): [N, tokens, width]. Differentiable w.r.t. the pixels unless called
+        under ``torch.no_grad()``."""
 
     @abstractmethod
     def suffix(self, modality: Modality, hidden: torch.Tensor, layer: int, batch: Batch) -> torch.Tensor:
@@ -146,6 +169,18 @@ class Backend(ABC):
         ``hidden`` may hold ``k`` copies of each item of ``batch`` (``N * k`` rows, copies of
         one item adjacent); masks and pooling positions are repeated to match.
         """
+
+    # --- optional capabilities -------------------------------------------------------------
+    @property
+    def supports_attention(self) -> bool:
+        """Whether :meth:`record_attention` works (attention-based methods need it)."""
+        return False
+
+    def record_attention(self, modality: Modality) -> contextlib.AbstractContextManager[list[AttentionRecord]]:
+        """Context manager: while open, every forward pass of ``modality``'s tower appends one
+        :class:`AttentionRecord` per block, in order, to the list it yields (full attention, no
+        shortcuts). Nothing stays installed after it closes."""
+        raise NotImplementedError(f"{type(self).__name__} cannot record attention")
 
     # --- shared ------------------------------------------------------------------------
     @property

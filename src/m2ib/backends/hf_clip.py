@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..inputs import ImagePreprocessing
-from .base import Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
+from .base import AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -61,6 +62,7 @@ class HFCLIPBackend(Backend):
     tokenizer: Any = None  # a transformers CLIP tokenizer
     preprocessing: ImagePreprocessing | None = None
     _layer_takes_causal_mask: bool = field(default=False, init=False, repr=False)
+    _recording: dict = field(default_factory=dict, init=False, repr=False)  # modality -> record list
 
     def __post_init__(self) -> None:
         from transformers import CLIPModel
@@ -146,13 +148,32 @@ class HFCLIPBackend(Backend):
         mask = None
         if modality == "text":
             mask = _text_mask(batch.attention_mask.repeat_interleave(copies, 0), hidden.dtype)
+        records = self._recording.get(modality)
         for layer in layers:
+            if records is not None:
+                hidden = _recorded_block(layer, hidden, mask, records)
+                continue
             if self._layer_takes_causal_mask:
                 out = layer(hidden, mask, None)
             else:
                 out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
+
+    @property
+    def supports_attention(self) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def record_attention(self, modality: Modality) -> Iterator[list[AttentionRecord]]:
+        if modality in self._recording:
+            raise RuntimeError(f"already recording the {modality} tower's attention")
+        records: list[AttentionRecord] = []
+        self._recording[modality] = records
+        try:
+            yield records
+        finally:
+            del self._recording[modality]
 
     def prefix(self, modality: Modality, batch: Batch, layer: int) -> torch.Tensor:
         if modality == "image":
@@ -173,7 +194,10 @@ class HFCLIPBackend(Backend):
             positions = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)  # CLS
         else:
             positions = self.pool_positions(batch).repeat_interleave(copies, 0)
-        if layer < last:
+        if modality in self._recording:  # every block in full, so that all of it is recorded
+            hidden = self._run_layers(modality, hidden, layer + 1, last + 1, batch, copies)
+            pooled = hidden[rows, positions]
+        elif layer < last:
             # Blocks before the last run on every token; the last block only for the pooled one.
             hidden = self._run_layers(modality, hidden, layer + 1, last, batch, copies)
             pooled = self._last_block_at(modality, hidden, positions, batch, copies)
@@ -221,6 +245,26 @@ class HFCLIPBackend(Backend):
         if eos == 2:  # legacy configs: the end token has the largest id
             return ids.argmax(dim=-1)
         return (ids == eos).int().argmax(dim=-1)
+
+
+def _recorded_block(block: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
+                    records: list[AttentionRecord]) -> torch.Tensor:
+    """A CLIP encoder block written out, keeping its attention (same numbers as the block)."""
+    attn = block.self_attn
+    n, t, width = hidden.shape
+    heads = attn.num_heads
+    normed = block.layer_norm1(hidden)
+    query = attn.q_proj(normed).view(n, t, heads, -1).transpose(1, 2)
+    key = attn.k_proj(normed).view(n, t, heads, -1).transpose(1, 2)
+    value = attn.v_proj(normed).view(n, t, heads, -1).transpose(1, 2)
+    scores = (query @ key.transpose(-1, -2)) * attn.scale
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1)
+    output = attn.out_proj((probs @ value).transpose(1, 2).reshape(n, t, width))
+    records.append(AttentionRecord(probs, query, key, value, output))
+    hidden = hidden + output
+    return hidden + block.mlp(block.layer_norm2(hidden))
 
 
 def _text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
