@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 
 import m2ib
 from m2ib.errors import M2IBError
+from m2ib.fileio import atomic_write_text
 from m2ib.evaluation import shapes_quality as q
 from m2ib.methods import get_method
 
@@ -65,16 +64,7 @@ def write_recommended(directory: str, best: dict, provenance: dict) -> Path:
     recommended = data.setdefault("recommended", {})
     recommended["m2ib"] = {**recommended.get("m2ib", {}), **best}
     data["m2ib_selection"] = provenance
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".m2ib.json.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 

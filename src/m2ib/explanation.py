@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .fileio import atomic_write
 
 
 @dataclass
@@ -82,9 +83,9 @@ class Explanation:
         out.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Path] = {}
         arrays = {k: v.numpy() for k, v in self._tensors().items() if v is not None}
-        paths["npz"] = _atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
+        paths["npz"] = atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
         text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
-        paths["json"] = _atomic_write(out / f"{stem}.json", lambda f: f.write(text.encode()))
+        paths["json"] = atomic_write(out / f"{stem}.json", lambda f: f.write(text.encode()))
         if figure is not False:
             try:
                 image = self.figure(boxes)
@@ -93,26 +94,13 @@ class Explanation:
                     raise
                 warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=2)
             else:
-                paths["png"] = _atomic_write(out / f"{stem}.png", lambda f: image.save(f, format="PNG"))
+                paths["png"] = atomic_write(out / f"{stem}.png", lambda f: image.save(f, format="PNG"))
         return paths
 
     def _tensors(self) -> dict[str, torch.Tensor | None]:
         return {"image": self.image, "image_map": self.image_map, "text_map": self.text_map,
                 "image_map_raw": self.image_map_raw, "image_grid": self.image_grid,
                 "text_map_raw": self.text_map_raw}
-
-
-def _atomic_write(path: Path, write) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _jsonable(value: Any) -> Any:

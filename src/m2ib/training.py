@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import signal
 import sys
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from .datasets.shapes import (COLOURS, KINDS, SHAPES, Caption, Scene, caption_matches, make_caption, render_scene,
                               split_seed)
 from .errors import InputError, M2IBError
+from .fileio import atomic_write, atomic_write_text
 from .tokenizer import build_word_tokenizer, save_word_tokenizer
 
 __all__ = ["TrainConfig", "QUICK", "WORDS", "TrainBatches", "label_matrix", "sigmoid_loss", "batch_accuracy",
@@ -285,14 +285,8 @@ def _config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]
     return diffs
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def checkpoint_step(out_dir: str | Path) -> int | None:
@@ -409,7 +403,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.devic
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                  "config": _config_dict(config), "wall_seconds": wall + (time.perf_counter() - loop_start),
                  "history": history, "format": 1}
-        _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(state, tmp))
+        atomic_write(ckpt_path, lambda f: torch.save(state, f))
         saved_step = step
 
     dataset = TrainBatches(config)

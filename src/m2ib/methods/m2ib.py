@@ -7,7 +7,9 @@ For one pair and one tower, hidden states R at the output of block ``layer`` are
 Z = lam * R + (1 - lam) * eps, eps ~ N(0, var), lam = sigmoid(alpha), alpha of R's shape.
 alpha is fitted with Adam to minimise ``beta * mean KL(N(lam R, (1-lam)^2 var) || N(0, var))
 - mean cos(embedding(Z), other modality's embedding)`` over ``samples`` noise copies. The
-attribution is the KL of the last step's forward pass summed over channels.
+attribution is the KL of the last step's forward pass summed over channels. With
+``negatives`` the fit term is the target's margin (:class:`~m2ib.methods.base.Target`) instead
+of the plain cosine; without them it is the cosine, as in the paper.
 
 Fast path (same numbers as re-running the whole model): the tower's prefix up to the
 bottleneck runs once per pair, the other modality's embedding once per pair, and only the
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
-from .base import PRECISIONS, Method, RawScores, Settings, autocast, register, setting
+from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
 
 
 
@@ -100,11 +102,11 @@ class M2IB(Method):
         return M2IBSettings(**{**settings.as_dict(), **layers})
 
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  targets: torch.Tensor, settings: M2IBSettings) -> RawScores:
+                  target: Target, settings: M2IBSettings) -> RawScores:
         batch = images if modality == "image" else texts
         layer = settings.vision_layer if modality == "image" else settings.text_layer
         beta = settings.vision_beta if modality == "image" else settings.text_beta
-        kl_map, info = fit_bottleneck(backend, modality, batch, layer, targets, beta, settings)
+        kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings)
         return RawScores(kl_map, info)
 
 
@@ -124,19 +126,24 @@ def noise_generators(device: torch.device, seed: int, n: int) -> list[torch.Gene
 
 
 def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch, layer: int,
-                   targets: torch.Tensor, beta: float, s: M2IBSettings) -> tuple[torch.Tensor, list[dict]]:
-    """Fit one bottleneck per pair of ``batch`` at ``layer``; return KL maps [N, tokens] and info."""
+                   target: Target | torch.Tensor, beta: float, s: M2IBSettings) -> tuple[torch.Tensor, list[dict]]:
+    """Fit one bottleneck per pair of ``batch`` at ``layer``; return KL maps [N, tokens] and info.
+
+    ``target``: a :class:`Target`, or [N, E] unit-norm embeddings of the other side (the cosine)."""
+    if isinstance(target, torch.Tensor):
+        target = Target(target)
     device = backend.device
     with torch.no_grad(), autocast(device, s.precision):
         hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
     n, t, d = hidden.shape
     use_graph = s.cuda_graphs and device.type == "cuda"
-    key = (modality, layer, n, t, d, beta, s.var, s.steps, s.lr, s.samples, s.init_alpha, s.precision)
+    key = (modality, layer, n, t, d, beta, s.var, s.steps, s.lr, s.samples, s.init_alpha, s.precision,
+           None if target.negatives is None else tuple(target.negatives.shape), target.offset is not None)
     fit = backend.graph_cache.pop(key, None) if use_graph else None
     if fit is None:
         fit = BottleneckFit(backend, modality, batch.repeat_interleave(s.samples), layer, beta, s, n, t, d,
                             graph=use_graph)
-    fit.load(hidden, batch, targets, s.seed)
+    fit.load(hidden, batch, target, s.seed)
     fit.run()
     if use_graph:  # keep the few most recent loops (their memory stays reserved while cached)
         backend.graph_cache[key] = fit
@@ -147,6 +154,16 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
 
 
 GRAPH_CACHE_SIZE = 4
+
+
+def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None:
+    """Copy ``value`` into ``buffer`` (fixed storage for CUDA graphs); a new buffer if shapes differ."""
+    if value is None:
+        return None
+    value = value.float()
+    if buffer is None or buffer.shape != value.shape or buffer.device != value.device:
+        return value.clone()
+    return buffer.copy_(value)
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -169,6 +186,8 @@ class BottleneckFit:
         self.hidden = torch.zeros(n, t, d, device=device)
         self.valid = torch.zeros(n, t, device=device)
         self.target = torch.zeros(n * s.samples, 1, device=device)
+        self.negatives: torch.Tensor | None = None  # [K, E], when the target is a margin
+        self.offset: torch.Tensor | None = None  # [N * samples], the text side's margin term
         self.noise = torch.zeros(n, s.steps, s.samples, t, d, device=device)
         self.alpha = torch.full((n, t, d), float(s.init_alpha), device=device, requires_grad=True)
         # fused: one kernel per step on a GPU; capturable: its step count lives on the device
@@ -177,7 +196,7 @@ class BottleneckFit:
         self.wants_graph = graph
         self.kl_map = self.numbers = None
 
-    def load(self, hidden: torch.Tensor, batch: ImageBatch | TextBatch, targets: torch.Tensor, seed: int) -> None:
+    def load(self, hidden: torch.Tensor, batch: ImageBatch | TextBatch, target: Target, seed: int) -> None:
         """Copy one batch's inputs into the buffers and draw its noise."""
         s, device = self.s, self.hidden.device
         n, t, d = hidden.shape
@@ -190,10 +209,9 @@ class BottleneckFit:
         else:
             self.valid.fill_(1.0)
             lengths = [t] * n
-        target = targets.to(device).float().repeat_interleave(s.samples, 0)
-        if self.target.shape != target.shape:
-            self.target = torch.zeros_like(target)
-        self.target.copy_(target)
+        self.target = _into(self.target, target.embeddings.to(device).float().repeat_interleave(s.samples, 0))
+        self.negatives = _into(self.negatives, target.negatives)
+        self.offset = _into(self.offset, None if target.offset is None else target.offset.repeat_interleave(s.samples, 0))
         # All steps' noise at once, per pair at its own length, from the pair's own generator.
         for i, g in enumerate(noise_generators(device, seed, n)):
             if lengths[i] == t:
@@ -213,7 +231,6 @@ class BottleneckFit:
 
     def _loop(self) -> None:
         s, n, t, d = self.s, *self.hidden.shape
-        device = self.hidden.device
         elements = self.valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
         std = s.var ** 0.5
         kl = compression = fit = None
@@ -226,7 +243,7 @@ class BottleneckFit:
             z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
             emb = self.runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(self.runner.dtype),
                                      self.layer, self.copies)
-            fit = F.cosine_similarity(emb.float(), self.target, dim=-1, eps=1e-6).view(n, s.samples).mean(1)
+            fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
             compression = (kl * self.valid[..., None]).sum((1, 2)) / elements
             loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses
             (grad,) = torch.autograd.grad(loss, self.alpha)

@@ -12,13 +12,12 @@ function without it raises ``ImportError`` with an install hint.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from ..fileio import atomic_write
 from .overlay import _as_image, _as_map, _sanitize, colormap, overlay, to_pil
 
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
@@ -771,26 +770,6 @@ def comparison_figure(
 
 
 def save_png(image, path) -> None:
-    """Write ``image`` (a PIL image) as PNG at ``path`` atomically.
+    """Write ``image`` (a PIL image) as PNG at ``path`` atomically (missing folders are created)."""
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
-    The PNG is written to a uniquely named temporary file in the destination
-    folder, flushed to disk, then moved over ``path`` with ``os.replace``, so
-    readers never see a half-written file.  Missing parent folders are created.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
