@@ -191,25 +191,15 @@ class TrainBatches(torch.utils.data.Dataset):
 
 def build_model(config: TrainConfig, tokenizer=None):
     """A freshly initialised CLIPModel (deterministic from ``config.seed``; the caller's RNG untouched)."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
+
+    from .models import clip_config
 
     tokenizer = tokenizer or build_word_tokenizer(WORDS)
-    c = config
-    clip_config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=c.text_width, intermediate_size=4 * c.text_width,
-                         num_hidden_layers=c.text_layers, num_attention_heads=c.text_heads,
-                         max_position_embeddings=c.context_length, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=c.image_size, patch_size=c.patch_size, hidden_size=c.vision_width,
-                           intermediate_size=4 * c.vision_width, num_hidden_layers=c.vision_layers,
-                           num_attention_heads=c.vision_heads),
-        projection_dim=c.embed_dim,
-        logit_scale_init_value=c.logit_scale_init,
-    )
-    clip_config._attn_implementation = "sdpa"
+    architecture = clip_config(config, tokenizer, logit_scale_init_value=config.logit_scale_init)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(c.seed)
-        model = CLIPModel(clip_config)
+        torch.manual_seed(config.seed)
+        model = CLIPModel(architecture)
     return model
 
 

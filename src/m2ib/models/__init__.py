@@ -47,29 +47,37 @@ class BuiltinModel:
     build: Callable[[], tuple[torch.nn.Module, object, object, dict]]  # -> model, tokenizer, preprocessing, info
 
 
+def clip_config(arch, tokenizer, **extra):
+    """A ``transformers`` CLIPConfig (sdpa attention) from an architecture description: any object
+    with RandomCLIPSpec's fields (a RandomCLIPSpec, a training config), and the tokenizer's ids."""
+    from transformers import CLIPConfig
+
+    vocab = getattr(arch, "vocab_size", None) or len(tokenizer)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=arch.text_width, intermediate_size=4 * arch.text_width,
+                         num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
+                         max_position_embeddings=arch.context_length, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=arch.image_size, patch_size=arch.patch_size, hidden_size=arch.vision_width,
+                           intermediate_size=4 * arch.vision_width, num_hidden_layers=arch.vision_layers,
+                           num_attention_heads=arch.vision_heads),
+        projection_dim=arch.embed_dim,
+        **extra,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
 def random_clip(spec: RandomCLIPSpec, seed: int = 0):
     """A CLIPModel with random weights (deterministic from ``seed``) and the demo tokenizer."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
 
     from ..tokenizer import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(DEMO_WORDS)
-    vocab = spec.vocab_size or len(tokenizer)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=spec.text_width, intermediate_size=4 * spec.text_width,
-                         num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-                         max_position_embeddings=spec.context_length, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=spec.image_size, patch_size=spec.patch_size, hidden_size=spec.vision_width,
-                           intermediate_size=4 * spec.vision_width, num_hidden_layers=spec.vision_layers,
-                           num_attention_heads=spec.vision_heads),
-        projection_dim=spec.embed_dim,
-    )
-    config._attn_implementation = "sdpa"
-    fork = torch.random.fork_rng(devices=[])  # do not disturb the caller's global RNG
-    with fork:
+    with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
         torch.manual_seed(seed)
-        model = CLIPModel(config).eval()
+        model = CLIPModel(clip_config(spec, tokenizer)).eval()
     return model, tokenizer
 
 
