@@ -123,10 +123,10 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
-            modalities: Sequence[Modality] = ("image", "text"), pixel_values: torch.Tensor | None = None,
+            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
             input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-            batch_size: int = 16, progress: bool | None = None, device: str | None = None,
-            **settings: Any) -> Explanation | list[Explanation]:
+            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
+            device: str | None = None, **settings: Any) -> Explanation | list[Explanation]:
     """Explain why images and texts match: which image regions and which tokens carry it.
 
     Args:
@@ -136,10 +136,17 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
         texts: a string or a list of strings. N images with N texts make N pairs; one image
             with N texts (or N images with one text) pairs the single one with each.
         method: a name from ``m2ib.list_methods()``.
-        modalities: which sides to explain: ``("image", "text")``, ``("image",)`` or ``("text",)``.
+        modalities: which sides to explain: ``("image", "text")``, ``("image",)`` or ``("text",)``;
+            ``None``: every side the method can explain (both, except for image-only methods).
         pixel_values: [N, 3, H, W] already preprocessed images, instead of ``images``.
         input_ids: [N, T] token ids (with start/end tokens) instead of ``texts``;
             ``attention_mask`` [N, T] marks real tokens when they are padded.
+        negatives: texts the pairs should be told apart from. The target becomes the margin
+            ``cos(image, text) - mean_k cos(image, negative_k)`` instead of the cosine, for every
+            method that differentiates, optimises or evaluates a target (M2IB's fit term
+            included). On the text side the negatives' term does not depend on the text, so
+            text maps are those of the plain cosine. Off by default; an error for methods with
+            no target (attention rollout).
         batch_size: pairs fitted together (memory grows with it; maps do not depend on it).
         progress: show a progress bar; ``None`` shows one when there is more than one batch.
         device: device for a model given by name.
@@ -153,19 +160,25 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size={batch_size!r} must be a positive integer")
-    modalities = tuple(modalities)
+    algorithm = get_method(method)
+    modalities = tuple(algorithm.modalities if modalities is None else modalities)
     if not modalities or any(m not in ("image", "text") for m in modalities):
         raise InputError(f"modalities={modalities!r}: use ('image', 'text'), ('image',) or ('text',)")
     backend = load(model, device=device)
-    algorithm = get_method(method)
     chosen = algorithm.make_settings(backend, **settings)
     inputs = _Inputs(backend, images, texts, pixel_values, input_ids, attention_mask)
+    negative_batch = None
+    if negatives is not None:
+        negative_list = [negatives] if isinstance(negatives, str) else list(negatives)
+        if negative_list:
+            check_texts(negative_list)
+            negative_batch = backend.tokenize(negative_list)
     show = progress if progress is not None else len(inputs) > batch_size
     results: list[Explanation] = []
     with tqdm(total=len(inputs), desc=f"{method}", unit="pair", disable=not show) as bar:
         for start, stop in _chunks(len(inputs), batch_size):
             image_batch, text_batch = inputs.chunk(start, stop)
-            results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities))
+            results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
     return results[0] if inputs.single else results
 

@@ -39,14 +39,32 @@ def _settings_fields() -> dict[str, tuple[dataclasses.Field, type]]:
     return fields
 
 
+def _owners(name: str) -> list[str]:
+    """Registered methods that have the setting ``name``."""
+    from .methods import REGISTRY
+
+    return [m for m, cls in REGISTRY.items() if name in {x.name for x in dataclasses.fields(cls.Settings)}]
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     from .methods import REGISTRY
 
-    group = parser.add_argument_group("method settings (defaults: the method's published ones)")
+    group = parser.add_argument_group("method settings (defaults: the method's published ones; a setting "
+                                      "applies to the methods listed with it)")
     for name, (f, kind) in _settings_fields().items():
-        owners = [m for m, cls in REGISTRY.items() if name in {x.name for x in dataclasses.fields(cls.Settings)}]
-        default = "model's recommended or the paper's" if f.default is None else f.default
-        help_text = f"{f.metadata.get('help', '')} (default: {default}; methods: {', '.join(owners)})"
+        owners = _owners(name)
+        described: dict[tuple[str, str], list[str]] = {}  # (help, default) -> methods
+        for owner in owners:
+            own = next(x for x in dataclasses.fields(REGISTRY[owner].Settings) if x.name == name)
+            # a None default is described by the help text itself (a rule, or the model's recommendation)
+            default = "" if own.default is None else f"default: {own.default}"
+            described.setdefault((own.metadata.get("help", ""), default), []).append(owner)
+        if len(described) == 1:
+            (text, default), = described
+            help_text = f"{text} ({default + '; ' if default else ''}methods: {', '.join(owners)})"
+        else:
+            help_text = "; ".join(f"{', '.join(ms)}: {text}" + (f" ({default})" if default else "")
+                                  for (text, default), ms in described.items())
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
         group.add_argument(*flags, dest=name, type=kind, default=None, help=help_text,
                            choices=f.metadata.get("choices"))
@@ -56,8 +74,9 @@ def _model_help() -> str:
     from .models import BUILTIN_MODELS, DEFAULT_MODEL
 
     names = ", ".join(BUILTIN_MODELS)
-    return (f"built-in name ({names}), Hugging Face hub id (e.g. openai/clip-vit-base-patch32) or a local "
-            f"directory (default: {DEFAULT_MODEL})")
+    return (f"built-in name ({names}), Hugging Face hub id (e.g. openai/clip-vit-base-patch32, or hf:ID), a local "
+            f"directory, open_clip:ARCH@TAG / open_clip:hf-hub:ORG/REPO, clip:ViT-B/32 / clip:FILE.pt "
+            f"(@random: random weights; see README, Model families) (default: {DEFAULT_MODEL})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "with a header, or caption then image path without one (the M2IB reference format); "
                     "relative paths are read from the file's folder")
     ex.add_argument("--model", default=DEFAULT_MODEL, help=_model_help())
-    ex.add_argument("--method", default="m2ib", choices=list(REGISTRY), help="attribution method")
-    ex.add_argument("--modalities", default="image,text", help="sides to explain: image,text | image | text")
+    ex.add_argument("--method", default="m2ib", metavar="NAME[,NAME...]|all",
+                    help=f"attribution method: one of {', '.join(REGISTRY)}; a comma list or 'all' writes one "
+                    "comparison figure per pair with a row per method (default: m2ib)")
+    ex.add_argument("--modalities", default=None, help="sides to explain: image,text | image | text (default: "
+                    "every side the method can explain)")
+    ex.add_argument("--negative", action="append", default=[], metavar="TEXT",
+                    help="a text to tell the pair apart from (repeatable): the target becomes the margin of the "
+                    "image's similarity to TEXT over its mean similarity to the negatives (off by default)")
     ex.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     ex.add_argument("--batch-size", type=int, default=16, help="pairs fitted together (default: 16)")
@@ -89,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(ex)
 
     sub.add_parser("list", help="list methods and built-in models")
+    _add_evaluate(sub)
+    sub.add_parser("serve", add_help=False,
+                   help="web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)")
     sub.add_parser("train-shapes", add_help=False,
                    help="train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)")
     return parser
@@ -131,14 +159,50 @@ def _stem(index: int | None, image: str) -> str:
     return name if index is None else f"{index:05d}_{name}"
 
 
+def _methods(spec: str) -> list[str]:
+    """``--method`` value -> method names (a name, a comma list, or 'all')."""
+    from .methods import REGISTRY
+
+    if spec.strip() == "all":
+        return list(REGISTRY)
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise InputError("--method is empty: give a method name, a comma list or 'all'")
+    for name in names:
+        if name not in REGISTRY:
+            raise InputError(f"unknown method {name!r}: choose from {', '.join(REGISTRY)}, or 'all'")
+    return list(dict.fromkeys(names))
+
+
+def _settings_for(methods: list[str], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's share of the settings given; a setting no chosen method has is an error."""
+    if len(methods) == 1:
+        return {methods[0]: settings}  # the method itself reports unknown settings
+    per = {m: {} for m in methods}
+    for name, value in settings.items():
+        owners = [m for m in _owners(name) if m in per]
+        if not owners:
+            raise InputError(f"setting {name} applies to none of {', '.join(methods)} (it is a setting of "
+                             f"{', '.join(_owners(name))})")
+        for m in owners:
+            per[m][name] = value
+    return per
+
+
 def _explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .api import explain, load
     from .inputs import load_image
+    from .methods import REGISTRY
 
+    methods = _methods(args.method)
     settings = {name: getattr(args, name) for name in _settings_fields() if getattr(args, name) is not None}
-    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    per_method = _settings_for(methods, settings)
+    modalities = None
+    if args.modalities is not None:
+        modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    negatives = list(args.negative) or None
     boxes = [_parse_box(b) for b in args.box]
     if args.pairs is not None:
         if args.image or args.text:
@@ -156,7 +220,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"m2ib: {len(pairs) - len(todo)} pair(s) already in {args.out}, skipped (--overwrite to redo)",
               file=sys.stderr)
     failed = 0
-    with tqdm(total=len(todo), desc=args.method, unit="pair", disable=len(todo) < 2) as bar:
+    with tqdm(total=len(todo), desc=",".join(methods), unit="pair", disable=len(todo) < 2) as bar:
         for start in range(0, len(todo), args.batch_size):
             rows, images, originals = [], [], []
             for i in todo[start:start + args.batch_size]:
@@ -172,12 +236,28 @@ def _explain(args: argparse.Namespace) -> int:
                 images.append(image)
                 originals.append(image.size)
             if rows:
-                results = explain(backend, images, [pairs[i][1] for i in rows], method=args.method,
-                                  modalities=modalities, batch_size=args.batch_size, progress=False, **settings)
-                for i, size, exp in zip(rows, originals, results):
-                    exp.image_source = pairs[i][0]
+                results: dict[str, list] = {}
+                for method in methods:
+                    cls = REGISTRY[method]
+                    sides = modalities
+                    if sides is not None and len(methods) > 1:  # each method explains what it can
+                        sides = tuple(m for m in sides if m in cls.modalities)
+                        if not sides:
+                            continue
+                    results[method] = explain(
+                        backend, images, [pairs[i][1] for i in rows], method=method, modalities=sides,
+                        negatives=negatives if cls.uses_target else None, batch_size=args.batch_size,
+                        progress=False, **per_method[method])
+                for k, (i, size) in enumerate(zip(rows, originals)):
                     shown = [backend.preprocessing.map_box(b, size) for b in boxes] if boxes else None
-                    paths = exp.save(args.out, stems[i], figure=False if args.no_figure else None, boxes=shown)
+                    exps = {m: r[k] for m, r in results.items()}
+                    for exp in exps.values():
+                        exp.image_source = pairs[i][0]
+                    if len(methods) == 1:
+                        paths = exps[methods[0]].save(args.out, stems[i], figure=False if args.no_figure else None,
+                                                      boxes=shown)
+                    else:
+                        paths = _save_comparison(exps, args.out, stems[i], not args.no_figure, shown)
                     if len(pairs) == 1:
                         for path in paths.values():
                             print(path)
@@ -188,17 +268,165 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_comparison(exps: dict[str, Any], out: Path, stem: str, figure: bool,
+                     boxes: list | None) -> dict[str, Path]:
+    """One pair explained by several methods: STEM.png (a row per method), STEM.npz
+    (``METHOD/image_map`` ...), STEM.json (each method's settings and scores)."""
+    import json
+    import warnings
+
+    import numpy as np
+
+    from .explanation import _jsonable
+    from .fileio import atomic_write
+    from .methods import REGISTRY
+
+    out.mkdir(parents=True, exist_ok=True)
+    first = next(iter(exps.values()))
+    arrays = {f"{m}/{k}": v.numpy() for m, exp in exps.items() for k, v in exp._tensors().items()
+              if v is not None and k != "image"}
+    arrays["image"] = first.image.numpy()
+    paths = {"npz": atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))}
+    meta = {"image": first.image_source, "text": first.text, "tokens": first.tokens, "model": first.model,
+            "similarity": first.similarity, "methods": {m: exp.to_dict() for m, exp in exps.items()}}
+    text = json.dumps(meta, indent=2, default=_jsonable)
+    paths["json"] = atomic_write(out / f"{stem}.json", lambda f: f.write(text.encode()))
+    if figure:
+        try:
+            from .viz.figure import comparison_figure
+            rows = [(REGISTRY[m].title, exp.image_map, exp.word_shading()) for m, exp in exps.items()]
+            picture = comparison_figure(first.image, rows, first.tokens, title=first.text,
+                                        special_tokens=first.special_tokens, boxes=boxes)
+        except ImportError:
+            warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=2)
+        else:
+            paths["png"] = atomic_write(out / f"{stem}.png", lambda f: picture.save(f, format="PNG"))
+    return paths
+
+
 def _list(_: argparse.Namespace) -> int:
     from .methods import REGISTRY
     from .models import BUILTIN_MODELS
 
     print("methods:")
     for name, cls in REGISTRY.items():
-        print(f"  {name:16s} {cls.title} {cls.paper}")
+        print(f"  {name:16s} {cls.title} ({', '.join(cls.modalities)}) {cls.paper}")
     print("built-in models:")
     for name, spec in BUILTIN_MODELS.items():
         print(f"  {name:16s} {spec.description}")
     return 0
+
+
+EXIT_UNFINISHED = 3  # evaluate --time-limit: stopped early, results kept
+
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand's parser (logic: m2ib.evaluation.runner)."""
+    from .metrics import METRIC_NAMES, PROTOCOLS
+    from .metrics.roar import BUDGETS
+    from .models import DEFAULT_MODEL
+
+    ev = sub.add_parser("evaluate", help="measure attribution metrics over a dataset (resumable)",
+                        description="Explain every pair of --data with every method and measure the metrics. Each "
+                        "finished (pair, method) is appended to OUT/results.jsonl at once (with provenance); "
+                        "re-running the same command resumes. At the end: OUT/summary.md, OUT/summary.csv "
+                        "(mean and 95% CI per method and metric) and OUT/plots/*.png.", conflict_handler="resolve")
+    _add_settings(ev)  # first: --samples below replaces the methods' own --samples (see --method-samples)
+    ev.add_argument("--data", required=True, help="TSV/CSV of caption and image path (the M2IB reference's "
+                    "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
+                    "phrase, x, y, w, h), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)")
+    ev.add_argument("--methods", default="m2ib", metavar="NAME[,NAME...]|all",
+                    help="methods to compare (default: m2ib)")
+    ev.add_argument("--metrics", default="confidence,deletion,road,localisation", metavar="NAME[,NAME...]|all",
+                    help=f"of {', '.join(METRIC_NAMES)} (default: confidence,deletion,road,localisation; "
+                    "roar needs shapes data)")
+    ev.add_argument("--protocols", default=",".join(PROTOCOLS), help="confidence protocols: m2ib (the public "
+                    "reference's, exactly) and/or mask (corrected) (default: both)")
+    ev.add_argument("--model", default=DEFAULT_MODEL, help=_model_help())
+    ev.add_argument("--out", type=Path, required=True, help="output directory")
+    ev.add_argument("--samples", dest="rows", type=int, default=None, help="evaluate N rows drawn at random "
+                    "with --seed (default: every row)")
+    ev.add_argument("--method-samples", dest="samples", type=int, default=None, help="the methods' own 'samples' "
+                    "setting (M2IB: noise copies per step; Kernel SHAP: coalitions), which --samples means in "
+                    "m2ib explain")
+    ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    ev.add_argument("--deletion-steps", type=int, default=20, help="steps of the deletion/insertion curves "
+                    "(default: 20)")
+    ev.add_argument("--iou-k", type=float, default=None, help="share of pixels in the top-k region for the IoU "
+                    "(default: the ground-truth mask's own area)")
+    ev.add_argument("--sanity-steps", type=int, default=None, help="cascade points of the sanity check, evenly "
+                    "spaced from the head down (default: every block)")
+    ev.add_argument("--roar-budget", default="tiny", choices=list(BUDGETS), help="ROAR+ scale: tiny and small "
+                    "run on a CPU (reduced: few scenes, a tiny retrained model), full needs a GPU (default: tiny)")
+    ev.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                    help="one method's setting only, e.g. rise.masks=500 or kernelshap.samples=512 (repeatable; "
+                    "the plain setting flags apply to every method that has the setting)")
+    ev.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new pair after "
+                    f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)")
+
+
+def _one_setting(item: str, methods: list[str]) -> tuple[str, str, Any]:
+    """``METHOD.NAME=VALUE`` -> (method, setting, value of the setting's type)."""
+    from .methods import REGISTRY
+
+    target, eq, text = item.partition("=")
+    method, dot, name = target.strip().partition(".")
+    if not eq or not dot or method not in methods:
+        raise InputError(f"--setting {item!r}: use METHOD.NAME=VALUE with METHOD one of {', '.join(methods)}")
+    fields = _settings_fields_of(REGISTRY[method])
+    if name not in fields:
+        raise InputError(f"--setting {item!r}: {method} has no setting {name!r} (it has {', '.join(fields)})")
+    kind = fields[name]
+    try:
+        if kind is bool:
+            value: Any = {"true": True, "1": True, "false": False, "0": False}[text.strip().lower()]
+        else:
+            value = kind(text.strip())
+    except (KeyError, ValueError):
+        raise InputError(f"--setting {item!r}: {text!r} is not a {kind.__name__}") from None
+    return method, name, value
+
+
+def _settings_fields_of(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls.Settings)
+    out = {}
+    for f in dataclasses.fields(cls.Settings):
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        out[f.name] = args[0] if args else kind
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .api import load
+    from .datasets.tables import load_table
+    from .evaluation.runner import MetricConfig, run_evaluation
+    from .metrics import METRIC_NAMES
+
+    methods = _methods(args.methods)
+    names = list(METRIC_NAMES) if args.metrics.strip() == "all" else \
+        [m.strip() for m in args.metrics.split(",") if m.strip()]
+    config = MetricConfig(names=tuple(dict.fromkeys(names)),
+                          protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
+                          deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
+                          roar_budget=args.roar_budget)
+    settings = {name: getattr(args, name) for name in _settings_fields() if getattr(args, name) is not None}
+    seed = settings.pop("seed", 0)
+    per_method = _settings_for(methods, settings) if settings else {}
+    for item in args.setting:
+        method, name, value = _one_setting(item, methods)
+        per_method.setdefault(method, {})[name] = value
+    backend = load(args.model, device=args.device)
+    table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
+    result = run_evaluation(backend, table, methods, config, per_method, seed, args.out,
+                            command="m2ib " + shlex.join(sys.argv[1:]), time_limit=args.time_limit)
+    if result.bad:
+        print(f"m2ib: {len(result.bad)} of {table.total} row(s) could not be used; see {args.out / 'summary.md'}",
+              file=sys.stderr)
+    print(result.files.get("md", args.out / "summary.md"))
+    return 0 if result.finished else EXIT_UNFINISHED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,9 +435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .training import main as train_main
 
         return train_main(argv[1:], prog="m2ib train-shapes")
+    if argv[:1] == ["serve"]:  # its own parser; gradio is an optional extra
+        from .serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers: dict[str, Any] = {"explain": _explain, "list": _list}
+    handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate}
     try:
         return handlers[args.command](args)
     except M2IBError as exc:

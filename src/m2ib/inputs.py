@@ -102,13 +102,27 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """CLIP-style preprocessing: resize the shorter side, centre-crop, scale, normalise."""
+    """CLIP-style preprocessing: resize the shorter side, centre-crop, scale, normalise.
+
+    ``resize_mode="squash"`` resizes to the crop size whatever the aspect ratio, with no crop
+    (SigLIP, OpenCLIP's ``squash``). ``crop_rounding="round"`` places the centre crop as
+    torchvision does (``round((h - ch) / 2)``, OpenCLIP and OpenAI ``clip``); ``"floor"`` as
+    transformers does.
+    """
 
     shortest_edge: int  # the shorter side is resized to this many pixels
     crop: tuple[int, int]  # (height, width) of the centre crop: the model's input size
     mean: tuple[float, float, float]  # per-channel mean subtracted after scaling to [0, 1]
     std: tuple[float, float, float]  # per-channel standard deviation divided by
     resample: int = Image.Resampling.BICUBIC  # PIL filter for the resize
+    resize_mode: str = "shortest"  # "shortest" (then centre-crop) or "squash" (to the crop size)
+    crop_rounding: str = "floor"  # "floor" (transformers) or "round" (torchvision)
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in ("shortest", "squash"):
+            raise InputError(f"image resize mode {self.resize_mode!r} is not supported (use shortest or squash)")
+        if self.crop_rounding not in ("floor", "round"):
+            raise InputError(f"crop_rounding={self.crop_rounding!r}: use floor or round")
 
     def __call__(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """RGB images -> (normalised [N, 3, H, W], display [N, 3, H, W] in [0, 1])."""
@@ -118,6 +132,8 @@ class ImagePreprocessing:
         return (display - mean) / std, display
 
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
+        if self.resize_mode == "squash":
+            return self.crop[1], self.crop[0]
         s = self.shortest_edge
         # Same rounding as transformers' shortest-edge resize (and torchvision's Resize).
         if w <= h:
@@ -130,7 +146,8 @@ class ImagePreprocessing:
         w0, h0 = original_size
         w1, h1 = self._resized_size(w0, h0)
         ch, cw = self.crop
-        left, top = (max(w1, cw) - cw) // 2 - (max(w1, cw) - w1) // 2, (max(h1, ch) - ch) // 2 - (max(h1, ch) - h1) // 2
+        left = self._offset(max(w1, cw) - cw) - (max(w1, cw) - w1) // 2
+        top = self._offset(max(h1, ch) - ch) - (max(h1, ch) - h1) // 2
         x, y, w, h = box
         sx, sy = w1 / w0, h1 / h0
         return x * sx - left, y * sy - top, w * sx, h * sy
@@ -146,7 +163,11 @@ class ImagePreprocessing:
             canvas = Image.new("RGB", (max(w, cw), max(h, ch)), (0, 0, 0))
             canvas.paste(image, ((max(w, cw) - w) // 2, (max(h, ch) - h) // 2))
             image, (w, h) = canvas, canvas.size
-        top, left = (h - ch) // 2, (w - cw) // 2
+        top, left = self._offset(h - ch), self._offset(w - cw)
         image = image.crop((left, top, left + cw, top + ch))
         array = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+    def _offset(self, extra: int) -> int:
+        """Start of a centre crop that leaves ``extra`` pixels out."""
+        return int(round(extra / 2.0)) if self.crop_rounding == "round" else extra // 2

@@ -1,4 +1,10 @@
-"""Backends: one adapter per model family, and ``load_backend`` that picks one."""
+"""Backends: one adapter per model family, and ``load_backend`` that picks one.
+
+Names: ``hf:ID_OR_DIR`` (transformers CLIPModel / SiglipModel; a bare hub id or directory with
+config.json means the same), ``open_clip:SPEC`` (:mod:`.openclip`), ``clip:SPEC``
+(:mod:`.openai_clip`); a directory with open_clip_config.json is OpenCLIP's, a file is an
+OpenAI clip checkpoint. A model object is dispatched by its type.
+"""
 
 from __future__ import annotations
 
@@ -45,8 +51,11 @@ def load_backend(source: Any, *, device: str | torch.device | None = None,
 
     Args:
         source: ``"shapes"`` / ``"random-tiny"`` (see ``m2ib.list_models()``), a Hugging Face hub
-            id such as ``"openai/clip-vit-base-patch32"``, a local directory holding a saved
-            CLIPModel, a ``transformers.CLIPModel`` or an existing :class:`Backend`.
+            id such as ``"openai/clip-vit-base-patch32"`` (or ``"hf:..."``), a local directory
+            holding a saved CLIPModel or SiglipModel, ``"open_clip:ARCH@TAG"`` /
+            ``"open_clip:hf-hub:ORG/REPO"``, ``"clip:ViT-B/32"`` / ``"clip:FILE.pt"``, a model object
+            (transformers CLIPModel or SiglipModel, open_clip CLIP, OpenAI clip CLIP) or an
+            existing :class:`Backend`.
         device: where to run; ``None`` keeps the model where it is (CPU for loaded models).
         dtype: weights' precision for the attribution; ``"float32"`` by default (half-precision
             checkpoints are upcast); ``"model"`` or ``None`` keeps the model's own.
@@ -72,7 +81,7 @@ def load_backend(source: Any, *, device: str | torch.device | None = None,
         backend = _load_named(str(source), processor=processor, tokenizer=tokenizer)
     else:
         raise InputError(f"cannot load a model from {type(source).__name__}: pass a name, a hub id, "
-                         "a directory or a transformers CLIPModel")
+                         "a directory or a model object (transformers CLIPModel/SiglipModel, open_clip or clip CLIP)")
     model = backend.model
     if target_dtype is not None and next(model.parameters()).dtype != target_dtype:
         model.to(target_dtype)
@@ -82,15 +91,39 @@ def load_backend(source: Any, *, device: str | torch.device | None = None,
 
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> Backend:
-    from transformers import CLIPModel
+    """The backend for a model object, by its type (optional libraries are imported only when needed)."""
+    from transformers import CLIPModel, SiglipModel
 
+    modules = {c.__module__ or "" for c in type(model).__mro__}
+    recommended = info.get("recommended", {})
     if isinstance(model, CLIPModel):
         size = model.config.vision_config.image_size
         prep = preprocessing_from(processor, size) if processor is not None else None
-        return HFCLIPBackend(model=model, name=name, recommended=info.get("recommended", {}),
-                             tokenizer=tokenizer, preprocessing=prep)
-    raise InputError(f"no m2ib backend for {type(model).__name__} yet: supported are transformers CLIPModel "
-                     "checkpoints")
+        return HFCLIPBackend(model=model, name=name, recommended=recommended, tokenizer=tokenizer,
+                             preprocessing=prep)
+    if isinstance(model, SiglipModel):
+        from .siglip import SiglipBackend, siglip_preprocessing
+
+        size = model.config.vision_config.image_size
+        prep = siglip_preprocessing(processor, size) if processor is not None else None
+        return SiglipBackend(model=model, name=name, recommended=recommended, tokenizer=tokenizer,
+                             preprocessing=prep)
+    if any(m.startswith("open_clip.") for m in modules):
+        from .openclip import OpenCLIPBackend, import_open_clip
+
+        oc = import_open_clip()
+        if tokenizer is None:
+            tokenizer = oc.get_tokenizer("ViT-B-32")  # CLIP's BPE; pass tokenizer= for other vocabularies
+        return OpenCLIPBackend(model=model, name=name, recommended=recommended, tokenizer=tokenizer)
+    if "clip.model" in modules:
+        from .openai_clip import OpenAICLIPBackend
+
+        return OpenAICLIPBackend(model=model, name=name, recommended=recommended, tokenizer=tokenizer)
+    raise InputError(f"no m2ib backend for {type(model).__name__}: supported are transformers CLIPModel and "
+                     "SiglipModel, open_clip CLIP/CustomTextCLIP and OpenAI clip CLIP models")
+
+
+FAMILY_PREFIXES = ("hf:", "open_clip:", "clip:")
 
 
 def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Backend:
@@ -104,24 +137,44 @@ def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Ba
         if prep is not None:
             backend.preprocessing = prep
         return backend
+    if source.startswith("open_clip:"):
+        from .openclip import load_open_clip
+
+        return load_open_clip(source[len("open_clip:"):])
+    if source.startswith("clip:"):
+        from .openai_clip import load_openai_clip
+
+        return load_openai_clip(source[len("clip:"):])
+    name = source
+    if source.startswith("hf:"):
+        source = source[len("hf:"):]
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_directory(path, name=source, processor=processor, tokenizer=tokenizer)
+        if not (path / "config.json").exists() and (path / "open_clip_config.json").exists():
+            from .openclip import load_open_clip_dir
+
+            return load_open_clip_dir(path, name)
+        return load_directory(path, name=name, processor=processor, tokenizer=tokenizer)
     if path.exists():
-        raise InputError(f"{path}: is a file; pass the directory that holds config.json and the weights")
+        if name.startswith("hf:"):
+            raise InputError(f"{path}: is a file; pass the directory that holds config.json and the weights")
+        from .openai_clip import load_openai_clip  # a checkpoint file: OpenAI clip's layout
+
+        return load_openai_clip(str(path))
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise InputError(f"{source}: no such model directory")
-    return load_directory(_hub_snapshot(source), name=source, processor=processor, tokenizer=tokenizer)
+    return load_directory(_hub_snapshot(source), name=name, processor=processor, tokenizer=tokenizer)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def _hub_snapshot(repo_id: str, patterns: list[str] | None = None, howto: str | None = None) -> Path:
     """The local directory of a hub model: from the cache, else downloaded; fails fast offline."""
     from huggingface_hub import snapshot_download
 
-    howto = (f"download it where there is internet (`hf download {repo_id} --local-dir DIR`) "
-             f"and pass --model DIR, or fill the Hugging Face cache")
+    patterns = HUB_FILES if patterns is None else patterns
+    howto = howto or (f"download it where there is internet (`hf download {repo_id} --local-dir DIR`) "
+                      f"and pass --model DIR, or fill the Hugging Face cache")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
@@ -129,14 +182,15 @@ def _hub_snapshot(repo_id: str) -> Path:
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
         raise ModelNotAvailableError(f"model {repo_id!r} is not in the local cache and {why}: {howto}")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
         raise ModelNotAvailableError(f"could not download {repo_id!r} ({str(exc).splitlines()[0]}): "
                                      f"check the id, or {howto}") from None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+def _hub_reachable(timeout: float = 3.0, url: str | None = None) -> bool:
+    """Whether the Hugging Face hub (or ``url``'s host) answers a TCP connection within ``timeout``."""
+    endpoint = urlparse(url or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         with socket.create_connection((endpoint.hostname, port), timeout=timeout):
@@ -160,26 +214,40 @@ def _quiet_transformers():
 
 
 def load_directory(path: Path, name: str | None = None, processor: Any = None, tokenizer: Any = None) -> Backend:
-    """Load a saved CLIPModel directory (config.json + weights, tokenizer and preprocessor files)."""
-    from transformers import AutoConfig, AutoTokenizer, CLIPModel
+    """Load a saved CLIPModel or SiglipModel directory (config.json + weights, tokenizer and
+    preprocessor files)."""
+    from transformers import AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
 
     path = Path(path)
     if not (path / "config.json").exists():
         raise InputError(f"{path}: no config.json here; pass a directory saved with save_pretrained")
     config = AutoConfig.from_pretrained(path)
-    if config.model_type != "clip":
-        raise InputError(f"{path}: model_type {config.model_type!r} has no m2ib backend yet (supported: clip)")
+    classes = {"clip": CLIPModel, "siglip": SiglipModel}
+    if config.model_type not in classes:
+        raise InputError(f"{path}: model_type {config.model_type!r} has no m2ib backend yet "
+                         f"(supported: {', '.join(classes)}; OpenCLIP and OpenAI clip by open_clip: / clip: names)")
     with warnings.catch_warnings(), _quiet_transformers():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
-        model = CLIPModel.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32).eval()
+        model = classes[config.model_type].from_pretrained(path, attn_implementation="sdpa",
+                                                           dtype=torch.float32).eval()
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-        except Exception:
+        except Exception as exc:
             tokenizer = getattr(processor, "tokenizer", None)
+            if tokenizer is None and config.model_type == "siglip" and _needs_sentencepiece(exc):
+                from .siglip import EXTRA_HINT
+
+                raise InputError(f"{path}: SigLIP's tokenizer cannot be loaded ({str(exc).splitlines()[0]}): "
+                                 f"{EXTRA_HINT}") from None
     if processor is None and (path / "preprocessor_config.json").exists():
         processor = SimpleNamespace(**json.loads((path / "preprocessor_config.json").read_text()))
     info = {}
     if (path / "m2ib.json").exists():
         info = json.loads((path / "m2ib.json").read_text())
     return _wrap(model, name or str(path), tokenizer, processor, info)
+
+
+def _needs_sentencepiece(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("sentencepiece", "protobuf", "requires the"))

@@ -118,6 +118,7 @@ class AttentionRecord:
     key: torch.Tensor  # [N, heads, T, head_dim]
     value: torch.Tensor  # [N, heads, T, head_dim]
     output: torch.Tensor  # [N, T, width] attention output after the out-projection, before the residual
+    hidden: torch.Tensor | None = None  # [N, T, width] the block's output (residual stream after the MLP)
 
 
 @dataclass
@@ -182,6 +183,20 @@ class Backend(ABC):
         shortcuts). Nothing stays installed after it closes."""
         raise NotImplementedError(f"{type(self).__name__} cannot record attention")
 
+    def pooled_positions(self, modality: Modality, batch: Batch) -> torch.Tensor | None:
+        """Index [N] of the token whose final hidden state the tower's head turns into the
+        embedding (the class token, the end-of-text token), or ``None`` when the head reads every
+        token (average or attention pooling). Attention-based methods read this token's row.
+
+        Default: token 0 of image towers with prefix (class) tokens, ``None`` without; the last
+        real token of a text. Families whose rule differs override it.
+        """
+        if modality == "image":
+            if self.geometry.image_prefix_tokens == 0:
+                return None
+            return torch.zeros(len(batch), dtype=torch.long, device=self.device)
+        return (batch.attention_mask.sum(1) - 1).long().to(self.device)
+
     # --- shared ------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -193,6 +208,25 @@ class Backend(ABC):
 
     def num_layers(self, modality: Modality) -> int:
         return self.geometry.layers(modality)
+
+    def token_grid(self, modality: Modality, layer: int) -> tuple[int, int]:
+        """(rows, cols) of the image tokens that follow the ``image_prefix_tokens`` in the hidden
+        states at the output of block ``layer`` (``EMBEDDINGS``: the input of block 0).
+
+        ViTs keep one patch grid at every layer (this default: ``geometry.patch_grid``); towers
+        whose grid shrinks with depth (ResNet stages) override it.
+        """
+        return self.geometry.patch_grid
+
+    def image_grid_of(self, tokens: int) -> tuple[int, int] | None:
+        """The grid of image-token scores [N, ``tokens``] (prefix tokens included): that of the
+        first layer whose hidden states have that many tokens, else ``None``."""
+        prefix = self.geometry.image_prefix_tokens
+        for layer in (EMBEDDINGS, *range(self.num_layers("image"))):
+            rows, cols = self.token_grid("image", layer)
+            if prefix + rows * cols == tokens:
+                return rows, cols
+        return None
 
     def resolve_layer(self, modality: Modality, layer: int, setting: str = "layer") -> int:
         """A layer index (negative counts from the end) -> a checked non-negative index."""

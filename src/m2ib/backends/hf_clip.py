@@ -238,6 +238,11 @@ class HFCLIPBackend(Backend):
         hidden = residual + out
         return hidden + block.mlp(block.layer_norm2(hidden))
 
+    def pooled_positions(self, modality: Modality, batch: Batch) -> torch.Tensor:
+        if modality == "image":
+            return torch.zeros(len(batch), dtype=torch.long, device=self.device)  # CLS
+        return self.pool_positions(batch).to(self.device)
+
     def pool_positions(self, batch: TextBatch) -> torch.Tensor:
         """Index of the end-of-text token whose state CLIP pools, as transformers does."""
         ids = batch.input_ids
@@ -262,9 +267,12 @@ def _recorded_block(block: torch.nn.Module, hidden: torch.Tensor, mask: torch.Te
         scores = scores + mask
     probs = scores.softmax(dim=-1)
     output = attn.out_proj((probs @ value).transpose(1, 2).reshape(n, t, width))
-    records.append(AttentionRecord(probs, query, key, value, output))
+    record = AttentionRecord(probs, query, key, value, output)
+    records.append(record)
     hidden = hidden + output
-    return hidden + block.mlp(block.layer_norm2(hidden))
+    hidden = hidden + block.mlp(block.layer_norm2(hidden))
+    record.hidden = hidden
+    return hidden
 
 
 def _text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

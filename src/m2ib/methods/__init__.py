@@ -1,10 +1,27 @@
-"""Attribution methods behind one interface; importing this module fills the registry."""
+"""Attribution methods behind one interface; importing this module fills the registry.
 
-from .base import REGISTRY, Method, RawScores, Settings, get_method, register
+The import order is the registry's order (M2IB first, then the baselines in the order of
+the paper's comparison and the newer methods); ``m2ib.list_methods()`` and the CLI's
+``--method`` choices read it.
+"""
+
+# isort: off  (the import order is the registry's order)
+from .base import REGISTRY, Method, RawScores, Settings, Target, get_method, register
 from .m2ib import M2IB, M2IBSettings, default_layer
+from .gradcam import GradCAM
+from .saliency import Saliency
+from .rise import RISE
+from .kernelshap import KernelSHAP
+from .chefer import Chefer
+from .rollout import Rollout
+from .nib import NIB
+from .gradeclip import GradECLIP
+from .legrad import LeGrad
+# isort: on
 
-__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "get_method", "register", "M2IB", "M2IBSettings",
-           "default_layer", "list_methods"]
+__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "Target", "get_method", "register", "M2IB",
+           "M2IBSettings", "default_layer", "list_methods", "GradCAM", "Saliency", "RISE", "KernelSHAP", "Chefer",
+           "Rollout", "NIB", "GradECLIP", "LeGrad"]
 
 
 def list_methods() -> list[str]:

@@ -2,10 +2,20 @@
 
 A method is one class with a ``name``, a frozen ``Settings`` dataclass and one hook,
 :meth:`Method.attribute`, that returns raw scores for one modality of a batch of pairs.
-The base class runs the shared steps around it (eval mode and frozen weights, the target
-embeddings, turning token scores into maps, normalising, building Explanations), so a new
-method is one file plus ``@register``. The CLI's ``--method`` choices and
-``m2ib.list_methods()`` read the registry, nowhere else.
+The base class runs the shared steps around it (eval mode and frozen weights, the target,
+turning token scores into maps, normalising, building Explanations), so a new method is one
+file plus ``@register``. The CLI's ``--method`` choices and ``m2ib.list_methods()`` read the
+registry, nowhere else.
+
+The target: every method explains, per pair, one number computed from the explained side's
+embedding: :meth:`Target.score`. By default it is the cosine similarity with the other side's
+embedding. With ``negatives`` (texts) it is a margin:
+
+* image side: ``cos(image, text) - mean_k cos(image, negative_k)``, so the map shows what
+  makes the image match its text *rather than* the negative texts;
+* text side: the same margin, as a function of the explained text: the negatives' term is the
+  image's similarity to them, a constant, so text maps equal those without negatives (what
+  changes is only the number that RISE-like methods average, by a constant).
 """
 
 from __future__ import annotations
@@ -74,6 +84,66 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Target:
+    """What is explained for each pair: a score of the explained side's embedding.
+
+    ``score(e)`` is ``cos(e, embeddings[i]) - mean_k cos(e, negatives[k]) - offset[i]`` for the
+    embedding ``e`` of pair ``i`` (the negative and offset terms only when given). Rows of
+    ``e`` may hold ``k`` copies of every pair, copies of one pair adjacent (as ``suffix``
+    takes them). Every method that differentiates, optimises or evaluates a target uses
+    this, M2IB's fit term included.
+    """
+
+    embeddings: torch.Tensor  # [N, E] unit-norm embeddings of the other modality, one per pair
+    negatives: torch.Tensor | None = None  # [K, E] unit-norm negative embeddings (the image side)
+    offset: torch.Tensor | None = None  # [N] constant subtracted per pair (the text side's margin term)
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> Target:
+        """The target of pairs ``index`` (e.g. one row per perturbed copy)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.embeddings.device)
+        return Target(self.embeddings[index], self.negatives,
+                      None if self.offset is None else self.offset[index])
+
+    def repeat_interleave(self, k: int) -> Target:
+        return self.select(torch.arange(len(self), device=self.embeddings.device).repeat_interleave(k))
+
+    def to(self, device: torch.device | str) -> Target:
+        return Target(self.embeddings.to(device), None if self.negatives is None else self.negatives.to(device),
+                      None if self.offset is None else self.offset.to(device))
+
+    def score(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Per-row target [M] of projected (not necessarily normalised) embeddings [M, E]."""
+        target = self.embeddings
+        rows, n = embeddings.shape[0], target.shape[0]
+        copies = rows // n
+        if copies * n != rows:
+            raise ValueError(f"{rows} embeddings for a target of {n} pairs")
+        if copies > 1:
+            target = target.repeat_interleave(copies, 0)
+        emb = embeddings.float()
+        out = F.cosine_similarity(emb, target, dim=-1, eps=1e-6)
+        if self.negatives is not None:
+            unit = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            out = out - (unit @ self.negatives.T).mean(-1)
+        if self.offset is not None:
+            offset = self.offset if copies == 1 else self.offset.repeat_interleave(copies, 0)
+            out = out - offset
+        return out
+
+
+def make_target(modality: Modality, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                negative_emb: torch.Tensor | None) -> Target:
+    """The target for explaining ``modality`` (see the module docstring for the margin)."""
+    if modality == "image":
+        return Target(text_emb, negative_emb)
+    offset = None if negative_emb is None else (image_emb @ negative_emb.T).mean(-1)
+    return Target(image_emb, None, offset)
+
+
 @dataclass
 class RawScores:
     """What :meth:`Method.attribute` returns for one modality of a batch."""
@@ -90,6 +160,7 @@ class Method(ABC):
     paper: ClassVar[str] = ""  # link to the paper
     Settings: ClassVar[type[Settings]] = Settings
     modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
+    uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
 
     def make_settings(self, backend: Backend | None = None, **overrides: Any) -> Settings:
         """Defaults, then the model's recommended values for this method, then ``overrides``."""
@@ -110,7 +181,7 @@ class Method(ABC):
 
     @abstractmethod
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  targets: torch.Tensor, settings: Settings) -> RawScores:
+                  target: Target, settings: Settings) -> RawScores:
         """Raw relevance of ``modality``'s input units for each image-text pair.
 
         Args:
@@ -118,29 +189,46 @@ class Method(ABC):
             modality: ``"image"`` or ``"text"``: which side to explain.
             images: N preprocessed images (pair i is ``images[i]`` with ``texts[i]``).
             texts: N tokenised texts.
-            targets: [N, E] unit-norm embeddings of the other modality, fixed.
+            target: what to explain: ``target.score(embeddings)`` [N] for the explained side's
+                embeddings (cosine with the other side, or the margin over negatives).
             settings: this method's settings, resolved.
         """
 
     def explain(self, backend: Backend, images: ImageBatch, texts: TextBatch, settings: Settings,
-                modalities: Sequence[Modality] = ("image", "text")) -> list[Explanation]:
-        """Explain pairs ``(images[i], texts[i])``; returns one Explanation per pair."""
+                modalities: Sequence[Modality] = ("image", "text"),
+                negatives: TextBatch | None = None) -> list[Explanation]:
+        """Explain pairs ``(images[i], texts[i])``; returns one Explanation per pair.
+
+        ``negatives``: tokenised texts; the target becomes the margin of each pair's similarity
+        over the mean similarity to them (see the module docstring).
+        """
         if len(images) != len(texts):
             raise InputError(f"{len(images)} images but {len(texts)} texts: give one text per image")
         for m in modalities:
             if m not in self.modalities:
                 raise InputError(f"{self.name} cannot explain the {m} side")
+        if negatives is not None and len(negatives) and not self.uses_target:
+            raise InputError(f"{self.name} has no target: negatives do not apply to it")
         settings = self.resolved(backend, settings)
         with backend.attribution_mode():
             with torch.no_grad(), autocast(backend.device, getattr(settings, "precision", "fp32")):
                 image_emb = F.normalize(backend.embed("image", images).float(), dim=-1)
                 text_emb = F.normalize(backend.embed("text", texts).float(), dim=-1)
+                negative_emb = None
+                if negatives is not None and len(negatives):
+                    negative_emb = F.normalize(backend.embed("text", negatives).float(), dim=-1)
             similarity = (image_emb * text_emb).sum(-1).cpu()
             raw: dict[Modality, RawScores] = {}
             for m in modalities:
-                targets = text_emb if m == "image" else image_emb
-                raw[m] = self.attribute(backend, m, images, texts, targets, settings)
-        return self._assemble(backend, images, texts, raw, similarity, settings)
+                target = make_target(m, image_emb, text_emb, negative_emb)
+                raw[m] = self.attribute(backend, m, images, texts, target, settings)
+        exps = self._assemble(backend, images, texts, raw, similarity, settings)
+        if negative_emb is not None:
+            margins = make_target("image", image_emb, text_emb, negative_emb).score(image_emb).tolist()
+            for exp, margin in zip(exps, margins):
+                exp.settings["negatives"] = list(negatives.texts)
+                exp.info["margin"] = margin
+        return exps
 
     # --- shared post-processing --------------------------------------------------------
     def _assemble(self, backend: Backend, images: ImageBatch, texts: TextBatch,
@@ -199,15 +287,16 @@ def image_scores_to_maps(scores: torch.Tensor, backend: Backend) -> tuple[torch.
     """Raw image scores -> (patch grid or None, [N, H, W] map at input resolution).
 
     Token scores [N, tokens] lose the prefix tokens (CLS, registers) and are reshaped to
-    the patch grid; grids are upsampled bilinearly (as in the paper's code).
+    the grid of the layer they come from (``backend.image_grid_of``); grids are upsampled bilinearly (as in the paper's code).
     """
     g = backend.geometry
-    rows, cols = g.patch_grid
-    if scores.ndim == 2:
-        expected = g.image_prefix_tokens + rows * cols
-        if scores.shape[1] != expected:
-            raise ValueError(f"image token scores have {scores.shape[1]} tokens, expected {expected}")
-        scores = scores[:, g.image_prefix_tokens:].reshape(-1, rows, cols)
+    if scores.ndim == 2:  # the grid of the layer with that many tokens (ResNet stages differ by layer)
+        grid = backend.image_grid_of(scores.shape[1])
+        if grid is None:
+            rows, cols = g.patch_grid
+            raise ValueError(f"image token scores have {scores.shape[1]} tokens, expected "
+                             f"{g.image_prefix_tokens + rows * cols} (or another layer's grid)")
+        scores = scores[:, g.image_prefix_tokens:].reshape(-1, *grid)
     scores = finite(scores)
     if tuple(scores.shape[-2:]) == tuple(g.image_size):
         return None, scores

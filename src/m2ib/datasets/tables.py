@@ -1,0 +1,180 @@
+"""Evaluation rows read from files (local image paths) or from the shapes world.
+
+Three sources, one :class:`Row` type:
+
+* a TSV/CSV of pairs: ``caption<TAB>image`` per line with no header (the public M2IB
+  reference's format for Conceptual Captions), or a header naming ``image`` and ``text`` /
+  ``caption`` columns. Unlike the reference, the first line is data unless it is such a header.
+* an MS-CXR-style CSV with a header: image path (``image``, ``path``, ``image_path`` or
+  ``image_id``), phrase (``phrase``, ``label_text`` or ``text``) and a box as ``x, y, w, h``
+  columns (in the original image's pixels); rows with the same image and phrase are one pair
+  with several boxes. A ``boxes`` column ``"x,y,w,h;x,y,w,h"`` works too.
+* ``shapes:SPLIT:N[:KIND]``: scenes ``render_scene(split_seed(SPLIT, i), size, n_objects=(2, 4))``
+  for i < N at the model's input size, captioned ``make_caption(scene, KIND)`` (KIND ``single``
+  by default), with the exact mask of the named present objects and the character spans of
+  their words.
+
+Relative image paths are read from the table's folder. A line that cannot be parsed is
+counted in :attr:`Table.bad` with its reason, never raised; a missing or unreadable image is
+found (and counted) when the pair is evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+BoxT = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image-text pair to evaluate."""
+
+    id: str  # stable key: the line number in the file, or "shapes:SPLIT:i"
+    image: Any  # a path, or an image tensor [3, H, W] in [0, 1] (shapes)
+    text: str
+    boxes: tuple[BoxT, ...] = ()  # ground-truth boxes (x, y, w, h) in the original image's pixels
+    mask: torch.Tensor | None = None  # ground-truth bool mask [H, W] at the model's input size
+    relevant: tuple[tuple[int, int], ...] = ()  # character spans of the words that name what is shown
+
+    @property
+    def source(self) -> str:
+        return str(self.image) if isinstance(self.image, (str, Path)) else self.id
+
+
+@dataclass
+class Table:
+    """Rows to evaluate and the lines that could not be read."""
+
+    spec: str
+    kind: str  # "pairs", "mscxr" or "shapes"
+    rows: list[Row]
+    bad: list[dict[str, str]] = field(default_factory=list)  # {"row": id, "reason": ...}
+    total: int = 0  # rows in the source before sampling
+
+
+_SHAPES = re.compile(r"^shapes:(train|val|test):(\d+)(?::(single|subset|all|mixed))?$")
+
+
+def load_table(spec: str, *, size: int | None = None, samples: int | None = None, seed: int = 0) -> Table:
+    """Rows from ``spec`` (a file path or ``shapes:SPLIT:N[:KIND]``).
+
+    ``size`` is the model's input side (needed for shapes scenes). ``samples`` draws that many
+    rows at random without replacement with ``seed`` (kept in file order); all rows otherwise.
+    """
+    match = _SHAPES.match(spec.strip())
+    if match:
+        if size is None:
+            raise InputError("shapes rows need the model's input size")
+        table = _shapes_table(spec.strip(), match.group(1), int(match.group(2)), match.group(3) or "single", size)
+    elif spec.startswith("shapes:"):
+        raise InputError(f"{spec!r}: use shapes:SPLIT:N[:KIND], e.g. shapes:test:200 (KIND single, subset, all "
+                         "or mixed)")
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise InputError(f"{path}: data file not found")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory; give a TSV/CSV file or shapes:SPLIT:N")
+        table = _file_table(path)
+    table.total = len(table.rows)
+    if samples is not None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+            raise InputError(f"samples={samples!r} must be a positive integer")
+        if samples < len(table.rows):
+            keep = sorted(random.Random(seed).sample(range(len(table.rows)), samples))
+            table.rows = [table.rows[i] for i in keep]
+    return table
+
+
+def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> Table:
+    from .shapes import make_caption, render_scene, split_seed
+
+    if n <= 0:
+        raise InputError(f"{spec!r}: N must be positive")
+    rows = []
+    for i in range(n):
+        scene = render_scene(split_seed(split, i), size=size, n_objects=(2, 4))
+        caption = make_caption(scene, kind)
+        mask = torch.zeros(size, size, dtype=torch.bool)
+        for obj in caption.objects:
+            mask |= scene.masks[obj]
+        spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
+        boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for obj in caption.objects)
+        rows.append(Row(f"shapes:{split}:{i}", scene.image, caption.text, boxes, mask, spans))
+    return Table(spec, "shapes", rows)
+
+
+def _read(path: Path) -> list[list[str]]:
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [r for r in csv.reader(f, delimiter=delimiter)]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a UTF-8 text table ({exc.reason})") from None
+
+
+def _image_path(table: Path, value: str) -> str:
+    image = Path(value.strip())
+    return str(image if image.is_absolute() else table.parent / image)
+
+
+def _file_table(path: Path) -> Table:
+    lines = _read(path)
+    numbered = [(n, r) for n, r in enumerate(lines, 1) if r and any(c.strip() for c in r)]
+    if not numbered:
+        raise InputError(f"{path}: no rows")
+    header = [c.strip().lower() for c in numbered[0][1]]
+    box_cols = all(c in header for c in ("x", "y", "w", "h")) or "boxes" in header
+    image_col = next((c for c in ("image", "path", "image_path", "image_id") if c in header), None)
+    text_col = next((c for c in ("text", "caption", "phrase", "label_text") if c in header), None)
+    if image_col and text_col:
+        numbered = numbered[1:]
+        i_img, i_txt = header.index(image_col), header.index(text_col)
+        if box_cols:
+            return _mscxr(path, header, numbered, i_img, i_txt)
+    else:
+        i_txt, i_img = 0, 1  # the reference's order: caption, then image
+    rows, bad = [], []
+    for n, r in numbered:
+        if len(r) <= max(i_img, i_txt) or not r[i_img].strip() or not r[i_txt].strip():
+            bad.append({"row": str(n), "reason": f"line {n}: expected a caption and an image path"})
+            continue
+        rows.append(Row(str(n), _image_path(path, r[i_img]), r[i_txt].strip()))
+    return Table(str(path), "pairs", rows, bad)
+
+
+def _mscxr(path: Path, header: list[str], numbered, i_img: int, i_txt: int) -> Table:
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    bad = []
+    for n, r in numbered:
+        try:
+            if len(r) < len(header):
+                raise ValueError(f"{len(r)} columns, expected {len(header)}")
+            image, text = r[i_img].strip(), r[i_txt].strip()
+            if not image or not text:
+                raise ValueError("empty image or phrase")
+            if "boxes" in header:
+                value = r[header.index("boxes")].strip()
+                boxes = [tuple(float(v) for v in b.split(",")) for b in value.split(";") if b.strip()]
+            else:
+                boxes = [tuple(float(r[header.index(c)]) for c in ("x", "y", "w", "h"))]
+            if any(len(b) != 4 or b[2] <= 0 or b[3] <= 0 for b in boxes):
+                raise ValueError("a box needs x, y and a positive w, h")
+        except ValueError as exc:
+            bad.append({"row": str(n), "reason": f"line {n}: {exc}"})
+            continue
+        entry = grouped.setdefault((image, text), {"line": n, "boxes": []})
+        entry["boxes"].extend(boxes)
+    rows = [Row(str(e["line"]), _image_path(path, image), text, tuple(e["boxes"]))
+            for (image, text), e in grouped.items()]
+    return Table(str(path), "mscxr", rows, bad)

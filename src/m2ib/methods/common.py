@@ -1,0 +1,87 @@
+"""Small helpers shared by the baseline methods (positions, masks, layers, chunks).
+
+Nothing here touches a model directly: everything goes through the backend interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
+
+
+def pooled_positions(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch) -> torch.Tensor | None:
+    """Index [N] of the token whose final state becomes the embedding (CLS for images, the
+    end-of-text token for texts), or ``None`` when the tower's head reads every token."""
+    return backend.pooled_positions(modality, batch)
+
+
+def pooled_row(matrix: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """Row ``positions[n]`` of each [N, T, S] matrix -> [N, S]; the mean over the rows when
+    ``positions`` is None (a head that reads every token)."""
+    if positions is None:
+        return matrix.mean(1)
+    return matrix[torch.arange(matrix.shape[0], device=matrix.device), positions.to(matrix.device)]
+
+
+def token_mask(modality: Modality, batch: ImageBatch | TextBatch, tokens: int, device: torch.device) -> torch.Tensor:
+    """[N, T] 1.0 for real tokens (every image token; texts: not padding), else 0.0."""
+    if modality == "image":
+        return torch.ones(len(batch), tokens, device=device)
+    return batch.attention_mask.to(device).float()
+
+
+def tower_layer(backend: Backend, modality: Modality, value: int | None, name: str, default: int) -> int:
+    """A block index setting resolved for ``modality``'s tower (``None``: ``default``)."""
+    return backend.resolve_layer(modality, default if value is None else value, name)
+
+
+def require_attention(backend: Backend, method: str) -> None:
+    if not backend.supports_attention:
+        raise InputError(f"{method} needs the attention weights, which the {type(backend).__name__} "
+                         "backend cannot record")
+
+
+def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def check_positive_int(value: object, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def check_layer(value: object, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InputError(f"{name}={value!r} must be an integer block index")
+
+
+def recorded_forward(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch,
+                     grad: bool = True) -> tuple[torch.Tensor, list]:
+    """Embed ``batch`` while recording every block's attention: (embeddings [N, E], records).
+
+    With ``grad`` the input of block 0 requires grad, so every recorded tensor is in the
+    autograd graph (the weights stay frozen); without it nothing is.
+    """
+    from ..backends.base import EMBEDDINGS
+
+    with torch.no_grad():
+        embedded = backend.prefix(modality, batch, EMBEDDINGS)
+    embedded = embedded.detach().requires_grad_(grad)
+    with torch.set_grad_enabled(grad), backend.record_attention(modality) as records:
+        embedding = backend.suffix(modality, embedded, EMBEDDINGS, batch)
+    return embedding, list(records)
+
+
+def pooled_rows(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """``tensor[n, :, positions[n], :]`` for [N, H, T, S] (per-head query rows) -> [N, H, S];
+    the sum over the rows when ``positions`` is None (every token reaches the head)."""
+    if positions is None:
+        return tensor.sum(2)
+    n, h, _, s = tensor.shape
+    index = positions.to(tensor.device).view(n, 1, 1, 1).expand(n, h, 1, s)
+    return tensor.gather(2, index)[:, :, 0]

@@ -1,0 +1,105 @@
+"""NIB: Narrowing Information Bottleneck, as released (integrated gradients of hidden states).
+
+Zhu et al., "Narrowing Information Bottleneck Theory for Multimodal Image-Text
+Representations Interpretability", ICLR 2025, https://arxiv.org/abs/2502.14889
+(code: github.com/LMBTough/NIB, ``salicncy/nib.py``).
+
+Definition implemented, as in the released code: for the hidden states ``h`` [T, D] entering
+the tower's remaining blocks and the target ``s`` (cosine similarity of the two embeddings,
+or the margin over negatives),
+
+    attribution_t = sum_c  h[t, c] * (1/n) sum_{i=1..n} d s(f(h * i/n)) / d h'[t, c]
+
+where ``f`` runs the rest of the tower (blocks, pooling, projection) and the gradient is taken
+at the scaled input ``h' = h * i / n``: integrated gradients from a zero baseline with the
+right Riemann sum, ``n = steps`` = 10. No noise and no beta: the information-bottleneck view
+of the paper reduces to this deterministic path integral in the released code.
+
+Layers: the released ``target_layer=9`` means the hidden states after 9 blocks, i.e. the
+output of block 8 (0-based) of CLIP's 12; here ``vision_layer``/``text_layer`` name that block
+(the output of block ``layer``). The default keeps the released relative depth: one block
+before M2IB's default layer (8 of 12). Image: the patch tokens on the grid (CLS dropped);
+text: every token (padding 0). All pairs and all steps of a batch run through the tower
+together (at most ``max_batch`` rows at once), with one backward pass per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from .base import Method, RawScores, Settings, Target, register, setting
+from .common import check_layer, check_positive_int, chunks, tower_layer
+from .m2ib import default_layer
+
+
+@dataclass(frozen=True)
+class NIBSettings(Settings):
+    """NIB settings; defaults are the released code's."""
+
+    vision_layer: int | None = setting(
+        None, "image tower block whose output is integrated (0-based, negative from the end); default: one "
+              "before M2IB's layer (8 of 12 blocks: the released target_layer=9)")
+    text_layer: int | None = setting(None, "text tower block whose output is integrated; default as for "
+                                           "vision_layer")
+    steps: int = setting(10, "integration steps n: the hidden states are scaled by i/n, i = 1..n")
+    max_batch: int = setting(256, "most rows (pairs x steps) run through the tower at once (memory cap)")
+
+    def validate(self) -> None:
+        super().validate()
+        check_layer(self.vision_layer, "vision_layer")
+        check_layer(self.text_layer, "text_layer")
+        check_positive_int(self.steps, "steps")
+        check_positive_int(self.max_batch, "max_batch")
+
+
+def nib_layer(num_layers: int) -> int:
+    """Default NIB layer: one block before M2IB's (the output of block 8 of 12)."""
+    return max(0, default_layer(num_layers) - 1)
+
+
+@register
+class NIB(Method):
+    """Integrated gradients of the hidden states at one block, zero baseline."""
+
+    name = "nib"
+    title = "NIB"
+    paper = "https://arxiv.org/abs/2502.14889"
+    modalities = ("image", "text")
+    Settings = NIBSettings
+
+    def resolved(self, backend: Backend, settings: NIBSettings) -> NIBSettings:
+        return NIBSettings(**{
+            **settings.as_dict(),
+            "vision_layer": tower_layer(backend, "image", settings.vision_layer, "vision_layer",
+                                        nib_layer(backend.num_layers("image"))),
+            "text_layer": tower_layer(backend, "text", settings.text_layer, "text_layer",
+                                      nib_layer(backend.num_layers("text"))),
+        })
+
+    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
+                  target: Target, settings: NIBSettings) -> RawScores:
+        batch = images if modality == "image" else texts
+        layer = settings.vision_layer if modality == "image" else settings.text_layer
+        with torch.no_grad():
+            hidden = backend.prefix(modality, batch, layer).detach()
+        n_pairs, n = len(batch), settings.steps
+        alphas = torch.arange(1, n + 1, device=hidden.device, dtype=hidden.dtype) / n
+        pair_chunk = min(n_pairs, settings.max_batch)
+        step_chunk = max(1, settings.max_batch // pair_chunk)
+        grad_sum = torch.zeros_like(hidden, dtype=torch.float32)
+        for p0, p1 in chunks(n_pairs, pair_chunk):
+            index = torch.arange(p0, p1)
+            sub_batch, sub_target, h = batch.select(index), target.select(index), hidden[p0:p1]
+            for s0, s1 in chunks(n, step_chunk):
+                k = s1 - s0
+                scaled = (h[:, None] * alphas[s0:s1, None, None]).reshape(-1, *h.shape[1:]).requires_grad_(True)
+                score = sub_target.score(backend.suffix(modality, scaled, layer, sub_batch))
+                (grad,) = torch.autograd.grad(score.sum(), scaled)
+                grad_sum[p0:p1] += grad.float().view(p1 - p0, k, *h.shape[1:]).sum(1)
+        scores = (hidden.float() * grad_sum / n).sum(-1)
+        if modality == "text":
+            scores = scores * texts.attention_mask.to(scores.device)
+        return RawScores(scores)

@@ -1,0 +1,75 @@
+"""Attention rollout: the plain attention reference (no gradients, no target).
+
+Abnar, Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020,
+https://arxiv.org/abs/2005.00928
+
+Definition implemented, per tower, with ``A_b`` [heads, T, T] the attention probabilities of
+block ``b``:
+
+    Â_b = normalise_rows( mean_heads(A_b) + I )      (= 0.5 A + 0.5 I: the residual)
+    rollout = Â_{L-1} @ ... @ Â_{start_layer}
+
+Image: the CLS row, CLS dropped (the patch grid). Text: the row of the end-of-text token.
+Towers whose head reads every token (no class token) use the mean of the rows.
+The map depends on one input only: the other modality, and so ``negatives``, play no part
+(passing negatives is an error). It is the reference for what attention alone shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from .base import Method, RawScores, Settings, Target, register, setting
+from .common import check_layer, pooled_positions, pooled_row, recorded_forward, require_attention
+
+
+@dataclass(frozen=True)
+class RolloutSettings(Settings):
+    """Attention rollout settings."""
+
+    start_layer: int = setting(0, "first block whose attention enters the product (0-based, negative from "
+                                  "the end); 0: every block")
+
+    def validate(self) -> None:
+        super().validate()
+        check_layer(self.start_layer, "start_layer")
+
+
+def rollout(probs: list[torch.Tensor]) -> torch.Tensor:
+    """Product of the residual-augmented, head-averaged attention matrices: [N, T, T]."""
+    t = probs[0].shape[-1]
+    eye = torch.eye(t, device=probs[0].device)
+    joint = None
+    for a in probs:
+        aug = a.float().mean(1) + eye
+        aug = aug / aug.sum(-1, keepdim=True)
+        joint = aug if joint is None else torch.bmm(aug, joint)
+    return joint
+
+
+@register
+class Rollout(Method):
+    """Attention rollout (Abnar & Zuidema)."""
+
+    name = "rollout"
+    title = "Attention rollout"
+    paper = "https://arxiv.org/abs/2005.00928"
+    modalities = ("image", "text")
+    Settings = RolloutSettings
+    uses_target = False
+
+    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
+                  target: Target, settings: RolloutSettings) -> RawScores:
+        require_attention(backend, self.name)
+        batch = images if modality == "image" else texts
+        start = backend.resolve_layer(modality, settings.start_layer, "start_layer")
+        with torch.no_grad():
+            _, records = recorded_forward(backend, modality, batch, grad=False)
+            joint = rollout([r.probs for r in records[start:]])
+        row = pooled_row(joint, pooled_positions(backend, modality, batch))
+        if modality == "text":
+            row = row * texts.attention_mask.to(row.device)
+        return RawScores(row)

@@ -1,0 +1,188 @@
+"""Confidence Drop and Confidence Increase (Chattopadhyay et al.'s Grad-CAM++ metrics, as
+pytorch-grad-cam defines them), with the target score of M2IB's evaluation.
+
+For a pair, ``s`` is the cosine similarity of the explained side's embedding with the other
+side's (fixed, unperturbed) embedding, and ``s_masked`` the same after the explained input
+was perturbed with its attribution map:
+
+* **Confidence Drop** = ``max(0, s - s_masked) * 100`` per pair, averaged over pairs.
+  **Lower is better**: keeping what the map marks keeps the match.
+* **Confidence Increase** = ``100 * [s_masked > s]`` per pair, i.e. the share of pairs (in %)
+  whose similarity went *up*. **Higher is better**.
+
+Two protocols, both reported (``PROTOCOLS``):
+
+``"mask"`` (corrected)
+    Image: the normalised pixels times the min-max map (``pixels * map``, pytorch-grad-cam's
+    ``multiply_tensor_with_cam``): a pixel fades to the mean colour (0 after normalising) as
+    its score goes to 0. Text: the word tokens (start and end tokens excluded) are binarised
+    at the median of their scores (kept iff ``score > median``); the others are removed
+    through the attention mask. Start and end tokens stay, so the model pools its usual end
+    token; positions are not renumbered. ``s`` is the pair's own similarity.
+
+``"m2ib"`` (the public reference's ``scripts/eval.py``, reproduced exactly, defects included)
+    Image: the reference passes its [224, 224] map as pytorch-grad-cam 1.4.6's batch of cams,
+    and the metric reads ``cams[i]`` for image ``i``: the map's *first row* [W]. So every
+    pixel ``(c, y, x)`` is multiplied by ``map[0, x]``, the top row broadcast down the image,
+    not by ``map[y, x]``. We do the same.
+    Text: the first and last token (start and end) are cut from the ids and from the map; the
+    map is binarised at its median (``> np.percentile(map, 50)``); the ids are multiplied by
+    that mask, so dropped tokens become id 0 (``!`` in CLIP's vocabulary, a real token), and
+    the ids are re-encoded with no attention mask. The reference's transformers pooled the
+    position of the *largest id*; with the end token cut, that is whichever kept word has the
+    largest vocabulary id, and its position moves whenever that word is dropped. ``s`` is
+    computed the same way on the cut ids (not the pair's own similarity). We force that
+    pooling (backends whose text tower cannot pool at the largest id refuse this protocol).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
+from .common import cosine, image_maps, scoring, targets, text_maps, unit_embeddings, word_positions
+
+PROTOCOLS = ("m2ib", "mask")
+
+
+def confidence_change(backend: Backend, images: ImageBatch, texts: TextBatch,
+                      maps: torch.Tensor | Sequence[torch.Tensor], *, modality: Modality,
+                      protocol: str = "mask") -> dict[str, torch.Tensor]:
+    """Confidence Drop and Increase of ``modality``'s maps for pairs ``(images[i], texts[i])``.
+
+    Args:
+        backend: the model (``m2ib.load(...)``).
+        images, texts: N preprocessed images and N tokenised texts (pair ``i`` is
+            ``images[i]`` with ``texts[i]``).
+        maps: image side: [N, H, W] (or a list of [H, W]) min-max maps at the model's input size
+            (``Explanation.image_map``); text side: a list of [T_i] token scores, start/end
+            included (``Explanation.text_map``).
+        modality: ``"image"`` or ``"text"``.
+        protocol: ``"mask"`` (corrected) or ``"m2ib"`` (the reference's, exactly); see the module.
+
+    Returns:
+        ``{"s": [N], "s_masked": [N], "drop": [N], "increase": [N]}`` (CPU float tensors; drop
+        in [0, 200], increase 0 or 100 per pair; NaN where a text has no word token).
+    """
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol={protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    if modality == "image":
+        s, s_masked = _image_scores(backend, images, texts, image_maps(maps, images), protocol)
+    elif modality == "text":
+        s, s_masked = _text_scores(backend, images, texts, text_maps(maps, texts), protocol)
+    else:
+        raise InputError(f"modality={modality!r}: use 'image' or 'text'")
+    drop = (s - s_masked).clamp_min(0.0) * 100.0
+    increase = (s_masked > s).float() * 100.0
+    bad = torch.isnan(s) | torch.isnan(s_masked)
+    increase[bad] = float("nan")
+    return {"s": s, "s_masked": s_masked, "drop": drop, "increase": increase}
+
+
+def perturb_image(pixels: torch.Tensor, maps: torch.Tensor, protocol: str) -> torch.Tensor:
+    """Normalised pixels [N, 3, H, W] times the maps [N, H, W], as the protocol does it."""
+    if protocol == "m2ib":  # pytorch-grad-cam reads cams[i] = the map's first row, broadcast over rows
+        return pixels * maps[:, 0][:, None, None, :].to(pixels.dtype)
+    return pixels * maps[:, None].to(pixels.dtype)
+
+
+def _image_scores(backend: Backend, images: ImageBatch, texts: TextBatch, maps: torch.Tensor,
+                  protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
+    with scoring(backend):
+        target = targets(backend, "image", images, texts)
+        s = cosine(unit_embeddings(backend, "image", images), target)
+        perturbed = ImageBatch(perturb_image(images.pixel_values, maps, protocol))
+        s_masked = cosine(unit_embeddings(backend, "image", perturbed), target)
+    return s.cpu(), s_masked.cpu()
+
+
+def median_keep(scores: torch.Tensor) -> torch.Tensor:
+    """Bool [K]: scores strictly above their median (``np.percentile(x, 50)``, linear interpolation)."""
+    if scores.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    return scores > torch.quantile(scores.double(), 0.5).to(scores.dtype)
+
+
+def _text_scores(backend: Backend, images: ImageBatch, texts: TextBatch, maps: list[torch.Tensor],
+                 protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(texts)
+    s = torch.full((n,), float("nan"))
+    s_masked = torch.full((n,), float("nan"))
+    with scoring(backend):
+        target = targets(backend, "text", images, texts)
+        if protocol == "mask":
+            s = cosine(unit_embeddings(backend, "text", texts), target).cpu()
+            attention = texts.attention_mask.clone()
+            for i in range(n):
+                words = word_positions(texts, i)
+                if not words:
+                    s[i] = float("nan")
+                    continue
+                keep = median_keep(maps[i][words])
+                drop = [w for w, k in zip(words, keep.tolist()) if not k]
+                attention[i, drop] = 0
+            masked = TextBatch(texts.input_ids, attention)
+            s_masked = cosine(unit_embeddings(backend, "text", masked), target).cpu()
+            s_masked[torch.isnan(s)] = float("nan")
+            return s, s_masked
+        # "m2ib": cut the first and last ids, zero the dropped ones, no attention mask, argmax pooling
+        rows = [i for i in range(n) if int(texts.lengths[i]) > 2]
+        if not rows:
+            return s, s_masked
+        cut, zeroed = [], []
+        for i in rows:
+            length = int(texts.lengths[i])
+            ids = texts.input_ids[i, 1:length - 1].cpu()
+            keep = median_keep(maps[i][1:length - 1])
+            cut.append(ids)
+            zeroed.append(ids * keep.to(ids.dtype))
+        with argmax_pooling(backend):
+            base = cosine(unit_embeddings(backend, "text", _padded(backend, cut)), target[rows])
+            masked = cosine(unit_embeddings(backend, "text", _padded(backend, zeroed)), target[rows])
+        s[rows] = base.cpu()
+        s_masked[rows] = masked.cpu()
+    return s, s_masked
+
+
+def _padded(backend: Backend, rows: list[torch.Tensor]) -> TextBatch:
+    """Id rows of different lengths, right-padded with id 0 (masked, and never the largest id of
+    a row, so argmax pooling stays on real tokens; a causal tower's real positions do not see it)."""
+    t = max(r.shape[0] for r in rows)
+    ids = torch.zeros(len(rows), t, dtype=torch.long)
+    attention = torch.zeros(len(rows), t, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :r.shape[0]] = r
+        attention[i, :r.shape[0]] = 1
+    return TextBatch(ids.to(backend.device), attention.to(backend.device))
+
+
+@contextlib.contextmanager
+def argmax_pooling(backend: Backend) -> Iterator[None]:
+    """While open, the text tower pools the position of the largest id (ties: the first), as
+    transformers' CLIP did before it looked for the end token. Changes only the backend
+    object (restored after), never the model."""
+    tower = getattr(backend, "towers", {}).get("text")
+    if tower is not None:
+        if not (hasattr(tower, "pool") and getattr(tower, "causal", False)):
+            raise InputError(f"the 'm2ib' text protocol needs a causal text tower that can pool the largest id; "
+                             f"{type(backend).__name__} cannot: use protocol 'mask'")
+        previous = tower.pool
+        tower.pool = "argmax"
+        try:
+            yield
+        finally:
+            tower.pool = previous
+        return
+    if not callable(getattr(backend, "pool_positions", None)):
+        raise InputError(f"the 'm2ib' text protocol needs to set the text pooling of {type(backend).__name__}, "
+                         "which has no pool_positions: use protocol 'mask'")
+    # transformers CLIP (and backends like it) pool where pool_positions says: shadow it on the instance
+    backend.pool_positions = lambda batch: batch.input_ids.argmax(dim=-1)
+    try:
+        yield
+    finally:
+        del backend.pool_positions

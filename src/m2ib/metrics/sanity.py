@@ -1,0 +1,203 @@
+"""Sanity check: cascading model-parameter randomisation (Adebayo et al., NeurIPS 2018).
+
+The explained tower of a **copy** of the model (the user's model is never touched) is
+randomised cumulatively from the top down: first its head (final norm and projection), then
+each block from the last to the first, then its embeddings. After each step the method
+explains the same pair with the same settings and seed, and the new map is compared with the
+map of the trained model:
+
+* **Spearman rank correlation** of the two maps (all pixels, or all tokens); a map that is
+  constant has no ranking, and its correlation is reported as 0.
+* **SSIM** (Wang et al. 2004: Gaussian window, sigma 1.5, 11 x 11, data range 1, valid region)
+  of the two image maps (image side only).
+
+A method whose maps depend on what the model learnt must change: **lower is better** for both.
+Summaries report the mean over the cascade steps of ``|Spearman|`` (an inverted map still keeps
+the trained model's structure) and of SSIM; the signed per-step values are kept as curves.
+Randomisation re-runs each module's own ``reset_parameters`` (torch's default initialisation;
+LayerNorms become identity) under a seed per step, and redraws any other parameter from
+N(0, sd of its trained values).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
+
+Part = tuple[str, list[Any]]  # (label, modules or parameters randomised at that step)
+
+
+def _get(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _present(model: torch.nn.Module, paths: Sequence[str]) -> list[Any]:
+    return [x for x in (_get(model, p) for p in paths) if x is not None]
+
+
+def cascade_parts(model: torch.nn.Module, modality: Modality) -> list[Part]:
+    """The explained tower's parts from the top down: head, blocks (last first), embeddings."""
+    if _get(model, "vision_model.encoder.layers") is not None:  # transformers CLIP / SigLIP
+        if modality == "image":
+            head = _present(model, ["visual_projection", "vision_model.post_layernorm", "vision_model.head"])
+            blocks = list(model.vision_model.encoder.layers)
+            embeddings = _present(model, ["vision_model.embeddings", "vision_model.pre_layrnorm"])
+        else:
+            head = _present(model, ["text_projection", "text_model.final_layer_norm", "text_model.head"])
+            blocks = list(model.text_model.encoder.layers)
+            embeddings = _present(model, ["text_model.embeddings"])
+    elif _get(model, "visual.transformer.resblocks") is not None:  # OpenAI clip / OpenCLIP ViT
+        if modality == "image":
+            head = _present(model, ["visual.ln_post", "visual.proj"])
+            blocks = list(model.visual.transformer.resblocks)
+            embeddings = _present(model, ["visual.conv1", "visual.class_embedding", "visual.positional_embedding",
+                                          "visual.ln_pre"])
+        else:
+            head = _present(model, ["ln_final", "text_projection"])
+            blocks = list(model.transformer.resblocks)
+            embeddings = _present(model, ["token_embedding", "positional_embedding"])
+    else:
+        raise InputError(f"the sanity check does not know the towers of {type(model).__name__} (transformers "
+                         "CLIP/SigLIP and OpenAI/OpenCLIP ViTs are supported)")
+    n = len(blocks)
+    return ([("head", head)] + [(f"block {n - 1 - j}", [b]) for j, b in enumerate(reversed(blocks))]
+            + [("embeddings", embeddings)])
+
+
+def randomise_(objects: Sequence[Any], seed: int) -> None:
+    """Re-initialise modules and parameters in place, deterministically from ``seed``."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        done: set[int] = set()
+        for obj in objects:
+            if isinstance(obj, torch.nn.Module):
+                for module in obj.modules():
+                    if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+                        module.reset_parameters()
+                        done.update(id(p) for p in module.parameters(recurse=False))
+                params = [p for p in obj.parameters() if id(p) not in done]
+            else:
+                params = [obj]
+            for p in params:
+                if id(p) in done:
+                    continue
+                sd = float(p.float().std()) if p.numel() > 1 else 0.02
+                p.normal_(0.0, sd if sd > 0 else 0.02)
+                done.add(id(p))
+
+
+def chosen_steps(total: int, steps: int | None) -> list[int]:
+    """Indices of the cascade points kept: all, or ``steps`` evenly spaced ones (first and last included)."""
+    if steps is None or steps >= total:
+        return list(range(total))
+    if steps < 1:
+        raise InputError(f"sanity steps={steps!r} must be a positive integer")
+    if steps == 1:
+        return [0]
+    return sorted({round(j * (total - 1) / (steps - 1)) for j in range(steps)})
+
+
+def randomised_cascade(backend: Backend, modality: Modality, seed: int = 0,
+                       steps: int | None = None) -> Iterator[tuple[str, Backend]]:
+    """Yield ``(label, backend)`` after each kept cascade step, on ONE deep copy of the model
+    randomised cumulatively from the top (the yielded backend changes in place between steps)."""
+    model = copy.deepcopy(backend.model)
+    randomised = dataclasses.replace(backend, model=model, graph_cache={}, dtype_copies={})
+    parts = cascade_parts(model, modality)
+    keep = set(chosen_steps(len(parts), steps))
+    for index, (label, objects) in enumerate(parts):
+        randomise_(objects, seed * 1009 + index)
+        if index in keep:
+            yield label, randomised
+
+
+def rankdata(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of the flattened ``x``, ties given their average rank."""
+    x = x.detach().double().flatten().cpu()
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, x.numel() + 1, dtype=torch.float64)
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.shape[0], dtype=torch.float64).index_add_(0, inverse, ranks)
+    return (sums / counts)[inverse]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps of the same size; 0.0 when either is constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else 0.0
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float = 1.5) -> float:
+    """Mean SSIM of two [H, W] maps (Gaussian-weighted 11 x 11 windows, valid region only)."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise InputError(f"ssim needs two [H, W] maps of one size, got {tuple(a.shape)} and {tuple(b.shape)}")
+    x = a.detach().double().cpu()[None, None]
+    y = b.detach().double().cpu()[None, None]
+    size = min(11, min(a.shape) - (1 - min(a.shape) % 2))
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (coords / sigma) ** 2)
+    g = g / g.sum()
+    window = (g[:, None] * g[None, :])[None, None]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, window)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def cascading_randomization(backend: Backend, images: ImageBatch, texts: TextBatch, *, method: str,
+                            modality: Modality, settings: dict[str, Any] | None = None,
+                            maps: Sequence[torch.Tensor] | None = None, steps: int | None = None,
+                            seed: int = 0) -> dict[str, Any]:
+    """Cascading randomisation of ``method``'s ``modality`` maps for pairs ``(images[i], texts[i])``.
+
+    Args:
+        method: a registered method name; ``settings`` its settings (the model's recommended
+            ones fill in the rest, as in ``m2ib.explain``).
+        maps: the trained model's maps, if already computed (else computed here).
+        steps: how many cascade points to evaluate (evenly spaced, first and last included;
+            default every step: head, each block, embeddings).
+        seed: seeds the randomisation (the same randomised weights for every pair).
+
+    Returns:
+        ``{"labels": [S], "spearman": [N, S], "ssim": [N, S] (image side; None for text)}``.
+    """
+    from ..methods import get_method
+
+    algorithm = get_method(method)
+    chosen = algorithm.make_settings(backend, **(settings or {}))
+    if maps is None:
+        exps = algorithm.explain(backend, images, texts, chosen, (modality,))
+        maps = [e.image_map if modality == "image" else e.text_map for e in exps]
+    labels, rho, sim = [], [], []
+    for label, randomised in randomised_cascade(backend, modality, seed, steps):
+        exps = algorithm.explain(randomised, images, texts, chosen, (modality,))
+        new = [e.image_map if modality == "image" else e.text_map for e in exps]
+        labels.append(label)
+        rho.append([spearman(a, b) for a, b in zip(maps, new)])
+        if modality == "image":
+            sim.append([ssim(a.float(), b.float()) for a, b in zip(maps, new)])
+    spearman_t = torch.tensor(rho, dtype=torch.float64).T.float()
+    ssim_t = torch.tensor(sim, dtype=torch.float64).T.float() if modality == "image" else None
+    return {"labels": labels, "spearman": spearman_t, "ssim": ssim_t}

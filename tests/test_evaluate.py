@@ -1,0 +1,184 @@
+"""m2ib evaluate: tables, bad rows, resumption after a kill, the summary against the rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from m2ib.datasets.tables import load_table
+from m2ib.errors import InputError
+from m2ib.evaluation.report import mean_ci, t975
+from m2ib.evaluation.runner import MetricConfig, evaluate_pair, read_results, run_evaluation
+
+FAST = {"m2ib": {"steps": 2, "samples": 2}}
+METRICS = MetricConfig(names=("confidence", "deletion", "road", "localisation"), deletion_steps=3,
+                       road_percentiles=(50,))
+
+
+def _png(path: Path, seed: int, size=(40, 56)) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture()
+def mscxr(tmp_path):
+    """An MS-CXR-style CSV: 2 good pairs (one with 2 boxes), a missing image, a corrupt image, a bad box."""
+    _png(tmp_path / "a.png", 0)
+    _png(tmp_path / "b.png", 1)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows = [["image", "phrase", "x", "y", "w", "h"],
+            ["a.png", "a red circle", "2", "3", "10", "12"],
+            ["a.png", "a red circle", "20", "30", "8", "8"],
+            ["b.png", "a blue star", "5", "5", "20", "20"],
+            ["missing.png", "a dog", "1", "1", "5", "5"],
+            ["broken.png", "a cat", "1", "1", "5", "5"],
+            ["b.png", "a green square", "1", "1", "-5", "5"]]
+    path = tmp_path / "ms_cxr.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_tables(tmp_path, mscxr):
+    table = load_table(str(mscxr))
+    assert table.kind == "mscxr" and [r.text for r in table.rows] == ["a red circle", "a blue star", "a dog", "a cat"]
+    assert table.rows[0].boxes == ((2.0, 3.0, 10.0, 12.0), (20.0, 30.0, 8.0, 8.0))
+    assert len(table.bad) == 1 and "positive" in table.bad[0]["reason"]
+    # the reference's TSV: caption, then image, no header; the first line is data
+    tsv = tmp_path / "cc.tsv"
+    tsv.write_text("a dog on grass\ta.png\nonly one column\nthe sea\t/abs/b.jpg\n")
+    pairs = load_table(str(tsv))
+    assert [(r.id, r.text, r.image) for r in pairs.rows] == [("1", "a dog on grass", str(tmp_path / "a.png")),
+                                                             ("3", "the sea", "/abs/b.jpg")]
+    assert [b["row"] for b in pairs.bad] == ["2"]
+    shapes = load_table("shapes:test:5:mixed", size=64, samples=3, seed=1)
+    again = load_table("shapes:test:5:mixed", size=64, samples=3, seed=1)
+    assert [r.id for r in shapes.rows] == [r.id for r in again.rows] and len(shapes.rows) == 3
+    assert shapes.rows[0].mask.shape == (64, 64) and shapes.rows[0].mask.any() and shapes.rows[0].relevant
+    with pytest.raises(InputError):
+        load_table("shapes:test")
+
+
+def test_evaluate_pair_is_pure(backend, mscxr):
+    row = load_table(str(mscxr)).rows[0]
+    first = evaluate_pair(backend, row, ["gradcam", "m2ib"], METRICS, FAST, seed=3)
+    second = evaluate_pair(backend, row, ["m2ib"], METRICS, FAST, seed=3)
+    assert [r["method"] for r in first] == ["gradcam", "m2ib"]
+    assert first[1]["metrics"] == second[0]["metrics"]
+    keys = set(first[1]["metrics"])
+    assert {"image_drop_m2ib", "text_increase_mask", "image_road_combined", "image_iou", "text_deletion_auc"} <= keys
+
+
+def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
+    out = tmp_path / "run"
+    result = run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 0, out,
+                            progress=False)
+    reasons = sorted(b["reason"] for b in result.bad)
+    assert len(result.bad) == 3  # the bad box (read), the missing and the corrupt image (evaluated)
+    assert any("not found" in r for r in reasons) and any("cannot read" in r for r in reasons)
+    assert "Bad rows" in (out / "summary.md").read_text()
+    assert len((out / "bad_rows.csv").read_text().splitlines()) == 4
+    header, records = read_results(out / "results.jsonl")
+    assert header["weights_sha256"] and header["versions"]["torch"] == torch.__version__
+    assert header["settings"]["m2ib"]["steps"] == 2 and header["metrics"]["protocols"] == ["m2ib", "mask"]
+    assert len(records) == 4  # 2 rows x 2 methods
+    with (out / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert summary
+    for line in summary:
+        values = [r["metrics"][line["metric"]] for r in records if r["method"] == line["method"]]
+        xs = [v for v in values if v is not None]
+        mean = sum(xs) / len(xs)
+        assert int(line["n"]) == len(xs)
+        assert float(line["mean"]) == pytest.approx(mean, abs=1e-12)
+        if len(xs) > 1:
+            sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+            assert float(line["ci95_high"]) == pytest.approx(mean + t975(len(xs) - 1) * sd / math.sqrt(len(xs)))
+    assert (out / "plots" / "image_deletion_insertion.png").exists()
+    assert (out / "plots" / "bar_image_drop_m2ib.png").exists()
+    # the same command resumes (nothing left to do); other settings are refused
+    again = run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 0, out,
+                           progress=False, report=False)
+    assert again.evaluated == 0 and again.skipped == 4 and len(again.bad) == 3
+    with pytest.raises(InputError, match="other seed"):
+        run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 1, out, progress=False)
+
+
+def test_mean_ci():
+    assert mean_ci([1.0, 2.0, 3.0]) == (3, 2.0, pytest.approx(4.303 * 1 / math.sqrt(3)))
+    n, mean, half = mean_ci([None, 5.0])
+    assert (n, mean) == (1, 5.0) and math.isnan(half)
+    assert t975(1000) == pytest.approx(1.9623, abs=1e-3)
+
+
+def test_torn_last_line_is_ignored_and_cut(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"kind":"provenance","seed":0}\n{"kind":"pair","row":"1","method":"m"}\n{"kind":"pa')
+    header, records = read_results(path, repair=True)
+    assert header["seed"] == 0 and len(records) == 1
+    assert path.read_bytes().endswith(b'"method":"m"}\n')
+
+
+def _cli(out: Path, extra=()) -> list[str]:
+    return [sys.executable, "-m", "m2ib.cli", "evaluate", "--model", "random-tiny", "--data", "shapes:test:10",
+            "--methods", "gradcam,saliency", "--metrics", "confidence,deletion,localisation", "--deletion-steps",
+            "2", "--out", str(out), *extra]
+
+
+def _pairs(out: Path) -> dict:
+    _, records = read_results(out / "results.jsonl")
+    return {(r["row"], r["method"]): r["metrics"] for r in records if r["kind"] == "pair"}
+
+
+def test_resume_after_kill(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    proc = subprocess.Popen(_cli(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = cut / "results.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= 4:  # provenance + 3 pairs
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(_pairs(cut))
+    assert 0 < done_before < 20
+    with results.open("ab") as f:  # what a kill in the middle of a write leaves behind
+        f.write(b'{"kind":"pair","row":"shapes:test:9","metr')
+    subprocess.run(_cli(cut), env=env, check=True, capture_output=True)
+    subprocess.run(_cli(whole), env=env, check=True, capture_output=True)
+    resumed, uninterrupted = _pairs(cut), _pairs(whole)
+    assert len(resumed) == len(uninterrupted) == 20
+    for key, metrics in uninterrupted.items():
+        assert resumed[key].keys() == metrics.keys()
+        for name, value in metrics.items():
+            assert resumed[key][name] == pytest.approx(value, abs=1e-6, nan_ok=True), (key, name)
+    lines = results.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # the torn line is gone
+    assert (cut / "summary.md").exists() and (cut / "summary.csv").read_text() == (whole / "summary.csv").read_text()
+
+
+def test_cli_time_limit_and_errors(tmp_path, capsys):
+    from m2ib.cli import main
+
+    code = main(["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam",
+                 "--metrics", "confidence", "--out", str(tmp_path / "t"), "--time-limit", "0"])
+    assert code == 3 and "partial run" in (tmp_path / "t" / "summary.md").read_text()
+    assert main(["evaluate", "--data", "nothing.tsv", "--out", str(tmp_path / "x")]) == 2
+    assert main(["evaluate", "--data", "shapes:test:2", "--metrics", "speed", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown metric" in capsys.readouterr().err

@@ -1,0 +1,317 @@
+"""Metrics against hand-computed cases: a perfect map, an inverted one, a constant one.
+
+Most cases use a toy backend whose similarity is known in closed form: the image embedding is
+``[a, 1]`` with ``a`` the mean of channel 0 over the object region R (the bottom-left quadrant
+of an 8x8 image; pixels are 1 there and 0 elsewhere), the text embedding ``[w, 1]`` with ``w``
+the number of attended "relevant" word ids. Scored against ``[1, 0]``, the similarity is
+``a / sqrt(a^2 + 1)``: ``s1 = 1/sqrt(2)`` for the intact image, 0 once R is gone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m2ib.backends.base import Backend, Geometry, ImageBatch, TextBatch
+from m2ib.metrics import (boxes_to_mask, cascading_randomization, confidence_change, deletion_insertion, linear_impute,
+                          localisation, road, spearman, ssim, text_pointing, topk_iou)
+from m2ib.metrics.confidence import argmax_pooling
+
+S1 = 1 / math.sqrt(2)
+H = W = 8
+RELEVANT = (5, 6)  # word ids the toy text tower counts
+
+
+@dataclass
+class Toy(Backend):
+    """Closed-form 'model': see the module docstring. Targets are fixed by ``embed`` of the other side."""
+
+    def __post_init__(self) -> None:
+        self.region = torch.zeros(H, W, dtype=torch.bool)
+        self.region[4:, :4] = True
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry((H, W), (2, 2), 1, 2, 2, 16)
+
+    def preprocess_images(self, images, sources=()):
+        raise NotImplementedError
+
+    def tokenize(self, texts):
+        raise NotImplementedError
+
+    def prefix(self, modality, batch, layer):
+        raise NotImplementedError
+
+    def suffix(self, modality, hidden, layer, batch):
+        raise NotImplementedError
+
+    def pool_positions(self, batch):  # the toy ignores pooling; argmax_pooling overrides it
+        return torch.zeros(len(batch), dtype=torch.long)
+
+    def embed(self, modality, batch):
+        if modality == "image":
+            px = batch.pixel_values
+            a = px[:, 0][:, self.region].mean(-1)
+            return torch.stack([a, torch.ones_like(a)], -1)
+        ids, mask = batch.input_ids, batch.attention_mask.bool()
+        w = (torch.isin(ids, torch.tensor(RELEVANT)) & mask).float().sum(-1)
+        return torch.stack([w, torch.ones_like(w)], -1)
+
+
+@pytest.fixture()
+def toy():
+    return Toy(model=torch.nn.Linear(1, 1))
+
+
+@pytest.fixture()
+def pair(toy):
+    pixels = torch.zeros(1, 3, H, W)
+    pixels[0, 0][toy.region] = 1.0
+    images = ImageBatch(pixels)
+    # text "<s> a 5 b 6 </s>": relevant word ids 5 and 6; the text's own embedding is [2, 1]
+    texts = TextBatch(torch.tensor([[49, 1, 5, 2, 6, 50]]), torch.ones(1, 6, dtype=torch.long),
+                      special=((0, 5),))
+    return images, texts
+
+
+def _target_is_unit_x(monkeypatch):
+    """Score every side against [1, 0]."""
+    import importlib
+
+    def targets(backend, modality, images, texts):
+        return torch.tensor([[1.0, 0.0]]).repeat(len(images), 1)
+    for mod in ("common", "confidence", "deletion", "road"):  # (m2ib.metrics.road is also a function's name)
+        monkeypatch.setattr(importlib.import_module(f"m2ib.metrics.{mod}"), "targets", targets)
+
+
+def _maps(toy):
+    perfect = toy.region.float()
+    return {"perfect": perfect, "inverted": 1 - perfect, "constant": torch.full((H, W), 0.5)}
+
+
+# --- confidence ---------------------------------------------------------------------------------
+
+
+def test_confidence_image_mask_protocol(toy, pair, monkeypatch):
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    got = {k: confidence_change(toy, images, texts, m[None], modality="image", protocol="mask")
+           for k, m in _maps(toy).items()}
+    a_half = 0.5 / math.sqrt(0.25 + 1)
+    assert got["perfect"]["drop"].item() == pytest.approx(0.0)
+    assert got["perfect"]["increase"].item() == 0.0  # unchanged is not an increase
+    assert got["inverted"]["drop"].item() == pytest.approx(100 * S1)  # R is gone: s_masked = 0
+    assert got["constant"]["drop"].item() == pytest.approx(100 * (S1 - a_half))
+    assert got["perfect"]["s"].item() == pytest.approx(S1)
+
+
+def test_confidence_image_m2ib_protocol_reads_the_first_row(toy, pair, monkeypatch):
+    """The reference multiplies every row by the map's first row: R (bottom rows) is erased by the
+    perfect map (first row 0 over R's columns) and kept by the inverted one."""
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    maps = _maps(toy)
+    perfect = confidence_change(toy, images, texts, maps["perfect"][None], modality="image", protocol="m2ib")
+    inverted = confidence_change(toy, images, texts, maps["inverted"][None], modality="image", protocol="m2ib")
+    assert perfect["drop"].item() == pytest.approx(100 * S1)
+    assert inverted["drop"].item() == pytest.approx(0.0)
+
+
+def test_confidence_increase(toy, pair, monkeypatch):
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    images = ImageBatch(images.pixel_values * 0.5)  # a = 0.5; a map above 1 raises it
+    boosted = confidence_change(toy, images, texts, torch.full((1, H, W), 2.0), modality="image")
+    assert boosted["increase"].item() == 100.0 and boosted["drop"].item() == 0.0
+
+
+def test_confidence_text_both_protocols(toy, pair, monkeypatch):
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    s_full = 2 / math.sqrt(5)
+    perfect = torch.tensor([0.0, 0.1, 0.9, 0.2, 0.8, 0.0])  # relevant words (positions 2, 4) above the median
+    inverted = torch.tensor([0.0, 0.9, 0.1, 0.8, 0.2, 0.0])
+    constant = torch.full((6,), 0.5)
+    for protocol in ("mask", "m2ib"):
+        got = {name: confidence_change(toy, images, texts, [m], modality="text", protocol=protocol)
+               for name, m in (("perfect", perfect), ("inverted", inverted), ("constant", constant))}
+        assert got["perfect"]["s"].item() == pytest.approx(s_full)
+        assert got["perfect"]["drop"].item() == pytest.approx(0.0)
+        assert got["inverted"]["drop"].item() == pytest.approx(100 * s_full)  # w = 0
+        assert got["constant"]["drop"].item() == pytest.approx(100 * s_full)  # nothing is above the median
+
+
+def test_m2ib_text_protocol_matches_the_reference_computation(backend):
+    """The reference: cut start/end, ids * (map > median), get_text_features with no mask, pooled
+    at the largest id (old transformers); here written out with the model's own modules."""
+    images = ImageBatch(torch.randn(1, 3, 48, 48))
+    texts = backend.tokenize(["a red circle and a blue star"])
+    n = int(texts.lengths[0])
+    tmap = torch.linspace(0, 1, n).flip(0)
+    got = confidence_change(backend, images, texts, [tmap], modality="text", protocol="m2ib")
+    model = backend.model
+    with torch.no_grad():
+        image = F.normalize(model.visual_projection(model.vision_model(pixel_values=images.pixel_values).pooler_output),
+                            dim=-1)
+
+        def features(ids):
+            hidden = model.text_model(input_ids=ids[None]).last_hidden_state[0]
+            pooled = hidden[int(ids.argmax())]
+            return F.normalize(model.text_projection(pooled), dim=-1)
+        cut = texts.input_ids[0, 1:n - 1]
+        m = tmap[1:n - 1]
+        keep = m > torch.quantile(m, 0.5)
+        s = float(features(cut) @ image[0])
+        s_masked = float(features(cut * keep) @ image[0])
+    assert got["s"].item() == pytest.approx(s, abs=1e-5)
+    assert got["s_masked"].item() == pytest.approx(s_masked, abs=1e-5)
+    assert got["drop"].item() == pytest.approx(max(0.0, s - s_masked) * 100, abs=1e-3)
+    assert "pool_positions" not in vars(backend)  # restored
+
+
+def test_argmax_pooling_is_restored(backend):
+    ids = backend.tokenize(["a red circle"])
+    before = backend.pool_positions(ids).tolist()
+    with argmax_pooling(backend):
+        assert backend.pool_positions(ids).tolist() == ids.input_ids.argmax(-1).tolist()
+    assert backend.pool_positions(ids).tolist() == before
+
+
+# --- deletion / insertion -------------------------------------------------------------------
+
+
+def test_deletion_insertion(toy, pair, monkeypatch):
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    maps = _maps(toy)
+    perfect = deletion_insertion(toy, images, texts, maps["perfect"][None], modality="image", steps=4)
+    inverted = deletion_insertion(toy, images, texts, maps["inverted"][None], modality="image", steps=4)
+    assert perfect["deletion"][0].tolist() == pytest.approx([S1, 0, 0, 0, 0], abs=1e-6)
+    assert perfect["deletion_auc"].item() == pytest.approx(S1 / 8)
+    assert inverted["deletion"][0].tolist() == pytest.approx([S1, S1, S1, S1, 0], abs=1e-6)
+    assert inverted["deletion_auc"].item() == pytest.approx(0.875 * S1)
+    from m2ib.metrics import gaussian_blur
+
+    a_blur = float(gaussian_blur(images.pixel_values, 5 * H / 224)[0, 0][toy.region].mean())
+    s_blur = a_blur / math.sqrt(a_blur ** 2 + 1)
+    assert perfect["insertion"][0].tolist() == pytest.approx([s_blur, S1, S1, S1, S1], abs=1e-6)
+    assert perfect["insertion_auc"].item() == pytest.approx(0.125 * (s_blur + S1) + 0.75 * S1, abs=1e-6)
+    constant = deletion_insertion(toy, images, texts, maps["constant"][None], modality="image", steps=4, seeds=[3])
+    again = deletion_insertion(toy, images, texts, maps["constant"][None], modality="image", steps=4, seeds=[3])
+    assert perfect["deletion_auc"] < constant["deletion_auc"] < inverted["deletion_auc"]
+    assert torch.equal(constant["deletion"], again["deletion"])  # ties broken by the seed
+
+
+def test_text_deletion(toy, pair, monkeypatch):
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    s2, s1 = 2 / math.sqrt(5), S1
+    perfect = deletion_insertion(toy, images, texts, [torch.tensor([0, .1, .9, .2, .8, 0])], modality="text", steps=4)
+    # 4 words ranked 5, 6, a, b: deleting 0..4 of them leaves w = 2, 1, 0, 0, 0
+    assert perfect["deletion_auc"].item() == pytest.approx(0.25 * ((s2 + s1) / 2 + s1 / 2))
+    assert perfect["insertion_auc"].item() == pytest.approx(0.25 * (s1 / 2 + (s1 + s2) / 2 + 2 * s2))
+
+
+# --- ROAD -------------------------------------------------------------------------------------
+
+
+def test_linear_impute_hand_case():
+    img = torch.zeros(1, 3, 3)
+    img[0, 0, :] = 1.0  # top row 1, the rest 0
+    removed = torch.zeros(3, 3, dtype=torch.bool)
+    removed[1, 1] = True
+    out = linear_impute(img, removed, noise=0.0)
+    # weights: 3 top neighbours (1/12 + 1/6 + 1/12 = 1/3) have value 1, the others 0; all 8 inside
+    assert out[0, 1, 1].item() == pytest.approx(1 / 3)
+    assert torch.equal(out[0][~removed], img[0][~removed])
+    everything = linear_impute(img, torch.ones(3, 3, dtype=torch.bool), noise=0.0)
+    assert torch.equal(everything, torch.zeros_like(img))
+
+
+def test_road(toy, pair, monkeypatch):
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    maps = _maps(toy)
+    p = (30, 50, 70)  # remove 70, 50, 30 %: always more than R's 25 %, never more than the rest's 75 %
+    perfect = road(toy, images, texts, maps["perfect"][None], percentiles=p, noise=0.0)
+    inverted = road(toy, images, texts, maps["inverted"][None], percentiles=p, noise=0.0)
+    assert perfect["morf"].item() == pytest.approx(-S1, abs=1e-6)
+    assert perfect["lerf"].item() == pytest.approx(0.0, abs=1e-6)
+    assert perfect["combined"].item() == pytest.approx(S1 / 2, abs=1e-6)
+    assert inverted["morf"].item() == pytest.approx(0.0, abs=1e-6)
+    assert inverted["lerf"].item() == pytest.approx(-S1, abs=1e-6)
+    constant = road(toy, images, texts, maps["constant"][None], percentiles=p, noise=0.0, seeds=[1])
+    assert inverted["combined"] < constant["combined"] < perfect["combined"]
+
+
+# --- localisation -----------------------------------------------------------------------------
+
+
+def test_localisation_hand_cases():
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:4, 2:6] = True  # 8 pixels = 1/8 of the image
+    perfect = mask.float()
+    inverted = 1 - perfect
+    constant = torch.full((8, 8), 0.3)
+    got = localisation(torch.stack([perfect, inverted, constant]), mask.expand(3, 8, 8))
+    assert got["pointing"].tolist() == [1.0, 0.0, 0.0]  # a constant map points at (0, 0)
+    assert got["energy"].tolist() == pytest.approx([1.0, 0.0, 1 / 8])
+    assert got["iou"][:2].tolist() == [1.0, 0.0]
+    assert topk_iou(constant, mask, k=1.0) == pytest.approx(1 / 8)  # top 100 % = every pixel
+    assert topk_iou(perfect, mask, k=0.25) == pytest.approx(8 / 16)
+
+
+def test_boxes_to_mask_and_text_pointing():
+    m = boxes_to_mask([(1, 2, 3, 1)], (5, 6))
+    assert m.sum() == 3 and m[2, 1:4].all()
+    assert text_pointing(torch.tensor([0.9, 0.1, 0.8, 0.2, 1.0]), words=[1, 2, 3], relevant=[2]) == 1.0
+    assert text_pointing(torch.tensor([0.9, 0.1, 0.2, 0.8, 1.0]), words=[1, 2, 3], relevant=[2]) == 0.0
+
+
+# --- sanity -----------------------------------------------------------------------------------
+
+
+def test_spearman_and_ssim_hand_cases():
+    a = torch.arange(64, dtype=torch.float32).reshape(8, 8) / 63
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, 1 - a) == pytest.approx(-1.0)
+    assert spearman(a, torch.full_like(a, 0.5)) == 0.0
+    assert spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 2, 3, 4])) == pytest.approx(0.9486833, abs=1e-6)
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(a, 1 - a) < 0
+    assert ssim(torch.full_like(a, 0.5), torch.full_like(a, 0.5)) == pytest.approx(1.0)
+
+
+def test_cascading_randomization_leaves_the_model_alone(backend):
+    images = ImageBatch(torch.randn(1, 3, 48, 48))
+    texts = backend.tokenize(["a red circle"])
+    before = {k: v.clone() for k, v in backend.model.state_dict().items()}
+    got = cascading_randomization(backend, images, texts, method="gradcam", modality="image")
+    assert got["labels"] == ["head", "block 2", "block 1", "block 0", "embeddings"]
+    assert got["spearman"].shape == (1, 5) and got["ssim"].shape == (1, 5)
+    assert all(torch.equal(v, backend.model.state_dict()[k]) for k, v in before.items())
+    text = cascading_randomization(backend, images, texts, method="saliency", modality="text", steps=2)
+    assert text["labels"] == ["head", "embeddings"] and text["ssim"] is None
+
+
+# --- ROAR+ ------------------------------------------------------------------------------------
+
+
+def test_roar_degrade_and_retrain():
+    from m2ib.metrics.roar import RoarBudget, degrade, retrain_accuracy, retrain_config, roar_scenes
+
+    images, labels, prompts = roar_scenes(64, 6, "train")
+    assert images.shape == (6, 3, 64, 64) and len(prompts) == 30
+    assert torch.equal(degrade(images, torch.rand(6, 64, 64), 0, seed=0), images)
+    ramp = torch.arange(64 * 64, dtype=torch.float32).reshape(64, 64).expand(6, 64, 64)
+    out = degrade(images, ramp, 25, seed=0)
+    changed = (out != images).any(1)  # only the top 25 % (the last 16 rows) may change
+    assert not changed[:, :48].any()
+    config = retrain_config(64, RoarBudget("test", 6, 4, (50,), steps=2, batch_size=4), seed=0)
+    acc = retrain_accuracy(images, labels, images[:4], labels[:4], prompts, config)
+    assert 0.0 <= acc <= 1.0
