@@ -138,6 +138,9 @@ class Backend(ABC):
     graph_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     # Copies of this backend with the weights in another dtype (for opt-in reduced precision).
     dtype_copies: dict[torch.dtype, Backend] = field(default_factory=dict, repr=False, compare=False)
+    # modality -> the list an open record_attention() fills; family adapters read it in their forward.
+    _recording: dict[Modality, list[AttentionRecord]] = field(default_factory=dict, init=False, repr=False,
+                                                              compare=False)
 
     # --- what a family adapter implements -------------------------------------------
     @property
@@ -177,11 +180,25 @@ class Backend(ABC):
         """Whether :meth:`record_attention` works (attention-based methods need it)."""
         return False
 
-    def record_attention(self, modality: Modality) -> contextlib.AbstractContextManager[list[AttentionRecord]]:
+    def can_record_attention(self, modality: Modality) -> bool:
+        """Whether ``modality``'s tower has attention blocks to record (hook)."""
+        return self.supports_attention
+
+    @contextlib.contextmanager
+    def record_attention(self, modality: Modality) -> Iterator[list[AttentionRecord]]:
         """Context manager: while open, every forward pass of ``modality``'s tower appends one
         :class:`AttentionRecord` per block, in order, to the list it yields (full attention, no
         shortcuts). Nothing stays installed after it closes."""
-        raise NotImplementedError(f"{type(self).__name__} cannot record attention")
+        if not self.can_record_attention(modality):
+            raise NotImplementedError(f"the {modality} tower of {self.name!r} has no attention blocks to record")
+        if modality in self._recording:
+            raise RuntimeError(f"already recording the {modality} tower's attention")
+        records: list[AttentionRecord] = []
+        self._recording[modality] = records
+        try:
+            yield records
+        finally:
+            del self._recording[modality]
 
     def pooled_positions(self, modality: Modality, batch: Batch) -> torch.Tensor | None:
         """Index [N] of the token whose final hidden state the tower's head turns into the

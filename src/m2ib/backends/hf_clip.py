@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +61,6 @@ class HFCLIPBackend(Backend):
     tokenizer: Any = None  # a transformers CLIP tokenizer
     preprocessing: ImagePreprocessing | None = None
     _layer_takes_causal_mask: bool = field(default=False, init=False, repr=False)
-    _recording: dict = field(default_factory=dict, init=False, repr=False)  # modality -> record list
 
     def __post_init__(self) -> None:
         from transformers import CLIPModel
@@ -163,17 +161,6 @@ class HFCLIPBackend(Backend):
     @property
     def supports_attention(self) -> bool:
         return True
-
-    @contextlib.contextmanager
-    def record_attention(self, modality: Modality) -> Iterator[list[AttentionRecord]]:
-        if modality in self._recording:
-            raise RuntimeError(f"already recording the {modality} tower's attention")
-        records: list[AttentionRecord] = []
-        self._recording[modality] = records
-        try:
-            yield records
-        finally:
-            del self._recording[modality]
 
     def prefix(self, modality: Modality, batch: Batch, layer: int) -> torch.Tensor:
         if modality == "image":

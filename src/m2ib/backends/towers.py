@@ -14,9 +14,8 @@ Parity with each library's own ``encode_*`` / ``get_*_features`` is tested to 1e
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,7 +351,6 @@ class TowersBackend(Backend):
     tokenizer: Any = None
     preprocessing: ImagePreprocessing | None = None
     towers: dict = field(default_factory=dict, init=False, repr=False)
-    _recording: dict = field(default_factory=dict, init=False, repr=False)  # modality -> record list
 
     def __post_init__(self) -> None:
         self.towers = self.build_towers()
@@ -424,18 +422,8 @@ class TowersBackend(Backend):
     def supports_attention(self) -> bool:
         return all(t.records_attention for t in self.towers.values())
 
-    @contextlib.contextmanager
-    def record_attention(self, modality: Modality) -> Iterator[list[AttentionRecord]]:
-        if not self.towers[modality].records_attention:
-            raise NotImplementedError(f"the {modality} tower of {self.name!r} has no attention blocks to record")
-        if modality in self._recording:
-            raise RuntimeError(f"already recording the {modality} tower's attention")
-        records: list[AttentionRecord] = []
-        self._recording[modality] = records
-        try:
-            yield records
-        finally:
-            del self._recording[modality]
+    def can_record_attention(self, modality: Modality) -> bool:
+        return self.towers[modality].records_attention
 
 
 __all__ = ["Block", "EMBEDDINGS", "OpenAITextTower", "OpenAIViTTower", "Tower", "TowersBackend", "TransformerTower",
