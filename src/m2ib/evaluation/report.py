@@ -150,10 +150,11 @@ def summary_markdown(header: dict[str, Any] | None, rows: Sequence[dict[str, Any
     if pairs or requested is not None:
         lines.append(f"- rows summarised: {n_rows}{of}, each with all {len(methods)} methods ({len(pairs)} records); "
                      f"bad rows: {len(bad)}{partial}")
-    lines += [
-              "", "Each cell: mean +- half-width of the 95 % confidence interval over pairs (Student's t). "
-              "Arrows: which way is better. Bold: the best mean of the column. Drops and increases are in %-points "
-              "and %; shares are in [0, 1].", ""]
+    lines.append("")
+    if rows:
+        lines += ["Each cell: mean +- half-width of the 95 % confidence interval over pairs (Student's t). "
+                  "Arrows: which way is better. Bold: the best mean of the column. Drops and increases are in "
+                  "%-points and %; shares are in [0, 1].", ""]
     index = {(r["method"], r["metric"]): r for r in rows}
     for title, keys in GROUPS:
         present = [k for k in keys if any((m, k) in index for m in methods)]
