@@ -182,3 +182,23 @@ def test_cli_time_limit_and_errors(tmp_path, capsys):
     assert main(["evaluate", "--data", "nothing.tsv", "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--data", "shapes:test:2", "--metrics", "speed", "--out", str(tmp_path / "y")]) == 2
     assert "unknown metric" in capsys.readouterr().err
+
+
+def test_batched_rows_give_the_same_numbers(backend, mscxr, tmp_path):
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", 10 + i, size=(30 + 9 * i, 50))
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("a red circle\t0.png\na blue star and a green square\t1.png\nnothing\tmissing.png\n"
+                   "a dog\t2.png\n")
+    table = load_table(str(tsv))
+    one = run_evaluation(backend, table, ["m2ib", "gradcam"], METRICS, FAST, 0, tmp_path / "one", progress=False,
+                         report=False)
+    three = run_evaluation(backend, table, ["m2ib", "gradcam"], METRICS, FAST, 0, tmp_path / "three",
+                           progress=False, report=False, batch_size=3)  # a batch with a bad row, then one of 1
+    assert one.evaluated == three.evaluated == 6 and len(one.bad) == len(three.bad) == 1
+    by_key = {(r["row"], r["method"]): r["metrics"] for r in one.records}
+    for record in three.records:
+        for name, value in by_key[(record["row"], record["method"])].items():
+            assert record["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), name
+    with pytest.raises(InputError, match="batch size"):
+        run_evaluation(backend, table, ["gradcam"], METRICS, FAST, 0, tmp_path / "x", batch_size=0)

@@ -363,6 +363,20 @@ def _add_evaluate(sub) -> None:
                     "the plain setting flags apply to every method that has the setting)")
     ev.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new pair after "
                     f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)")
+    ev.add_argument("--batch-size", type=int, default=None, help="rows explained together by the batched path "
+                    "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
+    ray = ev.add_argument_group("Ray (pip install 'm2ib[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
+                     "cluster (--out must then be a path every node can write)")
+    ray.add_argument("--ray-actors", type=int, default=2, help="actor pool size; each actor loads the model once "
+                     "(default: 2)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="logical CPUs per actor, also its "
+                     "torch threads (default: 1)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 when the "
+                     "cluster has GPUs, else 0)")
+    ray.add_argument("--ray-object-store", type=int, default=None, metavar="MB", help="object store of a local "
+                     "instance (default: Ray's)")
 
 
 def _one_setting(item: str, methods: list[str]) -> tuple[str, str, Any]:
@@ -420,8 +434,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         per_method.setdefault(method, {})[name] = value
     backend = load(args.model, device=args.device)
     table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
-    result = run_evaluation(backend, table, methods, config, per_method, seed, args.out,
-                            command="m2ib " + shlex.join(sys.argv[1:]), time_limit=args.time_limit)
+    command = "m2ib " + shlex.join(sys.argv[1:])
+    if args.ray is None:
+        result = run_evaluation(backend, table, methods, config, per_method, seed, args.out, command=command,
+                                time_limit=args.time_limit, batch_size=args.batch_size or 1)
+    else:
+        from .evaluation.distributed import RayConfig, run_evaluation_ray
+
+        store = None if args.ray_object_store is None else args.ray_object_store * 2 ** 20
+        ray_config = RayConfig(address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
+                               batch_size=args.batch_size or RayConfig.batch_size,
+                               cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor,
+                               object_store_memory=store)
+        result = run_evaluation_ray(backend, args.model, table, methods, config, per_method, seed, args.out,
+                                    ray_config, device=args.device, command=command, time_limit=args.time_limit)
     if result.bad:
         print(f"m2ib: {len(result.bad)} of {table.total} row(s) could not be used; see {args.out / 'summary.md'}",
               file=sys.stderr)

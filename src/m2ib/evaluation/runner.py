@@ -38,11 +38,13 @@ import torch
 from ..backends.base import Backend
 from ..datasets.tables import Row, Table
 from ..errors import InputError
+from ..fileio import atomic_write_text
 from ..inputs import load_image
 from ..metrics import METRIC_NAMES, PROTOCOLS
 from ..metrics.common import pair_seed, word_positions
 
 RESULTS = "results.jsonl"
+PARTS = "parts"  # part files of a Ray run (m2ib.evaluation.distributed)
 FORMAT = 1
 PER_PAIR = ("confidence", "deletion", "road", "localisation", "sanity")
 DEFAULT_METRICS = ("confidence", "deletion", "road", "localisation")
@@ -155,85 +157,122 @@ def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: S
                   settings: dict[str, dict[str, Any]] | None, seed: int) -> list[dict[str, Any]]:
     """Explain ``row`` with each method and measure the metrics: one record per method.
 
-    Pure: depends only on its arguments (the randomness of every metric is seeded from
-    ``seed`` and ``row.id``; each method gets ``seed`` as its own seed unless ``settings``
-    sets one). Raises :class:`~m2ib.errors.InputError` when the row's image cannot be read.
+    :func:`evaluate_rows` for one row; raises :class:`~m2ib.errors.InputError` when the row's
+    image cannot be read.
+    """
+    records, bad = evaluate_rows(backend, [row], methods, metrics, settings, seed)
+    if bad:
+        raise InputError(bad[0]["reason"])
+    return records
 
-    Returns ``[{"kind": "pair", "row", "method", "image", "text", "similarity", "metrics":
-    {key: value}, "curves": {key: [values]}, "seconds": {"explain", "metrics"}}]``; a value is
-    None where it is undefined (e.g. a text with no word). Keys: see :mod:`m2ib.metrics`.
+
+def evaluate_rows(backend: Backend, rows: Sequence[Row], methods: Sequence[str],
+                  metrics: Sequence[str] | MetricConfig, settings: dict[str, dict[str, Any]] | None,
+                  seed: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Explain ``rows`` with each method (one batched call per method) and measure the metrics.
+
+    Pure: depends only on its arguments. The randomness of every metric is seeded from
+    ``seed`` and the row's id, and each method gets ``seed`` as its own seed unless
+    ``settings`` sets one; batched explanations equal single ones, so the numbers do not depend
+    on which rows share a batch (up to float rounding). This is the one per-pair code path of
+    the local and the Ray runs.
+
+    Returns ``(records, bad)``: records ``{"kind": "pair", "row", "method", "image", "text",
+    "similarity", "metrics": {key: value}, "curves": {key: [values]}, "seconds": {"explain",
+    "metrics"}}`` in (row, method) order, a value None where it is undefined (e.g. a text with
+    no word; keys: see :mod:`m2ib.metrics`; seconds are the batch's divided by its rows); and
+    ``{"row", "reason"}`` for each row whose image could not be read.
     """
     from ..methods import get_method
     from ..metrics import cascading_randomization, confidence_change, deletion_insertion, localisation, road
     from ..metrics.localisation import text_pointing
 
     config = as_config(metrics)
-    image, _ = load_image(row.image)
-    images = backend.preprocess_images([image], [row.source])
-    texts = backend.tokenize([row.text])
-    mask = ground_truth_mask(backend, row, image.size) if "localisation" in config.names else None
-    key = pair_seed(seed, row.id)
-    records = []
+    good, pictures, bad = [], [], []
+    for row in rows:
+        try:
+            pictures.append(load_image(row.image)[0])
+            good.append(row)
+        except InputError as exc:
+            bad.append({"row": row.id, "reason": str(exc)})
+    if not good:
+        return [], bad
+    n = len(good)
+    images = backend.preprocess_images(pictures, [row.source for row in good])
+    texts = backend.tokenize([row.text for row in good])
+    keys = [pair_seed(seed, row.id) for row in good]
+    masks = [ground_truth_mask(backend, row, picture.size) if "localisation" in config.names else None
+             for row, picture in zip(good, pictures)]
+    per_row: dict[tuple[str, str], dict[str, Any]] = {}
     for method in methods:
         algorithm = get_method(method)
         sides = [m for m in ("image", "text") if m in algorithm.modalities]
         own = {"seed": int(seed), **((settings or {}).get(method) or {})}
         chosen = algorithm.make_settings(backend, **own)
         start = time.perf_counter()
-        exp = algorithm.explain(backend, images, texts, chosen, sides)[0]
+        exps = algorithm.explain(backend, images, texts, chosen, sides)
         explained = time.perf_counter()
-        values: dict[str, float | None] = {}
-        curves: dict[str, list] = {}
+        values: list[dict[str, float | None]] = [{} for _ in good]
+        curves: list[dict[str, list]] = [{} for _ in good]
+
+        def put(i_values: Any, name: str, target: list[dict] = values, as_list: bool = False) -> None:
+            for i in range(n):
+                target[i][name] = _numbers(i_values[i]) if as_list else _number(i_values[i])
+
         for side in sides:
-            if side == "image":
-                maps: Any = exp.image_map[None]
-            else:
-                maps = [exp.text_map]
+            maps: Any = torch.stack([e.image_map for e in exps]) if side == "image" else [e.text_map for e in exps]
             if "confidence" in config.names:
                 for protocol in config.protocols:
                     r = confidence_change(backend, images, texts, maps, modality=side, protocol=protocol)
-                    values[f"{side}_drop_{protocol}"] = _number(r["drop"][0])
-                    values[f"{side}_increase_{protocol}"] = _number(r["increase"][0])
+                    put(r["drop"], f"{side}_drop_{protocol}")
+                    put(r["increase"], f"{side}_increase_{protocol}")
             if "deletion" in config.names:
                 r = deletion_insertion(backend, images, texts, maps, modality=side, steps=config.deletion_steps,
-                                       seeds=[key])
-                values[f"{side}_deletion_auc"] = _number(r["deletion_auc"][0])
-                values[f"{side}_insertion_auc"] = _number(r["insertion_auc"][0])
-                curves[f"{side}_deletion"] = _numbers(r["deletion"][0])
-                curves[f"{side}_insertion"] = _numbers(r["insertion"][0])
+                                       seeds=keys)
+                put(r["deletion_auc"], f"{side}_deletion_auc")
+                put(r["insertion_auc"], f"{side}_insertion_auc")
+                put(r["deletion"], f"{side}_deletion", curves, as_list=True)
+                put(r["insertion"], f"{side}_insertion", curves, as_list=True)
             if "road" in config.names and side == "image":
                 r = road(backend, images, texts, maps, percentiles=config.road_percentiles, noise=config.road_noise,
-                         seeds=[key])
+                         seeds=keys)
                 for name in ("morf", "lerf", "combined"):
-                    values[f"image_road_{name}"] = _number(r[name][0])
-                curves["image_road_morf"] = _numbers(r["morf_curve"][0])
-                curves["image_road_lerf"] = _numbers(r["lerf_curve"][0])
+                    put(r[name], f"image_road_{name}")
+                put(r["morf_curve"], "image_road_morf", curves, as_list=True)
+                put(r["lerf_curve"], "image_road_lerf", curves, as_list=True)
             if "localisation" in config.names:
-                if side == "image" and mask is not None:
-                    r = localisation(exp.image_map[None], mask[None], k=config.iou_k, seeds=[key])
-                    for name in ("pointing", "energy", "iou"):
-                        values[f"image_{name}"] = _number(r[name][0])
-                if side == "text" and row.relevant:
-                    relevant = relevant_tokens(backend, row.text, row.relevant)
-                    if relevant is not None:
-                        values["text_pointing"] = _number(text_pointing(exp.text_map, word_positions(texts, 0),
-                                                                        relevant))
+                if side == "image":
+                    have = [i for i in range(n) if masks[i] is not None]
+                    if have:
+                        r = localisation(maps[have], torch.stack([masks[i] for i in have]), k=config.iou_k,
+                                         seeds=[keys[i] for i in have])
+                        for j, i in enumerate(have):
+                            for name in ("pointing", "energy", "iou"):
+                                values[i][f"image_{name}"] = _number(r[name][j])
+                if side == "text":
+                    for i, row in enumerate(good):
+                        relevant = relevant_tokens(backend, row.text, row.relevant) if row.relevant else None
+                        if relevant is not None:
+                            values[i]["text_pointing"] = _number(text_pointing(maps[i], word_positions(texts, i),
+                                                                               relevant))
             if "sanity" in config.names:
                 r = cascading_randomization(backend, images, texts, method=method, modality=side, settings=own,
-                                            maps=[exp.image_map if side == "image" else exp.text_map],
-                                            steps=config.sanity_steps, seed=int(seed))
-                values[f"{side}_sanity_spearman"] = _number(r["spearman"][0].abs().mean())
-                curves[f"{side}_sanity_spearman"] = _numbers(r["spearman"][0])
-                curves["sanity_steps_" + side] = list(r["labels"])
-                if r["ssim"] is not None:
-                    values["image_sanity_ssim"] = _number(r["ssim"][0].mean())
-                    curves["image_sanity_ssim"] = _numbers(r["ssim"][0])
-        records.append({
-            "kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,
-            "similarity": _number(exp.similarity), "metrics": values, "curves": curves,
-            "seconds": {"explain": round(explained - start, 4), "metrics": round(time.perf_counter() - explained, 4)},
-        })
-    return records
+                                            maps=list(maps), steps=config.sanity_steps, seed=int(seed))
+                for i in range(n):
+                    values[i][f"{side}_sanity_spearman"] = _number(r["spearman"][i].abs().mean())
+                    curves[i][f"{side}_sanity_spearman"] = _numbers(r["spearman"][i])
+                    curves[i]["sanity_steps_" + side] = list(r["labels"])
+                    if r["ssim"] is not None:
+                        values[i]["image_sanity_ssim"] = _number(r["ssim"][i].mean())
+                        curves[i]["image_sanity_ssim"] = _numbers(r["ssim"][i])
+        seconds = {"explain": round((explained - start) / n, 4),
+                   "metrics": round((time.perf_counter() - explained) / n, 4)}
+        for i, row in enumerate(good):
+            per_row[(row.id, method)] = {
+                "kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,
+                "similarity": _number(exps[i].similarity), "metrics": values[i], "curves": curves[i],
+                "seconds": seconds}
+    return [per_row[(row.id, m)] for row in good for m in methods], bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +402,90 @@ def _check_same_run(old: dict[str, Any], new: dict[str, Any], path: Path) -> Non
                          "or use another --out")
 
 
+def record_key(record: dict[str, Any]) -> tuple:
+    """What a record is the result of: (kind, row, method) for pairs, (kind, method, k) for ROAR+."""
+    if record.get("kind") == "roar":
+        return "roar", record.get("method"), record.get("k")
+    return record.get("kind"), record.get("row"), record.get("method")
+
+
+def part_name(records: Sequence[dict[str, Any]]) -> str:
+    """A part file's name, from the (row, method) keys it holds: the same batch always gets the
+    same name, so a batch done twice (a retried actor) overwrites itself instead of adding a copy."""
+    keys = "\n".join(sorted(f"{r['row']}\t{r['method']}" for r in records))
+    return f"part-{hashlib.sha256(keys.encode()).hexdigest()[:20]}.jsonl"
+
+
+def write_part(out: str | os.PathLike, records: Sequence[dict[str, Any]]) -> Path | None:
+    """Write ``records`` as one part file ``OUT/parts/part-*.jsonl``, atomically (temporary name,
+    fsync, rename): it exists whole or not at all. Used by the Ray actors; None when empty."""
+    if not records:
+        return None
+    text = "".join(json.dumps(r, allow_nan=False, separators=(",", ":"), default=str) + "\n" for r in records)
+    return atomic_write_text(Path(out) / PARTS / part_name(records), text)
+
+
+def read_run(out: str | os.PathLike, repair: bool = False) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(provenance, records) of a run folder: ``results.jsonl`` and any ``parts/part-*.jsonl``
+    written by a Ray run, without duplicates (a record in both counts once)."""
+    out = Path(out)
+    header, records = read_results(out / RESULTS, repair=repair)
+    seen = {record_key(r) for r in records}
+    for part in sorted((out / PARTS).glob("part-*.jsonl")):
+        _, more = read_results(part)  # parts are written whole; a stray partial line is ignored all the same
+        for record in more:
+            if record_key(record) not in seen:
+                seen.add(record_key(record))
+                records.append(record)
+    return header, records
+
+
+def open_run(backend: Backend, table: Table, methods: Sequence[str], config: MetricConfig,
+             settings: dict[str, dict[str, Any]] | None, seed: int, out: Path,
+             command: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start ``out/results.jsonl`` with its provenance record, or check that the run found there
+    is this one (same data, weights, methods, settings, metrics, seed) and return its records."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS
+    header = provenance(backend, table, methods, config, settings, seed, command)
+    old, records = read_run(out, repair=True)
+    if old is None:
+        if records:
+            raise InputError(f"{out} holds results without a provenance record: use another --out")
+        if path.exists() and path.stat().st_size:
+            path.unlink()  # only a torn first line: nothing to keep
+        with ResultsWriter(path) as w:
+            w.write(header)
+        return header, []
+    _check_same_run(old, header, path)
+    if old.get("versions") != header["versions"]:
+        print(f"m2ib: note: {path} was started with {old.get('versions')}; this run uses "
+              f"{header['versions']}", file=sys.stderr)
+    return old, records
+
+
+def pending(table: Table, methods: Sequence[str], records: Sequence[dict[str, Any]]) -> list[tuple[Row, list[str]]]:
+    """Each row with the methods it still needs, in table order (rows with none left out)."""
+    done = {(r["row"], r["method"]) for r in records if r.get("kind") == "pair"}
+    out = []
+    for row in table.rows:
+        missing = [m for m in methods if (row.id, m) not in done]
+        if missing:
+            out.append((row, missing))
+    return out
+
+
+def batches(todo: Sequence[tuple[Row, list[str]]], size: int) -> list[tuple[list[Row], list[str]]]:
+    """Up to ``size`` consecutive rows that need the same methods, as (rows, methods)."""
+    out: list[tuple[list[Row], list[str]]] = []
+    for row, missing in todo:
+        if out and out[-1][1] == missing and len(out[-1][0]) < size:
+            out[-1][0].append(row)
+        else:
+            out.append(([row], missing))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The local scheduler
 # ---------------------------------------------------------------------------------------------
@@ -377,92 +500,92 @@ class RunResult:
     skipped: int = 0  # (row, method) pairs found done in the results file
     finished: bool = True  # False when stopped by ``time_limit`` before every pair was done
     files: dict[str, Path] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)  # Ray node ids that did the work (Ray runs only)
+
+
+class Clock:
+    """Says when a run's ``time_limit`` (seconds, None: none) is spent."""
+
+    def __init__(self, time_limit: float | None):
+        self.limit, self.started = time_limit, time.perf_counter()
+
+    def out_of_time(self) -> bool:
+        return self.limit is not None and time.perf_counter() - self.started >= self.limit
 
 
 def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
                    settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike, *,
                    command: str | None = None, progress: bool = True, report: bool = True,
-                   time_limit: float | None = None) -> RunResult:
+                   time_limit: float | None = None, batch_size: int = 1) -> RunResult:
     """Evaluate every row of ``table`` with every method, appending to ``out/results.jsonl``.
 
     Resumes a run found in ``out`` (same data, model weights, methods, settings, metrics and
-    seed), skipping the (row, method) pairs already there. Rows whose image is missing or
-    unreadable are counted in ``RunResult.bad`` and reported, never raised. With ``report``,
-    writes the summary (Markdown, CSV) and the plots at the end. ``time_limit`` (seconds):
-    start no new pair after that long (``RunResult.finished`` is then False; the summary covers
-    what is done, and the same call resumes).
+    seed; from either scheduler), skipping the (row, method) pairs already there. Rows whose
+    image is missing or unreadable are counted in ``RunResult.bad`` and reported, never raised.
+    ``batch_size`` rows are explained together (the batched path: faster on a GPU, the same
+    numbers up to float rounding). With ``report``, writes the summary (Markdown, CSV) and the
+    plots at the end. ``time_limit`` (seconds): start no new batch after that long
+    (``RunResult.finished`` is then False; the summary covers what is done, and the same call
+    resumes). :func:`m2ib.evaluation.distributed.run_evaluation_ray` runs the same work on Ray.
     """
     from tqdm.auto import tqdm
 
     config = as_config(metrics)
     methods = list(dict.fromkeys(methods))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch size {batch_size!r} must be a positive integer")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULTS
-    header = provenance(backend, table, methods, config, settings, seed, command)
-    old, records = read_results(path, repair=True)
-    if old is None:
-        if path.exists() and path.stat().st_size:
-            path.unlink()  # only a torn first line: nothing to keep
-            records = []
-        with ResultsWriter(path) as w:
-            w.write(header)
-    else:
-        _check_same_run(old, header, path)
-        if old.get("versions") != header["versions"]:
-            print(f"m2ib: note: {path} was started with {old.get('versions')}; this run uses "
-                  f"{header['versions']}", file=sys.stderr)
-        header = old
-    done = {(r["row"], r["method"]) for r in records if r.get("kind") == "pair"}
-    todo = [(row, m) for row in table.rows for m in methods if (row.id, m) not in done]
-    result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - len(todo))
-    failed: set[str] = set()
-    started = time.perf_counter()
-
-    def out_of_time() -> bool:
-        return time_limit is not None and time.perf_counter() - started >= time_limit
-
-    per_pair = [n for n in config.names if n in PER_PAIR]
-    with ResultsWriter(path) as writer:
-        if per_pair:
-            with tqdm(total=len(todo), desc="evaluate", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
-                for row, method in todo:
-                    if out_of_time():
+    header, records = open_run(backend, table, methods, config, settings, seed, out, command)
+    todo = pending(table, methods, records)
+    total = sum(len(missing) for _, missing in todo)
+    result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
+    clock = Clock(time_limit)
+    with ResultsWriter(out / RESULTS) as writer:
+        if any(n in PER_PAIR for n in config.names):
+            with tqdm(total=total, desc="evaluate", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
+                for rows, missing in batches(todo, batch_size):
+                    if clock.out_of_time():
                         result.finished = False
                         break
-                    if row.id not in failed:
-                        try:
-                            new = evaluate_pair(backend, row, [method], config, settings, seed)
-                        except InputError as exc:
-                            failed.add(row.id)
-                            result.bad.append({"row": row.id, "reason": str(exc)})
-                            tqdm.write(f"m2ib: skipped row {row.id}: {exc}", file=sys.stderr)
-                        else:
-                            for record in new:
-                                writer.write(record)
-                                records.append(record)
-                            result.evaluated += 1
-                    bar.update(1)
-        if "roar" in config.names and result.finished:
-            if table.kind != "shapes":
-                print("m2ib: roar skipped: ROAR+ retrains on the shapes world; use --data shapes:SPLIT:N",
-                      file=sys.stderr)
-            else:
-                from ..metrics.roar import roar
+                    new, bad = evaluate_rows(backend, rows, missing, config, settings, seed)
+                    for record in new:
+                        writer.write(record)
+                        records.append(record)
+                    result.evaluated += len(new)
+                    for b in bad:
+                        result.bad.append(b)
+                        tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
+                    bar.update(len(rows) * len(missing))
+        finish_run(result, backend, table, methods, config, settings, seed, header, writer, clock, progress, report)
+    return result
 
-                finished = {(r["method"], r["k"]) for r in records if r.get("kind") == "roar"}
 
-                def emit(record: dict[str, Any]) -> None:
-                    writer.write(record)
-                    records.append(record)
+def finish_run(result: RunResult, backend: Backend, table: Table, methods: Sequence[str], config: MetricConfig,
+               settings: dict[str, dict[str, Any]] | None, seed: int, header: dict[str, Any],
+               writer: ResultsWriter, clock: Clock, progress: bool, report: bool) -> None:
+    """What follows the per-pair work in both schedulers: ROAR+ (when asked for; it retrains,
+    so it runs here, in this process) and the summary and plots."""
+    records = result.records
+    if "roar" in config.names and result.finished:
+        if table.kind != "shapes":
+            print("m2ib: roar skipped: ROAR+ retrains on the shapes world; use --data shapes:SPLIT:N",
+                  file=sys.stderr)
+        else:
+            from ..metrics.roar import roar
 
-                roar(backend, methods, settings, config.roar_budget, seed, done=lambda m, k: (m, k) in finished,
-                     emit=emit, progress=progress, stop=out_of_time)
-                if out_of_time():
-                    result.finished = False
+            finished = {(r["method"], r["k"]) for r in records if r.get("kind") == "roar"}
+
+            def emit(record: dict[str, Any]) -> None:
+                writer.write(record)
+                records.append(record)
+
+            roar(backend, methods, settings, config.roar_budget, seed, done=lambda m, k: (m, k) in finished,
+                 emit=emit, progress=progress, stop=clock.out_of_time)
+            if clock.out_of_time():
+                result.finished = False
     if report:
         from .report import write_report
 
-        result.files = write_report(out, header, records, result.bad, methods,
+        per_pair = any(n in PER_PAIR for n in config.names)
+        result.files = write_report(result.out, header, records, result.bad, methods,
                                     requested=[row.id for row in table.rows] if per_pair else None)
-    return result

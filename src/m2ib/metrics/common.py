@@ -89,10 +89,20 @@ def word_positions(texts: TextBatch, i: int) -> list[int]:
     return [j for j in range(n) if j not in special]
 
 
+#: Scores closer than this share of a map's range rank as equal (see :func:`descending_order`).
+RANK_RESOLUTION = 2.0 ** -16
+
+
 def descending_order(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Indices of ``scores`` (1-D) from the highest to the lowest; equal scores in a random
-    order drawn from ``generator`` (so a constant map removes pixels or words at random)."""
-    scores = scores.detach().float().cpu().flatten()
+    order drawn from ``generator`` (so a constant map removes pixels or words at random).
+
+    Scores are first rounded to :data:`RANK_RESOLUTION` of their range: float rounding (another
+    batch size or thread count) splits ties of a map (e.g. the plateaus of an upsampled grid)
+    by a unit in the last place, which would otherwise reorder whole tie groups."""
+    scores = scores.detach().double().cpu().flatten()
+    low, span = scores.min(), scores.max() - scores.min()
+    scores = torch.round((scores - low) / span / RANK_RESOLUTION) if span > 0 else torch.zeros_like(scores)
     perm = torch.randperm(scores.numel(), generator=generator)
     order = torch.sort(scores[perm], descending=True, stable=True).indices
     return perm[order]

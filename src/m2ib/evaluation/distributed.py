@@ -1,0 +1,232 @@
+"""``m2ib evaluate --ray``: the same evaluation as :func:`~m2ib.evaluation.runner.run_evaluation`,
+run as a Ray Data pipeline over a local Ray instance or an existing cluster.
+
+The pipeline: the driver reads the rows and forms the batches exactly as the local run does
+(:func:`~m2ib.evaluation.runner.batches`), so a batch of the Ray run holds the same rows as
+the local run's with the same ``batch_size`` and gives the same numbers. ``map_batches`` hands
+each batch to an actor of a pool (``ray.data.ActorPoolStrategy``); each actor
+(:class:`BatchEvaluator`) loads the model once and runs
+:func:`~m2ib.evaluation.runner.evaluate_rows`, the one per-pair code path of both runs.
+
+Nothing is lost and nothing is repeated: Ray Data's own writers leave no output at all when a
+write fails part-way, so they are not used. Each actor writes its batch's records as one part
+file ``OUT/parts/part-*.jsonl`` (a temporary name, fsync, atomic rename; the name comes from
+the batch's (row, method) keys). A re-run reads ``results.jsonl`` and the part files and
+submits only the pairs not yet written. At the end the driver appends the part files'
+records to ``results.jsonl`` (the local run's format), removes the parts, and writes the
+summary and plots as the local run does. ``OUT`` must be a path every node can write (shared
+storage) when the cluster has more than one machine.
+
+Ray is an optional extra: ``pip install 'm2ib[ray]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Backend
+from ..datasets.tables import Table
+from ..errors import InputError
+from .runner import (PARTS, PER_PAIR, RESULTS, Clock, MetricConfig, ResultsWriter, RunResult, as_config, batches,
+                     evaluate_rows, finish_run, open_run, pending, read_results, read_run, record_key, weights_hash,
+                     write_part)
+
+# Set before Ray is imported (measured: without them Ray phones home, asks for a token, or binds
+# the machine's outside address). Users' own values win.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How ``m2ib evaluate --ray`` uses Ray."""
+
+    address: str | None = None  # None: start a local Ray instance; "auto" or "ray://HOST:PORT": join a cluster
+    actors: int = 2  # actor pool size: each actor loads the model once and explains one batch at a time
+    batch_size: int = 8  # rows per batch, explained together by the batched path
+    cpus_per_actor: float = 1.0  # logical CPUs each actor reserves (also its torch threads)
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    object_store_memory: int | None = None  # bytes; only for a local instance (None: Ray's default)
+    num_cpus: int | None = None  # logical CPUs of a local instance (None: the cores, and 1 more than the actors take)
+
+    def __post_init__(self) -> None:
+        for name in ("actors", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"ray {name.replace('_', ' ')} {value!r} must be a positive integer")
+        if self.cpus_per_actor <= 0:
+            raise InputError(f"ray cpus per actor {self.cpus_per_actor!r} must be positive")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise InputError(f"ray gpus per actor {self.gpus_per_actor!r} must be >= 0")
+
+
+class BatchEvaluator:
+    """A Ray Data actor: loads the model once, then evaluates one batch per call and writes it
+    as one part file. Returns one line per batch for the driver's progress bar."""
+
+    def __init__(self, model: str, device: str | None, methods: Sequence[str], config: MetricConfig,
+                 settings: dict[str, dict[str, Any]] | None, seed: int, out: str, weights_sha256: str,
+                 threads: int) -> None:
+        import torch
+
+        from ..api import load
+
+        torch.set_num_threads(max(1, threads))  # this actor's process only
+        self.backend = load(model, device=device)
+        found = weights_hash(self.backend.model)
+        if found != weights_sha256:
+            raise RuntimeError(f"m2ib: model {model!r} on this node has weights {found[:16]}..., the driver's "
+                               f"{weights_sha256[:16]}...: every node must load the same model (a shared path, "
+                               "or the same hub snapshot)")
+        self.methods, self.config, self.settings, self.seed = list(methods), config, settings, seed
+        self.out = Path(out)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        out: dict[str, list] = {"pairs": [], "todo": [], "bad": [], "node": []}
+        for blob, methods in zip(batch["rows"], batch["methods"]):
+            rows, names = pickle.loads(blob), str(methods).split(",")
+            records, bad = evaluate_rows(self.backend, rows, names, self.config, self.settings, self.seed)
+            write_part(self.out, records)
+            out["pairs"].append(len(records))
+            out["todo"].append(len(rows) * len(names))
+            out["bad"].append(json.dumps(bad))
+            out["node"].append(node)
+        return out
+
+
+def _connect(config: RayConfig) -> bool:
+    """Initialise Ray unless it already is; True when this call started it (and must shut it down)."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'm2ib[ray]'") from None
+    if ray.is_initialized():
+        return False
+    if config.address is None:
+        # Logical CPUs: with every CPU held by an actor, Ray Data's own tasks wait forever (measured:
+        # 2 actors on a 2-CPU node hung), so a local instance gets one more than the actors take.
+        cpus = config.num_cpus or max(os.cpu_count() or 1, math.ceil(config.actors * config.cpus_per_actor) + 1)
+        ray.init(num_cpus=cpus, object_store_memory=config.object_store_memory, include_dashboard=False,
+                 log_to_driver=True, logging_level="warning", _node_ip_address="127.0.0.1")
+    else:
+        ray.init(address=config.address, include_dashboard=False, logging_level="warning")
+    return True
+
+
+def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequence[str],
+                       metrics: Sequence[str] | MetricConfig, settings: dict[str, dict[str, Any]] | None, seed: int,
+                       out: str | os.PathLike, ray_config: RayConfig | None = None, *, device: str | None = None,
+                       command: str | None = None, progress: bool = True, report: bool = True,
+                       time_limit: float | None = None) -> RunResult:
+    """:func:`~m2ib.evaluation.runner.run_evaluation` on Ray: the same rows, methods, metrics,
+    seeds and results format, resumable by either.
+
+    Args:
+        backend: the model, loaded in this (the driver's) process: it writes the provenance
+            record and runs ROAR+, which retrains and so is not distributed.
+        model: what each actor passes to :func:`m2ib.load` (a name, hub id or a directory every
+            node can read); the actors check that they got the driver's weights.
+        ray_config: the cluster address, pool and batch sizes, resources (:class:`RayConfig`).
+        device: the actors' device when they reserve no GPU (default: cpu); actors with a GPU
+            use ``cuda``.
+        time_limit: seconds; no new batch is started after that long (the result is then
+            unfinished and the same call resumes).
+
+    Returns:
+        a :class:`~m2ib.evaluation.runner.RunResult`; ``files`` names the summary and plots.
+    """
+    ray_config = ray_config or RayConfig()
+    config = as_config(metrics)
+    methods = list(dict.fromkeys(methods))
+    out = Path(out)
+    header, records = open_run(backend, table, methods, config, settings, seed, out, command)
+    todo = pending(table, methods, records)
+    total = sum(len(missing) for _, missing in todo)
+    result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
+    clock = Clock(time_limit)
+    work = batches(todo, ray_config.batch_size)
+    if work and any(n in PER_PAIR for n in config.names):
+        started = _connect(ray_config)
+        try:
+            result.nodes = sorted(_run_pipeline(work, model, device, methods, config, settings, seed, out, header,
+                                                ray_config, result, total, clock, progress))
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    with ResultsWriter(out / RESULTS) as writer:
+        _consolidate(out, writer, result, table, methods)
+        finish_run(result, backend, table, methods, config, settings, seed, header, writer, clock, progress, report)
+    return result
+
+
+def _run_pipeline(work: list, model: str, device: str | None, methods: list[str], config: MetricConfig,
+                  settings: dict[str, dict[str, Any]] | None, seed: int, out: Path, header: dict[str, Any],
+                  ray_config: RayConfig, result: RunResult, total: int, clock: Clock, progress: bool) -> set[str]:
+    """Run the batches through the actor pool; returns the ids of the nodes that did the work."""
+    import ray
+    import ray.data
+    from tqdm.auto import tqdm
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours is the run's bar, as in the local run
+    context.print_on_execution_start = False
+    gpus = ray_config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    actor_device = "cuda" if gpus > 0 else (device or "cpu")
+    items = [{"rows": pickle.dumps(rows), "methods": ",".join(missing)} for rows, missing in work]
+    data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * ray_config.actors)))
+    evaluated = data.map_batches(
+        BatchEvaluator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=ray_config.actors),
+        num_cpus=ray_config.cpus_per_actor, num_gpus=gpus,
+        fn_constructor_kwargs={"model": model, "device": actor_device, "methods": methods, "config": config,
+                               "settings": settings, "seed": seed, "out": str(out),
+                               "weights_sha256": header["weights_sha256"],
+                               "threads": max(1, int(ray_config.cpus_per_actor))})
+    nodes: set[str] = set()
+    with tqdm(total=total, desc="evaluate (ray)", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
+        for line in evaluated.iter_rows():
+            nodes.add(str(line["node"]))
+            for b in json.loads(line["bad"]):
+                result.bad.append(b)
+                tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
+            result.evaluated += int(line["pairs"])
+            bar.update(int(line["todo"]))
+            if clock.out_of_time():
+                result.finished = False
+                break
+    return nodes
+
+
+def _consolidate(out: Path, writer: ResultsWriter, result: RunResult, table: Table, methods: Sequence[str]) -> None:
+    """Append the part files' records to results.jsonl in table order, then remove the parts.
+
+    A crash in between leaves records in both places; :func:`read_run` counts them once."""
+    _, everything = read_run(out)
+    _, in_file = read_results(out / RESULTS)
+    known = {record_key(r) for r in in_file}
+    held = {record_key(r) for r in result.records}
+    order = {row.id: i for i, row in enumerate(table.rows)}
+    rank = {m: i for i, m in enumerate(methods)}
+    new = [r for r in everything if record_key(r) not in known and r.get("kind") == "pair"]
+    new.sort(key=lambda r: (order.get(r["row"], len(order)), rank.get(r["method"], len(rank))))
+    for record in new:
+        writer.write(record)
+        if record_key(record) not in held:
+            result.records.append(record)
+    for part in [*(out / PARTS).glob("part-*.jsonl"), *(out / PARTS).glob(".part-*.tmp")]:
+        part.unlink()  # the .tmp files: writes that a killed actor left half done
