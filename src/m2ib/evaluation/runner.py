@@ -1,12 +1,13 @@
-"""Evaluation runs: the per-pair work (a pure function) and the loop that schedules it.
+"""Evaluation runs: the per-batch work (a pure function) and the local loop that schedules it.
 
-* :func:`evaluate_pair` explains one row with each method and measures every requested
-  metric. It reads nothing but its arguments and writes nothing, so the same call can run
-  anywhere (a local loop, a Ray task) and give the same numbers: every random choice of a
-  metric is seeded from the run's seed and the row's id.
+* :func:`evaluate_rows` explains a batch of rows with each method (the batched path) and
+  measures every requested metric. It reads nothing but its arguments and writes nothing, so
+  the same call can run anywhere (this local loop, a Ray actor in
+  :mod:`m2ib.evaluation.distributed`) and give the same numbers: every random choice of a
+  metric is seeded from the run's seed and the row's id. :func:`evaluate_pair` is one row.
 * :func:`run_evaluation` is the local scheduler: a progress bar with ETA, one JSON line per
   finished (row, method) appended to ``OUT/results.jsonl`` with flush + fsync, resumption, bad
-  rows counted, then the summary and plots (:mod:`m2ib.evaluation.report`).
+  rows counted, then ROAR+ and the summary and plots (:mod:`m2ib.evaluation.report`).
 
 ``results.jsonl`` holds one JSON object per line. The first is the provenance record
 (``"kind": "provenance"``): m2ib, torch and transformers versions, the model name and a
@@ -14,8 +15,8 @@ SHA-256 of its weights, the seed, every method's resolved settings, the data and
 protocol. Then ``"kind": "pair"`` records (one per row and method) and ``"kind": "roar"``
 records. A crash or Ctrl-C can leave at most a torn last line: on resume it is detected
 (no newline, or not valid JSON), cut off, and that pair is done again. Re-running the same
-command skips the (row, method) pairs already in the file; a run with other settings in the
-same folder is refused.
+command skips the (row, method) pairs already in the file or in a Ray run's part files
+(``OUT/parts/``, see :func:`read_run`); a run with other settings in the same folder is refused.
 """
 
 from __future__ import annotations
