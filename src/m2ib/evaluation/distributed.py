@@ -35,9 +35,8 @@ from typing import Any
 from ..backends.base import Backend
 from ..datasets.tables import Table
 from ..errors import InputError
-from .runner import (PARTS, PER_PAIR, RESULTS, Clock, MetricConfig, ResultsWriter, RunResult, as_config, batches,
-                     evaluate_rows, finish_run, open_run, pending, read_results, read_run, record_key, weights_hash,
-                     write_part)
+from .runner import (PARTS, PER_PAIR, RESULTS, MetricConfig, Plan, ResultsWriter, RunResult, batches, evaluate_rows,
+                     finish_run, plan_run, read_results, read_run, record_key, weights_hash, write_part)
 
 # Set before Ray is imported (measured: without them Ray phones home, asks for a token, or binds
 # the machine's outside address). Users' own values win.
@@ -71,7 +70,7 @@ class BatchEvaluator:
     """A Ray Data actor: loads the model once, then evaluates one batch per call and writes it
     as one part file. Returns one line per batch for the driver's progress bar."""
 
-    def __init__(self, model: str, device: str | None, methods: Sequence[str], config: MetricConfig,
+    def __init__(self, model: str, device: str | None, config: MetricConfig,
                  settings: dict[str, dict[str, Any]] | None, seed: int, out: str, weights_sha256: str,
                  threads: int) -> None:
         import torch
@@ -85,7 +84,7 @@ class BatchEvaluator:
             raise RuntimeError(f"m2ib: model {model!r} on this node has weights {found[:16]}..., the driver's "
                                f"{weights_sha256[:16]}...: every node must load the same model (a shared path, "
                                "or the same hub snapshot)")
-        self.methods, self.config, self.settings, self.seed = list(methods), config, settings, seed
+        self.config, self.settings, self.seed = config, settings, seed
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -148,39 +147,32 @@ def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequ
         a :class:`~m2ib.evaluation.runner.RunResult`; ``files`` names the summary and plots.
     """
     ray_config = ray_config or RayConfig()
-    config = as_config(metrics)
-    methods = list(dict.fromkeys(methods))
-    out = Path(out)
-    header, records = open_run(backend, table, methods, config, settings, seed, out, command)
-    todo = pending(table, methods, records)
-    total = sum(len(missing) for _, missing in todo)
-    result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
-    clock = Clock(time_limit)
-    work = batches(todo, ray_config.batch_size)
-    if work and any(n in PER_PAIR for n in config.names):
+    plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
+    result = plan.result
+    work = batches(plan.todo, ray_config.batch_size)
+    if work and any(n in PER_PAIR for n in plan.config.names):
         started = _connect(ray_config)
         try:
-            result.nodes = sorted(_run_pipeline(work, model, device, methods, config, settings, seed, out, header,
-                                                ray_config, result, total, clock, progress))
+            result.nodes = sorted(_run_pipeline(plan, work, model, device, settings, seed, ray_config, progress))
         finally:
             if started:
                 import ray
 
                 ray.shutdown()
-    with ResultsWriter(out / RESULTS) as writer:
-        _consolidate(out, writer, result, table, methods)
-        finish_run(result, backend, table, methods, config, settings, seed, header, writer, clock, progress, report)
+    with ResultsWriter(result.out / RESULTS) as writer:
+        _consolidate(result.out, writer, result, table, plan.methods)
+        finish_run(plan, backend, table, settings, seed, writer, progress, report)
     return result
 
 
-def _run_pipeline(work: list, model: str, device: str | None, methods: list[str], config: MetricConfig,
-                  settings: dict[str, dict[str, Any]] | None, seed: int, out: Path, header: dict[str, Any],
-                  ray_config: RayConfig, result: RunResult, total: int, clock: Clock, progress: bool) -> set[str]:
+def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, settings: dict[str, dict[str, Any]] | None,
+                  seed: int, ray_config: RayConfig, progress: bool) -> set[str]:
     """Run the batches through the actor pool; returns the ids of the nodes that did the work."""
     import ray
     import ray.data
     from tqdm.auto import tqdm
 
+    result = plan.result
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours is the run's bar, as in the local run
     context.print_on_execution_start = False
@@ -193,12 +185,11 @@ def _run_pipeline(work: list, model: str, device: str | None, methods: list[str]
     evaluated = data.map_batches(
         BatchEvaluator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=ray_config.actors),
         num_cpus=ray_config.cpus_per_actor, num_gpus=gpus,
-        fn_constructor_kwargs={"model": model, "device": actor_device, "methods": methods, "config": config,
-                               "settings": settings, "seed": seed, "out": str(out),
-                               "weights_sha256": header["weights_sha256"],
+        fn_constructor_kwargs={"model": model, "device": actor_device, "config": plan.config, "settings": settings,
+                               "seed": seed, "out": str(result.out), "weights_sha256": plan.header["weights_sha256"],
                                "threads": max(1, int(ray_config.cpus_per_actor))})
     nodes: set[str] = set()
-    with tqdm(total=total, desc="evaluate (ray)", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=plan.total, desc="evaluate (ray)", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
         for line in evaluated.iter_rows():
             nodes.add(str(line["node"]))
             for b in json.loads(line["bad"]):
@@ -206,7 +197,7 @@ def _run_pipeline(work: list, model: str, device: str | None, methods: list[str]
                 tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
             result.evaluated += int(line["pairs"])
             bar.update(int(line["todo"]))
-            if clock.out_of_time():
+            if plan.clock.out_of_time():
                 result.finished = False
                 break
     return nodes

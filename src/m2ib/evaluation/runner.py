@@ -531,41 +531,63 @@ def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metri
     """
     from tqdm.auto import tqdm
 
-    config = as_config(metrics)
-    methods = list(dict.fromkeys(methods))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size {batch_size!r} must be a positive integer")
-    out = Path(out)
-    header, records = open_run(backend, table, methods, config, settings, seed, out, command)
-    todo = pending(table, methods, records)
-    total = sum(len(missing) for _, missing in todo)
-    result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
-    clock = Clock(time_limit)
-    with ResultsWriter(out / RESULTS) as writer:
+    plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
+    config, methods, result, clock = plan.config, plan.methods, plan.result, plan.clock
+    with ResultsWriter(result.out / RESULTS) as writer:
         if any(n in PER_PAIR for n in config.names):
-            with tqdm(total=total, desc="evaluate", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
-                for rows, missing in batches(todo, batch_size):
+            with tqdm(total=plan.total, desc="evaluate", unit="pair", disable=not progress,
+                      dynamic_ncols=True) as bar:
+                for rows, missing in batches(plan.todo, batch_size):
                     if clock.out_of_time():
                         result.finished = False
                         break
                     new, bad = evaluate_rows(backend, rows, missing, config, settings, seed)
                     for record in new:
                         writer.write(record)
-                        records.append(record)
+                        result.records.append(record)
                     result.evaluated += len(new)
                     for b in bad:
                         result.bad.append(b)
                         tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
                     bar.update(len(rows) * len(missing))
-        finish_run(result, backend, table, methods, config, settings, seed, header, writer, clock, progress, report)
+        finish_run(plan, backend, table, settings, seed, writer, progress, report)
     return result
 
 
-def finish_run(result: RunResult, backend: Backend, table: Table, methods: Sequence[str], config: MetricConfig,
-               settings: dict[str, dict[str, Any]] | None, seed: int, header: dict[str, Any],
-               writer: ResultsWriter, clock: Clock, progress: bool, report: bool) -> None:
+@dataclass
+class Plan:
+    """A run's resolved inputs and what is left to do (shared by both schedulers)."""
+
+    config: MetricConfig
+    methods: list[str]
+    header: dict[str, Any]  # the provenance record (the one in the file when resuming)
+    todo: list[tuple[Row, list[str]]]  # rows with the methods they still need
+    total: int  # (row, method) pairs to do
+    result: RunResult
+    clock: Clock
+
+
+def plan_run(backend: Backend, table: Table, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
+             settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike,
+             command: str | None = None, time_limit: float | None = None) -> Plan:
+    """Open (or resume) the run in ``out`` and list what is left: the first step of both schedulers."""
+    config = as_config(metrics)
+    methods = list(dict.fromkeys(methods))
+    out = Path(out)
+    header, records = open_run(backend, table, methods, config, settings, seed, out, command)
+    todo = pending(table, methods, records)
+    total = sum(len(missing) for _, missing in todo)
+    result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
+    return Plan(config, methods, header, todo, total, result, Clock(time_limit))
+
+
+def finish_run(plan: Plan, backend: Backend, table: Table, settings: dict[str, dict[str, Any]] | None, seed: int,
+               writer: ResultsWriter, progress: bool, report: bool) -> None:
     """What follows the per-pair work in both schedulers: ROAR+ (when asked for; it retrains,
     so it runs here, in this process) and the summary and plots."""
+    result, config, methods, clock = plan.result, plan.config, plan.methods, plan.clock
     records = result.records
     if "roar" in config.names and result.finished:
         if table.kind != "shapes":
@@ -588,5 +610,5 @@ def finish_run(result: RunResult, backend: Backend, table: Table, methods: Seque
         from .report import write_report
 
         per_pair = any(n in PER_PAIR for n in config.names)
-        result.files = write_report(result.out, header, records, result.bad, methods,
+        result.files = write_report(result.out, plan.header, records, result.bad, methods,
                                     requested=[row.id for row in table.rows] if per_pair else None)
