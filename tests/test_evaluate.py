@@ -202,3 +202,21 @@ def test_batched_rows_give_the_same_numbers(backend, mscxr, tmp_path):
             assert record["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), name
     with pytest.raises(InputError, match="batch size"):
         run_evaluation(backend, table, ["gradcam"], METRICS, FAST, 0, tmp_path / "x", batch_size=0)
+
+
+def test_local_run_merges_part_files(backend, mscxr, tmp_path):
+    """A local run resuming a Ray run's folder counts its part files once and merges them."""
+    from m2ib.evaluation.runner import read_run, write_part
+
+    table = load_table(str(mscxr))
+    first = run_evaluation(backend, table, ["gradcam"], METRICS, FAST, 0, tmp_path, progress=False, report=False)
+    results = tmp_path / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(lines[:2]))  # keep the provenance and the first row's record
+    part = write_part(tmp_path, [json.loads(lines[2])])  # the second row's record, as an actor wrote it
+    assert part.parent.name == "parts" and len(read_run(tmp_path)[1]) == 2
+    again = run_evaluation(backend, table, ["gradcam"], METRICS, FAST, 0, tmp_path, progress=False, report=False)
+    assert again.evaluated == 0 and again.skipped == len(first.records)
+    assert not (tmp_path / "parts").exists()
+    header, records = read_results(results)
+    assert [r["row"] for r in records] == [r["row"] for r in first.records]

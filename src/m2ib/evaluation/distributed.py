@@ -13,8 +13,8 @@ write fails part-way, so they are not used. Each actor writes its batch's record
 file ``OUT/parts/part-*.jsonl`` (a temporary name, fsync, atomic rename; the name comes from
 the batch's (row, method) keys). A re-run reads ``results.jsonl`` and the part files and
 submits only the pairs not yet written. At the end the driver appends the part files'
-records to ``results.jsonl`` (the local run's format), removes the parts, and writes the
-summary and plots as the local run does. ``OUT`` must be a path every node can write (shared
+records to ``results.jsonl`` (the local run's format; :func:`~m2ib.evaluation.runner.merge_parts`),
+removes the parts, and writes the summary and plots as the local run does. ``OUT`` must be a path every node can write (shared
 storage) when the cluster has more than one machine.
 
 Ray is an optional extra: ``pip install 'm2ib[ray]'``.
@@ -35,8 +35,8 @@ from typing import Any
 from ..backends.base import Backend
 from ..datasets.tables import Table
 from ..errors import InputError
-from .runner import (PARTS, PER_PAIR, RESULTS, MetricConfig, Plan, ResultsWriter, RunResult, batches, evaluate_rows,
-                     finish_run, plan_run, read_results, read_run, record_key, weights_hash, write_part)
+from .runner import (PER_PAIR, RESULTS, MetricConfig, Plan, ResultsWriter, RunResult, batches, evaluate_rows,
+                     finish_run, plan_run, weights_hash, write_part)
 
 # Set before Ray is imported (measured: without them Ray phones home, asks for a token, or binds
 # the machine's outside address). Users' own values win.
@@ -160,7 +160,6 @@ def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequ
 
                 ray.shutdown()
     with ResultsWriter(result.out / RESULTS) as writer:
-        _consolidate(result.out, writer, result, table, plan.methods)
         finish_run(plan, backend, table, settings, seed, writer, progress, report)
     return result
 
@@ -201,23 +200,3 @@ def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, settin
                 result.finished = False
                 break
     return nodes
-
-
-def _consolidate(out: Path, writer: ResultsWriter, result: RunResult, table: Table, methods: Sequence[str]) -> None:
-    """Append the part files' records to results.jsonl in table order, then remove the parts.
-
-    A crash in between leaves records in both places; :func:`read_run` counts them once."""
-    _, everything = read_run(out)
-    _, in_file = read_results(out / RESULTS)
-    known = {record_key(r) for r in in_file}
-    held = {record_key(r) for r in result.records}
-    order = {row.id: i for i, row in enumerate(table.rows)}
-    rank = {m: i for i, m in enumerate(methods)}
-    new = [r for r in everything if record_key(r) not in known and r.get("kind") == "pair"]
-    new.sort(key=lambda r: (order.get(r["row"], len(order)), rank.get(r["method"], len(rank))))
-    for record in new:
-        writer.write(record)
-        if record_key(record) not in held:
-            result.records.append(record)
-    for part in [*(out / PARTS).glob("part-*.jsonl"), *(out / PARTS).glob(".part-*.tmp")]:
-        part.unlink()  # the .tmp files: writes that a killed actor left half done

@@ -588,6 +588,7 @@ def finish_run(plan: Plan, backend: Backend, table: Table, settings: dict[str, d
     """What follows the per-pair work in both schedulers: ROAR+ (when asked for; it retrains,
     so it runs here, in this process) and the summary and plots."""
     result, config, methods, clock = plan.result, plan.config, plan.methods, plan.clock
+    merge_parts(result.out, writer, result, table, methods)
     records = result.records
     if "roar" in config.names and result.finished:
         if table.kind != "shapes":
@@ -612,3 +613,25 @@ def finish_run(plan: Plan, backend: Backend, table: Table, settings: dict[str, d
         per_pair = any(n in PER_PAIR for n in config.names)
         result.files = write_report(result.out, plan.header, records, result.bad, methods,
                                     requested=[row.id for row in table.rows] if per_pair else None)
+
+
+def merge_parts(out: Path, writer: ResultsWriter, result: RunResult, table: Table, methods: Sequence[str]) -> None:
+    """Append the part files' records to results.jsonl in table order, then remove the parts.
+
+    A crash in between leaves records in both places; :func:`read_run` counts them once."""
+    _, everything = read_run(out)
+    _, in_file = read_results(out / RESULTS)
+    known = {record_key(r) for r in in_file}
+    held = {record_key(r) for r in result.records}
+    order = {row.id: i for i, row in enumerate(table.rows)}
+    rank = {m: i for i, m in enumerate(methods)}
+    new = [r for r in everything if record_key(r) not in known and r.get("kind") == "pair"]
+    new.sort(key=lambda r: (order.get(r["row"], len(order)), rank.get(r["method"], len(rank))))
+    for record in new:
+        writer.write(record)
+        if record_key(record) not in held:
+            result.records.append(record)
+    for part in [*(out / PARTS).glob("part-*.jsonl"), *(out / PARTS).glob(".part-*.tmp")]:
+        part.unlink()  # the .tmp files: writes that a killed actor left half done
+    if (out / PARTS).is_dir() and not any((out / PARTS).iterdir()):
+        (out / PARTS).rmdir()
