@@ -159,3 +159,20 @@ def test_kill_and_resume(shapes_reference, tmp_path):
     assert not list((out / "parts").glob("*")) and (out / "summary.md").exists()
     lines = (out / "results.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["kind"] == "provenance" and len(lines) == 17
+
+
+def test_unreachable_cluster_fails_fast(tmp_path, capsys, no_ray_left):
+    """Ray retries an address where nothing listens for minutes; m2ib says so at once."""
+    import socket
+
+    from m2ib.cli import main
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    code = main(["evaluate", "--model", MODEL, "--data", "shapes:test:2", "--methods", "gradcam", "--metrics",
+                 "confidence", "--out", str(tmp_path), "--ray", f"127.0.0.1:{port}"])
+    assert code == 2 and time.perf_counter() - start < 60
+    assert f"nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not ray.is_initialized()

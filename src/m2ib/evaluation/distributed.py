@@ -120,8 +120,28 @@ def _connect(config: RayConfig) -> bool:
         ray.init(num_cpus=cpus, object_store_memory=config.object_store_memory, include_dashboard=False,
                  log_to_driver=True, logging_level="warning", _node_ip_address="127.0.0.1")
     else:
-        ray.init(address=config.address, include_dashboard=False, logging_level="warning")
+        _check_reachable(config.address)
+        try:
+            ray.init(address=config.address, include_dashboard=False, logging_level="warning")
+        except ConnectionError as exc:
+            raise InputError(f"--ray {config.address}: {exc} (start one with `ray start --head`)") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds when nothing answers at HOST:PORT: Ray itself retries such an address for
+    minutes. ("auto" is looked up by Ray, which fails fast when no cluster is running.)"""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, colon, port = target.rpartition(":")
+    if address == "auto" or not colon or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"--ray {address}: nothing answers at {host}:{port} ({exc.strerror or exc}): start the "
+                         "cluster (`ray start --head`) or check the address") from None
 
 
 def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequence[str],
