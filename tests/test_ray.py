@@ -176,3 +176,15 @@ def test_unreachable_cluster_fails_fast(tmp_path, capsys, no_ray_left):
     assert code == 2 and time.perf_counter() - start < 60
     assert f"nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+def test_actor_failure_is_one_clear_error(backend, tmp_path, no_ray_left):
+    """An actor that cannot start (here: another model than the driver's) ends the run with one
+    line that names the cause, and Ray is shut down."""
+    from m2ib.errors import RunError
+
+    with pytest.raises(RunError, match="every node must load the same model") as info:
+        run_evaluation_ray(backend, "shapes", _shapes(backend), ["gradcam"], METRICS, None, 0, tmp_path,
+                           RayConfig(actors=1, batch_size=4, object_store_memory=STORE), progress=False)
+    assert "\n" not in str(info.value) and "re-run the same command" in str(info.value)
+    assert not ray.is_initialized()

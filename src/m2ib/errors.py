@@ -13,3 +13,7 @@ class InputError(M2IBError, ValueError):
 
 class ModelNotAvailableError(M2IBError, OSError):
     """Model weights cannot be found locally and cannot be downloaded."""
+
+
+class RunError(M2IBError, RuntimeError):
+    """A long run could not go on (e.g. a Ray worker failed); what it finished is kept."""

@@ -34,9 +34,22 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..datasets.tables import Table
-from ..errors import InputError
-from .runner import (PER_PAIR, RESULTS, MetricConfig, Plan, ResultsWriter, RunResult, batches, evaluate_rows,
-                     finish_run, plan_run, weights_hash, write_part)
+from ..errors import InputError, RunError
+from .runner import (
+    PARTS,
+    PER_PAIR,
+    RESULTS,
+    MetricConfig,
+    Plan,
+    ResultsWriter,
+    RunResult,
+    batches,
+    evaluate_rows,
+    finish_run,
+    plan_run,
+    weights_hash,
+    write_part,
+)
 
 # Set before Ray is imported (measured: without them Ray phones home, asks for a token, or binds
 # the machine's outside address). Users' own values win.
@@ -81,7 +94,7 @@ class BatchEvaluator:
         self.backend = load(model, device=device)
         found = weights_hash(self.backend.model)
         if found != weights_sha256:
-            raise RuntimeError(f"m2ib: model {model!r} on this node has weights {found[:16]}..., the driver's "
+            raise RuntimeError(f"model {model!r} on this node has weights {found[:16]}..., the driver's "
                                f"{weights_sha256[:16]}...: every node must load the same model (a shared path, "
                                "or the same hub snapshot)")
         self.config, self.settings, self.seed = config, settings, seed
@@ -174,6 +187,15 @@ def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequ
         started = _connect(ray_config)
         try:
             result.nodes = sorted(_run_pipeline(plan, work, model, device, settings, seed, ray_config, progress))
+        except Exception as exc:
+            import ray.exceptions
+
+            if not isinstance(exc, ray.exceptions.RayError):
+                raise
+            # Ray's message is the worker's whole traceback; its last line says what went wrong.
+            cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+            raise RunError(f"the Ray run failed: {cause[0].strip()}. Finished batches are kept in "
+                           f"{result.out / PARTS}: fix the cause and re-run the same command to resume") from exc
         finally:
             if started:
                 import ray
