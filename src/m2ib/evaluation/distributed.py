@@ -37,7 +37,6 @@ from ..datasets.tables import Table
 from ..errors import InputError, RunError
 from .runner import (
     PARTS,
-    PER_PAIR,
     RESULTS,
     MetricConfig,
     Plan,
@@ -183,10 +182,10 @@ def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequ
     plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
     result = plan.result
     work = batches(plan.todo, ray_config.batch_size)
-    if work and any(n in PER_PAIR for n in plan.config.names):
+    if work and plan.config.per_pair:
         started = _connect(ray_config)
         try:
-            result.nodes = sorted(_run_pipeline(plan, work, model, device, settings, seed, ray_config, progress))
+            result.nodes = sorted(_run_pipeline(plan, work, model, device, ray_config, progress))
         except Exception as exc:
             import ray.exceptions
 
@@ -202,12 +201,12 @@ def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequ
 
                 ray.shutdown()
     with ResultsWriter(result.out / RESULTS) as writer:
-        finish_run(plan, backend, table, settings, seed, writer, progress, report)
+        finish_run(plan, backend, writer, progress, report)
     return result
 
 
-def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, settings: dict[str, dict[str, Any]] | None,
-                  seed: int, ray_config: RayConfig, progress: bool) -> set[str]:
+def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, ray_config: RayConfig,
+                  progress: bool) -> set[str]:
     """Run the batches through the actor pool; returns the ids of the nodes that did the work."""
     import ray
     import ray.data
@@ -226,8 +225,9 @@ def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, settin
     evaluated = data.map_batches(
         BatchEvaluator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=ray_config.actors),
         num_cpus=ray_config.cpus_per_actor, num_gpus=gpus,
-        fn_constructor_kwargs={"model": model, "device": actor_device, "config": plan.config, "settings": settings,
-                               "seed": seed, "out": str(result.out), "weights_sha256": plan.header["weights_sha256"],
+        fn_constructor_kwargs={"model": model, "device": actor_device, "config": plan.config,
+                               "settings": plan.settings, "seed": plan.seed, "out": str(result.out),
+                               "weights_sha256": plan.header["weights_sha256"],
                                "threads": max(1, int(ray_config.cpus_per_actor))})
     nodes: set[str] = set()
     with tqdm(total=plan.total, desc="evaluate (ray)", unit="pair", disable=not progress, dynamic_ncols=True) as bar:

@@ -83,6 +83,11 @@ class MetricConfig:
         if self.sanity_steps is not None and self.sanity_steps < 1:
             raise InputError(f"sanity steps {self.sanity_steps!r} must be a positive integer")
 
+    @property
+    def per_pair(self) -> bool:
+        """Whether any metric is measured pair by pair (ROAR+ alone is not)."""
+        return any(n in PER_PAIR for n in self.names)
+
     def as_dict(self) -> dict[str, Any]:
         from ..metrics.roar import BUDGETS
 
@@ -536,7 +541,7 @@ def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metri
     plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
     config, methods, result, clock = plan.config, plan.methods, plan.result, plan.clock
     with ResultsWriter(result.out / RESULTS) as writer:
-        if any(n in PER_PAIR for n in config.names):
+        if config.per_pair:
             with tqdm(total=plan.total, desc="evaluate", unit="pair", disable=not progress,
                       dynamic_ncols=True) as bar:
                 for rows, missing in batches(plan.todo, batch_size):
@@ -552,7 +557,7 @@ def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metri
                         result.bad.append(b)
                         tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
                     bar.update(len(rows) * len(missing))
-        finish_run(plan, backend, table, settings, seed, writer, progress, report)
+        finish_run(plan, backend, writer, progress, report)
     return result
 
 
@@ -560,8 +565,11 @@ def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metri
 class Plan:
     """A run's resolved inputs and what is left to do (shared by both schedulers)."""
 
+    table: Table
     config: MetricConfig
     methods: list[str]
+    settings: dict[str, dict[str, Any]] | None  # per method, as given
+    seed: int
     header: dict[str, Any]  # the provenance record (the one in the file when resuming)
     todo: list[tuple[Row, list[str]]]  # rows with the methods they still need
     total: int  # (row, method) pairs to do
@@ -580,14 +588,14 @@ def plan_run(backend: Backend, table: Table, methods: Sequence[str], metrics: Se
     todo = pending(table, methods, records)
     total = sum(len(missing) for _, missing in todo)
     result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
-    return Plan(config, methods, header, todo, total, result, Clock(time_limit))
+    return Plan(table, config, methods, settings, seed, header, todo, total, result, Clock(time_limit))
 
 
-def finish_run(plan: Plan, backend: Backend, table: Table, settings: dict[str, dict[str, Any]] | None, seed: int,
-               writer: ResultsWriter, progress: bool, report: bool) -> None:
+def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bool, report: bool) -> None:
     """What follows the per-pair work in both schedulers: ROAR+ (when asked for; it retrains,
     so it runs here, in this process) and the summary and plots."""
-    result, config, methods, clock = plan.result, plan.config, plan.methods, plan.clock
+    result, config, methods, clock, table = plan.result, plan.config, plan.methods, plan.clock, plan.table
+    settings, seed = plan.settings, plan.seed
     merge_parts(result.out, writer, result, table, methods)
     records = result.records
     if "roar" in config.names and result.finished:
@@ -610,15 +618,16 @@ def finish_run(plan: Plan, backend: Backend, table: Table, settings: dict[str, d
     if report:
         from .report import write_report
 
-        per_pair = any(n in PER_PAIR for n in config.names)
         result.files = write_report(result.out, plan.header, records, result.bad, methods,
-                                    requested=[row.id for row in table.rows] if per_pair else None)
+                                    requested=[row.id for row in table.rows] if config.per_pair else None)
 
 
 def merge_parts(out: Path, writer: ResultsWriter, result: RunResult, table: Table, methods: Sequence[str]) -> None:
     """Append the part files' records to results.jsonl in table order, then remove the parts.
 
     A crash in between leaves records in both places; :func:`read_run` counts them once."""
+    if not (out / PARTS).is_dir():
+        return  # a local run with no Ray parts: nothing to read again
     _, everything = read_run(out)
     _, in_file = read_results(out / RESULTS)
     known = {record_key(r) for r in in_file}
