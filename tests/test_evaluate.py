@@ -117,6 +117,29 @@ def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
         run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 1, out, progress=False)
 
 
+def test_resuming_some_methods_first(backend, mscxr, tmp_path):
+    """--methods may name some of a run's methods (cheap ones first); the full command then does
+    only the rest, and the records equal a run of everything at once."""
+    table, out, whole = load_table(str(mscxr)), tmp_path / "run", tmp_path / "whole"
+    run_evaluation(backend, table, ["gradcam", "m2ib", "saliency"], METRICS, FAST, 0, out, progress=False,
+                   time_limit=0)  # starts the run (its provenance names all three) and stops at once
+    part = run_evaluation(backend, table, ["saliency"], METRICS, FAST, 0, out, progress=False)
+    assert part.evaluated == 2 and "saliency" in (out / "summary.md").read_text()
+    assert "gradcam" not in (out / "summary.md").read_text()  # summarises this command's methods
+    rest = run_evaluation(backend, table, ["gradcam", "m2ib", "saliency"], METRICS, FAST, 0, out, progress=False)
+    assert rest.evaluated == 4 and rest.skipped == 2
+    run_evaluation(backend, table, ["gradcam", "m2ib", "saliency"], METRICS, FAST, 0, whole, progress=False)
+    key = lambda r: (r["row"], r["method"])  # noqa: E731
+    got = sorted(read_results(out / "results.jsonl")[1], key=key)
+    want = sorted(read_results(whole / "results.jsonl")[1], key=key)
+    assert [(key(r), r["metrics"]) for r in got] == [(key(r), r["metrics"]) for r in want]
+    with pytest.raises(InputError, match="methods \\(rise not in gradcam, m2ib, saliency\\)"):
+        run_evaluation(backend, table, ["rise"], METRICS, {}, 0, out, progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        run_evaluation(backend, table, ["m2ib"], METRICS, {"m2ib": {"steps": 3, "samples": 2}}, 0, out,
+                       progress=False)
+
+
 def test_mean_ci():
     assert mean_ci([1.0, 2.0, 3.0]) == (3, 2.0, pytest.approx(4.303 * 1 / math.sqrt(3)))
     n, mean, half = mean_ci([None, 5.0])
@@ -220,3 +243,29 @@ def test_local_run_merges_part_files(backend, mscxr, tmp_path):
     assert not (tmp_path / "parts").exists()
     header, records = read_results(results)
     assert [r["row"] for r in records] == [r["row"] for r in first.records]
+
+
+def test_roar_through_the_runner(tmp_path, monkeypatch):
+    """`--metrics roar` on the shapes world: records in results.jsonl, the ROAR+ table in the
+    summary, the map cache gone, and a re-run with nothing left to do retrains nothing."""
+    import dataclasses
+
+    import m2ib
+    from conftest import SMALL
+    from m2ib.metrics import roar as R
+    from m2ib.models import random_clip
+
+    model, tokenizer = random_clip(dataclasses.replace(SMALL, image_size=64, patch_size=16), seed=1)
+    backend = m2ib.load(model, tokenizer=tokenizer)
+    monkeypatch.setitem(R.BUDGETS, "tiny", R.RoarBudget("tiny", train=12, test=6, ks=(50,), steps=2, batch_size=4))
+    table = load_table("shapes:test:2", size=64)
+    config = MetricConfig(names=("roar",))
+    out = tmp_path / "roar"
+    run_evaluation(backend, table, ["saliency", "gradcam"], config, None, 0, out, progress=False)
+    _, records = read_results(out / "results.jsonl")
+    assert [(r["method"], r["k"]) for r in records] == [("none", 0), ("saliency", 50), ("gradcam", 50),
+                                                        ("random", 50)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["budget"] == "tiny" for r in records)
+    assert "ROAR" in (out / "summary.md").read_text() and not (out / "roar-maps").exists()
+    monkeypatch.setattr(R, "retrain_accuracy", lambda *a, **k: pytest.fail("retrained a finished run"))
+    run_evaluation(backend, table, ["saliency", "gradcam"], config, None, 0, out, progress=False)

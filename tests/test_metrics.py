@@ -315,3 +315,42 @@ def test_roar_degrade_and_retrain():
     config = retrain_config(64, RoarBudget("test", 6, 4, (50,), steps=2, batch_size=4), seed=0)
     acc = retrain_accuracy(images, labels, images[:4], labels[:4], prompts, config)
     assert 0.0 <= acc <= 1.0
+
+
+def test_roar_resumes_from_cached_map_chunks(tmp_path, monkeypatch):
+    """Stopped while computing a method's maps, ROAR+ keeps the finished chunks on disk; the re-run
+    computes only the rest, gives the records of an uninterrupted run, and removes the cache."""
+    import dataclasses
+
+    import m2ib
+    from m2ib.metrics import roar as R
+    from m2ib.models import random_clip
+
+    from conftest import SMALL
+
+    model, tokenizer = random_clip(dataclasses.replace(SMALL, image_size=64, patch_size=16), seed=1)
+    backend = m2ib.load(model, tokenizer=tokenizer)  # shapes scenes are at least 64 px
+
+    budget = R.RoarBudget("test", train=40, test=8, ks=(50,), steps=2, batch_size=4)
+    monkeypatch.setattr(R, "MAP_CHUNK", 16)
+    # chunked maps equal one call on every scene (per-pair seeds)
+    images, labels, prompts = R.roar_scenes(64, 40, "train")
+    fast = {"steps": 2, "samples": 2}
+    assert torch.allclose(R.cached_maps(backend, "m2ib", images, labels, prompts, fast, 3, None, "train"),
+                          R.method_maps(backend, "m2ib", images, labels, prompts, fast, 3), atol=1e-6)
+
+    calls: list[int] = []
+    real = R.method_maps
+    monkeypatch.setattr(R, "method_maps", lambda b, m, x, *a: calls.append(x.shape[0]) or real(b, m, x, *a))
+    polls = iter(range(100))  # stop() is asked before "none", before "saliency", before each chunk
+    cache = tmp_path / "maps"
+    first = R.roar(backend, ["saliency"], budget=budget, cache=cache, stop=lambda: next(polls) >= 4)
+    assert [(r["method"], r["k"]) for r in first] == [("none", 0)]
+    assert calls == [16, 16] and len(list(cache.glob("saliency-train-*.pt"))) == 2
+    finished = {("none", 0)}
+    second = R.roar(backend, ["saliency"], budget=budget, cache=cache, done=lambda m, k: (m, k) in finished)
+    assert calls == [16, 16, 8, 8, 40, 8]  # the rest of train, test, then the random control (uncached)
+    assert not cache.exists()
+    whole = R.roar(backend, ["saliency"], budget=budget)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(first + second) == strip(whole)

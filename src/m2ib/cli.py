@@ -336,7 +336,8 @@ def _add_evaluate(sub) -> None:
                     "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
                     "phrase, x, y, w, h), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)")
     ev.add_argument("--methods", default="m2ib", metavar="NAME[,NAME...]|all",
-                    help="methods to compare (default: m2ib)")
+                    help="methods to compare (default: m2ib); when resuming, some of the run's methods "
+                    "only, to finish those first")
     ev.add_argument("--metrics", default="confidence,deletion,road,localisation", metavar="NAME[,NAME...]|all",
                     help=f"of {', '.join(METRIC_NAMES)} (default: confidence,deletion,road,localisation; "
                     "roar needs shapes data)")

@@ -46,6 +46,7 @@ from ..metrics.common import pair_seed, word_positions
 
 RESULTS = "results.jsonl"
 PARTS = "parts"  # part files of a Ray run (m2ib.evaluation.distributed)
+ROAR_MAPS = "roar-maps"  # ROAR+'s cached map chunks while it runs (m2ib.metrics.roar.cached_maps)
 FORMAT = 1
 PER_PAIR = ("confidence", "deletion", "road", "localisation", "sanity")
 DEFAULT_METRICS = ("confidence", "deletion", "road", "localisation")
@@ -402,10 +403,19 @@ class ResultsWriter:
 
 
 def _check_same_run(old: dict[str, Any], new: dict[str, Any], path: Path) -> None:
-    diffs = [k for k in _SAME_RUN if old.get(k) != new.get(k)]
+    """Raise unless ``new`` resumes ``old``: the same run, or the same run restricted to some of
+    its methods (``--methods`` naming a subset, with those methods' settings unchanged), so that
+    cheap methods can be finished first and expensive ones later."""
+    diffs = [k for k in _SAME_RUN if k not in ("methods", "settings") and old.get(k) != new.get(k)]
+    old_methods, new_methods = old.get("methods") or [], new.get("methods") or []
+    extra = [m for m in new_methods if m not in old_methods]
+    if extra:
+        diffs.append(f"methods ({', '.join(extra)} not in {', '.join(old_methods)})")
+    elif any((old.get("settings") or {}).get(m) != (new.get("settings") or {}).get(m) for m in new_methods):
+        diffs.append("settings")
     if diffs:
-        raise InputError(f"{path} holds a run with other {', '.join(diffs)}: re-run the same command to resume, "
-                         "or use another --out")
+        raise InputError(f"{path} holds a run with other {', '.join(diffs)}: re-run the same command to resume "
+                         "(--methods may name some of its methods only), or use another --out")
 
 
 def record_key(record: dict[str, Any]) -> tuple:
@@ -596,7 +606,8 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
     so it runs here, in this process) and the summary and plots."""
     result, config, methods, clock, table = plan.result, plan.config, plan.methods, plan.clock, plan.table
     settings, seed = plan.settings, plan.seed
-    merge_parts(result.out, writer, result, table, methods)
+    everyone = list(plan.header.get("methods") or methods)  # the whole run's, when resuming some of them
+    merge_parts(result.out, writer, result, table, everyone)
     records = result.records
     if "roar" in config.names and result.finished:
         if table.kind != "shapes":
@@ -612,12 +623,13 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
                 records.append(record)
 
             roar(backend, methods, settings, config.roar_budget, seed, done=lambda m, k: (m, k) in finished,
-                 emit=emit, progress=progress, stop=clock.out_of_time)
+                 emit=emit, progress=progress, stop=clock.out_of_time, cache=result.out / ROAR_MAPS)
             if clock.out_of_time():
                 result.finished = False
     if report:
         from .report import write_report
 
+        # over this command's methods: a command that resumes some of them summarises those
         result.files = write_report(result.out, plan.header, records, result.bad, methods,
                                     requested=[row.id for row in table.rows] if config.per_pair else None)
 

@@ -38,14 +38,17 @@ record names its budget.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..backends.base import Backend
 from ..errors import InputError
+from ..fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -197,17 +200,61 @@ def method_maps(backend: Backend, method: str, images: torch.Tensor, labels: tor
     return torch.stack([e.image_map for e in exps]).float()
 
 
+MAP_CHUNK = 32  # scenes per cached chunk of maps: a crash loses at most the chunk in flight
+
+
+def cached_maps(backend: Backend, method: str, images: torch.Tensor, labels: torch.Tensor, prompts: Sequence[str],
+                settings: dict[str, Any] | None, seed: int, cache: Path | None, tag: str,
+                stop: Callable[[], bool] | None = None, bar: Any = None) -> torch.Tensor | None:
+    """:func:`method_maps` chunk by chunk (:data:`MAP_CHUNK` scenes), each chunk written
+    atomically to ``cache/<method>-<tag>-<first>-<end>.pt`` and read back instead of recomputed
+    when it is there: maps of slow methods (RISE, Kernel SHAP: about an hour on a CPU) survive a
+    crash. The chunks equal one call on all scenes (per-pair seeds). None when ``stop()`` said stop."""
+    if method == RANDOM:
+        return method_maps(backend, method, images, labels, prompts, settings, seed)
+    n, size = images.shape[0], images.shape[-2:]
+    chunks = []
+    for first in range(0, n, MAP_CHUNK):
+        end = min(n, first + MAP_CHUNK)
+        path = cache / f"{method}-{tag}-{first:05d}-{end:05d}.pt" if cache is not None else None
+        chunk = None
+        if path is not None and path.exists():
+            try:
+                chunk = torch.load(path, weights_only=True)
+            except Exception:  # a damaged file: compute the chunk again
+                chunk = None
+            if not isinstance(chunk, torch.Tensor) or chunk.shape != (end - first, *size):
+                chunk = None
+        if chunk is None:
+            if stop is not None and stop():
+                return None
+            chunk = method_maps(backend, method, images[first:end], labels[first:end], prompts, settings, seed)
+            if path is not None:
+                atomic_write(path, lambda f, c=chunk: torch.save(c, f))
+        chunks.append(chunk)
+        if bar is not None:
+            bar.update(end - first)
+    return torch.cat(chunks)
+
+
 def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str, Any]] | None = None,
          budget: str | RoarBudget = "tiny", seed: int = 0, done: Callable[[str, int], bool] | None = None,
          emit: Callable[[dict[str, Any]], None] | None = None, progress: bool = False,
-         stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+         stop: Callable[[], bool] | None = None, cache: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """ROAR+ for ``methods`` (plus the random control and k = 0) under a budget.
 
-    ``done(method, k)`` says which results exist already (skipped); ``emit(record)`` receives each
-    record as soon as it is measured (the evaluation runner appends it to its results file);
-    ``stop()`` returning True ends the loop before the next retraining.
-    Returns the records measured by this call: ``{"kind": "roar", "method", "k", "accuracy",
-    "colour_accuracy", "shape_accuracy", "budget", "seconds"}``.
+    Args:
+        done: ``done(method, k)`` says which results exist already (skipped).
+        emit: receives each record as soon as it is measured (the evaluation runner appends it
+            to its results file).
+        stop: returning True ends the work before the next retraining or map chunk.
+        cache: a folder for the methods' maps, in chunks (see :func:`cached_maps`), so a
+            re-run after a crash does not compute them again; a method's files are removed
+            once its last ``k`` is measured. None: maps are kept in memory only.
+
+    Returns:
+        The records measured by this call: ``{"kind": "roar", "method", "k", "accuracy",
+        "colour_accuracy", "shape_accuracy", "budget", "seconds"}``.
     """
     import time
 
@@ -216,6 +263,7 @@ def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str,
     plan = BUDGETS[budget] if isinstance(budget, str) else budget
     size = backend.geometry.image_size[0]
     config = retrain_config(size, plan, seed)
+    folder = Path(cache) if cache is not None else None
     work = [(NONE, 0)] + [(m, k) for m in [*methods, RANDOM] for k in plan.ks]
     todo = [(m, k) for m, k in work if not (done and done(m, k))]
     records: list[dict[str, Any]] = []
@@ -225,7 +273,7 @@ def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str,
     test_x, test_y, _ = roar_scenes(size, plan.test, "test")
     maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with tqdm(total=len(todo), desc="ROAR+", unit="run", disable=not progress) as bar:
-        for method, k in todo:
+        for index, (method, k) in enumerate(todo):
             if stop is not None and stop():
                 break
             start = time.perf_counter()
@@ -234,8 +282,15 @@ def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str,
             else:
                 if method not in maps:
                     own = (settings or {}).get(method, {})
-                    maps[method] = (method_maps(backend, method, train_x, train_y, prompts, own, seed),
-                                    method_maps(backend, method, test_x, test_y, prompts, own, seed + 1))
+                    with tqdm(total=plan.train + plan.test, desc=f"ROAR+ maps ({method})", unit="scene",
+                              leave=False, disable=not progress or method == RANDOM) as scenes:
+                        train_maps = cached_maps(backend, method, train_x, train_y, prompts, own, seed, folder,
+                                                 "train", stop, scenes)
+                        test_maps = None if train_maps is None else cached_maps(
+                            backend, method, test_x, test_y, prompts, own, seed + 1, folder, "test", stop, scenes)
+                    if test_maps is None:
+                        break  # stopped: the chunks done so far are on disk
+                    maps[method] = (train_maps, test_maps)
                 tr = degrade(train_x, maps[method][0], k, seed)
                 te = degrade(test_x, maps[method][1], k, seed + 7)
             scores = retrain_accuracy(tr, train_y, te, test_y, prompts, config, details=True)
@@ -245,4 +300,10 @@ def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str,
             if emit:
                 emit(record)
             bar.update(1)
+            if folder is not None and all(m != method for m, _ in todo[index + 1:]):
+                maps.pop(method, None)
+                for path in [*folder.glob(f"{method}-*.pt"), *folder.glob(f".{method}-*.tmp")]:
+                    path.unlink()  # its results are recorded: the maps are no longer needed
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     return records
