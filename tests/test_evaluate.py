@@ -269,3 +269,17 @@ def test_roar_through_the_runner(tmp_path, monkeypatch):
     assert "ROAR" in (out / "summary.md").read_text() and not (out / "roar-maps").exists()
     monkeypatch.setattr(R, "retrain_accuracy", lambda *a, **k: pytest.fail("retrained a finished run"))
     run_evaluation(backend, table, ["saliency", "gradcam"], config, None, 0, out, progress=False)
+
+
+def test_roar_table_orders_methods_with_the_control_last():
+    from m2ib.evaluation.report import roar_table
+
+    def rec(method, k, acc):
+        return {"kind": "roar", "method": method, "k": k, "accuracy": acc, "colour_accuracy": acc, "budget": "tiny"}
+
+    # a run resumed method by method: rise's records come after the control's
+    records = [rec("none", 0, 0.5), rec("m2ib", 50, 0.2), rec("random", 50, 0.4), rec("rise", 50, 0.1)]
+    table = roar_table(records, ["m2ib", "rise"])
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["method", "m2ib", "rise", "random"]
+    assert "| rise | 0.100 / 0.100 | 0.100 / 0.100 |" in table

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..fileio import atomic_write, atomic_write_text
 from ..metrics import direction
+from ..metrics.roar import RANDOM
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -103,7 +104,9 @@ def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def roar_table(records: Sequence[dict[str, Any]]) -> str:
+def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -> str:
+    """The ROAR+ records as a Markdown table: ``methods`` first in their order, then any other
+    method found (a run resumed method by method), the random control last."""
     roar = [r for r in records if r.get("kind") == "roar"]
     if not roar:
         return ""
@@ -116,8 +119,9 @@ def roar_table(records: Sequence[dict[str, Any]]) -> str:
              f"removed): {_fmt(base)} / {_fmt(base_colour)}.", "",
              "| method | " + " | ".join(f"k = {k} %" for k in ks) + " | mean |",
              "| --- | " + " | ".join("---" for _ in ks) + " | --- |"]
-    methods = list(dict.fromkeys(r["method"] for r in roar if r["k"] > 0))
-    for m in methods:
+    found = list(dict.fromkeys(r["method"] for r in roar if r["k"] > 0))
+    order = [m for m in methods if m in found] + [m for m in found if m not in methods and m != RANDOM]
+    for m in order + [m for m in found if m == RANDOM and m not in order]:
         acc = {r["k"]: (r["accuracy"], r.get("colour_accuracy")) for r in roar if r["method"] == m}
         cells, exact, colour = [], [], []
         for k in ks:
@@ -182,7 +186,7 @@ def summary_markdown(header: dict[str, Any] | None, rows: Sequence[dict[str, Any
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         ns = sorted({index[(m, k)]["n"] for m in methods for k in present if (m, k) in index})
         lines += ["", f"n per cell: {', '.join(map(str, ns))}", ""]
-    roar = roar_table(records)
+    roar = roar_table(records, methods)
     if roar:
         lines += ["## ROAR+", "", roar, ""]
     if bad:
