@@ -202,6 +202,9 @@ def test_cli_time_limit_and_errors(tmp_path, capsys):
     code = main(["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam",
                  "--metrics", "confidence", "--out", str(tmp_path / "t"), "--time-limit", "0"])
     assert code == 3 and "partial run" in (tmp_path / "t" / "summary.md").read_text()
+    header, _ = read_results(tmp_path / "t" / "results.jsonl")  # the command that reproduces the results
+    assert header["command"] == (f"m2ib evaluate --model random-tiny --data shapes:test:2 --methods gradcam "
+                                 f"--metrics confidence --out {tmp_path / 't'}")
     assert main(["evaluate", "--data", "nothing.tsv", "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--data", "shapes:test:2", "--metrics", "speed", "--out", str(tmp_path / "y")]) == 2
     assert "unknown metric" in capsys.readouterr().err

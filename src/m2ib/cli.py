@@ -412,6 +412,20 @@ def _settings_fields_of(cls) -> dict[str, type]:
     return out
 
 
+def _reproducing(argv: list[str]) -> list[str]:
+    """The arguments without ``--time-limit``: it decides when a run pauses, not its results, and
+    the recorded command is the one that reproduces them."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--time-limit":
+            skip = True
+        elif not arg.startswith("--time-limit="):
+            out.append(arg)
+    return out
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import shlex
 
@@ -435,7 +449,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         per_method.setdefault(method, {})[name] = value
     backend = load(args.model, device=args.device)
     table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
-    command = "m2ib " + shlex.join(sys.argv[1:])
+    command = "m2ib " + shlex.join(_reproducing(args.argv))
     if args.ray is None:
         result = run_evaluation(backend, table, methods, config, per_method, seed, args.out, command=command,
                                 time_limit=args.time_limit, batch_size=args.batch_size or 1)
@@ -468,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # what `evaluate` records as the run's command
     handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate}
     try:
         return handlers[args.command](args)
