@@ -104,6 +104,12 @@ def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _roar_order(roar: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[str]:
+    found = list(dict.fromkeys(r["method"] for r in roar if r["k"] > 0))
+    order = [m for m in methods if m in found] + [m for m in found if m not in methods and m != RANDOM]
+    return order + [m for m in found if m == RANDOM]
+
+
 def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -> str:
     """The ROAR+ records as a Markdown table: ``methods`` first in their order, then any other
     method found (a run resumed method by method), the random control last."""
@@ -119,9 +125,7 @@ def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -
              f"removed): {_fmt(base)} / {_fmt(base_colour)}.", "",
              "| method | " + " | ".join(f"k = {k} %" for k in ks) + " | mean |",
              "| --- | " + " | ".join("---" for _ in ks) + " | --- |"]
-    found = list(dict.fromkeys(r["method"] for r in roar if r["k"] > 0))
-    order = [m for m in methods if m in found] + [m for m in found if m not in methods and m != RANDOM]
-    for m in order + [m for m in found if m == RANDOM and m not in order]:
+    for m in _roar_order(roar, methods):
         acc = {r["k"]: (r["accuracy"], r.get("colour_accuracy")) for r in roar if r["method"] == m}
         cells, exact, colour = [], [], []
         for k in ks:
@@ -205,6 +209,26 @@ def _save(fig, path: Path) -> Path:
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
+_MARKERS = "osD^vP*Xph"
+
+
+def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One colour and marker per method, the same in every plot of a run (the marker tells
+    lines apart where colours repeat); the random control grey and dashed."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors
+    out = {}
+    for i, name in enumerate(n for n in names if n != RANDOM):
+        out[name] = {"color": colours[i % len(colours)], "marker": _MARKERS[i % len(_MARKERS)]}
+    out[RANDOM] = {"color": "0.45", "marker": "o", "linestyle": "--"}
+    return out
+
+
+def _legend(ax) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _mean_curve(curves: list[list[float | None]]) -> list[float]:
     width = max(len(c) for c in curves)
     out = []
@@ -222,6 +246,8 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
     plots = out / "plots"
     files: dict[str, Path] = {}
     pairs = [r for r in records if r.get("kind") == "pair"]
+    roar = [r for r in records if r.get("kind") == "roar"]
+    style = _styles([*methods, *_roar_order(roar, methods)])
     for side in ("image", "text"):
         if not any(f"{side}_deletion" in r["curves"] for r in pairs):
             continue
@@ -233,13 +259,13 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
                 if curves:
                     y = _mean_curve(curves)
                     x = [j / (len(y) - 1) for j in range(len(y))]
-                    ax.plot(x, y, label=m)
+                    ax.plot(x, y, label=m, color=style[m]["color"])
             better = "lower" if kind == "deletion" else "higher"
             ax.set_title(f"{side} {kind} (area: {better} is better)")
             ax.set_xlabel("fraction of " + ("pixels" if side == "image" else "words") +
                           (" removed" if kind == "deletion" else " inserted"))
             ax.set_ylabel("cosine similarity")
-        fig.axes[0].legend(fontsize=7)
+        _legend(fig.axes[1])
         files[f"{side}_deletion_insertion"] = _save(fig, plots / f"{side}_deletion_insertion.png")
     for side in ("image", "text"):
         key = f"{side}_sanity_spearman"
@@ -253,28 +279,27 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
             if mine:
                 labels = mine[0]["curves"].get(f"sanity_steps_{side}", labels)
                 ax.plot(range(len(labels) or len(mine[0]["curves"][key])), _mean_curve([r["curves"][key] for r in mine]),
-                        marker="o", label=m)
+                        label=m, **style[m])
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("randomised down to (cumulative, from the top)")
         ax.set_ylabel("Spearman with the trained model's map")
         ax.set_title(f"{side}: cascading randomisation (top down; lower is better)")
-        ax.legend(fontsize=7)
+        _legend(ax)
         files[f"{side}_sanity"] = _save(fig, plots / f"{side}_sanity.png")
-    roar = [r for r in records if r.get("kind") == "roar"]
     if roar:
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
         key = "colour_accuracy" if all("colour_accuracy" in r for r in roar) else "accuracy"
         base = next((r[key] for r in roar if r["k"] == 0), None)
-        for m in dict.fromkeys(r["method"] for r in roar if r["k"] > 0):
+        for m in _roar_order(roar, methods):
             pts = sorted((r["k"], r[key]) for r in roar if r["method"] == m)
             if base is not None:
                 pts = [(0, base)] + pts
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m,
-                    linestyle="--" if m == "random" else "-")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **style[m])
         ax.set_xlabel("k: % of pixels removed (top-ranked first)")
         ax.set_ylabel(key.replace("_", " ") + " after retraining")
         ax.set_title(f"ROAR+ (budget {roar[0].get('budget')}; lower is better)")
-        ax.legend(fontsize=7)
+        _legend(ax)
         files["roar"] = _save(fig, plots / "roar.png")
     for key in dict.fromkeys(r["metric"] for r in rows):
         mine = [r for r in rows if r["metric"] == key]
