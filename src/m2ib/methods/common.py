@@ -5,12 +5,16 @@ Nothing here touches a model directly: everything goes through the backend inter
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
+
+S = TypeVar("S")
 
 
 def pooled_positions(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch) -> torch.Tensor | None:
@@ -34,9 +38,17 @@ def token_mask(modality: Modality, batch: ImageBatch | TextBatch, tokens: int, d
     return batch.attention_mask.to(device).float()
 
 
-def tower_layer(backend: Backend, modality: Modality, value: int | None, name: str, default: int) -> int:
-    """A block index setting resolved for ``modality``'s tower (``None``: ``default``)."""
-    return backend.resolve_layer(modality, default if value is None else value, name)
+def with_tower_layers(backend: Backend, settings: S, default: Callable[[int], int]) -> S:
+    """``settings`` with ``vision_layer`` / ``text_layer`` resolved for this model's towers:
+    ``None`` becomes ``default(number of blocks)``, negatives count from the end, and an index
+    outside the tower is an error giving the valid range."""
+    layers = {}
+    for modality, name in (("image", "vision_layer"), ("text", "text_layer")):
+        value = getattr(settings, name)
+        if value is None:
+            value = default(backend.num_layers(modality))
+        layers[name] = backend.resolve_layer(modality, value, name)
+    return dataclasses.replace(settings, **layers)
 
 
 def require_attention(backend: Backend, method: str) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from .base import Method, RawScores, Settings, Target, register, setting
-from .common import check_layer, token_mask, tower_layer
+from .common import check_layer, token_mask, with_tower_layers
 from .m2ib import default_layer
 
 
@@ -58,13 +58,7 @@ class GradCAM(Method):
     Settings = GradCAMSettings
 
     def resolved(self, backend: Backend, settings: GradCAMSettings) -> GradCAMSettings:
-        return GradCAMSettings(**{
-            **settings.as_dict(),
-            "vision_layer": tower_layer(backend, "image", settings.vision_layer, "vision_layer",
-                                        default_layer(backend.num_layers("image"))),
-            "text_layer": tower_layer(backend, "text", settings.text_layer, "text_layer",
-                                      default_layer(backend.num_layers("text"))),
-        })
+        return with_tower_layers(backend, settings, default_layer)
 
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: GradCAMSettings) -> RawScores:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
+from .common import with_tower_layers
 
 
 
@@ -93,13 +94,7 @@ class M2IB(Method):
     Settings = M2IBSettings
 
     def resolved(self, backend: Backend, settings: M2IBSettings) -> M2IBSettings:
-        layers = {}
-        for modality, field_name in (("image", "vision_layer"), ("text", "text_layer")):
-            value = getattr(settings, field_name)
-            if value is None:
-                value = default_layer(backend.num_layers(modality))
-            layers[field_name] = backend.resolve_layer(modality, value, field_name)
-        return M2IBSettings(**{**settings.as_dict(), **layers})
+        return with_tower_layers(backend, settings, default_layer)
 
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: M2IBSettings) -> RawScores:

@@ -31,7 +31,7 @@ import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from .base import Method, RawScores, Settings, Target, register, setting
-from .common import check_layer, check_positive_int, chunks, tower_layer
+from .common import check_layer, check_positive_int, chunks, with_tower_layers
 from .m2ib import default_layer
 
 
@@ -71,13 +71,7 @@ class NIB(Method):
     Settings = NIBSettings
 
     def resolved(self, backend: Backend, settings: NIBSettings) -> NIBSettings:
-        return NIBSettings(**{
-            **settings.as_dict(),
-            "vision_layer": tower_layer(backend, "image", settings.vision_layer, "vision_layer",
-                                        nib_layer(backend.num_layers("image"))),
-            "text_layer": tower_layer(backend, "text", settings.text_layer, "text_layer",
-                                      nib_layer(backend.num_layers("text"))),
-        })
+        return with_tower_layers(backend, settings, nib_layer)
 
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: NIBSettings) -> RawScores:
