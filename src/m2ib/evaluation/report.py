@@ -225,6 +225,15 @@ def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _label(name: str) -> str:
+    """A method's display name for plots (its registry title), the random control spelt out."""
+    from ..methods import REGISTRY
+
+    if name == RANDOM:
+        return "random control"
+    return REGISTRY[name].title if name in REGISTRY else name
+
+
 def _legend(ax) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
@@ -259,7 +268,7 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
                 if curves:
                     y = _mean_curve(curves)
                     x = [j / (len(y) - 1) for j in range(len(y))]
-                    ax.plot(x, y, label=m, color=style[m]["color"])
+                    ax.plot(x, y, label=_label(m), color=style[m]["color"])
             better = "lower" if kind == "deletion" else "higher"
             ax.set_title(f"{side} {kind} (area: {better} is better)")
             ax.set_xlabel("fraction of " + ("pixels" if side == "image" else "words") +
@@ -279,7 +288,7 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
             if mine:
                 labels = mine[0]["curves"].get(f"sanity_steps_{side}", labels)
                 ax.plot(range(len(labels) or len(mine[0]["curves"][key])), _mean_curve([r["curves"][key] for r in mine]),
-                        label=m, **style[m])
+                        label=_label(m), **style[m])
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
         ax.set_xlabel("randomised down to (cumulative, from the top)")
         ax.set_ylabel("Spearman with the trained model's map")
@@ -295,7 +304,7 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
             pts = sorted((r["k"], r[key]) for r in roar if r["method"] == m)
             if base is not None:
                 pts = [(0, base)] + pts
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **style[m])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=_label(m), **style[m])
         ax.set_xlabel("k: % of pixels removed (top-ranked first)")
         ax.set_ylabel(key.replace("_", " ") + " after retraining")
         ax.set_title(f"ROAR+ (budget {roar[0].get('budget')}; lower is better)")
@@ -307,8 +316,9 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dic
         ax = fig.subplots()
         means = [r["mean"] for r in mine]
         errs = [(r["ci_high"] - r["ci_low"]) / 2 if math.isfinite(r["ci_high"] - r["ci_low"]) else 0.0 for r in mine]
-        ax.bar(range(len(mine)), means, yerr=errs, capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(mine)), [r["method"] for r in mine], rotation=45, ha="right", fontsize=8)
+        ax.bar(range(len(mine)), means, yerr=errs, capsize=3,  # colours as in the line plots
+               color=[style[r["method"]]["color"] if r["method"] in style else "#4c72b0" for r in mine])
+        ax.set_xticks(range(len(mine)), [_label(r["method"]) for r in mine], rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{key} ({direction(key)} is better; 95 % CI)", fontsize=9)
         files[f"bar_{key}"] = _save(fig, plots / f"bar_{key}.png")
     return files
