@@ -217,7 +217,8 @@ def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     lines apart where colours repeat); the random control grey and dashed."""
     from matplotlib import colormaps
 
-    colours = colormaps["tab10"].colors
+    tab10 = colormaps["tab10"].colors
+    colours = [*tab10[:7], *tab10[8:], (0.1, 0.1, 0.1)]  # grey is the random control's alone
     out = {}
     for i, name in enumerate(n for n in names if n != RANDOM):
         out[name] = {"color": colours[i % len(colours)], "marker": _MARKERS[i % len(_MARKERS)]}
