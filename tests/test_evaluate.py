@@ -210,6 +210,29 @@ def test_cli_time_limit_and_errors(tmp_path, capsys):
     assert "unknown metric" in capsys.readouterr().err
 
 
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
+    """Two runs must never append to (or repair the tail of) one results file: the second fails
+    at once with exit code 2; the lock dies with its holder, so a killed run never blocks."""
+    from m2ib.cli import main
+
+    out = tmp_path / "run"
+    args = ["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam",
+            "--metrics", "confidence", "--out", str(out)]
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom m2ib.fileio import folder_lock\n"
+                               "with folder_lock(sys.argv[1], 'test'):\n    print('held', flush=True)\n"
+                               "    time.sleep(120)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another test (pid {holder.pid})" in err and len(err.strip().splitlines()) == 1
+        assert not (out / "results.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0 and len(_pairs(out)) == 2  # the killed holder's lock is gone
+
+
 def test_batched_rows_give_the_same_numbers(backend, mscxr, tmp_path):
     for i in range(3):
         _png(tmp_path / f"{i}.png", 10 + i, size=(30 + 9 * i, 50))

@@ -1,12 +1,19 @@
-"""Atomic file writes: a crash never leaves a half-written result behind."""
+"""Atomic file writes (a crash never leaves a half-written result behind) and a folder lock
+(two runs never write the same results file at once)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from .errors import InputError
+
+LOCK_NAME = ".m2ib.lock"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -31,3 +38,44 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (an OS lock on ``folder/.m2ib.lock``) for the block;
+    ``what`` names the holder in the error another process gets (e.g. "m2ib evaluate").
+
+    A second process that asks for it fails at once with a one-line error instead of appending
+    to (or repairing the torn tail of) a results file that another run is writing. The OS drops
+    the lock when the holder exits, however it exits, so a crash never leaves a stale lock.
+    Where the platform or file system has no locks (Windows, some network mounts), the block
+    runs unguarded, with a warning.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644) if fcntl is not None else None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid, _, holder = os.pread(fd, 256, 0).decode("utf-8", "replace").partition(" ")
+                raise InputError(f"{folder} is in use by another {holder.strip() or 'run'} (pid {pid or '?'}): "
+                                 "wait for it to end, or use another --out") from None
+            except OSError as exc:  # a file system without locks
+                warnings.warn(f"{folder}: cannot lock ({exc.strerror}); make sure no other run writes there",
+                              stacklevel=3)
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)  # for the error a second run shows
+        else:
+            warnings.warn(f"{folder}: no file locks on this platform; make sure no other run writes there",
+                          stacklevel=3)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock

@@ -35,6 +35,7 @@ from typing import Any
 from ..backends.base import Backend
 from ..datasets.tables import Table
 from ..errors import InputError, RunError
+from ..fileio import folder_lock
 from .runner import (
     PARTS,
     RESULTS,
@@ -179,29 +180,30 @@ def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequ
         a :class:`~m2ib.evaluation.runner.RunResult`; ``files`` names the summary and plots.
     """
     ray_config = ray_config or RayConfig()
-    plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
-    result = plan.result
-    work = batches(plan.todo, ray_config.batch_size)
-    if work and plan.config.per_pair:
-        started = _connect(ray_config)
-        try:
-            result.nodes = sorted(_run_pipeline(plan, work, model, device, ray_config, progress))
-        except Exception as exc:
-            import ray.exceptions
+    with folder_lock(out, "m2ib evaluate"):  # one run writes a folder at a time
+        plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
+        result = plan.result
+        work = batches(plan.todo, ray_config.batch_size)
+        if work and plan.config.per_pair:
+            started = _connect(ray_config)
+            try:
+                result.nodes = sorted(_run_pipeline(plan, work, model, device, ray_config, progress))
+            except Exception as exc:
+                import ray.exceptions
 
-            if not isinstance(exc, ray.exceptions.RayError):
-                raise
-            # Ray's message is the worker's whole traceback; its last line says what went wrong.
-            cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
-            raise RunError(f"the Ray run failed: {cause[0].strip()}. Finished batches are kept in "
-                           f"{result.out / PARTS}: fix the cause and re-run the same command to resume") from exc
-        finally:
-            if started:
-                import ray
+                if not isinstance(exc, ray.exceptions.RayError):
+                    raise
+                # Ray's message is the worker's whole traceback; its last line says what went wrong.
+                cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+                raise RunError(f"the Ray run failed: {cause[0].strip()}. Finished batches are kept in "
+                               f"{result.out / PARTS}: fix the cause and re-run the same command to resume") from exc
+            finally:
+                if started:
+                    import ray
 
-                ray.shutdown()
-    with ResultsWriter(result.out / RESULTS) as writer:
-        finish_run(plan, backend, writer, progress, report)
+                    ray.shutdown()
+        with ResultsWriter(result.out / RESULTS) as writer:
+            finish_run(plan, backend, writer, progress, report)
     return result
 
 

@@ -16,7 +16,8 @@ protocol. Then ``"kind": "pair"`` records (one per row and method) and ``"kind":
 records. A crash or Ctrl-C can leave at most a torn last line: on resume it is detected
 (no newline, or not valid JSON), cut off, and that pair is done again. Re-running the same
 command skips the (row, method) pairs already in the file or in a Ray run's part files
-(``OUT/parts/``, see :func:`read_run`); a run with other settings in the same folder is refused.
+(``OUT/parts/``, see :func:`read_run`); a run with other settings in the same folder is refused,
+and so is a second run while one is writing there (:func:`m2ib.fileio.folder_lock`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from ..backends.base import Backend
 from ..datasets.tables import Row, Table
 from ..errors import InputError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, folder_lock
 from ..inputs import load_image
 from ..metrics import METRIC_NAMES, PROTOCOLS
 from ..metrics.common import pair_seed, word_positions
@@ -548,26 +549,27 @@ def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metri
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size {batch_size!r} must be a positive integer")
-    plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
-    config, methods, result, clock = plan.config, plan.methods, plan.result, plan.clock
-    with ResultsWriter(result.out / RESULTS) as writer:
-        if config.per_pair:
-            with tqdm(total=plan.total, desc="evaluate", unit="pair", disable=not progress,
-                      dynamic_ncols=True) as bar:
-                for rows, missing in batches(plan.todo, batch_size):
-                    if clock.out_of_time():
-                        result.finished = False
-                        break
-                    new, bad = evaluate_rows(backend, rows, missing, config, settings, seed)
-                    for record in new:
-                        writer.write(record)
-                        result.records.append(record)
-                    result.evaluated += len(new)
-                    for b in bad:
-                        result.bad.append(b)
-                        tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
-                    bar.update(len(rows) * len(missing))
-        finish_run(plan, backend, writer, progress, report)
+    with folder_lock(out, "m2ib evaluate"):  # one run writes a folder at a time
+        plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
+        config, methods, result, clock = plan.config, plan.methods, plan.result, plan.clock
+        with ResultsWriter(result.out / RESULTS) as writer:
+            if config.per_pair:
+                with tqdm(total=plan.total, desc="evaluate", unit="pair", disable=not progress,
+                          dynamic_ncols=True) as bar:
+                    for rows, missing in batches(plan.todo, batch_size):
+                        if clock.out_of_time():
+                            result.finished = False
+                            break
+                        new, bad = evaluate_rows(backend, rows, missing, config, settings, seed)
+                        for record in new:
+                            writer.write(record)
+                            result.records.append(record)
+                        result.evaluated += len(new)
+                        for b in bad:
+                            result.bad.append(b)
+                            tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
+                        bar.update(len(rows) * len(missing))
+            finish_run(plan, backend, writer, progress, report)
     return result
 
 
