@@ -142,7 +142,7 @@ def summary_markdown(header: dict[str, Any] | None, rows: Sequence[dict[str, Any
                      bad: Sequence[dict[str, str]], methods: Sequence[str],
                      requested: Sequence[str] | None = None) -> str:
     header = header or {}
-    pairs = [r for r in records if r.get("kind") == "pair"]
+    pairs = [r for r in records if r.get("kind") == "pair" and r.get("method") in methods]
     lines = ["# Evaluation summary", ""]
     if header:
         v = header.get("versions", {})
