@@ -57,25 +57,24 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
         import fcntl
     except ImportError:  # Windows
         fcntl = None
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644) if fcntl is not None else None
+    if fcntl is None:
+        warnings.warn(f"{folder}: no file locks on this platform; make sure no other run writes there", stacklevel=3)
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid, _, holder = os.pread(fd, 256, 0).decode("utf-8", "replace").partition(" ")
-                raise InputError(f"{folder} is in use by another {holder.strip() or 'run'} (pid {pid or '?'}): "
-                                 "wait for it to end, or use another --out") from None
-            except OSError as exc:  # a file system without locks
-                warnings.warn(f"{folder}: cannot lock ({exc.strerror}); make sure no other run writes there",
-                              stacklevel=3)
-            else:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)  # for the error a second run shows
-        else:
-            warnings.warn(f"{folder}: no file locks on this platform; make sure no other run writes there",
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, holder = os.pread(fd, 256, 0).decode("utf-8", "replace").partition(" ")
+            raise InputError(f"{folder} is in use by another {holder.strip() or 'run'} (pid {pid or '?'}): "
+                             "wait for it to end, or use another --out") from None
+        except OSError as exc:  # a file system without locks
+            warnings.warn(f"{folder}: cannot lock ({exc.strerror}); make sure no other run writes there",
                           stacklevel=3)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)  # for the error a second run shows
         yield
     finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
+        os.close(fd)  # releases the lock
