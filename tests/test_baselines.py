@@ -417,6 +417,34 @@ def test_rise_equals_a_plain_loop_and_is_the_similarity_when_nothing_is_masked(s
                                rtol=0)
 
 
+def test_rise_mask_pattern_script_agrees_with_the_sanity_metric(capsys):
+    """benchmarks/rise_mask_pattern.py (quoted in the README) measures the same rho as the
+    evaluation's sanity check."""
+    import importlib.util
+    from pathlib import Path
+
+    from m2ib.datasets.tables import load_table
+    from m2ib.metrics import cascading_randomization
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rise_mask_pattern.py"
+    spec = importlib.util.spec_from_file_location("rise_mask_pattern", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    backend = m2ib.load("random-tiny")  # shapes scenes need 64 px or more
+    rows = load_table("shapes:test:1", size=backend.geometry.image_size[0]).rows
+    table = script.measure(backend, rows, masks=8, steps=2)
+    images = backend.preprocess_images([load_image(rows[0].image)[0]], [rows[0].id])
+    reference = cascading_randomization(backend, images, backend.tokenize([rows[0].text]), method="rise",
+                                        modality="image", settings={"masks": 8}, steps=2)
+    assert list(table) == ["trained", *reference["labels"]]
+    for label, rho in zip(reference["labels"], reference["spearman"][0]):
+        assert table[label][0][0] == pytest.approx(float(rho), abs=1e-5)
+        assert -1 <= table[label][0][1] <= 1
+    assert script.main(["--model", "random-tiny", "--pairs", "1", "--masks", "4", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "trained map vs mask sum" in out and out.count("\n| ") == 4  # header, rule, two cascade points
+
+
 # --------------------------------------------------------------------------------------------
 # Targets: the margin over negative texts
 # --------------------------------------------------------------------------------------------
