@@ -33,11 +33,12 @@ def measure(backend: Backend, rows: list[Row], masks: int, steps: int) -> dict[s
     defaults = RISESettings()
     rise = {"method": "rise", "masks": masks, "modalities": ("image",)}
     table: dict[str, list[tuple[float, float]]] = {"trained": []}
+    # the same seed gives every pair the same masks, so one sum serves them all
+    sampler = MaskSampler(masks, defaults.grid, defaults.p_keep, tuple(backend.geometry.image_size), defaults.seed,
+                          backend.device)
+    mask_sum = sampler(0, masks).sum(0)
     for row in rows:
         trained = m2ib.explain(backend, row.image, row.text, **rise).image_map
-        sampler = MaskSampler(masks, defaults.grid, defaults.p_keep, tuple(trained.shape), defaults.seed,
-                              trained.device)
-        mask_sum = sampler(0, masks).sum(0)
         table["trained"].append((spearman(trained, mask_sum), math.nan))
         for label, randomised in randomised_cascade(backend, "image", 0, steps):
             new = m2ib.explain(randomised, row.image, row.text, **rise).image_map
