@@ -1,0 +1,62 @@
+"""Refactors keep the numbers: every method's raw maps on every family, and one evaluate run,
+against the golden files recorded before the change (``tests/golden/record.py``).
+
+Where a change is meant to move numbers, the key is listed in ``CHANGED`` with the reason, and a
+test elsewhere shows the old value was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+
+import record  # noqa: E402
+
+RTOL = 1e-6
+
+# family/method/pair/field keys whose golden value was wrong, and why (see test_pooled_rows.py).
+CHANGED: dict[str, str] = {}
+
+
+def _changed(key: str) -> bool:
+    return any(key.startswith(prefix) for prefix in CHANGED)
+
+
+def assert_maps_match(golden: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> None:
+    assert sorted(now) == sorted(golden), "methods or families appeared or vanished"
+    bad = []
+    for key, want in golden.items():
+        got = now[key]
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        same = got.shape == want.shape and torch.allclose(got, want, rtol=RTOL, atol=RTOL * max(scale, 1e-12))
+        if same == _changed(key):
+            bad.append(f"{key}: {'unchanged but listed in CHANGED' if same else 'differs'}")
+    assert not bad, "\n".join(bad)
+
+
+def test_core_family_maps_unchanged():
+    assert_maps_match(torch.load(GOLDEN / "maps_core.pt"), record.family_maps(record.CORE))
+
+
+def test_optional_family_maps_unchanged():
+    pytest.importorskip("open_clip", reason="OpenCLIP not installed (.ci/run tests it in its families environment)")
+    pytest.importorskip("clip", reason="OpenAI clip not installed (.ci/run tests it in its families environment)")
+    assert_maps_match(torch.load(GOLDEN / "maps_families.pt"), record.family_maps(record.FAMILIES))
+
+
+def test_evaluate_run_unchanged():
+    golden = json.loads((GOLDEN / "evaluate_shapes8.json").read_text())
+    now = record.evaluate_records()
+    assert [(r["row"], r["method"]) for r in now] == [(r["row"], r["method"]) for r in golden]
+    for got, want in zip(now, golden):
+        assert got["metrics"].keys() == want["metrics"].keys()
+        for name, value in want["metrics"].items():
+            assert got["metrics"][name] == pytest.approx(value, rel=RTOL, abs=1e-9, nan_ok=True), \
+                (got["row"], got["method"], name)
