@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,64 @@ def test_cli_trains_resumes_and_keeps_recommended(tmp_path, capsys):
     assert meta["training"]["steps"] == 4 and "--steps 4" in meta["training"]["command"]
     assert meta["training"]["config"]["batch_size"] == 8
     assert not (out / CHECKPOINT).exists()
+
+
+# --------------------------------------------------------------------------
+# Fixed numbers (refactor guard)
+# --------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "training_tiny.json"
+# k_proj biases get an exactly zero gradient (softmax ignores a shift shared by all keys), so
+# their values are rounding noise blown up by Adam: they differ between thread counts.
+NOISE_ONLY = re.compile(r"self_attn\.k_proj\.bias$")
+# meta["training"] entries that depend on the machine or the moment, not on the computation.
+MACHINE_FIELDS = ("command", "wall_seconds", "device", "torch", "transformers")
+
+
+def training_fingerprint(out_dir: Path) -> dict:
+    """The numbers of a finished TINY run in ``out_dir``: per-tensor weight sums, the loss
+    history, the learnt logit bias and m2ib.json's training record."""
+    weights = load_file(out_dir / "model.safetensors")
+    checkpoint = torch.load(out_dir / CHECKPOINT, weights_only=True)
+    meta = json.loads((out_dir / "m2ib.json").read_text())["training"]
+    return {
+        "weights": {name: [float(w.double().abs().sum()), float(w.double().sum()),
+                           float(w.double().flatten()[:3].sum())] for name, w in weights.items()},
+        "history": checkpoint["history"],
+        "logit_bias": float(checkpoint["logit_bias"]),
+        "meta": {k: v for k, v in meta.items() if k not in MACHINE_FIELDS},
+        "preprocessor": json.loads((out_dir / "preprocessor_config.json").read_text()),
+        "files": sorted(p.name for p in out_dir.iterdir()),
+    }
+
+
+def _close(a, b, rel=1e-6, scale=None) -> bool:
+    return abs(a - b) <= rel * (abs(a) if scale is None else scale) + 1e-12
+
+
+def test_fixed_seed_run_reaches_the_recorded_numbers(tmp_path):
+    """A TINY run gives the weights and losses recorded from training.py before it became a package."""
+    train(TINY, tmp_path, progress=False, command="pytest", keep_checkpoint=True)
+    got, want = training_fingerprint(tmp_path), json.loads(GOLDEN.read_text())
+    assert got["files"] == want["files"] and got["preprocessor"] == want["preprocessor"]
+    assert got["weights"].keys() == want["weights"].keys()
+    for name, (abs_sum, total, head) in want["weights"].items():
+        if NOISE_ONLY.search(name):
+            continue
+        g_abs, g_total, g_head = got["weights"][name]
+        assert _close(g_abs, abs_sum), name
+        assert _close(g_total, total, scale=abs_sum) and _close(g_head, head, scale=abs_sum), name
+    assert len(got["history"]) == len(want["history"]) == TINY.steps
+    for (g_loss, g_acc), (w_loss, w_acc) in zip(got["history"], want["history"]):
+        assert _close(g_loss, w_loss) and g_acc == w_acc
+    assert _close(got["logit_bias"], want["logit_bias"])
+    g_meta, w_meta = dict(got["meta"]), dict(want["meta"])
+    g_curve, w_curve = g_meta.pop("loss_curve"), w_meta.pop("loss_curve")
+    assert g_curve.keys() == w_curve.keys()
+    assert all(abs(g_curve[k] - w_curve[k]) <= 1.5e-5 for k in w_curve)  # rounded to 5 decimals
+    assert g_meta.keys() == w_meta.keys()
+    for key, value in w_meta.items():
+        if isinstance(value, float):
+            assert _close(g_meta[key], value), key
+        else:
+            assert g_meta[key] == value, key
