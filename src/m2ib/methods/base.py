@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..explanation import Explanation
+from ..settings import check_types
 
 REGISTRY: dict[str, type[Method]] = {}
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -44,7 +45,6 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -62,23 +62,39 @@ def get_method(name: str) -> Method:
         raise InputError(f"unknown method {name!r}: choose one of {', '.join(REGISTRY)}") from None
 
 
+def method_names(spec: str, option: str = "--method") -> list[str]:
+    """A method name, a comma list or ``all`` -> registered names (in the order given, once each)."""
+    if spec.strip() == "all":
+        return list(REGISTRY)
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise InputError(f"{option} is empty: give a method name, a comma list or 'all'")
+    for name in names:
+        if name not in REGISTRY:
+            raise InputError(f"unknown method {name!r}: choose from {', '.join(REGISTRY)}, or 'all'")
+    return list(dict.fromkeys(names))
+
+
 def setting(default: Any, help: str, **kwargs: Any) -> Any:
-    """A settings field with its help text (the CLI builds its flags from these)."""
+    """A settings field with its help text; ``choices=(...)`` restricts a text setting.
+
+    The field is all a new setting takes: its flag, its viewer control and the check of its
+    type come from it (:mod:`m2ib.settings`)."""
     return field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Base of every method's settings. Fields carry ``help`` metadata for the CLI."""
+    """Base of every method's settings: one field per setting (see :func:`setting`)."""
 
     seed: int = setting(0, "random seed; the same seed gives the same maps for a pair, alone or in a batch")
 
     def __post_init__(self) -> None:
+        check_types(self)  # every field's declared type first, so validate() may rely on it
         self.validate()
 
-    def validate(self) -> None:  # overridden to check ranges; errors name the setting
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise InputError(f"seed={self.seed!r} must be an integer")
+    def validate(self) -> None:
+        """Hook: check ranges with the shared ``m2ib.settings.check_*``; errors name the setting."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

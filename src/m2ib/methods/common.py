@@ -13,6 +13,7 @@ import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
+from ..settings import check_layer, check_positive_int  # noqa: F401  (the methods' shared checks)
 
 S = TypeVar("S")
 
@@ -60,16 +61,6 @@ def require_attention(backend: Backend, method: str) -> None:
 def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, n, size):
         yield start, min(n, start + size)
-
-
-def check_positive_int(value: object, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def check_layer(value: object, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InputError(f"{name}={value!r} must be an integer block index")
 
 
 def recorded_forward(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch,

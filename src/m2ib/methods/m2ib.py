@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
-from ..errors import InputError
+from ..settings import check_choice, check_layer, check_number, check_positive_int
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
 from .common import with_tower_layers
 
@@ -64,24 +64,15 @@ class M2IBSettings(Settings):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("steps", "samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise InputError(f"{name}={value!r} must be a positive integer")
-        for name in ("lr", "var"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-                raise InputError(f"{name}={value!r} must be a positive number")
-        for name in ("vision_beta", "text_beta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-                raise InputError(f"{name}={value!r} must be a number >= 0")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision={self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        for name in ("vision_layer", "text_layer"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise InputError(f"{name}={value!r} must be an integer block index")
+        check_positive_int(self.steps, "steps")
+        check_positive_int(self.samples, "samples")
+        check_number(self.lr, "lr", strict=True)
+        check_number(self.var, "var", strict=True)
+        check_number(self.vision_beta, "vision_beta")
+        check_number(self.text_beta, "text_beta")
+        check_choice(self.precision, "precision", PRECISIONS)
+        check_layer(self.vision_layer, "vision_layer")
+        check_layer(self.text_layer, "text_layer")
 
 
 @register
