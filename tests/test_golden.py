@@ -46,8 +46,9 @@ def test_core_family_maps_unchanged():
 
 
 def test_optional_family_maps_unchanged():
-    pytest.importorskip("open_clip", reason="OpenCLIP not installed (.ci/run tests it in its families environment)")
-    pytest.importorskip("clip", reason="OpenAI clip not installed (.ci/run tests it in its families environment)")
+    from test_backends_families import need_clip, need_open_clip
+
+    need_open_clip(), need_clip()  # skip with the reason where the extras are missing (.ci/run has them)
     assert_maps_match(torch.load(GOLDEN / "maps_families.pt"), record.family_maps(record.FAMILIES))
 
 

@@ -12,6 +12,7 @@ and say why in the commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -30,8 +31,25 @@ EVALUATE = ["evaluate", "--model", "shapes", "--data", "shapes:test:8", "--metho
             "--setting", "m2ib.steps=3", "--setting", "rise.masks=32", "--seed", "0"]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread: the numbers then do not depend on the thread count (Kernel SHAP's
+    least squares turns a 1e-9 summation-order difference into 1e-4 relative)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def family_maps(names) -> dict[str, torch.Tensor]:
     """{'family/method/field': tensor} for every registered method on every family in ``names``."""
+    with one_thread():
+        return _family_maps(names)
+
+
+def _family_maps(names) -> dict[str, torch.Tensor]:
     import dataclasses
 
     import m2ib
@@ -72,7 +90,8 @@ def evaluate_records() -> list[dict]:
 
     out = Path(tempfile.mkdtemp())
     try:
-        code = main([*EVALUATE, "--out", str(out / "run")])
+        with one_thread():
+            code = main([*EVALUATE, "--out", str(out / "run")])
         assert code == 0, code
         _, records = read_results(out / "run" / "results.jsonl")
     finally:
