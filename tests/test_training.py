@@ -235,3 +235,34 @@ def test_fixed_seed_run_reaches_the_recorded_numbers(tmp_path):
             assert _close(g_meta[key], value), key
         else:
             assert g_meta[key] == value, key
+
+
+def test_ctrl_c_saves_the_step_in_progress_and_resumes(tmp_path):
+    """A first Ctrl-C finishes the step in progress, saves it and exits 130; rerunning resumes there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "interrupted"
+    args = [sys.executable, "-m", "m2ib.training", "--out", str(out), "--quick", "--steps", "400", "--batch-size",
+            "8", "--checkpoint-every", "2", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / CHECKPOINT).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    match = re.search(r"interrupted at step (\d+)/400; checkpoint saved in ", err)
+    assert match, err
+    saved = torch.load(out / CHECKPOINT, weights_only=True)
+    assert saved["step"] == int(match.group(1)) and len(saved["history"]) == saved["step"]
+    assert not (out / "model.safetensors").exists()
+    assert main(args[3:] + ["--stop-after", str(saved["step"] + 2)]) == EXIT_UNFINISHED
+    again = torch.load(out / CHECKPOINT, weights_only=True)
+    assert again["step"] == saved["step"] + 2 and again["history"][:saved["step"]] == saved["history"]
