@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -232,3 +234,19 @@ def test_pil_inputs_of_every_mode(backend, tmp_path):
               Image.fromarray(rng.random((40, 30)).astype(np.float32), mode="F")]
     exps = m2ib.explain(backend, inputs, "a cat", **FAST)
     assert all(torch.isfinite(e.image_map).all() for e in exps)
+
+
+def test_a_fit_that_cannot_fit_in_memory_is_refused_before_allocating(backend, monkeypatch):
+    import m2ib
+    import m2ib.methods.m2ib as m2ib_method
+    from m2ib.errors import InputError
+
+    settings = m2ib_method.M2IBSettings(steps=10, samples=10)
+    small = m2ib_method.memory_needed(1, 17, 32, 1, settings)
+    assert m2ib_method.memory_needed(1, 17, 32, 1, dataclasses.replace(settings, samples=20)) > small
+    assert m2ib_method.memory_needed(2, 17, 32, 1, settings) == 2 * small
+    monkeypatch.setattr(m2ib_method, "memory_available", lambda device: small // 2)
+    with pytest.raises(InputError, match="lower --samples"):
+        m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=10, samples=10)
+    monkeypatch.setattr(m2ib_method, "memory_available", lambda device: 10 * 2 ** 30)
+    m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2)

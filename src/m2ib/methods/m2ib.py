@@ -20,12 +20,14 @@ so a pair's map does not depend on the batch it is in.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
 from ..settings import check_choice, check_layer, check_number, check_positive_int
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
 from .common import with_tower_layers
@@ -122,13 +124,15 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
     with torch.no_grad(), autocast(device, s.precision):
         hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
     n, t, d = hidden.shape
+    check_fits_in_memory(backend, modality, layer, n, t, d, s)
     use_graph = s.cuda_graphs and device.type == "cuda"
     key = (modality, layer, n, t, d, beta, s.var, s.steps, s.lr, s.samples, s.init_alpha, s.precision,
            None if target.negatives is None else tuple(target.negatives.shape), target.offset is not None)
     fit = backend.graph_cache.pop(key, None) if use_graph else None
     if fit is None:
-        fit = BottleneckFit(backend, modality, batch.repeat_interleave(s.samples), layer, beta, s, n, t, d,
-                            graph=use_graph)
+        # Image towers read only the batch's length in the suffix: no per-copy pixels (or display images).
+        copies = batch.repeat_interleave(s.samples) if isinstance(batch, TextBatch) else batch
+        fit = BottleneckFit(backend, modality, copies, layer, beta, s, n, t, d, graph=use_graph)
     fit.load(hidden, batch, target, s.seed)
     fit.run()
     if use_graph:  # keep the few most recent loops (their memory stays reserved while cached)
@@ -140,6 +144,41 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
 
 
 GRAPH_CACHE_SIZE = 4
+# Live float32 tensors of width D per token and noise copy in the blocks after the bottleneck, per
+# block (normed input, q/k/v, attention output, residuals, the 4x MLP hidden and its activation,
+# kept for the backward pass): a generous upper bound measured on transformers' CLIP blocks.
+ACTIVATIONS_PER_BLOCK = 16
+
+
+def memory_needed(n: int, t: int, d: int, blocks_after: int, s: M2IBSettings) -> int:
+    """Bytes a batch of ``n`` bottleneck fits needs at its peak, roughly: the noise of every step,
+    and one step's activations on ``n * samples`` copies through the blocks after the bottleneck."""
+    noise = n * s.steps * s.samples * t * d
+    activations = n * s.samples * t * d * (ACTIVATIONS_PER_BLOCK * max(blocks_after, 1) + 4)
+    return 4 * (noise + activations)
+
+
+def memory_available(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (None where it cannot be asked)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(backend: Backend, modality: Modality, layer: int, n: int, t: int, d: int,
+                         s: M2IBSettings) -> None:
+    """Refuse, on one line, a fit that cannot fit in memory (instead of an allocation failure or a
+    swap storm minutes later), naming the settings to lower."""
+    needed = memory_needed(n, t, d, backend.num_layers(modality) - 1 - layer, s)
+    free = memory_available(backend.device)
+    if free is not None and needed > free:
+        gib = 2 ** 30
+        raise InputError(f"M2IB with samples={s.samples} and steps={s.steps} on {n} pair(s) needs about "
+                         f"{needed / gib:.1f} GiB, more than the {free / gib:.1f} GiB free on {backend.device}: "
+                         "lower --samples (or --batch-size, or --steps)")
 
 
 def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None:
