@@ -74,3 +74,125 @@ def test_help_lists_every_setting():
     for flag in ("--vision-layer", "--text-layer", "--vision-beta", "--text-beta", "--var", "--steps", "--lr",
                  "--samples", "--seed", "--precision", "--method", "--pairs", "--device"):
         assert flag in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings become flags and come back unchanged; strict values; python -m m2ib; evaluate --rows.
+# ----------------------------------------------------------------------------------------------
+def _other_value(settings_class, field):
+    """A value of ``field`` that differs from its default and that the settings accept."""
+    from m2ib.errors import InputError
+
+    if field.choices:
+        candidates = [c for c in field.choices if c != field.default]
+    elif field.kind is bool:
+        candidates = [not field.default]
+    elif field.kind is int:
+        candidates = [(field.default or 0) + 1, 3, 2, -1]
+    elif field.kind is float:
+        candidates = [(field.default or 0.0) * 2 + 0.25, 0.25, 0.75]
+    else:
+        candidates = [f"{field.default}x"]
+    for value in candidates:
+        try:
+            settings_class(**{field.name: value})
+        except InputError:
+            continue
+        return value
+    pytest.fail(f"no accepted non-default value for {field.name}")
+
+
+def _method_list():
+    from m2ib.methods import REGISTRY
+
+    return list(REGISTRY)
+
+
+@pytest.mark.parametrize("method", _method_list())
+def test_settings_round_trip_through_flags(method):
+    from m2ib.cli import build_parser
+    from m2ib.methods import REGISTRY
+    from m2ib.settings import fields_of, given_settings, settings_per_method
+
+    cls = REGISTRY[method].Settings
+    fields = fields_of(cls)
+    values = {f.name: _other_value(cls, f) for f in fields}
+    argv = ["explain", "scene.png", "a cat", "--method", method]
+    for f in fields:
+        argv += [f.flag, f.format(values[f.name])]
+    args = build_parser().parse_args(argv)
+    parsed = settings_per_method([method], given_settings(args, REGISTRY), REGISTRY)[method]
+    assert parsed == values and {k: type(v) for k, v in parsed.items()} == {k: type(v) for k, v in values.items()}
+    assert cls(**parsed) == cls(**values) != cls()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--cuda-graphs", "banana", "cuda_graphs='banana' must be true or false"),
+    ("--steps", "2.5", "steps='2.5' must be a whole number"),
+    ("--lr", "nan", "lr=nan must be a finite number"),
+    ("--precision", "int8", "precision='int8': use one of fp32, bf16, fp16"),
+])
+def test_bad_setting_values_are_one_line_errors(scene, tmp_path, flag, value, message):
+    image, text = scene
+    result = run_cli("explain", str(image), text, "--model", "random-tiny", "--out", str(tmp_path), flag, value)
+    assert result.returncode == 2
+    assert result.stderr == f"m2ib: error: {message}\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_bool_setting_false_is_false(scene, tmp_path):
+    image, text = scene
+    assert main(["explain", str(image), text, "--model", "random-tiny", "--out", str(tmp_path), "--steps", "1",
+                 "--samples", "1", "--no-figure", "--cuda-graphs", "false"]) == 0
+    assert json.loads((tmp_path / "scene.json").read_text())["settings"]["cuda_graphs"] is False
+
+
+def test_python_dash_m_m2ib():
+    result = subprocess.run([sys.executable, "-m", "m2ib", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: m2ib ")
+    assert "explain" in result.stdout and "evaluate" in result.stdout
+
+
+def _evaluate(out, *extra):
+    from m2ib.evaluation.runner import read_results
+
+    code = main(["evaluate", "--model", "random-tiny", "--data", "shapes:test:6", "--methods", "m2ib",
+                 "--metrics", "confidence", "--steps", "1", "--out", str(out), *extra])
+    assert code == 0
+    header, records = read_results(out / "results.jsonl")
+    return header, [r for r in records if r["kind"] == "pair"]
+
+
+def test_evaluate_rows_and_samples(tmp_path, capsys):
+    header, pairs = _evaluate(tmp_path / "a", "--rows", "2", "--samples", "3")
+    assert len(pairs) == 2 and header["rows"] == 2
+    assert header["settings"]["m2ib"]["samples"] == 3  # the methods' setting, as in m2ib explain
+    assert "use --rows N" in capsys.readouterr().err  # the changed meaning is said, not silent
+    header, pairs = _evaluate(tmp_path / "b", "--rows", "2", "--method-samples", "3")  # the old spelling
+    assert len(pairs) == 2 and header["settings"]["m2ib"]["samples"] == 3
+    assert "use --rows N" not in capsys.readouterr().err
+    header, pairs = _evaluate(tmp_path / "c", "--rows", "3")
+    assert len(pairs) == 3 and header["settings"]["m2ib"]["samples"] == 10
+
+
+def test_explain_several_methods_equals_each_alone(scene, tmp_path):
+    import numpy as np
+
+    image, text = scene
+    common = [str(image), text, "--model", "random-tiny", "--no-figure"]
+    assert main(["explain", *common, "--method", "gradcam,saliency", "--out", str(tmp_path / "both")]) == 0
+    both = np.load(tmp_path / "both" / "scene.npz")
+    meta = json.loads((tmp_path / "both" / "scene.json").read_text())
+    assert list(meta["methods"]) == ["gradcam", "saliency"]
+    keys = set()
+    for method in ("gradcam", "saliency"):
+        assert main(["explain", *common, "--method", method, "--out", str(tmp_path / method)]) == 0
+        alone = np.load(tmp_path / method / "scene.npz")
+        np.testing.assert_array_equal(both["image"], alone["image"])
+        for key in alone.files:
+            if key != "image":
+                np.testing.assert_array_equal(both[f"{method}/{key}"], alone[key])
+                keys.add(f"{method}/{key}")
+        assert meta["methods"][method]["settings"] == json.loads((tmp_path / method / "scene.json").read_text())[
+            "settings"]
+    assert set(both.files) == keys | {"image"}

@@ -8,10 +8,12 @@ image-text models, with a Python API, a CLI and figures.
     exp = m2ib.explain(model, "scene.png", "a red circle")
     exp.image_map, exp.text_map, exp.tokens
     exp.save("out/")
+    m2ib.compare(model, "scene.png", "a red circle", methods="m2ib,gradcam").save("out/", "scene")
 """
 
-from .api import explain, load, similarity
+from .api import compare, explain, load, similarity
 from .backends import Backend
+from .comparison import Comparison
 from .errors import InputError, M2IBError, ModelNotAvailableError
 from .explanation import Explanation
 from .methods import list_methods
@@ -25,5 +27,5 @@ def list_models() -> list[str]:
     return list(BUILTIN_MODELS)
 
 
-__all__ = ["load", "explain", "similarity", "list_methods", "list_models", "Explanation", "Backend",
-           "M2IBError", "InputError", "ModelNotAvailableError", "__version__"]
+__all__ = ["load", "explain", "compare", "similarity", "list_methods", "list_models", "Explanation", "Comparison",
+           "Backend", "M2IBError", "InputError", "ModelNotAvailableError", "__version__"]

@@ -1,8 +1,8 @@
-"""The public entry points: load(), explain(), similarity()."""
+"""The public entry points: load(), explain(), compare(), similarity()."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backends import Backend, ImageBatch, Modality, TextBatch, load_backend
-from .errors import InputError
+from .comparison import Comparison
+from .errors import InputError, M2IBError
 from .explanation import Explanation
 from .inputs import ImageInput, check_texts, load_image
-from .methods import get_method
+from .methods import REGISTRY, get_method
+from .methods.base import method_names
 
 
 def load(model: Any, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "float32",
@@ -181,6 +183,72 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
     return results[0] if inputs.single else results
+
+
+def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
+            texts: str | Sequence[str] | None = None, *, methods: str | Sequence[str] = "all",
+            settings: Mapping[str, Mapping[str, Any]] | None = None, modalities: Sequence[Modality] | None = None,
+            negatives: str | Sequence[str] | None = None, batch_size: int = 16, device: str | None = None,
+            keep_going: bool = False, on_method: Callable[[int, str], None] | None = None,
+            **inputs: Any) -> Comparison | list[Comparison]:
+    """Explain the same pairs with several methods: a :class:`Comparison` per pair.
+
+    Args:
+        model, images, texts, negatives, batch_size, device: as for :func:`explain`
+            (``**inputs``: its ``pixel_values``, ``input_ids``, ``attention_mask``).
+        methods: names, a comma list, or ``"all"`` (every registered method).
+        settings: each method's settings, by method name (``{"m2ib": {"steps": 5}}``).
+        modalities: the sides to explain; each method explains those of them it can (a method
+            that can explain none of them is left out). ``None``: every side each method can.
+        negatives: passed to the methods that have a target (not attention rollout).
+        keep_going: record a method that fails (one line, in ``Comparison.failures``) and go on
+            with the others, instead of raising; it raises only when every method fails.
+        on_method: called as ``on_method(index, name)`` before each method runs (progress).
+
+    Returns:
+        A Comparison for a single image and a single text, else a list, one per pair.
+    """
+    names = method_names(methods if isinstance(methods, str) else ",".join(methods), "methods")
+    settings = dict(settings or {})
+    strangers = sorted(set(settings) - set(names))
+    if strangers:
+        raise InputError(f"settings for {', '.join(strangers)}, which is not compared ({', '.join(names)})")
+    backend = load(model, device=device)
+    results: dict[str, list[Explanation]] = {}
+    failures: dict[str, str] = {}
+    single = False
+    for k, name in enumerate(names):
+        cls = REGISTRY[name]
+        sides = None if modalities is None else tuple(m for m in modalities if m in cls.modalities)
+        if sides is not None and not sides:
+            continue
+        if on_method is not None:
+            on_method(k, name)
+        try:
+            out = explain(backend, images, texts, method=name, modalities=sides, batch_size=batch_size,
+                          negatives=negatives if cls.uses_target else None, progress=False,
+                          **inputs, **settings.get(name, {}))
+        except Exception as exc:  # noqa: BLE001 - with keep_going, a failing method is a row, not a lost pair
+            if not keep_going:
+                raise
+            failures[name] = one_line(exc)
+            continue
+        single = isinstance(out, Explanation)
+        results[name] = [out] if single else out
+    compared = [n for n in names if n in results or n in failures]
+    if not compared:
+        raise InputError(f"none of {', '.join(names)} can explain the {' and '.join(modalities or ())} side")
+    if not results:
+        return Comparison(compared, {}, failures)  # raises: every method failed
+    pairs = len(next(iter(results.values())))
+    comparisons = [Comparison(compared, {m: r[i] for m, r in results.items()}, failures) for i in range(pairs)]
+    return comparisons[0] if single else comparisons
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: our own errors' message, others' type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, M2IBError) else f"{type(exc).__name__}: {text}"
 
 
 def similarity(model: Any, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str],

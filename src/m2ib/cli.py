@@ -1,17 +1,15 @@
-"""The ``m2ib`` command: a thin argparse front-end over the API (no logic of its own).
+"""The ``m2ib`` command (also ``python -m m2ib``): argument parsing and dispatch only.
 
-Method settings become flags automatically from the methods' frozen dataclasses, so a
-setting is declared once, with its help text, in the method's file.
+``explain`` runs :mod:`m2ib.pairs` (over :mod:`m2ib.api`), ``evaluate`` runs
+:mod:`m2ib.evaluation`, ``serve`` and ``train-shapes`` have their own parsers
+(:mod:`m2ib.serve`, :mod:`m2ib.training`). Method settings become flags through
+:mod:`m2ib.settings`, so a setting is declared once, with its help text, in its method's file.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import re
 import sys
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,55 +17,9 @@ from typing import Any
 from .errors import InputError, M2IBError
 
 EXIT_BAD_INPUT = 2
-
-
-def _settings_fields() -> dict[str, tuple[dataclasses.Field, type]]:
-    """Every setting of every registered method: name -> (field, python type)."""
-    from .methods import REGISTRY
-
-    fields: dict[str, tuple[dataclasses.Field, type]] = {}
-    for method in REGISTRY.values():
-        hints = typing.get_type_hints(method.Settings)
-        for f in dataclasses.fields(method.Settings):
-            if f.name in fields:
-                continue
-            kind = hints[f.name]
-            args = [a for a in typing.get_args(kind) if a is not type(None)]
-            if args:  # Optional[X] / X | None
-                kind = args[0]
-            fields[f.name] = (f, kind)
-    return fields
-
-
-def _owners(name: str) -> list[str]:
-    """Registered methods that have the setting ``name``."""
-    from .methods import REGISTRY
-
-    return [m for m, cls in REGISTRY.items() if name in {x.name for x in dataclasses.fields(cls.Settings)}]
-
-
-def _add_settings(parser: argparse.ArgumentParser) -> None:
-    from .methods import REGISTRY
-
-    group = parser.add_argument_group("method settings (defaults: the method's published ones; a setting "
-                                      "applies to the methods listed with it)")
-    for name, (f, kind) in _settings_fields().items():
-        owners = _owners(name)
-        described: dict[tuple[str, str], list[str]] = {}  # (help, default) -> methods
-        for owner in owners:
-            own = next(x for x in dataclasses.fields(REGISTRY[owner].Settings) if x.name == name)
-            # a None default is described by the help text itself (a rule, or the model's recommendation)
-            default = "" if own.default is None else f"default: {own.default}"
-            described.setdefault((own.metadata.get("help", ""), default), []).append(owner)
-        if len(described) == 1:
-            (text, default), = described
-            help_text = f"{text} ({default + '; ' if default else ''}methods: {', '.join(owners)})"
-        else:
-            help_text = "; ".join(f"{', '.join(ms)}: {text}" + (f" ({default})" if default else "")
-                                  for (text, default), ms in described.items())
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        group.add_argument(*flags, dest=name, type=kind, default=None, help=help_text,
-                           choices=f.metadata.get("choices"))
+EXIT_UNFINISHED = 3  # evaluate --time-limit: stopped early, results kept
+SAMPLES_NOTE = ("--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
+                "coalitions), as in m2ib explain; to evaluate N rows drawn at random, use --rows N")
 
 
 def _model_help() -> str:
@@ -80,12 +32,23 @@ def _model_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods import REGISTRY
-    from .models import DEFAULT_MODEL
-
     parser = argparse.ArgumentParser(prog="m2ib", description="Explain why a CLIP-style model matches an image "
                                      "with a text (M2IB and baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_explain(sub)
+    sub.add_parser("list", help="list methods and built-in models")
+    _add_evaluate(sub)
+    sub.add_parser("serve", add_help=False,
+                   help="web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)")
+    sub.add_parser("train-shapes", add_help=False,
+                   help="train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)")
+    return parser
+
+
+def _add_explain(sub) -> None:
+    from .methods import REGISTRY
+    from .models import DEFAULT_MODEL
+    from .settings import add_setting_flags
 
     ex = sub.add_parser("explain", help="explain image-text pairs and write figures and maps",
                         description="Explain one image-text pair (IMAGE TEXT) or many (--pairs FILE). Writes "
@@ -111,227 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draw a box on the figure, in the original image's pixels (repeatable)")
     ex.add_argument("--no-figure", action="store_true", help="write maps and JSON only")
     ex.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs exist (else skipped)")
-    _add_settings(ex)
-
-    sub.add_parser("list", help="list methods and built-in models")
-    _add_evaluate(sub)
-    sub.add_parser("serve", add_help=False,
-                   help="web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)")
-    sub.add_parser("train-shapes", add_help=False,
-                   help="train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)")
-    return parser
-
-
-def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(image path, text) rows of a TSV/CSV; see the --pairs help."""
-    if not path.exists():
-        raise InputError(f"{path}: pairs file not found")
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise InputError(f"{path}: no rows")
-    header = [c.strip().lower() for c in rows[0]]
-    if "image" in header and ("text" in header or "caption" in header):
-        i_img, i_txt = header.index("image"), header.index("text" if "text" in header else "caption")
-        rows = rows[1:]
-    else:
-        i_txt, i_img = 0, 1  # the M2IB reference's order: caption, then image
-    pairs = []
-    for n, row in enumerate(rows, 1):
-        if len(row) <= max(i_img, i_txt):
-            raise InputError(f"{path}: row {n} has {len(row)} column(s); expected an image and a text")
-        image = Path(row[i_img].strip())
-        pairs.append((str(image if image.is_absolute() else path.parent / image), row[i_txt]))
-    return pairs
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        x, y, w, h = (float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"--box {text!r}: expected four numbers X,Y,W,H") from None
-    return x, y, w, h
-
-
-def _stem(index: int | None, image: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image).stem) or "image"
-    return name if index is None else f"{index:05d}_{name}"
-
-
-def _methods(spec: str) -> list[str]:
-    """``--method`` value -> method names (a name, a comma list, or 'all')."""
-    from .methods import REGISTRY
-
-    if spec.strip() == "all":
-        return list(REGISTRY)
-    names = [m.strip() for m in spec.split(",") if m.strip()]
-    if not names:
-        raise InputError("--method is empty: give a method name, a comma list or 'all'")
-    for name in names:
-        if name not in REGISTRY:
-            raise InputError(f"unknown method {name!r}: choose from {', '.join(REGISTRY)}, or 'all'")
-    return list(dict.fromkeys(names))
-
-
-def _settings_for(methods: list[str], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each method's share of the settings given; a setting no chosen method has is an error."""
-    if len(methods) == 1:
-        return {methods[0]: settings}  # the method itself reports unknown settings
-    per = {m: {} for m in methods}
-    for name, value in settings.items():
-        owners = [m for m in _owners(name) if m in per]
-        if not owners:
-            raise InputError(f"setting {name} applies to none of {', '.join(methods)} (it is a setting of "
-                             f"{', '.join(_owners(name))})")
-        for m in owners:
-            per[m][name] = value
-    return per
-
-
-def _explain(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from .api import explain, load
-    from .inputs import load_image
-    from .methods import REGISTRY
-
-    methods = _methods(args.method)
-    settings = {name: getattr(args, name) for name in _settings_fields() if getattr(args, name) is not None}
-    per_method = _settings_for(methods, settings)
-    modalities = None
-    if args.modalities is not None:
-        modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
-    negatives = list(args.negative) or None
-    boxes = [_parse_box(b) for b in args.box]
-    if args.pairs is not None:
-        if args.image or args.text:
-            raise InputError("give IMAGE TEXT or --pairs FILE, not both")
-        pairs = _read_pairs(args.pairs)
-        stems = [_stem(i, image) for i, (image, _) in enumerate(pairs)]
-    else:
-        if args.image is None or args.text is None:
-            raise InputError("give an IMAGE and a TEXT (or --pairs FILE); see m2ib explain --help")
-        pairs = [(args.image, args.text)]
-        stems = [_stem(None, args.image)]
-    backend = load(args.model, device=args.device)
-    todo = [i for i in range(len(pairs)) if args.overwrite or not (args.out / f"{stems[i]}.json").exists()]
-    if len(todo) < len(pairs):
-        print(f"m2ib: {len(pairs) - len(todo)} pair(s) already in {args.out}, skipped (--overwrite to redo)",
-              file=sys.stderr)
-    failed = 0
-    with tqdm(total=len(todo), desc=",".join(methods), unit="pair", disable=len(todo) < 2) as bar:
-        for start in range(0, len(todo), args.batch_size):
-            rows, images, originals = [], [], []
-            for i in todo[start:start + args.batch_size]:
-                try:
-                    image, _ = load_image(pairs[i][0])
-                except InputError as exc:
-                    if len(pairs) == 1:
-                        raise
-                    failed += 1
-                    tqdm.write(f"m2ib: skipped row {i + 1}: {exc}", file=sys.stderr)
-                    continue
-                rows.append(i)
-                images.append(image)
-                originals.append(image.size)
-            if rows:
-                results: dict[str, list] = {}
-                for method in methods:
-                    cls = REGISTRY[method]
-                    sides = modalities
-                    if sides is not None and len(methods) > 1:  # each method explains what it can
-                        sides = tuple(m for m in sides if m in cls.modalities)
-                        if not sides:
-                            continue
-                    results[method] = explain(
-                        backend, images, [pairs[i][1] for i in rows], method=method, modalities=sides,
-                        negatives=negatives if cls.uses_target else None, batch_size=args.batch_size,
-                        progress=False, **per_method[method])
-                for k, (i, size) in enumerate(zip(rows, originals)):
-                    shown = [backend.preprocessing.map_box(b, size) for b in boxes] if boxes else None
-                    exps = {m: r[k] for m, r in results.items()}
-                    for exp in exps.values():
-                        exp.image_source = pairs[i][0]
-                    if len(methods) == 1:
-                        paths = exps[methods[0]].save(args.out, stems[i], figure=False if args.no_figure else None,
-                                                      boxes=shown)
-                    else:
-                        paths = _save_comparison(exps, args.out, stems[i], not args.no_figure, shown)
-                    if len(pairs) == 1:
-                        for path in paths.values():
-                            print(path)
-            bar.update(len(todo[start:start + args.batch_size]))
-    if failed:
-        print(f"m2ib: {failed} of {len(pairs)} pair(s) failed (see above)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
-
-
-def _save_comparison(exps: dict[str, Any], out: Path, stem: str, figure: bool,
-                     boxes: list | None) -> dict[str, Path]:
-    """One pair explained by several methods: STEM.png (a row per method), STEM.npz
-    (``METHOD/image_map`` ...), STEM.json (each method's settings and scores)."""
-    import json
-    import warnings
-
-    import numpy as np
-
-    from .explanation import _jsonable
-    from .fileio import atomic_write
-    from .methods import REGISTRY
-
-    out.mkdir(parents=True, exist_ok=True)
-    first = next(iter(exps.values()))
-    arrays = {f"{m}/{k}": v.numpy() for m, exp in exps.items() for k, v in exp._tensors().items()
-              if v is not None and k != "image"}
-    arrays["image"] = first.image.numpy()
-    paths = {"npz": atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))}
-    meta = {"image": first.image_source, "text": first.text, "tokens": first.tokens, "model": first.model,
-            "similarity": first.similarity, "methods": {m: exp.to_dict() for m, exp in exps.items()}}
-    text = json.dumps(meta, indent=2, default=_jsonable)
-    paths["json"] = atomic_write(out / f"{stem}.json", lambda f: f.write(text.encode()))
-    if figure:
-        try:
-            from .viz.figure import comparison_figure
-            rows = [(REGISTRY[m].title, exp.image_map, exp.word_shading()) for m, exp in exps.items()]
-            picture = comparison_figure(first.image, rows, first.tokens, title=first.text,
-                                        special_tokens=first.special_tokens, boxes=boxes)
-        except ImportError:
-            warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=2)
-        else:
-            paths["png"] = atomic_write(out / f"{stem}.png", lambda f: picture.save(f, format="PNG"))
-    return paths
-
-
-def _list(_: argparse.Namespace) -> int:
-    from .methods import REGISTRY
-    from .models import BUILTIN_MODELS
-
-    print("methods:")
-    for name, cls in REGISTRY.items():
-        print(f"  {name:16s} {cls.title} ({', '.join(cls.modalities)}) {cls.paper}")
-    print("built-in models:")
-    for name, spec in BUILTIN_MODELS.items():
-        print(f"  {name:16s} {spec.description}")
-    return 0
-
-
-EXIT_UNFINISHED = 3  # evaluate --time-limit: stopped early, results kept
+    add_setting_flags(ex, REGISTRY)
 
 
 def _add_evaluate(sub) -> None:
     """The ``evaluate`` subcommand's parser (logic: m2ib.evaluation.runner)."""
+    from .methods import REGISTRY
     from .metrics import METRIC_NAMES, PROTOCOLS
     from .metrics.roar import BUDGETS
     from .models import DEFAULT_MODEL
+    from .settings import add_setting_flags
 
     ev = sub.add_parser("evaluate", help="measure attribution metrics over a dataset (resumable)",
                         description="Explain every pair of --data with every method and measure the metrics. Each "
                         "finished (pair, method) is appended to OUT/results.jsonl at once (with provenance); "
                         "re-running the same command resumes. At the end: OUT/summary.md, OUT/summary.csv "
-                        "(mean and 95% CI per method and metric) and OUT/plots/*.png.", conflict_handler="resolve")
-    _add_settings(ev)  # first: --samples below replaces the methods' own --samples (see --method-samples)
+                        "(mean and 95% CI per method and metric) and OUT/plots/*.png. Note: " + SAMPLES_NOTE + ".")
     ev.add_argument("--data", required=True, help="TSV/CSV of caption and image path (the M2IB reference's "
                     "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
                     "phrase, x, y, w, h), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)")
@@ -345,11 +103,8 @@ def _add_evaluate(sub) -> None:
                     "reference's, exactly) and/or mask (corrected) (default: both)")
     ev.add_argument("--model", default=DEFAULT_MODEL, help=_model_help())
     ev.add_argument("--out", type=Path, required=True, help="output directory")
-    ev.add_argument("--samples", dest="rows", type=int, default=None, help="evaluate N rows drawn at random "
-                    "with --seed (default: every row)")
-    ev.add_argument("--method-samples", dest="samples", type=int, default=None, help="the methods' own 'samples' "
-                    "setting (M2IB: noise copies per step; Kernel SHAP: coalitions), which --samples means in "
-                    "m2ib explain")
+    ev.add_argument("--rows", type=int, default=None, metavar="N", help="evaluate N rows drawn at random with "
+                    "--seed (default: every row); before this flag existed, --samples meant this")
     ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     ev.add_argument("--deletion-steps", type=int, default=20, help="steps of the deletion/insertion curves "
                     "(default: 20)")
@@ -366,6 +121,13 @@ def _add_evaluate(sub) -> None:
                     f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)")
     ev.add_argument("--batch-size", type=int, default=None, help="rows explained together by the batched path "
                     "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
+    _add_ray(ev)
+    add_setting_flags(ev, REGISTRY)
+    ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
+                    help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
+
+
+def _add_ray(ev: argparse.ArgumentParser) -> None:
     ray = ev.add_argument_group("Ray (pip install 'm2ib[ray]')")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
@@ -380,36 +142,72 @@ def _add_evaluate(sub) -> None:
                      "instance (default: Ray's)")
 
 
-def _one_setting(item: str, methods: list[str]) -> tuple[str, str, Any]:
-    """``METHOD.NAME=VALUE`` -> (method, setting, value of the setting's type)."""
-    from .methods import REGISTRY
-
-    target, eq, text = item.partition("=")
-    method, dot, name = target.strip().partition(".")
-    if not eq or not dot or method not in methods:
-        raise InputError(f"--setting {item!r}: use METHOD.NAME=VALUE with METHOD one of {', '.join(methods)}")
-    fields = _settings_fields_of(REGISTRY[method])
-    if name not in fields:
-        raise InputError(f"--setting {item!r}: {method} has no setting {name!r} (it has {', '.join(fields)})")
-    kind = fields[name]
+def _parse_box(text: str) -> tuple[float, float, float, float]:
     try:
-        if kind is bool:
-            value: Any = {"true": True, "1": True, "false": False, "0": False}[text.strip().lower()]
-        else:
-            value = kind(text.strip())
-    except (KeyError, ValueError):
-        raise InputError(f"--setting {item!r}: {text!r} is not a {kind.__name__}") from None
-    return method, name, value
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--box {text!r}: expected four numbers X,Y,W,H") from None
+    return x, y, w, h
 
 
-def _settings_fields_of(cls) -> dict[str, type]:
-    hints = typing.get_type_hints(cls.Settings)
-    out = {}
-    for f in dataclasses.fields(cls.Settings):
-        kind = hints[f.name]
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        out[f.name] = args[0] if args else kind
-    return out
+def _method_settings(methods: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each method's share of the setting flags, checked now (before any model is loaded)."""
+    from .methods import REGISTRY
+    from .settings import given_settings, settings_per_method
+
+    per_method = settings_per_method(methods, given_settings(args, REGISTRY), REGISTRY)
+    for method, values in per_method.items():
+        REGISTRY[method]().make_settings(None, **values)  # unknown names and bad ranges: one line, exit 2
+    return per_method
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .api import load
+    from .methods.base import method_names
+    from .pairs import PairsJob, explain_pairs, output_stem, read_pairs
+
+    methods = method_names(args.method)
+    settings = _method_settings(methods, args)
+    modalities = None
+    if args.modalities is not None:
+        modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    if args.pairs is not None:
+        if args.image or args.text:
+            raise InputError("give IMAGE TEXT or --pairs FILE, not both")
+        pairs = read_pairs(args.pairs)
+        stems = [output_stem(i, image) for i, (image, _) in enumerate(pairs)]
+    else:
+        if args.image is None or args.text is None:
+            raise InputError("give an IMAGE and a TEXT (or --pairs FILE); see m2ib explain --help")
+        pairs = [(args.image, args.text)]
+        stems = [output_stem(None, args.image)]
+    job = PairsJob(methods=methods, settings=settings, out=args.out, modalities=modalities,
+                   negatives=list(args.negative) or None, boxes=[_parse_box(b) for b in args.box],
+                   figure=not args.no_figure, overwrite=args.overwrite, batch_size=args.batch_size)
+    outcome = explain_pairs(load(args.model, device=args.device), pairs, stems, job)
+    if outcome.already_done:
+        print(f"m2ib: {outcome.already_done} pair(s) already in {args.out}, skipped (--overwrite to redo)",
+              file=sys.stderr)
+    if len(pairs) == 1:
+        for paths in outcome.written:
+            print(*paths.values(), sep="\n")
+    if outcome.failed:
+        print(f"m2ib: {outcome.failed} of {len(pairs)} pair(s) failed (see above)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _list(_: argparse.Namespace) -> int:
+    from .methods import REGISTRY
+    from .models import BUILTIN_MODELS
+
+    print("methods:")
+    for name, cls in REGISTRY.items():
+        print(f"  {name:16s} {cls.title} ({', '.join(cls.modalities)}) {cls.paper}")
+    print("built-in models:")
+    for name, spec in BUILTIN_MODELS.items():
+        print(f"  {name:16s} {spec.description}")
+    return 0
 
 
 def _reproducing(argv: list[str]) -> list[str]:
@@ -426,27 +224,42 @@ def _reproducing(argv: list[str]) -> list[str]:
     return out
 
 
+def _evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(seed, settings by method) from the setting flags and ``--setting METHOD.NAME=VALUE``."""
+    from .methods import REGISTRY, Settings
+    from .settings import fields_of, given_settings, parse_assignment, settings_per_method
+
+    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
+        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
+    given = given_settings(args, REGISTRY)
+    seed_field = next(f for f in fields_of(Settings) if f.name == "seed")
+    seed = seed_field.parse(given.pop("seed", 0))  # the run's seed: rows drawn, and every method's
+    per_method = settings_per_method(methods, given, REGISTRY) if given else {}
+    for item in args.setting:
+        method, name, value = parse_assignment(item, methods, REGISTRY)
+        per_method.setdefault(method, {})[name] = value
+    for method, values in per_method.items():
+        REGISTRY[method]().make_settings(None, **values)  # bad values: one line, before the model loads
+    return seed, per_method
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import shlex
 
     from .api import load
     from .datasets.tables import load_table
     from .evaluation.runner import MetricConfig, run_evaluation
+    from .methods.base import method_names
     from .metrics import METRIC_NAMES
 
-    methods = _methods(args.methods)
+    methods = method_names(args.methods, "--methods")
     names = list(METRIC_NAMES) if args.metrics.strip() == "all" else \
         [m.strip() for m in args.metrics.split(",") if m.strip()]
     config = MetricConfig(names=tuple(dict.fromkeys(names)),
                           protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
                           deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
                           roar_budget=args.roar_budget)
-    settings = {name: getattr(args, name) for name in _settings_fields() if getattr(args, name) is not None}
-    seed = settings.pop("seed", 0)
-    per_method = _settings_for(methods, settings) if settings else {}
-    for item in args.setting:
-        method, name, value = _one_setting(item, methods)
-        per_method.setdefault(method, {})[name] = value
+    seed, per_method = _evaluation_settings(methods, args)
     backend = load(args.model, device=args.device)
     table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
     command = "m2ib " + shlex.join(_reproducing(args.argv))
@@ -471,6 +284,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``m2ib`` command; returns the exit status (2: bad input, one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train-shapes"]:  # its own parser: every TrainConfig field is a flag
         from .training import main as train_main
@@ -480,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import main as serve_main
 
         return serve_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.argv = argv  # what `evaluate` records as the run's command
     handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate}
     try:

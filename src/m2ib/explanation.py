@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,29 +82,58 @@ class Explanation:
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, Path] = {}
-        arrays = {k: v.numpy() for k, v in self._tensors().items() if v is not None}
-        paths["npz"] = atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
-        text = json.dumps(self.to_dict(), indent=2, default=_jsonable)
-        paths["json"] = atomic_write(out / f"{stem}.json", lambda f: f.write(text.encode()))
-        if figure is not False:
-            try:
-                image = self.figure(boxes)
-            except ImportError:
-                if figure:
-                    raise
-                warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=2)
-            else:
-                paths["png"] = atomic_write(out / f"{stem}.png", lambda f: image.save(f, format="PNG"))
+        paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays()),
+                 "json": save_json(out / f"{stem}.json", self.to_dict())}
+        png = save_figure(out / f"{stem}.png", lambda: self.figure(boxes), figure)
+        if png is not None:
+            paths["png"] = png
         return paths
 
-    def _tensors(self) -> dict[str, torch.Tensor | None]:
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        """The maps by the names ``save`` writes them under (None: not explained)."""
         return {"image": self.image, "image_map": self.image_map, "text_map": self.text_map,
                 "image_map_raw": self.image_map_raw, "image_grid": self.image_grid,
                 "text_map_raw": self.text_map_raw}
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The maps that exist, as numpy arrays (the contents of ``STEM.npz``)."""
+        return {k: v.numpy() for k, v in self.tensors().items() if v is not None}
 
-def _jsonable(value: Any) -> Any:
+
+# ----------------------------------------------------------------------------------------------
+# Save helpers (also used by m2ib.comparison): atomic, so a crash never leaves half a file.
+# ----------------------------------------------------------------------------------------------
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as a compressed ``.npz``."""
+    return atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
+
+
+def save_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON; tensors and numpy numbers become lists and numbers."""
+    text = json.dumps(data, indent=2, default=jsonable)
+    return atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def save_figure(path: str | os.PathLike, draw: Callable[[], Any], figure: bool | None = None) -> Path | None:
+    """Write the PIL image ``draw()`` returns as a PNG.
+
+    ``figure=False`` writes nothing; ``None`` warns and writes nothing when matplotlib is
+    missing; ``True`` lets the ImportError through. Returns the path written, or None.
+    """
+    if figure is False:
+        return None
+    try:
+        picture = draw()
+    except ImportError:
+        if figure:
+            raise
+        warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=3)
+        return None
+    return atomic_write(Path(path), lambda f: picture.save(f, format="PNG"))
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps``'s ``default``: tensors to lists, numpy numbers to numbers, the rest to text."""
     if isinstance(value, torch.Tensor):
         return value.tolist()
     if isinstance(value, (np.generic,)):

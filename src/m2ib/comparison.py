@@ -1,0 +1,88 @@
+"""Comparison: one image-text pair explained by several methods, with save()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .explanation import Explanation, save_figure, save_json, save_npz
+
+
+@dataclass
+class Comparison:
+    """The Explanations of one pair by several methods, in the order compared.
+
+    ``failures`` holds the methods that failed on the pair (a one-line reason each): they get an
+    empty row in the figure and a line in the JSON, so one failing method does not lose the others.
+    """
+
+    methods: list[str]  # every method compared, in row order
+    explanations: dict[str, Explanation]  # by method name: those that succeeded
+    failures: dict[str, str] = field(default_factory=dict)  # by method name: why it failed
+
+    def __post_init__(self) -> None:
+        if not self.explanations:
+            reasons = "; ".join(f"{m}: {why}" for m, why in self.failures.items())
+            raise InputError("every method failed" + (f": {reasons}" if reasons else ""))
+        done, failed = set(self.explanations), set(self.failures)
+        if done & failed or done | failed != set(self.methods) or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {self.methods} must each have one explanation or one failure")
+
+    @property
+    def first(self) -> Explanation:
+        """The first method's explanation (its image, tokens and similarity are the pair's)."""
+        return next(iter(self.explanations.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the tensors, JSON-ready: the pair, then each method's settings and scores."""
+        first = self.first
+        out = {"image": first.image_source, "text": first.text, "tokens": first.tokens, "model": first.model,
+               "similarity": first.similarity,
+               "methods": {m: exp.to_dict() for m, exp in self.explanations.items()}}
+        if self.failures:
+            out["failed"] = dict(self.failures)
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``METHOD/image_map``, ``METHOD/text_map``, ... for each method, and the pair's ``image``."""
+        arrays = {f"{m}/{k}": v for m, exp in self.explanations.items() for k, v in exp.arrays().items()
+                  if k != "image"}
+        arrays["image"] = self.first.image.numpy()
+        return arrays
+
+    def figure(self, boxes: Sequence[tuple[float, float, float, float]] | None = None):
+        """The PIL figure: a row per method, failed ones empty (needs matplotlib)."""
+        from .methods import REGISTRY
+        from .viz.figure import comparison_figure
+
+        rows = []
+        for method in self.methods:
+            title = REGISTRY[method].title if method in REGISTRY else method
+            exp = self.explanations.get(method)
+            rows.append((f"{title} (failed)", None, None) if exp is None else
+                        (title, exp.image_map, exp.word_shading()))
+        first = self.first
+        return comparison_figure(first.image, rows, first.tokens, title=first.text,
+                                 special_tokens=first.special_tokens, boxes=list(boxes) if boxes else None)
+
+    def save(self, directory: str | os.PathLike, stem: str = "comparison", figure: bool | None = None,
+             boxes: Sequence[tuple[float, float, float, float]] | None = None) -> dict[str, Path]:
+        """Write ``STEM.png`` (a row per method), ``STEM.npz`` (``METHOD/image_map`` ...) and
+        ``STEM.json`` (each method's settings and scores), each atomically.
+
+        ``figure`` as in :meth:`Explanation.save`: None writes it when matplotlib is installed.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays()),
+                 "json": save_json(out / f"{stem}.json", self.to_dict())}
+        png = save_figure(out / f"{stem}.png", lambda: self.figure(boxes), figure)
+        if png is not None:
+            paths["png"] = png
+        return paths
