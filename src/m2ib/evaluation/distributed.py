@@ -6,7 +6,7 @@ The pipeline: the driver reads the rows and forms the batches exactly as the loc
 the local run's with the same ``batch_size`` and gives the same numbers. ``map_batches`` hands
 each batch to an actor of a pool (``ray.data.ActorPoolStrategy``); each actor
 (:class:`BatchEvaluator`) loads the model once and runs
-:func:`~m2ib.evaluation.runner.evaluate_rows`, the one per-pair code path of both runs.
+:func:`~m2ib.evaluation.pairs.evaluate_rows`, the one per-pair code path of both runs.
 
 Nothing is lost and nothing is repeated: Ray Data's own writers leave no output at all when a
 write fails part-way, so they are not used. Each actor writes its batch's records as one part
@@ -14,8 +14,8 @@ file ``OUT/parts/part-*.jsonl`` (a temporary name, fsync, atomic rename; the nam
 the batch's (row, method) keys). A re-run reads ``results.jsonl`` and the part files and
 submits only the pairs not yet written. At the end the driver appends the part files'
 records to ``results.jsonl`` (the local run's format; :func:`~m2ib.evaluation.runner.merge_parts`),
-removes the parts, and writes the summary and plots as the local run does. ``OUT`` must be a path every node can write (shared
-storage) when the cluster has more than one machine.
+removes the parts, and writes the summary and plots as the local run does. ``OUT`` must be a
+path every node can write (shared storage) when the cluster has more than one machine.
 
 Ray is an optional extra: ``pip install 'm2ib[ray]'``.
 """
@@ -36,20 +36,11 @@ from ..backends.base import Backend
 from ..datasets.tables import Table
 from ..errors import InputError, RunError
 from ..fileio import folder_lock
-from .runner import (
-    PARTS,
-    RESULTS,
-    MetricConfig,
-    Plan,
-    ResultsWriter,
-    RunResult,
-    batches,
-    evaluate_rows,
-    finish_run,
-    plan_run,
-    weights_hash,
-    write_part,
-)
+from ..metrics.config import MetricConfig
+from .pairs import evaluate_rows
+from .provenance import weights_hash
+from .runner import Plan, RunResult, batches, finish_run, plan_run
+from .store import PARTS, RESULTS, ResultsWriter, write_part
 
 # Set before Ray is imported (measured: without them Ray phones home, asks for a token, or binds
 # the machine's outside address). Users' own values win.

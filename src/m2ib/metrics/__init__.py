@@ -13,32 +13,40 @@ metric (name)           per-pair values (keys in results files)                 
 ``localisation``        ``image_pointing``, ``image_energy``, ``image_iou``,        higher
                         ``text_pointing`` (shapes rows)
 ``sanity``              ``{side}_sanity_spearman`` (mean abs), ``image_sanity_ssim`` lower
-``roar`` (run-level)    accuracy of a model retrained on degraded images            lower
+``roar`` (whole run)    accuracy of a model retrained on degraded images            lower
 ======================  =========================================================  ===========
 
 ``side`` is ``image`` or ``text``; ``protocol`` is ``m2ib`` (the public reference's, exactly)
 or ``mask`` (corrected); see :mod:`m2ib.metrics.confidence`. ``s`` is always the cosine
 similarity of the explained side's embedding with the other side's fixed embedding.
+
+Each metric is one file with one ``@register`` class (:mod:`m2ib.metrics.base`): its keys and
+their directions, its summary tables and plots. ``METRIC_NAMES`` and :func:`direction` read
+that registry; the evaluation runs and reports loop over it. The import order below is the
+registry's order: the order of ``--metrics all``, of the values in a record and of the summary.
 """
 
+from typing import Any
+
+from .base import CONTROL, Key, Measured, MethodRun, Metric, PairBatch, RunContext, Table, direction, get_metric
+from .base import metric_names, register, summary_tables
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
-from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .road import linear_impute, road
+from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
-
-#: Metric names accepted by ``m2ib evaluate --metrics`` (``roar`` is run-level, shapes data only).
-METRIC_NAMES = ("confidence", "deletion", "road", "localisation", "sanity", "roar")
-
-_LOWER = ("_drop_m2ib", "_drop_mask", "_deletion_auc", "_road_morf", "_sanity_spearman", "_sanity_ssim",
-          "roar_accuracy")
+from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
+from .config import DEFAULT_METRICS, MetricConfig, as_config
 
 
-def direction(key: str) -> str:
-    """``"lower"`` or ``"higher"``: which way is better for a per-pair value ``key``."""
-    return "lower" if any(key.endswith(s) or key.startswith(s) for s in _LOWER) else "higher"
+def __getattr__(name: str) -> Any:
+    if name == "METRIC_NAMES":  # live: ``--metrics`` choices, including metrics registered later
+        return metric_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "perturb_image", "deletion_insertion",
            "gaussian_blur", "road", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
-           "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim"]
+           "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
+           "Metric", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
+           "get_metric", "metric_names", "summary_tables", "MetricConfig", "DEFAULT_METRICS", "as_config"]

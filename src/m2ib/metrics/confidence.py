@@ -44,6 +44,7 @@ import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
+from .base import Key, Measured, MethodRun, Metric, PairBatch, Table, register
 from .common import cosine, image_maps, scoring, targets, text_maps, unit_embeddings, word_positions
 
 PROTOCOLS = ("m2ib", "mask")
@@ -186,3 +187,47 @@ def argmax_pooling(backend: Backend) -> Iterator[None]:
         yield
     finally:
         del backend.pool_positions
+
+
+#: What each protocol does, recorded in every results file's provenance.
+PROTOCOL_DEFINITIONS = {
+    "m2ib": "public reference scripts/eval.py exactly: image = normalised pixels x the map's FIRST ROW "
+            "broadcast over rows (pytorch-grad-cam 1.4.6 reads cams[0] of a [224, 224] map); text = "
+            "start/end ids cut, ids x (map > median) so dropped ids become 0, no attention mask, "
+            "pooled at the largest id, baseline on the cut ids",
+    "mask": "image = normalised pixels x the map; text = words with score <= median (start/end excluded) "
+            "removed through the attention mask, start/end kept, usual pooling, baseline = the pair's "
+            "own similarity"}
+
+
+def _keys(protocol: str) -> tuple[str, ...]:
+    return tuple(f"{side}_{kind}_{protocol}" for side in ("image", "text") for kind in ("drop", "increase"))
+
+
+@register
+class Confidence(Metric):
+    """Confidence Drop (lower is better) and Increase (higher is better), per protocol asked for."""
+
+    name = "confidence"
+    title = "Confidence drop and increase"
+    keys = tuple(Key(k, "lower" if "_drop_" in k else "higher") for p in PROTOCOLS for k in _keys(p))
+    tables = (Table("Confidence, protocol `m2ib` (the public reference's, exactly)", _keys("m2ib")),
+              Table("Confidence, protocol `mask` (corrected)", _keys("mask")))
+
+    @classmethod
+    def check(cls, config) -> None:
+        bad = [p for p in config.protocols if p not in PROTOCOLS]
+        if bad or not config.protocols:
+            raise InputError(f"unknown protocol(s) {', '.join(bad) or '(none given)'}: use {', '.join(PROTOCOLS)}")
+
+    @classmethod
+    def provenance(cls, config) -> dict:
+        return {"protocol_definitions": dict(PROTOCOL_DEFINITIONS)}
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps) -> Measured:
+        out = Measured.empty(len(batch))
+        for protocol in batch.config.protocols:
+            r = confidence_change(batch.backend, batch.images, batch.texts, maps, modality=side, protocol=protocol)
+            out.put(f"{side}_drop_{protocol}", r["drop"])
+            out.put(f"{side}_increase_{protocol}", r["increase"])
+        return out

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
+from .base import Key, Measured, MethodRun, Metric, PairBatch, PlotCanvas, mean_curve, register
 from .common import (cosine, descending_order, image_maps, scoring, targets, text_maps, trapezoid, unit_embeddings,
                      word_positions)
 
@@ -143,3 +146,54 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     y0, y1 = fp[idx - 1], fp[idx]
     t = torch.where(x1 > x0, (x - x0) / (x1 - x0), torch.zeros_like(x))
     return y0 + t * (y1 - y0)
+
+
+@register
+class DeletionInsertion(Metric):
+    """Areas under the deletion (lower is better) and insertion (higher is better) curves."""
+
+    name = "deletion"
+    title = "Deletion / insertion (area under the cosine-similarity curve)"
+    keys = (Key("image_deletion_auc", "lower"), Key("image_insertion_auc", "higher"),
+            Key("text_deletion_auc", "lower"), Key("text_insertion_auc", "higher"))
+
+    @classmethod
+    def check(cls, config) -> None:
+        steps = config.deletion_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError(f"deletion steps {steps!r} must be a positive integer")
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+        r = deletion_insertion(batch.backend, batch.images, batch.texts, maps, modality=side,
+                               steps=batch.config.deletion_steps, seeds=batch.pair_seeds)
+        out = Measured.empty(len(batch))
+        out.put(f"{side}_deletion_auc", r["deletion_auc"])
+        out.put(f"{side}_insertion_auc", r["insertion_auc"])
+        out.put_curve(f"{side}_deletion", r["deletion"])
+        out.put_curve(f"{side}_insertion", r["insertion"])
+        return out
+
+    def plots(self, records: Sequence[dict[str, Any]], methods: Sequence[str], canvas: PlotCanvas) -> dict[str, Path]:
+        """The mean deletion and insertion curves of each method, per side."""
+        pairs = [r for r in records if r.get("kind") == "pair"]
+        files = {}
+        for side in ("image", "text"):
+            if not any(f"{side}_deletion" in r["curves"] for r in pairs):
+                continue
+            fig = canvas.figure((10, 4))
+            for ax, kind in zip(fig.subplots(1, 2), ("deletion", "insertion")):
+                for m in methods:
+                    curves = [r["curves"][f"{side}_{kind}"] for r in pairs if r["method"] == m
+                              and f"{side}_{kind}" in r["curves"]]
+                    if curves:
+                        y = mean_curve(curves)
+                        x = [j / (len(y) - 1) for j in range(len(y))]
+                        ax.plot(x, y, label=canvas.label(m), color=canvas.style(m)["color"])
+                better = "lower" if kind == "deletion" else "higher"
+                ax.set_title(f"{side} {kind} (area: {better} is better)")
+                ax.set_xlabel("fraction of " + ("pixels" if side == "image" else "words") +
+                              (" removed" if kind == "deletion" else " inserted"))
+                ax.set_ylabel("cosine similarity")
+            canvas.legend(fig.axes[1])
+            files[f"{side}_deletion_insertion"] = canvas.save(fig, f"{side}_deletion_insertion")
+        return files

@@ -21,14 +21,56 @@ belongs to a box when its centre lies inside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..backends.base import Backend, Modality
 from ..errors import InputError
-from ..evaluation.shapes_quality import energy_inside, pointing_hit
-from .common import top_fraction_mask
+from .base import Key, Measured, MethodRun, Metric, PairBatch, number, register
+from .common import top_fraction_mask, word_positions
 
-__all__ = ["pointing_game", "energy_inside", "topk_iou", "boxes_to_mask", "localisation", "text_pointing"]
+if TYPE_CHECKING:
+    from ..datasets.tables import Row
+
+__all__ = ["pointing_game", "pointing_hit", "energy_inside", "topk_iou", "boxes_to_mask", "localisation",
+           "text_pointing", "ground_truth_mask", "relevant_tokens"]
+
+
+def pointing_hit(image_map: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Pointing game: is the map's maximum inside the mask?
+
+    The maximum is the *first* argmax in row-major order (``torch.argmax`` of the flattened
+    map), so a constant map points at pixel (0, 0), which no shapes object covers (objects keep
+    a border): a map that says nothing counts as a miss. NaNs never win. ``image_map`` is
+    [H, W]; ``mask`` is a bool [H, W] of the same shape. True is good.
+    """
+    _check_pair(image_map, mask)
+    flat = torch.nan_to_num(image_map.detach().float().flatten(), nan=float("-inf"))
+    return bool(mask.flatten()[int(torch.argmax(flat))])
+
+
+def energy_inside(image_map: torch.Tensor, mask: torch.Tensor) -> float:
+    """Share of the map's mass inside the mask: ``sum(map * mask) / sum(map)``, in [0, 1].
+
+    Negative values and NaNs are counted as 0 (maps from ``explain`` are in [0, 1] anyway). A
+    map with no mass at all gives 0.0. Higher is better; a uniform map scores the mask's area
+    fraction.
+    """
+    _check_pair(image_map, mask)
+    m = torch.nan_to_num(image_map.detach().double(), nan=0.0, posinf=0.0).clamp_min(0.0)
+    total = float(m.sum())
+    if total <= 0.0:
+        return 0.0
+    return float(m[mask.bool()].sum()) / total
+
+
+def _check_pair(image_map: torch.Tensor, mask: torch.Tensor) -> None:
+    if image_map.ndim != 2 or tuple(image_map.shape) != tuple(mask.shape):
+        raise ValueError(f"image_map {tuple(image_map.shape)} and mask {tuple(mask.shape)} must both be "
+                         "[H, W] of the same size (render scenes at the model's input size)")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
 
 
 def pointing_game(image_map: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -93,3 +135,70 @@ def text_pointing(text_map: torch.Tensor, words: Sequence[int], relevant: Sequen
     scores = text_map.detach().float().cpu()[words]
     best = words[int(torch.argmax(torch.nan_to_num(scores, nan=float("-inf"))))]
     return 1.0 if best in set(relevant) else 0.0
+
+
+def ground_truth_mask(backend: Backend, row: Row, original_size: tuple[int, int]) -> torch.Tensor | None:
+    """The row's mask at the model's input size: its own mask, else its boxes mapped there."""
+    size = tuple(backend.geometry.image_size)
+    if row.mask is not None:
+        if tuple(row.mask.shape) != size:
+            raise InputError(f"row {row.id}: mask {tuple(row.mask.shape)} does not match the model's input {size}")
+        return row.mask.bool()
+    if row.boxes:
+        mapper = getattr(backend, "preprocessing", None)
+        boxes = [mapper.map_box(b, original_size) if mapper is not None else b for b in row.boxes]
+        return boxes_to_mask(boxes, size)
+    return None
+
+
+def relevant_tokens(backend: Backend, text: str, spans: Sequence[tuple[int, int]]) -> list[int] | None:
+    """Token positions (start/end included in the numbering) overlapping the character ``spans``;
+    None when the tokenizer gives no offsets."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is None or not spans:
+        return None
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True, truncation=True,
+                        max_length=backend.geometry.context_length)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    out = []
+    for j, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(max(start, a) < min(end, b) for a, b in spans):
+            out.append(j)
+    return out
+
+
+@register
+class Localisation(Metric):
+    """Image maps against the rows' ground-truth masks or boxes; text maps against the words that
+    name what is in the image (rows with ``relevant`` spans). Rows without either get no value."""
+
+    name = "localisation"
+    title = "Localisation (shares of pairs / of map mass)"
+    keys = (Key("image_pointing", "higher"), Key("image_energy", "higher"), Key("image_iou", "higher"),
+            Key("text_pointing", "higher"))
+    needs = frozenset({"masks"})
+
+    @classmethod
+    def check(cls, config) -> None:
+        if config.iou_k is not None and not 0 < config.iou_k <= 1:
+            raise InputError(f"iou k={config.iou_k!r} must be a share in (0, 1]")
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+        out = Measured.empty(len(batch))
+        if side == "image":
+            have = [i for i, mask in enumerate(batch.masks) if mask is not None]
+            if have:
+                r = localisation(maps[have], torch.stack([batch.masks[i] for i in have]), k=batch.config.iou_k,
+                                 seeds=[batch.pair_seeds[i] for i in have])
+                for j, i in enumerate(have):
+                    for name in ("pointing", "energy", "iou"):
+                        out.values[i][f"image_{name}"] = number(r[name][j])
+            return out
+        for i, row in enumerate(batch.rows):
+            relevant = relevant_tokens(batch.backend, row.text, row.relevant) if row.relevant else None
+            if relevant is not None:
+                out.values[i]["text_pointing"] = number(text_pointing(maps[i], word_positions(batch.texts, i),
+                                                                      relevant))
+        return out

@@ -24,12 +24,14 @@ scipy (``pip install scipy``) for the sparse solve.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..backends.base import Backend, ImageBatch, TextBatch
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
+from .base import Key, Measured, MethodRun, Metric, PairBatch, register
 from .common import cosine, descending_order, image_maps, scoring, targets, unit_embeddings
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -138,3 +140,23 @@ def road(backend: Backend, images: ImageBatch, texts: TextBatch, maps: torch.Ten
     morf_curve, lerf_curve = torch.stack(morf), torch.stack(lerf)
     m, le = morf_curve.mean(1), lerf_curve.mean(1)
     return {"morf": m, "lerf": le, "combined": (le - m) / 2, "morf_curve": morf_curve, "lerf_curve": lerf_curve}
+
+
+@register
+class Road(Metric):
+    """ROAD's MoRF (lower is better), LeRF and combined (higher is better) score changes; image side only."""
+
+    name = "road"
+    title = "ROAD (noisy linear imputation; score change, mean over 10..90 %)"
+    sides = ("image",)
+    keys = (Key("image_road_morf", "lower"), Key("image_road_lerf", "higher"), Key("image_road_combined", "higher"))
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+        r = road(batch.backend, batch.images, batch.texts, maps, percentiles=batch.config.road_percentiles,
+                 noise=batch.config.road_noise, seeds=batch.pair_seeds)
+        out = Measured.empty(len(batch))
+        for name in ("morf", "lerf", "combined"):
+            out.put(f"image_road_{name}", r[name])
+        out.put_curve("image_road_morf", r["morf_curve"])
+        out.put_curve("image_road_lerf", r["lerf_curve"])
+        return out

@@ -35,12 +35,13 @@ hundred degraded scenes", which ranks maps the same way in principle, with more 
 record names its budget.
 """
 
+
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,141 +50,19 @@ import torch
 from ..backends.base import Backend
 from ..errors import InputError
 from ..fileio import atomic_write
+from .base import CONTROL, Key, Metric, PlotCanvas, RunContext, register
+from .roar_retrain import (  # noqa: F401 (re-exported: the public names of ROAR+ live here)
+    BUDGETS,
+    RoarBudget,
+    degrade,
+    retrain_accuracy,
+    retrain_config,
+    roar_scenes,
+)
 
-
-@dataclass(frozen=True)
-class RoarBudget:
-    name: str
-    train: int  # training scenes
-    test: int  # held-out scenes
-    ks: tuple[int, ...]  # percentages of pixels removed
-    steps: int  # optimiser steps of each retraining
-    batch_size: int  # scenes per step
-    tiny_model: bool = True  # the tiny retraining architecture (else the shipped model's)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-BUDGETS: dict[str, RoarBudget] = {
-    "tiny": RoarBudget("tiny", train=192, test=150, ks=(10, 50, 90), steps=150, batch_size=64),
-    "small": RoarBudget("small", train=1024, test=300, ks=(10, 30, 50, 70, 90), steps=400, batch_size=128),
-    "full": RoarBudget("full", train=20000, test=1500, ks=(10, 20, 30, 40, 50, 60, 70, 80, 90), steps=3000,
-                       batch_size=256, tiny_model=False),
-}
-RANDOM = "random"  # the control ranking
+RANDOM = CONTROL  # the control ranking
 NONE = "none"  # k = 0: no pixel removed (the same for every method)
-
-
-def roar_scenes(size: int, n: int, split: str):
-    """(images [n, 3, S, S] in [0, 1], class indices [n], prompts) of ROAR's single-object scenes."""
-    from ..datasets.shapes import class_prompts, render_scene, split_seed
-
-    classes = {(c, s): k for k, (c, s, _) in enumerate(class_prompts())}
-    prompts = [p for _, _, p in class_prompts()]
-    scenes = [render_scene(split_seed(split, j, base=1), size=size, n_objects=(1, 1)) for j in range(n)]
-    labels = torch.tensor([classes[(sc.objects[0].colour, sc.objects[0].shape)] for sc in scenes])
-    return torch.stack([sc.image for sc in scenes]), labels, prompts
-
-
-def degrade(images: torch.Tensor, maps: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Remove the top ``k`` % pixels of each image by its map (random ties) and fill them by
-    noisy linear imputation (noise sd 0.01 on [0, 1] pixels); values clamped to [0, 1]."""
-    from .common import top_fraction_mask
-    from .road import linear_impute
-
-    out = images.clone()
-    for i in range(images.shape[0]):
-        g = torch.Generator().manual_seed(seed * 100003 + i)
-        removed = top_fraction_mask(maps[i], k / 100.0, g)
-        out[i] = linear_impute(images[i], removed, 0.01, g).clamp(0.0, 1.0)
-    return out
-
-
-def retrain_config(size: int, budget: RoarBudget, seed: int):
-    """The m2ib.training config of the retrained model."""
-    from ..training import TrainConfig
-
-    if not budget.tiny_model:
-        return TrainConfig(image_size=size, steps=budget.steps, batch_size=budget.batch_size, seed=seed, workers=0)
-    patch = next((p for p in (12, 8, 16, 6, 4) if size % p == 0), None)
-    if patch is None:
-        raise InputError(f"no patch size divides the image size {size}")
-    return TrainConfig(image_size=size, patch_size=patch, vision_width=64, vision_layers=2, vision_heads=2,
-                       text_width=32, text_layers=2, text_heads=2, embed_dim=32, steps=budget.steps,
-                       batch_size=budget.batch_size, warmup_steps=max(1, budget.steps // 10), lr=2e-3,
-                       seed=seed, workers=0)
-
-
-def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
-                     test_labels: torch.Tensor, prompts: Sequence[str], config, device: str | torch.device = "cpu",
-                     details: bool = False) -> float | dict[str, float]:
-    """Train a fresh CLIP (``config``) on (images, class labels) with the sigmoid loss and return
-    its zero-shot accuracy on the test images among ``prompts``. Deterministic on a CPU.
-
-    ``details=True`` returns ``{"accuracy", "colour_accuracy", "shape_accuracy"}``: the share of
-    test images whose predicted class has the right colour word (the prompt's second word),
-    and the right shape word (its last word), besides the exact class."""
-    from ..training import IMAGE_MEAN, IMAGE_STD, WORDS, build_model, sigmoid_loss
-    from ..tokenizer import build_word_tokenizer
-
-    dev = torch.device(device)
-    tokenizer = build_word_tokenizer(WORDS)
-    model = build_model(config, tokenizer).to(dev).train()
-    bias = torch.nn.Parameter(torch.tensor(float(config.logit_bias_init), device=dev))
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2] + [bias]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, config.beta2))
-    warm, total = config.warmup_steps, config.steps
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
-    ids, attention = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-    g = torch.Generator().manual_seed(config.seed)
-    n = train_images.shape[0]
-    for _ in range(total):
-        idx = torch.randperm(n, generator=g)[:min(config.batch_size, n)]
-        pixels = ((train_images[idx] - mean) / std).to(dev)
-        labels = train_labels[idx]
-        out = model(input_ids=ids[labels.to(dev)], attention_mask=attention[labels.to(dev)], pixel_values=pixels)
-        target = (labels[:, None] == labels[None, :]).float().to(dev)
-        loss = sigmoid_loss(out.logits_per_image.float() + bias, target)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [bias], config.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
-    with torch.no_grad():
-        text = torch.nn.functional.normalize(_features(model.get_text_features(input_ids=ids, attention_mask=attention)),
-                                             dim=-1)
-        predicted = []
-        for start in range(0, test_images.shape[0], 256):
-            pixels = ((test_images[start:start + 256] - mean) / std).to(dev)
-            image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
-            predicted.extend((image @ text.T).argmax(1).cpu().tolist())
-    truth = test_labels.tolist()
-    n = len(truth)
-    accuracy = sum(p == t for p, t in zip(predicted, truth)) / n
-    if not details:
-        return accuracy
-    words = [p.split() for p in prompts]
-    colour = sum(words[p][1] == words[t][1] for p, t in zip(predicted, truth)) / n
-    shape = sum(words[p][-1] == words[t][-1] for p, t in zip(predicted, truth)) / n
-    return {"accuracy": accuracy, "colour_accuracy": colour, "shape_accuracy": shape}
-
-
-def _features(out: Any) -> torch.Tensor:
-    """Projected features from get_*_features (a tensor before transformers 5, an output object after)."""
-    return (out if isinstance(out, torch.Tensor) else out.pooler_output).float()
+ROAR_MAPS = "roar-maps"  # the run folder's cache of map chunks while ROAR+ runs (see cached_maps)
 
 
 def method_maps(backend: Backend, method: str, images: torch.Tensor, labels: torch.Tensor, prompts: Sequence[str],
@@ -307,3 +186,105 @@ def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str,
     if folder is not None and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     return records
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def roar_order(roar_records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[str]:
+    """The methods of ROAR+ records: ``methods`` first in their order, then any other method found
+    (a run resumed method by method), the random control last."""
+    found = list(dict.fromkeys(r["method"] for r in roar_records if r["k"] > 0))
+    order = [m for m in methods if m in found] + [m for m in found if m not in methods and m != RANDOM]
+    return order + [m for m in found if m == RANDOM]
+
+
+def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -> str:
+    """The ROAR+ records as a Markdown table (methods in :func:`roar_order`); "" without any."""
+    roar = [r for r in records if r.get("kind") == "roar"]
+    if not roar:
+        return ""
+    ks = sorted({r["k"] for r in roar if r["k"] > 0})
+    base = next((r["accuracy"] for r in roar if r["k"] == 0), None)
+    budget = roar[0].get("budget", "?")
+    base_colour = next((r.get("colour_accuracy") for r in roar if r["k"] == 0), None)
+    lines = [f"ROAR+ (budget `{budget}`): accuracy of a model retrained on images with the top k % pixels "
+             f"removed by linear imputation, as exact class / colour only; lower is better. k = 0 (nothing "
+             f"removed): {_fmt(base)} / {_fmt(base_colour)}.", "",
+             "| method | " + " | ".join(f"k = {k} %" for k in ks) + " | mean |",
+             "| --- | " + " | ".join("---" for _ in ks) + " | --- |"]
+    for m in roar_order(roar, methods):
+        acc = {r["k"]: (r["accuracy"], r.get("colour_accuracy")) for r in roar if r["method"] == m}
+        cells, exact, colour = [], [], []
+        for k in ks:
+            a, c = acc.get(k, (None, None))
+            cells.append(f"{_fmt(a)} / {_fmt(c)}")
+            exact += [a] if a is not None else []
+            colour += [c] if c is not None else []
+        mean = (f"{_fmt(sum(exact) / len(exact)) if exact else '-'} / "
+                f"{_fmt(sum(colour) / len(colour)) if colour else '-'}")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
+@register
+class RoarPlus(Metric):
+    """ROAR+ (whole run, shapes data only): accuracy of models retrained on degraded images; lower is better."""
+
+    name = "roar"
+    title = "ROAR+"
+    sides = ("image",)
+    keys = (Key("roar_accuracy", "lower"),)  # its records are kind "roar", not pairs: no summary table
+    tables = ()
+    per_pair = False
+
+    @classmethod
+    def check(cls, config) -> None:
+        if config.roar_budget not in BUDGETS:
+            raise InputError(f"roar budget {config.roar_budget!r}: use one of {', '.join(BUDGETS)}")
+
+    @classmethod
+    def provenance(cls, config) -> dict:
+        return {"roar": BUDGETS[config.roar_budget].as_dict()} if cls.name in config.names else {}
+
+    def record_key(self, record: dict[str, Any]) -> tuple:
+        return "roar", record.get("method"), record.get("k")
+
+    def measure_run(self, context: RunContext) -> None:
+        """ROAR+ of the run's methods; retrains, so it runs in the scheduler's own process."""
+        if context.table_kind != "shapes":
+            print("m2ib: roar skipped: ROAR+ retrains on the shapes world; use --data shapes:SPLIT:N",
+                  file=sys.stderr)
+            return
+        finished = {(r["method"], r["k"]) for r in context.records if r.get("kind") == "roar"}
+        roar(context.backend, context.methods, context.settings, context.config.roar_budget, context.seed,
+             done=lambda m, k: (m, k) in finished, emit=context.emit, progress=context.progress,
+             stop=context.stop, cache=context.out / ROAR_MAPS)
+
+    def summary_section(self, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> tuple[str, str] | None:
+        table = roar_table(records, methods)
+        return ("ROAR+", table) if table else None
+
+    def plot_names(self, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[str]:
+        return roar_order([r for r in records if r.get("kind") == "roar"], methods)
+
+    def plots(self, records: Sequence[dict[str, Any]], methods: Sequence[str], canvas: PlotCanvas) -> dict[str, Path]:
+        """Accuracy against k per method (k = 0 prepended), colour accuracy when every record has it."""
+        roar = [r for r in records if r.get("kind") == "roar"]
+        if not roar:
+            return {}
+        fig = canvas.figure((6, 4))
+        ax = fig.subplots()
+        key = "colour_accuracy" if all("colour_accuracy" in r for r in roar) else "accuracy"
+        base = next((r[key] for r in roar if r["k"] == 0), None)
+        for m in roar_order(roar, methods):
+            pts = sorted((r["k"], r[key]) for r in roar if r["method"] == m)
+            if base is not None:
+                pts = [(0, base)] + pts
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=canvas.label(m), **canvas.style(m))
+        ax.set_xlabel("k: % of pixels removed (top-ranked first)")
+        ax.set_ylabel(key.replace("_", " ") + " after retraining")
+        ax.set_title(f"ROAR+ (budget {roar[0].get('budget')}; lower is better)")
+        canvas.legend(ax)
+        return {"roar": canvas.save(fig, "roar")}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
+from .base import Key, Measured, MethodRun, Metric, PairBatch, PlotCanvas, mean_curve, number, numbers, register
 
 Part = tuple[str, list[Any]]  # (label, modules or parameters randomised at that step)
 
@@ -201,3 +203,58 @@ def cascading_randomization(backend: Backend, images: ImageBatch, texts: TextBat
     spearman_t = torch.tensor(rho, dtype=torch.float64).T.float()
     ssim_t = torch.tensor(sim, dtype=torch.float64).T.float() if modality == "image" else None
     return {"labels": labels, "spearman": spearman_t, "ssim": ssim_t}
+
+
+@register
+class Sanity(Metric):
+    """Cascading randomisation: mean |Spearman| and SSIM of the randomised models' maps with the
+    trained model's (lower is better); the signed per-step values are kept as curves."""
+
+    name = "sanity"
+    title = "Sanity: cascading randomisation (similarity to the trained model's map, mean over the cascade)"
+    keys = (Key("image_sanity_spearman", "lower"), Key("image_sanity_ssim", "lower"),
+            Key("text_sanity_spearman", "lower"))
+
+    @classmethod
+    def check(cls, config) -> None:
+        if config.sanity_steps is not None and config.sanity_steps < 1:
+            raise InputError(f"sanity steps {config.sanity_steps!r} must be a positive integer")
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+        r = cascading_randomization(batch.backend, batch.images, batch.texts, method=run.method, modality=side,
+                                    settings=run.settings, maps=list(maps), steps=batch.config.sanity_steps,
+                                    seed=int(batch.seed))
+        out = Measured.empty(len(batch))
+        for i in range(len(batch)):
+            out.values[i][f"{side}_sanity_spearman"] = number(r["spearman"][i].abs().mean())
+            out.curves[i][f"{side}_sanity_spearman"] = numbers(r["spearman"][i])
+            out.curves[i]["sanity_steps_" + side] = list(r["labels"])
+            if r["ssim"] is not None:
+                out.values[i]["image_sanity_ssim"] = number(r["ssim"][i].mean())
+                out.curves[i]["image_sanity_ssim"] = numbers(r["ssim"][i])
+        return out
+
+    def plots(self, records: Sequence[dict[str, Any]], methods: Sequence[str], canvas: PlotCanvas) -> dict[str, Path]:
+        """The mean Spearman correlation of each method along the cascade, per side."""
+        pairs = [r for r in records if r.get("kind") == "pair"]
+        files = {}
+        for side in ("image", "text"):
+            key = f"{side}_sanity_spearman"
+            if not any(key in r["curves"] for r in pairs):
+                continue
+            fig = canvas.figure((6, 4))
+            ax = fig.subplots()
+            labels: list[str] = []
+            for m in methods:
+                mine = [r for r in pairs if r["method"] == m and key in r["curves"]]
+                if mine:
+                    labels = mine[0]["curves"].get(f"sanity_steps_{side}", labels)
+                    ax.plot(range(len(labels) or len(mine[0]["curves"][key])),
+                            mean_curve([r["curves"][key] for r in mine]), label=canvas.label(m), **canvas.style(m))
+            ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+            ax.set_xlabel("randomised down to (cumulative, from the top)")
+            ax.set_ylabel("Spearman with the trained model's map")
+            ax.set_title(f"{side}: cascading randomisation (top down; lower is better)")
+            canvas.legend(ax)
+            files[f"{side}_sanity"] = canvas.save(fig, f"{side}_sanity")
+        return files

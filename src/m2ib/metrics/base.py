@@ -1,0 +1,250 @@
+"""The metric interface and its registry: a new metric is one file with one ``@register`` class.
+
+A :class:`Metric` says what it records (:class:`Key`: name and which way is better), how the
+summary shows it (:class:`Table`), what it needs from the data (:data:`NEEDS`) and how it
+measures. Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one
+method's maps of one side of a batch of pairs; whole-run metrics (ROAR+) implement
+:meth:`Metric.measure_run`, which runs once after every pair is done. The evaluation loop,
+the summary tables and arrows, the plots and ``METRIC_NAMES`` all read this registry.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import torch
+
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
+
+if TYPE_CHECKING:  # only for hints: metrics never import the evaluation layer at run time
+    from ..datasets.tables import Row
+    from .config import MetricConfig
+
+Better = Literal["lower", "higher"]
+#: What a metric may ask of a batch before it is measured: ``"masks"``, the rows' ground-truth
+#: masks at the model's input size (from their own mask or boxes; None for a row with neither).
+NEEDS = frozenset({"masks"})
+#: The method name of a random-ranking control that a metric may measure besides the real methods
+#: (ROAR+ does); reports draw it grey and dashed, last.
+CONTROL = "random"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One per-pair value a metric records (a key of a record's ``"metrics"``)."""
+
+    name: str
+    better: Better
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the summary: a title and the keys it shows, in order."""
+
+    title: str
+    keys: tuple[str, ...]
+
+
+def number(x: Any) -> float | None:
+    """A JSON-ready number: None for NaN and infinities."""
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def numbers(xs: Any) -> list[float | None]:
+    """:func:`number` of each value of a tensor or sequence."""
+    return [number(v) for v in (xs.tolist() if isinstance(xs, torch.Tensor) else xs)]
+
+
+@dataclass
+class PairBatch:
+    """What every per-pair metric of one batch reads: the rows, the model's inputs, the seeds."""
+
+    backend: Backend
+    rows: list[Row]  # the rows whose image could be read, pair i = (images[i], texts[i])
+    images: ImageBatch
+    texts: TextBatch
+    seed: int  # the run's seed
+    pair_seeds: list[int]  # one per row, from the run's seed and the row's id
+    config: MetricConfig
+    masks: list[torch.Tensor | None] = field(default_factory=list)  # filled when a metric needs "masks"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class MethodRun:
+    """One method's explanations of a batch, and the settings it ran with (``seed`` included)."""
+
+    method: str
+    settings: dict[str, Any]
+    explanations: list[Any]
+
+
+@dataclass
+class Measured:
+    """A metric's per-pair output: ``values[i]`` and ``curves[i]`` go into pair ``i``'s record."""
+
+    values: list[dict[str, float | None]]
+    curves: list[dict[str, Any]]
+
+    @classmethod
+    def empty(cls, n: int) -> Measured:
+        return cls([{} for _ in range(n)], [{} for _ in range(n)])
+
+    def put(self, key: str, per_pair: Any) -> None:
+        """One value per pair, as a JSON-ready number."""
+        for i, value in enumerate(self.values):
+            value[key] = number(per_pair[i])
+
+    def put_curve(self, key: str, per_pair: Any) -> None:
+        """One curve (a sequence of numbers) per pair."""
+        for i, curve in enumerate(self.curves):
+            curve[key] = numbers(per_pair[i])
+
+
+@dataclass
+class RunContext:
+    """What a whole-run metric reads and writes, once every pair is done."""
+
+    backend: Backend
+    table_kind: str  # the data's kind: "shapes", "mscxr", "pairs", ...
+    methods: list[str]
+    settings: dict[str, dict[str, Any]] | None
+    seed: int
+    config: MetricConfig
+    out: Path  # the run's folder (for caches)
+    records: list[dict[str, Any]]  # every record so far (resumed ones included)
+    emit: Callable[[dict[str, Any]], None]  # appends a record to the results file and to ``records``
+    stop: Callable[[], bool]  # True once the run's time limit is spent
+    progress: bool
+
+
+class PlotCanvas(Protocol):
+    """What the report lends a metric to draw its plots with (one style per method across plots)."""
+
+    def figure(self, figsize: tuple[float, float]) -> Any: ...  # a matplotlib Figure
+    def style(self, method: str) -> dict[str, Any]: ...  # color, marker (, linestyle)
+    def label(self, method: str) -> str: ...
+    def legend(self, ax: Any) -> None: ...
+    def save(self, fig: Any, name: str) -> Path: ...  # plots/<name>.png, written atomically
+
+
+def mean_curve(curves: Sequence[Sequence[float | None]]) -> list[float]:
+    """Point-wise mean of curves of possibly different lengths (None values left out)."""
+    width = max(len(c) for c in curves)
+    out = []
+    for j in range(width):
+        vals = [c[j] for c in curves if j < len(c) and c[j] is not None]
+        out.append(sum(vals) / len(vals) if vals else float("nan"))
+    return out
+
+
+class Metric(ABC):
+    """Base class of every metric; subclasses set the class attributes and one ``measure`` hook."""
+
+    name: ClassVar[str]  # registry key, ``--metrics`` choice
+    title: ClassVar[str]  # display name
+    sides: ClassVar[tuple[Modality, ...]] = ("image", "text")  # the sides it can measure
+    keys: ClassVar[tuple[Key, ...]] = ()  # every per-pair value it records
+    tables: ClassVar[tuple[Table, ...] | None] = None  # summary tables; None: one titled ``title``, every key
+    needs: ClassVar[frozenset[str]] = frozenset()  # of NEEDS
+    per_pair: ClassVar[bool] = True  # False: measured once per run, after the pairs (measure_run)
+
+    @classmethod
+    def summary_tables(cls) -> tuple[Table, ...]:
+        return cls.tables if cls.tables is not None else (Table(cls.title, tuple(k.name for k in cls.keys)),)
+
+    @classmethod
+    def check(cls, config: MetricConfig) -> None:
+        """Raise :class:`~m2ib.errors.InputError` when this metric's options in ``config`` are bad."""
+
+    @classmethod
+    def provenance(cls, config: MetricConfig) -> dict[str, Any]:
+        """Entries this metric adds to the provenance record's ``"metrics"``."""
+        return {}
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+        """Per-pair values of ``run``'s ``side`` maps ([N, H, W] image maps or a list of [T_i] text maps)."""
+        raise NotImplementedError(f"metric {self.name!r} is not measured pair by pair")
+
+    def measure_run(self, context: RunContext) -> None:
+        """Measure once for the whole run, emitting records (``context.emit``); whole-run metrics only."""
+        raise NotImplementedError(f"metric {self.name!r} is measured pair by pair")
+
+    def record_key(self, record: dict[str, Any]) -> tuple:
+        """What a record of this metric's own ``kind`` is the result of (whole-run metrics)."""
+        return record.get("kind"), record.get("method")
+
+    def summary_section(self, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> tuple[str, str] | None:
+        """(heading, Markdown) of an extra summary section, or None."""
+        return None
+
+    def plot_names(self, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[str]:
+        """Methods this metric plots besides ``methods`` (they get a style too)."""
+        return []
+
+    def plots(self, records: Sequence[dict[str, Any]], methods: Sequence[str], canvas: PlotCanvas) -> dict[str, Path]:
+        """This metric's own plots (name -> path); the report adds a bar chart per key."""
+        return {}
+
+
+REGISTRY: dict[str, type[Metric]] = {}
+
+
+def register(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: make a metric available by its ``name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"metric {cls.name!r} registered twice")
+    taken = {k.name for other in REGISTRY.values() for k in other.keys}
+    mine = [k.name for k in cls.keys]
+    clash = sorted(set(mine) & taken) or sorted({k for k in mine if mine.count(k) > 1})
+    if clash:
+        raise ValueError(f"metric {cls.name!r}: key(s) {', '.join(clash)} recorded by another metric too")
+    shown = {k for table in cls.summary_tables() for k in table.keys}
+    if not shown <= set(mine):
+        raise ValueError(f"metric {cls.name!r}: its tables show keys it does not record: "
+                         f"{', '.join(sorted(shown - set(mine)))}")
+    if not cls.needs <= NEEDS:
+        raise ValueError(f"metric {cls.name!r} needs {', '.join(sorted(cls.needs - NEEDS))}: not one of "
+                         f"{', '.join(sorted(NEEDS))}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def metric_names() -> tuple[str, ...]:
+    """Every registered metric's name, in registration order (``--metrics`` choices)."""
+    return tuple(REGISTRY)
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return REGISTRY[name]()
+    except KeyError:
+        raise InputError(f"unknown metric {name!r}: choose one of {', '.join(REGISTRY)}") from None
+
+
+def metrics_in_order(names: Sequence[str]) -> list[Metric]:
+    """The named metrics (unknown names left out), in registry order: the order values are measured in."""
+    return [cls() for name, cls in REGISTRY.items() if name in names]
+
+
+def direction(key: str) -> Better:
+    """``"lower"`` or ``"higher"``: which way is better for a per-pair value ``key`` (unknown: higher)."""
+    for cls in REGISTRY.values():
+        for k in cls.keys:
+            if k.name == key:
+                return k.better
+    return "higher"
+
+
+def summary_tables() -> list[Table]:
+    """Every registered metric's summary tables, in registry order."""
+    return [table for cls in REGISTRY.values() for table in cls.summary_tables()]
