@@ -1,4 +1,4 @@
-"""Tests for m2ib.viz.overlay (torch only) and m2ib.viz.figure (matplotlib)."""
+"""Tests for m2ib.viz.overlay (torch only) and m2ib.viz.figure with its layout and canvas (matplotlib)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,10 @@ def _check_rgb(im, min_w=200, min_h=100):
 # --------------------------------------------------------------------------
 # overlay.py
 # --------------------------------------------------------------------------
-def test_overlay_module_does_not_import_matplotlib():
-    code = "import sys, m2ib.viz.overlay; print('matplotlib' in sys.modules)"
+@pytest.mark.parametrize("module", ["overlay", "style", "layout", "canvas", "figure"])
+def test_viz_modules_do_not_import_matplotlib(module):
+    """matplotlib is optional: importing any viz module (m2ib.explanation imports figure) must not need it."""
+    code = f"import sys, m2ib.viz.{module}; print('matplotlib' in sys.modules)"
     env = dict(os.environ)
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(sys.modules["m2ib.viz.overlay"].__file__)))
     env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
@@ -221,11 +223,14 @@ def test_token_layout_fits_panel(fig_mod):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.font_manager import FontProperties
 
+    from m2ib.viz.layout import Ruler, layout_tokens
+    from m2ib.viz.style import Fonts
+
     fig = Figure(dpi=150)
-    ruler = fig_mod._Ruler(FigureCanvasAgg(fig).get_renderer(), 150)
-    fonts = fig_mod._Fonts(FontProperties)
+    ruler = Ruler(FigureCanvasAgg(fig).get_renderer(), 150)
+    fonts = Fonts(FontProperties)
     toks = ["supercalifragilisticexpialidocious" * 4, "a", "$x^2_\\"] + ["word"] * 60
-    block = fig_mod._layout_tokens(ruler, fonts, toks, {0}, 3.0)
+    block = layout_tokens(ruler, fonts, toks, {0}, 3.0)
     assert block.n_lines > 5
     assert block.width <= 3.0 + 1e-9
     for c in block.cells:
