@@ -75,7 +75,7 @@ def test_gradio_5_is_refused(monkeypatch):
 
 
 def test_bad_port_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(serve, "build_app", lambda *a, **k: pytest.fail("must not get this far"))
+    monkeypatch.setattr(serve.command, "build_app", lambda *a, **k: pytest.fail("must not get this far"))
     assert serve.main(["--port", "70000"]) == 2
     assert "not a port number" in capsys.readouterr().err
 
@@ -123,21 +123,27 @@ def test_compare_all_survives_a_failing_method(backend, tmp_path, monkeypatch, c
     monkeypatch.setitem(REGISTRY, Broken.name, Broken)
     monkeypatch.setitem(REGISTRY, ImageOnly.name, ImageOnly)
     chosen = {name: REGISTRY[name] for name in ("m2ib", Broken.name, ImageOnly.name)}
-    monkeypatch.setattr(serve, "_methods", lambda: chosen)  # the real baselines are too slow here
+    monkeypatch.setattr(serve.callbacks, "registered_methods", lambda: chosen)  # the real baselines are too slow
     with caplog.at_level(logging.WARNING, logger="m2ib.serve"):
         out = serve.explain_pair(backend, str(SCENE1), CAPTION1, serve.COMPARE_ALL,
                                  {"m2ib": FAST, "broken-test": FAST, "image-only-test": FAST}, workdir=tmp_path)
     assert "failed: Broken: RuntimeError: boom" in out.status and "compared 2 of 3" in out.status
     assert [r.getMessage() for r in caplog.records] == ["compare all: broken-test failed: RuntimeError: boom"]
-    names = sorted(Path(f).name for f in out.files)
-    assert names == ["scene1_compare.png", "scene1_image-only-test.json", "scene1_image-only-test.npz",
-                     "scene1_m2ib.json", "scene1_m2ib.npz"]
+    # One Comparison, saved as m2ib explain --method a,b writes it: figure grid, npz, json.
+    assert [Path(f).name for f in out.files] == ["scene1_compare.png", "scene1_compare.npz", "scene1_compare.json"]
+    saved = json.loads(Path(out.files[2]).read_text())
+    assert list(saved["methods"]) == ["m2ib", "image-only-test"] and saved["image"] == "scene1.png"
+    assert saved["failed"] == {"broken-test": "RuntimeError: boom"}
+    maps = np.load(out.files[1])
+    assert {"image", "m2ib/image_map", "m2ib/text_map", "image-only-test/image_map"} <= set(maps.files)
+    assert "image-only-test/text_map" not in maps.files
     with Image.open(out.figure) as fig:  # three rows: taller than the one-method figure
         assert fig.size[1] > 400
     # A flat settings mapping applies to every method that has the setting.
-    monkeypatch.setattr(serve, "_methods", lambda: {"m2ib": REGISTRY["m2ib"]})
+    monkeypatch.setattr(serve.callbacks, "registered_methods", lambda: {"m2ib": REGISTRY["m2ib"]})
     flat = serve.explain_pair(backend, str(SCENE1), CAPTION1, serve.COMPARE_ALL, FAST, workdir=tmp_path / "flat")
-    assert json.loads((tmp_path / "flat" / "scene1_m2ib.json").read_text())["settings"]["steps"] == 2
+    saved = json.loads((tmp_path / "flat" / "scene1_compare.json").read_text())
+    assert saved["methods"]["m2ib"]["settings"]["steps"] == 2
     assert "compared 1 of 1" in flat.status
 
 
@@ -211,6 +217,10 @@ def test_clean_settings():
         {"text_layer": 2, "steps": 3, "lr": 0.5, "precision": "fp32", "cuda_graphs": False}
     with pytest.raises(InputError, match="steps=2.5 must be a whole number"):
         serve.clean_settings("m2ib", {"steps": 2.5})
+    with pytest.raises(InputError, match="cuda_graphs='banana' must be true or false"):
+        serve.clean_settings("m2ib", {"cuda_graphs": "banana"})
+    with pytest.raises(InputError, match="lr=inf must be a finite number"):
+        serve.clean_settings("m2ib", {"lr": "inf"})
 
 
 def test_tokens_html_escapes_and_shades():

@@ -1,0 +1,34 @@
+"""``m2ib serve``: a local web page that explains image-text pairs (Gradio; ``pip install "m2ib[viewer]"``).
+
+The page is a thin layer over the API, in rooms of one job each:
+
+* :mod:`.environment`: Gradio imported privately (no analytics, no hub access);
+* :mod:`.limits`: what uploads and texts are accepted (:func:`read_image`, :func:`check_text`);
+* :mod:`.controls`: the settings panel, from the methods' settings dataclasses via
+  :mod:`m2ib.settings` (:func:`setting_specs`, :func:`clean_settings`);
+* :mod:`.render`: the heatmap and the shaded tokens (:func:`tokens_html`);
+* :mod:`.callbacks`: one press of the button as a plain function (:func:`explain_pair`; "compare
+  all" is one :class:`m2ib.Comparison`), tested without a server;
+* :mod:`.scenes`: the example scenes; :mod:`.app`: the layout and :func:`launch`;
+* :mod:`.command`: the ``m2ib serve`` command line (:func:`main`).
+
+Offline and private by default: Gradio's analytics and the Hugging Face hub's network access
+and telemetry are switched off (unless the variables are already set), the server binds
+127.0.0.1, and no share link is created unless ``--share`` is given.
+"""
+
+from ..errors import InputError, M2IBError
+from .app import CSS, build_app, launch
+from .callbacks import COMPARE_ALL, PairOutputs, explain_pair, registered_methods
+from .command import build_parser, main
+from .controls import AUTO, SettingSpec, clean_settings, setting_control, setting_specs
+from .environment import INSTALL_HINT, PRIVATE_ENV, import_gradio, private_environment
+from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_TEXT_CHARS, MAX_UPLOAD_MB, check_text, read_image
+from .render import ELEM, heatmap_image, tokens_html
+from .scenes import example_scenes
+
+__all__ = ["AUTO", "COMPARE_ALL", "CSS", "ELEM", "INSTALL_HINT", "KEEP_OUTPUTS_S", "MAX_MEGAPIXELS", "MAX_TEXT_CHARS",
+           "MAX_UPLOAD_MB", "PRIVATE_ENV", "InputError", "M2IBError", "PairOutputs", "SettingSpec", "build_app",
+           "build_parser", "check_text", "clean_settings", "example_scenes", "explain_pair", "heatmap_image",
+           "import_gradio", "launch", "main", "private_environment", "read_image", "registered_methods",
+           "setting_control", "setting_specs", "tokens_html"]

@@ -1,0 +1,269 @@
+"""The page: :func:`build_app` lays out the components and wires them to the plain functions of
+:mod:`m2ib.serve.callbacks`; :func:`launch` serves it."""
+
+from __future__ import annotations
+
+import html
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..errors import M2IBError
+from .callbacks import COMPARE_ALL, explain_pair, registered_methods
+from .controls import setting_control, setting_specs
+from .environment import accepted, import_gradio
+from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_UPLOAD_MB
+from .render import ELEM, tokens_html
+from .scenes import example_scenes
+
+log = logging.getLogger("m2ib.serve")
+
+CSS = """
+.gradio-container { max-width: 1280px !important; margin: 0 auto !important; }
+#m2ib-title h1 { margin-bottom: 0; }
+#m2ib-image img, #m2ib-heatmap img { width: 100% !important; height: 100% !important; object-fit: contain; }
+#m2ib-heatmap-note, #m2ib-tokens .m2ib-legend { font-size: 0.8em; opacity: 0.8; }
+#m2ib-heatmap img { image-rendering: pixelated; }
+#m2ib-status { min-height: 1.5em; }
+#m2ib-footer { font-size: 0.8em; opacity: 0.75; }
+"""
+
+
+class _Inputs(NamedTuple):
+    image: Any
+    text: Any
+    method: Any
+    groups: list  # one settings group per method, shown when that method is chosen
+    controls: list  # every method's setting controls, in the order of the setting keys
+    run: Any
+    status: Any
+
+
+def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: float = MAX_UPLOAD_MB,
+              max_megapixels: float = MAX_MEGAPIXELS, workdir: str | os.PathLike | None = None):
+    """The viewer page, a ``gr.Blocks`` (not launched; see :func:`launch`).
+
+    Args:
+        model: anything ``m2ib.load`` takes (default: the shipped ``shapes`` model), or a backend.
+        device: ``cpu``, ``cuda``, ...
+        max_upload_mb, max_megapixels: uploads over these limits are refused with a message.
+        workdir: where example scenes and downloads are written (default: a temporary folder,
+            removed when the process exits); output files older than an hour are deleted.
+    """
+    gr = import_gradio()
+    from ..api import load
+    from ..models import DEFAULT_MODEL
+
+    backend = load(DEFAULT_MODEL if model is None else model, device=device)
+    methods = registered_methods()
+    if not methods:
+        raise M2IBError("no attribution method is registered")
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="m2ib-serve-")
+        _remove_at_exit(workdir)
+    workdir = Path(workdir)
+    (workdir / "runs").mkdir(parents=True, exist_ok=True)
+    specs = {name: setting_specs(backend, name) for name in methods}
+    keys = [(s.method, s.name) for name in methods for s in specs[name]]
+    limits = {"max_bytes": max_upload_mb * 1e6, "max_pixels": max_megapixels * 1e6}
+
+    blocks_kw = {"title": "m2ib viewer", "analytics_enabled": False, "delete_cache": (KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)}
+    with gr.Blocks(**accepted(gr.Blocks.__init__, **blocks_kw)) as demo:
+        gr.Markdown(
+            f"# m2ib viewer\nWhich image regions and which words make **{html.escape(backend.name)}** match an "
+            f"image with a text. Upload an image (or click an example scene), type a text, press **Explain**.",
+            elem_id=f"{ELEM}-title")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=320):
+                inputs = _input_column(gr, methods, specs, example_scenes(workdir))
+            with gr.Column(scale=6, min_width=420):
+                outputs = _output_column(gr, backend)
+        gr.Markdown(f"Model **{html.escape(backend.name)}** on {getattr(backend, 'device', 'cpu')} · runs on this "
+                    "machine: no analytics, no hub access, one explanation at a time · M2IB: [Wang, Rudner and "
+                    "Wilson, NeurIPS 2023](https://arxiv.org/abs/2312.17174)", elem_id=f"{ELEM}-footer")
+
+        def show_settings(selected):
+            return [gr.update(visible=selected in (name, COMPARE_ALL)) for name in methods]
+
+        explain_clicked = _explain_callback(gr, backend, keys, workdir / "runs", limits)
+        inputs.method.change(show_settings, inputs=inputs.method, outputs=inputs.groups, queue=False,
+                             **accepted(inputs.method.change, api_visibility="private"))
+        gr.on([inputs.run.click, inputs.text.submit], explain_clicked,
+              inputs=[inputs.image, inputs.text, inputs.method, *inputs.controls], outputs=[*outputs, inputs.status],
+              **accepted(gr.on, api_name="explain", show_progress="full", concurrency_limit=1,
+                         concurrency_id="m2ib-model"))
+    demo.queue(default_concurrency_limit=1)
+    demo.m2ib_backend = backend  # for callers and tests: the loaded model
+    demo.m2ib_setting_keys = keys
+    demo.m2ib_setting_groups = {name: f"{ELEM}-settings-{name}" for name in methods}
+    return demo
+
+
+def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: list[tuple[str, str]]) -> _Inputs:
+    image = _raw_image_component(gr)(**accepted(
+        gr.Image, label="Image", type="filepath", sources=["upload", "clipboard"], height=300,
+        elem_id=f"{ELEM}-image"))
+    text = gr.Textbox(label="Text", placeholder="e.g. a yellow star", lines=1, max_lines=3, elem_id=f"{ELEM}-text")
+    choices = [(cls.title, name) for name, cls in methods.items()]
+    choices.append(("Compare all methods", COMPARE_ALL))
+    method = gr.Dropdown(**accepted(gr.Dropdown, choices=choices, value=next(iter(methods)), label="Method",
+                                    info="\"Compare all methods\" runs each in turn: a row each (minutes on a CPU)",
+                                    elem_id=f"{ELEM}-method", interactive=True))
+    groups, controls = [], []
+    with gr.Accordion("Settings (defaults shown)", open=False, elem_id=f"{ELEM}-settings"):
+        for k, (name, cls) in enumerate(methods.items()):
+            with gr.Group(visible=k == 0, elem_id=f"{ELEM}-settings-{name}") as group:
+                gr.Markdown(f"**{cls.title}**" + (f" · [paper]({cls.paper})" if cls.paper else ""))
+                with gr.Row():
+                    controls += [setting_control(gr, s) for s in specs[name]]
+            groups.append(group)
+    run = gr.Button("Explain", variant="primary", elem_id=f"{ELEM}-run")
+    status = gr.Markdown("", label="Status", elem_id=f"{ELEM}-status")
+    gr.Examples(examples=[[p, c] for p, c in scenes], inputs=[image, text],
+                label="Example scenes (click one)", **accepted(gr.Examples, elem_id=f"{ELEM}-examples"))
+    return _Inputs(image, text, method, groups, controls, run, status)
+
+
+def _output_column(gr, backend: Any) -> list:
+    """heatmap, tokens, similarity, figure, files (the first five of ``PairOutputs``)."""
+    size = "x".join(str(v) for v in backend.geometry.image_size)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=240):
+            heatmap = gr.Image(**accepted(gr.Image, label="Image attribution", type="pil", format="png",
+                                          interactive=False, height=300, elem_id=f"{ELEM}-heatmap"))
+            gr.Markdown(f"The image as the model saw it ({size} px: resized, centre-cropped) with the map over it; "
+                        "red is high.", elem_id=f"{ELEM}-heatmap-note")
+        with gr.Column(scale=5, min_width=240):
+            gr.Markdown("**Text attribution**")
+            tokens = gr.HTML(**accepted(gr.HTML, value=tokens_html([], []), label="Text attribution",
+                                        show_label=False, elem_id=f"{ELEM}-tokens", min_height=60))
+            similarity = gr.Textbox(label="Image-text similarity (cosine)", interactive=False,
+                                    elem_id=f"{ELEM}-similarity")
+    figure = gr.Image(**accepted(gr.Image, label="Figure", type="filepath", format="png", interactive=False,
+                                 elem_id=f"{ELEM}-figure"))
+    files = gr.File(label="Downloads: figure (PNG), maps (.npz), settings and scores (.json)",
+                    file_count="multiple", interactive=False, elem_id=f"{ELEM}-files")
+    return [heatmap, tokens, similarity, figure, files]
+
+
+def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path, limits: dict[str, float]):
+    """The button's callback: page values -> :func:`explain_pair`, one request at a time."""
+    lock = threading.Lock()  # one explanation at a time on this model, whatever the queue does
+    tracker = gr.Progress()
+
+    def explain_clicked(image_path, text_value, method_name, *values, progress=tracker):
+        by_method: dict[str, dict[str, Any]] = {}
+        for (owner, field_name), value in zip(keys, values):
+            by_method.setdefault(owner, {})[field_name] = value
+        settings = by_method if method_name == COMPARE_ALL else by_method.get(method_name, {})
+        _prune(runs, KEEP_OUTPUTS_S)
+        started = time.perf_counter()
+        try:
+            with lock:
+                result = explain_pair(backend, image_path, text_value, method_name, settings,
+                                      workdir=tempfile.mkdtemp(dir=runs), progress=progress, **limits)
+        except M2IBError as exc:
+            log.warning("rejected: %s", _one_line(exc))
+            raise _page_error(gr, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the server keeps serving
+            log.error("failed: %s", _one_line(exc))
+            raise _page_error(gr, f"the explanation failed ({_one_line(exc)}); see the server log") from None
+        log.info("explained %r on %s with %s in %.1f s", text_value.strip(), Path(image_path).name,
+                 method_name, time.perf_counter() - started)
+        return list(result)
+
+    # Name the API's parameters after the settings (m2ib_steps, ...), not param_3, param_4, ...
+    P = inspect.Parameter
+    explain_clicked.__signature__ = inspect.Signature(
+        [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
+        + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
+        + [P("progress", P.KEYWORD_ONLY, default=tracker)])
+    return explain_clicked
+
+
+def _one_line(exc: BaseException) -> str:
+    from ..api import one_line
+
+    return one_line(exc)
+
+
+def _theme(gr):
+    try:
+        return gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
+    except Exception:  # noqa: BLE001 - any theme problem: Gradio's default
+        return None
+
+
+def _raw_image_component(gr):
+    """``gr.Image`` that hands the uploaded file's path over unread (the default would decode it
+    with PIL first, so a corrupt or huge upload failed before m2ib could say why)."""
+
+    class UploadedImage(gr.Image):
+        is_template = True  # same front end as gr.Image
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            path = getattr(payload, "path", None)
+            if path:
+                return str(path)
+            try:  # a pasted image arrives inline
+                return super().preprocess(payload)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("rejected: cannot read a pasted image: %s", _one_line(exc))
+                raise _page_error(gr, "cannot read the pasted image; upload the file instead") from None
+
+    return UploadedImage
+
+
+def _page_error(gr, message: str):
+    """``gr.Error`` shown in the page without a traceback in the server log."""
+    kwargs = accepted(gr.Error.__init__, duration=None, print_exception=False, title="Cannot explain this")
+    try:
+        return gr.Error(message, **kwargs)
+    except TypeError:
+        return gr.Error(message)
+
+
+def _prune(folder: Path, older_than_s: float) -> None:
+    """Delete the request folders in ``folder`` older than ``older_than_s``."""
+    now = time.time()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if now - entry.stat().st_mtime > older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _remove_at_exit(folder: str | os.PathLike) -> None:
+    import atexit
+
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
+def launch(demo, host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, block: bool = True,
+           max_upload_mb: float = MAX_UPLOAD_MB) -> str:
+    """Start the server and return its address; ``block=True`` then serves until Ctrl+C,
+    ``block=False`` returns at once (stop it with ``demo.close()``)."""
+    gr = import_gradio()
+    kwargs: dict[str, Any] = {
+        "server_name": host, "server_port": port, "share": share, "prevent_thread_lock": True, "inbrowser": False,
+        "quiet": True, "show_error": False, "css": CSS, "theme": _theme(gr),
+        "max_file_size": f"{int(5 * max_upload_mb)}mb",  # a hard cap; the page refuses uploads over 1x
+    }
+    _, local_url, share_url = demo.launch(**accepted(demo.launch, **kwargs))
+    log.info("serving on %s (Ctrl+C to stop)%s", local_url, f"; public link: {share_url}" if share_url else "")
+    if block:
+        demo.block_thread()
+    return local_url

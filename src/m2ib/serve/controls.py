@@ -1,0 +1,109 @@
+"""The settings panel: one control per setting of each method, from :mod:`m2ib.settings`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from ..settings import SettingField, fields_of
+from .environment import accepted
+from .render import ELEM
+
+AUTO = "auto (model's recommended)"
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingSpec:
+    """What the page shows for one setting of one method: the field, and this model's values."""
+
+    method: str
+    field: SettingField
+    value: Any  # shown initially; None for "auto"
+    help: str
+    auto: str | None = None  # placeholder for an empty (auto) value, e.g. "auto (model's recommended: 9)"
+
+    @property
+    def name(self) -> str:
+        return self.field.name
+
+    @property
+    def kind(self) -> type:
+        return self.field.kind
+
+    @property
+    def choices(self) -> tuple | None:
+        return self.field.choices
+
+    @property
+    def elem_id(self) -> str:
+        return f"{ELEM}-setting-{self.method}-{self.name}".replace("_", "-")
+
+
+def setting_specs(backend: Any, method: str) -> list[SettingSpec]:
+    """The controls of ``method``'s settings, with the defaults this model would use."""
+    from ..methods import REGISTRY
+
+    cls = REGISTRY[method]
+    algorithm = cls()
+    try:
+        effective = algorithm.make_settings(backend)  # defaults, then the model's recommended values
+    except Exception:  # noqa: BLE001 - a method whose recommended values do not validate still gets its defaults
+        effective = cls.Settings()
+    try:
+        resolved = algorithm.resolved(backend, effective)
+    except Exception:  # noqa: BLE001 - only used for the "auto" hints
+        resolved = effective
+    specs = []
+    for field in fields_of(cls.Settings):
+        help_text, auto = field.help, None
+        value = None if field.default is None else getattr(effective, field.name)
+        if field.default is None:
+            shown = getattr(resolved, field.name, None)
+            auto = AUTO if shown is None else f"auto (model's recommended: {shown})"
+        elif value != field.default:
+            help_text = f"{help_text} (model's recommended; the method's default is {field.default})"
+        specs.append(SettingSpec(method, field, value, help_text, auto))
+    return specs
+
+
+def clean_settings(method: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Page values -> keyword arguments for ``m2ib.explain``.
+
+    ``None`` and empty text mean auto (the model's recommended value); the rest is read by the
+    setting's own field (numbers typed as text, whole floats for integer settings). Names the
+    method does not have are passed on, for the method to report.
+    """
+    from ..methods import REGISTRY
+
+    fields = {f.name: f for f in fields_of(REGISTRY[method].Settings)}
+    out = {}
+    for name, value in (settings or {}).items():
+        field = fields.get(name)
+        if value is None:
+            continue
+        if field is None:
+            out[name] = value
+            continue
+        if isinstance(value, str) and field.kind is not str:
+            text = value.strip()
+            if not text or text.lower().startswith("auto"):
+                continue
+        out[name] = field.parse(value)
+    return out
+
+
+def setting_control(gr, spec: SettingSpec):
+    """The Gradio component of one setting (``field.control`` says which)."""
+    control = spec.field.control
+    common = {"label": spec.name, "info": spec.help, "elem_id": spec.elem_id, "interactive": True, "min_width": 180}
+    if control == "choice":
+        return gr.Dropdown(**accepted(gr.Dropdown, choices=list(spec.choices), value=spec.value, **common))
+    if control == "checkbox":
+        return gr.Checkbox(**accepted(gr.Checkbox, value=bool(spec.value), **common))
+    if control == "auto":  # empty means auto (a Number would show and send 0)
+        return gr.Textbox(**accepted(gr.Textbox, value="", placeholder=spec.auto, **common))
+    if control in ("integer", "number"):
+        return gr.Number(**accepted(gr.Number, value=spec.value, precision=0 if control == "integer" else None,
+                                    placeholder=spec.auto, **common))
+    return gr.Textbox(**accepted(gr.Textbox, value=spec.value, placeholder=spec.auto, **common))
