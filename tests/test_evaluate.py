@@ -6,10 +6,10 @@ import csv
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +80,115 @@ def test_evaluate_pair_is_pure(backend, mscxr):
     assert first[1]["metrics"] == second[0]["metrics"]
     keys = set(first[1]["metrics"])
     assert {"image_drop_m2ib", "text_increase_mask", "image_road_combined", "image_iou", "text_deletion_auc"} <= keys
+
+
+@pytest.fixture()
+def registry(monkeypatch):
+    """The metric registry, as a copy this test may register into (nothing is left behind)."""
+    from m2ib.metrics import base
+
+    monkeypatch.setattr(base, "REGISTRY", dict(base.REGISTRY))
+    return base
+
+
+def test_a_registered_metric_flows_through_the_run(backend, mscxr, tmp_path, registry):
+    """A metric is one class with @register: evaluate_rows measures it, the records, summary
+    tables, arrows, CSV and plots carry it, and METRIC_NAMES offers it; nothing else changes."""
+    import m2ib.metrics
+    from m2ib.metrics import Key, Measured, Metric, register
+
+    @register
+    class MapMass(Metric):
+        name = "map_mass"
+        title = "Map mass (a test metric)"
+        keys = (Key("image_mass_inside", "higher"), Key("text_top_score", "lower"))
+        needs = frozenset({"masks"})
+
+        def measure(self, batch, run, side, maps):
+            out = Measured.empty(len(batch))
+            if side == "image":
+                out.put("image_mass_inside", [(m * mask).sum() / m.sum() for m, mask in zip(maps, batch.masks)])
+            else:
+                out.put("text_top_score", [m.max() for m in maps])
+            return out
+
+    assert "map_mass" in m2ib.metrics.METRIC_NAMES and m2ib.metrics.direction("text_top_score") == "lower"
+    config = MetricConfig(names=("map_mass", "confidence"), protocols=("mask",))
+    table = load_table(str(mscxr))
+    records = evaluate_pair(backend, table.rows[0], ["gradcam"], config, FAST, seed=0)
+    values = records[0]["metrics"]
+    # the registry's order, whatever the order asked for: confidence first, then the new metric, per side
+    assert list(values) == ["image_drop_mask", "image_increase_mask", "image_mass_inside", "text_drop_mask",
+                            "text_increase_mask", "text_top_score"]
+    exp = m2ib.explain(backend, table.rows[0].image, table.rows[0].text, method="gradcam", seed=0)
+    from m2ib.metrics.localisation import ground_truth_mask
+
+    mask = ground_truth_mask(backend, table.rows[0], (40, 56))  # a.png is 40 x 56: its boxes at the input size
+    assert values["image_mass_inside"] == pytest.approx(float(exp.image_map[mask].sum() / exp.image_map.sum()),
+                                                        rel=1e-5)
+    assert values["text_top_score"] == pytest.approx(float(exp.text_map.max()), rel=1e-6)
+
+    out = tmp_path / "run"
+    run_evaluation(backend, table, ["gradcam", "saliency"], config, FAST, 0, out, progress=False)
+    summary = (out / "summary.md").read_text()
+    assert "## Map mass (a test metric)" in summary and "image_mass_inside ↑" in summary
+    assert "text_top_score ↓" in summary
+    with (out / "summary.csv").open() as f:
+        better = {r["metric"]: r["better"] for r in csv.DictReader(f)}
+    assert better["image_mass_inside"] == "higher" and better["text_top_score"] == "lower"
+    assert (out / "plots" / "bar_text_top_score.png").exists()
+
+
+def test_a_whole_run_metric_runs_once_after_the_pairs_and_resumes(backend, mscxr, tmp_path, registry):
+    """A whole-run metric (as ROAR+ is) has its place in the same registry: it runs after the
+    pairs, its records go to results.jsonl with their own kind, a re-run skips what is done,
+    and its summary section is written."""
+    from m2ib.metrics import Metric, register
+
+    calls = []
+
+    @register
+    class PairCount(Metric):
+        name = "pair_count"
+        title = "Pairs per method"
+        per_pair = False
+
+        def measure_run(self, context):
+            done = {r["method"] for r in context.records if r.get("kind") == self.name}
+            for method in context.methods:
+                if method not in done:
+                    calls.append(method)
+                    pairs = sum(r.get("kind") == "pair" and r["method"] == method for r in context.records)
+                    context.emit({"kind": self.name, "method": method, "pairs": pairs})
+
+        def summary_section(self, records, methods):
+            mine = [r for r in records if r.get("kind") == self.name]
+            return ("Pairs per method", "\n".join(f"- {r['method']}: {r['pairs']}" for r in mine)) if mine else None
+
+    config = MetricConfig(names=("confidence", "pair_count"), protocols=("mask",))
+    out = tmp_path / "run"
+    run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "saliency"], config, FAST, 0, out, progress=False)
+    _, records = read_results(out / "results.jsonl")
+    assert [r["kind"] for r in records] == ["pair"] * 4 + ["pair_count"] * 2
+    assert [(r["method"], r["pairs"]) for r in records[4:]] == [("gradcam", 2), ("saliency", 2)]
+    summary = (out / "summary.md").read_text()
+    assert "## Pairs per method" in summary and "- saliency: 2" in summary
+    run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "saliency"], config, FAST, 0, out, progress=False)
+    assert calls == ["gradcam", "saliency"] and len(read_results(out / "results.jsonl")[1]) == 6
+
+
+def test_registry_refuses_a_key_twice(registry):
+    from m2ib.metrics import Key, Metric, register
+
+    class Copy(Metric):
+        name = "copy"
+        title = "Copy"
+        keys = (Key("image_iou", "higher"),)
+
+    with pytest.raises(ValueError, match="image_iou recorded by another metric"):
+        register(Copy)
+    with pytest.raises(InputError, match="unknown metric"):
+        MetricConfig(names=("copy",))
 
 
 def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
@@ -166,21 +275,47 @@ def _pairs(out: Path) -> dict:
     return {(r["row"], r["method"]): r["metrics"] for r in records if r["kind"] == "pair"}
 
 
+#: ``m2ib evaluate`` that stops after its third pair record is on disk, says "paused" and waits
+#: there until it is killed: the test kills it at a known point, however fast the machine.
+PAUSED_AFTER_THREE_PAIRS = """
+import sys, threading
+from m2ib.cli import main
+from m2ib.evaluation.store import ResultsWriter
+
+write, pairs = ResultsWriter.write, []
+
+def write_then_pause(self, record):
+    write(self, record)
+    pairs.extend([record] if record.get("kind") == "pair" else [])
+    if len(pairs) == 3:
+        print("paused", flush=True)
+        threading.Event().wait()
+
+ResultsWriter.write = write_then_pause
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _wait_for_line(proc: subprocess.Popen, limit: float) -> str:
+    """The child's next stdout line, waiting at most ``limit`` seconds for it."""
+    ready, _, _ = select.select([proc.stdout], [], [], limit)
+    return proc.stdout.readline().strip() if ready else ""
+
+
 def test_resume_after_kill(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    proc = subprocess.Popen(_cli(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = cut / "results.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_bytes().count(b"\n") >= 4:  # provenance + 3 pairs
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(_pairs(cut))
-    assert 0 < done_before < 20
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_THREE_PAIRS, *_cli(cut)[3:]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert _wait_for_line(proc, limit=600) == "paused", "the run did not reach its third pair"
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert len(_pairs(cut)) == 3 and results.read_bytes().count(b"\n") == 4  # provenance + 3 pairs
     with results.open("ab") as f:  # what a kill in the middle of a write leaves behind
         f.write(b'{"kind":"pair","row":"shapes:test:9","metr')
     subprocess.run(_cli(cut), env=env, check=True, capture_output=True)
@@ -218,9 +353,10 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam",
             "--metrics", "confidence", "--out", str(out)]
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom m2ib.fileio import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom m2ib.fileio import folder_lock\n"
                                "with folder_lock(sys.argv[1], 'test'):\n    print('held', flush=True)\n"
-                               "    time.sleep(120)", str(out)], stdout=subprocess.PIPE, text=True)
+                               "    sys.stdin.read()", str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # holds the lock until killed
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(args) == 2

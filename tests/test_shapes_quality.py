@@ -149,7 +149,9 @@ def test_select_settings_uses_validation_only(tiny, monkeypatch):
         used.append(split)
         return split_seed(split, index, base)
 
-    monkeypatch.setattr(q, "split_seed", recording)
+    from m2ib.evaluation import shapes_pairs
+
+    monkeypatch.setattr(shapes_pairs, "split_seed", recording)  # where the scenes are drawn
     best, rows = q.select_settings(tiny, layers=[1, -1], betas=[0.1, 1.0], n=4, settings=FAST)
     assert used and set(used) == {"val"}
     assert set(best) == {"vision_layer", "vision_beta", "text_layer", "text_beta"}
