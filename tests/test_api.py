@@ -131,3 +131,49 @@ def test_word_shading_excludes_start_and_end(backend):
 def test_list_methods_and_models():
     assert m2ib.list_methods()[0] == "m2ib"
     assert "random-tiny" in m2ib.list_models()
+
+
+def test_compare_saves_one_comparison(backend, tmp_path):
+    image = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(3))
+    comparison = m2ib.compare(backend, image, "a red circle", methods="gradcam,saliency")
+    assert isinstance(comparison, m2ib.Comparison) and comparison.methods == ["gradcam", "saliency"]
+    alone = m2ib.explain(backend, image, "a red circle", method="saliency")
+    assert torch.equal(comparison.explanations["saliency"].image_map, alone.image_map)
+    paths = comparison.save(tmp_path / "out", "pair")
+    assert sorted(paths) == ["json", "npz", "png"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    maps = np.load(paths["npz"])
+    for method in ("gradcam", "saliency"):
+        exp = comparison.explanations[method]
+        np.testing.assert_array_equal(maps[f"{method}/image_map"], exp.image_map.numpy())
+        np.testing.assert_array_equal(maps[f"{method}/text_map"], exp.text_map.numpy())
+    np.testing.assert_array_equal(maps["image"], alone.image.numpy())
+    meta = json.loads(paths["json"].read_text())
+    assert list(meta["methods"]) == ["gradcam", "saliency"] and meta["tokens"] == alone.tokens
+    assert "failed" not in meta
+    with Image.open(paths["png"]) as figure:  # two rows
+        assert figure.size[1] > 300
+    pairs = m2ib.compare(backend, [image, image], ["a red circle", "a blue star"], methods=["gradcam"])
+    assert [c.first.text for c in pairs] == ["a red circle", "a blue star"]
+
+
+def test_compare_keeps_going_past_a_failing_method(backend, monkeypatch):
+    from m2ib.methods import REGISTRY, Saliency
+
+    class Broken(Saliency):
+        name, title = "broken-test", "Broken"
+
+        def attribute(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    monkeypatch.setitem(REGISTRY, Broken.name, Broken)
+    image = torch.rand(3, 48, 48)
+    with pytest.raises(RuntimeError, match="boom"):
+        m2ib.compare(backend, image, "a cat", methods="saliency,broken-test")
+    comparison = m2ib.compare(backend, image, "a cat", methods="saliency,broken-test", keep_going=True)
+    assert list(comparison.explanations) == ["saliency"] and comparison.failures == {"broken-test": "RuntimeError: boom"}
+    assert comparison.to_dict()["failed"] == {"broken-test": "RuntimeError: boom"}
+    with pytest.raises(InputError, match="every method failed: broken-test: RuntimeError: boom"):
+        m2ib.compare(backend, image, "a cat", methods="broken-test", keep_going=True)
+    with pytest.raises(InputError, match="settings for m2ib, which is not compared"):
+        m2ib.compare(backend, image, "a cat", methods="saliency", settings={"m2ib": {"steps": 1}})
