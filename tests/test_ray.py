@@ -27,7 +27,9 @@ from m2ib.datasets.tables import load_table  # noqa: E402
 from m2ib.evaluation.distributed import RayConfig, run_evaluation_ray  # noqa: E402
 from m2ib.evaluation.runner import MetricConfig, read_results, run_evaluation  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+# Generous: on a loaded 2-core machine one Ray start alone has taken minutes (a test once hit 300 s).
+# Every wait below is on a condition, with a limit well inside this one.
+pytestmark = pytest.mark.timeout(1800)
 
 MODEL = "random-tiny"
 SHAPES = "shapes:test:8"
@@ -135,6 +137,13 @@ def _cli(out: Path) -> list[str]:
             "--ray-object-store", str(STORE // 2 ** 20)]
 
 
+def _wait_until(condition, limit: float, poll: float = 0.05) -> None:
+    """Return as soon as ``condition()`` holds, or after ``limit`` seconds (the caller asserts)."""
+    deadline = time.monotonic() + limit
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
 def test_kill_and_resume(shapes_reference, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "run"
@@ -142,9 +151,7 @@ def test_kill_and_resume(shapes_reference, tmp_path):
     proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and not glob.glob(str(out / "parts" / "part-*")):
-            time.sleep(0.05)
+        _wait_until(lambda: proc.poll() is not None or glob.glob(str(out / "parts" / "part-*")), limit=900)
         assert proc.poll() is None, "the run ended before it could be killed"
         assert glob.glob(str(out / "parts" / "part-*")), "no batch finished in time"
     finally:
@@ -153,7 +160,7 @@ def test_kill_and_resume(shapes_reference, tmp_path):
     before = len([p for part in (out / "parts").glob("part-*") for p in part.read_text().splitlines()])
     assert 0 < before < 16
     (out / "parts" / ".part-0123.jsonl.abc.tmp").write_text('{"kind":"pair","row":"shapes:te')  # a torn write
-    done = subprocess.run(_cli(out), env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(_cli(out), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     _assert_same(_pairs(out), shapes_reference)
     assert not list((out / "parts").glob("*")) and (out / "summary.md").exists()
@@ -173,7 +180,7 @@ def test_unreachable_cluster_fails_fast(tmp_path, capsys, no_ray_left):
     start = time.perf_counter()
     code = main(["evaluate", "--model", MODEL, "--data", "shapes:test:2", "--methods", "gradcam", "--metrics",
                  "confidence", "--out", str(tmp_path), "--ray", f"127.0.0.1:{port}"])
-    assert code == 2 and time.perf_counter() - start < 60
+    assert code == 2 and time.perf_counter() - start < 120  # Ray alone retries for minutes
     assert f"nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not ray.is_initialized()
 
