@@ -292,7 +292,7 @@ def test_bf16_precision_runs_on_a_family_backend(pictures):
 # --- the public reference's OpenAI-clip bugs are caught by the parity test -----------------------
 @pytest.mark.parametrize("bug", ["projection applied twice", "last position pooled", "causal mask dropped"])
 def test_parity_catches_the_reference_wrappers_bugs(bug, pictures, monkeypatch):
-    from m2ib.backends.towers import apply_projection
+    from m2ib.backends.openai_towers import apply_projection
 
     model, backend, image_fn, text_fn = family("clip-vit")
     tower = backend.towers["text"]
@@ -300,8 +300,7 @@ def test_parity_catches_the_reference_wrappers_bugs(bug, pictures, monkeypatch):
         monkeypatch.setattr(tower, "head", lambda pooled: apply_projection(
             apply_projection(model.ln_final(pooled), model.text_projection), model.text_projection))
     elif bug == "last position pooled":
-        monkeypatch.setattr(tower, "positions", lambda batch, copies, t, device: torch.full(
-            (len(batch) * copies,), t - 1, dtype=torch.long, device=device))
+        monkeypatch.setattr(tower, "pool", "last")
     else:
         monkeypatch.setattr(tower, "mask", lambda *args: None)
     with pytest.raises(AssertionError):
@@ -419,7 +418,7 @@ def test_openai_clip_state_dicts_and_names(tmp_path, pictures, monkeypatch):
         m2ib.load("clip:ViT-Q/99")
     # OpenAI's weights: not cached and no network -> one line, fast, naming the file to fetch
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr("m2ib.backends._hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("m2ib.backends.hub.hub_reachable", lambda *a, **k: False)
     with pytest.raises(ModelNotAvailableError, match=r"ViT-B-32\.pt") as info:
         m2ib.load("clip:ViT-B/32")
     assert "\n" not in str(info.value)

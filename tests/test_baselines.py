@@ -45,7 +45,7 @@ def pair(small_clip):
         txt = features(model.get_text_features(input_ids=texts.input_ids, attention_mask=texts.attention_mask))
     return dict(image=image, pixels=pixels, ids=texts.input_ids, mask=texts.attention_mask,
                 img=F.normalize(img, dim=-1), txt=F.normalize(txt, dim=-1),
-                eos=int(backend.pool_positions(texts)[0]))
+                eos=int(backend.pooled_positions("text", texts)[0]))
 
 
 def features(out):

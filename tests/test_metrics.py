@@ -9,6 +9,7 @@ the number of attended "relevant" word ids. Scored against ``[1, 0]``, the simil
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -19,7 +20,6 @@ import torch.nn.functional as F
 from m2ib.backends.base import Backend, Geometry, ImageBatch, TextBatch
 from m2ib.metrics import (boxes_to_mask, cascading_randomization, confidence_change, deletion_insertion, linear_impute,
                           localisation, road, spearman, ssim, text_pointing, topk_iou)
-from m2ib.metrics.confidence import argmax_pooling
 
 S1 = 1 / math.sqrt(2)
 H = W = 8
@@ -50,8 +50,11 @@ class Toy(Backend):
     def suffix(self, modality, hidden, layer, batch):
         raise NotImplementedError
 
-    def pool_positions(self, batch):  # the toy ignores pooling; argmax_pooling overrides it
-        return torch.zeros(len(batch), dtype=torch.long)
+    def can_pool(self, modality, rule):  # the toy's embedding reads no pooled token, whatever the rule
+        return True
+
+    def pooling(self, modality, rule):
+        return contextlib.nullcontext()
 
     def embed(self, modality, batch):
         if modality == "image":
@@ -171,15 +174,15 @@ def test_m2ib_text_protocol_matches_the_reference_computation(backend):
     assert got["s"].item() == pytest.approx(s, abs=1e-5)
     assert got["s_masked"].item() == pytest.approx(s_masked, abs=1e-5)
     assert got["drop"].item() == pytest.approx(max(0.0, s - s_masked) * 100, abs=1e-3)
-    assert "pool_positions" not in vars(backend)  # restored
+    assert backend.pooled_positions("text", texts).tolist() == [n - 1]  # the end token again: restored
 
 
 def test_argmax_pooling_is_restored(backend):
     ids = backend.tokenize(["a red circle"])
-    before = backend.pool_positions(ids).tolist()
-    with argmax_pooling(backend):
-        assert backend.pool_positions(ids).tolist() == ids.input_ids.argmax(-1).tolist()
-    assert backend.pool_positions(ids).tolist() == before
+    before = backend.pooled_positions("text", ids).tolist()
+    with backend.pooling("text", "argmax"):
+        assert backend.pooled_positions("text", ids).tolist() == ids.input_ids.argmax(-1).tolist()
+    assert backend.pooled_positions("text", ids).tolist() == before
 
 
 # --- deletion / insertion -------------------------------------------------------------------

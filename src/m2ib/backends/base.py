@@ -102,6 +102,7 @@ class TextBatch:
 
 
 Batch = ImageBatch | TextBatch
+Part = tuple[str, list[Any]]  # (label, modules or parameters): one step of the sanity check's cascade
 
 # Layer index for prefix/suffix meaning "the input of block 0" (token or patch embeddings after
 # any pre-norm): prefix(m, batch, EMBEDDINGS) returns it, suffix(m, hidden, EMBEDDINGS, batch) runs
@@ -202,17 +203,27 @@ class Backend(ABC):
 
     def pooled_positions(self, modality: Modality, batch: Batch) -> torch.Tensor | None:
         """Index [N] of the token whose final hidden state the tower's head turns into the
-        embedding (the class token, the end-of-text token), or ``None`` when the head reads every
-        token (average or attention pooling). Attention-based methods read this token's row.
+        embedding (the class token, the end-of-text token, SigLIP's last text position), or
+        ``None`` when the head reads every token (average or attention pooling). Attention-based
+        methods read this token's row, so a family answers it from the same rule its head uses."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which token its {modality} head pools")
 
-        Default: token 0 of image towers with prefix (class) tokens, ``None`` without; the last
-        real token of a text. Families whose rule differs override it.
-        """
-        if modality == "image":
-            if self.geometry.image_prefix_tokens == 0:
-                return None
-            return torch.zeros(len(batch), dtype=torch.long, device=self.device)
-        return (batch.attention_mask.sum(1) - 1).long().to(self.device)
+    def cascade_parts(self, modality: Modality) -> list[Part]:
+        """``modality``'s tower from the top down, as the sanity check randomises it: ``("head",
+        [...])``, ``("block L-1", [block])`` ... ``("block 0", [block])``, ``("embeddings", [...])``."""
+        raise InputError(f"the sanity check does not know the towers of {type(self).__name__}")
+
+    def can_pool(self, modality: Modality, rule: str) -> bool:
+        """Whether :meth:`pooling` can make ``modality``'s head read the token ``rule`` picks
+        (``"argmax"``: the largest id; ``"eos"``, ``"first"``, ``"last"``)."""
+        return False
+
+    @contextlib.contextmanager
+    def pooling(self, modality: Modality, rule: str) -> Iterator[None]:
+        """While open, ``modality``'s head (and :meth:`pooled_positions`) read the token ``rule``
+        picks instead of the model's own; restored after. Never changes the model."""
+        raise InputError(f"the {modality} tower of {self.name!r} ({type(self).__name__}) cannot pool by {rule!r}")
+        yield  # pragma: no cover (a generator, so that the error comes when the context is entered)
 
     # --- shared ------------------------------------------------------------------------
     @property

@@ -1,20 +1,27 @@
-"""Backend for ``transformers`` ``CLIPModel`` checkpoints (OpenAI CLIP, fine-tunes, our shapes model)."""
+"""Backend for ``transformers`` ``CLIPModel`` checkpoints (OpenAI CLIP, fine-tunes, our shapes model).
+
+Two towers on the shared tower code (:mod:`.towers`): the image tower pools its class token, the
+text tower (causal, padding keys masked) the end-of-text token by transformers' own rule.
+"""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
 from ..inputs import ImagePreprocessing
-from .base import AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
+from .base import Geometry, ImageBatch, Modality, TextBatch
+from .blocks import hf_block, text_mask
+from .hf_loading import is_transformers_directory, load_directory, load_hf
+from .registry import Family, register
+from .towers import ClassTokenTower, PooledTextTower, Tower, TowersBackend, present
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,8 +56,57 @@ def preprocessing_from(processor: Any, image_size: int) -> ImagePreprocessing:
     return ImagePreprocessing(int(shortest), crop_hw, tuple(ip.image_mean), tuple(ip.image_std), resample)
 
 
+class HFCLIPImageTower(ClassTokenTower):
+    """``vision_model`` (embeddings, ``pre_layrnorm``, encoder layers, ``post_layernorm``) and the
+    model's ``visual_projection``; the head reads the class token."""
+
+    def __init__(self, vision: torch.nn.Module, projection: torch.nn.Module):
+        super().__init__([hf_block(layer) for layer in vision.encoder.layers])
+        self.vision, self.projection = vision, projection
+        grid = vision.config.image_size // vision.config.patch_size
+        self.patch_grid = (grid, grid)
+
+    def grid(self, layer: int) -> tuple[int, int]:
+        return self.patch_grid
+
+    def embed(self, batch: ImageBatch) -> torch.Tensor:
+        weight = self.vision.embeddings.patch_embedding.weight
+        return self.vision.pre_layrnorm(self.vision.embeddings(batch.pixel_values.to(weight.device, weight.dtype)))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.vision.post_layernorm(pooled))
+
+    def parts(self):
+        v = self.vision
+        return present(self.projection, v.post_layernorm), list(v.encoder.layers), present(v.embeddings, v.pre_layrnorm)
+
+
+class HFCLIPTextTower(PooledTextTower):
+    """``text_model`` (causal, padding keys masked) and the model's ``text_projection``. The head
+    reads the end-of-text token as transformers does: configs with ``eos_token_id == 2`` (legacy)
+    pool the largest id, others the first ``eos_token_id``."""
+
+    def __init__(self, text: torch.nn.Module, projection: torch.nn.Module, eos_token_id: int):
+        pool = "argmax" if eos_token_id == 2 else "eos"
+        super().__init__([hf_block(layer) for layer in text.encoder.layers], pool, eos_token_id, causal=True)
+        self.text, self.projection = text, projection
+
+    def embed(self, batch: TextBatch) -> torch.Tensor:
+        return self.text.embeddings(input_ids=batch.input_ids.to(self.text.embeddings.token_embedding.weight.device))
+
+    def mask(self, batch, copies, t, dtype, device):
+        return text_mask(batch.attention_mask.to(device).repeat_interleave(copies, 0), dtype, causal=True)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.text.final_layer_norm(pooled))
+
+    def parts(self):
+        t = self.text
+        return present(self.projection, t.final_layer_norm), list(t.encoder.layers), [t.embeddings]
+
+
 @dataclass
-class HFCLIPBackend(Backend):
+class HFCLIPBackend(TowersBackend):
     """A ``transformers.CLIPModel`` behind m2ib's backend interface.
 
     The split forward (``prefix`` then ``suffix``) reproduces ``get_image_features`` /
@@ -58,51 +114,38 @@ class HFCLIPBackend(Backend):
     end-token pooling and projections.
     """
 
-    tokenizer: Any = None  # a transformers CLIP tokenizer
-    preprocessing: ImagePreprocessing | None = None
-    _layer_takes_causal_mask: bool = field(default=False, init=False, repr=False)
-
-    def __post_init__(self) -> None:
+    def build_towers(self) -> dict[Modality, Tower]:
         from transformers import CLIPModel
 
-        if not isinstance(self.model, CLIPModel):
-            raise InputError(f"HFCLIPBackend needs a transformers CLIPModel, got {type(self.model).__name__}")
-        attn = getattr(self.model.config, "_attn_implementation", "eager") or "eager"
+        model = self.model
+        if not isinstance(model, CLIPModel):
+            raise InputError(f"HFCLIPBackend needs a transformers CLIPModel, got {type(model).__name__}")
+        attn = getattr(model.config, "_attn_implementation", "eager") or "eager"
         if attn not in SUPPORTED_ATTENTION:
             raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
                              "attn_implementation='sdpa' or 'eager'")
         if self.preprocessing is None:
-            self.preprocessing = preprocessing_from(None, self.model.config.vision_config.image_size)
-        layer = self.model.vision_model.encoder.layers[0]
-        # transformers < 5 encoder layers take a separate causal mask and return tuples.
-        self._layer_takes_causal_mask = "causal_attention_mask" in inspect.signature(layer.forward).parameters
+            self.preprocessing = preprocessing_from(None, model.config.vision_config.image_size)
+        return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection),
+                "text": HFCLIPTextTower(model.text_model, model.text_projection,
+                                        model.config.text_config.eos_token_id)}
 
-    # --- geometry ------------------------------------------------------------------------
     @property
-    def geometry(self) -> Geometry:
-        vc, tc = self.model.config.vision_config, self.model.config.text_config
-        grid = vc.image_size // vc.patch_size
-        return Geometry(
-            image_size=(vc.image_size, vc.image_size),
-            patch_grid=(grid, grid),
-            image_prefix_tokens=1,
-            vision_layers=vc.num_hidden_layers,
-            text_layers=tc.num_hidden_layers,
-            context_length=tc.max_position_embeddings,
-        )
+    def context_length(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
+    @property
+    def geometry(self) -> Geometry:  # the model's input size, whatever the processor crops to
+        size = self.model.config.vision_config.image_size
+        return dataclasses.replace(super().geometry, image_size=(size, size))
 
     # --- inputs --------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Image.Image], sources: Sequence[str] = ()) -> ImageBatch:
-        pixels, display = self.preprocessing(images)
-        if pixels.shape[-2:] != self.geometry.image_size:
-            raise InputError(f"the image processor crops to {tuple(pixels.shape[-2:])} but the model reads "
-                             f"{self.geometry.image_size}: fix the processor's crop_size")
-        return ImageBatch(pixels.to(self.device), display, tuple(sources))
-
-    def display_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.preprocessing.mean, device=pixel_values.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocessing.std, device=pixel_values.device).view(1, 3, 1, 1)
-        return (pixel_values.float() * std + mean).clamp(0.0, 1.0)
+        batch = super().preprocess_images(images, sources)
+        if batch.pixel_values.shape[-2:] != self.geometry.image_size:
+            raise InputError(f"the image processor crops to {tuple(batch.pixel_values.shape[-2:])} but the model "
+                             f"reads {self.geometry.image_size}: fix the processor's crop_size")
+        return batch
 
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
@@ -136,142 +179,26 @@ class HFCLIPBackend(Backend):
         return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts),
                          tuple(tokens), tuple(special))
 
-    # --- the split forward ---------------------------------------------------------------
-    def _run_layers(self, modality: Modality, hidden: torch.Tensor, start: int, stop: int,
-                    batch: Batch, copies: int) -> torch.Tensor:
-        tower = self.model.vision_model if modality == "image" else self.model.text_model
-        layers = tower.encoder.layers[start:stop]
-        if len(layers) == 0:
-            return hidden
-        mask = None
-        if modality == "text":
-            mask = _text_mask(batch.attention_mask.repeat_interleave(copies, 0), hidden.dtype)
-        records = self._recording.get(modality)
-        for layer in layers:
-            if records is not None:
-                hidden = _recorded_block(layer, hidden, mask, records)
-                continue
-            if self._layer_takes_causal_mask:
-                out = layer(hidden, mask, None)
-            else:
-                out = layer(hidden, mask)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
-
-    @property
-    def supports_attention(self) -> bool:
-        return True
-
-    def prefix(self, modality: Modality, batch: Batch, layer: int) -> torch.Tensor:
-        if modality == "image":
-            vm = self.model.vision_model
-            pixels = batch.pixel_values.to(self.device, self.dtype)
-            hidden = vm.pre_layrnorm(vm.embeddings(pixels))
-        else:
-            hidden = self.model.text_model.embeddings(input_ids=batch.input_ids.to(self.device))
-        return self._run_layers(modality, hidden, 0, layer + 1, batch, 1)
-
-    def suffix(self, modality: Modality, hidden: torch.Tensor, layer: int, batch: Batch) -> torch.Tensor:
-        copies = hidden.shape[0] // len(batch)
-        if copies * len(batch) != hidden.shape[0]:
-            raise ValueError(f"hidden has {hidden.shape[0]} rows, not a multiple of the batch's {len(batch)}")
-        last = self.num_layers(modality) - 1
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        if modality == "image":
-            positions = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)  # CLS
-        else:
-            positions = self.pool_positions(batch).repeat_interleave(copies, 0)
-        if modality in self._recording:  # every block in full, so that all of it is recorded
-            hidden = self._run_layers(modality, hidden, layer + 1, last + 1, batch, copies)
-            pooled = hidden[rows, positions]
-        elif layer < last:
-            # Blocks before the last run on every token; the last block only for the pooled one.
-            hidden = self._run_layers(modality, hidden, layer + 1, last, batch, copies)
-            pooled = self._last_block_at(modality, hidden, positions, batch, copies)
-        else:
-            pooled = hidden[rows, positions]
-        if modality == "image":
-            return self.model.visual_projection(self.model.vision_model.post_layernorm(pooled))
-        return self.model.text_projection(self.model.text_model.final_layer_norm(pooled))
-
-    def _last_block_at(self, modality: Modality, hidden: torch.Tensor, positions: torch.Tensor,
-                       batch: Batch, copies: int) -> torch.Tensor:
-        """The last encoder block's output at one position per row: [N, width].
-
-        Only the pooled token (CLS / end of text) of the last block reaches the embedding,
-        so its query, attention output and MLP are computed for that token alone; keys and
-        values still come from every token. Same numbers as the full block, about a sixth
-        of its work.
-        """
-        tower = self.model.vision_model if modality == "image" else self.model.text_model
-        block = tower.encoder.layers[-1]
-        attn = block.self_attn
-        n, t, width = hidden.shape
-        heads = attn.num_heads
-        rows = torch.arange(n, device=hidden.device)
-        residual = hidden[rows, positions]  # [N, width]
-        normed = block.layer_norm1(hidden)
-        query = attn.q_proj(normed[rows, positions]).view(n, heads, 1, -1)
-        key = attn.k_proj(normed).view(n, t, heads, -1).transpose(1, 2)
-        value = attn.v_proj(normed).view(n, t, heads, -1).transpose(1, 2)
-        mask = None
-        if modality == "text":  # the pooled query sees the real tokens up to itself
-            keys = torch.arange(t, device=hidden.device)
-            allowed = (keys[None, :] <= positions[:, None]) & batch.attention_mask.repeat_interleave(
-                copies, 0).bool()
-            mask = allowed[:, None, None, :]
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=attn.scale)
-        out = attn.out_proj(out.reshape(n, width))
-        hidden = residual + out
-        return hidden + block.mlp(block.layer_norm2(hidden))
-
-    def pooled_positions(self, modality: Modality, batch: Batch) -> torch.Tensor:
-        if modality == "image":
-            return torch.zeros(len(batch), dtype=torch.long, device=self.device)  # CLS
-        return self.pool_positions(batch).to(self.device)
-
-    def pool_positions(self, batch: TextBatch) -> torch.Tensor:
-        """Index of the end-of-text token whose state CLIP pools, as transformers does."""
-        ids = batch.input_ids
-        eos = self.model.config.text_config.eos_token_id
-        if eos == 2:  # legacy configs: the end token has the largest id
-            return ids.argmax(dim=-1)
-        return (ids == eos).int().argmax(dim=-1)
-
-
-def _recorded_block(block: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
-                    records: list[AttentionRecord]) -> torch.Tensor:
-    """A CLIP encoder block written out, keeping its attention (same numbers as the block)."""
-    attn = block.self_attn
-    n, t, width = hidden.shape
-    heads = attn.num_heads
-    normed = block.layer_norm1(hidden)
-    query = attn.q_proj(normed).view(n, t, heads, -1).transpose(1, 2)
-    key = attn.k_proj(normed).view(n, t, heads, -1).transpose(1, 2)
-    value = attn.v_proj(normed).view(n, t, heads, -1).transpose(1, 2)
-    scores = (query @ key.transpose(-1, -2)) * attn.scale
-    if mask is not None:
-        scores = scores + mask
-    probs = scores.softmax(dim=-1)
-    output = attn.out_proj((probs @ value).transpose(1, 2).reshape(n, t, width))
-    record = AttentionRecord(probs, query, key, value, output)
-    records.append(record)
-    hidden = hidden + output
-    hidden = hidden + block.mlp(block.layer_norm2(hidden))
-    record.hidden = hidden
-    return hidden
-
-
-def _text_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [N, 1, T, T] mask: causal, and padding keys hidden."""
-    n, t = attention_mask.shape
-    device = attention_mask.device
-    allowed = torch.ones(t, t, dtype=torch.bool, device=device).tril()
-    allowed = allowed[None, None] & attention_mask.bool()[:, None, None, :]
-    # A padded query row still sees the real tokens before it, so no row is fully masked.
-    mask = torch.zeros(n, 1, t, t, dtype=dtype, device=device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
-
 
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _is_clip_model(model: torch.nn.Module) -> bool:
+    from transformers import CLIPModel
+
+    return isinstance(model, CLIPModel)
+
+
+def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> HFCLIPBackend:
+    size = model.config.vision_config.image_size
+    prep = preprocessing_from(processor, size) if processor is not None else None
+    return HFCLIPBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
+                         preprocessing=prep)
+
+
+# The hf: names and saved transformers directories are read here for every transformers family:
+# the directory's model_type picks the family (SigLIP registers "siglip").
+register(Family(name="transformers CLIP", supports="transformers CLIPModel", recognises=_is_clip_model, wrap=_wrap,
+                prefix="hf:", load=load_hf, recognises_path=is_transformers_directory, load_path=load_directory,
+                model_type="clip", model_class="CLIPModel"))

@@ -38,8 +38,10 @@ from ..errors import InputError, ModelNotAvailableError
 from ..inputs import ImagePreprocessing
 from .base import Modality
 from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .openai_towers import OpenAITextTower
 from .openclip import OpenCLIPBackend, image_tower
-from .towers import OpenAITextTower, Tower
+from .registry import Family, module_names, register
+from .towers import Tower
 
 EXTRA_HINT = ("pip install 'm2ib[clip]' (OpenAI's clip package needs a torchvision built for your torch, e.g. "
               "pip install torch==2.14.1 torchvision==0.29.1)")
@@ -187,7 +189,7 @@ def _unwrap(state: Any) -> dict:
 
 def _openai_file(arch: str) -> Path:
     """OpenAI's checkpoint file for ``arch``: in ~/.cache/clip, else downloaded; fails fast offline."""
-    from . import _hub_reachable
+    from . import hub
 
     clip = import_clip()
     url = clip.clip._MODELS[arch]
@@ -195,7 +197,7 @@ def _openai_file(arch: str) -> Path:
     cached = root / os.path.basename(url)
     if cached.is_file():
         return cached
-    if not _hub_reachable(url=url):
+    if not hub.hub_reachable(url=url):
         raise ModelNotAvailableError(
             f"clip model {arch!r} is not in {root} and {url.split('/')[2]} cannot be reached: download {url} "
             f"to {cached} where there is internet, or pass --model clip:PATH_TO.pt")
@@ -203,3 +205,24 @@ def _openai_file(arch: str) -> Path:
         return Path(clip.clip._download(url, str(root)))
     except Exception as exc:
         raise ModelNotAvailableError(f"could not download clip model {arch!r} ({str(exc).splitlines()[0]})") from None
+
+
+# --- the family ------------------------------------------------------------------------------
+def _is_openai_clip_model(model: torch.nn.Module) -> bool:
+    return "clip.model" in module_names(model)
+
+
+def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> OpenAICLIPBackend:
+    return OpenAICLIPBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer)
+
+
+def _load(spec: str, *, name: str, processor: Any = None, tokenizer: Any = None) -> OpenAICLIPBackend:
+    return load_openai_clip(spec)  # named clip:SPEC, as given
+
+
+def _load_file(path: Path, *, name: str, processor: Any = None, tokenizer: Any = None) -> OpenAICLIPBackend:
+    return load_openai_clip(str(path))  # a checkpoint file is read in OpenAI's layout (named clip:PATH)
+
+
+register(Family(name="OpenAI clip", supports="OpenAI clip CLIP", recognises=_is_openai_clip_model, wrap=_wrap,
+                prefix="clip:", load=_load, recognises_path=Path.is_file, load_path=_load_file))

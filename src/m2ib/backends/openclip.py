@@ -34,8 +34,10 @@ from ..errors import InputError, ModelNotAvailableError
 from ..inputs import ImagePreprocessing
 from .base import Modality, TextBatch
 from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, readable_token
+from .openai_towers import OpenAITextTower, OpenAIViTTower
+from .registry import Family, module_names, register
 from .resnet_clip import ResNetTower, is_modified_resnet
-from .towers import OpenAITextTower, OpenAIViTTower, Tower, TowersBackend
+from .towers import Tower, TowersBackend
 
 EXTRA_HINT = ("pip install 'm2ib[open_clip]' (OpenCLIP needs a torchvision built for your torch, e.g. "
               "pip install torch==2.14.1 torchvision==0.29.1)")
@@ -188,14 +190,15 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
     """An OpenCLIP model by OpenCLIP's names (see the module docstring)."""
     name = f"open_clip:{spec}"
     if spec.startswith("hf-hub:"):
-        from . import _hub_snapshot
+        from . import hub
 
         repo = spec[len("hf-hub:"):]
         howto = (f"download it where there is internet (`hf download {repo} --local-dir DIR`) and pass "
                  f"--model open_clip:local-dir:DIR, or fill the Hugging Face cache")
-        path = _hub_snapshot(repo, patterns=["open_clip_config.json", "*.safetensors", "*.txt", "*.json"], howto=howto)
+        files = ["open_clip_config.json", "*.txt", "*.json"]
+        path = hub.hub_snapshot(repo, patterns=[*files, "*.safetensors"], howto=howto)
         if _checkpoint_in(path) is None:  # no safetensors: the pickled checkpoint
-            path = _hub_snapshot(repo, patterns=["open_clip_config.json", "*.bin", "*.txt", "*.json"], howto=howto)
+            path = hub.hub_snapshot(repo, patterns=[*files, "*.bin"], howto=howto)
         return load_open_clip_dir(path, name)
     if spec.startswith("local-dir:"):
         return load_open_clip_dir(Path(spec[len("local-dir:"):]).expanduser(), name)
@@ -263,14 +266,14 @@ def _first_tag(oc: Any, arch: str) -> str:
 
 def _pretrained_file(oc: Any, arch: str, tag: str, cfg: dict) -> str:
     """The local file of a pretrained tag: cached, else downloaded; offline, a fast one-line error."""
-    from . import _hub_reachable
+    from . import hub
 
-    hub = cfg.get("hf_hub", "")
+    hub_file = cfg.get("hf_hub", "")
     url = cfg.get("url", "")
-    if hub:
+    if hub_file:
         from huggingface_hub import try_to_load_from_cache
 
-        repo, filename = os.path.split(hub)  # 'org/name/' names the default file, 'org/name/file' that file
+        repo, filename = os.path.split(hub_file)  # 'org/name/' names the default file, 'org/name/file' that file
         names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for fname in names:
             cached = try_to_load_from_cache(repo, fname)
@@ -278,15 +281,15 @@ def _pretrained_file(oc: Any, arch: str, tag: str, cfg: dict) -> str:
                 return cached
         howto = (f"download it where there is internet (`hf download {repo} {names[0]} --local-dir DIR`) and pass "
                  f"--model open_clip:{arch}@DIR/{names[0]}, or fill the Hugging Face cache")
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        if offline or not _hub_reachable():
+        offline = hub.hub_offline()
+        if offline or not hub.hub_reachable():
             why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
             raise ModelNotAvailableError(f"open_clip {arch}@{tag} is not in the local cache and {why}: {howto}")
     elif url:
         cached = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
         if cached.is_file():
             return str(cached)
-        if not _hub_reachable(url=url):
+        if not hub.hub_reachable(url=url):
             raise ModelNotAvailableError(f"open_clip {arch}@{tag} is not in the local cache and {url} cannot be "
                                          f"reached: download it there ({cached}) or pass --model open_clip:{arch}@FILE")
     try:
@@ -305,3 +308,30 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         logger.setLevel(level)
+
+
+# --- the family ------------------------------------------------------------------------------
+def _is_open_clip_model(model: torch.nn.Module) -> bool:
+    return any(m.startswith("open_clip.") for m in module_names(model))
+
+
+def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> OpenCLIPBackend:
+    if tokenizer is None:
+        tokenizer = import_open_clip().get_tokenizer("ViT-B-32")  # CLIP's BPE; pass tokenizer= for other vocabularies
+    return OpenCLIPBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer)
+
+
+def _load(spec: str, *, name: str, processor: Any = None, tokenizer: Any = None) -> OpenCLIPBackend:
+    return load_open_clip(spec)  # named open_clip:SPEC, as given
+
+
+def _is_open_clip_directory(path: Path) -> bool:
+    return path.is_dir() and not (path / "config.json").exists() and (path / "open_clip_config.json").exists()
+
+
+def _load_directory(path: Path, *, name: str, processor: Any = None, tokenizer: Any = None) -> OpenCLIPBackend:
+    return load_open_clip_dir(path, name)
+
+
+register(Family(name="OpenCLIP", supports="open_clip CLIP/CustomTextCLIP", recognises=_is_open_clip_model, wrap=_wrap,
+                prefix="open_clip:", load=_load, recognises_path=_is_open_clip_directory, load_path=_load_directory))

@@ -34,8 +34,10 @@ from PIL import Image
 from ..errors import InputError
 from ..inputs import ImagePreprocessing
 from .base import ImageBatch, Modality, TextBatch
+from .blocks import hf_block, text_mask
 from .hf_clip import readable_token
-from .towers import Tower, TowersBackend, TransformerTower, hf_block, text_mask
+from .registry import Family, register
+from .towers import PooledTextTower, Tower, TowersBackend, TransformerTower, present
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -75,10 +77,16 @@ class SiglipImageTower(TransformerTower):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:  # every token: the probe attends over all
         return self.vision.head(self.vision.post_layernorm(hidden))
 
+    def parts(self):
+        v = self.vision
+        return present(v.post_layernorm, v.head), list(v.encoder.layers), [v.embeddings]
 
-class SiglipTextTower(TransformerTower):
+
+class SiglipTextTower(PooledTextTower):
+    """Bidirectional; the head reads the last position, padding or not (texts fill the context)."""
+
     def __init__(self, text: torch.nn.Module, padding_mask: bool):
-        super().__init__([hf_block(layer) for layer in text.encoder.layers])
+        super().__init__([hf_block(layer) for layer in text.encoder.layers], pool="last", causal=False)
         self.text, self.padding_mask = text, padding_mask
 
     def embed(self, batch: TextBatch) -> torch.Tensor:
@@ -89,11 +97,12 @@ class SiglipTextTower(TransformerTower):
             return None
         return text_mask(batch.attention_mask.to(device).repeat_interleave(copies, 0), dtype, causal=False)
 
-    def positions(self, batch, copies, t, device):  # the last position, padding or not
-        return torch.full((len(batch) * copies,), t - 1, dtype=torch.long, device=device)
-
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.text.head(self.text.final_layer_norm(pooled))
+
+    def parts(self):
+        t = self.text
+        return present(t.final_layer_norm, t.head), list(t.encoder.layers), [t.embeddings]
 
 
 @dataclass
@@ -160,3 +169,21 @@ class SiglipBackend(TowersBackend):
 def _readable(token: str) -> str:
     """SentencePiece '\u2581cat' -> 'cat'; BPE 'cat</w>' -> 'cat'."""
     return readable_token(token).replace("\u2581", " ").strip() or token
+
+
+def _is_siglip_model(model: torch.nn.Module) -> bool:
+    from transformers import SiglipModel
+
+    return isinstance(model, SiglipModel)
+
+
+def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> SiglipBackend:
+    size = model.config.vision_config.image_size
+    prep = siglip_preprocessing(processor, size) if processor is not None else None
+    return SiglipBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
+                         preprocessing=prep)
+
+
+# Loaded by hf: names and transformers directories whose config says model_type "siglip".
+register(Family(name="SigLIP", supports="transformers SiglipModel", recognises=_is_siglip_model, wrap=_wrap,
+                model_type="siglip", model_class="SiglipModel"))

@@ -1,148 +1,44 @@
-"""Split forwards shared by the family backends (OpenCLIP, OpenAI ``clip``, SigLIP, ResNet CLIP).
+"""Towers: the one split forward every family runs (transformers CLIP, SigLIP, OpenCLIP, OpenAI ``clip``).
 
 A model is two towers. A tower embeds its input (the input of block 0), runs blocks, then pools
 and projects (its head). :class:`TowersBackend` turns that into the backend interface:
-``prefix`` = embed + blocks ``0..layer``; ``suffix`` = blocks ``layer+1..`` + head.
+``prefix`` = embed + blocks ``0..layer``; ``suffix`` = blocks ``layer+1..`` + head. The tower
+that pools in ``suffix`` also answers which token it pools (``pooled_positions``), which parts
+it is made of (``cascade_parts``) and whether its pooled token can be changed (``pooling``), so
+each rule is written once, next to the code it describes.
 
-Transformer blocks are written out here (:func:`block_forward`), for every layout through a
-:class:`Block` view (OpenAI/OpenCLIP ``ResidualAttentionBlock`` with ``nn.MultiheadAttention``,
-or transformers' ``q/k/v/out_proj`` layers). That gives one place for the masks, the recorded
-attention, and the last-block shortcut: when a tower pools one token (CLS, end of text, last
-position), only that token's query, attention output and MLP are computed in the last block.
-Parity with each library's own ``encode_*`` / ``get_*_features`` is tested to 1e-5.
+Transformer towers run :mod:`.blocks` (one place for masks, recorded attention and the
+last-block shortcut: when a head pools one token, only that token's query, attention output and
+MLP are computed in the last block). Parity with each library's own ``encode_*`` /
+``get_*_features`` is tested to 1e-5.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InputError
 from ..inputs import ImagePreprocessing
-from .base import EMBEDDINGS, AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
+from .base import AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, Part
+from .blocks import Block, block_forward, block_forward_at
+
+# Which token a text head reads: the largest id (OpenAI's end-of-text token), the first ``eos_id``,
+# the first position, or the last position (padding included).
+TEXT_POOLS = ("argmax", "eos", "first", "last")
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+def present(*objects: Any) -> list[Any]:
+    """The objects that exist (a model's optional parts are None)."""
+    return [x for x in objects if x is not None]
 
 
-@dataclass
-class Block:
-    """A pre-norm transformer block seen through its parts:
-    ``h + ls1(out(attn(norm1(h)))``, then ``h + ls2(mlp(norm2(h)))``."""
-
-    norm1: Callable[[torch.Tensor], torch.Tensor]
-    q: Callable[[torch.Tensor], torch.Tensor]  # [.., D] -> [.., D] (all heads)
-    k: Callable[[torch.Tensor], torch.Tensor]
-    v: Callable[[torch.Tensor], torch.Tensor]
-    out: Callable[[torch.Tensor], torch.Tensor]  # attention output projection
-    norm2: Callable[[torch.Tensor], torch.Tensor]
-    mlp: Callable[[torch.Tensor], torch.Tensor]
-    heads: int
-    scale: float
-    ls1: Callable[[torch.Tensor], torch.Tensor] = _identity  # LayerScale (OpenCLIP), else identity
-    ls2: Callable[[torch.Tensor], torch.Tensor] = _identity
-
-
-def openai_block(block: torch.nn.Module) -> Block:
-    """OpenAI ``clip`` / OpenCLIP ``ResidualAttentionBlock`` (``ln_1``, ``attn``: nn.MultiheadAttention,
-    ``mlp``, ``ln_2``, optional ``ls_1``/``ls_2``)."""
-    attn = getattr(block, "attn", None)
-    if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None \
-            or attn.bias_k is not None or hasattr(block, "ln_1_kv"):
-        raise InputError(f"transformer block {type(block).__name__} is not supported (custom attention, "
-                         "qk-norm or scaled-cosine blocks are not handled yet)")
-    width = attn.embed_dim
-    weight, bias = attn.in_proj_weight, attn.in_proj_bias
-
-    def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        def f(x: torch.Tensor) -> torch.Tensor:
-            return F.linear(x, weight[i * width:(i + 1) * width],
-                            None if bias is None else bias[i * width:(i + 1) * width])
-        return f
-
-    return Block(norm1=block.ln_1, q=proj(0), k=proj(1), v=proj(2), out=attn.out_proj, norm2=block.ln_2,
-                 mlp=block.mlp, heads=attn.num_heads, scale=attn.head_dim ** -0.5,
-                 ls1=getattr(block, "ls_1", _identity), ls2=getattr(block, "ls_2", _identity))
-
-
-def hf_block(layer: torch.nn.Module) -> Block:
-    """A transformers CLIP/SigLIP encoder layer (``layer_norm1``, ``self_attn.{q,k,v,out}_proj``,
-    ``layer_norm2``, ``mlp``)."""
-    attn = layer.self_attn
-    return Block(norm1=layer.layer_norm1, q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, out=attn.out_proj,
-                 norm2=layer.layer_norm2, mlp=layer.mlp, heads=attn.num_heads, scale=attn.scale)
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    n, t, width = x.shape
-    return x.view(n, t, heads, width // heads).transpose(1, 2)
-
-
-def block_forward(block: Block, hidden: torch.Tensor, mask: torch.Tensor | None,
-                  records: list[AttentionRecord] | None = None) -> torch.Tensor:
-    """One block on every token; ``mask`` is additive, [N or 1, 1, T, T]. With ``records``, the
-    attention is computed explicitly and appended (same numbers)."""
-    n, t, width = hidden.shape
-    normed = block.norm1(hidden)
-    query, key, value = (_heads(f(normed), block.heads) for f in (block.q, block.k, block.v))
-    if records is None:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=block.scale)
-        output = block.out(out.transpose(1, 2).reshape(n, t, width))
-    else:
-        scores = (query @ key.transpose(-1, -2)) * block.scale
-        if mask is not None:
-            scores = scores + mask
-        probs = scores.softmax(dim=-1)
-        output = block.out((probs @ value).transpose(1, 2).reshape(n, t, width))
-        record = AttentionRecord(probs, query, key, value, output)
-        records.append(record)
-    hidden = hidden + block.ls1(output)
-    hidden = hidden + block.ls2(block.mlp(block.norm2(hidden)))
-    if records is not None:
-        record.hidden = hidden
-    return hidden
-
-
-def block_forward_at(block: Block, hidden: torch.Tensor, positions: torch.Tensor,
-                     mask: torch.Tensor | None) -> torch.Tensor:
-    """The block's output at one position per row, [N, width]: the query, attention output and
-    MLP of that token only; keys and values from every token (same numbers as the full block)."""
-    n, t, width = hidden.shape
-    rows = torch.arange(n, device=hidden.device)
-    normed = block.norm1(hidden)
-    query = block.q(normed[rows, positions]).view(n, block.heads, 1, width // block.heads)
-    key, value = _heads(block.k(normed), block.heads), _heads(block.v(normed), block.heads)
-    if mask is not None:  # the pooled query's row of the mask
-        mask = mask.expand(n, -1, -1, -1)[rows, :, positions][:, :, None, :]
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=block.scale)
-    hidden = hidden[rows, positions] + block.ls1(block.out(out.reshape(n, width)))
-    return hidden + block.ls2(block.mlp(block.norm2(hidden)))
-
-
-def text_mask(attention_mask: torch.Tensor, dtype: torch.dtype, causal: bool) -> torch.Tensor:
-    """Additive [N, 1, T, T] mask: padding keys hidden, and later keys too when ``causal``.
-    A causal row always keeps its real tokens before it, so no row is fully masked."""
-    n, t = attention_mask.shape
-    allowed = attention_mask.bool()[:, None, None, :].expand(n, 1, t, t)
-    if causal:
-        allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=attention_mask.device).tril()
-    mask = torch.zeros(n, 1, t, t, dtype=dtype, device=attention_mask.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def causal_mask(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    allowed = torch.ones(t, t, dtype=torch.bool, device=device).tril()
-    return torch.zeros(1, 1, t, t, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-# --- towers ---------------------------------------------------------------------------------
 class Tower(ABC):
     """One modality's encoder, split at block outputs."""
 
@@ -166,6 +62,29 @@ class Tower(ABC):
                records: list[AttentionRecord] | None) -> torch.Tensor:
         """Blocks ``layer+1..`` then the head: [N * copies, embed_dim]."""
 
+    def pooled_positions(self, batch: Batch, copies: int, device: torch.device) -> torch.Tensor | None:
+        """Index [N * copies] of the token the head turns into the embedding, or None when the head
+        reads every token (average or attention pooling): this default."""
+        return None
+
+    def parts(self) -> tuple[list[Any], list[torch.nn.Module], list[Any]]:
+        """(head, blocks bottom-up, embeddings): the modules and parameters the tower is made of."""
+        raise InputError(f"the sanity check does not know the parts of a {type(self).__name__} (transformers "
+                         "CLIP/SigLIP towers and OpenAI/OpenCLIP ViT and text towers are supported)")
+
+    def cascade_parts(self) -> list[Part]:
+        """The parts from the top down, as the sanity check randomises them: the head, each block
+        from the last to the first, then the embeddings."""
+        head, blocks, embeddings = self.parts()
+        n = len(blocks)
+        return ([("head", head)] + [(f"block {i}", [blocks[i]]) for i in reversed(range(n))]
+                + [("embeddings", embeddings)])
+
+    def can_pool(self, rule: str) -> bool:
+        """Whether a ``pooling(rule)`` context can make the head read the token ``rule`` picks
+        (``TEXT_POOLS``; towers that can define ``pooling``)."""
+        return False
+
     def grid(self, layer: int) -> tuple[int, int]:
         raise NotImplementedError
 
@@ -176,7 +95,7 @@ class Tower(ABC):
 
 class TransformerTower(Tower):
     """A stack of :class:`Block` s between an embedding and a head. Subclasses give ``embed``,
-    ``mask``, ``positions`` and ``head``."""
+    ``mask``, ``pooled_positions`` and ``head``."""
 
     def __init__(self, blocks: Sequence[Block]):
         self.blocks = list(blocks)
@@ -194,13 +113,9 @@ class TransformerTower(Tower):
         """Additive attention mask for ``batch`` repeated ``copies`` times (None: full attention)."""
         return None
 
-    def positions(self, batch: Batch, copies: int, t: int, device: torch.device) -> torch.Tensor | None:
-        """Index of the pooled token per row, or None when the head reads every token."""
-        return None
-
     @abstractmethod
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Pooled token [N, D] (or all tokens [N, T, D] when ``positions`` is None) -> embedding."""
+        """Pooled token [N, D] (or all tokens [N, T, D] when ``pooled_positions`` is None) -> embedding."""
 
     def run(self, hidden, start, stop, batch, copies, records):
         blocks = self.blocks[start:stop]
@@ -214,7 +129,7 @@ class TransformerTower(Tower):
     def suffix(self, hidden, layer, batch, copies, records):
         n, t, _ = hidden.shape
         last = self.num_layers - 1
-        positions = self.positions(batch, copies, t, hidden.device)
+        positions = self.pooled_positions(batch, copies, hidden.device)
         rows = torch.arange(n, device=hidden.device)
         if positions is None or records is not None:  # every block in full
             hidden = self.run(hidden, layer + 1, last + 1, batch, copies, records)
@@ -226,121 +141,57 @@ class TransformerTower(Tower):
         return self.head(hidden[rows, positions])
 
 
-def apply_projection(x: torch.Tensor, projection: Any) -> torch.Tensor:
-    """OpenAI/OpenCLIP projections: a [D, E] parameter (``x @ P``), a Linear, or None."""
-    if projection is None:
-        return x
-    if isinstance(projection, torch.nn.Module):
-        return projection(x)
-    return x @ projection
-
-
-class OpenAIViTTower(TransformerTower):
-    """The ViT image tower of OpenAI ``clip`` and OpenCLIP (``conv1``, ``class_embedding``,
-    ``positional_embedding``, ``ln_pre``, ``transformer.resblocks``, ``ln_post``, ``proj``)."""
+class ClassTokenTower(TransformerTower):
+    """An image tower whose head reads its class token (position 0)."""
 
     prefix_tokens = 1
 
-    def __init__(self, visual: torch.nn.Module):
-        if getattr(visual, "attn_pool", None) is not None:
-            raise InputError("OpenCLIP image towers with attentional pooling (CoCa) are not supported yet")
-        if getattr(visual, "class_embedding", None) is None:
-            raise InputError("OpenCLIP image towers without a class token are not supported yet")
-        super().__init__([openai_block(b) for b in visual.transformer.resblocks])
-        self.visual = visual
-        self.pool = getattr(visual, "pool_type", "tok")
-        if self.pool not in ("tok", "avg"):
-            raise InputError(f"OpenCLIP image pooling {self.pool!r} is not supported (tok or avg)")
-        self.ln_after_pool = bool(getattr(visual, "final_ln_after_pool", False))
-        size = getattr(visual, "image_size", None) or visual.input_resolution
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        ph, pw = visual.conv1.kernel_size
-        self.patch_grid = (self.image_size[0] // ph, self.image_size[1] // pw)
-
-    def grid(self, layer: int) -> tuple[int, int]:
-        return self.patch_grid
-
-    def embed(self, batch: ImageBatch) -> torch.Tensor:
-        v = self.visual
-        x = v.conv1(batch.pixel_values.to(v.conv1.weight.device, v.conv1.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)  # [N, grid, width]
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(x)
-
-    def positions(self, batch, copies, t, device):
-        if self.pool == "avg":
-            return None
+    def pooled_positions(self, batch, copies, device):
         return torch.zeros(len(batch) * copies, dtype=torch.long, device=device)
 
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        v = self.visual
-        if self.pool == "avg":
-            if self.ln_after_pool:
-                pooled = v.ln_post(pooled[:, 1:].mean(dim=1))
-            else:
-                pooled = v.ln_post(pooled)[:, 1:].mean(dim=1)
-        else:
-            pooled = v.ln_post(pooled)
-        return apply_projection(pooled, v.proj)
+
+def text_positions(input_ids: torch.Tensor, rule: str, eos_id: int | None) -> torch.Tensor:
+    """Per row, the position a ``rule`` text head reads (``TEXT_POOLS``)."""
+    n, t = input_ids.shape
+    if rule == "argmax":
+        return input_ids.argmax(dim=-1)
+    if rule == "eos":
+        return (input_ids == eos_id).int().argmax(dim=-1)
+    if rule == "first":
+        return torch.zeros(n, dtype=torch.long, device=input_ids.device)
+    return torch.full((n,), t - 1, dtype=torch.long, device=input_ids.device)
 
 
-class OpenAITextTower(TransformerTower):
-    """The text tower of OpenAI ``clip`` and OpenCLIP: token + positional embeddings, blocks
-    (causal unless ``causal=False``), ``ln_final``, the pooled token, ``text_projection``.
+class PooledTextTower(TransformerTower):
+    """A text tower whose head reads one token, picked by ``pool`` (``TEXT_POOLS``)."""
 
-    ``pool``: ``argmax`` (the end-of-text token has the largest id: OpenAI's rule), ``eos``
-    (first ``eos_id``), ``first`` or ``last``.
-    """
-
-    def __init__(self, owner: torch.nn.Module, causal: bool = True, pool: str = "argmax",
-                 eos_id: int | None = None, pad_id: int | None = None, pad_mask: bool = False):
-        super().__init__([openai_block(b) for b in owner.transformer.resblocks])
-        if pool not in ("argmax", "eos", "first", "last"):
+    def __init__(self, blocks: Sequence[Block], pool: str, eos_id: int | None = None, causal: bool = True):
+        super().__init__(blocks)
+        if pool not in TEXT_POOLS:
             raise InputError(f"text pooling {pool!r} is not supported (argmax, eos, first or last)")
-        if getattr(owner, "cls_emb", None) is not None:
-            raise InputError("OpenCLIP text towers with a class embedding (CoCa) are not supported yet")
-        self.owner, self.causal, self.pool = owner, causal, pool
-        self.eos_id, self.pad_id, self.pad_mask = eos_id, pad_id, pad_mask
+        self.pool, self.eos_id, self.causal = pool, eos_id, causal
+        self._forced: str | None = None  # the rule an open pooling() context puts in place of pool
 
-    @property
-    def context_length(self) -> int:
-        return self.owner.positional_embedding.shape[0]
+    def pooled_positions(self, batch, copies, device):
+        rule = self._forced or self.pool
+        return text_positions(batch.input_ids.to(device), rule, self.eos_id).repeat_interleave(copies, 0)
 
-    @property
-    def truncates(self) -> bool:
-        """Whether padding after the pooled token can be dropped (a causal tower pooling the end
-        token sees nothing after it), so that batches pad to the longest text only."""
-        return self.causal and self.pool in ("argmax", "eos", "first")
+    def can_pool(self, rule: str) -> bool:
+        # Only a causal tower: the tokens up to the new pooled one never see those after it, so the
+        # embedding is the model's own for the ids up to there.
+        return self.causal and rule in TEXT_POOLS
 
-    def embed(self, batch: TextBatch) -> torch.Tensor:
-        o = self.owner
-        ids = batch.input_ids.to(o.token_embedding.weight.device)
-        x = o.token_embedding(ids)
-        return x + o.positional_embedding[: ids.shape[1]].to(x.dtype)
-
-    def mask(self, batch, copies, t, dtype, device):
-        if self.causal:
-            return text_mask(batch.attention_mask.to(device).repeat_interleave(copies, 0), dtype, causal=True)
-        if self.pad_mask:  # OpenCLIP's bidirectional pad mask: keys whose id is not the pad id
-            valid = (batch.input_ids.to(device) != self.pad_id).long().repeat_interleave(copies, 0)
-            return text_mask(valid, dtype, causal=False)
-        return None
-
-    def positions(self, batch, copies, t, device):
-        ids = batch.input_ids.to(device)
-        if self.pool == "argmax":
-            pos = ids.argmax(dim=-1)
-        elif self.pool == "eos":
-            pos = (ids == self.eos_id).int().argmax(dim=-1)
-        elif self.pool == "first":
-            pos = torch.zeros(ids.shape[0], dtype=torch.long, device=device)
-        else:
-            pos = torch.full((ids.shape[0],), t - 1, dtype=torch.long, device=device)
-        return pos.repeat_interleave(copies, 0)
-
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return apply_projection(self.owner.ln_final(pooled), self.owner.text_projection)
+    @contextlib.contextmanager
+    def pooling(self, rule: str) -> Iterator[None]:
+        if not self.can_pool(rule):
+            raise InputError(f"this {'causal' if self.causal else 'bidirectional'} text tower cannot pool by {rule!r}")
+        if self._forced is not None:
+            raise RuntimeError("the text tower's pooling is already forced")
+        self._forced = rule
+        try:
+            yield
+        finally:
+            self._forced = None
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -399,23 +250,22 @@ class TowersBackend(Backend):
             raise ValueError(f"hidden has {hidden.shape[0]} rows, not a multiple of the batch's {len(batch)}")
         return self.towers[modality].suffix(hidden, layer, batch, copies, self._recording.get(modality))
 
-    def pooled_position(self, modality: Modality, batch: Batch) -> torch.Tensor | None:
-        """Index [N] of the token whose last state becomes the embedding (CLS, end of text, SigLIP's
-        last text position), or None when the head reads every token (SigLIP's attention-pooling
-        head, average pooling, ResNet's attention pool)."""
-        tower = self.towers[modality]
-        if not isinstance(tower, TransformerTower):
-            return None
-        if modality == "text":
-            t = batch.input_ids.shape[1]
-        else:
-            rows, cols = tower.grid(0)
-            t = tower.prefix_tokens + rows * cols
-        return tower.positions(batch, 1, t, self.device)
+    # --- what the tower knows about itself ------------------------------------------------
+    def pooled_positions(self, modality: Modality, batch: Batch) -> torch.Tensor | None:
+        return self.towers[modality].pooled_positions(batch, 1, self.device)
 
-    def pool_positions(self, batch: TextBatch) -> torch.Tensor:
-        """The pooled text position per row (what the baselines ask of text towers)."""
-        return self.pooled_position("text", batch)
+    def cascade_parts(self, modality: Modality) -> list[Part]:
+        return self.towers[modality].cascade_parts()
+
+    def can_pool(self, modality: Modality, rule: str) -> bool:
+        return self.towers[modality].can_pool(rule)
+
+    @contextlib.contextmanager
+    def pooling(self, modality: Modality, rule: str) -> Iterator[None]:
+        if not self.can_pool(modality, rule):
+            raise InputError(f"the {modality} tower of {self.name!r} ({type(self).__name__}) cannot pool by {rule!r}")
+        with self.towers[modality].pooling(rule):
+            yield
 
     # --- attention -----------------------------------------------------------------------
     @property
@@ -426,5 +276,5 @@ class TowersBackend(Backend):
         return self.towers[modality].records_attention
 
 
-__all__ = ["Block", "EMBEDDINGS", "OpenAITextTower", "OpenAIViTTower", "Tower", "TowersBackend", "TransformerTower",
-           "block_forward", "block_forward_at", "hf_block", "openai_block", "text_mask"]
+__all__ = ["ClassTokenTower", "PooledTextTower", "TEXT_POOLS", "Tower", "TowersBackend", "TransformerTower",
+           "present", "text_positions"]

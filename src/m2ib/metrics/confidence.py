@@ -37,8 +37,7 @@ Two protocols, both reported (``PROTOCOLS``):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -141,7 +140,10 @@ def _text_scores(backend: Backend, images: ImageBatch, texts: TextBatch, maps: l
             keep = median_keep(maps[i][1:length - 1])
             cut.append(ids)
             zeroed.append(ids * keep.to(ids.dtype))
-        with argmax_pooling(backend):
+        if not backend.can_pool("text", "argmax"):
+            raise InputError(f"the 'm2ib' text protocol needs a causal text tower that can pool the largest id; "
+                             f"{type(backend).__name__} cannot: use protocol 'mask'")
+        with backend.pooling("text", "argmax"):
             base = cosine(unit_embeddings(backend, "text", _padded(backend, cut)), target[rows])
             masked = cosine(unit_embeddings(backend, "text", _padded(backend, zeroed)), target[rows])
         s[rows] = base.cpu()
@@ -159,34 +161,6 @@ def _padded(backend: Backend, rows: list[torch.Tensor]) -> TextBatch:
         ids[i, :r.shape[0]] = r
         attention[i, :r.shape[0]] = 1
     return TextBatch(ids.to(backend.device), attention.to(backend.device))
-
-
-@contextlib.contextmanager
-def argmax_pooling(backend: Backend) -> Iterator[None]:
-    """While open, the text tower pools the position of the largest id (ties: the first), as
-    transformers' CLIP did before it looked for the end token. Changes only the backend
-    object (restored after), never the model."""
-    tower = getattr(backend, "towers", {}).get("text")
-    if tower is not None:
-        if not (hasattr(tower, "pool") and getattr(tower, "causal", False)):
-            raise InputError(f"the 'm2ib' text protocol needs a causal text tower that can pool the largest id; "
-                             f"{type(backend).__name__} cannot: use protocol 'mask'")
-        previous = tower.pool
-        tower.pool = "argmax"
-        try:
-            yield
-        finally:
-            tower.pool = previous
-        return
-    if not callable(getattr(backend, "pool_positions", None)):
-        raise InputError(f"the 'm2ib' text protocol needs to set the text pooling of {type(backend).__name__}, "
-                         "which has no pool_positions: use protocol 'mask'")
-    # transformers CLIP (and backends like it) pool where pool_positions says: shadow it on the instance
-    backend.pool_positions = lambda batch: batch.input_ids.argmax(dim=-1)
-    try:
-        yield
-    finally:
-        del backend.pool_positions
 
 
 #: What each protocol does, recorded in every results file's provenance.

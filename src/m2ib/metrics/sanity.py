@@ -30,52 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..backends.base import Backend, ImageBatch, Modality, Part, TextBatch  # noqa: F401 (Part: re-exported)
 from ..errors import InputError
 from .base import Key, Measured, MethodRun, Metric, PairBatch, PlotCanvas, mean_curve, number, numbers, register
-
-Part = tuple[str, list[Any]]  # (label, modules or parameters randomised at that step)
-
-
-def _get(obj: Any, path: str) -> Any:
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _present(model: torch.nn.Module, paths: Sequence[str]) -> list[Any]:
-    return [x for x in (_get(model, p) for p in paths) if x is not None]
-
-
-def cascade_parts(model: torch.nn.Module, modality: Modality) -> list[Part]:
-    """The explained tower's parts from the top down: head, blocks (last first), embeddings."""
-    if _get(model, "vision_model.encoder.layers") is not None:  # transformers CLIP / SigLIP
-        if modality == "image":
-            head = _present(model, ["visual_projection", "vision_model.post_layernorm", "vision_model.head"])
-            blocks = list(model.vision_model.encoder.layers)
-            embeddings = _present(model, ["vision_model.embeddings", "vision_model.pre_layrnorm"])
-        else:
-            head = _present(model, ["text_projection", "text_model.final_layer_norm", "text_model.head"])
-            blocks = list(model.text_model.encoder.layers)
-            embeddings = _present(model, ["text_model.embeddings"])
-    elif _get(model, "visual.transformer.resblocks") is not None:  # OpenAI clip / OpenCLIP ViT
-        if modality == "image":
-            head = _present(model, ["visual.ln_post", "visual.proj"])
-            blocks = list(model.visual.transformer.resblocks)
-            embeddings = _present(model, ["visual.conv1", "visual.class_embedding", "visual.positional_embedding",
-                                          "visual.ln_pre"])
-        else:
-            head = _present(model, ["ln_final", "text_projection"])
-            blocks = list(model.transformer.resblocks)
-            embeddings = _present(model, ["token_embedding", "positional_embedding"])
-    else:
-        raise InputError(f"the sanity check does not know the towers of {type(model).__name__} (transformers "
-                         "CLIP/SigLIP and OpenAI/OpenCLIP ViTs are supported)")
-    n = len(blocks)
-    return ([("head", head)] + [(f"block {n - 1 - j}", [b]) for j, b in enumerate(reversed(blocks))]
-            + [("embeddings", embeddings)])
 
 
 def randomise_(objects: Sequence[Any], seed: int) -> None:
@@ -117,7 +74,7 @@ def randomised_cascade(backend: Backend, modality: Modality, seed: int = 0,
     randomised cumulatively from the top (the yielded backend changes in place between steps)."""
     model = copy.deepcopy(backend.model)
     randomised = dataclasses.replace(backend, model=model, graph_cache={}, dtype_copies={})
-    parts = cascade_parts(model, modality)
+    parts = randomised.cascade_parts(modality)  # the copy's own parts
     keep = set(chosen_steps(len(parts), steps))
     for index, (label, objects) in enumerate(parts):
         randomise_(objects, seed * 1009 + index)

@@ -1,7 +1,8 @@
 """Models m2ib knows by name: the shipped shapes-world CLIP and random-weight CLIPs.
 
-Each entry is data (a name, a description and how to build it), so the CLI's help and
-``m2ib.list_models()`` come from this one table.
+Each entry is data (a name, a description and how to build it, or where it is saved), so the
+CLI's help and ``m2ib.list_models()`` come from this one table. Nothing here wraps a model in a
+backend: ``m2ib.backends`` reads this table, never the other way round.
 """
 
 from __future__ import annotations
@@ -42,9 +43,24 @@ class RandomCLIPSpec:
 
 @dataclass(frozen=True)
 class BuiltinModel:
+    """A model m2ib knows by name: built in code (``build``) or saved in the package (``directory``,
+    which the loader reads as it reads any saved model directory)."""
+
     name: str
     description: str
-    build: Callable[[], tuple[torch.nn.Module, object, object, dict]]  # -> model, tokenizer, preprocessing, info
+    # -> model, tokenizer, preprocessing, info
+    build: Callable[[], tuple[torch.nn.Module, object, object, dict]] | None = None
+    directory: Path | None = None  # a save_pretrained directory (weights, tokenizer, m2ib.json settings)
+    missing_hint: str = "reinstall m2ib"  # what to do when this install lacks the directory
+
+    def saved_directory(self) -> Path:
+        """``directory``, or a one-line error when this install lacks it."""
+        from ..errors import ModelNotAvailableError
+
+        if self.directory is None or not (self.directory / "config.json").exists():
+            raise ModelNotAvailableError(f"the {self.name} model is missing from this install ({self.directory}): "
+                                         f"{self.missing_hint}")
+        return self.directory
 
 
 def clip_config(arch, tokenizer, **extra):
@@ -98,22 +114,12 @@ def _random_builder(spec: RandomCLIPSpec, label: str):
 SHAPES_DIR = MODELS_DIR / "shapes"
 
 
-def _shapes():
-    """The CLIP trained on the shapes world, shipped in the package (weights, tokenizer, settings)."""
-    from ..backends import load_directory
-    from ..errors import ModelNotAvailableError
-
-    if not (SHAPES_DIR / "config.json").exists():
-        raise ModelNotAvailableError(f"the shapes model is missing from this install ({SHAPES_DIR}): "
-                                     "reinstall m2ib, or train one with `m2ib train-shapes --out DIR`")
-    return load_directory(SHAPES_DIR, name="shapes"), None, None, {}
-
-
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
         BuiltinModel("shapes", "small CLIP trained on m2ib's synthetic shapes world (96 px, offline default)",
-                     _shapes),
+                     directory=SHAPES_DIR,
+                     missing_hint="reinstall m2ib, or train one with `m2ib train-shapes --out DIR`"),
         BuiltinModel("random-tiny", "tiny CLIP with random weights (64 px, 4+4 blocks): a smoke test, "
                      "its maps mean nothing", _random_builder(TINY, "random-tiny")),
         BuiltinModel("random-vit-b-32", "CLIP ViT-B/32-shaped model with random weights (for benchmarks)",
