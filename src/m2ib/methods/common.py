@@ -19,8 +19,9 @@ S = TypeVar("S")
 
 
 def pooled_positions(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch) -> torch.Tensor | None:
-    """Index [N] of the token whose final state becomes the embedding (CLS for images, the
-    end-of-text token for texts), or ``None`` when the tower's head reads every token."""
+    """Index [N] of the token whose final state becomes the embedding (the class token, the
+    end-of-text token, SigLIP's last text position), or ``None`` when the tower's head reads every
+    token (average or attention pooling). The backend answers from the rule its head pools by."""
     return backend.pooled_positions(modality, batch)
 
 
