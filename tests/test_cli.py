@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Literal, Optional
 
 import pytest
 
@@ -196,3 +197,38 @@ def test_explain_several_methods_equals_each_alone(scene, tmp_path):
         assert meta["methods"][method]["settings"] == json.loads((tmp_path / method / "scene.json").read_text())[
             "settings"]
     assert set(both.files) == keys | {"image"}
+
+
+def test_a_new_setting_is_one_field(monkeypatch):
+    """A field added to a method's settings dataclass is a flag, read and checked, with nothing else."""
+    import dataclasses
+
+    from m2ib.cli import build_parser
+    from m2ib.errors import InputError
+    from m2ib.methods import REGISTRY, Saliency
+    from m2ib.methods.base import setting
+    from m2ib.settings import given_settings, settings_per_method
+
+    @dataclasses.dataclass(frozen=True)
+    class FlavouredSettings(Saliency.Settings):
+        flavour: Literal["plain", "spiced"] = setting("plain", "how it tastes")
+        pinch: Optional[float] = setting(None, "how much; default: none")
+
+    class Flavoured(Saliency):
+        name, title, Settings = "flavoured-test", "Flavoured", FlavouredSettings
+
+    monkeypatch.setitem(REGISTRY, Flavoured.name, Flavoured)
+    parser = build_parser()
+    assert "how it tastes" in parser._subparsers._group_actions[0].choices["explain"].format_help()
+
+    def read(*flags):
+        args = parser.parse_args(["explain", "x.png", "t", "--method", Flavoured.name, *flags])
+        return settings_per_method([Flavoured.name], given_settings(args, REGISTRY), REGISTRY)[Flavoured.name]
+
+    assert read("--flavour", "spiced", "--pinch", "0.5") == {"flavour": "spiced", "pinch": 0.5}
+    with pytest.raises(InputError, match="flavour='salty': use one of plain, spiced"):
+        read("--flavour", "salty")
+    with pytest.raises(InputError, match="pinch='lots' must be a number"):
+        read("--pinch", "lots")
+    with pytest.raises(InputError, match="flavour=3 must be text"):
+        FlavouredSettings(flavour=3)

@@ -55,7 +55,7 @@ class SettingField:
             return "choice"
         if self.kind is bool:
             return "checkbox"
-        if self.optional:
+        if self.default is None:
             return "auto"
         return {int: "integer", float: "number"}.get(self.kind, "text")
 
