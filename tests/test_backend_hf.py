@@ -161,3 +161,55 @@ def test_embeddings_layer_index_runs_every_block(backend):
         hidden = backend.prefix("text", text_batch, EMBEDDINGS)
         torch.testing.assert_close(backend.suffix("text", hidden, EMBEDDINGS, text_batch),
                                    backend.embed("text", text_batch), atol=1e-5, rtol=0)
+
+
+# --- families as data ------------------------------------------------------------------------------
+def test_models_module_does_not_import_the_backends():
+    """Built-in models are data that the backends read: m2ib.models imports no backend (no cycle)."""
+    import ast
+    from pathlib import Path
+
+    import m2ib.models
+
+    tree = ast.parse(Path(m2ib.models.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert imported and not [m for m in imported if "backends" in m]
+    assert m2ib.models.BUILTIN_MODELS["shapes"].directory == m2ib.models.SHAPES_DIR
+
+
+def test_a_new_family_is_one_registry_entry(small_clip, monkeypatch):
+    """An entry makes load_backend take the family's objects and its PREFIX: names; nothing else changes."""
+    from m2ib.backends import registry
+    from m2ib.backends.hf_clip import HFCLIPBackend
+
+    class Wrapped(torch.nn.Module):  # a "library" whose model holds a CLIPModel
+        def __init__(self, clip):
+            super().__init__()
+            self.clip = clip
+
+    model, tok = small_clip
+    family = registry.Family(
+        name="wrapped", supports="Wrapped", recognises=lambda m: isinstance(m, Wrapped),
+        wrap=lambda m, name, tokenizer, processor, info: HFCLIPBackend(model=m.clip, name=name, tokenizer=tok),
+        prefix="wrapped:", load=lambda spec, *, name, **_: HFCLIPBackend(model=model, name=name, tokenizer=tok))
+    monkeypatch.setattr(registry, "_FAMILIES", list(registry.families()))  # the table is restored after
+    registry.register(family)
+    assert m2ib.load(Wrapped(model), dtype="model").model is model
+    assert m2ib.load("wrapped:anything", dtype="model").name == "wrapped:anything"
+    with pytest.raises(ValueError, match="already"):
+        registry.register(family)
+    with pytest.raises(InputError, match="no m2ib backend for Linear: supported are transformers CLIPModel, .* and "
+                                         "Wrapped models"):
+        m2ib.load(torch.nn.Linear(2, 2))
+
+
+def test_every_family_is_registered_with_disjoint_names():
+    from m2ib.backends import registry
+
+    names = [f.name for f in registry.families()]
+    assert names == ["transformers CLIP", "OpenCLIP", "OpenAI clip", "SigLIP"]
+    prefixes = [f.prefix for f in registry.families() if f.prefix]
+    assert sorted(prefixes) == ["clip:", "hf:", "open_clip:"]
+    assert registry.model_types() == ["clip", "siglip"]
+    assert all(not p.startswith(q) for p in prefixes for q in prefixes if p != q)  # no prefix shadows another
