@@ -218,12 +218,10 @@ class Backend(ABC):
         (``"argmax"``: the largest id; ``"eos"``, ``"first"``, ``"last"``)."""
         return False
 
-    @contextlib.contextmanager
-    def pooling(self, modality: Modality, rule: str) -> Iterator[None]:
-        """While open, ``modality``'s head (and :meth:`pooled_positions`) read the token ``rule``
-        picks instead of the model's own; restored after. Never changes the model."""
+    def pooling(self, modality: Modality, rule: str) -> contextlib.AbstractContextManager[None]:
+        """A context in which ``modality``'s head (and :meth:`pooled_positions`) read the token
+        ``rule`` picks instead of the model's own; restored after. Never changes the model."""
         raise InputError(f"the {modality} tower of {self.name!r} ({type(self).__name__}) cannot pool by {rule!r}")
-        yield  # pragma: no cover (a generator, so that the error comes when the context is entered)
 
     # --- shared ------------------------------------------------------------------------
     @property

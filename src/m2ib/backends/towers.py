@@ -260,12 +260,10 @@ class TowersBackend(Backend):
     def can_pool(self, modality: Modality, rule: str) -> bool:
         return self.towers[modality].can_pool(rule)
 
-    @contextlib.contextmanager
-    def pooling(self, modality: Modality, rule: str) -> Iterator[None]:
+    def pooling(self, modality: Modality, rule: str) -> contextlib.AbstractContextManager[None]:
         if not self.can_pool(modality, rule):
-            raise InputError(f"the {modality} tower of {self.name!r} ({type(self).__name__}) cannot pool by {rule!r}")
-        with self.towers[modality].pooling(rule):
-            yield
+            return super().pooling(modality, rule)  # the one-line refusal
+        return self.towers[modality].pooling(rule)
 
     # --- attention -----------------------------------------------------------------------
     @property
