@@ -64,7 +64,7 @@ def test_pairs_file_skips_bad_rows_and_resumes(scene, tmp_path, capsys):
             "--samples", "2", "--no-figure"]
     assert main(args) == 2  # one row failed: reported, the others written
     assert "skipped row 2" in capsys.readouterr().err
-    assert sorted(p.name for p in out.glob("*.json")) == ["00000_scene.json", "00002_scene.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["00001_scene.json", "00003_scene.json"]
     assert main(args) == 2
     assert "2 pair(s) already in" in capsys.readouterr().err
 

@@ -11,19 +11,40 @@ image-text models, with a Python API, a CLI and figures.
     m2ib.compare(model, "scene.png", "a red circle", methods="m2ib,gradcam").save("out/", "scene")
 """
 
-from .api import compare, explain, load, similarity
-from .backends import Backend
-from .comparison import Comparison
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import InputError, M2IBError, ModelNotAvailableError
-from .explanation import Explanation
-from .methods import list_methods
-from .models import BUILTIN_MODELS
 
 __version__ = "0.1.0"
+
+# Public names, imported on first use: `m2ib --help` and argument errors then answer without
+# importing torch (1.5 s) or transformers (several seconds).
+_LAZY = {"load": "api", "explain": "api", "compare": "api", "similarity": "api", "Backend": "backends",
+         "Comparison": "comparison", "Explanation": "explanation", "list_methods": "methods",
+         "BUILTIN_MODELS": "models"}
+
+if TYPE_CHECKING:
+    from .api import compare, explain, load, similarity
+    from .backends import Backend
+    from .comparison import Comparison
+    from .explanation import Explanation
+    from .methods import list_methods
+    from .models import BUILTIN_MODELS
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'm2ib' has no attribute {name!r}")
 
 
 def list_models() -> list[str]:
     """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories."""
+    from .models import BUILTIN_MODELS
+
     return list(BUILTIN_MODELS)
 
 

@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import typing
+import warnings
 from collections.abc import Sequence
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +35,37 @@ def _model_help() -> str:
             f"(@random: random weights; see README, Model families) (default: {DEFAULT_MODEL})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m2ib", description="Explain why a CLIP-style model matches an image "
-                                     "with a text (M2IB and baselines).")
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument on one line (not the whole usage) and exits 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        if "expected one argument" in message and "--box" in message:
+            message += " (a box starting with '-' is written --box=X,Y,W,H)"
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that subcommand's flags are built (the others are named
+    with their help only), so ``m2ib --help`` and ``m2ib list`` import no method or model library."""
+    parser = OneLineParser(prog="m2ib", description="Explain why a CLIP-style model matches an image "
+                           "with a text (M2IB and baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_explain(sub)
-    sub.add_parser("list", help="list methods and built-in models")
-    _add_evaluate(sub)
-    sub.add_parser("serve", add_help=False,
-                   help="web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)")
-    sub.add_parser("train-shapes", add_help=False,
-                   help="train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)")
+    full = {"explain": _add_explain, "evaluate": _add_evaluate}
+    for name, helptext in COMMANDS.items():
+        if name in full and command in (None, name):
+            full[name](sub)
+        else:
+            sub.add_parser(name, add_help=name not in ("serve", "train-shapes"), help=helptext)
     return parser
+
+
+COMMANDS = {
+    "explain": "explain image-text pairs and write figures and maps",
+    "list": "list methods and built-in models",
+    "evaluate": "measure attribution metrics over a dataset (resumable)",
+    "serve": "web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)",
+    "train-shapes": "train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)",
+}
 
 
 def _add_explain(sub) -> None:
@@ -50,7 +73,7 @@ def _add_explain(sub) -> None:
     from .models import DEFAULT_MODEL
     from .settings import add_setting_flags
 
-    ex = sub.add_parser("explain", help="explain image-text pairs and write figures and maps",
+    ex = sub.add_parser("explain", help=COMMANDS["explain"],
                         description="Explain one image-text pair (IMAGE TEXT) or many (--pairs FILE). Writes "
                         "STEM.png (figure), STEM.npz (maps) and STEM.json (settings, scores) into --out.")
     ex.add_argument("image", nargs="?", help="image file")
@@ -85,7 +108,7 @@ def _add_evaluate(sub) -> None:
     from .models import DEFAULT_MODEL
     from .settings import add_setting_flags
 
-    ev = sub.add_parser("evaluate", help="measure attribution metrics over a dataset (resumable)",
+    ev = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
                         description="Explain every pair of --data with every method and measure the metrics. Each "
                         "finished (pair, method) is appended to OUT/results.jsonl at once (with provenance); "
                         "re-running the same command resumes. At the end: OUT/summary.md, OUT/summary.csv "
@@ -147,6 +170,8 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
         x, y, w, h = (float(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"--box {text!r}: expected four numbers X,Y,W,H") from None
+    if not all(map(math.isfinite, (x, y, w, h))) or min(x, y) < 0 or min(w, h) <= 0:
+        raise InputError(f"--box {text}: X,Y must be >= 0 and W,H > 0 (pixels of the original image)")
     return x, y, w, h
 
 
@@ -162,15 +187,15 @@ def _method_settings(methods: list[str], args: argparse.Namespace) -> dict[str, 
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from . import preflight
     from .api import load
     from .methods.base import method_names
     from .pairs import PairsJob, explain_pairs, output_stem, read_pairs
 
+    # Everything that can be checked without the model is checked first (a load takes seconds).
     methods = method_names(args.method)
     settings = _method_settings(methods, args)
-    modalities = None
-    if args.modalities is not None:
-        modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    modalities = _modalities(args.modalities)
     if args.pairs is not None:
         if args.image or args.text:
             raise InputError("give IMAGE TEXT or --pairs FILE, not both")
@@ -179,11 +204,18 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         if args.image is None or args.text is None:
             raise InputError("give an IMAGE and a TEXT (or --pairs FILE); see m2ib explain --help")
+        preflight.check_text(args.text)
+        preflight.check_image_files([args.image])
         pairs = [(args.image, args.text)]
         stems = [output_stem(None, args.image)]
+    for negative in args.negative:
+        preflight.check_text(negative, "--negative")
+    preflight.check_device(args.device)
+    preflight.check_positive(args.batch_size, "--batch-size")
     job = PairsJob(methods=methods, settings=settings, out=args.out, modalities=modalities,
                    negatives=list(args.negative) or None, boxes=[_parse_box(b) for b in args.box],
                    figure=not args.no_figure, overwrite=args.overwrite, batch_size=args.batch_size)
+    preflight.prepare_output_dir(args.out)
     outcome = explain_pairs(load(args.model, device=args.device), pairs, stems, job)
     if outcome.already_done:
         print(f"m2ib: {outcome.already_done} pair(s) already in {args.out}, skipped (--overwrite to redo)",
@@ -195,6 +227,16 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"m2ib: {outcome.failed} of {len(pairs)} pair(s) failed (see above)", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _modalities(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    sides = tuple(m.strip() for m in text.split(",") if m.strip())
+    wrong = [m for m in sides if m not in ("image", "text")]
+    if wrong or not sides:
+        raise InputError(f"--modalities {text!r}: use image,text, image or text")
+    return sides
 
 
 def _list(_: argparse.Namespace) -> int:
@@ -229,8 +271,6 @@ def _evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[
     from .methods import REGISTRY, Settings
     from .settings import fields_of, given_settings, parse_assignment, settings_per_method
 
-    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
-        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     given = given_settings(args, REGISTRY)
     seed_field = next(f for f in fields_of(Settings) if f.name == "seed")
     seed = seed_field.parse(given.pop("seed", 0))  # the run's seed: rows drawn, and every method's
@@ -240,13 +280,17 @@ def _evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[
         per_method.setdefault(method, {})[name] = value
     for method, values in per_method.items():
         REGISTRY[method]().make_settings(None, **values)  # bad values: one line, before the model loads
+    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
+        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     return seed, per_method
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     import shlex
 
+    from . import preflight
     from .api import load
+    from .fileio import folder_lock
     from .datasets.tables import load_table
     from .evaluation.runner import MetricConfig, run_evaluation
     from .methods.base import method_names
@@ -260,8 +304,21 @@ def _evaluate(args: argparse.Namespace) -> int:
                           deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
                           roar_budget=args.roar_budget)
     seed, per_method = _evaluation_settings(methods, args)
+    preflight.check_device(args.device)
+    for value, flag in ((args.batch_size, "--batch-size"), (args.rows, "--rows"), (args.ray_actors, "--ray-actors")):
+        preflight.check_positive(value, flag)
+    unknown = sorted(set(config.names) - set(METRIC_NAMES))
+    if unknown:
+        raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")
+    preflight.prepare_output_dir(args.out)
+    with folder_lock(args.out, "m2ib evaluate"):  # a run already writing there is refused now, not after the load
+        pass
+    # A data file is read now; shapes rows are rendered at the model's size, after the load.
+    shapes = args.data.strip().startswith("shapes:")
+    table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
     backend = load(args.model, device=args.device)
-    table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
+    if table is None:
+        table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
     command = "m2ib " + shlex.join(_reproducing(args.argv))
     if args.ray is None:
         result = run_evaluation(backend, table, methods, config, per_method, seed, args.out, command=command,
@@ -283,6 +340,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if result.finished else EXIT_UNFINISHED
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> typing.Iterator[None]:
+    """Warnings as ``m2ib: warning: ...`` lines (not file:line plus a source line), each once."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"m2ib: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``m2ib`` command; returns the exit status (2: bad input, one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -294,11 +363,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import main as serve_main
 
         return serve_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser(argv[0] if argv else "").parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
+        return int(exc.code or 0)
     args.argv = argv  # what `evaluate` records as the run's command
     handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate}
     try:
-        return handlers[args.command](args)
+        with _one_line_warnings():
+            return handlers[args.command](args)
     except M2IBError as exc:
         print(f"m2ib: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -41,13 +41,16 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
             raise InputError(f"{path}: row {n} has {len(row)} column(s); expected an image and a text")
         image = Path(row[i_img].strip())
         pairs.append((str(image if image.is_absolute() else path.parent / image), row[i_txt]))
+    if not pairs:
+        raise InputError(f"{path}: no rows after the header; add one image and text per line")
     return pairs
 
 
 def output_stem(index: int | None, image: str) -> str:
-    """The files' stem for a pair: the image's name, numbered by row when there are many."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image).stem) or "image"
-    return name if index is None else f"{index:05d}_{name}"
+    """The files' stem for a pair: the image's name (letters of any script kept), numbered by its
+    row counted from 1, as in the messages, when there are many (``index`` is 0-based)."""
+    name = re.sub(r"[^\w.-]+", "_", Path(image).stem).strip("_") or "image"
+    return name if index is None else f"{index + 1:05d}_{name}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def explain_pairs(backend: Backend, pairs: Sequence[tuple[str, str]], stems: Seq
                     if len(pairs) == 1:
                         raise
                     outcome.failed += 1
+                    bar.set_postfix(failed=outcome.failed)
                     tqdm.write(f"m2ib: skipped row {i + 1}: {exc}", file=sys.stderr)
                     continue
                 rows.append(i)

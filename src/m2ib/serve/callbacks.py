@@ -7,7 +7,6 @@ import dataclasses
 import html
 import logging
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -150,8 +149,9 @@ def _scores(exp: Any) -> list[float] | None:
 
 
 def _stem(image: Any) -> str:
-    name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "image"
+    from ..pairs import output_stem
+
+    return output_stem(None, str(image)) if isinstance(image, (str, os.PathLike)) else "image"
 
 
 def _warning_lines(lines: Sequence[str]) -> str:
