@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -199,8 +200,9 @@ def test_maps_never_contain_nan(backend, image, text):
 
 
 def test_huge_beta_and_lr_stay_finite(backend):
-    exp = m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", lr=100.0, vision_beta=1000.0, text_beta=1000.0,
-                       steps=5, samples=2)
+    with pytest.warns(UserWarning, match="constant"):  # finite, but degenerate: said so
+        exp = m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", lr=100.0, vision_beta=1000.0, text_beta=1000.0,
+                           steps=5, samples=2)
     assert torch.isfinite(exp.image_map).all() and torch.isfinite(exp.text_map).all()
 
 
@@ -250,3 +252,14 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_before_allocating(backend, m
         m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=10, samples=10)
     monkeypatch.setattr(m2ib_method, "memory_available", lambda device: 10 * 2 ** 30)
     m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2)
+
+
+def test_a_degenerate_fit_is_loud(backend):
+    """lr=1e30 drives every alpha to -inf: a constant (all-zero) map, which must warn, naming lr."""
+    import m2ib
+
+    with pytest.warns(UserWarning, match=r"constant.*lower --lr \(now 1e\+30\)"):
+        m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=3, samples=2, lr=1e30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a normal fit says nothing
+        m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=3, samples=2)

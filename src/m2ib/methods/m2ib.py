@@ -21,6 +21,7 @@ so a pair's map does not depend on the batch it is in.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +96,29 @@ class M2IB(Method):
         layer = settings.vision_layer if modality == "image" else settings.text_layer
         beta = settings.vision_beta if modality == "image" else settings.text_beta
         kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings)
+        if isinstance(batch, TextBatch):  # the words: between the start and the end token
+            shown = [slice(1, max(int(n) - 1, 2)) for n in batch.lengths.tolist()]
+        else:  # the patches: after the class and register tokens
+            shown = [slice(backend.geometry.image_prefix_tokens, None)] * len(batch)
+        check_fit(kl_map, shown, modality, settings)
         return RawScores(kl_map, info)
+
+
+def check_fit(kl_map: torch.Tensor, shown: list[slice], modality: Modality, s: M2IBSettings) -> None:
+    """A fit that went wrong says so: a non-finite map is an error; a map that is the same on every
+    token it shows (the optimiser overshot, or the compression term won) is a warning naming the
+    settings (the result is still written: exit code 0)."""
+    side = "vision" if modality == "image" else "text"
+    beta = f"--{side}-beta (now {s.vision_beta if modality == 'image' else s.text_beta})"
+    if not torch.isfinite(kl_map).all():
+        raise InputError(f"M2IB's {modality} fit diverged (non-finite KL): lower --lr (now {s.lr}) or raise --var "
+                         f"(now {s.var})")
+    for i, (row, part) in enumerate(zip(kl_map, shown)):
+        values = row[part]
+        if values.numel() > 1 and float(values.max() - values.min()) <= 1e-12 * max(float(values.abs().max()), 1.0):
+            warnings.warn(f"M2IB's {modality} map of pair {i + 1} is constant ({float(values[0]):.3g} on every token), "
+                          f"so it ranks nothing: the fit diverged or compressed everything; lower --lr (now {s.lr}) "
+                          f"or {beta}", stacklevel=2)
 
 
 def kl_to_prior(lam_r: torch.Tensor, log_one_minus_lam: torch.Tensor, var: float) -> torch.Tensor:
