@@ -1,0 +1,71 @@
+"""Backend for ``transformers`` ``MetaClip2Model`` (MetaCLIP 2, the worldwide multilingual CLIPs).
+
+``MetaClip2Model`` is not a ``CLIPModel`` subclass, but its towers are CLIP's module for module
+(``pre_layrnorm``, the same encoder layers, ``post_layernorm``, ``visual_projection`` /
+``text_projection``), so it runs on the transformers CLIP towers. One rule differs: the text head
+always reads the *first* ``eos_token_id`` (CLIP's legacy configs with ``eos_token_id == 2`` read
+the largest id instead; MetaCLIP 2's released weights have ``eos_token_id == 2`` and still read
+the first end token). Tokenising is CLIP's (its XLM-V tokenizer through ``AutoTokenizer``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .base import Modality
+from .hf_clip import SUPPORTED_ATTENTION, HFCLIPBackend, HFCLIPImageTower, HFCLIPTextTower, preprocessing_from
+from .registry import Family, register
+from .towers import Tower
+
+
+class MetaClip2TextTower(HFCLIPTextTower):
+    """CLIP's causal text tower; the head reads the first ``eos_token_id``, whatever its value."""
+
+    def __init__(self, text: torch.nn.Module, projection: torch.nn.Module, eos_token_id: int):
+        super().__init__(text, projection, eos_token_id)
+        self.pool = "eos"
+
+
+@dataclass
+class MetaClip2Backend(HFCLIPBackend):
+    """A ``transformers.MetaClip2Model`` behind m2ib's backend interface."""
+
+    def build_towers(self) -> dict[Modality, Tower]:
+        from transformers import MetaClip2Model
+
+        model = self.model
+        if not isinstance(model, MetaClip2Model):
+            raise InputError(f"MetaClip2Backend needs a transformers MetaClip2Model, got {type(model).__name__}")
+        attn = getattr(model.config, "_attn_implementation", "eager") or "eager"
+        if attn not in SUPPORTED_ATTENTION:
+            raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
+                             "attn_implementation='sdpa' or 'eager'")
+        if self.preprocessing is None:
+            self.preprocessing = preprocessing_from(None, model.config.vision_config.image_size)
+        return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection),
+                "text": MetaClip2TextTower(model.text_model, model.text_projection,
+                                           model.text_model.eos_token_id)}
+
+
+def _is_metaclip2_model(model: torch.nn.Module) -> bool:
+    try:
+        from transformers import MetaClip2Model
+    except ImportError:  # an older transformers: no MetaCLIP 2 model can exist
+        return False
+    return isinstance(model, MetaClip2Model)
+
+
+def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> MetaClip2Backend:
+    size = model.config.vision_config.image_size
+    prep = preprocessing_from(processor, size) if processor is not None else None
+    return MetaClip2Backend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
+                            preprocessing=prep)
+
+
+# Loaded by hf: names and transformers directories whose config says model_type "metaclip_2".
+register(Family(name="MetaCLIP 2", supports="transformers MetaClip2Model", recognises=_is_metaclip2_model,
+                wrap=_wrap, model_type="metaclip_2", model_class="MetaClip2Model"))
