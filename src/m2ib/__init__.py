@@ -22,10 +22,11 @@ __version__ = "0.1.0"
 # importing torch (1.5 s) or transformers (several seconds).
 _LAZY = {"load": "api", "explain": "api", "compare": "api", "similarity": "api", "Backend": "backends",
          "Comparison": "comparison", "Explanation": "explanation", "list_methods": "methods",
-         "BUILTIN_MODELS": "models"}
+         "BUILTIN_MODELS": "models", "audit": "audit"}
 
 if TYPE_CHECKING:
     from .api import compare, explain, load, similarity
+    from .audit import audit
     from .backends import Backend
     from .comparison import Comparison
     from .explanation import Explanation
@@ -48,5 +49,5 @@ def list_models() -> list[str]:
     return list(BUILTIN_MODELS)
 
 
-__all__ = ["load", "explain", "compare", "similarity", "list_methods", "list_models", "Explanation", "Comparison",
+__all__ = ["load", "explain", "compare", "similarity", "audit", "list_methods", "list_models", "Explanation", "Comparison",
            "Backend", "M2IBError", "InputError", "ModelNotAvailableError", "__version__"]

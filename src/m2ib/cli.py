@@ -50,7 +50,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineParser(prog="m2ib", description="Explain why a CLIP-style model matches an image "
                            "with a text (M2IB and baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
-    full = {"explain": _add_explain, "evaluate": _add_evaluate}
+    full = {"explain": _add_explain, "evaluate": _add_evaluate, "audit": _add_audit}
     for name, helptext in COMMANDS.items():
         if name in full and command in (None, name):
             full[name](sub)
@@ -63,6 +63,7 @@ COMMANDS = {
     "explain": "explain image-text pairs and write figures and maps",
     "list": "list methods and built-in models",
     "evaluate": "measure attribution metrics over a dataset (resumable)",
+    "audit": "what a model looks at and reads across a dataset, no labels needed (resumable; report.html)",
     "serve": "web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)",
     "train-shapes": "train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)",
 }
@@ -148,6 +149,60 @@ def _add_evaluate(sub) -> None:
     add_setting_flags(ev, REGISTRY)
     ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
                     help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
+
+
+def _add_audit(sub) -> None:
+    """The ``audit`` subcommand's parser (logic: m2ib.audit)."""
+    from .methods import REGISTRY
+    from .models import DEFAULT_MODEL
+    from .settings import add_setting_flags
+
+    au = sub.add_parser("audit", help=COMMANDS["audit"],
+                        description="Explain every pair of --data with one method and aggregate: OUT/words.csv "
+                        "(which words carry the match, and which too often), OUT/pairs.csv (one row per pair), "
+                        "OUT/image_prior.npz (the mean map and its regions) and OUT/report.html. Each explained "
+                        "pair is appended to OUT/results.jsonl at once; re-running the same command resumes.")
+    au.add_argument("--data", required=True, help="TSV/CSV of caption and image path (or a header with image and "
+                    "text/caption columns), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)")
+    au.add_argument("--model", default=DEFAULT_MODEL, help=_model_help())
+    au.add_argument("--out", type=Path, required=True, help="output directory")
+    au.add_argument("--method", default="m2ib", choices=list(REGISTRY), help="attribution method (default: m2ib)")
+    au.add_argument("--rows", type=int, default=None, metavar="N", help="audit N rows drawn at random with --seed "
+                    "(default: every row)")
+    au.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    au.add_argument("--batch-size", type=int, default=8, help="pairs explained together (default: 8)")
+    au.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new batch after "
+                    f"this long (exit status {EXIT_UNFINISHED}; re-run to go on)")
+    au.add_argument("--no-report", action="store_true", help="write the CSV and npz files only")
+    au.set_defaults(setting=[])
+    add_setting_flags(au, REGISTRY)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import shlex
+
+    from . import preflight
+    from .audit import audit
+    from .audit.run import locked
+
+    seed, per_method = _evaluation_settings([args.method], args)  # checked before the model loads
+    preflight.check_device(args.device)
+    for value, flag in ((args.batch_size, "--batch-size"), (args.rows, "--rows")):
+        preflight.check_positive(value, flag)
+    data = args.data.strip()
+    if not data.startswith("shapes:") and not Path(data).is_file():
+        raise InputError(f"--data {data}: no such file (give a TSV/CSV of pairs or shapes:SPLIT:N)")
+    preflight.prepare_output_dir(args.out)
+    with locked(args.out):  # a run already writing there is refused now, not after the load
+        pass
+    result = audit(args.model, data, args.out, method=args.method, rows=args.rows, seed=seed,
+                   batch_size=args.batch_size, device=args.device, report=not args.no_report,
+                   time_limit=args.time_limit, command="m2ib " + shlex.join(_reproducing(args.argv)),
+                   **per_method.get(args.method, {}))
+    if result.bad:
+        print(f"m2ib: {len(result.bad)} row(s) could not be used (listed in the report)", file=sys.stderr)
+    print(result.files.get("report", result.files.get("pairs")))
+    return 0 if result.finished else EXIT_UNFINISHED
 
 
 def _add_ray(ev: argparse.ArgumentParser) -> None:
@@ -368,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
         return int(exc.code or 0)
     args.argv = argv  # what `evaluate` records as the run's command
-    handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate}
+    handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate, "audit": _audit}
     try:
         with _one_line_warnings():
             return handlers[args.command](args)
