@@ -66,10 +66,11 @@ class Comparison:
             title = REGISTRY[method].title if method in REGISTRY else method
             exp = self.explanations.get(method)
             rows.append((f"{title} (failed)", None, None) if exp is None else
-                        (title, exp.image_map, exp.word_shading()))
+                        (title, exp.image_map, exp.display_words()[1]))
         first = self.first
-        return comparison_figure(first.image, rows, first.tokens, title=first.text,
-                                 special_tokens=first.special_tokens, boxes=list(boxes) if boxes else None)
+        words, _, special = first.display_words()
+        return comparison_figure(first.image, rows, words, title=first.text,
+                                 special_tokens=special, boxes=list(boxes) if boxes else None)
 
     def save(self, directory: str | os.PathLike, stem: str = "comparison", figure: bool | None = None,
              boxes: Sequence[tuple[float, float, float, float]] | None = None) -> dict[str, Path]:

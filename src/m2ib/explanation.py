@@ -33,6 +33,7 @@ class Explanation:
     image_grid: torch.Tensor | None = None  # [rows, cols] raw per-patch scores, when the method has them
     text_map_raw: torch.Tensor | None = None  # [T] before normalising
     special_tokens: tuple[int, ...] = ()  # indices of start/end tokens in ``tokens``
+    word_ids: tuple[int, ...] = ()  # per token, the word it belongs to (-1: start/end); () = a word each
     similarity: float = float("nan")  # cosine similarity of the image and text embeddings
     method: str = "m2ib"
     settings: dict[str, Any] = field(default_factory=dict)  # the settings actually used
@@ -44,7 +45,7 @@ class Explanation:
         """Everything but the tensors, JSON-ready."""
         return {
             "method": self.method, "model": self.model, "image": self.image_source, "text": self.text,
-            "tokens": self.tokens, "special_tokens": list(self.special_tokens),
+            "tokens": self.tokens, "special_tokens": list(self.special_tokens), "word_ids": list(self.word_ids),
             "similarity": self.similarity, "settings": self.settings, "info": self.info,
             "text_scores": None if self.text_map is None else [round(float(v), 6) for v in self.text_map],
         }
@@ -54,8 +55,43 @@ class Explanation:
         from .viz.figure import explanation_figure
 
         subtitle = f"{self.method} · {self.model} · cosine similarity {self.similarity:.3f}"
-        return explanation_figure(self.image, self.image_map, self.tokens, self.word_shading(), title=self.text,
-                                  subtitle=subtitle, boxes=boxes, special_tokens=self.special_tokens)
+        words, shading, special = self.display_words()
+        return explanation_figure(self.image, self.image_map, words, shading, title=self.text,
+                                  subtitle=subtitle, boxes=boxes, special_tokens=special)
+
+    def word_groups(self) -> list[list[int]]:
+        """Token indices per shown word, in order: the pieces of one word together (a character
+        split over byte pieces, a word split into sub-words), start/end tokens alone."""
+        if len(self.word_ids) != len(self.tokens):
+            return [[i] for i in range(len(self.tokens))]
+        groups: list[list[int]] = []
+        for i, word in enumerate(self.word_ids):
+            if groups and word >= 0 and self.word_ids[groups[-1][-1]] == word:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def display_words(self) -> tuple[list[str], torch.Tensor | None, tuple[int, ...]]:
+        """(words, shading, indices of start/end) for display: each word's raw score is the sum of
+        its pieces' (an attribution of the word as a whole), min-max over the words as in
+        :meth:`word_shading`. With one piece per word this is exactly the tokens and word_shading."""
+        groups = self.word_groups()
+        words = ["".join(self.tokens[i] for i in group) for group in groups]
+        specials = set(self.special_tokens)
+        special = tuple(k for k, group in enumerate(groups) if group[0] in specials)
+        if self.text_map is None:
+            return words, None, special
+        raw = self.text_map_raw if self.text_map_raw is not None else self.text_map
+        summed = torch.stack([raw[group].sum() for group in groups])
+        shown = [k for k in range(len(groups)) if k not in set(special)]
+        if not shown:
+            return words, summed, special
+        from .methods.base import minmax
+
+        shading = torch.zeros_like(summed)
+        shading[shown] = minmax(summed[shown][None])[0]
+        return words, shading, special
 
     def word_shading(self) -> torch.Tensor | None:
         """Token scores for display: min-max over the words only (start/end excluded), as in

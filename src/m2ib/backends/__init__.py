@@ -99,6 +99,9 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
     return family.wrap(model, name, tokenizer, processor, info)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Backend:
     """A built-in name, ``PREFIX:SPEC`` of a family, an existing file or directory in a family's
     format, or else a transformers name (``hf:``: a hub id)."""
@@ -110,6 +113,9 @@ def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Ba
     if family is not None:
         return family.load(source[len(family.prefix):], name=source, processor=processor, tokenizer=tokenizer)
     path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(f"--model {source}: is an image, not a model; give the image as IMAGE and --model a "
+                         "built-in name, a hub id, a model directory or a checkpoint file")
     family = registry.family_of_path(path) if path.exists() else None
     if family is not None:
         return family.load_path(path, name=source, processor=processor, tokenizer=tokenizer)

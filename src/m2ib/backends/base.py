@@ -74,6 +74,7 @@ class TextBatch:
     texts: tuple[str, ...] = ()  # the texts as given
     tokens: tuple[tuple[str, ...], ...] = ()  # readable tokens per text, without padding
     special: tuple[tuple[int, ...], ...] = ()  # per text, indices of start/end tokens
+    words: tuple[tuple[int, ...], ...] = ()  # per text, each token's word index (-1: start/end), for display
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -91,6 +92,7 @@ class TextBatch:
             tuple(self.texts[i] for i in rows) if self.texts else (),
             tuple(self.tokens[i] for i in rows) if self.tokens else (),
             tuple(self.special[i] for i in rows) if self.special else (),
+            tuple(self.words[i] for i in rows) if self.words else (),
         )
 
     def repeat_interleave(self, k: int) -> TextBatch:

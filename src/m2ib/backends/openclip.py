@@ -33,10 +33,12 @@ from PIL import Image
 from ..errors import InputError, ModelNotAvailableError
 from ..inputs import ImagePreprocessing
 from .base import Modality, TextBatch
-from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, readable_token
+from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .tokens import protect_specials, readable_tokens, word_ids
 from .openai_towers import OpenAITextTower, OpenAIViTTower
 from .registry import Family, module_names, register
 from .resnet_clip import ResNetTower, is_modified_resnet
+from .timm_towers import TimmViTTower, is_timm_transformer
 from .towers import Tower, TowersBackend
 
 EXTRA_HINT = ("pip install 'm2ib[open_clip]' (OpenCLIP needs a torchvision built for your torch, e.g. "
@@ -66,8 +68,10 @@ def image_tower(visual: torch.nn.Module) -> Tower:
         return ResNetTower(visual)
     if hasattr(visual, "conv1") and hasattr(visual, "transformer"):
         return OpenAIViTTower(visual)
+    if is_timm_transformer(visual):
+        return TimmViTTower(visual)
     raise InputError(f"image tower {type(visual).__name__} is not supported (OpenCLIP ViT and ModifiedResNet "
-                     "towers are; timm towers are not yet)")
+                     "towers and timm ViT trunks are; convolutional timm trunks are not yet)")
 
 
 class BPETokens:
@@ -93,13 +97,15 @@ class BPETokens:
         texts = list(texts)
         limit = self.context_length
         bpe = self._bpe()
+        specials = [bpe.decoder[i] for i in self._special_ids()]
+        given, texts = texts, [protect_specials(text, specials) for text in texts]  # typed specials stay text
         for text in texts:
             n = len(bpe.encode(text)) + 2
             if n > limit:
                 warnings.warn(f"text {_short(text)!r} has {n} tokens but the model reads {limit}: "
                               f"the last {n - limit} tokens were dropped", stacklevel=3)
         ids = torch.as_tensor(self._library_ids(texts, limit)).long()
-        return self.text_batch(ids, None, texts)
+        return self.text_batch(ids, None, given)
 
     def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    texts: Sequence[str] = ()) -> TextBatch:
@@ -114,16 +120,19 @@ class BPETokens:
             keep = int(attention_mask.sum(1).max())
             input_ids, attention_mask = input_ids[:, :keep], attention_mask[:, :keep]
         decoder = self._bpe().decoder
-        tokens, special = [], []
+        tokens, special, words = [], [], []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             ids = [i for i, m in zip(ids, mask) if m]
-            tokens.append(tuple(readable_token(decoder.get(i, f"<{i}>")) for i in ids))
-            special.append(tuple(j for j, i in enumerate(ids) if i in (sot, eot)))
+            pieces = [decoder.get(i, f"<{i}>") for i in ids]
+            where = tuple(j for j, i in enumerate(ids) if i in (sot, eot))
+            tokens.append(readable_tokens(pieces, where))
+            special.append(where)
+            words.append(word_ids(pieces, where))
         if not texts:
             texts = [self._bpe().decode([i for i, m in zip(row, mask) if m and i not in (sot, eot)]).strip()
                      for row, mask in zip(input_ids.tolist(), attention_mask.tolist())]
         return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tuple(tokens),
-                         tuple(special))
+                         tuple(special), tuple(words))
 
 
 def _short(text: str, n: int = 40) -> str:

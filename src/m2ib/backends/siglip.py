@@ -23,7 +23,6 @@ Real SigLIP tokenizers are SentencePiece models: ``pip install 'm2ib[siglip]'``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from ..errors import InputError
 from ..inputs import ImagePreprocessing
 from .base import ImageBatch, Modality, TextBatch
 from .blocks import hf_block, text_mask
-from .hf_clip import readable_token
+from .hf_clip import hf_encode, hf_readable
 from .registry import Family, register
 from .towers import PooledTextTower, Tower, TowersBackend, TransformerTower, present
 
@@ -128,14 +127,7 @@ class SiglipBackend(TowersBackend):
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
             raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= to m2ib.load ({EXTRA_HINT})")
-        limit = self.context_length
-        full = self.tokenizer(list(texts))["input_ids"]
-        for text, ids in zip(texts, full):
-            if len(ids) > limit:
-                warnings.warn(f"text {text[:37] + '...' if len(text) > 40 else text!r} has {len(ids)} tokens but "
-                              f"the model reads {limit}: the last {len(ids) - limit} tokens were dropped", stacklevel=3)
-        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=limit,
-                             return_tensors="pt", return_attention_mask=True)
+        enc = hf_encode(self.tokenizer, texts, self.context_length, padding="max_length")
         return self.text_batch(enc["input_ids"], enc["attention_mask"], texts)
 
     def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -150,25 +142,12 @@ class SiglipBackend(TowersBackend):
             extra = torch.full((input_ids.shape[0], limit - input_ids.shape[1]), int(pad or 0), dtype=input_ids.dtype)
             input_ids = torch.cat([input_ids, extra], 1)
             attention_mask = torch.cat([attention_mask, torch.zeros_like(extra)], 1)
-        tokens, special = [], []
-        specials = set(getattr(self.tokenizer, "all_special_ids", []) or [])
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            ids = [i for i, m in zip(ids, mask) if m]
-            if self.tokenizer is not None:
-                tokens.append(tuple(_readable(t) for t in self.tokenizer.convert_ids_to_tokens(ids)))
-            else:
-                tokens.append(tuple(str(i) for i in ids))
-            special.append(tuple(j for j, i in enumerate(ids) if i in specials))
+        tokens, special, words = hf_readable(self.tokenizer, input_ids, attention_mask)
         if not texts and self.tokenizer is not None:
             texts = [self.tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
                      for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())]
-        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tuple(tokens),
-                         tuple(special))
-
-
-def _readable(token: str) -> str:
-    """SentencePiece '\u2581cat' -> 'cat'; BPE 'cat</w>' -> 'cat'."""
-    return readable_token(token).replace("\u2581", " ").strip() or token
+        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tokens, special,
+                         words)
 
 
 def _is_siglip_model(model: torch.nn.Module) -> bool:

@@ -268,6 +268,7 @@ class Method(ABC):
                 image=display[i],
                 image_map=None, text_map=None,
                 special_tokens=tuple(texts.special[i]) if texts.special else (),
+                word_ids=tuple(texts.words[i]) if texts.words else (),
                 similarity=float(similarity[i]),
                 method=self.name, settings=dict(settings_dict), model=backend.name,
                 image_source=images.sources[i] if images.sources else "",

@@ -84,7 +84,7 @@ def explain_pair(backend: Any, image: Any, text: Any, method: str, settings: Map
     paths = exp.save(out, f"{_stem(image)}_{method}", figure=True)
     seconds = time.perf_counter() - started
     status = f"{title} · {getattr(backend, 'name', '')} · {seconds:.1f} s" + _warning_lines(notes)
-    return PairOutputs(heatmap_image(exp), tokens_html(exp.tokens, _scores(exp), exp.special_tokens),
+    return PairOutputs(heatmap_image(exp), _tokens_html(exp),
                        f"{exp.similarity:.3f}", str(paths["png"]), [str(paths[k]) for k in ("png", "npz", "json")],
                        status)
 
@@ -126,7 +126,7 @@ def _compare(backend: Any, pil: Any, text: str, settings: Mapping[str, Any], out
         status += "\n\n" + "\n".join(f"- failed: {html.escape(methods[name].title)}: {html.escape(reason)}"
                                      for name, reason in comparison.failures.items())
     status += _warning_lines(notes)
-    return PairOutputs(heatmap_image(first), tokens_html(first.tokens, _scores(first), first.special_tokens),
+    return PairOutputs(heatmap_image(first), _tokens_html(first),
                        f"{first.similarity:.3f}", str(paths["png"]), [str(paths[k]) for k in ("png", "npz", "json")],
                        status)
 
@@ -143,9 +143,10 @@ def _caught_warnings() -> Iterator[list[str]]:
             lines += [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, UserWarning)]
 
 
-def _scores(exp: Any) -> list[float] | None:
-    shading = exp.word_shading()
-    return None if shading is None else [float(v) for v in shading]
+def _tokens_html(exp: Any) -> str:
+    """The text panel: the words as the figure shows them, shaded by their scores."""
+    words, shading, special = exp.display_words()
+    return tokens_html(words, None if shading is None else [float(v) for v in shading], special)
 
 
 def _stem(image: Any) -> str:

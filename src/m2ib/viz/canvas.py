@@ -6,6 +6,9 @@ with an install hint without it. All text is drawn with ``parse_math=False`` and
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +19,19 @@ from .style import (CB_GAP, CB_W, FRAME, HUE, IMG_GAP, INK, MAX_ALPHA, MUTED, PT
                     TITLE_FS, TOK_VPAD, TOKEN_EDGE, Fonts)
 
 MISSING_MPL = "Figures need matplotlib: pip install 'm2ib[figures]'"
+
+
+def quiet_missing_glyphs(draw: Callable) -> Callable:
+    """``draw`` without matplotlib's "Glyph N missing from font(s)" warnings: one per character
+    and per measurement (dozens for one CJK caption). Installed fallback fonts
+    (:data:`~m2ib.viz.style.FALLBACK_FONTS`) draw what they can; the rest draws as boxes."""
+    @functools.wraps(draw)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+            warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
+            return draw(*args, **kwargs)
+    return quiet
 
 
 def load_mpl() -> MplNS:

@@ -24,7 +24,7 @@ import torch
 
 from ..fileio import atomic_write
 from .canvas import (Canvas, colorbar_reserve, draw_colorbar, draw_heading, draw_image, draw_placeholder, draw_title,
-                     draw_tokens, load_mpl, new_canvas, panel_size)
+                     draw_tokens, load_mpl, new_canvas, panel_size, quiet_missing_glyphs)
 from .layout import (Ruler, TokenBlock, heading_height, layout_tokens, natural_title_width, title_height,
                      title_lines, wrap_text)
 from .overlay import _as_image, _as_map, _sanitize, overlay
@@ -34,6 +34,7 @@ from .style import (CB_GAP, IMG_GAP, IMG_SIDE, IMG_SIDE_CMP, MARGIN, NAME_FS, NA
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
 
 
+@quiet_missing_glyphs
 def explanation_figure(
     image: torch.Tensor,
     image_map: torch.Tensor | None,
@@ -99,6 +100,7 @@ def explanation_figure(
     return cv.to_pil()
 
 
+@quiet_missing_glyphs
 def comparison_figure(
     image: torch.Tensor,
     rows: list[tuple[str, torch.Tensor | None, torch.Tensor | None]],

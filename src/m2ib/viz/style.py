@@ -39,17 +39,37 @@ LINE_GAP = 5.0 * PT
 SCORE_GAP = 1.5 * PT
 
 
+# Fonts tried after matplotlib's own for characters it lacks (CJK, emoji, symbols), where installed
+# (Debian: fonts-noto-cjk, fonts-wqy-microhei, fonts-symbola); matplotlib falls back glyph by glyph.
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+                  "Droid Sans Fallback", "Noto Emoji", "Symbola")
+
+
+def font_families() -> list[str]:
+    """matplotlib's default sans-serif font, then the installed :data:`FALLBACK_FONTS`."""
+    from matplotlib import font_manager, rcParams
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    first = [f for f in rcParams["font.sans-serif"] if f in installed][:1] or ["sans-serif"]
+    return first + [f for f in FALLBACK_FONTS if f in installed and f not in first]
+
+
 class Fonts:
     """The FontProperties of every kind of text in a figure."""
 
     def __init__(self, FontProperties):
-        self.token = FontProperties(size=TOKEN_FS)
-        self.special = FontProperties(size=TOKEN_FS, style="italic")
-        self.score = FontProperties(size=SCORE_FS)
-        self.title = FontProperties(size=TITLE_FS, weight="bold")
-        self.subtitle = FontProperties(size=SUBTITLE_FS)
-        self.head = FontProperties(size=HEAD_FS)
-        self.name = FontProperties(size=NAME_FS, weight="bold")
-        self.cb = FontProperties(size=CB_FS)
-        self.cb_label = FontProperties(size=CB_FS + 1)
-        self.note = FontProperties(size=NOTE_FS, style="italic")
+        family = font_families()
+
+        def font(**kw):
+            return FontProperties(family=family, **kw)
+
+        self.token = font(size=TOKEN_FS)
+        self.special = font(size=TOKEN_FS, style="italic")
+        self.score = font(size=SCORE_FS)
+        self.title = font(size=TITLE_FS, weight="bold")
+        self.subtitle = font(size=SUBTITLE_FS)
+        self.head = font(size=HEAD_FS)
+        self.name = font(size=NAME_FS, weight="bold")
+        self.cb = font(size=CB_FS)
+        self.cb_label = font(size=CB_FS + 1)
+        self.note = font(size=NOTE_FS, style="italic")
