@@ -21,8 +21,9 @@ import torch
 from m2ib.inputs import load_image
 from test_backends_families import BUILDERS, TEXTS, build_hf_clip
 from test_backends_hf_dual import BUILDERS as HF_DUAL_BUILDERS
+from test_backends_timm import BUILDERS as TIMM_BUILDERS
 
-FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS}
+FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS, **TIMM_BUILDERS}
 _CACHE: dict = {}
 
 
@@ -45,6 +46,8 @@ def last_block(model: torch.nn.Module, modality: str) -> tuple[torch.nn.Module, 
         return tower.encoder.layers[-1], "NTD"
     if modality == "image" and hasattr(model.visual, "layer4"):  # ModifiedResNet
         return model.visual.layer4, "NCHW"
+    if modality == "image" and hasattr(model.visual, "trunk"):  # a timm trunk
+        return model.visual.trunk.blocks[-1], "NTD"
     transformer = model.visual.transformer if modality == "image" else getattr(model, "text", model).transformer
     return transformer.resblocks[-1], "NTD" if getattr(transformer, "batch_first", False) else "TND"
 
@@ -104,7 +107,8 @@ CASES = [("hf-clip", "image"), ("hf-clip", "text"), ("siglip", "image"), ("sigli
          ("open_clip-vit-variants", "image"), ("open_clip-vit-variants", "text"), ("open_clip-resnet", "image"),
          ("open_clip-resnet", "text"), ("clip-vit", "image"), ("clip-vit", "text"), ("clip-resnet", "image"),
          ("metaclip2", "image"), ("metaclip2", "text"), ("siglip2", "image"), ("siglip2-3x5-padded", "image"),
-         ("siglip2", "text")]
+         ("siglip2", "text"), ("timm-siglip-map", "image"), ("timm-gap-avg", "image"),
+         ("timm-token-registers", "image")]
 
 
 @pytest.mark.parametrize("name,modality", CASES)

@@ -1,0 +1,116 @@
+"""OpenCLIP's timm image towers with a transformer trunk (``visual.trunk.blocks``): timm's
+``VisionTransformer`` as OpenCLIP's ``TimmModel`` wraps it (SigLIP / SigLIP 2, ViT-*-gap, ...).
+
+Everything the split forward needs is read from the trunk, never from a table of names: its
+patch embedding and grid (``patch_embed.grid_size``), its prefix tokens (class and register
+tokens: ``num_prefix_tokens``), its position embedding (timm's own ``_pos_embed``, learned,
+with or without an embedding for the class token), ``norm_pre``, the blocks (seen as
+:class:`~.blocks.Block` s), ``norm``, and the head: timm's ``forward_head`` (token, average or
+max pooling, or the attention-pooling "MAP" head of SigLIP, then ``fc_norm`` and timm's own
+head) followed by OpenCLIP's adapter head (``visual.head``: nothing, a linear projection or an
+MLP). A token-pooled head reads position 0 only, so the last block runs for that token alone;
+the other heads read every token.
+
+Not handled (a one-line error says so): EVA / EVA02 / PE trunks (rotary position embeddings,
+timm's ``Eva`` class), blocks other than timm's plain ``Block`` (parallel, post-norm), gated or
+qk-normalised attention, and convolutional trunks (ConvNeXt, FastViT / MobileCLIP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import InputError
+from .base import ImageBatch
+from .blocks import Block, _identity
+from .towers import TransformerTower, present
+
+SUPPORTED_POOLS = ("token", "avg", "max", "avgmax", "map")
+
+
+def is_timm_transformer(visual: torch.nn.Module) -> bool:
+    """An OpenCLIP ``TimmModel`` whose trunk is a stack of transformer blocks."""
+    trunk = getattr(visual, "trunk", None)
+    return trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed")
+
+
+def timm_block(block: torch.nn.Module) -> Block:
+    """timm's pre-norm ViT ``Block`` (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``,
+    ``mlp``, ``ls2``) as a :class:`Block`."""
+    attn = getattr(block, "attn", None)
+    qkv = getattr(attn, "qkv", None)
+    if type(block).__name__ != "Block" or not isinstance(qkv, torch.nn.Linear):
+        raise InputError(f"timm block {type(block).__name__} is not supported (timm's plain ViT Block is; "
+                         "parallel, post-norm and rotary (EVA) blocks are not yet)")
+    for name in ("q_norm", "k_norm"):
+        if not isinstance(getattr(attn, name, None), (torch.nn.Identity, type(None))):
+            raise InputError(f"timm attention with {name} is not supported yet")
+    if getattr(attn, "gate", None) is not None:
+        raise InputError("timm gated attention is not supported yet")
+    width = attn.num_heads * attn.head_dim
+    if width != qkv.in_features:
+        raise InputError(f"timm attention of width {width} on {qkv.in_features}-wide tokens is not supported yet")
+    weight, bias = qkv.weight, qkv.bias
+
+    def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def f(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(x, weight[i * width:(i + 1) * width],
+                                              None if bias is None else bias[i * width:(i + 1) * width])
+        return f
+
+    norm = getattr(attn, "norm", None)
+    out = attn.proj if isinstance(norm, (torch.nn.Identity, type(None))) else torch.nn.Sequential(norm, attn.proj)
+    return Block(norm1=block.norm1, q=proj(0), k=proj(1), v=proj(2), out=out, norm2=block.norm2, mlp=block.mlp,
+                 heads=attn.num_heads, scale=attn.scale, ls1=getattr(block, "ls1", _identity),
+                 ls2=getattr(block, "ls2", _identity))
+
+
+class TimmViTTower(TransformerTower):
+    """``visual.trunk`` (a timm ``VisionTransformer``) and OpenCLIP's ``visual.head``."""
+
+    def __init__(self, visual: torch.nn.Module):
+        trunk = visual.trunk
+        if getattr(trunk, "rope", None) is not None or type(trunk).__name__ == "Eva":
+            raise InputError(f"timm trunk {type(trunk).__name__} with rotary position embeddings (EVA02, PE) is not "
+                             "supported yet")
+        if getattr(trunk, "dynamic_img_size", False):
+            raise InputError("timm trunks with dynamic image sizes are not supported yet")
+        super().__init__([timm_block(b) for b in trunk.blocks])
+        self.visual, self.trunk = visual, trunk
+        self.prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 0))
+        self.pool = "map" if getattr(trunk, "attn_pool", None) is not None else trunk.global_pool
+        if self.pool not in SUPPORTED_POOLS:
+            raise InputError(f"timm pooling {self.pool!r} is not supported ({', '.join(SUPPORTED_POOLS)})")
+        if self.pool == "token" and self.prefix_tokens == 0:
+            raise InputError("timm token pooling without a class token is not supported")
+        self.patch_grid = tuple(trunk.patch_embed.grid_size)
+
+    def grid(self, layer: int) -> tuple[int, int]:
+        return self.patch_grid
+
+    def embed(self, batch: ImageBatch) -> torch.Tensor:
+        t = self.trunk
+        weight = t.patch_embed.proj.weight
+        x = t._pos_embed(t.patch_embed(batch.pixel_values.to(weight.device, weight.dtype)))
+        return t.norm_pre(t.patch_drop(x))
+
+    def pooled_positions(self, batch, copies, device):
+        if self.pool != "token":  # average, max or attention pooling: every token
+            return None
+        return torch.zeros(len(batch) * copies, dtype=torch.long, device=device)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        if pooled.dim() == 2:  # the class token only: timm's token pooling reads position 0
+            pooled = pooled[:, None]
+        return self.visual.head(self.trunk.forward_head(self.trunk.norm(pooled)))
+
+    def parts(self):
+        t = self.trunk
+        head = present(t.norm, getattr(t, "attn_pool", None), t.fc_norm, t.head, self.visual.head)
+        embeddings = present(t.patch_embed, t.cls_token, getattr(t, "reg_token", None), t.pos_embed, t.norm_pre)
+        return head, list(t.blocks), embeddings
+
+
+__all__ = ["TimmViTTower", "is_timm_transformer", "timm_block"]

@@ -1,0 +1,143 @@
+"""OpenCLIP timm image towers (``visual.trunk.blocks``): tiny random copies of real configs.
+
+The towers are built through OpenCLIP's own ``TimmModel`` from the config's timm model name,
+pool and projection; only timm's size arguments are made small (:func:`scaled_timm`). Each
+variant checks a geometry or head the tower reads from the model: SigLIP's attention-pooling
+(MAP) head with no prefix token, average pooling with no class token (``*_gap``), and token
+pooling with a class token plus register tokens and no position embedding for them. The split
+forward equals ``encode_image`` at every layer (1e-5); every registered method runs. Needs
+open_clip and timm (the families environment); skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+
+import m2ib
+from m2ib.errors import InputError
+from m2ib.inputs import load_image
+from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
+
+SMALL_TIMM = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+
+
+@contextlib.contextmanager
+def scaled_timm(**overrides):
+    """While open, OpenCLIP's ``timm.create_model`` builds with ``overrides`` (smaller sizes): the
+    same timm class and options, restored after."""
+    import open_clip.timm_model as timm_model
+
+    original = timm_model.timm.create_model
+
+    def create(name, **kwargs):
+        return original(name, **{**kwargs, **overrides})
+
+    timm_model.timm.create_model = create
+    try:
+        yield
+    finally:
+        timm_model.timm.create_model = original
+
+
+# (timm model, OpenCLIP timm_pool, timm_proj, extra timm options): one per head kind
+VARIANTS = {
+    "timm-siglip-map": ("vit_base_patch16_siglip_224", "map", "none", {}),
+    "timm-gap-avg": ("vit_medium_patch16_gap_256", "avg", "linear", {}),
+    "timm-token-registers": ("vit_base_patch16_clip_224", "token", "linear", {"reg_tokens": 2, "no_embed_class": True}),
+}
+
+
+def build_timm(name: str):
+    oc = need_open_clip()
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    timm_name, pool, proj, extra = VARIANTS[name]
+    vision = CLIPVisionCfg(timm_model_name=timm_name, timm_model_pretrained=False, timm_pool=pool, timm_proj=proj,
+                           image_size=32)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
+    with scaled_timm(**SMALL_TIMM, **extra):
+        model = _seeded(0, lambda: CLIP(32, vision, text).eval())  # embed_dim = trunk width, as in the configs
+    tok = oc.get_tokenizer("ViT-B-32")
+    backend = m2ib.load(model, tokenizer=tok)
+    return model, backend, model.encode_image, lambda batch: model.encode_text(tok(list(batch.texts)))
+
+
+BUILDERS = {name: (lambda name=name: build_timm(name)) for name in VARIANTS}
+_CACHE: dict = {}
+
+
+def family(name: str):
+    if name not in _CACHE:
+        _CACHE[name] = BUILDERS[name]()
+    return _CACHE[name]
+
+
+@pytest.fixture(scope="module")
+def pictures(images):
+    return [load_image(im)[0] for im in images]
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_split_forward_equals_library_forward(name, pictures):
+    _, backend, image_fn, text_fn = family(name)
+    assert_split_parity(backend, image_fn, text_fn, pictures)
+
+
+@pytest.mark.parametrize("name,prefix,pooled", [("timm-siglip-map", 0, None), ("timm-gap-avg", 0, None),
+                                                ("timm-token-registers", 3, 0)])
+def test_geometry_comes_from_the_trunk(name, prefix, pooled, pictures):
+    model, backend, _, _ = family(name)
+    assert backend.geometry.image_prefix_tokens == prefix == model.visual.trunk.num_prefix_tokens
+    assert backend.geometry.patch_grid == (4, 4) and backend.geometry.image_size == (32, 32)
+    rows = backend.pooled_positions("image", backend.preprocess_images(pictures))
+    assert (rows is None) if pooled is None else rows.tolist() == [pooled] * len(pictures)
+
+
+def test_unsupported_trunks_say_why_on_one_line():
+    need_open_clip()
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(timm_model_name="vit_base_patch16_clip_224", timm_model_pretrained=False,
+                           timm_pool="avg", timm_proj="linear", image_size=32)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
+    with scaled_timm(**SMALL_TIMM, qk_norm=True):
+        model = CLIP(16, vision, text).eval()
+    with pytest.raises(InputError, match="q_norm is not supported") as info:
+        m2ib.load(model)
+    assert "\n" not in str(info.value)
+
+
+def _registered_methods() -> list[str]:
+    from m2ib.methods import REGISTRY
+
+    return list(REGISTRY)
+
+
+@pytest.mark.parametrize("method", _registered_methods())
+@pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers"])
+def test_explain_runs_every_registered_method(name, method, pictures):
+    from m2ib.methods import REGISTRY
+
+    _, backend, _, _ = family(name)
+    cls = REGISTRY[method]
+    fields = {f.name for f in dataclasses.fields(cls.Settings)}
+    tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
+    exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method,
+                        modalities=cls.modalities, **tiny)
+    for exp in exps:
+        if "image" in cls.modalities:
+            assert exp.image_map.shape == backend.geometry.image_size
+            assert torch.isfinite(exp.image_map).all() and torch.isfinite(exp.image_map_raw).all()
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_cascade_parts_run_from_the_head_down(name):
+    model, backend, _, _ = family(name)
+    parts = backend.cascade_parts("image")
+    n = backend.num_layers("image")
+    assert [label for label, _ in parts] == ["head", *[f"block {i}" for i in reversed(range(n))], "embeddings"]
+    assert parts[1][1] == [model.visual.trunk.blocks[-1]]
