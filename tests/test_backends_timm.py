@@ -141,3 +141,14 @@ def test_cascade_parts_run_from_the_head_down(name):
     n = backend.num_layers("image")
     assert [label for label, _ in parts] == ["head", *[f"block {i}" for i in reversed(range(n))], "embeddings"]
     assert parts[1][1] == [model.visual.trunk.blocks[-1]]
+
+
+def test_hugging_face_tokenizers_fail_fast_offline_on_one_line():
+    """OpenCLIP's SigLIP configs name a hub tokenizer: refused before open_clip reaches for the hub."""
+    import time
+
+    need_open_clip()
+    start = time.monotonic()
+    with pytest.raises(InputError, match="Hugging Face tokenizer timm/ViT-B-16-SigLIP2") as info:
+        m2ib.load("open_clip:ViT-B-16-SigLIP2@random")
+    assert time.monotonic() - start < 10 and "\n" not in str(info.value)

@@ -221,9 +221,12 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         raise InputError(f"open_clip has no architecture {arch!r}" + (f": similar: {', '.join(close)}" if close else
                                                                          "; see open_clip.list_models()"))
     cfg = oc.get_model_config(arch) or {}
-    if "hf_model_name" in cfg.get("text_cfg", {}) or "timm_model_name" in cfg.get("vision_cfg", {}):
-        raise InputError(f"open_clip {arch} has a Hugging Face text tower or a timm image tower: not supported yet "
-                         "(OpenCLIP's own ViT, ResNet and text towers are)")
+    if "hf_model_name" in cfg.get("text_cfg", {}):  # timm image towers: the tower code says which it reads
+        raise InputError(f"open_clip {arch} has a Hugging Face text tower: not supported yet "
+                         "(OpenCLIP's own text towers are)")
+    if cfg.get("text_cfg", {}).get("hf_tokenizer_name"):  # before open_clip reaches for the hub
+        raise InputError(f"open_clip {arch} uses the Hugging Face tokenizer {cfg['text_cfg']['hf_tokenizer_name']}: "
+                         "not supported yet (OpenCLIP models with CLIP's BPE tokenizer are)")
     kwargs: dict[str, Any] = {}
     if tag in ("", "random"):
         pretrained = None
