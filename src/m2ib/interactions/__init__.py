@@ -1,0 +1,15 @@
+"""Word-region interactions: which caption tokens go with which image patches (issue 20).
+
+``get_interaction(name).interact(backend, image_batch, text_batch, settings)`` gives an
+:class:`Interaction`; the methods register themselves on import.
+"""
+
+from __future__ import annotations
+
+from . import exclip as _exclip  # noqa: F401  (registers)
+from . import phrase as _phrase  # noqa: F401  (registers)
+from .base import REGISTRY, InteractionMethod, get_interaction, interaction_names, register
+from .result import Interaction, load_interaction
+
+__all__ = ["REGISTRY", "Interaction", "InteractionMethod", "get_interaction", "interaction_names",
+           "load_interaction", "register"]

@@ -1,0 +1,112 @@
+"""The interaction-method interface and its registry (separate from first-order methods).
+
+An interaction method turns one image-text pair into an :class:`~m2ib.interactions.Interaction`
+(token x patch scores). ``phrase_maps`` gives the image maps of character spans of the text;
+by default they are the matrix's ``span_map``s, and a method that has no matrix of its own
+(the first-order baseline) overrides it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.base import Backend, ImageBatch, TextBatch
+from ..errors import InputError
+from ..methods.base import Settings
+from .result import Interaction
+
+REGISTRY: dict[str, type[InteractionMethod]] = {}
+
+
+def register(cls: type[InteractionMethod]) -> type[InteractionMethod]:
+    """Class decorator: make an interaction method available by its ``name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"interaction method {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def interaction_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_interaction(name: str) -> InteractionMethod:
+    try:
+        return REGISTRY[name]()
+    except KeyError:
+        raise InputError(f"unknown interaction method {name!r}: choose one of {', '.join(REGISTRY)}") from None
+
+
+class InteractionMethod(ABC):
+    """Base class: ``interact`` one pair; ``phrase_maps`` of spans of its text."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    paper: ClassVar[str] = ""
+    Settings: ClassVar[type[Settings]] = Settings
+
+    def make_settings(self, **overrides: Any) -> Settings:
+        names = {f.name for f in dataclasses.fields(self.Settings)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise InputError(f"unknown setting(s) for {self.name}: {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(names))}")
+        return self.Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+    @abstractmethod
+    def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: Settings) -> Interaction:
+        """Token x patch scores of the pair ``(image[0], text[0])``."""
+
+    def phrase_maps(self, backend: Backend, image: ImageBatch, text: TextBatch,
+                    spans: Sequence[tuple[int, int]], settings: Settings) -> torch.Tensor:
+        """Image maps [S, H, W] of the character ``spans`` of the pair's text."""
+        result = self.interact(backend, image, text, settings)
+        return torch.stack([result.span_map(span) for span in spans])
+
+
+def check_one_pair(image: ImageBatch, text: TextBatch) -> None:
+    if len(image) != 1 or len(text) != 1:
+        raise InputError(f"an interaction explains one pair at a time: got {len(image)} images, {len(text)} texts")
+
+
+def token_offsets(backend: Backend, text: TextBatch) -> list[tuple[int, int]] | None:
+    """Each token's character span in the text (start/end tokens: (0, 0)); None without a fast tokenizer."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is None or not text.texts:
+        return None
+    try:
+        enc = tokenizer(text.texts[0], return_offsets_mapping=True, truncation=True,
+                        max_length=backend.geometry.context_length)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    return offsets if len(offsets) == len(text.tokens[0]) else None
+
+
+def similarity(backend: Backend, image: ImageBatch, text: TextBatch) -> float:
+    with torch.no_grad():
+        a = F.normalize(backend.embed("image", image).float(), dim=-1)
+        b = F.normalize(backend.embed("text", text).float(), dim=-1)
+    return float((a * b).sum())
+
+
+def display_image(backend: Backend, image: ImageBatch) -> torch.Tensor:
+    shown = image.display if image.display is not None else backend.display_images(image.pixel_values)
+    return shown[0].detach().float().cpu()
+
+
+def new_interaction(method: InteractionMethod, backend: Backend, image: ImageBatch, text: TextBatch,
+                    matrix: torch.Tensor, settings: Settings, info: dict[str, Any]) -> Interaction:
+    """The Interaction of one pair with everything but the matrix read from the inputs."""
+    return Interaction(
+        text=text.texts[0] if text.texts else "", tokens=list(text.tokens[0]) if text.tokens else [],
+        image=display_image(backend, image), matrix=matrix.detach().float().cpu(),
+        offsets=token_offsets(backend, text), special_tokens=tuple(text.special[0]) if text.special else (),
+        similarity=similarity(backend, image, text), method=method.name, settings=settings.as_dict(),
+        model=backend.name, image_source=image.sources[0] if image.sources else "", info=info)
