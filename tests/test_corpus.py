@@ -247,3 +247,12 @@ def test_help_and_list_load_no_model_library():
                  "print([m for m in %r if m in sys.modules])") % (list(argv), banned)
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
         assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout[-300:], done.stderr[-300:])
+
+
+def test_several_methods_on_one_pair_show_progress_per_method(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["explain", SCENE, "a red circle", "--model", "random-tiny", "--method", "gradcam,saliency,rollout",
+                 "--no-figure", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "3/3" in err and "method·pair" in err, err

@@ -85,9 +85,10 @@ def test_display_merges_pieces_into_words_by_summing_their_scores():
     assert words == exp.tokens and torch.equal(shading, exp.word_shading())
 
 
-def test_figure_of_a_chinese_text_warns_nothing(backend, tmp_path):
+def test_figure_of_a_chinese_text_warns_and_logs_nothing(backend, caplog):
     pytest.importorskip("matplotlib")
     exp = m2ib.explain(backend, torch.rand(3, 48, 48), "一只红色的圆形 🐱", steps=2, samples=2)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level("INFO"):
         warnings.simplefilter("error")
         exp.figure()
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib")], caplog.text

@@ -88,7 +88,12 @@ def explain_pairs(backend: Backend, pairs: Sequence[tuple[str, str]], stems: Seq
     outcome = PairsOutcome()
     todo = [i for i in range(len(pairs)) if job.overwrite or not (job.out / f"{stems[i]}.json").exists()]
     outcome.already_done = len(pairs) - len(todo)
-    with tqdm(total=len(todo), desc=",".join(job.methods), unit="pair", disable=len(todo) < 2) as bar:
+    # Several methods: a step per method and batch (ten methods on one pair take minutes); one method:
+    # a step per pair, shown when there are several.
+    several = len(job.methods) > 1
+    total, unit = (len(todo) * len(job.methods), "method·pair") if several else (len(todo), "pair")
+    with tqdm(total=total, desc=",".join(job.methods) if not several else job.methods[0], unit=unit,
+              disable=not several and len(todo) < 2) as bar:
         for start in range(0, len(todo), job.batch_size):
             rows, images = [], []
             for i in todo[start:start + job.batch_size]:
@@ -103,16 +108,18 @@ def explain_pairs(backend: Backend, pairs: Sequence[tuple[str, str]], stems: Seq
                     continue
                 rows.append(i)
                 images.append(image)
+            skipped = len(todo[start:start + job.batch_size]) - len(rows)
             if rows:
-                results = _explain_batch(backend, images, [pairs[i][1] for i in rows], job)
+                results = _explain_batch(backend, images, [pairs[i][1] for i in rows], job, bar)
                 for result, i, image in zip(results, rows, images):
                     outcome.written.append(_save(result, pairs[i][0], stems[i], image.size, backend, job))
-            bar.update(len(todo[start:start + job.batch_size]))
+            bar.update(skipped * len(job.methods) if several else len(todo[start:start + job.batch_size]))
     return outcome
 
 
-def _explain_batch(backend: Backend, images: list, texts: list[str], job: PairsJob) -> list:
-    """An Explanation per pair (one method) or a Comparison per pair (several)."""
+def _explain_batch(backend: Backend, images: list, texts: list[str], job: PairsJob, bar: Any) -> list:
+    """An Explanation per pair (one method) or a Comparison per pair (several, advancing ``bar``
+    by the batch's pairs as each method finishes)."""
     from .api import compare, explain
     from .methods import REGISTRY
 
@@ -121,8 +128,18 @@ def _explain_batch(backend: Backend, images: list, texts: list[str], job: PairsJ
         negatives = job.negatives if REGISTRY[method].uses_target else None  # as compare() does
         return explain(backend, images, texts, method=method, modalities=job.modalities, negatives=negatives,
                        batch_size=job.batch_size, progress=False, **job.settings.get(method, {}))
-    return compare(backend, images, texts, methods=job.methods, settings=job.settings, modalities=job.modalities,
-                   negatives=job.negatives, batch_size=job.batch_size)
+    done = []
+
+    def on_method(index: int, name: str) -> None:
+        if done:
+            bar.update(len(images))
+        done.append(name)
+        bar.set_description(name)
+
+    out = compare(backend, images, texts, methods=job.methods, settings=job.settings, modalities=job.modalities,
+                  negatives=job.negatives, batch_size=job.batch_size, on_method=on_method)
+    bar.update(len(images) * (len(job.methods) - max(len(done) - 1, 0)))  # the last, and any left out
+    return out
 
 
 def _save(result: Any, source: str, stem: str, size: tuple[int, int], backend: Backend,

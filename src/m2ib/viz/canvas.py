@@ -7,6 +7,7 @@ with an install hint without it. All text is drawn with ``parse_math=False`` and
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,17 @@ def quiet_missing_glyphs(draw: Callable) -> Callable:
     (:data:`~m2ib.viz.style.FALLBACK_FONTS`) draw what they can; the rest draws as boxes."""
     @functools.wraps(draw)
     def quiet(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
-            warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
-            return draw(*args, **kwargs)
+        # a fallback font without a bold face: matplotlib logs "findfont: Failed to find font weight"
+        fonts_log = logging.getLogger("matplotlib.font_manager")
+        level = fonts_log.level
+        fonts_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+                warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
+                return draw(*args, **kwargs)
+        finally:
+            fonts_log.setLevel(level)
     return quiet
 
 
