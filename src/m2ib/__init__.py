@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, M2IBError, ModelNotAvailableError
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Public names, imported on first use: `m2ib --help` and argument errors then answer without
 # importing torch (1.5 s) or transformers (several seconds).

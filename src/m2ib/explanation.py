@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .fileio import atomic_write
+from .maps import minmax
 
 
 @dataclass
@@ -87,8 +88,6 @@ class Explanation:
         shown = [k for k in range(len(groups)) if k not in set(special)]
         if not shown:
             return words, summed, special
-        from .methods.base import minmax
-
         shading = torch.zeros_like(summed)
         shading[shown] = minmax(summed[shown][None])[0]
         return words, shading, special
@@ -101,8 +100,6 @@ class Explanation:
         words = [i for i in range(len(self.tokens)) if i not in set(self.special_tokens)]
         if not words:
             return self.text_map
-        from .methods.base import minmax
-
         raw = self.text_map_raw if self.text_map_raw is not None else self.text_map
         shaded = torch.zeros_like(self.text_map)
         shaded[words] = minmax(raw[words][None])[0]

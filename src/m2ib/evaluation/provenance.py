@@ -52,7 +52,7 @@ def provenance(backend: Backend, table: Table, methods: Sequence[str], config: M
     """The provenance record written first in every results file."""
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     record = {
         "kind": "provenance", "format": FORMAT,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..explanation import Explanation
+from ..maps import finite, minmax  # noqa: F401 - re-exported: methods import them from here
 from ..settings import check_types
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -282,22 +283,6 @@ class Method(ABC):
                 exp.text_map = minmax(exp.text_map_raw[None])[0]
             out.append(exp)
         return out
-
-
-def finite(x: torch.Tensor) -> torch.Tensor:
-    """Replace NaN and +-inf so that no map ever carries them."""
-    return torch.nan_to_num(x, nan=0.0, posinf=torch.finfo(x.dtype).max / 4, neginf=0.0)
-
-
-def minmax(x: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each row of ``x`` [N, ...] to [0, 1]; a constant row becomes zeros (never NaN)."""
-    x = finite(x)
-    flat = x.reshape(x.shape[0], -1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    span = hi - lo
-    flat_ok = span > 1e-12 * hi.abs().clamp(min=1.0)
-    out = torch.where(flat_ok, (flat - lo) / torch.where(flat_ok, span, torch.ones_like(span)), 0.0)
-    return out.clamp_(0.0, 1.0).reshape(x.shape)
 
 
 def image_scores_to_maps(scores: torch.Tensor, backend: Backend) -> tuple[torch.Tensor | None, torch.Tensor]:
