@@ -92,7 +92,7 @@ class TimmViTTower(TransformerTower):
 
     def embed(self, batch: ImageBatch) -> torch.Tensor:
         t = self.trunk
-        weight = t.patch_embed.proj.weight
+        weight = next(t.patch_embed.parameters())  # a linear or convolutional (hybrid) patch embedding
         x = t._pos_embed(t.patch_embed(batch.pixel_values.to(weight.device, weight.dtype)))
         return t.norm_pre(t.patch_drop(x))
 

@@ -1,0 +1,43 @@
+"""The zoo coverage benchmark (benchmarks/zoo_coverage.py) on a handful of OpenCLIP configs, one per
+tower kind: covered ones pass parity, M2IB and an attention method; uncovered ones say why.
+Needs open_clip and timm (the families environment); skips elsewhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_backends_families import need_open_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S"]  # native ViT, ResNet, timm MAP, hybrid timm ViT
+UNCOVERED = {"EVA02-B-16": "rotary", "convnext_base": "convolutional timm trunks",
+             "xlm-roberta-base-ViT-B-32": "Hugging Face text tower"}
+
+
+def zoo(monkeypatch):
+    spec = importlib.util.spec_from_file_location("zoo_coverage", ROOT / "benchmarks" / "zoo_coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "zoo_coverage", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zoo_rows_one_per_tower_kind(tmp_path, monkeypatch):
+    need_open_clip()
+    module = zoo(monkeypatch)
+    rows = {r.config: r for r in module.run(COVERED + list(UNCOVERED), progress=False)}
+    for name in COVERED:
+        row = rows[name]
+        assert row.covered and row.reason == "", (name, row)
+        assert row.image_parity <= 1e-5 and row.text_parity <= 1e-5
+    assert rows["RN50"].attention == "none in tower" and rows["ViT-B-16-SigLIP2"].attention == "chefer"
+    assert rows["ViT-B-16-SigLIP2"].image_tower == "timm VisionTransformer"
+    for name, why in UNCOVERED.items():
+        assert not rows[name].covered and why in rows[name].reason, (name, rows[name])
+    assert module.main(["--models", "ViT-B-32", "convnext_base", "--out", str(tmp_path / "zoo.md")]) == 0
+    text = (tmp_path / "zoo.md").read_text()
+    assert "covered: 1 of 2 OpenCLIP configs (50.0 %)" in text and text.count("\n| ") == 2  # one row per config
