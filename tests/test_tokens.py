@@ -92,3 +92,22 @@ def test_figure_of_a_chinese_text_warns_and_logs_nothing(backend, caplog):
         warnings.simplefilter("error")
         exp.figure()
     assert not [r for r in caplog.records if r.name.startswith("matplotlib")], caplog.text
+
+
+def test_figure_says_when_the_target_is_a_margin_and_when_every_word_scored_0(backend, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import m2ib.viz.figure as figure
+
+    subtitles = []
+    monkeypatch.setattr(figure, "explanation_figure", lambda *a, **k: subtitles.append(k["subtitle"]))
+    exp = m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2, negatives=["a cat"])
+    exp.figure()
+    assert "margin over 1 negative text" in subtitles[-1]
+    exp.text_map_raw = torch.zeros_like(exp.text_map_raw)
+    exp.text_map = torch.zeros_like(exp.text_map)
+    exp.figure()
+    assert "every word scored 0" in subtitles[-1]
+    exp.settings.pop("negatives")
+    exp.text_map_raw[1] = 1.0
+    exp.figure()
+    assert "margin" not in subtitles[-1] and "scored 0" not in subtitles[-1]

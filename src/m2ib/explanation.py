@@ -56,7 +56,12 @@ class Explanation:
         from .viz.figure import explanation_figure
 
         subtitle = f"{self.method} · {self.model} · cosine similarity {self.similarity:.3f}"
+        negatives = self.settings.get("negatives") or []
+        if negatives:  # the maps explain a margin, not the plain similarity: say so on the figure
+            subtitle += f" · target: margin over {len(negatives)} negative text{'s' if len(negatives) > 1 else ''}"
         words, shading, special = self.display_words()
+        if shading is not None and special != tuple(range(len(words))) and not bool(shading.any()):
+            subtitle += " · every word scored 0"  # an empty text row is a result, not a drawing failure
         return explanation_figure(self.image, self.image_map, words, shading, title=self.text,
                                   subtitle=subtitle, boxes=boxes, special_tokens=special)
 
