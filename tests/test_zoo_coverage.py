@@ -14,7 +14,7 @@ from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S"]  # native ViT, ResNet, timm MAP, hybrid timm ViT
-UNCOVERED = {"EVA02-B-16": "rotary", "convnext_base": "convolutional timm trunks",
+UNCOVERED = {"EVA02-B-16": "rotary", "convnext_base": "timm trunk ConvNeXt is not supported",
              "xlm-roberta-base-ViT-B-32": "Hugging Face text tower"}
 
 

@@ -70,8 +70,10 @@ def image_tower(visual: torch.nn.Module) -> Tower:
         return OpenAIViTTower(visual)
     if is_timm_transformer(visual):
         return TimmViTTower(visual)
-    raise InputError(f"image tower {type(visual).__name__} is not supported (OpenCLIP ViT and ModifiedResNet "
-                     "towers and timm ViT trunks are; convolutional timm trunks are not yet)")
+    trunk = getattr(visual, "trunk", None)
+    what = f"timm trunk {type(trunk).__name__}" if trunk is not None else f"image tower {type(visual).__name__}"
+    raise InputError(f"{what} is not supported (OpenCLIP ViT and ModifiedResNet towers and timm ViT trunks are; "
+                     "convolutional and windowed timm trunks such as ConvNeXt, FastViT and Swin are not yet)")
 
 
 class BPETokens:
