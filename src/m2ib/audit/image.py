@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ def concentration(mass: torch.Tensor) -> float:
 @dataclass
 class Region:
     name: str  # "R1", "R2", ... by mass
-    mask: torch.Tensor  # [R, C] bool: its patches
+    mask: torch.Tensor = field(repr=False)  # [R, C] bool: its patches
     mass: float  # its share of the prior's mass
     box: tuple[int, int, int, int]  # (row0, col0, row1, col1) of its patches, inclusive
 
