@@ -512,6 +512,7 @@ def test_cli_compares_methods_in_one_figure(tmp_path, capsys):
     assert meta["methods"]["gradcam"]["settings"]["negatives"] == ["a blue star", "a cat"]
     assert "negatives" not in meta["methods"]["rollout"]["settings"]  # no target: not applied
     assert meta["methods"]["rise"]["text_scores"] is None
+    assert "3/3" in capsys.readouterr().err  # a progress step per method
     assert main(["explain", str(image), "a cat", "--model", "random-tiny", "--method", "gradcam,nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'nope'" in err and err.count("\n") == 1
