@@ -137,7 +137,7 @@ def test_phrase_alone_is_the_first_order_map_of_the_phrase_text(backend):
 
     images, texts = _inputs(backend)
     method = get_interaction("phrase-alone")
-    settings = method.make_settings(method="saliency")
+    settings = method.make_settings(first_order="saliency")
     maps = method.phrase_maps(backend, images, texts, [(2, 12), (19, 28)], settings)
     for k, phrase in enumerate(("red circle", "blue star")):
         plain = m2ib.explain(backend, pixel_values=images.pixel_values, texts=phrase, method="saliency",
@@ -184,3 +184,24 @@ def test_two_object_phrases_span_colour_to_shape():
     for (start, end), obj in phrases:
         colour, shape = caption.text[start:end].split()
         assert (colour, shape) == (scene.objects[obj].colour, scene.objects[obj].shape)
+
+
+# --- CLI and figure ----------------------------------------------------------------------------
+def test_cli_explain_with_an_interaction_method_writes_matrix_and_figure(tmp_path, capsys):
+    from PIL import Image
+
+    from m2ib.cli import main
+
+    picture = tmp_path / "scene.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
+    code = main(["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "exclip",
+                 "--steps", "2", "--image-layer", "1", "--out", str(tmp_path / "out")])
+    assert code == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(p.rsplit(".", 1)[1] for p in written) == ["json", "npz", "png"]
+    back = load_interaction(tmp_path / "out" / "scene_exclip")
+    assert back.settings["steps"] == 2 and back.settings["image_layer"] == 1
+    figure = Image.open(tmp_path / "out" / "scene_exclip.png")
+    assert figure.size[0] > figure.size[1]  # one panel per content word ("red", "circle") and the image
+    assert main(["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "exclip",
+                 "--steps", "0", "--out", str(tmp_path / "bad")]) != 0

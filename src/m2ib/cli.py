@@ -85,7 +85,8 @@ def _add_explain(sub) -> None:
     ex.add_argument("--model", default=DEFAULT_MODEL, help=_model_help())
     ex.add_argument("--method", default="m2ib", metavar="NAME[,NAME...]|all",
                     help=f"attribution method: one of {', '.join(REGISTRY)}; a comma list or 'all' writes one "
-                    "comparison figure per pair with a row per method (default: m2ib)")
+                    "comparison figure per pair with a row per method (default: m2ib); or one word-region "
+                    f"interaction method for one pair: {', '.join(_interactions())}")
     ex.add_argument("--modalities", default=None, help="sides to explain: image,text | image | text (default: "
                     "every side the method can explain)")
     ex.add_argument("--negative", action="append", default=[], metavar="TEXT",
@@ -98,7 +99,13 @@ def _add_explain(sub) -> None:
                     help="draw a box on the figure, in the original image's pixels (repeatable)")
     ex.add_argument("--no-figure", action="store_true", help="write maps and JSON only")
     ex.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs exist (else skipped)")
-    add_setting_flags(ex, REGISTRY)
+    add_setting_flags(ex, {**REGISTRY, **_interactions()})
+
+
+def _interactions() -> dict:
+    from .interactions import REGISTRY as INTERACTIONS
+
+    return dict(INTERACTIONS)
 
 
 def _add_evaluate(sub) -> None:
@@ -247,6 +254,12 @@ def _explain(args: argparse.Namespace) -> int:
     from .methods.base import method_names
     from .pairs import PairsJob, explain_pairs, output_stem, read_pairs
 
+    if args.method.strip() in _interactions():  # word-region interactions (m2ib.interactions)
+        from .interactions.command import explain_interaction
+        from .methods import REGISTRY
+
+        print(*explain_interaction(args, {**REGISTRY, **_interactions()}), sep="\n")
+        return 0
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods = method_names(args.method)
     settings = _method_settings(methods, args)

@@ -1,7 +1,7 @@
 """The baseline to beat: the first-order image map of a phrase explained alone.
 
 For a phrase of the caption (e.g. "red circle" of "a red circle and a blue star"), a registered
-first-order method (``method``) explains the image against the phrase's own text; its raw image
+first-order method (``first_order``) explains the image against the phrase's own text; its raw image
 map is the phrase's map. This uses no interaction at all: it shows how much a plain map of the
 words already grounds them. As an :class:`~m2ib.interactions.Interaction`, each word's tokens
 share its map (averaged to the patch grid, split evenly among the word's tokens), so
@@ -26,14 +26,14 @@ from .base import InteractionMethod, check_one_pair, new_interaction, register, 
 class PhraseAloneSettings(Settings):
     """Settings of the first-order baseline."""
 
-    method: str = setting("gradeclip", "the first-order method that explains the image against the phrase alone")
+    first_order: str = setting("gradeclip", "the first-order method that explains the image against the phrase alone")
 
     def validate(self) -> None:
         super().validate()
         from ..methods import REGISTRY
 
-        if self.method not in REGISTRY or "image" not in REGISTRY[self.method].modalities:
-            raise InputError(f"method={self.method!r}: use a registered method that explains images")
+        if self.first_order not in REGISTRY or "image" not in REGISTRY[self.first_order].modalities:
+            raise InputError(f"first_order={self.first_order!r}: use a registered method that explains images")
 
 
 def words_of(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int] | None]:
@@ -65,7 +65,7 @@ class PhraseAlone(InteractionMethod):
             raise InputError(f"spans {list(spans)} include an empty phrase of {text.texts[0]!r}")
         from ..methods import get_method
 
-        method = get_method(settings.method)
+        method = get_method(settings.first_order)
         chosen = method.make_settings(backend, seed=settings.seed)
         exps = method.explain(backend, image.repeat_interleave(len(phrases)), backend.tokenize(phrases), chosen,
                               ("image",))
@@ -86,4 +86,4 @@ class PhraseAlone(InteractionMethod):
             for i, word in enumerate(per_token):
                 if word is not None:
                     matrix[i] = grids[words.index(word)] / per_token.count(word)
-        return new_interaction(self, backend, image, text, matrix, settings, {"first_order": settings.method})
+        return new_interaction(self, backend, image, text, matrix, settings, {"first_order": settings.first_order})
