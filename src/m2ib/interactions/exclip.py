@@ -17,10 +17,12 @@ of token ``i`` and patch ``j`` is
 and the matrix sums to ``(f(x) - f(r)) . (g(y) - g(q)) / (|f(x)| |g(y)|)`` (exactly as the steps
 grow): the cosine similarity up to the reference terms, which ``info`` records. The same
 numbers as exCLIP's ``d_txt * J_txt^T J_img * d_img`` summed over the channels, computed as
-one product of two [E, tokens] matrices instead of a [tokens x channels]^2 one.
+one product of two [E, tokens] matrices instead of a [tokens x channels]^2 one, and the image
+side's product directly by backward passes weighted with the text's attributions.
 
 Integration: ``steps`` midpoints of the path (a = (s + 1/2) / steps; exCLIP's own grid may
-differ, the limit is the same). One batched backward pass per chunk of embedding dimensions.
+differ, the limit is the same). Batched backward passes: the text tower one per embedding
+dimension, the image tower one per text token (``chunk`` at a time).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class ExCLIPSettings(Settings):
     text_layer: int = setting(-1, "text block whose input is attributed (negative: from the end; exCLIP: the last)")
     image_layer: int = setting(-1, "image block whose input is attributed (negative: from the end)")
     steps: int = setting(10, "interpolation steps of the integrated Jacobians (exCLIP's N)")
-    chunk: int = setting(64, "embedding dimensions per batched backward pass (memory vs speed; same result)")
+    chunk: int = setting(64, "backward passes batched together (memory vs speed; same result)")
     normalise: bool = setting(True, "divide by the embeddings' norms, so the matrix sums to a cosine difference")
 
     def validate(self) -> None:
@@ -73,11 +75,15 @@ def block_input(backend: Backend, modality: Modality, layer: int, setting_name: 
     return EMBEDDINGS if block == 0 else block - 1
 
 
-def integrated_attributions(backend: Backend, modality: Modality, batch, reference, split: int,
-                            steps: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(A [E, tokens], embedding of the input [E], embedding of the reference [E]) for one input.
+def integrated_attributions(backend: Backend, modality: Modality, batch, reference, split: int, steps: int,
+                            chunk: int, weights: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A [R, tokens], embedding of the input [E], embedding of the reference [E]) for one input.
 
-    ``A[k, i] = sum_d (x - r)[i, d] * mean_a d emb_k / d h[i, d] at h = r + a (x - r)``.
+    ``A[k, i] = sum_d (x - r)[i, d] * mean_a d (w_k . emb) / d h[i, d] at h = r + a (x - r)`` for
+    each row ``w_k`` of ``weights`` [R, E]; without weights, the unit vectors (R = E: one row per
+    embedding dimension). The image side passes ``A_text^T`` as weights, so it needs one backward
+    pass per text token instead of one per embedding dimension (the same product, fewer passes).
     """
     with torch.no_grad():
         x = backend.prefix(modality, batch, split)
@@ -85,25 +91,21 @@ def integrated_attributions(backend: Backend, modality: Modality, batch, referen
         if x.ndim != 3:
             raise InputError(f"exCLIP needs token hidden states [N, tokens, width]; the {modality} tower of "
                              f"{backend.name!r} gives {tuple(x.shape)} at that layer")
-        ends = backend.suffix(modality, torch.cat([x, r]), split, _twice(batch)).float()
-    delta = (x - r)[0]
+        ends = backend.suffix(modality, torch.cat([x, r]), split, batch.select([0, 0])).float()
+    delta = (x - r)[0].float()
     alphas = (torch.arange(steps, device=x.device, dtype=x.dtype) + 0.5) / steps
     path = (r + alphas[:, None, None] * (x - r)).requires_grad_(True)
-    emb = backend.suffix(modality, path, split, batch).float()  # [steps, E]
-    dims = emb.shape[1]
+    emb = backend.suffix(modality, path, split, batch)  # [steps, E]
+    if weights is None:
+        weights = torch.eye(emb.shape[1], device=emb.device)
     rows = []
-    for first in range(0, dims, chunk):
-        width = min(chunk, dims - first)
-        selector = torch.zeros(width, *emb.shape, device=emb.device, dtype=emb.dtype)
-        selector[torch.arange(width), :, first + torch.arange(width)] = 1.0
-        (grads,) = torch.autograd.grad(emb, path, selector, retain_graph=first + width < dims,
+    for first in range(0, weights.shape[0], chunk):
+        part = weights[first:first + chunk].to(emb.dtype)
+        cotangents = part[:, None, :].expand(-1, steps, -1)
+        (grads,) = torch.autograd.grad(emb, path, cotangents, retain_graph=first + chunk < weights.shape[0],
                                        is_grads_batched=True)
-        rows.append((grads.float().mean(1) * delta.float()).sum(-1))  # [width, tokens]
+        rows.append((grads.float().mean(1) * delta).sum(-1))  # [rows of this chunk, tokens]
     return torch.cat(rows), ends[0], ends[1]
-
-
-def _twice(batch):
-    return batch.select([0, 0])
 
 
 @register
@@ -123,10 +125,10 @@ class ExCLIP(InteractionMethod):
         with backend.attribution_mode():
             a_text, f_x, f_r = integrated_attributions(backend, "text", text, text_reference(text), text_split,
                                                        settings.steps, settings.chunk)
-            a_image, g_y, g_q = integrated_attributions(backend, "image", image, image_reference(image),
-                                                        image_split, settings.steps, settings.chunk)
+            products, g_y, g_q = integrated_attributions(backend, "image", image, image_reference(image),
+                                                         image_split, settings.steps, settings.chunk, a_text.T)
         scale = float(f_x.norm() * g_y.norm()) if settings.normalise else 1.0
-        matrix = (a_text.T @ a_image) / scale  # [T, image tokens]
+        matrix = products / scale  # [T, image tokens] = A_text^T A_image / scale
         rows, cols = backend.token_grid("image", image_split)
         prefix = matrix.shape[1] - rows * cols
         if prefix < 0:
