@@ -485,16 +485,35 @@ def test_readme_family_command_runs(command, tmp_path, monkeypatch):
         need_open_clip()
     elif model.startswith("clip:"):
         need_clip()
-    elif model == "hf:SIGLIP_DIR":  # the README's placeholder: a SigLIP saved with save_pretrained
-        sig, backend, _, _ = family("siglip")
-        sig.save_pretrained(tmp_path / "siglip")
-        backend.tokenizer.save_pretrained(tmp_path / "siglip")
-        argv[argv.index("--model") + 1] = f"hf:{tmp_path / 'siglip'}"
+    elif model in ("hf:SIGLIP_DIR", "hf:SIGLIP2_DIR", "hf:METACLIP2_DIR"):  # the README's placeholders:
+        import test_backends_hf_dual  # a small model of that family saved with save_pretrained
+
+        built = {"hf:SIGLIP_DIR": lambda: family("siglip"), "hf:SIGLIP2_DIR": test_backends_hf_dual.build_siglip2,
+                 "hf:METACLIP2_DIR": test_backends_hf_dual.build_metaclip2}[model]
+        saved, backend, _, _ = built()
+        saved.save_pretrained(tmp_path / "model")
+        backend.tokenizer.save_pretrained(tmp_path / "model")
+        argv[argv.index("--model") + 1] = f"hf:{tmp_path / 'model'}"
     argv[argv.index("--out") + 1] = str(tmp_path / "out")
     monkeypatch.chdir(ROOT)
     assert main(argv) == 0
     written = sorted(p.suffix for p in (tmp_path / "out").iterdir())
     assert ".json" in written and ".npz" in written
+
+
+def test_biomedclip_hub_name_fails_fast_offline_on_one_line(capsys, monkeypatch):
+    """The README's BiomedCLIP-style name: offline, one line saying how to get it (no download tried)."""
+    from m2ib.cli import main
+
+    need_open_clip()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    assert name in (ROOT / "README.md").read_text()
+    start = time.monotonic()
+    code = main(["explain", str(ROOT / "examples" / "scene1.png"), "a star", "--model", name])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and time.monotonic() - start < 30
+    assert "hf download microsoft/BiomedCLIP" in err and len(err.splitlines()) == 1, err
 
 
 def test_errors_are_m2ib_errors():
