@@ -11,6 +11,11 @@ attribution is the KL of the last step's forward pass summed over channels. With
 ``negatives`` the fit term is the target's margin (:class:`~m2ib.methods.base.Target`) instead
 of the plain cosine; without them it is the cosine, as in the paper.
 
+``bottleneck="standardised"`` (off by default) is IBA's bottleneck (Schulz et al., ICLR 2020):
+eps ~ N(mu_R, var sigma_R^2) and the prior N(mu_R, var sigma_R^2) per feature, with mu_R and
+sigma_R estimated on a reference set or on the batch (:mod:`.m2ib_statistics`). It is the
+published loop run on (R - mu_R) / sigma_R, with Z mapped back as Z * sigma_R + mu_R.
+
 Fast path (same numbers as re-running the whole model): the tower's prefix up to the
 bottleneck runs once per pair, the other modality's embedding once per pair, and only the
 blocks after the bottleneck run on the noise copies; weights are frozen, so backward stops
@@ -32,6 +37,11 @@ from ..errors import InputError
 from ..settings import check_choice, check_layer, check_number, check_positive_int
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
 from .common import with_tower_layers
+from .m2ib_statistics import bottleneck_statistics
+
+#: ``published``: noise and prior N(0, var), as in the paper. ``standardised``: IBA's (Schulz et
+#: al., ICLR 2020) N(mu_R, var * sigma_R^2) per feature (:mod:`m2ib.methods.m2ib_statistics`).
+BOTTLENECKS = ("published", "standardised")
 
 
 
@@ -62,6 +72,14 @@ class M2IBSettings(Settings):
     init_alpha: float = setting(5.0, "initial value of alpha (lam = sigmoid(alpha) starts near 1)")
     precision: str = setting("fp32", "arithmetic of the towers: fp32 (default, exact), or bf16/fp16 "
                                      "(faster, opt-in; the bottleneck and loss stay fp32)", choices=PRECISIONS)
+    bottleneck: str = setting(
+        "published", "noise and prior of the bottleneck: published (N(0, var), the paper) or standardised (IBA, "
+                     "Schulz et al. ICLR 2020: N(mean, var * sd^2) of each feature of R, so a token's large norm "
+                     "is not scored as information)", choices=BOTTLENECKS)
+    reference: str | None = setting(
+        None, "with bottleneck=standardised: the inputs whose R gives each feature's mean and sd, a dataset as "
+              "evaluate --data reads it (e.g. shapes:val:64 or a pairs file); default: the batch's own inputs "
+              "(2 or more pairs; a pair's map then depends on its batch)")
     cuda_graphs: bool = setting(True, "on a GPU, replay the optimisation loop as a CUDA graph (same kernels, "
                                       "far fewer launches); no effect on a CPU")
 
@@ -74,6 +92,7 @@ class M2IBSettings(Settings):
         check_number(self.vision_beta, "vision_beta")
         check_number(self.text_beta, "text_beta")
         check_choice(self.precision, "precision", PRECISIONS)
+        check_choice(self.bottleneck, "bottleneck", BOTTLENECKS)
         check_layer(self.vision_layer, "vision_layer")
         check_layer(self.text_layer, "text_layer")
 
@@ -148,15 +167,22 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
         hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
     n, t, d = hidden.shape
     check_fits_in_memory(backend, modality, layer, n, t, d, s)
+    statistics = None
+    if s.reference is not None and s.bottleneck != "standardised":
+        warnings.warn(f"reference={s.reference!r} is read only with bottleneck=standardised; it is ignored",
+                      stacklevel=2)
+    if s.bottleneck == "standardised":  # fit on (R - mean) / sd; the suffix reads Z * sd + mean
+        statistics = bottleneck_statistics(backend, modality, batch, layer, hidden, s.reference)
+        hidden = (hidden - statistics[0]) / statistics[1]
     use_graph = s.cuda_graphs and device.type == "cuda"
-    key = (modality, layer, n, t, d, beta, s.var, s.steps, s.lr, s.samples, s.init_alpha, s.precision,
+    key = (modality, layer, n, t, d, beta, s.var, s.bottleneck, s.steps, s.lr, s.samples, s.init_alpha, s.precision,
            None if target.negatives is None else tuple(target.negatives.shape), target.offset is not None)
     fit = backend.graph_cache.pop(key, None) if use_graph else None
     if fit is None:
         # Image towers read only the batch's length in the suffix: no per-copy pixels (or display images).
         copies = batch.repeat_interleave(s.samples) if isinstance(batch, TextBatch) else batch
         fit = BottleneckFit(backend, modality, copies, layer, beta, s, n, t, d, graph=use_graph)
-    fit.load(hidden, batch, target, s.seed)
+    fit.load(hidden, batch, target, s.seed, statistics)
     fit.run()
     if use_graph:  # keep the few most recent loops (their memory stays reserved while cached)
         backend.graph_cache[key] = fit
@@ -236,6 +262,8 @@ class BottleneckFit:
         self.target = torch.zeros(n * s.samples, 1, device=device)
         self.negatives: torch.Tensor | None = None  # [K, E], when the target is a margin
         self.offset: torch.Tensor | None = None  # [N * samples], the text side's margin term
+        self.shift: torch.Tensor | None = None  # [T, D], standardised bottleneck: R's mean
+        self.scale: torch.Tensor | None = None  # [T, D], standardised bottleneck: R's sd
         self.noise = torch.zeros(n, s.steps, s.samples, t, d, device=device)
         self.alpha = torch.full((n, t, d), float(s.init_alpha), device=device, requires_grad=True)
         # fused: one kernel per step on a GPU; capturable: its step count lives on the device
@@ -244,8 +272,10 @@ class BottleneckFit:
         self.wants_graph = graph
         self.kl_map = self.numbers = None
 
-    def load(self, hidden: torch.Tensor, batch: ImageBatch | TextBatch, target: Target, seed: int) -> None:
-        """Copy one batch's inputs into the buffers and draw its noise."""
+    def load(self, hidden: torch.Tensor, batch: ImageBatch | TextBatch, target: Target, seed: int,
+             statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Copy one batch's inputs into the buffers and draw its noise (``statistics``: the
+        standardised bottleneck's mean and sd of R, which ``hidden`` is already scaled by)."""
         s, device = self.s, self.hidden.device
         n, t, d = hidden.shape
         self.hidden.copy_(hidden)
@@ -260,6 +290,8 @@ class BottleneckFit:
         self.target = _into(self.target, target.embeddings.to(device).float().repeat_interleave(s.samples, 0))
         self.negatives = _into(self.negatives, target.negatives)
         self.offset = _into(self.offset, None if target.offset is None else target.offset.repeat_interleave(s.samples, 0))
+        self.shift = _into(self.shift, None if statistics is None else statistics[0])
+        self.scale = _into(self.scale, None if statistics is None else statistics[1])
         # All steps' noise at once, per pair at its own length, from the pair's own generator.
         for i, g in enumerate(noise_generators(device, seed, n)):
             if lengths[i] == t:
@@ -289,6 +321,8 @@ class BottleneckFit:
             kl = kl_to_prior(lam_r, log_one_minus, s.var)  # [N, T, D]
             # Z = lam R + (1 - lam) sqrt(var) eps, for every noise copy: [N, S, T, D]
             z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
+            if self.scale is not None:  # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
+                z = torch.addcmul(self.shift, z, self.scale)
             emb = self.runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(self.runner.dtype),
                                      self.layer, self.copies)
             fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
