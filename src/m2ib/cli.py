@@ -123,7 +123,8 @@ def _add_evaluate(sub) -> None:
                         "(mean and 95% CI per method and metric) and OUT/plots/*.png. Note: " + SAMPLES_NOTE + ".")
     ev.add_argument("--data", required=True, help="TSV/CSV of caption and image path (the M2IB reference's "
                     "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
-                    "phrase, x, y, w, h), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)")
+                    "phrase, x, y, w, h), shapes:SPLIT:N[:KIND] (e.g. shapes:test:200), or shapes-collage:SPLIT:N "
+                    "(2x2 collages; metric collage)")
     ev.add_argument("--methods", default="m2ib", metavar="NAME[,NAME...]|all",
                     help="methods to compare (default: m2ib); when resuming, some of the run's methods "
                     "only, to finish those first")
@@ -382,7 +383,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     with folder_lock(args.out, "m2ib evaluate"):  # a run already writing there is refused now, not after the load
         pass
     # A data file is read now; shapes rows are rendered at the model's size, after the load.
-    shapes = args.data.strip().startswith("shapes:")
+    shapes = args.data.strip().startswith(("shapes:", "shapes-collage:"))
     table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
     backend = load(args.model, device=args.device)
     if table is None:

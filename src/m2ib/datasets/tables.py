@@ -1,6 +1,6 @@
 """Evaluation rows read from files (local image paths) or from the shapes world.
 
-Three sources, one :class:`Row` type:
+Four sources, one :class:`Row` type:
 
 * a TSV/CSV of pairs: ``caption<TAB>image`` per line with no header (the public M2IB
   reference's format for Conceptual Captions), or a header naming ``image`` and ``text`` /
@@ -9,6 +9,8 @@ Three sources, one :class:`Row` type:
   ``image_id``), phrase (``phrase``, ``label_text`` or ``text``) and a box as ``x, y, w, h``
   columns (in the original image's pixels); rows with the same image and phrase are one pair
   with several boxes. A ``boxes`` column ``"x,y,w,h;x,y,w,h"`` works too.
+* ``shapes-collage:SPLIT:N``: 2x2 collages of single-object scenes (:mod:`.collage`), captioned
+  with the object of one quadrant; the row's mask and box are that quadrant.
 * ``shapes:SPLIT:N[:KIND]``: scenes ``render_scene(split_seed(SPLIT, i), size, n_objects=(2, 4))``
   for i < N at the model's input size, captioned ``make_caption(scene, KIND)`` (KIND ``single``
   by default), with the exact mask of the named present objects and the character spans of
@@ -63,6 +65,7 @@ class Table:
 
 
 _SHAPES = re.compile(r"^shapes:(train|val|test):(\d+)(?::(single|subset|all|mixed))?$")
+_COLLAGE = re.compile(r"^shapes-collage:(train|val|test):(\d+)$")
 
 
 def load_table(spec: str, *, size: int | None = None, samples: int | None = None, seed: int = 0) -> Table:
@@ -76,6 +79,13 @@ def load_table(spec: str, *, size: int | None = None, samples: int | None = None
         if size is None:
             raise InputError("shapes rows need the model's input size")
         table = _shapes_table(spec.strip(), match.group(1), int(match.group(2)), match.group(3) or "single", size)
+    elif _COLLAGE.match(spec.strip()):
+        if size is None:
+            raise InputError("shapes-collage rows need the model's input size")
+        match = _COLLAGE.match(spec.strip())
+        table = _collage_table(spec.strip(), match.group(1), int(match.group(2)), size)
+    elif spec.startswith("shapes-collage:"):
+        raise InputError(f"{spec!r}: use shapes-collage:SPLIT:N, e.g. shapes-collage:test:200")
     elif spec.startswith("shapes:"):
         raise InputError(f"{spec!r}: use shapes:SPLIT:N[:KIND], e.g. shapes:test:200 (KIND single, subset, all "
                          "or mixed)")
@@ -112,6 +122,20 @@ def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> Table:
         boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for obj in caption.objects)
         rows.append(Row(f"shapes:{split}:{i}", scene.image, caption.text, boxes, mask, spans))
     return Table(spec, "shapes", rows)
+
+
+def _collage_table(spec: str, split: str, n: int, size: int) -> Table:
+    from .collage import render_collage
+
+    if n <= 0:
+        raise InputError(f"{spec!r}: N must be positive")
+    rows = []
+    for i in range(n):
+        collage = render_collage(split, i, size)
+        spans = tuple((sp.start, sp.end) for sp in collage.caption.spans if sp.present)
+        rows.append(Row(f"shapes-collage:{split}:{i}", collage.image, collage.caption.text, (collage.box,),
+                        collage.mask, spans))
+    return Table(spec, "collage", rows)
 
 
 def _read(path: Path) -> list[list[str]]:

@@ -35,6 +35,7 @@ from .deletion import deletion_insertion, gaussian_blur
 from .road import linear_impute, road
 from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
+from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
 from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
 from .config import DEFAULT_METRICS, MetricConfig, as_config
 
