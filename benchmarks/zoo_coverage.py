@@ -2,7 +2,9 @@
 
 For each config, a copy of the same architecture is built through ``open_clip.create_model``
 (the same tower classes and options; width 32, depth 2, a 64-pixel input or 4 patches a side,
-a small CoCa decoder; timm trunks get the same sizes through their own arguments). Then:
+a small CoCa decoder; timm trunks get the same sizes through their own arguments), with
+unit-scale random weights (:func:`spread_weights`: embeddings of order 1, so 1e-5 means something).
+Then:
 
 - parity: the split forward (prefix to block l, suffix from l, every l) against the library's
   ``encode_image`` / ``encode_text``, largest absolute difference over layers (pass: <= 1e-5);
@@ -109,10 +111,27 @@ def build(oc, name: str, cfg: dict) -> torch.nn.Module:
             with scaled_timm(sizes), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.manual_seed(0)
-                return oc.create_model(name, pretrained=None, **kwargs).eval()
+                model = oc.create_model(name, pretrained=None, **kwargs).eval()
+            spread_weights(model)
+            return model
         except (TypeError, AssertionError, ValueError) as exc:  # this trunk takes other sizes: try the next set
             error = exc
     raise error
+
+
+def spread_weights(model: torch.nn.Module, seed: int = 7) -> None:
+    """Unit-scale random weights (norm scales near 1, matrices with std 1/sqrt(fan_in)): the libraries'
+    small initialisations give embeddings of about 1e-5, which would make a 1e-5 parity check vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 0:  # the logit scale
+                continue
+            noise = torch.randn(param.shape, generator=g)
+            if param.dim() == 1:
+                param.copy_(1 + 0.1 * noise if param.abs().max() > 0.5 else 0.1 * noise)  # norm scales, biases
+            else:
+                param.copy_(noise / param[0].numel() ** 0.5)
 
 
 def tower_kinds(model: torch.nn.Module) -> tuple[str, str]:

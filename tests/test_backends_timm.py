@@ -48,7 +48,25 @@ VARIANTS = {
     "timm-siglip-map": ("vit_base_patch16_siglip_224", "map", "none", {}),
     "timm-gap-avg": ("vit_medium_patch16_gap_256", "avg", "linear", {}),
     "timm-token-registers": ("vit_base_patch16_clip_224", "token", "linear", {"reg_tokens": 2, "no_embed_class": True}),
+    "timm-eva02-rope-token": ("eva02_base_patch16_clip_224", "token", None, {}),
+    "timm-pe-rope-map": ("vit_pe_core_base_patch16_224", "map", None, {}),
 }
+
+
+def spread_weights(model: torch.nn.Module, seed: int = 7) -> None:
+    """timm and OpenCLIP initialise small (std 0.02, zero heads): embeddings of about 1e-5, which would
+    make a 1e-5 parity test vacuous. Weights of unit-scale outputs instead (norm scales near 1,
+    matrices with std 1/sqrt(fan_in)), so that attention is peaked and every part shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            noise = torch.randn(param.shape, generator=g)
+            if param.dim() == 0:  # the logit scale
+                continue
+            if param.dim() == 1:
+                param.copy_(1 + 0.1 * noise if param.abs().max() > 0.5 else 0.1 * noise)  # norm scales, biases
+            else:
+                param.copy_(noise / param[0].numel() ** 0.5)
 
 
 def build_timm(name: str):
@@ -61,6 +79,7 @@ def build_timm(name: str):
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
     with scaled_timm(**SMALL_TIMM, **extra):
         model = _seeded(0, lambda: CLIP(32, vision, text).eval())  # embed_dim = trunk width, as in the configs
+    spread_weights(model)
     tok = oc.get_tokenizer("ViT-B-32")
     backend = m2ib.load(model, tokenizer=tok)
     return model, backend, model.encode_image, lambda batch: model.encode_text(tok(list(batch.texts)))
@@ -88,7 +107,8 @@ def test_split_forward_equals_library_forward(name, pictures):
 
 
 @pytest.mark.parametrize("name,prefix,pooled", [("timm-siglip-map", 0, None), ("timm-gap-avg", 0, None),
-                                                ("timm-token-registers", 3, 0)])
+                                                ("timm-token-registers", 3, 0), ("timm-eva02-rope-token", 1, 0),
+                                                ("timm-pe-rope-map", 1, None)])
 def test_geometry_comes_from_the_trunk(name, prefix, pooled, pictures):
     model, backend, _, _ = family(name)
     assert backend.geometry.image_prefix_tokens == prefix == model.visual.trunk.num_prefix_tokens
@@ -111,6 +131,17 @@ def test_unsupported_trunks_say_why_on_one_line():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["timm-eva02-rope-token", "timm-pe-rope-map"])
+def test_rotary_trunks_need_the_rotation(name, pictures, monkeypatch):
+    """Parity holds with the trunk's rotary embedding and fails without it (the test can fail)."""
+    _, backend, image_fn, text_fn = family(name)
+    assert backend.towers["image"].eva and not backend.towers["image"].shortcut
+    for block in backend.towers["image"].blocks:
+        monkeypatch.setattr(block, "rotate", lambda x: x)
+    with pytest.raises(AssertionError):
+        assert_split_parity(backend, image_fn, text_fn, pictures)
+
+
 def _registered_methods() -> list[str]:
     from m2ib.methods import REGISTRY
 
@@ -118,7 +149,7 @@ def _registered_methods() -> list[str]:
 
 
 @pytest.mark.parametrize("method", _registered_methods())
-@pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers"])
+@pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers", "timm-eva02-rope-token"])
 def test_explain_runs_every_registered_method(name, method, pictures):
     from m2ib.methods import REGISTRY
 

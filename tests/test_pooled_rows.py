@@ -108,7 +108,7 @@ CASES = [("hf-clip", "image"), ("hf-clip", "text"), ("siglip", "image"), ("sigli
          ("open_clip-resnet", "text"), ("clip-vit", "image"), ("clip-vit", "text"), ("clip-resnet", "image"),
          ("metaclip2", "image"), ("metaclip2", "text"), ("siglip2", "image"), ("siglip2-3x5-padded", "image"),
          ("siglip2", "text"), ("timm-siglip-map", "image"), ("timm-gap-avg", "image"),
-         ("timm-token-registers", "image")]
+         ("timm-token-registers", "image"), ("timm-eva02-rope-token", "image"), ("timm-pe-rope-map", "image")]
 
 
 @pytest.mark.parametrize("name,modality", CASES)

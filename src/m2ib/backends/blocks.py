@@ -39,6 +39,8 @@ class Block:
     scale: float
     ls1: Callable[[torch.Tensor], torch.Tensor] = _identity  # LayerScale (OpenCLIP), else identity
     ls2: Callable[[torch.Tensor], torch.Tensor] = _identity
+    # rotary position embedding of queries and keys, [N, heads, T, head_dim] (EVA02, PE); None: none
+    rotate: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def openai_block(block: torch.nn.Module) -> Block:
@@ -83,6 +85,8 @@ def block_forward(block: Block, hidden: torch.Tensor, mask: torch.Tensor | None,
     n, t, width = hidden.shape
     normed = block.norm1(hidden)
     query, key, value = (_heads(f(normed), block.heads) for f in (block.q, block.k, block.v))
+    if block.rotate is not None:
+        query, key = block.rotate(query), block.rotate(key)
     if records is None:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=block.scale)
         output = block.out(out.transpose(1, 2).reshape(n, t, width))
@@ -105,6 +109,8 @@ def block_forward_at(block: Block, hidden: torch.Tensor, positions: torch.Tensor
                      mask: torch.Tensor | None) -> torch.Tensor:
     """The block's output at one position per row, [N, width]: the query, attention output and
     MLP of that token only; keys and values from every token (same numbers as the full block)."""
+    if block.rotate is not None:  # a rotated query needs its position in the whole sequence
+        raise ValueError("block_forward_at does not run rotary blocks: run them with block_forward")
     n, t, width = hidden.shape
     rows = torch.arange(n, device=hidden.device)
     normed = block.norm1(hidden)

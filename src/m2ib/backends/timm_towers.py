@@ -11,9 +11,13 @@ head) followed by OpenCLIP's adapter head (``visual.head``: nothing, a linear pr
 MLP). A token-pooled head reads position 0 only, so the last block runs for that token alone;
 the other heads read every token.
 
-Not handled (a one-line error says so): EVA / EVA02 / PE trunks (rotary position embeddings,
-timm's ``Eva`` class), blocks other than timm's plain ``Block`` (parallel, post-norm), gated or
-qk-normalised attention, and convolutional trunks (ConvNeXt, FastViT / MobileCLIP).
+timm's ``Eva`` trunks (EVA01/EVA02, PE-Core) run the same way with :func:`eva_block`: queries and
+keys of the patch tokens are rotated by the trunk's own rotary embedding (``trunk.rope``, timm's
+``apply_rot_embed_cat``), so the last block runs in full (no one-token shortcut).
+
+Not handled (a one-line error says so): blocks other than timm's plain ``Block`` / ``EvaBlock``
+(parallel, post-norm, relative-position), depth-dependent ("mixed") RoPE, gated or
+qk-normalised attention, and convolutional or windowed trunks (ConvNeXt, FastViT, Swin).
 """
 
 from __future__ import annotations
@@ -67,17 +71,70 @@ def timm_block(block: torch.nn.Module) -> Block:
                  ls2=getattr(block, "ls2", _identity))
 
 
+def _plain(module: torch.nn.Module | None) -> bool:
+    return isinstance(module, (torch.nn.Identity, type(None)))
+
+
+def eva_block(block: torch.nn.Module, rope: Callable[[], torch.Tensor | None]) -> Block:
+    """timm's ``EvaBlock`` (EVA01/EVA02; PE-Core with ``AttentionRope``) as a :class:`Block`: fused or separate q/k/v
+    projections, the sub-LN before ``proj``, ``gamma_1``/``gamma_2`` scales and, when ``rope()``
+    gives an embedding, the rotation of every non-prefix query and key."""
+    from timm.layers import apply_rot_embed_cat
+
+    attn = getattr(block, "attn", None)
+    if type(block).__name__ != "EvaBlock" or type(attn).__name__ not in ("EvaAttention", "AttentionRope"):
+        raise InputError(f"timm block {type(block).__name__} is not supported (timm's Block and EvaBlock are)")
+    if getattr(attn, "num_kv_groups", 1) != 1:
+        raise InputError("timm attention with grouped keys and values is not supported yet")
+    if not (_plain(attn.q_norm) and _plain(attn.k_norm)) or getattr(attn, "gate", None) is not None:
+        raise InputError("timm EVA attention with qk-norm or a gate is not supported yet")
+    width = attn.num_heads * attn.head_dim
+    if attn.qkv is not None:
+        weight = attn.qkv.weight
+        if getattr(attn, "q_bias", None) is not None:  # EVA's separate q/v biases (k has none)
+            bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        else:
+            bias = attn.qkv.bias
+
+        def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x: torch.nn.functional.linear(x, weight[i * width:(i + 1) * width],
+                                                        None if bias is None else bias[i * width:(i + 1) * width])
+        q, k, v = proj(0), proj(1), proj(2)
+    else:
+        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+    prefix, half = attn.num_prefix_tokens, bool(getattr(attn, "rotate_half", False))
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        embed = rope()
+        if embed is None:
+            return x
+        turned = apply_rot_embed_cat(x[:, :, prefix:], embed, half=half)
+        return torch.cat([x[:, :, :prefix], turned], dim=2).type_as(x)
+
+    def scaled(gamma: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _identity if gamma is None else (lambda x: gamma * x)
+
+    out = attn.proj if _plain(attn.norm) else torch.nn.Sequential(attn.norm, attn.proj)
+    return Block(norm1=block.norm1, q=q, k=k, v=v, out=out, norm2=block.norm2, mlp=block.mlp, heads=attn.num_heads,
+                 scale=attn.scale, ls1=scaled(block.gamma_1), ls2=scaled(block.gamma_2), rotate=rotate)
+
+
 class TimmViTTower(TransformerTower):
-    """``visual.trunk`` (a timm ``VisionTransformer``) and OpenCLIP's ``visual.head``."""
+    """``visual.trunk`` (a timm ``VisionTransformer`` or ``Eva``) and OpenCLIP's ``visual.head``."""
 
     def __init__(self, visual: torch.nn.Module):
         trunk = visual.trunk
-        if getattr(trunk, "rope", None) is not None or type(trunk).__name__ == "Eva":
-            raise InputError(f"timm trunk {type(trunk).__name__} with rotary position embeddings (EVA02, PE) is not "
-                             "supported yet")
         if getattr(trunk, "dynamic_img_size", False):
             raise InputError("timm trunks with dynamic image sizes are not supported yet")
-        super().__init__([timm_block(b) for b in trunk.blocks])
+        self.eva = type(trunk).__name__ == "Eva"
+        if getattr(trunk, "rope_mixed", False):
+            raise InputError("timm trunks with depth-dependent (mixed) rotary embeddings are not supported yet")
+        if self.eva:
+            super().__init__([eva_block(b, self.rope) for b in trunk.blocks])
+        else:
+            if getattr(trunk, "rope", None) is not None:
+                raise InputError(f"timm trunk {type(trunk).__name__} with rotary embeddings is not supported yet")
+            super().__init__([timm_block(b) for b in trunk.blocks])
         self.visual, self.trunk = visual, trunk
         self.prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 0))
         self.pool = "map" if getattr(trunk, "attn_pool", None) is not None else trunk.global_pool
@@ -90,10 +147,22 @@ class TimmViTTower(TransformerTower):
     def grid(self, layer: int) -> tuple[int, int]:
         return self.patch_grid
 
+    def rope(self) -> torch.Tensor | None:
+        """The trunk's rotary embedding for its grid (timm's own ``_pos_embed`` rule), or None."""
+        rope = self.trunk.rope
+        if rope is None:
+            return None
+        if hasattr(rope, "feat_shape"):
+            return rope.get_embed()
+        return rope.get_embed(shape=self.trunk.patch_embed.grid_size)  # RoPE without a feat_shape (MRoPE)
+
     def embed(self, batch: ImageBatch) -> torch.Tensor:
         t = self.trunk
         weight = next(t.patch_embed.parameters())  # a linear or convolutional (hybrid) patch embedding
         x = t._pos_embed(t.patch_embed(batch.pixel_values.to(weight.device, weight.dtype)))
+        if self.eva:  # Eva's _pos_embed also gives the rotary embedding (the blocks ask self.rope for it)
+            x = x[0]
+            return t.norm_pre(x)  # eval: no patch dropout
         return t.norm_pre(t.patch_drop(x))
 
     def pooled_positions(self, batch, copies, device):

@@ -99,6 +99,8 @@ class TransformerTower(Tower):
 
     def __init__(self, blocks: Sequence[Block]):
         self.blocks = list(blocks)
+        # the last-block shortcut (one token's query) cannot rotate a query without its sequence
+        self.shortcut = all(b.rotate is None for b in self.blocks)
 
     @property
     def num_layers(self) -> int:
@@ -131,7 +133,7 @@ class TransformerTower(Tower):
         last = self.num_layers - 1
         positions = self.pooled_positions(batch, copies, hidden.device)
         rows = torch.arange(n, device=hidden.device)
-        if positions is None or records is not None:  # every block in full
+        if positions is None or records is not None or not self.shortcut:  # every block in full
             hidden = self.run(hidden, layer + 1, last + 1, batch, copies, records)
             return self.head(hidden if positions is None else hidden[rows, positions])
         if layer < last:
