@@ -111,9 +111,7 @@ def build(oc, name: str, cfg: dict) -> torch.nn.Module:
             with scaled_timm(sizes), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.manual_seed(0)
-                model = oc.create_model(name, pretrained=None, **kwargs).eval()
-            spread_weights(model)
-            return model
+                return oc.create_model(name, pretrained=None, **kwargs).eval()
         except (TypeError, AssertionError, ValueError) as exc:  # this trunk takes other sizes: try the next set
             error = exc
     raise error
@@ -169,6 +167,7 @@ def check(oc, name: str, pictures) -> Row:
     except Exception as exc:
         row.reason = str(exc).splitlines()[0][:160]
         return row
+    spread_weights(model)  # after the load: unsupported (often full-size) towers never pay for it
     context = backend.context_length
     try:
         with torch.no_grad():

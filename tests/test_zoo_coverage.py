@@ -13,8 +13,9 @@ import pytest
 from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S"]  # native ViT, ResNet, timm MAP, hybrid timm ViT
-UNCOVERED = {"EVA02-B-16": "rotary", "convnext_base": "timm trunk ConvNeXt is not supported",
+# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva
+COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16"]
+UNCOVERED = {"EVA02-E-14": "EvaBlockPostNorm is not supported", "convnext_base": "timm trunk ConvNeXt is not supported",
              "xlm-roberta-base-ViT-B-32": "Hugging Face text tower"}
 
 
