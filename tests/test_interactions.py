@@ -205,3 +205,19 @@ def test_cli_explain_with_an_interaction_method_writes_matrix_and_figure(tmp_pat
     assert figure.size[0] > figure.size[1]  # one panel per content word ("red", "circle") and the image
     assert main(["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "exclip",
                  "--steps", "0", "--out", str(tmp_path / "bad")]) != 0
+
+
+def test_interact_from_a_picture_equals_the_method_on_model_inputs(backend):
+    from PIL import Image
+
+    from m2ib.interactions import interact
+
+    picture = Image.new("RGB", (48, 48), (30, 60, 220))
+    result = interact(backend, picture, "a blue square", steps=2, text_layer=0)
+    method = get_interaction("exclip")
+    direct = method.interact(backend, backend.preprocess_images([picture]), backend.tokenize(["a blue square"]),
+                             method.make_settings(steps=2, text_layer=0))
+    assert torch.allclose(result.matrix, direct.matrix)
+    assert result.span_map("blue square").shape == backend.geometry.image_size
+    with pytest.raises(InputError):
+        interact(backend, picture, "   ")

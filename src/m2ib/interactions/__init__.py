@@ -1,6 +1,7 @@
 """Word-region interactions: which caption tokens go with which image patches (issue 20).
 
-``get_interaction(name).interact(backend, image_batch, text_batch, settings)`` gives an
+``interact(model, image, text, method="exclip")`` (or, on model inputs,
+``get_interaction(name).interact(backend, image_batch, text_batch, settings)``) gives an
 :class:`Interaction`; the methods register themselves on import.
 """
 
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 from . import exclip as _exclip  # noqa: F401  (registers)
 from . import phrase as _phrase  # noqa: F401  (registers)
+from .api import interact
 from .base import REGISTRY, InteractionMethod, get_interaction, interaction_names, register
 from .result import Interaction, load_interaction
 
-__all__ = ["REGISTRY", "Interaction", "InteractionMethod", "get_interaction", "interaction_names",
+__all__ = ["REGISTRY", "Interaction", "InteractionMethod", "get_interaction", "interact", "interaction_names",
            "load_interaction", "register"]

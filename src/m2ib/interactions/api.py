@@ -1,0 +1,31 @@
+"""``m2ib.interactions.interact``: one image-text pair -> an Interaction, from paths or pictures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import get_interaction
+from .result import Interaction
+
+
+def interact(model: Any, image: Any, text: str, *, method: str = "exclip", device: str | None = None,
+             **settings: Any) -> Interaction:
+    """Token x patch interaction scores of one pair.
+
+    Args:
+        model: what :func:`m2ib.load` accepts (a loaded backend is fastest for repeated calls).
+        image: a file path, PIL image or unnormalised tensor [3, H, W] in [0, 1].
+        text: the caption.
+        method: a name from :func:`m2ib.interactions.interaction_names`.
+        **settings: the method's settings (e.g. exCLIP's ``text_layer``, ``steps``).
+    """
+    from ..api import load
+    from ..inputs import check_texts, load_image
+
+    algorithm = get_interaction(method)
+    chosen = algorithm.make_settings(**settings)
+    check_texts([text])
+    backend = load(model, device=device)
+    picture, source = load_image(image)
+    return algorithm.interact(backend, backend.preprocess_images([picture], [source]), backend.tokenize([text]),
+                              chosen)
