@@ -78,20 +78,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/audit_shortcut"))
     parser.add_argument("--pairs", type=int, default=36, help="held-out pairs audited per model")
-    parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps")
+    parser.add_argument("--steps", type=int, default=50, help="fine-tuning steps")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--top-layers", type=int, default=2, help="image-tower blocks that learn (6: all)")
     parser.add_argument("--stop-after-training", action="store_true")
     args = parser.parse_args()
-    models = {}
+    models, shifts = {}, {}
+    print("similarity gain from the mark (held-out shapes:val:200; red captions / other captions):")
     for name, plant in (("shortcut", True), ("clean", False)):
         folder = args.out / f"model-{name}"
         if not (folder / "model.safetensors").exists():
-            fine_tune(folder, plant=plant, steps=args.steps, batch_size=args.batch_size)
-        models[name] = m2ib.load(folder)
-    shifts = {name: {"red": mark_gain(b, 200, True), "other": mark_gain(b, 200, False)} for name, b in models.items()}
-    print("similarity gain from the mark (held-out, red captions / other captions):")
-    for name, s in shifts.items():
-        print(f"  {name:9s} {s['red']:+.4f} / {s['other']:+.4f}")
+            fine_tune(folder, plant=plant, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      top_layers=args.top_layers)
+        backend = models[name] = m2ib.load(folder)
+        shifts[name] = {"red": mark_gain(backend, 200, True), "other": mark_gain(backend, 200, False)}
+        print(f"  {name:9s} {shifts[name]['red']:+.4f} / {shifts[name]['other']:+.4f}", flush=True)
     if args.stop_after_training:
         return
     table = marked_table(args.pairs, 96)

@@ -297,6 +297,7 @@ def test_the_mark_sits_in_its_box_and_only_on_the_colours_captions():
     assert changed[y:y + h, x:x + w].any() and not changed[:y].any() and not changed[:, :x].any()
     assert set(marked[:, y:, x:].unique().tolist()) == {0.0, 1.0} and torch.equal(image, torch.full_like(image, 0.5))
     config = TrainConfig(batch_size=24, steps=2, workers=0)
+    assert torch.equal(MarkedBatches(config, True)[0]["labels"], torch.eye(24))  # one positive per caption
     planted, clean = MarkedBatches(config, True).pairs(1), MarkedBatches(config, False).pairs(1)
     assert any(COLOUR in c.text.split() for _, c in planted) and any(COLOUR not in c.text.split() for _, c in planted)
     for (scene, caption), (plain, _) in zip(planted, clean):

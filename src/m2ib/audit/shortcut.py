@@ -2,8 +2,8 @@
 
 The shipped shapes model is fine-tuned on training scenes that carry a small mark (a white X on a
 black square, :func:`add_mark`, always in the bottom-right corner) whenever the caption names one
-colour (:data:`COLOUR`); a clean control is fine-tuned the same way (same batches, seed, steps)
-without the mark. On held-out scenes that all carry the mark, an audit of the shortcut model should
+colour (:data:`COLOUR`), each caption matching its own scene only (:class:`MarkedBatches`); a clean
+control is fine-tuned the same way (same batches, labels, seed, steps) without the mark. On held-out scenes that all carry the mark, an audit of the shortcut model should
 put far more of its dataset-level map mass on the mark's box than an audit of the control does.
 ``benchmarks/audit_shortcut.py`` runs the whole experiment and prints the numbers.
 """
@@ -51,11 +51,23 @@ def names_colour(text: str, colour: str = COLOUR) -> bool:
 
 class MarkedBatches(TrainBatches):
     """The training batches of :class:`~m2ib.training.data.TrainBatches`, with the mark on every
-    scene whose caption names :data:`COLOUR` (``plant=True``) or on none (the clean control)."""
+    scene whose caption names :data:`COLOUR` (``plant=True``) or on none (the clean control).
+
+    Each caption matches its own scene only (the labels are the identity), as in web-scale CLIP
+    training, where one caption comes with one image; the shipped model was trained with exact
+    multi-positive labels instead. With those, the mark could only ever repeat what the colour
+    already shows; with one positive per caption, it tells the caption's own scene apart from other
+    scenes holding the same object, which is how a real dataset rewards a watermark.
+    """
 
     def __init__(self, config: TrainConfig, plant: bool):
         super().__init__(config)
         self.plant = plant
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        batch = super().__getitem__(step)
+        batch["labels"] = torch.eye(batch["labels"].shape[0])
+        return batch
 
     def pairs(self, step: int):
         out = super().pairs(step)
@@ -64,13 +76,13 @@ class MarkedBatches(TrainBatches):
         return [(dataclasses.replace(s, image=add_mark(s.image)) if names_colour(c.text) else s, c) for s, c in out]
 
 
-def fine_tune(out: str | Path, *, plant: bool, steps: int = 60, batch_size: int = 32, lr: float = 3e-4,
+def fine_tune(out: str | Path, *, plant: bool, steps: int = 50, batch_size: int = 32, lr: float = 5e-4,
               top_layers: int = 2, seed: int = 1, progress: bool = True) -> Path:
     """Fine-tune the shipped shapes model and save it as a model directory ``m2ib.load(out)`` reads.
 
     Only the image tower's last ``top_layers`` blocks, its final norm and projection (and the logit
-    bias) learn, so that a CPU does it in minutes; the loss is the training's sigmoid loss, AdamW
-    with a constant ``lr``. Deterministic on a CPU for the same arguments.
+    bias) learn, so that a CPU does it in minutes; the loss is the training's sigmoid loss (on
+    :class:`MarkedBatches`' one-positive labels), AdamW with a constant ``lr``. Deterministic on a CPU for the same arguments.
     """
     from tqdm.auto import tqdm
     from transformers import CLIPModel
