@@ -233,6 +233,7 @@ def test_strict_json_and_finite_maps_for_every_method(tmp_path, capsys):
     _outputs(out)
 
 
+@pytest.mark.slow
 def test_help_and_list_load_no_model_library():
     """--help, list and argument errors answer in about a second: they import no model library
     (torch alone takes 1.5 s to import here; transformers' CLIP another 3-5 s)."""

@@ -226,6 +226,7 @@ def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
         run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 1, out, progress=False)
 
 
+@pytest.mark.slow
 def test_resuming_some_methods_first(backend, mscxr, tmp_path):
     """--methods may name some of a run's methods (cheap ones first); the full command then does
     only the rest, and the records equal a run of everything at once."""
@@ -302,6 +303,7 @@ def _wait_for_line(proc: subprocess.Popen, limit: float) -> str:
     return proc.stdout.readline().strip() if ready else ""
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"

@@ -70,6 +70,7 @@ def test_optional_family_maps_unchanged():
     assert_maps_match(torch.load(GOLDEN / "maps_families.pt"), record.family_maps(record.FAMILIES))
 
 
+@pytest.mark.slow
 def test_evaluate_run_unchanged():
     golden = json.loads((GOLDEN / "evaluate_shapes8.json").read_text())
     now = record.evaluate_records()

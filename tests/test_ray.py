@@ -29,7 +29,7 @@ from m2ib.evaluation.runner import MetricConfig, read_results, run_evaluation  #
 
 # Generous: on a loaded 2-core machine one Ray start alone has taken minutes (a test once hit 300 s).
 # Every wait below is on a condition, with a limit well inside this one.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]  # Ray starts clusters: tens of seconds each
 
 MODEL = "random-tiny"
 SHAPES = "shapes:test:8"

@@ -18,6 +18,7 @@ def test_readme_has_examples():
     assert python_blocks()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_readme_example_runs(index, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)

@@ -308,6 +308,7 @@ def test_app_reports_bad_input_and_keeps_serving(app, client, tmp_path, caplog):
 # ----------------------------------------------------------------------------------------------
 # The page in a real browser.
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium); CI installs it")
 def test_page_in_a_browser(app, tmp_path):
     from playwright.sync_api import sync_playwright

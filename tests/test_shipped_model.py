@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
@@ -32,6 +34,7 @@ def test_zero_shot_on_single_objects():
     assert sum(p == t for p, t in zip(predicted, truth)) >= 11
 
 
+@pytest.mark.slow
 def test_m2ib_points_at_the_named_object_on_fixed_scenes():
     backend = m2ib.load("shapes")
     scenes = [render_scene(split_seed("test", i), size=96, n_objects=(2, 4)) for i in range(8)]

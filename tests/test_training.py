@@ -237,6 +237,7 @@ def test_fixed_seed_run_reaches_the_recorded_numbers(tmp_path):
             assert g_meta[key] == value, key
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_in_progress_and_resumes(tmp_path):
     """A first Ctrl-C finishes the step in progress, saves it and exits 130; rerunning resumes there."""
     import signal
