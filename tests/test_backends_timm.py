@@ -51,6 +51,10 @@ VARIANTS = {
     "timm-eva02-rope-token": ("eva02_base_patch16_clip_224", "token", None, {}),
     "timm-pe-rope-map": ("vit_pe_core_base_patch16_224", "map", None, {}),
 }
+# convolutional trunks as stages (their own size arguments; a 64-pixel input)
+STAGED = {
+    "timm-convnext-stages": ("convnext_tiny", "", "linear", {"depths": (1, 1, 1, 1), "dims": (16, 24, 32, 48)}),
+}
 
 
 def spread_weights(model: torch.nn.Module, seed: int = 7) -> None:
@@ -73,11 +77,12 @@ def build_timm(name: str):
     oc = need_open_clip()
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    timm_name, pool, proj, extra = VARIANTS[name]
+    staged = name in STAGED
+    timm_name, pool, proj, extra = STAGED[name] if staged else VARIANTS[name]
     vision = CLIPVisionCfg(timm_model_name=timm_name, timm_model_pretrained=False, timm_pool=pool, timm_proj=proj,
-                           image_size=32)
+                           image_size=64 if staged else 32)
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
-    with scaled_timm(**SMALL_TIMM, **extra):
+    with scaled_timm(**(extra if staged else {**SMALL_TIMM, **extra})):
         model = _seeded(0, lambda: CLIP(32, vision, text).eval())  # embed_dim = trunk width, as in the configs
     spread_weights(model)
     tok = oc.get_tokenizer("ViT-B-32")
@@ -85,7 +90,7 @@ def build_timm(name: str):
     return model, backend, model.encode_image, lambda batch: model.encode_text(tok(list(batch.texts)))
 
 
-BUILDERS = {name: (lambda name=name: build_timm(name)) for name in VARIANTS}
+BUILDERS = {name: (lambda name=name: build_timm(name)) for name in (*VARIANTS, *STAGED)}
 _CACHE: dict = {}
 
 
@@ -100,7 +105,7 @@ def pictures(images):
     return [load_image(im)[0] for im in images]
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", [*VARIANTS, *STAGED])
 def test_split_forward_equals_library_forward(name, pictures):
     _, backend, image_fn, text_fn = family(name)
     assert_split_parity(backend, image_fn, text_fn, pictures)
@@ -115,6 +120,24 @@ def test_geometry_comes_from_the_trunk(name, prefix, pooled, pictures):
     assert backend.geometry.patch_grid == (4, 4) and backend.geometry.image_size == (32, 32)
     rows = backend.pooled_positions("image", backend.preprocess_images(pictures))
     assert (rows is None) if pooled is None else rows.tolist() == [pooled] * len(pictures)
+
+
+@pytest.mark.parametrize("name", list(STAGED))
+def test_staged_trunks_grids_come_from_the_model(name, pictures):
+    """Each stage's grid is the library's own feature map size; M2IB runs on a middle stage."""
+    model, backend, _, _ = family(name)
+    trunk = model.visual.trunk
+    x = trunk.stem(torch.zeros(1, 3, 64, 64))
+    expected = [tuple(x.shape[-2:])]
+    for stage in trunk.stages:
+        x = stage(x)
+        expected.append(tuple(x.shape[-2:]))
+    layers = range(-1, backend.num_layers("image"))
+    assert [backend.token_grid("image", layer) for layer in layers] == expected
+    assert not backend.supports_attention and backend.geometry.image_prefix_tokens == 0
+    exp = m2ib.explain(backend, pictures[0], "a red circle", vision_layer=1, steps=2, samples=2,
+                       modalities=("image",))
+    assert tuple(exp.image_grid.shape) == expected[2] and exp.image_map.shape == (64, 64)
 
 
 def test_unsupported_trunks_say_why_on_one_line():
@@ -149,7 +172,8 @@ def _registered_methods() -> list[str]:
 
 
 @pytest.mark.parametrize("method", _registered_methods())
-@pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers", "timm-eva02-rope-token"])
+@pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers", "timm-eva02-rope-token",
+                                  "timm-convnext-stages"])
 def test_explain_runs_every_registered_method(name, method, pictures):
     from m2ib.methods import REGISTRY
 
@@ -157,8 +181,15 @@ def test_explain_runs_every_registered_method(name, method, pictures):
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
-    exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method,
-                        modalities=cls.modalities, **tiny)
+    if any(getattr(cls, a, False) for a in ("needs_attention", "requires_attention")) and not backend.supports_attention:
+        pytest.skip(f"{method} needs attention weights; {name}'s stages record none")
+    try:
+        exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method,
+                            modalities=cls.modalities, **tiny)
+    except (NotImplementedError, InputError) as exc:  # the method's one-line refusal
+        if not backend.supports_attention and "attention" in str(exc).lower():
+            pytest.skip(f"{method} needs attention weights; {name}'s stages record none ({exc})")
+        raise
     for exp in exps:
         if "image" in cls.modalities:
             assert exp.image_map.shape == backend.geometry.image_size

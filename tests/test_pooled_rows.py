@@ -46,8 +46,9 @@ def last_block(model: torch.nn.Module, modality: str) -> tuple[torch.nn.Module, 
         return tower.encoder.layers[-1], "NTD"
     if modality == "image" and hasattr(model.visual, "layer4"):  # ModifiedResNet
         return model.visual.layer4, "NCHW"
-    if modality == "image" and hasattr(model.visual, "trunk"):  # a timm trunk
-        return model.visual.trunk.blocks[-1], "NTD"
+    if modality == "image" and hasattr(model.visual, "trunk"):  # a timm trunk: blocks, or stages
+        trunk = model.visual.trunk
+        return (trunk.blocks[-1], "NTD") if hasattr(trunk, "blocks") else (trunk.stages[-1], "NCHW")
     transformer = model.visual.transformer if modality == "image" else getattr(model, "text", model).transformer
     return transformer.resblocks[-1], "NTD" if getattr(transformer, "batch_first", False) else "TND"
 
@@ -108,7 +109,8 @@ CASES = [("hf-clip", "image"), ("hf-clip", "text"), ("siglip", "image"), ("sigli
          ("open_clip-resnet", "text"), ("clip-vit", "image"), ("clip-vit", "text"), ("clip-resnet", "image"),
          ("metaclip2", "image"), ("metaclip2", "text"), ("siglip2", "image"), ("siglip2-3x5-padded", "image"),
          ("siglip2", "text"), ("timm-siglip-map", "image"), ("timm-gap-avg", "image"),
-         ("timm-token-registers", "image"), ("timm-eva02-rope-token", "image"), ("timm-pe-rope-map", "image")]
+         ("timm-token-registers", "image"), ("timm-eva02-rope-token", "image"), ("timm-pe-rope-map", "image"),
+         ("timm-convnext-stages", "image")]
 
 
 @pytest.mark.parametrize("name,modality", CASES)

@@ -13,9 +13,9 @@ import pytest
 from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva
-COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16"]
-UNCOVERED = {"EVA02-E-14": "EvaBlockPostNorm is not supported", "convnext_base": "timm trunk ConvNeXt is not supported",
+# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, ConvNeXt stages
+COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "convnext_base"]
+UNCOVERED = {"EVA02-E-14": "EvaBlockPostNorm is not supported", "vit_relpos_medium_patch16_cls_224": "RelPosBlock is not supported",
              "xlm-roberta-base-ViT-B-32": "Hugging Face text tower"}
 
 
@@ -35,10 +35,10 @@ def test_zoo_rows_one_per_tower_kind(tmp_path, monkeypatch):
         row = rows[name]
         assert row.covered and row.reason == "", (name, row)
         assert row.image_parity <= 1e-5 and row.text_parity <= 1e-5
-    assert rows["RN50"].attention == "none in tower" and rows["ViT-B-16-SigLIP2"].attention == "chefer"
+    assert rows["RN50"].attention == rows["convnext_base"].attention == "none in tower" and rows["ViT-B-16-SigLIP2"].attention == "chefer"
     assert rows["ViT-B-16-SigLIP2"].image_tower == "timm VisionTransformer"
     for name, why in UNCOVERED.items():
         assert not rows[name].covered and why in rows[name].reason, (name, rows[name])
-    assert module.main(["--models", "ViT-B-32", "convnext_base", "--out", str(tmp_path / "zoo.md")]) == 0
+    assert module.main(["--models", "ViT-B-32", "vit_relpos_medium_patch16_cls_224", "--out", str(tmp_path / "zoo.md")]) == 0
     text = (tmp_path / "zoo.md").read_text()
     assert "covered: 1 of 2 OpenCLIP configs (50.0 %)" in text and text.count("\n| ") == 2  # one row per config

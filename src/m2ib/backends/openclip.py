@@ -38,6 +38,7 @@ from .tokens import protect_specials, readable_tokens, word_ids
 from .openai_towers import OpenAITextTower, OpenAIViTTower
 from .registry import Family, module_names, register
 from .resnet_clip import ResNetTower, is_modified_resnet
+from .timm_stages import TimmStagesTower, is_timm_staged
 from .timm_towers import TimmViTTower, is_timm_transformer
 from .towers import Tower, TowersBackend
 
@@ -70,10 +71,12 @@ def image_tower(visual: torch.nn.Module) -> Tower:
         return OpenAIViTTower(visual)
     if is_timm_transformer(visual):
         return TimmViTTower(visual)
+    if is_timm_staged(visual):
+        return TimmStagesTower(visual)
     trunk = getattr(visual, "trunk", None)
     what = f"timm trunk {type(trunk).__name__}" if trunk is not None else f"image tower {type(visual).__name__}"
     raise InputError(f"{what} is not supported (OpenCLIP ViT and ModifiedResNet towers and timm ViT trunks are; "
-                     "convolutional and windowed timm trunks such as ConvNeXt, FastViT and Swin are not yet)")
+                     "ConvNeXt and FastViT stages too; windowed trunks such as Swin are not yet)")
 
 
 class BPETokens:
