@@ -50,6 +50,7 @@ VARIANTS = {
     "timm-token-registers": ("vit_base_patch16_clip_224", "token", "linear", {"reg_tokens": 2, "no_embed_class": True}),
     "timm-eva02-rope-token": ("eva02_base_patch16_clip_224", "token", None, {}),
     "timm-pe-rope-map": ("vit_pe_core_base_patch16_224", "map", None, {}),
+    "timm-eva01-qv-bias": ("eva_giant_patch14_224", "token", None, {"patch_size": 8}),
 }
 # convolutional trunks as stages (their own size arguments; a 64-pixel input)
 STAGED = {
@@ -163,6 +164,15 @@ def test_rotary_trunks_need_the_rotation(name, pictures, monkeypatch):
         monkeypatch.setattr(block, "rotate", lambda x: x)
     with pytest.raises(AssertionError):
         assert_split_parity(backend, image_fn, text_fn, pictures)
+
+
+@pytest.mark.parametrize("name", ["timm-eva01-qv-bias", "timm-siglip-map"])
+def test_the_tower_reads_the_parameters_live(name, pictures):
+    """Weights changed after wrapping (as a fine-tune, a device move or a cast would) are the ones
+    used: parity still holds (EVA's q/v biases were once copied at wrapping time)."""
+    model, backend, image_fn, text_fn = build_timm(name)
+    spread_weights(model, seed=11)
+    assert_split_parity(backend, image_fn, text_fn, pictures)
 
 
 def _registered_methods() -> list[str]:

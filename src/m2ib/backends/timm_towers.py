@@ -90,15 +90,15 @@ def eva_block(block: torch.nn.Module, rope: Callable[[], torch.Tensor | None]) -
         raise InputError("timm EVA attention with qk-norm or a gate is not supported yet")
     width = attn.num_heads * attn.head_dim
     if attn.qkv is not None:
-        weight = attn.qkv.weight
-        if getattr(attn, "q_bias", None) is not None:  # EVA's separate q/v biases (k has none)
-            bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-        else:
-            bias = attn.qkv.bias
-
         def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda x: torch.nn.functional.linear(x, weight[i * width:(i + 1) * width],
-                                                        None if bias is None else bias[i * width:(i + 1) * width])
+            def f(x: torch.Tensor) -> torch.Tensor:
+                # read the parameters at each call: the model may be moved, cast or changed after wrapping
+                if getattr(attn, "q_bias", None) is not None:  # EVA's separate q/v biases (k's is zero)
+                    bias = (attn.q_bias, attn.k_bias, attn.v_bias)[i]
+                else:
+                    bias = None if attn.qkv.bias is None else attn.qkv.bias[i * width:(i + 1) * width]
+                return torch.nn.functional.linear(x, attn.qkv.weight[i * width:(i + 1) * width], bias)
+            return f
         q, k, v = proj(0), proj(1), proj(2)
     else:
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
