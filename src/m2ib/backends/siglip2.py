@@ -12,10 +12,11 @@ What m2ib does, and how it differs from the NaFlex processor:
 - **One grid per backend, not per image.** Every image is resized (squashed) to
   ``grid * patch_size`` pixels and cut into that grid of patches, so maps share one grid and
   one size. The default grid is the largest square the processor's ``max_num_patches`` allows
-  (256 patches: 16 x 16 at patch 16), which is exactly what the NaFlex processor gives a square
-  image; a non-square image would keep its aspect ratio there (another grid), here it is
-  squashed. Pass ``grid=(rows, cols)`` to ``Siglip2Backend`` for another shape (rows * cols must
-  not exceed the position table's size). Per-image grids are not supported.
+  (without a processor: the model's position table, 256 in released models; 256 patches: 16 x 16
+  at patch 16), which is exactly what the NaFlex processor gives a square image; a non-square
+  image would keep its aspect ratio there (another grid), here it is
+  squashed. Pass ``grid=(rows, cols)`` to ``Siglip2Backend`` for another shape (the position
+  table is resized to it, as the model does for any grid). Per-image grids are not supported.
 - No padding patches, so no ``pixel_attention_mask``: the split forward equals
   ``get_image_features(patches, pixel_attention_mask, spatial_shapes)`` with or without the
   library's padding (tested to 1e-5).
@@ -40,7 +41,6 @@ from .registry import Family, register
 from .siglip import SIGLIP_MEAN, SIGLIP_STD, SiglipBackend, SiglipTextTower
 from .towers import Tower, TransformerTower, present
 
-DEFAULT_MAX_PATCHES = 256  # Siglip2Processor's max_num_patches
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -53,9 +53,10 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // patch_size) * (w // patch_size), -1)
 
 
-def default_grid(max_num_patches: int, position_table: int) -> tuple[int, int]:
-    """The largest square grid with at most ``max_num_patches`` (and the position table's) patches."""
-    side = math.isqrt(min(max_num_patches, position_table))
+def default_grid(max_num_patches: int) -> tuple[int, int]:
+    """The largest square grid with at most ``max_num_patches`` patches (the NaFlex processor's grid
+    for a square image; the position table is resized to any grid, as the model does)."""
+    side = math.isqrt(max_num_patches)
     return side, side
 
 
@@ -67,10 +68,8 @@ class Siglip2ImageTower(TransformerTower):
     def __init__(self, vision: torch.nn.Module, grid: tuple[int, int]):
         if getattr(vision, "head", None) is None or not getattr(vision, "use_head", True):
             raise InputError("SigLIP 2 image towers without the attention-pooling head are not supported")
-        table = vision.embeddings.num_patches
-        if grid[0] < 1 or grid[1] < 1 or grid[0] * grid[1] > table:
-            raise InputError(f"SigLIP 2 grid {grid[0]}x{grid[1]}: needs 1 to {table} patches "
-                             "(the position table's size)")
+        if grid[0] < 1 or grid[1] < 1:
+            raise InputError(f"SigLIP 2 grid {grid[0]}x{grid[1]}: needs at least one patch a side")
         super().__init__([hf_block(layer) for layer in vision.encoder.layers])
         self.vision, self.patch_grid = vision, tuple(grid)
         self.patch_size = vision.config.patch_size
@@ -114,7 +113,7 @@ class Siglip2Backend(SiglipBackend):
     """A ``transformers.Siglip2Model`` at one patch grid (see the module docstring)."""
 
     grid: tuple[int, int] | None = None  # patches (rows, cols); None: the largest square max_num_patches allows
-    max_num_patches: int = DEFAULT_MAX_PATCHES
+    max_num_patches: int | None = None  # the processor's; None: the model's position table (256 in released models)
 
     def build_towers(self) -> dict[Modality, Tower]:
         from transformers import Siglip2Model
@@ -123,7 +122,7 @@ class Siglip2Backend(SiglipBackend):
             raise InputError(f"Siglip2Backend needs a transformers Siglip2Model, got {type(self.model).__name__}")
         vision = self.model.vision_model
         if self.grid is None:
-            self.grid = default_grid(self.max_num_patches, vision.embeddings.num_patches)
+            self.grid = default_grid(self.max_num_patches or vision.embeddings.num_patches)
         image = Siglip2ImageTower(vision, self.grid)
         if self.preprocessing is None:
             self.preprocessing = siglip2_preprocessing(None, image.image_size)
@@ -143,8 +142,8 @@ def _is_siglip2_model(model: torch.nn.Module) -> bool:
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> Siglip2Backend:
     ip = getattr(processor, "image_processor", processor)
-    max_patches = int(getattr(ip, "max_num_patches", None) or DEFAULT_MAX_PATCHES)
-    grid = default_grid(max_patches, model.vision_model.embeddings.num_patches)
+    max_patches = int(getattr(ip, "max_num_patches", None) or model.vision_model.embeddings.num_patches)
+    grid = default_grid(max_patches)
     patch = model.config.vision_config.patch_size
     prep = siglip2_preprocessing(processor, (grid[0] * patch, grid[1] * patch))
     return Siglip2Backend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
