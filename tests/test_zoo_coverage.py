@@ -42,3 +42,16 @@ def test_zoo_rows_one_per_tower_kind(tmp_path, monkeypatch):
     assert module.main(["--models", "ViT-B-32", "vit_relpos_medium_patch16_cls_224", "--out", str(tmp_path / "zoo.md")]) == 0
     text = (tmp_path / "zoo.md").read_text()
     assert "covered: 1 of 2 OpenCLIP configs (50.0 %)" in text and text.count("\n| ") == 2  # one row per config
+
+
+def test_transformers_rows_are_covered(monkeypatch):
+    """benchmarks/zoo_transformers.py: CLIP, SigLIP, SigLIP 2 (NaFlex) and MetaCLIP 2 copies pass parity,
+    M2IB and Chefer et al. (no OpenCLIP needed)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "zoo_coverage", raising=False)
+    import zoo_transformers
+
+    rows = zoo_transformers.run()
+    assert [r.config for r in rows] == ["transformers CLIPModel", "transformers SiglipModel",
+                                        "transformers Siglip2Model", "transformers MetaClip2Model"]
+    assert all(r.covered and r.reason == "" for r in rows), rows
