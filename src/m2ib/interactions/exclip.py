@@ -20,6 +20,10 @@ numbers as exCLIP's ``d_txt * J_txt^T J_img * d_img`` summed over the channels, 
 one product of two [E, tokens] matrices instead of a [tokens x channels]^2 one, and the image
 side's product directly by backward passes weighted with the text's attributions.
 
+Towers that read the text padded to their full context (SigLIP, some OpenCLIP models): the rows
+of the padding positions are left out of the matrix; ``info["text_padding_sum"]`` is their sum.
+The image's prefix tokens (CLS) are left out likewise (``info["image_prefix_sum"]``).
+
 Integration: ``steps`` midpoints of the path (a = (s + 1/2) / steps; exCLIP's own grid may
 differ, the limit is the same). Batched backward passes: the text tower one per embedding
 dimension, the image tower one per text token (``chunk`` at a time).
@@ -134,7 +138,9 @@ class ExCLIP(InteractionMethod):
         if prefix < 0:
             raise InputError(f"{matrix.shape[1]} image tokens do not hold the {rows}x{cols} patch grid")
         terms = {"xy": float(f_x @ g_y), "ry": float(f_r @ g_y), "xq": float(f_x @ g_q), "rq": float(f_r @ g_q)}
-        info = {"sum": float(matrix.sum()), "image_prefix_sum": float(matrix[:, :prefix].sum()),
+        shown = len(text.tokens[0]) if text.tokens else matrix.shape[0]  # towers fed the full padded context
+        info = {"sum": float(matrix.sum()), "image_prefix_sum": float(matrix[:shown, :prefix].sum()),
+                "text_padding_sum": float(matrix[shown:].sum()),
                 "expected_sum": (terms["xy"] - terms["ry"] - terms["xq"] + terms["rq"]) / scale}
-        grid = matrix[:, prefix:].reshape(-1, rows, cols)
+        grid = matrix[:shown, prefix:].reshape(-1, rows, cols)
         return new_interaction(self, backend, image, text, grid, settings, info)
