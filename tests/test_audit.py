@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from m2ib.audit.aggregate import summarise
-from m2ib.audit.image import box_cover, concentration, hot_regions, patch_mass
+from m2ib.audit.image import Region, box_cover, concentration, hot_regions, patch_mass
 from m2ib.audit.words import merge_words, word_shares, word_table
 from m2ib.datasets.tables import load_table
 
@@ -110,6 +110,9 @@ def test_regions_are_connected_hot_patches_by_mass():
     assert regions[0].mask.nonzero().tolist() == [[0, 0], [0, 1]] and regions[0].box == (0, 0, 0, 1)
     assert regions[1].mask.nonzero().tolist() == [[3, 3]]
     assert regions[0].where((4, 4)) == "top-left corner" and regions[1].where((4, 4)) == "bottom-right corner"
+    inner = Region("R", torch.zeros(9, 9, dtype=torch.bool), 0.1, (4, 1, 5, 2))  # left third, off the border
+    assert inner.where((9, 9)) == "left" and Region("R", inner.mask, 0.1, (4, 0, 5, 1)).where((9, 9)) == "left edge"
+    assert Region("R", inner.mask, 0.1, (4, 4, 4, 4)).where((9, 9)) == "centre"
     assert regions[0].mass == pytest.approx(float(prior[0, :2].sum()))
 
 

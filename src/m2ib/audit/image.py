@@ -52,17 +52,21 @@ class Region:
     box: tuple[int, int, int, int]  # (row0, col0, row1, col1) of its patches, inclusive
 
     def where(self, grid: tuple[int, int]) -> str:
-        """Where it sits, in words: 'top-left corner', 'centre', 'bottom edge', ..."""
+        """Which third of the image its centre falls in, in words: 'top-left', 'left', 'centre', ...;
+        'corner' or 'edge' added when its patches touch the image's border there."""
         rows, cols = grid
         ys = (self.box[0] + self.box[2] + 1) / 2 / rows
         xs = (self.box[1] + self.box[3] + 1) / 2 / cols
         vertical = "top" if ys < 1 / 3 else "bottom" if ys > 2 / 3 else ""
         horizontal = "left" if xs < 1 / 3 else "right" if xs > 2 / 3 else ""
-        if vertical and horizontal:
-            return f"{vertical}-{horizontal} corner"
-        if vertical or horizontal:
-            return f"{vertical or horizontal} edge"
-        return "centre"
+        touches = {"top": self.box[0] == 0, "bottom": self.box[2] == rows - 1, "left": self.box[1] == 0,
+                   "right": self.box[3] == cols - 1}
+        place = "-".join(w for w in (vertical, horizontal) if w) or "centre"
+        if vertical and horizontal and touches[vertical] and touches[horizontal]:
+            return place + " corner"
+        if any(touches.get(w) for w in (vertical, horizontal) if w):
+            return place + " edge"
+        return place
 
 
 def components(mask: torch.Tensor) -> list[torch.Tensor]:
