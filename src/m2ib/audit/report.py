@@ -132,7 +132,8 @@ def _gallery(backend: Backend, rows: dict[str, Row], records: dict[str, dict[str
                               f"top word '{pair['top_word']}' · similarity {pair['similarity']:.3f}")
         picture = ""
         if pair["row"] in rows:
-            picture = f'<img alt="pair {html.escape(pair["row"])}" src="{png_data(pair_figure(backend, rows[pair["row"]], records[pair["row"]]))}">'
+            figure = pair_figure(backend, rows[pair["row"]], records[pair["row"]])
+            picture = f'<img alt="pair {html.escape(pair["row"])}" src="{png_data(figure)}">'
         items.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
     return f'<div class="gallery" id="{element}">{"".join(items)}</div>'
 
