@@ -69,3 +69,16 @@ def test_registered_metric_measures_collage_rows_only():
     other = load_table("shapes:val:1", size=64).rows
     batch = PairBatch(backend=None, rows=other, images=None, texts=None, seed=0, pair_seeds=[0], config=MetricConfig())
     assert get_metric("collage").measure(batch, MethodRun("m", {}, []), "image", torch.rand(1, 64, 64)).values == [{}]
+
+
+def test_evaluate_command_reads_collages(tmp_path):
+    import json
+
+    from m2ib.cli import main
+
+    out = tmp_path / "run"
+    assert main(["evaluate", "--data", "shapes-collage:test:2", "--model", "random-tiny", "--methods", "saliency",
+                 "--metrics", "collage", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    values = [r["metrics"] for r in records if r.get("method") == "saliency"]
+    assert len(values) == 2 and all(0 <= v["collage_mass"] <= 1 and v["collage_max"] in (0, 1) for v in values)
