@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/audit_shortcut.py --out out/audit_shortcut [--pairs 36]
 
-1. Fine-tunes the shipped shapes model twice on the same batches (m2ib.audit.shortcut.fine_tune):
+1. Fine-tunes the shipped shapes model twice on the same batches (m2ib.auditing.shortcut.fine_tune):
    the shortcut model sees a mark in the bottom-right corner whenever the caption names red; the
    clean control never sees it. Both in minutes on a CPU; deterministic.
 2. Checks the shortcut was learnt: the mean cosine similarity of held-out red captions with and
@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 
 import m2ib
-from m2ib.audit.image import box_cover, mass_in
-from m2ib.audit.shortcut import (COLOUR, add_mark, fine_tune, mark_box, marked_table, names_colour, save_table)
+from m2ib.auditing.image import box_cover, mass_in
+from m2ib.auditing.shortcut import (COLOUR, add_mark, fine_tune, mark_box, marked_table, names_colour, save_table)
 from m2ib.datasets.tables import load_table
 
 TARGET = 5.0
@@ -45,7 +45,7 @@ def side_by_side(audits: dict, models: dict, table, path: Path) -> Path:
     from matplotlib.patches import Rectangle
     from PIL import Image
 
-    from m2ib.audit.report import pair_figure, prior_figure
+    from m2ib.auditing.report import pair_figure, prior_figure
 
     rows = {r.id: r for r in table.rows}
     red = next(r for r in table.rows if names_colour(r.text))

@@ -20,9 +20,9 @@ LAYERS = [
     ("methods",),
     ("comparison",),
     ("api",),
-    ("metrics", "pairs", "interactions"),
-    ("evaluation",),
-    ("audit", "serve"),
+    ("metrics", "pairs"),
+    ("evaluation", "interactions"),
+    ("auditing", "serve"),
     ("cli",),
     ("m2ib", "__main__"),  # the package's namespace and `python -m m2ib`
 ]
@@ -43,12 +43,22 @@ def _room(module: str) -> str:
     return parts[1] if len(parts) > 1 else "m2ib"
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except those under ``if TYPE_CHECKING:`` (imports for type hints only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 def room_imports() -> dict[tuple[str, str], list[str]]:
     """(importing room, imported room) -> the modules where it happens (every import statement)."""
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)
     for path in SRC.rglob("*.py"):
         module, package = _module_name(path)
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from m2ib.audit.aggregate import summarise
-from m2ib.audit.image import Region, box_cover, concentration, hot_regions, patch_mass
-from m2ib.audit.words import merge_words, word_shares, word_table
+from m2ib.auditing.aggregate import summarise
+from m2ib.auditing.image import Region, box_cover, concentration, hot_regions, patch_mass
+from m2ib.auditing.words import merge_words, word_shares, word_table
 from m2ib.datasets.tables import load_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +214,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_losing_at_most_the_batch_in_flight(tmp_path):
     out = tmp_path / "run"
     args = ("--data", "shapes:test:6", "--out", str(out), "--batch-size", "1", "--steps", "2", "--samples", "2",
@@ -253,6 +254,7 @@ def test_cli_refuses_bad_input_before_loading(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # The report in a real browser
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium); CI installs it")
 def test_report_in_a_browser(backend, tmp_path):
     import m2ib
@@ -290,7 +292,7 @@ def test_report_in_a_browser(backend, tmp_path):
 # The planted shortcut's pieces (the experiment itself: benchmarks/audit_shortcut.py)
 # ----------------------------------------------------------------------------------------------
 def test_the_mark_sits_in_its_box_and_only_on_the_colours_captions():
-    from m2ib.audit.shortcut import COLOUR, MarkedBatches, add_mark, mark_box
+    from m2ib.auditing.shortcut import COLOUR, MarkedBatches, add_mark, mark_box
     from m2ib.training.config import TrainConfig
 
     image = torch.full((3, 96, 96), 0.5)
@@ -313,7 +315,7 @@ def test_fine_tune_changes_only_the_top_of_the_image_tower(tmp_path):
     import m2ib
     from safetensors.torch import load_file
 
-    from m2ib.audit.shortcut import fine_tune
+    from m2ib.auditing.shortcut import fine_tune
     from m2ib.models import SHAPES_DIR
 
     out = fine_tune(tmp_path / "m", plant=True, steps=1, batch_size=4, progress=False)

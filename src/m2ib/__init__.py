@@ -22,11 +22,11 @@ from .version import __version__
 # importing torch (1.5 s) or transformers (several seconds).
 _LAZY = {"load": "api", "explain": "api", "compare": "api", "similarity": "api", "Backend": "backends",
          "Comparison": "comparison", "Explanation": "explanation", "list_methods": "methods",
-         "BUILTIN_MODELS": "models", "audit": "audit"}
+         "BUILTIN_MODELS": "models", "audit": "auditing"}
 
 if TYPE_CHECKING:
     from .api import compare, explain, load, similarity
-    from .audit import audit
+    from .auditing import audit
     from .backends import Backend
     from .comparison import Comparison
     from .explanation import Explanation
@@ -44,9 +44,9 @@ def __getattr__(name: str) -> Any:
 
 def list_models() -> list[str]:
     """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories."""
-    from .models import BUILTIN_MODELS
+    from .models import BUILTIN_MODELS as builtin
 
-    return list(BUILTIN_MODELS)
+    return list(builtin)
 
 
 __all__ = ["load", "explain", "compare", "similarity", "audit", "list_methods", "list_models", "Explanation", "Comparison",

@@ -1,17 +1,15 @@
 """Auditing a model on a dataset without labels: what it looks at and reads across the data.
 
-:func:`audit` explains every pair (:mod:`m2ib.audit.run`, on the evaluation runner's store:
-resumable, crash-safe), aggregates the stored maps (:mod:`m2ib.audit.aggregate`: words from
-:mod:`m2ib.audit.words`, the image prior from :mod:`m2ib.audit.image`) and writes
-``words.csv``, ``pairs.csv``, ``image_prior.npz`` (:mod:`m2ib.audit.outputs`) and a
-self-contained ``report.html`` (:mod:`m2ib.audit.report`).
+:func:`audit` explains every pair (:mod:`m2ib.auditing.run`, on the evaluation runner's store:
+resumable, crash-safe), aggregates the stored maps (:mod:`m2ib.auditing.aggregate`: words from
+:mod:`m2ib.auditing.words`, the image prior from :mod:`m2ib.auditing.image`) and writes
+``words.csv``, ``pairs.csv``, ``image_prior.npz`` (:mod:`m2ib.auditing.outputs`) and a
+self-contained ``report.html`` (:mod:`m2ib.auditing.report`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,14 +70,3 @@ def audit(model: Any, data: Any, out: str | os.PathLike, *, method: str = "m2ib"
 
             files["report"] = write_report(out, backend, summary, done.header, done.records, table.rows, done.bad)
     return AuditResult(out, summary, done.records, done.bad, done.explained, done.skipped, done.finished, files)
-
-
-class _CallableModule(types.ModuleType):
-    """``m2ib.audit`` is both this package and the function: once the package is imported, Python
-    binds the name ``m2ib.audit`` to it, so calling the package calls :func:`audit`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> AuditResult:
-        return audit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -36,7 +36,7 @@ class Summary:
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> Summary:
-    """Aggregate the pair records of one audit (see :mod:`m2ib.audit.words` and :mod:`m2ib.audit.image`)."""
+    """Aggregate the pair records of one audit (see :mod:`m2ib.auditing.words` and :mod:`m2ib.auditing.image`)."""
     shares = [pair_words(r) for r in records]
     words = word_table(shares)
     imaged = [r for r in records if r.get("grid") is not None]
