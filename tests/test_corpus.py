@@ -10,9 +10,6 @@ seconds to load, so a case that fails only after loading is caught by the ``load
 from __future__ import annotations
 
 import json
-import math
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
