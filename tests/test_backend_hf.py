@@ -208,7 +208,8 @@ def test_every_family_is_registered_with_disjoint_names():
     from m2ib.backends import registry
 
     names = [f.name for f in registry.families()]
-    assert names == ["transformers CLIP", "MetaCLIP 2", "OpenCLIP", "OpenAI clip", "SigLIP", "SigLIP 2 (NaFlex)"]
+    assert names == ["transformers CLIP", "MetaCLIP 2", "OpenCLIP", "OpenAI clip", "OpenCLIP HF text", "SigLIP",
+                     "SigLIP 2 (NaFlex)"]
     prefixes = [f.prefix for f in registry.families() if f.prefix]
     assert sorted(prefixes) == ["clip:", "hf:", "open_clip:"]
     assert registry.model_types() == ["clip", "metaclip_2", "siglip", "siglip2"]

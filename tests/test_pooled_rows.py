@@ -21,9 +21,10 @@ import torch
 from m2ib.inputs import load_image
 from test_backends_families import BUILDERS, TEXTS, build_hf_clip
 from test_backends_hf_dual import BUILDERS as HF_DUAL_BUILDERS
+from test_backends_hf_text import BUILDERS as HF_TEXT_BUILDERS
 from test_backends_timm import BUILDERS as TIMM_BUILDERS
 
-FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS, **TIMM_BUILDERS}
+FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS, **TIMM_BUILDERS, **HF_TEXT_BUILDERS}
 _CACHE: dict = {}
 
 
@@ -46,6 +47,8 @@ def last_block(model: torch.nn.Module, modality: str) -> tuple[torch.nn.Module, 
         return tower.encoder.layers[-1], "NTD"
     if modality == "image" and hasattr(model.visual, "layer4"):  # ModifiedResNet
         return model.visual.layer4, "NCHW"
+    if modality == "text" and type(getattr(model, "text", None)).__name__ == "HFTextEncoder":  # OpenCLIP's
+        return model.text.transformer.encoder.layer[-1], "NTD"
     if modality == "image" and hasattr(model.visual, "trunk"):  # a timm trunk: blocks, or stages
         trunk = model.visual.trunk
         return (trunk.blocks[-1], "NTD") if hasattr(trunk, "blocks") else (trunk.stages[-1], "NCHW")
@@ -110,18 +113,22 @@ CASES = [("hf-clip", "image"), ("hf-clip", "text"), ("siglip", "image"), ("sigli
          ("metaclip2", "image"), ("metaclip2", "text"), ("siglip2", "image"), ("siglip2-3x5-padded", "image"),
          ("siglip2", "text"), ("timm-siglip-map", "image"), ("timm-gap-avg", "image"),
          ("timm-token-registers", "image"), ("timm-eva02-rope-token", "image"), ("timm-pe-rope-map", "image"),
-         ("timm-convnext-stages", "image")]
+         ("timm-convnext-stages", "image"), ("hf-bert-cls-last-mlp", "text"), ("hf-bert-cls-pooler", "text"),
+         ("hf-roberta-mean", "text"), ("hf-xlm-roberta-mean-linear", "text")]
 
 
 @pytest.mark.parametrize("name,modality", CASES)
 def test_pooled_positions_are_what_the_head_reads(name, modality, pictures):
     moved, tokens, backend, batch = moving_tokens(name, modality, pictures)
     positions = backend.pooled_positions(modality, batch)
-    if positions is None:  # the head reads every spatial token (and maybe the prefix tokens)
-        prefix = backend.geometry.image_prefix_tokens if modality == "image" else 0
+    if positions is None and modality == "text":  # a mean over the real tokens: each of them, no padding
+        real = [set(torch.nonzero(row).flatten().tolist()) for row in batch.attention_mask]
+        assert moved == real, (name, modality, moved, real)
+    elif positions is None:  # the head reads every spatial token (and maybe the prefix tokens)
+        prefix = backend.geometry.image_prefix_tokens
         grid = backend.geometry.patch_grid
         # the model's tokens; a library input may have more (SigLIP 2's masked padding patches)
-        spatial = prefix + grid[0] * grid[1] if modality == "image" else tokens
+        spatial = prefix + grid[0] * grid[1]
         for row in moved:
             assert set(range(prefix, spatial)) <= row <= set(range(spatial)), (name, modality, sorted(row))
     else:

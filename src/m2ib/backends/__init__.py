@@ -20,7 +20,7 @@ from ..errors import InputError
 
 # Importing a family file registers its family (its optional library is imported only when one of
 # its models is loaded); families recognise disjoint objects, names and paths, so order is moot.
-from . import hf_clip, metaclip2, openai_clip, openclip, registry, siglip, siglip2  # noqa: F401
+from . import hf_clip, metaclip2, openai_clip, openclip, openclip_hf_text, registry, siglip, siglip2  # noqa: F401
 from .base import EMBEDDINGS, MODALITIES, AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
 from .hf_clip import HFCLIPBackend
 from .hf_loading import load_directory

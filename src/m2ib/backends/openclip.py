@@ -329,7 +329,9 @@ def _quiet(fn, *args, **kwargs):
 
 # --- the family ------------------------------------------------------------------------------
 def _is_open_clip_model(model: torch.nn.Module) -> bool:
-    return any(m.startswith("open_clip.") for m in module_names(model))
+    text = getattr(model, "text", None)  # a Hugging Face text tower is the OpenCLIP HF text family's
+    hf_text = type(text).__name__ == "HFTextEncoder"
+    return any(m.startswith("open_clip.") for m in module_names(model)) and not hf_text
 
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> OpenCLIPBackend:
