@@ -15,6 +15,9 @@ Then:
 A config is *covered* when all of that passes. Text towers are fed CLIP's BPE tokenizer: configs
 whose tokenizer is a Hugging Face one (SigLIP's, multilingual) get a text tower of the same
 class and options with CLIP's vocabulary size, since that tokenizer cannot be fetched offline.
+Hugging Face text towers (``HFTextEncoder``) are built by OpenCLIP from a small transformers config
+of the model type their hub name names (:func:`hf_model_type`: the hub config cannot be fetched
+offline), with the config's pooler and projection, and fed a small WordPiece tokenizer.
 
     python benchmarks/zoo_coverage.py                      # every config (about 10 minutes on 2 cores)
     python benchmarks/zoo_coverage.py --models ViT-B-32 RN50 --out zoo.md
@@ -90,7 +93,9 @@ def scaled_config(cfg: dict) -> dict:
         vision.update(layers=(1, 1, 1, 1), width=16, head_width=8, image_size=IMAGE)
     else:
         vision.update(layers=DEPTH, width=WIDTH, head_width=WIDTH // HEADS, image_size=4 * vision.get("patch_size", 16))
-    if "hf_model_name" not in text:
+    if "hf_model_name" in text:  # a small config of the same type (small_hf_text), random weights
+        text["hf_model_pretrained"] = False
+    else:
         text.update(layers=DEPTH, width=WIDTH, heads=HEADS)
         if text.get("hf_tokenizer_name"):  # CLIP's BPE feeds it (a hub tokenizer cannot be fetched offline)
             text.pop("hf_tokenizer_name")
@@ -102,13 +107,77 @@ def scaled_config(cfg: dict) -> dict:
     return cfg
 
 
+HF_SIZES = {"t5": dict(d_model=WIDTH, d_kv=WIDTH // HEADS, d_ff=48, num_layers=DEPTH, num_heads=HEADS),
+            "m2m_100": dict(d_model=WIDTH, encoder_layers=DEPTH, decoder_layers=1, encoder_attention_heads=HEADS,
+                            decoder_attention_heads=HEADS, encoder_ffn_dim=48, decoder_ffn_dim=48),
+            "bert": dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=48,
+                         max_position_embeddings=80)}
+HF_WORDS = sorted({w for text in TEXTS for w in text.split()})
+
+
+def hf_model_type(hf_name: str) -> str:
+    """The transformers model type of a hub name, from OpenCLIP's own list of types (longest match)."""
+    from open_clip.hf_configs import arch_dict
+
+    name = hf_name.lower().split("/")[-1].replace("nllb", "m2m_100")
+    found = sorted((t for t in arch_dict if t in name), key=len, reverse=True)
+    if not found:
+        raise ValueError(f"no OpenCLIP arch_dict type in {hf_name!r}")
+    return found[0]
+
+
+def small_hf_config(hf_name: str):
+    from transformers import AutoConfig
+
+    model_type = hf_model_type(hf_name)
+    sizes = HF_SIZES["t5" if "t5" in model_type else model_type if model_type in HF_SIZES else "bert"]
+    extra = {} if model_type == "bert" or model_type not in ("roberta", "xlm-roberta") else dict(pad_token_id=1)
+    return AutoConfig.for_model(model_type, vocab_size=64, **sizes, **extra)
+
+
+@contextlib.contextmanager
+def small_hf_text(hf_name: str | None):
+    """While open, OpenCLIP's ``AutoConfig.from_pretrained`` gives a small config of ``hf_name``'s type."""
+    if hf_name is None:
+        yield
+        return
+    import open_clip.hf_model as hf_model
+
+    original, config = hf_model.AutoConfig, small_hf_config(hf_name)
+
+    class Small:
+        @staticmethod
+        def from_pretrained(_name, *args, **kwargs):
+            return config
+
+    hf_model.AutoConfig = Small
+    try:
+        yield
+    finally:
+        hf_model.AutoConfig = original
+
+
+def hf_tokenizer(pad_id: int):
+    """A WordPiece tokenizer over the words of ``TEXTS`` whose padding id is the model's."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import BertTokenizer
+
+    specials = ["[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    specials.insert(pad_id, "[PAD]")
+    path = Path(tempfile.mkdtemp()) / "vocab.txt"
+    path.write_text("\n".join(specials + HF_WORDS) + "\n")
+    return BertTokenizer(str(path))
+
+
 def build(oc, name: str, cfg: dict) -> torch.nn.Module:
     small = scaled_config(cfg)
     kwargs = {k: small[k] for k in ("embed_dim", "vision_cfg", "text_cfg", "multimodal_cfg") if k in small}
     error: Exception | None = None
     for sizes in TIMM_SIZES if "timm_model_name" in small["vision_cfg"] else ({},):
         try:
-            with scaled_timm(sizes), warnings.catch_warnings():
+            with scaled_timm(sizes), small_hf_text(small["text_cfg"].get("hf_model_name")), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.manual_seed(0)
                 return oc.create_model(name, pretrained=None, **kwargs).eval()
@@ -151,17 +220,16 @@ def parity(backend, modality: str, batch, reference: torch.Tensor) -> float:
 def check(oc, name: str, pictures) -> Row:
     row = Row(name)
     cfg = oc.get_model_config(name)
-    if "hf_model_name" in cfg["text_cfg"]:
-        row.text_tower = f"HF {cfg['text_cfg']['hf_model_name'].split('/')[-1]}"
-        row.reason = "Hugging Face text tower (HFTextEncoder): not supported yet"
-        return row
+    hf_text = "hf_model_name" in cfg["text_cfg"]
     try:
         model = build(oc, name, cfg)
     except Exception as exc:  # the row says why
         row.reason = f"not built: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         return row
     row.image_tower, row.text_tower = tower_kinds(model)
-    tokenizer = oc.get_tokenizer("ViT-B-32")
+    if hf_text:
+        row.text_tower = f"HF {type(model.text.transformer).__name__}"
+    tokenizer = hf_tokenizer(model.text.config.pad_token_id or 0) if hf_text else oc.get_tokenizer("ViT-B-32")
     try:
         backend = m2ib.load(model, tokenizer=tokenizer)
     except Exception as exc:
@@ -174,7 +242,8 @@ def check(oc, name: str, pictures) -> Row:
             images = backend.preprocess_images(pictures)
             texts = backend.tokenize(TEXTS)
             row.image_parity = parity(backend, "image", images, model.encode_image(images.pixel_values))
-            reference = model.encode_text(tokenizer(TEXTS, context_length=context))
+            ids = texts.input_ids if hf_text else tokenizer(TEXTS, context_length=context)
+            reference = model.encode_text(ids)
             row.text_parity = parity(backend, "text", texts, reference)
     except Exception as exc:
         row.reason = f"split forward failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

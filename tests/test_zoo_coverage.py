@@ -13,10 +13,10 @@ import pytest
 from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, ConvNeXt stages
-COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "convnext_base"]
+# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, ConvNeXt stages, HF XLM-R text
+COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "convnext_base", "xlm-roberta-base-ViT-B-32"]
 UNCOVERED = {"EVA02-E-14": "EvaBlockPostNorm is not supported", "vit_relpos_medium_patch16_cls_224": "RelPosBlock is not supported",
-             "xlm-roberta-base-ViT-B-32": "Hugging Face text tower"}
+             "mt5-base-ViT-B-32": "T5/mT5 and NLLB are not yet", "coca_roberta-ViT-B-32": "CoCa models are not supported"}
 
 
 def zoo(monkeypatch):
@@ -37,6 +37,7 @@ def test_zoo_rows_one_per_tower_kind(tmp_path, monkeypatch):
         assert row.image_parity <= 1e-5 and row.text_parity <= 1e-5
     assert rows["RN50"].attention == rows["convnext_base"].attention == "none in tower" and rows["ViT-B-16-SigLIP2"].attention == "chefer"
     assert rows["ViT-B-16-SigLIP2"].image_tower == "timm VisionTransformer"
+    assert rows["xlm-roberta-base-ViT-B-32"].text_tower == "HF XLMRobertaModel"
     for name, why in UNCOVERED.items():
         assert not rows[name].covered and why in rows[name].reason, (name, rows[name])
     assert module.main(["--models", "ViT-B-32", "vit_relpos_medium_patch16_cls_224", "--out", str(tmp_path / "zoo.md")]) == 0

@@ -17,7 +17,7 @@ fixed length). OpenCLIP's ``max_pooler`` is refused: the library's own forward f
 (``masked_fill`` of a long mask), and it would fill the real tokens, not the padding, with -inf.
 
 Not handled (one-line errors): encoder-decoder towers (mT5, NLLB: relative position bias or a
-different layer layout) and relative position embeddings.
+different layer layout), relative position embeddings, and CoCa models.
 """
 
 from __future__ import annotations
@@ -170,6 +170,8 @@ class OpenCLIPHFTextBackend(TowersBackend):
     """An OpenCLIP ``CustomTextCLIP`` whose ``text`` is an ``HFTextEncoder``."""
 
     def build_towers(self) -> dict[Modality, Tower]:
+        if hasattr(self.model, "text_decoder"):  # its encode_* normalise, and its image tower pools by attention
+            raise InputError("OpenCLIP CoCa models are not supported yet (with a Hugging Face text tower or not)")
         self.tokenizer = _transformers_tokenizer(self.tokenizer)
         if self.preprocessing is None:
             self.preprocessing = preprocessing_of(self.model)
