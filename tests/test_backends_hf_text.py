@@ -204,3 +204,25 @@ def test_explain_runs_every_registered_method(name, method, pictures):
         if "text" in cls.modalities:
             assert exp.text_map.shape[0] == len(exp.tokens) == len(backend.tokenize([text]).tokens[0])
             assert torch.isfinite(exp.text_map).all()
+
+
+def test_open_clip_hf_tokenizers_are_unwrapped(pictures):
+    """OpenCLIP's ``HFTokenizer`` keeps the transformers tokenizer in ``.tokenizer``: m2ib reads that one."""
+    model, backend, image_fn, text_fn = family("hf-roberta-mean")
+
+    class OpenCLIPStyle:  # the attribute open_clip.tokenizer.HFTokenizer has
+        tokenizer = backend.tokenizer
+
+    wrapped = m2ib.load(model, tokenizer=OpenCLIPStyle())
+    assert wrapped.tokenizer is backend.tokenizer
+    assert_split_parity(wrapped, image_fn, text_fn, pictures)
+
+
+def test_names_with_a_hugging_face_text_tower_fail_fast_offline_on_one_line():
+    import time
+
+    need_open_clip()
+    start = time.monotonic()
+    with pytest.raises(InputError, match="loading it by name is not supported yet") as info:
+        m2ib.load("open_clip:roberta-ViT-B-32@random")
+    assert time.monotonic() - start < 10 and "\n" not in str(info.value)

@@ -227,8 +227,9 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
                                                                          "; see open_clip.list_models()"))
     cfg = oc.get_model_config(arch) or {}
     if "hf_model_name" in cfg.get("text_cfg", {}):  # timm image towers: the tower code says which it reads
-        raise InputError(f"open_clip {arch} has a Hugging Face text tower: not supported yet "
-                         "(OpenCLIP's own text towers are)")
+        raise InputError(f"open_clip {arch} has a Hugging Face text tower, whose config and tokenizer come from "
+                         "the hub: loading it by name is not supported yet; build it with open_clip and pass "
+                         "m2ib.load(model, tokenizer=open_clip.get_tokenizer(ARCH))")
     if cfg.get("text_cfg", {}).get("hf_tokenizer_name"):  # before open_clip reaches for the hub
         raise InputError(f"open_clip {arch} uses the Hugging Face tokenizer {cfg['text_cfg']['hf_tokenizer_name']}: "
                          "not supported yet (OpenCLIP models with CLIP's BPE tokenizer are)")
