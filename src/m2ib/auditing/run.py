@@ -19,11 +19,11 @@ from typing import Any
 from ..backends.base import Backend
 from ..datasets.tables import Row, Table
 from ..errors import InputError
+from ..evaluation.pairs import readable_rows
 from ..evaluation.runner import Clock, batches, pending
 from ..evaluation.store import RESULTS, ResultsWriter, open_run
 from ..explanation import Explanation
 from ..fileio import folder_lock
-from ..inputs import load_image
 from .image import to_grid
 
 AUDIT_FORMAT = 1
@@ -62,13 +62,7 @@ def explain_rows(backend: Backend, rows: Sequence[Row], method: str, settings: d
     """
     from ..api import explain
 
-    good, pictures, bad = [], [], []
-    for row in rows:
-        try:
-            pictures.append(load_image(row.image)[0])
-            good.append(row)
-        except InputError as exc:
-            bad.append({"row": row.id, "reason": str(exc)})
+    good, pictures, bad = readable_rows(rows)
     if not good:
         return [], bad
     own = {"seed": int(seed), **(settings or {})}

@@ -108,12 +108,21 @@ class HFCLIPBackend(TowersBackend):
     end-token pooling and projections.
     """
 
-    def build_towers(self) -> dict[Modality, Tower]:
+    def model_class(self) -> type:
+        """The transformers class this backend reads (a hook: CLIP-layout families override it)."""
         from transformers import CLIPModel
 
-        model = self.model
-        if not isinstance(model, CLIPModel):
-            raise InputError(f"HFCLIPBackend needs a transformers CLIPModel, got {type(model).__name__}")
+        return CLIPModel
+
+    def text_tower(self, model: torch.nn.Module) -> Tower:
+        """The text tower with its pooling rule (a hook: CLIP-layout families override it)."""
+        return HFCLIPTextTower(model.text_model, model.text_projection, model.config.text_config.eos_token_id)
+
+    def build_towers(self) -> dict[Modality, Tower]:
+        model, expected = self.model, self.model_class()
+        if not isinstance(model, expected):
+            raise InputError(f"{type(self).__name__} needs a transformers {expected.__name__}, "
+                             f"got {type(model).__name__}")
         attn = getattr(model.config, "_attn_implementation", "eager") or "eager"
         if attn not in SUPPORTED_ATTENTION:
             raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
@@ -121,8 +130,7 @@ class HFCLIPBackend(TowersBackend):
         if self.preprocessing is None:
             self.preprocessing = preprocessing_from(None, model.config.vision_config.image_size)
         return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection),
-                "text": HFCLIPTextTower(model.text_model, model.text_projection,
-                                        model.config.text_config.eos_token_id)}
+                "text": self.text_tower(model)}
 
     @property
     def context_length(self) -> int:

@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
-from .base import Modality
-from .hf_clip import SUPPORTED_ATTENTION, HFCLIPBackend, HFCLIPImageTower, HFCLIPTextTower, preprocessing_from
+from .hf_clip import HFCLIPBackend, HFCLIPTextTower, preprocessing_from
 from .registry import Family, register
 from .towers import Tower
 
@@ -34,21 +32,13 @@ class MetaClip2TextTower(HFCLIPTextTower):
 class MetaClip2Backend(HFCLIPBackend):
     """A ``transformers.MetaClip2Model`` behind m2ib's backend interface."""
 
-    def build_towers(self) -> dict[Modality, Tower]:
+    def model_class(self) -> type:
         from transformers import MetaClip2Model
 
-        model = self.model
-        if not isinstance(model, MetaClip2Model):
-            raise InputError(f"MetaClip2Backend needs a transformers MetaClip2Model, got {type(model).__name__}")
-        attn = getattr(model.config, "_attn_implementation", "eager") or "eager"
-        if attn not in SUPPORTED_ATTENTION:
-            raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
-                             "attn_implementation='sdpa' or 'eager'")
-        if self.preprocessing is None:
-            self.preprocessing = preprocessing_from(None, model.config.vision_config.image_size)
-        return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection),
-                "text": MetaClip2TextTower(model.text_model, model.text_projection,
-                                           model.text_model.eos_token_id)}
+        return MetaClip2Model
+
+    def text_tower(self, model: torch.nn.Module) -> Tower:
+        return MetaClip2TextTower(model.text_model, model.text_projection, model.text_model.eos_token_id)
 
 
 def _is_metaclip2_model(model: torch.nn.Module) -> bool:

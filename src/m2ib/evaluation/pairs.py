@@ -67,9 +67,9 @@ def evaluate_rows(backend: Backend, rows: Sequence[Row], methods: Sequence[str],
     return [per_row[(row.id, m)] for row in batch.rows for m in methods], bad
 
 
-def read_batch(backend: Backend, rows: Sequence[Row], config: MetricConfig, seed: int,
-               measured: Sequence[Metric]) -> tuple[PairBatch | None, list[dict[str, str]]]:
-    """The rows whose image can be read, as model inputs with what the metrics need; and the bad rows."""
+def readable_rows(rows: Sequence[Row]) -> tuple[list[Row], list, list[dict[str, str]]]:
+    """(rows whose image can be read, their pictures, the bad rows ``{"row", "reason"}``): an unreadable
+    image is counted, never raised."""
     good, pictures, bad = [], [], []
     for row in rows:
         try:
@@ -77,6 +77,13 @@ def read_batch(backend: Backend, rows: Sequence[Row], config: MetricConfig, seed
             good.append(row)
         except InputError as exc:
             bad.append({"row": row.id, "reason": str(exc)})
+    return good, pictures, bad
+
+
+def read_batch(backend: Backend, rows: Sequence[Row], config: MetricConfig, seed: int,
+               measured: Sequence[Metric]) -> tuple[PairBatch | None, list[dict[str, str]]]:
+    """The rows whose image can be read, as model inputs with what the metrics need; and the bad rows."""
+    good, pictures, bad = readable_rows(rows)
     if not good:
         return None, bad
     batch = PairBatch(backend, good, backend.preprocess_images(pictures, [row.source for row in good]),
