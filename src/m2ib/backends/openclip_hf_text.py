@@ -1,6 +1,7 @@
 """OpenCLIP models whose text tower is a Hugging Face encoder (``open_clip.hf_model.HFTextEncoder``):
 BERT (BiomedCLIP's PubMedBERT), RoBERTa and XLM-RoBERTa (``roberta-ViT-B-32``,
-``xlm-roberta-base-ViT-B-32``), with OpenCLIP's poolers and ``proj``.
+``xlm-roberta-base-ViT-B-32``), with OpenCLIP's poolers and ``proj``; the encoders of mT5 and NLLB
+are pre-norm and run in :mod:`.hf_text_seq2seq` (:func:`hf_text_tower` picks).
 
 BERT-style layers are post-norm (``LayerNorm(h + attention(h))``, then ``LayerNorm(h + mlp(h))``),
 so they do not fit :class:`~.blocks.Block` (a pre-norm view: the residual is added after the
@@ -16,13 +17,12 @@ the attention mask is ``input_ids != pad_token_id``. Texts are padded to the lon
 fixed length). OpenCLIP's ``max_pooler`` is refused: the library's own forward fails with it
 (``masked_fill`` of a long mask), and it would fill the real tokens, not the padding, with -inf.
 
-Not handled (one-line errors): encoder-decoder towers (mT5, NLLB: relative position bias or a
-different layer layout), relative position embeddings, and CoCa models.
+Not handled (one-line errors): other encoder-decoder towers, BERT relative position embeddings,
+and CoCa models.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,20 +33,14 @@ from ..errors import InputError
 from .base import AttentionRecord, Modality, TextBatch
 from .blocks import text_mask
 from .hf_clip import hf_encode, hf_readable
+from .hf_text_seq2seq import EVERY_TOKEN_POOLERS, openclip_pooler, real_tokens, seq2seq_text_tower
 from .openclip import image_tower, preprocessing_of
 from .registry import Family, module_names, register
 from .towers import Tower, TowersBackend, present
 
-CLASS_POOLERS = ("cls_pooler", "cls_last_hidden_state_pooler")
-EVERY_TOKEN_POOLERS = ("mean_pooler",)
-
 
 def is_hf_text_encoder(module: Any) -> bool:
     return type(module).__name__ == "HFTextEncoder" and hasattr(module, "transformer")
-
-
-def _snake(name: str) -> str:  # OpenCLIP's pooler names are its class names in snake case
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def bert_layer_forward(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
@@ -81,7 +75,7 @@ class HFTextTower(Tower):
         layers = getattr(getattr(transformer, "encoder", None), "layer", None)
         if getattr(config, "is_encoder_decoder", False) or layers is None or not hasattr(transformer, "embeddings"):
             raise InputError(f"Hugging Face text tower {type(transformer).__name__} ({config.model_type}) is not "
-                             "supported (BERT, RoBERTa and XLM-RoBERTa encoders are; T5/mT5 and NLLB are not yet)")
+                             "supported (BERT, RoBERTa, XLM-RoBERTa, T5/mT5 and M2M100/NLLB encoders are)")
         if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
             raise InputError(f"Hugging Face text towers with {config.position_embedding_type} position embeddings "
                              "are not supported yet")
@@ -89,13 +83,7 @@ class HFTextTower(Tower):
             if not hasattr(getattr(layer.attention, "self", None), "query") or getattr(layer, "crossattention", None):
                 raise InputError(f"Hugging Face text layer {type(layer).__name__} is not supported "
                                  "(BERT-layout self-attention layers are)")
-        self.pooler = _snake(type(encoder.pooler).__name__)
-        if self.pooler == "max_pooler":
-            raise InputError("OpenCLIP's max_pooler is not supported: OpenCLIP's own forward fails with it "
-                             "(masked_fill with a long mask); use a model with the cls or mean pooler")
-        if self.pooler not in CLASS_POOLERS + EVERY_TOKEN_POOLERS:
-            raise InputError(f"OpenCLIP pooler {self.pooler!r} is not supported "
-                             f"({', '.join(CLASS_POOLERS + EVERY_TOKEN_POOLERS)})")
+        self.pooler = openclip_pooler(encoder)
         self.encoder, self.transformer, self.layers = encoder, transformer, list(layers)
         self.pad_id = config.pad_token_id
 
@@ -116,7 +104,7 @@ class HFTextTower(Tower):
 
     def valid(self, batch: TextBatch, copies: int, device: torch.device) -> torch.Tensor:
         """OpenCLIP's attention mask: every id that is not the pad id."""
-        return (batch.input_ids.to(device) != self.pad_id).long().repeat_interleave(copies, 0)
+        return real_tokens(batch, self.pad_id, copies, device)
 
     def embed(self, batch: TextBatch) -> torch.Tensor:
         ids = batch.input_ids.to(self.transformer.embeddings.word_embeddings.weight.device)
@@ -155,6 +143,11 @@ class HFTextTower(Tower):
         return head, list(self.layers), [self.transformer.embeddings]
 
 
+def hf_text_tower(encoder: torch.nn.Module) -> Tower:
+    """The tower for an ``HFTextEncoder``: a pre-norm encoder-decoder stack (mT5, NLLB) or a BERT-layout encoder."""
+    return seq2seq_text_tower(encoder) or HFTextTower(encoder)
+
+
 def _transformers_tokenizer(tokenizer: Any) -> Any:
     """A transformers tokenizer, also from inside OpenCLIP's ``HFTokenizer`` (its ``.tokenizer``)."""
     inner = getattr(tokenizer, "tokenizer", None)
@@ -175,7 +168,7 @@ class OpenCLIPHFTextBackend(TowersBackend):
         self.tokenizer = _transformers_tokenizer(self.tokenizer)
         if self.preprocessing is None:
             self.preprocessing = preprocessing_of(self.model)
-        return {"image": image_tower(self.model.visual), "text": HFTextTower(self.model.text)}
+        return {"image": image_tower(self.model.visual), "text": hf_text_tower(self.model.text)}
 
     @property
     def context_length(self) -> int:
@@ -215,4 +208,5 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
 register(Family(name="OpenCLIP HF text", supports="open_clip CustomTextCLIP with a Hugging Face text tower",
                 recognises=_is_open_clip_hf_text_model, wrap=_wrap))
 
-__all__ = ["HFTextTower", "OpenCLIPHFTextBackend", "bert_layer_forward", "has_hf_text_tower", "is_hf_text_encoder"]
+__all__ = ["HFTextTower", "OpenCLIPHFTextBackend", "bert_layer_forward", "has_hf_text_tower", "hf_text_tower",
+           "is_hf_text_encoder"]
