@@ -241,9 +241,9 @@ def check(oc, name: str, pictures) -> Row:
         with torch.no_grad():
             images = backend.preprocess_images(pictures)
             texts = backend.tokenize(TEXTS)
-            row.image_parity = parity(backend, "image", images, model.encode_image(images.pixel_values))
+            row.image_parity = parity(backend, "image", images, model.encode_image(images.pixel_values, normalize=False))
             ids = texts.input_ids if hf_text else tokenizer(TEXTS, context_length=context)
-            reference = model.encode_text(ids)
+            reference = model.encode_text(ids, normalize=False)  # CoCa normalises by default
             row.text_parity = parity(backend, "text", texts, reference)
     except Exception as exc:
         row.reason = f"split forward failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"

@@ -13,8 +13,10 @@ import pytest
 from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, ConvNeXt stages, HF XLM-R text
-COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "convnext_base", "xlm-roberta-base-ViT-B-32"]
+# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, ConvNeXt stages, HF XLM-R text,
+# CoCa (attentional pooler, appended class token)
+COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "convnext_base", "xlm-roberta-base-ViT-B-32",
+           "coca_ViT-B-32"]
 UNCOVERED = {"EVA02-E-14": "EvaBlockPostNorm is not supported", "vit_relpos_medium_patch16_cls_224": "RelPosBlock is not supported",
              "mt5-base-ViT-B-32": "T5/mT5 and NLLB are not yet", "coca_roberta-ViT-B-32": "CoCa models are not supported"}
 

@@ -25,11 +25,16 @@ def apply_projection(x: torch.Tensor, projection: Any) -> torch.Tensor:
 class OpenAIViTTower(ClassTokenTower):
     """The ViT image tower of OpenAI ``clip`` and OpenCLIP (``conv1``, ``class_embedding``,
     ``positional_embedding``, ``ln_pre``, ``transformer.resblocks``, ``ln_post``, ``proj``).
-    Its head reads the class token (``pool_type="tok"``) or the mean of the patches (``"avg"``)."""
+    Its head reads the class token (``pool_type="tok"``) or the mean of the patches (``"avg"``).
+    CoCa's towers put an attentional pooler (``attn_pool``: learned queries over every token)
+    before ``ln_post``; the head then reads its first query's output (``"tok"``) or the mean of the
+    others (``"avg"``), so it reads every token."""
 
     def __init__(self, visual: torch.nn.Module):
-        if getattr(visual, "attn_pool", None) is not None:
-            raise InputError("OpenCLIP image towers with attentional pooling (CoCa) are not supported yet")
+        self.attn_pool = getattr(visual, "attn_pool", None)
+        if getattr(visual, "attn_pool_contrastive", None) is not None:  # OpenCLIP's 'parallel' / 'cascade' WIP
+            raise InputError(f"OpenCLIP attentional pooling {getattr(visual, 'attn_pool_type', '')!r} with a "
+                             "contrastive pooler is not supported (CoCa's single attentional pooler is)")
         if getattr(visual, "class_embedding", None) is None:
             raise InputError("OpenCLIP image towers without a class token are not supported yet")
         super().__init__([openai_block(b) for b in visual.transformer.resblocks])
@@ -55,13 +60,16 @@ class OpenAIViTTower(ClassTokenTower):
         return v.ln_pre(x)
 
     def pooled_positions(self, batch, copies, device):
-        if self.pool == "avg":  # the head averages every patch
+        if self.pool == "avg" or self.attn_pool is not None:  # the head reads every token
             return None
         return super().pooled_positions(batch, copies, device)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         v = self.visual
-        if self.pool == "avg":
+        if self.attn_pool is not None:  # OpenCLIP's CoCa order: pooler, ln_post, then the query's row
+            queries = v.ln_post(self.attn_pool(pooled))
+            pooled = queries[:, 0] if self.pool == "tok" else queries[:, 1:].mean(dim=1)
+        elif self.pool == "avg":
             if self.ln_after_pool:
                 pooled = v.ln_post(pooled[:, 1:].mean(dim=1))
             else:
@@ -72,7 +80,7 @@ class OpenAIViTTower(ClassTokenTower):
 
     def parts(self):
         v = self.visual
-        return (present(v.ln_post, v.proj), list(v.transformer.resblocks),
+        return (present(self.attn_pool, v.ln_post, v.proj), list(v.transformer.resblocks),
                 present(v.conv1, v.class_embedding, v.positional_embedding, v.ln_pre))
 
 
@@ -81,14 +89,17 @@ class OpenAITextTower(PooledTextTower):
     (causal unless ``causal=False``), ``ln_final``, the pooled token, ``text_projection``.
 
     ``pool``: ``argmax`` (the end-of-text token has the largest id: OpenAI's rule), ``eos``
-    (first ``eos_id``), ``first`` or ``last``.
+    (first ``eos_id``), ``first`` or ``last``. CoCa's towers (a class embedding appended after
+    the text) are :class:`m2ib.backends.coca.CoCaTextTower`.
     """
+
+    appends_class = False  # whether the tower appends a class embedding after the text (CoCa)
 
     def __init__(self, owner: torch.nn.Module, causal: bool = True, pool: str = "argmax",
                  eos_id: int | None = None, pad_id: int | None = None, pad_mask: bool = False):
         super().__init__([openai_block(b) for b in owner.transformer.resblocks], pool, eos_id, causal)
-        if getattr(owner, "cls_emb", None) is not None:
-            raise InputError("OpenCLIP text towers with a class embedding (CoCa) are not supported yet")
+        if getattr(owner, "cls_emb", None) is not None and not self.appends_class:
+            raise InputError("OpenCLIP text towers with a class embedding (CoCa) run as CoCaTextTower")
         self.owner, self.pad_id, self.pad_mask = owner, pad_id, pad_mask
 
     @property

@@ -33,6 +33,7 @@ from PIL import Image
 from ..errors import InputError, ModelNotAvailableError
 from ..inputs import ImagePreprocessing
 from .base import Modality, TextBatch
+from .coca import CLS_ID, CLS_TOKEN, CoCaTextTower, class_token_layout
 from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .tokens import protect_specials, readable_tokens, word_ids
 from .openai_towers import OpenAITextTower, OpenAIViTTower
@@ -124,17 +125,19 @@ class BPETokens:
         if self.towers["text"].truncates:  # drop the padding columns no real token needs
             keep = int(attention_mask.sum(1).max())
             input_ids, attention_mask = input_ids[:, :keep], attention_mask[:, :keep]
+        if self.towers["text"].appends_class and not bool((input_ids == CLS_ID).any()):  # CoCa: its class row
+            input_ids, attention_mask = class_token_layout(input_ids, attention_mask)
         decoder = self._bpe().decoder
         tokens, special, words = [], [], []
         for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
             ids = [i for i, m in zip(ids, mask) if m]
-            pieces = [decoder.get(i, f"<{i}>") for i in ids]
-            where = tuple(j for j, i in enumerate(ids) if i in (sot, eot))
+            pieces = [CLS_TOKEN if i == CLS_ID else decoder.get(i, f"<{i}>") for i in ids]
+            where = tuple(j for j, i in enumerate(ids) if i in (sot, eot, CLS_ID))
             tokens.append(readable_tokens(pieces, where))
             special.append(where)
             words.append(word_ids(pieces, where))
         if not texts:
-            texts = [self._bpe().decode([i for i, m in zip(row, mask) if m and i not in (sot, eot)]).strip()
+            texts = [self._bpe().decode([i for i, m in zip(row, mask) if m and i not in (sot, eot, CLS_ID)]).strip()
                      for row, mask in zip(input_ids.tolist(), attention_mask.tolist())]
         return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tuple(tokens),
                          tuple(special), tuple(words))
@@ -160,9 +163,12 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
         causal = getattr(text_owner, "attn_mask", None) is not None
         pool = getattr(text_owner, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
         eos = getattr(text_owner, "eos_id", None) if text_owner is not model else getattr(model, "text_eos_id", None)
-        text = OpenAITextTower(text_owner, causal=causal, pool=pool, eos_id=eos,
-                               pad_id=getattr(text_owner, "pad_id", 0),
-                               pad_mask=bool(getattr(text_owner, "use_pad_mask", False)))
+        if getattr(text_owner, "cls_emb", None) is not None:  # CoCa: a class embedding after the text
+            text: OpenAITextTower = CoCaTextTower(text_owner)
+        else:
+            text = OpenAITextTower(text_owner, causal=causal, pool=pool, eos_id=eos,
+                                   pad_id=getattr(text_owner, "pad_id", 0),
+                                   pad_mask=bool(getattr(text_owner, "use_pad_mask", False)))
         if self.preprocessing is None:
             self.preprocessing = preprocessing_of(model)
         if self.tokenizer is None:
