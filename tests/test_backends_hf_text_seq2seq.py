@@ -205,6 +205,19 @@ def test_unsupported_towers_say_why_on_one_line(model_type, pooler, changes, why
     with pytest.raises(InputError, match=why) as info:
         m2ib.load(model, tokenizer=tiny_tokenizer(model_type))
     assert "\n" not in str(info.value)
+    if pooler == "max_pooler":  # the refusal is right while OpenCLIP's own forward fails with this pooler
+        with pytest.raises(RuntimeError, match="masked_fill"):
+            model.encode_text(torch.tensor([[4, 5, 2]]))
+
+
+def test_half_precision_runs_and_leaves_the_model_alone(pictures):
+    """bf16 (the CLI's --dtype) through T5's RMSNorm and the bias mask: maps are finite; the user's model stays fp32."""
+    model, _, _, _ = family("hf-mt5-mean-mlp")
+    backend = m2ib.load(model, tokenizer=tiny_tokenizer("mt5"), dtype="bfloat16")
+    for method, settings in (("m2ib", dict(steps=2, samples=2)), ("chefer", {})):
+        exp = m2ib.explain(backend, pictures[0], TEXTS[0], method=method, **settings)
+        assert torch.isfinite(exp.text_map).all() and torch.isfinite(exp.image_map).all()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", ["hf-mt5-mean-mlp", "hf-nllb-cls-linear"])
