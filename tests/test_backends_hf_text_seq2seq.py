@@ -22,7 +22,6 @@ from m2ib.inputs import load_image
 from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
 from test_backends_hf_text import WORDS, small_hf_configs
 from test_backends_timm import spread_weights
-from test_pooled_rows import nudged
 
 # name -> (transformers model_type, OpenCLIP hf_pooler_type, hf_proj_type). mt5-base-ViT-B-32 and mt5-xl-ViT-H-14
 # (mean, and CLIPTextCfg's default MLP projection); nllb-clip-* (cls, linear); an mT5 tower with a class pooler
@@ -165,6 +164,8 @@ def last_layer(model: torch.nn.Module) -> torch.nn.Module:
 def test_pooled_positions_are_what_the_head_reads(name):
     """As in test_pooled_rows: a random vector added to one token of the last layer's output (a hook on the
     library's module) moves OpenCLIP's embedding only for the tokens the pooler reads."""
+    from test_pooled_rows import nudged  # here: test_pooled_rows may import this module's BUILDERS
+
     model, backend, _, _ = family(name)
     batch = backend.tokenize(TEXTS)
     delta = torch.randn(32, generator=torch.Generator().manual_seed(0))
