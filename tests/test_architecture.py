@@ -21,7 +21,8 @@ LAYERS = [
     ("comparison",),
     ("api",),
     ("metrics", "pairs"),
-    ("evaluation", "interactions"),
+    ("interactions",),  # word-region interactions: below evaluation, which measures them (grounding)
+    ("evaluation",),
     ("auditing", "serve"),
     ("cli",),
     ("m2ib", "__main__"),  # the package's namespace and `python -m m2ib`

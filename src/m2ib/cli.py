@@ -122,11 +122,13 @@ def _add_evaluate(sub) -> None:
                         "(mean and 95% CI per method and metric) and OUT/plots/*.png. Note: " + SAMPLES_NOTE + ".")
     ev.add_argument("--data", required=True, help="TSV/CSV of caption and image path (the M2IB reference's "
                     "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
-                    "phrase, x, y, w, h), shapes:SPLIT:N[:KIND] (e.g. shapes:test:200), or shapes-collage:SPLIT:N "
-                    "(2x2 collages; metric collage)")
+                    "phrase, x, y, w, h), shapes:SPLIT:N[:KIND] (e.g. shapes:test:200), shapes-collage:SPLIT:N "
+                    "(2x2 collages; metric collage), or shapes-two:SPLIT:N (two-object captions with per-object "
+                    "masks; metric grounding)")
     ev.add_argument("--methods", default="m2ib", metavar="NAME[,NAME...]|all",
                     help="methods to compare (default: m2ib); when resuming, some of the run's methods "
-                    "only, to finish those first")
+                    "only, to finish those first; word-region interaction methods "
+                    f"({', '.join(_interactions())}) are measured by --metrics grounding")
     ev.add_argument("--metrics", default="confidence,deletion,road,localisation", metavar="NAME[,NAME...]|all",
                     help=f"of {', '.join(METRIC_NAMES)} (default: confidence,deletion,road,localisation; "
                     "roar needs shapes data)")
@@ -153,7 +155,7 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=None, help="rows explained together by the batched path "
                     "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
     _add_ray(ev)
-    add_setting_flags(ev, REGISTRY)
+    add_setting_flags(ev, {**REGISTRY, **_interactions()})
     ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
                     help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
 

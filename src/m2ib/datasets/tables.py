@@ -15,6 +15,10 @@ Four sources, one :class:`Row` type:
   for i < N at the model's input size, captioned ``make_caption(scene, KIND)`` (KIND ``single``
   by default), with the exact mask of the named present objects and the character spans of
   their words.
+* ``shapes-two:SPLIT:N``: two-object scenes ``render_scene(split_seed(SPLIT, i), size,
+  n_objects=(2, 2))`` captioned "a C1 S1 and a C2 S2" (``make_caption(scene, "all")``), with
+  each object's phrase ("C1 S1") and its own exact mask (:attr:`Row.phrases`,
+  :attr:`Row.object_masks`): the rows of the ``grounding`` metric.
 
 Relative image paths are read from the table's folder. A line that cannot be parsed is
 counted in :attr:`Table.bad` with its reason, never raised; a missing or unreadable image is
@@ -47,6 +51,8 @@ class Row:
     boxes: tuple[BoxT, ...] = ()  # ground-truth boxes (x, y, w, h) in the original image's pixels
     mask: torch.Tensor | None = None  # ground-truth bool mask [H, W] at the model's input size
     relevant: tuple[tuple[int, int], ...] = ()  # character spans of the words that name what is shown
+    phrases: tuple[tuple[int, int], ...] = ()  # character spans of each object's phrase ("red circle")
+    object_masks: tuple[torch.Tensor, ...] = ()  # per phrase, its object's bool mask [H, W] (input size)
 
     @property
     def source(self) -> str:
@@ -58,7 +64,7 @@ class Table:
     """Rows to evaluate and the lines that could not be read."""
 
     spec: str
-    kind: str  # "pairs", "mscxr" or "shapes"
+    kind: str  # "pairs", "mscxr", "shapes", "collage" or "shapes-two"
     rows: list[Row]
     bad: list[dict[str, str]] = field(default_factory=list)  # {"row": id, "reason": ...}
     total: int = 0  # rows in the source before sampling
@@ -66,6 +72,7 @@ class Table:
 
 _SHAPES = re.compile(r"^shapes:(train|val|test):(\d+)(?::(single|subset|all|mixed))?$")
 _COLLAGE = re.compile(r"^shapes-collage:(train|val|test):(\d+)$")
+_TWO = re.compile(r"^shapes-two:(train|val|test):(\d+)$")
 
 
 def load_table(spec: str, *, size: int | None = None, samples: int | None = None, seed: int = 0) -> Table:
@@ -84,6 +91,13 @@ def load_table(spec: str, *, size: int | None = None, samples: int | None = None
             raise InputError("shapes-collage rows need the model's input size")
         match = _COLLAGE.match(spec.strip())
         table = _collage_table(spec.strip(), match.group(1), int(match.group(2)), size)
+    elif _TWO.match(spec.strip()):
+        if size is None:
+            raise InputError("shapes-two rows need the model's input size")
+        match = _TWO.match(spec.strip())
+        table = _two_object_table(spec.strip(), match.group(1), int(match.group(2)), size)
+    elif spec.startswith("shapes-two:"):
+        raise InputError(f"{spec!r}: use shapes-two:SPLIT:N, e.g. shapes-two:test:200")
     elif spec.startswith("shapes-collage:"):
         raise InputError(f"{spec!r}: use shapes-collage:SPLIT:N, e.g. shapes-collage:test:200")
     elif spec.startswith("shapes:"):
@@ -122,6 +136,36 @@ def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> Table:
         boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for obj in caption.objects)
         rows.append(Row(f"shapes:{split}:{i}", scene.image, caption.text, boxes, mask, spans))
     return Table(spec, "shapes", rows)
+
+
+def object_phrases(caption) -> list[tuple[tuple[int, int], int]]:
+    """A shapes caption's object phrases: ((start, end) from the colour word to the shape word,
+    object index), one per present object, in caption order."""
+    out, start = [], None
+    for span in caption.spans:
+        if span.role == "colour":
+            start = span.start
+        elif span.present:
+            out.append(((start, span.end), span.object_index))
+    return out
+
+
+def _two_object_table(spec: str, split: str, n: int, size: int) -> Table:
+    from .shapes import make_caption, render_scene, split_seed
+
+    if n <= 0:
+        raise InputError(f"{spec!r}: N must be positive")
+    rows = []
+    for i in range(n):
+        scene = render_scene(split_seed(split, i), size=size, n_objects=(2, 2))
+        caption = make_caption(scene, "all")
+        phrases = object_phrases(caption)
+        masks = tuple(scene.masks[obj].bool() for _, obj in phrases)
+        boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for _, obj in phrases)
+        spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
+        rows.append(Row(f"shapes-two:{split}:{i}", scene.image, caption.text, boxes, masks[0] | masks[1], spans,
+                        tuple(span for span, _ in phrases), masks))
+    return Table(spec, "shapes-two", rows)
 
 
 def _collage_table(spec: str, split: str, n: int, size: int) -> Table:

@@ -30,18 +30,20 @@ def reproducing(argv: list[str]) -> list[str]:
 
 def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[int, dict[str, dict[str, Any]]]:
     """(seed, settings by method) from the setting flags and ``--setting METHOD.NAME=VALUE``."""
-    from ..methods import REGISTRY, Settings
+    from ..methods import Settings
     from ..settings import fields_of, given_settings, parse_assignment, settings_per_method
+    from .phrases import make_settings, method_registry
 
-    given = given_settings(args, REGISTRY)
+    registry = method_registry()  # first-order and interaction methods
+    given = given_settings(args, registry)
     seed_field = next(f for f in fields_of(Settings) if f.name == "seed")
     seed = seed_field.parse(given.pop("seed", 0))  # the run's seed: rows drawn, and every method's
-    per_method = settings_per_method(methods, given, REGISTRY) if given else {}
+    per_method = settings_per_method(methods, given, registry) if given else {}
     for item in args.setting:
-        method, name, value = parse_assignment(item, methods, REGISTRY)
+        method, name, value = parse_assignment(item, methods, registry)
         per_method.setdefault(method, {})[name] = value
     for method, values in per_method.items():
-        REGISTRY[method]().make_settings(None, **values)  # bad values: one line, before the model loads
+        make_settings(None, method, values)  # bad values: one line, before the model loads
     if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
         print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     return seed, per_method
@@ -55,11 +57,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..api import load
     from ..datasets.tables import load_table
     from ..fileio import folder_lock
-    from ..methods.base import method_names
     from ..metrics import METRIC_NAMES
+    from ..metrics.base import metrics_in_order
+    from .phrases import check_phrase_metrics, evaluated_methods
     from .runner import MetricConfig, run_evaluation
 
-    methods = method_names(args.methods, "--methods")
+    methods = evaluated_methods(args.methods, "--methods")
     names = list(METRIC_NAMES) if args.metrics.strip() == "all" else \
         [m.strip() for m in args.metrics.split(",") if m.strip()]
     config = MetricConfig(names=tuple(dict.fromkeys(names)),
@@ -73,11 +76,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(config.names) - set(METRIC_NAMES))
     if unknown:
         raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")
+    check_phrase_metrics(methods, metrics_in_order(config.names))
     preflight.prepare_output_dir(args.out)
     with folder_lock(args.out, "m2ib evaluate"):  # a run already writing there is refused now, not after the load
         pass
     # A data file is read now; shapes rows are rendered at the model's size, after the load.
-    shapes = args.data.strip().startswith(("shapes:", "shapes-collage:"))
+    shapes = args.data.strip().startswith(("shapes:", "shapes-collage:", "shapes-two:"))
     table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
     backend = load(args.model, device=args.device)
     if table is None:

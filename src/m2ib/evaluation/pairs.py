@@ -19,10 +19,11 @@ from ..backends.base import Backend
 from ..datasets.tables import Row
 from ..errors import InputError
 from ..inputs import load_image
-from ..metrics.base import Measured, MethodRun, Metric, PairBatch, metrics_in_order, number
+from ..metrics.base import PHRASES, Measured, MethodRun, Metric, PairBatch, metrics_in_order, number
 from ..metrics.common import pair_seed
 from ..metrics.config import MetricConfig, as_config
 from ..metrics.localisation import ground_truth_mask
+from .phrases import first_order_phrase_maps, interaction_records, is_interaction, measure_phrases
 
 
 def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
@@ -96,15 +97,21 @@ def read_batch(backend: Backend, rows: Sequence[Row], config: MetricConfig, seed
 
 def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str, Any]] | None,
                     measured: Sequence[Metric]) -> list[dict[str, Any]]:
-    """One method's records for the batch: explain once, then each metric on each side it explains."""
+    """One method's records for the batch: explain once, then each metric on each side it explains
+    (and, for a phrase-side metric, each row's phrases explained alone: :mod:`.phrases`)."""
     from ..methods import get_method
 
+    if is_interaction(method):
+        return interaction_records(batch, method, settings, measured)
     algorithm = get_method(method)
     sides = [m for m in ("image", "text") if m in algorithm.modalities]
     own = {"seed": int(batch.seed), **((settings or {}).get(method) or {})}
     chosen = algorithm.make_settings(batch.backend, **own)
     start = time.perf_counter()
     exps = algorithm.explain(batch.backend, batch.images, batch.texts, chosen, sides)
+    phrase_maps = None
+    if "image" in sides and any(PHRASES in m.sides for m in measured):
+        phrase_maps = first_order_phrase_maps(batch, algorithm, chosen)
     explained = time.perf_counter()
     run = MethodRun(method, own, exps)
     total = Measured.empty(len(batch))
@@ -116,6 +123,8 @@ def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str,
                 for i in range(len(batch)):
                     total.values[i].update(part.values[i])
                     total.curves[i].update(part.curves[i])
+    if phrase_maps is not None:
+        measure_phrases(batch, run, phrase_maps, measured, total)
     n = len(batch)
     seconds = {"explain": round((explained - start) / n, 4), "metrics": round((time.perf_counter() - explained) / n, 4)}
     return [{"kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,

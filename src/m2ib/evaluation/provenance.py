@@ -36,14 +36,11 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 def resolved_settings(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str, Any]] | None,
                       seed: int) -> dict[str, dict[str, Any]]:
-    """Every setting each method runs with (defaults, the model's recommended, overrides, layers resolved)."""
-    from ..methods import get_method
+    """Every setting each method runs with (defaults, the model's recommended, overrides, layers resolved;
+    interaction methods too)."""
+    from .phrases import resolved_settings as resolved
 
-    out = {}
-    for method in methods:
-        algorithm = get_method(method)
-        chosen = algorithm.make_settings(backend, **{"seed": int(seed), **((settings or {}).get(method) or {})})
-        out[method] = algorithm.resolved(backend, chosen).as_dict()
+    out = {m: resolved(backend, m, {"seed": int(seed), **((settings or {}).get(m) or {})}) for m in methods}
     return json.loads(json.dumps(out, default=str))
 
 

@@ -36,6 +36,7 @@ from ..metrics.config import DEFAULT_METRICS, MetricConfig, as_config
 from ..metrics.localisation import ground_truth_mask, relevant_tokens
 from ..metrics.roar import ROAR_MAPS
 from .pairs import evaluate_pair, evaluate_rows
+from .phrases import check_phrase_metrics
 from .provenance import FORMAT, SAME_RUN, provenance, resolved_settings, weights_hash
 from .store import PARTS, RESULTS, ResultsWriter, open_run, part_name, read_results, read_run, record_key, write_part
 
@@ -160,6 +161,9 @@ def plan_run(backend: Backend, table: Table, methods: Sequence[str], metrics: Se
     """Open (or resume) the run in ``out`` and list what is left: the first step of both schedulers."""
     config = as_config(metrics)
     methods = list(dict.fromkeys(methods))
+    check_phrase_metrics(methods, metrics_in_order(config.names))
+    for metric in metrics_in_order(config.names):
+        metric.check_rows(table.rows, table.spec)  # e.g. grounding without per-object masks: one line
     out = Path(out)
     header, records = open_run(backend, table, methods, config, settings, seed, out, command)
     todo = pending(table, methods, records)

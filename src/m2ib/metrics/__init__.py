@@ -13,6 +13,9 @@ metric (name)           per-pair values (keys in results files)                 
 ``localisation``        ``image_pointing``, ``image_energy``, ``image_iou``,        higher
                         ``text_pointing`` (shapes rows)
 ``sanity``              ``{side}_sanity_spearman`` (mean abs), ``image_sanity_ssim`` lower
+``collage``             ``collage_mass``, ``collage_max`` (shapes-collage rows)     higher
+``grounding``           ``phrase_pointing``, ``right_object_share`` (phrase maps    higher
+                        of shapes-two rows; interaction methods too)
 ``roar`` (whole run)    accuracy of a model retrained on degraded images            lower
 ======================  =========================================================  ===========
 
@@ -28,7 +31,7 @@ registry's order: the order of ``--metrics all``, of the values in a record and 
 
 from typing import Any
 
-from .base import CONTROL, Key, Measured, MethodRun, Metric, PairBatch, RunContext, Table, direction, get_metric
+from .base import CONTROL, PHRASES, Key, Measured, MethodRun, Metric, PairBatch, RunContext, Table, direction, get_metric
 from .base import metric_names, register, summary_tables
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
@@ -36,6 +39,7 @@ from .road import linear_impute, road
 from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
 from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
+from .grounding import Grounding  # noqa: F401 (registers phrase grounding on two-object captions)
 from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
 from .config import DEFAULT_METRICS, MetricConfig, as_config
 
@@ -49,5 +53,5 @@ def __getattr__(name: str) -> Any:
 __all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "perturb_image", "deletion_insertion",
            "gaussian_blur", "road", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
            "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
-           "Metric", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
+           "Metric", "PHRASES", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
            "get_metric", "metric_names", "summary_tables", "MetricConfig", "DEFAULT_METRICS", "as_config"]

@@ -2,7 +2,8 @@
 
 A :class:`Metric` says what it records (:class:`Key`: name and which way is better), how the
 summary shows it (:class:`Table`), what it needs from the data (:data:`NEEDS`) and how it
-measures. Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one
+measures. A metric's ``sides`` are ``"image"`` and/or ``"text"`` (each method's map of that side
+of the pair) or :data:`PHRASES` (the image maps of each row's object phrases, see there). Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one
 method's maps of one side of a batch of pairs; whole-run metrics (ROAR+) implement
 :meth:`Metric.measure_run`, which runs once after every pair is done. The evaluation loop,
 the summary tables and arrows, the plots and ``METRIC_NAMES`` all read this registry.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 
-from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..backends.base import Backend, ImageBatch, TextBatch
 from ..errors import InputError
 
 if TYPE_CHECKING:  # only for hints: metrics never import the evaluation layer at run time
@@ -30,6 +31,12 @@ Better = Literal["lower", "higher"]
 #: What a metric may ask of a batch before it is measured: ``"masks"``, the rows' ground-truth
 #: masks at the model's input size (from their own mask or boxes; None for a row with neither).
 NEEDS = frozenset({"masks"})
+#: The side of a metric that measures phrase maps: for each row with object phrases
+#: (:attr:`~m2ib.datasets.tables.Row.phrases`), one image map per phrase, stacked [P, H, W] (None
+#: for a row without phrases). An interaction method gives its maps of the phrases' character
+#: spans; a first-order method, its image map of each phrase explained alone (the baseline).
+#: Interaction methods have this side only.
+PHRASES = "phrases"
 #: The method name of a random-ranking control that a metric may measure besides the real methods
 #: (ROAR+ does); reports draw it grey and dashed, last.
 CONTROL = "random"
@@ -152,7 +159,7 @@ class Metric(ABC):
 
     name: ClassVar[str]  # registry key, ``--metrics`` choice
     title: ClassVar[str]  # display name
-    sides: ClassVar[tuple[Modality, ...]] = ("image", "text")  # the sides it can measure
+    sides: ClassVar[tuple[str, ...]] = ("image", "text")  # the sides it can measure (Modality or PHRASES)
     keys: ClassVar[tuple[Key, ...]] = ()  # every per-pair value it records
     tables: ClassVar[tuple[Table, ...] | None] = None  # summary tables; None: one titled ``title``, every key
     needs: ClassVar[frozenset[str]] = frozenset()  # of NEEDS
@@ -167,12 +174,17 @@ class Metric(ABC):
         """Raise :class:`~m2ib.errors.InputError` when this metric's options in ``config`` are bad."""
 
     @classmethod
+    def check_rows(cls, rows: Sequence[Row], data: str) -> None:
+        """Raise :class:`~m2ib.errors.InputError` when the rows of ``data`` lack what this metric measures."""
+
+    @classmethod
     def provenance(cls, config: MetricConfig) -> dict[str, Any]:
         """Entries this metric adds to the provenance record's ``"metrics"``."""
         return {}
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
-        """Per-pair values of ``run``'s ``side`` maps ([N, H, W] image maps or a list of [T_i] text maps)."""
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        """Per-pair values of ``run``'s ``side`` maps ([N, H, W] image maps, a list of [T_i] text maps, or
+        for :data:`PHRASES` a list of [P_i, H, W] phrase maps or None)."""
         raise NotImplementedError(f"metric {self.name!r} is not measured pair by pair")
 
     def measure_run(self, context: RunContext) -> None:

@@ -11,17 +11,26 @@ Per phrase, higher is better:
 
 A pair's value is the mean over its two phrases. These are functions of maps and masks; the
 interaction methods and the two-object shapes pairs meet in :func:`grounding_scores`.
+
+In ``m2ib evaluate`` the metric is ``grounding`` (``--metrics grounding``) on rows with object
+phrases and masks (``--data shapes-two:SPLIT:N``): it measures the :data:`~m2ib.metrics.base.PHRASES`
+side, which every interaction method in ``--methods`` gives (its span maps) and every first-order
+method too (its map of each phrase explained alone: the baseline to beat).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from ..datasets.tables import Row, object_phrases
+from ..errors import InputError
+from .base import PHRASES, Key, Measured, MethodRun, Metric, PairBatch, number, register
 from .localisation import pointing_hit
 
-__all__ = ["phrase_pointing", "right_object_share", "grounding_scores", "two_object_phrases"]
+__all__ = ["phrase_pointing", "right_object_share", "grounding_scores", "two_object_phrases", "Grounding"]
 
 
 def phrase_pointing(phrase_map: torch.Tensor, own: torch.Tensor) -> float:
@@ -49,10 +58,41 @@ def grounding_scores(maps: torch.Tensor, masks: Sequence[torch.Tensor]) -> dict[
 def two_object_phrases(caption) -> list[tuple[tuple[int, int], int]]:
     """A shapes :class:`~m2ib.datasets.shapes.Caption`'s phrases: ((start, end) from the colour word
     to the shape word, object index), one per present object, in caption order."""
-    out, start = [], None
-    for span in caption.spans:
-        if span.role == "colour":
-            start = span.start
-        elif span.present:
-            out.append(((start, span.end), span.object_index))
-    return out
+    return object_phrases(caption)
+
+
+def grounded(row: Row) -> bool:
+    """Whether a row has two object phrases, each with its object's mask."""
+    return len(row.phrases) == 2 and len(row.object_masks) == 2
+
+
+@register
+class Grounding(Metric):
+    """Phrase maps of two-object rows: is each phrase's maximum on its object, and how much of the
+    two objects' positive mass is on the right one."""
+
+    name = "grounding"
+    title = "Phrase grounding on two-object captions (maximum on the phrase's object / its share of the mass)"
+    sides = (PHRASES,)
+    keys = (Key("phrase_pointing", "higher"), Key("right_object_share", "higher"))
+
+    @classmethod
+    def check_rows(cls, rows: Sequence[Row], data: str) -> None:
+        if not any(grounded(row) for row in rows):
+            raise InputError(f"--metrics grounding needs rows with two object phrases and per-object masks; "
+                             f"{data!r} has none: use --data shapes-two:SPLIT:N (e.g. shapes-two:test:200)")
+
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        out = Measured.empty(len(batch))
+        if side != PHRASES:
+            return out
+        for i, row in enumerate(batch.rows):
+            if maps[i] is None or not grounded(row):
+                continue
+            size = tuple(maps[i].shape[-2:])
+            if any(tuple(m.shape) != size for m in row.object_masks):
+                raise InputError(f"row {row.id}: object masks {tuple(row.object_masks[0].shape)} do not match "
+                                 f"the maps {size} (the model's input size)")
+            for key, value in grounding_scores(maps[i], row.object_masks).items():
+                out.values[i][key] = number(value)
+        return out
