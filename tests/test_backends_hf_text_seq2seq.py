@@ -274,3 +274,19 @@ def test_recorded_attention_is_the_bias_and_mask_softmax(pictures):
     assert probs.transpose(1, 3)[padding].abs().max() == 0
     unbiased = (records[0].query @ records[0].key.transpose(-1, -2)).masked_fill(padding[:, None, None], -1e9)
     assert (unbiased.softmax(-1) - probs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["hf-mt5-mean-mlp", "hf-nllb-cls-linear"])
+def test_exclip_completeness(name):
+    """exCLIP (as tests/test_interactions_families.py checks it): the matrix and what it leaves out sum to the
+    similarity difference of the input and the references."""
+    from PIL import Image
+
+    from m2ib.interactions import interact
+
+    _, backend, _, _ = family(name)
+    result = interact(backend, Image.new("RGB", (64, 64), (200, 40, 40)), "a red circle", steps=48)
+    assert result.matrix.shape[0] == len(result.tokens) == len(backend.tokenize(["a red circle"]).tokens[0])
+    assert result.info["sum"] == pytest.approx(result.info["expected_sum"], rel=0.03, abs=1e-4)
+    shown = float(result.matrix.sum()) + result.info["image_prefix_sum"] + result.info["text_padding_sum"]
+    assert shown == pytest.approx(result.info["sum"], rel=1e-4, abs=1e-6)
