@@ -14,14 +14,16 @@ and the last-block shortcut included); both end in a norm before the pooler.
 
 The head is the last norm, OpenCLIP's pooler and ``proj``, as in ``HFTextEncoder.forward``.
 ``cls_pooler`` reads position 0 (these encoders return no pooler output; NLLB's position 0 is the
-language code token); ``mean_pooler`` reads every real token. Also here: which OpenCLIP poolers
-m2ib runs (:func:`openclip_pooler`), shared with the BERT-layout towers.
+language code token); ``mean_pooler`` reads every real token. The libraries clamp activations near
+the float16 limit in float16 models only; that clamp is not repeated here. Also here: which OpenCLIP
+poolers m2ib runs (:func:`openclip_pooler`), shared with the BERT-layout towers.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
 import torch
 
 from ..errors import InputError
