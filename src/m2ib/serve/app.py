@@ -18,7 +18,8 @@ from ..errors import M2IBError
 from .callbacks import COMPARE_ALL, explain_pair, registered_methods
 from .controls import setting_control, setting_specs
 from .environment import accepted, import_gradio
-from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_UPLOAD_MB
+from .interaction_tab import interaction_tab
+from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_UPLOAD_MB, prune
 from .render import ELEM, tokens_html
 from .scenes import example_scenes
 
@@ -79,11 +80,16 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
             f"# m2ib viewer\nWhich image regions and which words make **{html.escape(backend.name)}** match an "
             f"image with a text. Upload an image (or click an example scene), type a text, press **Explain**.",
             elem_id=f"{ELEM}-title")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=320):
-                inputs = _input_column(gr, methods, specs, example_scenes(workdir))
-            with gr.Column(scale=6, min_width=420):
-                outputs = _output_column(gr, backend)
+        with gr.Tabs(elem_id=f"{ELEM}-tabs"):
+            with gr.Tab("Explain", id="explain", elem_id=f"{ELEM}-tab-explain"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=320):
+                        inputs = _input_column(gr, methods, specs, example_scenes(workdir))
+                    with gr.Column(scale=6, min_width=420):
+                        outputs = _output_column(gr, backend)
+            with gr.Tab("Word-region interactions", id="interactions", elem_id=f"{ELEM}-tab-interactions"):
+                tab = interaction_tab(gr, backend, workdir / "runs", limits, example_scenes(workdir, both=True),
+                                      lambda message: _page_error(gr, message))
         gr.Markdown(f"Model **{html.escape(backend.name)}** on {getattr(backend, 'device', 'cpu')} · runs on this "
                     "machine: no analytics, no hub access, one explanation at a time · M2IB: [Wang, Rudner and "
                     "Wilson, NeurIPS 2023](https://arxiv.org/abs/2312.17174)", elem_id=f"{ELEM}-footer")
@@ -102,6 +108,8 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
     demo.m2ib_backend = backend  # for callers and tests: the loaded model
     demo.m2ib_setting_keys = keys
     demo.m2ib_setting_groups = {name: f"{ELEM}-settings-{name}" for name in methods}
+    demo.m2ib_interaction_keys = tab["keys"]
+    demo.m2ib_interaction_groups = tab["groups"]
     return demo
 
 
@@ -162,7 +170,7 @@ def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
         for (owner, field_name), value in zip(keys, values):
             by_method.setdefault(owner, {})[field_name] = value
         settings = by_method if method_name == COMPARE_ALL else by_method.get(method_name, {})
-        _prune(runs, KEEP_OUTPUTS_S)
+        prune(runs, KEEP_OUTPUTS_S)
         started = time.perf_counter()
         try:
             with lock:
@@ -229,21 +237,6 @@ def _page_error(gr, message: str):
         return gr.Error(message, **kwargs)
     except TypeError:
         return gr.Error(message)
-
-
-def _prune(folder: Path, older_than_s: float) -> None:
-    """Delete the request folders in ``folder`` older than ``older_than_s``."""
-    now = time.time()
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            if now - entry.stat().st_mtime > older_than_s:
-                shutil.rmtree(entry, ignore_errors=True)
-        except OSError:
-            continue
 
 
 def _remove_at_exit(folder: str | os.PathLike) -> None:

@@ -76,7 +76,12 @@ def clean_settings(method: str, settings: Mapping[str, Any] | None) -> dict[str,
     """
     from ..methods import REGISTRY
 
-    fields = {f.name: f for f in fields_of(REGISTRY[method].Settings)}
+    return clean_values(REGISTRY[method].Settings, settings)
+
+
+def clean_values(settings_class: type, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`clean_settings` for any settings dataclass (the interaction methods' too)."""
+    fields = {f.name: f for f in fields_of(settings_class)}
     out = {}
     for name, value in (settings or {}).items():
         field = fields.get(name)

@@ -84,3 +84,21 @@ def check_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
         raise InputError(f"the text has {len(text)} characters; the limit is {max_chars} (CLIP-style models "
                          "read a few dozen words)")
     return text.strip()
+
+
+def prune(folder: Path, older_than_s: float) -> None:
+    """Delete the request folders in ``folder`` older than ``older_than_s``."""
+    import shutil
+    import time
+
+    now = time.time()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if now - entry.stat().st_mtime > older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue

@@ -50,3 +50,32 @@ def tokens_html(tokens: Sequence[str], scores: Sequence[float] | None, special: 
     legend = (f'<div class="{ELEM}-legend" style="margin-top:6px;font-size:0.75em;color:#777">'
               'shading: score over the words (start/end tokens excluded), 0 white to 1 red</div>')
     return f'<div id="{ELEM}-tokens-list" class="{ELEM}-tokens" style="line-height:1.2">{"".join(chips)}</div>' + legend
+
+
+_POSITIVE, _NEGATIVE = (217, 33, 33), (38, 89, 230)  # red and blue, as the interaction figures
+
+
+def signed_tokens_html(words: Sequence[str], scores: Sequence[float], note: str = "") -> str:
+    """Words as chips with their signed scores: red for positive, blue for negative, shaded by
+    |score| over the largest |score|, each with a bar of that length and the number itself."""
+    if not words:
+        return (f'<div id="{ELEM}-ix-scores-list" class="{ELEM}-none" style="opacity:0.7;font-style:italic;'
+                f'padding:8px 2px">{html.escape(note or "no scores yet")}</div>')
+    scale = max((abs(float(s)) for s in scores), default=0.0) or 1.0
+    chips = []
+    for i, (word, score) in enumerate(zip(words, scores)):
+        level = float(score) / scale
+        hue = _POSITIVE if level >= 0 else _NEGATIVE
+        a = _MAX_ALPHA * abs(level)
+        r, g, b = (round(255 - (255 - c) * a) for c in hue)
+        chips.append(
+            f'<span class="{ELEM}-ix-tok" data-index="{i}" data-score="{float(score):.6g}" '
+            f'style="display:inline-flex;flex-direction:column;align-items:stretch;margin:3px 2px;'
+            f'padding:3px 7px 3px;border-radius:5px;border:1px solid #c8c8c8;background:rgb({r},{g},{b});'
+            f'color:#1a1a1a;line-height:1.25;min-width:3.2em">'
+            f'<span class="{ELEM}-word" style="font-size:1.1em;text-align:center">{html.escape(str(word))}</span>'
+            f'<span class="{ELEM}-score" style="font-size:0.72em;color:#333;text-align:center">{float(score):+.2e}'
+            f'</span><span style="display:block;height:3px;margin-top:2px;width:{100 * abs(level):.0f}%;'
+            f'background:rgb{hue}"></span></span>')
+    legend = f'<div class="{ELEM}-legend" style="margin-top:6px;font-size:0.75em;color:#777">{html.escape(note)}</div>'
+    return f'<div id="{ELEM}-ix-scores-list" style="line-height:1.2">{"".join(chips)}</div>' + legend
