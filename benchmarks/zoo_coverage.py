@@ -45,6 +45,10 @@ WIDTH, DEPTH, HEADS, IMAGE = 32, 2, 2, 64
 TIMM_SIZES = (dict(img_size=IMAGE, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS),  # ViT-like trunks
               dict(img_size=IMAGE, depth=DEPTH),  # ViT-like trunks whose width is their stem's (ViTamin)
               dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64)),  # ConvNeXt-like trunks
+              # FastViT (MobileCLIP): one block per stage, the stage count kept (a 4-stage trunk fails on
+              # the 5-stage sizes with an IndexError, so it never builds with a stage dropped or added)
+              dict(layers=(1, 1, 1, 1, 1), embed_dims=(32, 32, 32, 64, 64)),  # widths its grouped convs divide
+              dict(layers=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64)),
               {})  # anything else: its own sizes
 TEXTS = ["a red circle", "a photo of a cat and a dog"]
 
@@ -181,7 +185,7 @@ def build(oc, name: str, cfg: dict) -> torch.nn.Module:
                 warnings.simplefilter("ignore")
                 torch.manual_seed(0)
                 return oc.create_model(name, pretrained=None, **kwargs).eval()
-        except (TypeError, AssertionError, ValueError) as exc:  # this trunk takes other sizes: try the next set
+        except (TypeError, AssertionError, ValueError, IndexError) as exc:  # this trunk takes other sizes: the next set
             error = exc
     raise error
 

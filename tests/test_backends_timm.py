@@ -55,6 +55,8 @@ VARIANTS = {
 # convolutional trunks as stages (their own size arguments; a 64-pixel input)
 STAGED = {
     "timm-convnext-stages": ("convnext_tiny", "", "linear", {"depths": (1, 1, 1, 1), "dims": (16, 24, 32, 48)}),
+    # MobileCLIP-S1's trunk (RepMixer stages, an attention stage with a conditional position encoding)
+    "timm-fastvit-stages": ("fastvit_mci1", "avg", None, {"layers": (1, 1, 1, 1), "embed_dims": (32, 32, 64, 64)}),
 }
 
 
@@ -141,6 +143,22 @@ def test_staged_trunks_grids_come_from_the_model(name, pictures):
     assert tuple(exp.image_grid.shape) == expected[2] and exp.image_map.shape == (64, 64)
 
 
+def test_an_overflowing_fit_fails_on_one_line_and_never_returns_a_nan_map(pictures):
+    """A FastViT trunk with weights 8x unit scale (as the zoo's full-size random copies had) gives
+    embeddings of about 1e28: finite, but M2IB's KL overflows. The explanation must then fail with
+    the one-line 'diverged' error, not come back as a NaN (or silently zero) map."""
+    model, backend, image_fn, _ = build_timm("timm-fastvit-stages")
+    with torch.no_grad():
+        for param in model.visual.trunk.parameters():
+            if param.dim() > 1:
+                param.mul_(8)
+        pixels = backend.preprocess_images(pictures[:1]).pixel_values
+        assert torch.isfinite(image_fn(pixels)).all() and image_fn(pixels).abs().max() > 1e20
+    with pytest.raises(InputError, match="image fit diverged") as info:
+        m2ib.explain(backend, pictures[0], "a red circle", method="m2ib", steps=2, samples=2, modalities=("image",))
+    assert "\n" not in str(info.value)
+
+
 def test_unsupported_trunks_say_why_on_one_line():
     need_open_clip()
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -183,7 +201,7 @@ def _registered_methods() -> list[str]:
 
 @pytest.mark.parametrize("method", _registered_methods())
 @pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers", "timm-eva02-rope-token",
-                                  "timm-convnext-stages"])
+                                  "timm-convnext-stages", "timm-fastvit-stages"])
 def test_explain_runs_every_registered_method(name, method, pictures):
     from m2ib.methods import REGISTRY
 
