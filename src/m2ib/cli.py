@@ -85,7 +85,7 @@ def _add_explain(sub) -> None:
     ex.add_argument("--method", default="m2ib", metavar="NAME[,NAME...]|all",
                     help=f"attribution method: one of {', '.join(REGISTRY)}; a comma list or 'all' writes one "
                     "comparison figure per pair with a row per method (default: m2ib); or one word-region "
-                    f"interaction method for one pair: {', '.join(_interactions())}")
+                    f"interaction method: {', '.join(_interactions())}")
     ex.add_argument("--modalities", default=None, help="sides to explain: image,text | image | text (default: "
                     "every side the method can explain)")
     ex.add_argument("--negative", action="append", default=[], metavar="TEXT",
@@ -239,8 +239,8 @@ def _explain(args: argparse.Namespace) -> int:
         from .interactions.command import explain_interaction
         from .methods import REGISTRY
 
-        print(*explain_interaction(args, {**REGISTRY, **_interactions()}), sep="\n")
-        return 0
+        outcome, total = explain_interaction(args, {**REGISTRY, **_interactions()})
+        return _explained(outcome, total, args.out)
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods = method_names(args.method)
     settings = _method_settings(methods, args)
@@ -266,14 +266,19 @@ def _explain(args: argparse.Namespace) -> int:
                    figure=not args.no_figure, overwrite=args.overwrite, batch_size=args.batch_size)
     preflight.prepare_output_dir(args.out)
     outcome = explain_pairs(load(args.model, device=args.device), pairs, stems, job)
+    return _explained(outcome, len(pairs), args.out)
+
+
+def _explained(outcome: Any, total: int, out: Path) -> int:
+    """Print what ``explain`` wrote (one pair: its paths) and skipped; 2 when any row failed."""
     if outcome.already_done:
-        print(f"m2ib: {outcome.already_done} pair(s) already in {args.out}, skipped (--overwrite to redo)",
+        print(f"m2ib: {outcome.already_done} pair(s) already in {out}, skipped (--overwrite to redo)",
               file=sys.stderr)
-    if len(pairs) == 1:
+    if total == 1:
         for paths in outcome.written:
             print(*paths.values(), sep="\n")
     if outcome.failed:
-        print(f"m2ib: {outcome.failed} of {len(pairs)} pair(s) failed (see above)", file=sys.stderr)
+        print(f"m2ib: {outcome.failed} of {total} pair(s) failed (see above)", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
