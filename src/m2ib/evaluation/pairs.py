@@ -23,7 +23,7 @@ from ..metrics.base import PHRASES, Measured, MethodRun, Metric, PairBatch, metr
 from ..metrics.common import pair_seed
 from ..metrics.config import MetricConfig, as_config
 from ..metrics.localisation import ground_truth_mask
-from .phrases import first_order_phrase_maps, interaction_records, is_interaction, measure_phrases
+from .phrases import first_order_phrase_maps, interaction_records, is_interaction, measure_phrases, pair_similarities
 
 
 def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
@@ -105,13 +105,15 @@ def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str,
         return interaction_records(batch, method, settings, measured)
     algorithm = get_method(method)
     sides = [m for m in ("image", "text") if m in algorithm.modalities]
+    phrases = "image" in sides and any(PHRASES in m.sides for m in measured)
+    if phrases and all(set(m.sides) == {PHRASES} for m in measured):
+        sides = []  # phrase-side metrics only: the whole caption's maps would not be read
     own = {"seed": int(batch.seed), **((settings or {}).get(method) or {})}
     chosen = algorithm.make_settings(batch.backend, **own)
     start = time.perf_counter()
-    exps = algorithm.explain(batch.backend, batch.images, batch.texts, chosen, sides)
-    phrase_maps = None
-    if "image" in sides and any(PHRASES in m.sides for m in measured):
-        phrase_maps = first_order_phrase_maps(batch, algorithm, chosen)
+    exps = algorithm.explain(batch.backend, batch.images, batch.texts, chosen, sides) if sides else []
+    phrase_maps = first_order_phrase_maps(batch, algorithm, chosen) if phrases else None
+    scores = [e.similarity for e in exps] if exps else pair_similarities(batch)
     explained = time.perf_counter()
     run = MethodRun(method, own, exps)
     total = Measured.empty(len(batch))
@@ -128,5 +130,5 @@ def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str,
     n = len(batch)
     seconds = {"explain": round((explained - start) / n, 4), "metrics": round((time.perf_counter() - explained) / n, 4)}
     return [{"kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,
-             "similarity": number(exps[i].similarity), "metrics": total.values[i], "curves": total.curves[i],
+             "similarity": number(scores[i]), "metrics": total.values[i], "curves": total.curves[i],
              "seconds": seconds} for i, row in enumerate(batch.rows)]

@@ -79,6 +79,14 @@ def check_phrase_metrics(methods: Sequence[str], measured: Sequence[Metric]) -> 
                          "only (with --data shapes-two:SPLIT:N); add it or drop the method")
 
 
+def pair_similarities(batch: PairBatch) -> list[float]:
+    """Each pair's cosine similarity (for records of methods that explain phrases only)."""
+    with torch.no_grad():
+        a = torch.nn.functional.normalize(batch.backend.embed("image", batch.images).float(), dim=-1)
+        b = torch.nn.functional.normalize(batch.backend.embed("text", batch.texts).float(), dim=-1)
+    return (a * b).sum(-1).tolist()
+
+
 def first_order_phrase_maps(batch: PairBatch, algorithm: Any, chosen: Any) -> list[torch.Tensor | None]:
     """Per row, [P, H, W] raw image maps of its P phrases each explained alone (None: no phrases);
     all the batch's phrases in one batched call."""
