@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
 
 import m2ib
-from m2ib.errors import InputError
+from m2ib.errors import InputError, ModelNotAvailableError
 from m2ib.inputs import load_image
 from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL_TIMM = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
 
 
@@ -233,12 +236,101 @@ def test_cascade_parts_run_from_the_head_down(name):
     assert parts[1][1] == [model.visual.trunk.blocks[-1]]
 
 
-def test_hugging_face_tokenizers_fail_fast_offline_on_one_line():
-    """OpenCLIP's SigLIP configs name a hub tokenizer: refused before open_clip reaches for the hub."""
+# --- SigLIP / SigLIP 2 configs by name: their Hugging Face tokenizer ---------------------------------
+SIGLIP2 = "timm/ViT-B-16-SigLIP2"
+WORDS = ["a", "red", "circle", "photo", "of", "cat", "and", "dog", "on", "green", "tree", "star"]
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache (the developer's own is never read), the hub switched off; the
+    fixture returns a function that puts a small WordPiece tokenizer in the cache under a repo id."""
+    import huggingface_hub.constants as constants
+    from transformers import BertTokenizerFast
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def put(repo: str):
+        vocab = tmp_path / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+        folder = cache / f"models--{repo.replace('/', '--')}"
+        commit = "0" * 40
+        BertTokenizerFast(str(vocab)).save_pretrained(folder / "snapshots" / commit)
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text(commit)
+        return folder / "snapshots" / commit
+
+    return put
+
+
+def build_siglip2_small():
+    """ViT-B-16-SigLIP2's config (MAP head, bidirectional 'last'-pooled text tower with a biased
+    projection), small: a 32-wide trunk and text tower, a 64-id vocabulary."""
+    oc = need_open_clip()
+    cfg = oc.get_model_config("ViT-B-16-SigLIP2")
+    vision = {**cfg["vision_cfg"], "image_size": 32}
+    text = {**cfg["text_cfg"], "width": 32, "heads": 2, "layers": 2, "vocab_size": 64}
+    with scaled_timm(**SMALL_TIMM):
+        model = _seeded(0, lambda: oc.create_model("ViT-B-16-SigLIP2", pretrained=None, embed_dim=32,
+                                                   vision_cfg=vision, text_cfg=text).eval())
+    spread_weights(model)
+    return model
+
+
+def test_a_cached_hugging_face_tokenizer_is_the_real_one(hub_cache, pictures, capsys):
+    """Cached, the config's tokenizer is read (no stand-in, nothing on stderr) and wrapped as
+    open_clip.get_tokenizer wraps it: same ids; the split forward on its tokens equals encode_text."""
+    oc = need_open_clip()
+    from open_clip.tokenizer import HFTokenizer
+
+    from m2ib.backends.openclip_tokens import hub_tokenizer
+
+    local = hub_cache(SIGLIP2)
+    cfg = oc.get_model_config("ViT-B-16-SigLIP2")
+    tok = hub_tokenizer(oc, "ViT-B-16-SigLIP2", cfg["text_cfg"], True, "open_clip:ViT-B-16-SigLIP2@random")
+    assert isinstance(tok, HFTokenizer) and capsys.readouterr().err == ""
+    own = HFTokenizer(str(local), context_length=64, clean="canonicalize")
+    assert torch.equal(tok(TEXTS, context_length=64), own(TEXTS))
+    model = build_siglip2_small()
+    backend = m2ib.load(model, tokenizer=tok)
+    batch = backend.tokenize(TEXTS)
+    assert batch.input_ids.shape == (3, 64) and batch.tokens[0] == ("[CLS]", "a", "red", "circle", "[SEP]")
+    assert_split_parity(backend, model.encode_image, lambda b: model.encode_text(own(list(b.texts))), pictures)
+    exp = m2ib.explain(backend, pictures[0], TEXTS[0], method="m2ib", steps=2, samples=2)
+    assert exp.tokens == ["[CLS]", "a", "red", "circle", "[SEP]"] and torch.isfinite(exp.text_map).all()
+
+
+def test_named_weights_with_an_uncached_tokenizer_fail_fast_on_one_line(hub_cache):
     import time
 
     need_open_clip()
     start = time.monotonic()
-    with pytest.raises(InputError, match="Hugging Face tokenizer timm/ViT-B-16-SigLIP2") as info:
-        m2ib.load("open_clip:ViT-B-16-SigLIP2@random")
+    with pytest.raises(ModelNotAvailableError, match=f"hf download {SIGLIP2}") as info:
+        m2ib.load("open_clip:ViT-B-16-SigLIP2@webli")
     assert time.monotonic() - start < 10 and "\n" not in str(info.value)
+    # a 32000-id SigLIP text tower cannot read CLIP's ids: no stand-in even for random weights
+    with pytest.raises(ModelNotAvailableError, match="no stand-in") as info:
+        m2ib.load("open_clip:ViT-B-16-SigLIP@random")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_readme_siglip2_random_command_runs_offline_with_an_announced_stand_in(hub_cache, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The README command, full size, through the CLI: offline with nothing cached, CLIP's BPE
+    tokenizer stands in, said on exactly one stderr line, and the explanation is written."""
+    from m2ib.cli import main
+
+    need_open_clip()
+    command = ('m2ib explain examples/scene1.png "a yellow star" --model open_clip:ViT-B-16-SigLIP2@random '
+               '--steps 2 --samples 2')
+    argv = [*shlex.split(command)[1:], "--out", str(tmp_path / "out")]
+    monkeypatch.chdir(ROOT)
+    assert main(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    stand_in = [line for line in err if "stands in" in line]
+    assert len(stand_in) == 1 and "timm/ViT-B-16-SigLIP2 is not cached" in stand_in[0], err
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".json", ".npz", ".png"]

@@ -37,6 +37,7 @@ from .coca import CLS_ID, CLS_TOKEN, CoCaTextTower, class_token_layout
 from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .tokens import protect_specials, readable_tokens, word_ids
 from .openai_towers import OpenAITextTower, OpenAIViTTower
+from .openclip_tokens import hf_library_ids, hf_text_batch, hub_tokenizer, transformers_tokenizer
 from .registry import Family, module_names, register
 from .resnet_clip import ResNetTower, is_modified_resnet
 from .timm_stages import TimmStagesTower, is_timm_staged
@@ -173,10 +174,24 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
             self.preprocessing = preprocessing_of(model)
         if self.tokenizer is None:
             raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= (open_clip.get_tokenizer(ARCH))")
-        if not hasattr(self.tokenizer, "decoder") or not hasattr(self.tokenizer, "encode"):
-            raise InputError(f"tokenizer {type(self.tokenizer).__name__} is not supported: OpenCLIP models with "
-                             "CLIP's BPE tokenizer are (Hugging Face / SigLIP tokenizers are not yet)")
+        bpe = hasattr(self.tokenizer, "decoder") and hasattr(self.tokenizer, "encode")
+        if not bpe and transformers_tokenizer(self.tokenizer) is None:
+            raise InputError(f"tokenizer {type(self.tokenizer).__name__} is not supported: OpenCLIP's tokenizers are "
+                             "(CLIP's BPE, HFTokenizer) and transformers tokenizers")
+        if not bpe and text.appends_class:
+            raise InputError("CoCa text towers read CLIP's BPE tokenizer here (a Hugging Face one is not supported)")
         return {"image": image_tower(model.visual), "text": text}
+
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        if transformers_tokenizer(self.tokenizer) is None:
+            return super().tokenize(texts)
+        return self.text_batch(hf_library_ids(self.tokenizer, texts, self.context_length), None, texts)
+
+    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   texts: Sequence[str] = ()) -> TextBatch:
+        if transformers_tokenizer(self.tokenizer) is None:
+            return super().text_batch(input_ids, attention_mask, texts)
+        return hf_text_batch(self.tokenizer, input_ids, attention_mask, texts, self.device)
 
     @property
     def context_length(self) -> int:
@@ -215,7 +230,7 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         repo = spec[len("hf-hub:"):]
         howto = (f"download it where there is internet (`hf download {repo} --local-dir DIR`) and pass "
                  f"--model open_clip:local-dir:DIR, or fill the Hugging Face cache")
-        files = ["open_clip_config.json", "*.txt", "*.json"]
+        files = ["open_clip_config.json", "*.txt", "*.json", "*.model"]  # *.model: a SentencePiece tokenizer
         path = hub.hub_snapshot(repo, patterns=[*files, "*.safetensors"], howto=howto)
         if _checkpoint_in(path) is None:  # no safetensors: the pickled checkpoint
             path = hub.hub_snapshot(repo, patterns=[*files, "*.bin"], howto=howto)
@@ -236,9 +251,9 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         raise InputError(f"open_clip {arch} has a Hugging Face text tower, whose config and tokenizer come from "
                          "the hub: loading it by name is not supported yet; build it with open_clip and pass "
                          "m2ib.load(model, tokenizer=open_clip.get_tokenizer(ARCH))")
-    if cfg.get("text_cfg", {}).get("hf_tokenizer_name"):  # before open_clip reaches for the hub
-        raise InputError(f"open_clip {arch} uses the Hugging Face tokenizer {cfg['text_cfg']['hf_tokenizer_name']}: "
-                         "not supported yet (OpenCLIP models with CLIP's BPE tokenizer are)")
+    tokenizer = None
+    if cfg.get("text_cfg", {}).get("hf_tokenizer_name"):  # the cache first, before open_clip reaches for the hub
+        tokenizer = hub_tokenizer(oc, arch, cfg["text_cfg"], tag in ("", "random"), name)
     kwargs: dict[str, Any] = {}
     if tag in ("", "random"):
         pretrained = None
@@ -259,7 +274,7 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         if cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True  # what the weights were trained with
     model = _quiet(oc.create_model, arch, pretrained=pretrained, **kwargs).eval()
-    return OpenCLIPBackend(model=model, name=name, tokenizer=oc.get_tokenizer(arch))
+    return OpenCLIPBackend(model=model, name=name, tokenizer=tokenizer or oc.get_tokenizer(arch))
 
 
 def load_open_clip_dir(path: Path, name: str | None = None) -> OpenCLIPBackend:
