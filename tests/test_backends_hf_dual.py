@@ -164,6 +164,49 @@ def test_siglip2_patches_equal_the_library_processor():
     torch.testing.assert_close(patchify(pixels, PATCH), library_patches(pixels)[0], atol=0, rtol=0)
 
 
+def test_siglip2_per_image_grids_are_the_processors():
+    """backend.for_image(im): the NaFlex processor's grid for that image (aspect ratio kept), its exact
+    pixels, and an embedding equal at every layer to get_image_features on the processor's padded
+    batch (its pixel_attention_mask and spatial_shapes); the maps come back at that grid and size.
+    The transposed grid (same patch count) gives another embedding: the check can fail."""
+    import numpy as np
+    from PIL import Image
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+
+    from m2ib.backends.siglip2 import Siglip2Backend, patchify
+
+    model, backend, _, _ = family("siglip2")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 100, 3), dtype=np.uint8)),  # wide, then tall
+              Image.fromarray(rng.integers(0, 255, (90, 50, 3), dtype=np.uint8))]
+    library = Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=16, resample=backend.preprocessing.resample)
+    out = library(images, return_tensors="pt")
+    with torch.no_grad():
+        reference = _features(model.get_image_features(pixel_values=out["pixel_values"], spatial_shapes=out["spatial_shapes"],
+                                                       pixel_attention_mask=out["pixel_attention_mask"]))
+        grids = []
+        for i, image in enumerate(images):
+            own = backend.for_image(image)
+            grid = own.geometry.patch_grid
+            grids.append(grid)
+            assert list(grid) == out["spatial_shapes"][i].tolist() and own.geometry.image_size == (grid[0] * PATCH,
+                                                                                                 grid[1] * PATCH)
+            batch = own.preprocess_images([image])
+            patches = patchify(batch.pixel_values, PATCH)[0]
+            torch.testing.assert_close(patches, out["pixel_values"][i, : len(patches)], atol=0, rtol=0)
+            for layer in (-1, *range(own.num_layers("image"))):
+                got = own.suffix("image", own.prefix("image", batch, layer), layer, batch)
+                torch.testing.assert_close(got[0], reference[i], atol=TOL, rtol=0)
+            transposed = Siglip2Backend(model=model, tokenizer=backend.tokenizer, grid=grid[::-1])
+            pixels = batch.pixel_values.reshape(1, 3, grid[1] * PATCH, grid[0] * PATCH)  # same values, other shape
+            wrong = transposed.embed("image", dataclasses.replace(batch, pixel_values=pixels))
+            assert (wrong[0] - reference[i]).abs().max() > 1e-3
+    exp = m2ib.explain(backend.for_image(images[0]), images[0], "a red circle", steps=2, samples=2,
+                       modalities=("image",))
+    assert grids == [(2, 5), (5, 3)] and backend.geometry.patch_grid == (4, 4)  # the backend itself is unchanged
+    assert tuple(exp.image_grid.shape) == (2, 5) and exp.image_map.shape == (16, 40)
+
+
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_directories_load_by_model_type(name, tmp_path, pictures):
     model, backend, _, _ = family(name)

@@ -16,7 +16,15 @@ What m2ib does, and how it differs from the NaFlex processor:
   at patch 16), which is exactly what the NaFlex processor gives a square image; a non-square
   image would keep its aspect ratio there (another grid), here it is
   squashed. Pass ``grid=(rows, cols)`` to ``Siglip2Backend`` for another shape (the position
-  table is resized to it, as the model does for any grid). Per-image grids are not supported.
+  table is resized to it, as the model does for any grid).
+- **Per-image grids** (the NaFlex processor's own): ``backend.image_grid(image)`` is the grid the
+  processor gives that image (its aspect ratio kept, at most ``max_num_patches`` patches:
+  transformers' own ``get_image_size_for_max_num_patches``), and ``backend.for_image(image)`` a
+  backend at that grid (the same model, no copy), whose maps come back at that grid and at that
+  size: ``m2ib.explain(backend.for_image(im), im, text)`` per image. The image is then resized
+  to exactly the processor's size, and the embedding equals ``get_image_features`` on the
+  processor's padded patches with its ``pixel_attention_mask`` and ``spatial_shapes`` (tested).
+  A batch still shares one grid: images of other grids go through their own backend.
 - No padding patches, so no ``pixel_attention_mask``: the split forward equals
   ``get_image_features(patches, pixel_attention_mask, spatial_shapes)`` with or without the
   library's padding (tested to 1e-5).
@@ -27,14 +35,14 @@ What m2ib does, and how it differs from the NaFlex processor:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..inputs import ImagePreprocessing
+from ..inputs import ImagePreprocessing, load_image
 from .base import ImageBatch, Modality
 from .blocks import hf_block
 from .registry import Family, register
@@ -130,6 +138,29 @@ class Siglip2Backend(SiglipBackend):
             raise InputError(f"SigLIP 2 preprocessing gives {tuple(self.preprocessing.crop)} pixels but the grid "
                              f"{self.grid[0]}x{self.grid[1]} reads {image.image_size}")
         return {"image": image, "text": SiglipTextTower(self.model.text_model, self.padding_mask)}
+
+    def image_grid(self, image: Any) -> tuple[int, int]:
+        """The NaFlex processor's grid for ``image`` (a path, PIL image or tensor): its aspect ratio
+        kept, at most ``max_num_patches`` patches (transformers' own rule)."""
+        try:  # the PIL processor's copy needs no torchvision
+            from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
+        except ImportError:  # older transformers
+            from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+
+        picture, _ = load_image(image)
+        patch = self.towers["image"].patch_size
+        limit = self.max_num_patches or self.model.vision_model.embeddings.num_patches
+        height, width = get_image_size_for_max_num_patches(picture.height, picture.width, patch, limit)
+        return height // patch, width // patch
+
+    def for_image(self, image: Any) -> Siglip2Backend:
+        """This backend at ``image``'s own NaFlex grid (the same model and settings; cheap)."""
+        grid = self.image_grid(image)
+        patch = self.towers["image"].patch_size
+        prep = self.preprocessing
+        size = (grid[0] * patch, grid[1] * patch)
+        return replace(self, grid=grid, preprocessing=ImagePreprocessing(
+            min(size), size, prep.mean, prep.std, prep.resample, resize_mode="squash"))
 
 
 def _is_siglip2_model(model: torch.nn.Module) -> bool:
