@@ -475,7 +475,9 @@ def test_readme_lists_a_command_per_family():
     assert any(m.startswith("clip:") for m in models) and any(m.startswith("hf:") for m in models)
 
 
-@pytest.mark.parametrize("command", readme_family_commands())
+# full-size SigLIP 2 (a 256000-id embedding): slow; test_backends_timm checks its stand-in line too
+@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if "SigLIP2@random" in c else c
+                                     for c in readme_family_commands()])
 def test_readme_family_command_runs(command, tmp_path, monkeypatch):
     from m2ib.cli import main
 
