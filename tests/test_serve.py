@@ -215,6 +215,9 @@ def test_clean_settings():
     assert serve.clean_settings("m2ib", {"vision_layer": "", "text_layer": " 2 ", "steps": 3.0, "lr": 0.5,
                                          "seed": None, "precision": "fp32", "cuda_graphs": False}) == \
         {"text_layer": 2, "steps": 3, "lr": 0.5, "precision": "fp32", "cuda_graphs": False}
+    # An optional text setting left empty is auto (None), not the empty text (M2IB's reference warned).
+    assert serve.clean_settings("m2ib", {"reference": " ", "bottleneck": "published"}) == {"bottleneck": "published"}
+    assert serve.clean_settings("m2ib", {"reference": "shapes:val:4"}) == {"reference": "shapes:val:4"}
     with pytest.raises(InputError, match="steps=2.5 must be a whole number"):
         serve.clean_settings("m2ib", {"steps": 2.5})
     with pytest.raises(InputError, match="cuda_graphs='banana' must be true or false"):
@@ -356,6 +359,7 @@ def test_page_in_a_browser(app, tmp_path):
             assert shown == words
             assert float(page.input_value("#m2ib-similarity textarea, #m2ib-similarity input")) > 0
             page.locator("#m2ib-files").get_by_text(".npz", exact=True).wait_for()  # the downloads
+            assert "⚠" not in page.inner_text("#m2ib-status")  # the default settings warn of nothing
             for toast in page.locator(".toast-close").all():  # close the earlier message for the picture
                 toast.click()
             page.wait_for_timeout(500)

@@ -208,6 +208,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, backend):
+    demo = serve.build_app(backend, workdir=tmp_path_factory.mktemp("serve"))
+    try:
+        yield demo, serve.launch(demo, "127.0.0.1", _free_port(), block=False)
+    finally:
+        demo.close()
+
+
+def test_the_button_is_an_api_endpoint(app, tmp_path):
+    """Scripting: /interact takes the pair and the settings (METHOD_SETTING) and gives the first
+    view, the downloads and the status; the .npz holds the same matrix as the API."""
+    from gradio_client import Client, handle_file
+
+    from m2ib.interactions import interact
+
+    client = Client(app[1], verbose=False, download_files=str(tmp_path), httpx_kwargs={"timeout": 60})
+    try:
+        picture, caption, scores, note, files, status = client.predict(
+            image=handle_file(str(SCENE3)), text=CAPTION3, method="exclip", exclip_text_layer=0, exclip_steps=4,
+            api_name="/interact")
+    finally:
+        client.close()
+    assert [c["token"].strip() for c in caption] == CAPTION3.split() and "exCLIP" in status
+    assert "**orange**" in note and Image.open(picture).size == (384, 384)
+    matrix = np.load(next(f for f in files if f.endswith(".npz")))["matrix"]
+    np.testing.assert_allclose(matrix, interact(app[0].m2ib_backend, SCENE3, CAPTION3, **FAST).matrix.numpy(),
+                               atol=1e-7)
+
+
 def _shown_picture(page, tmp_path: Path, name: str) -> np.ndarray:
     """The picture the page shows, fetched from the page's own server."""
     src = page.eval_on_selector("#m2ib-ix-picture img", "e => e.src")
@@ -219,63 +249,59 @@ def _shown_picture(page, tmp_path: Path, name: str) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium); CI installs it")
-def test_interactions_tab_in_a_browser(backend, tmp_path):
+def test_interactions_tab_in_a_browser(app, backend, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    demo = serve.build_app(backend, workdir=tmp_path / "serve")
+    demo, url = app
     expected, _, _, _ = serve.compute_interaction(backend, str(SCENE3), CAPTION3, "exclip", FAST,
                                                   workdir=tmp_path / "expected")
     outside = []
-    try:
-        url = serve.launch(demo, "127.0.0.1", _free_port(), block=False)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                page.set_default_timeout(30_000)
-                page.on("request", lambda r: outside.append(r.url)
-                        if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
-                page.goto(url)
-                page.get_by_role("tab", name="Word-region interactions").click()
-                page.locator("#m2ib-ix-examples").get_by_text(CAPTION3).click()  # image and two-object caption
-                page.wait_for_function(f"document.querySelector('#m2ib-ix-text textarea').value === {CAPTION3!r}")
-                page.click("#m2ib-ix-settings button")
-                for name, value in FAST.items():
-                    page.fill(f"#m2ib-setting-interaction-exclip-{name.replace('_', '-')} input", str(value))
-                page.click("#m2ib-ix-settings button")  # closed again, for the picture
-                page.click("#m2ib-ix-run")
-                page.locator("#m2ib-ix-status").get_by_text("exCLIP").wait_for(timeout=90_000)
-                tokens = page.locator("#m2ib-ix-caption .token")
-                assert [t.strip() for t in tokens.all_inner_texts()] == CAPTION3.split()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            page.on("request", lambda r: outside.append(r.url)
+                    if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
+            page.goto(url)
+            page.get_by_role("tab", name="Word-region interactions").click()
+            page.locator("#m2ib-ix-examples").get_by_text(CAPTION3).click()  # image and two-object caption
+            page.wait_for_function(f"document.querySelector('#m2ib-ix-text textarea').value === {CAPTION3!r}")
+            page.click("#m2ib-ix-settings button")
+            for name, value in FAST.items():
+                page.fill(f"#m2ib-setting-interaction-exclip-{name.replace('_', '-')} input", str(value))
+            page.click("#m2ib-ix-settings button")  # closed again, for the picture
+            page.click("#m2ib-ix-run")
+            page.locator("#m2ib-ix-status").get_by_text("exCLIP").wait_for(timeout=90_000)
+            tokens = page.locator("#m2ib-ix-caption .token")
+            assert [t.strip() for t in tokens.all_inner_texts()] == CAPTION3.split()
 
-                tokens.nth(CAPTION3.split().index("yellow")).click()  # (a) click a word: its region
-                page.locator("#m2ib-ix-note").get_by_text("yellow", exact=True).wait_for()
-                page.wait_for_function("document.querySelector('#m2ib-ix-picture img').naturalWidth > 0")
-                want = np.asarray(serve.select_word(expected, serve.View(), 5).picture, dtype=int)
-                shown = _shown_picture(page, tmp_path, "word.png")
-                assert shown.shape == want.shape and np.abs(shown - want).max() <= 1  # exactly yellow's span_map
+            tokens.nth(CAPTION3.split().index("yellow")).click()  # (a) click a word: its region
+            page.locator("#m2ib-ix-note").get_by_text("yellow", exact=True).wait_for()
+            page.wait_for_function("document.querySelector('#m2ib-ix-picture img').naturalWidth > 0")
+            want = np.asarray(serve.select_word(expected, serve.View(), 5).picture, dtype=int)
+            shown = _shown_picture(page, tmp_path, "word.png")
+            assert shown.shape == want.shape and np.abs(shown - want).max() <= 1  # exactly yellow's span_map
 
-                picture = page.locator("#m2ib-ix-picture img")  # (b) two clicks: a box
-                box = picture.bounding_box()
-                natural = page.eval_on_selector("#m2ib-ix-picture img", "e => e.naturalWidth")
-                per_pixel = box["width"] / natural * serve.picture_scale(expected)  # screen px per input px
-                x, y, w, h = TRIANGLE
-                for px, py in ((x, y), (x + w - 1, y + h - 1)):
-                    picture.click(position={"x": (px + 0.5) * per_pixel, "y": (py + 0.5) * per_pixel})
-                    page.wait_for_timeout(300)
-                page.locator("#m2ib-ix-scores .m2ib-ix-tok").first.wait_for()
-                scores = page.eval_on_selector_all("#m2ib-ix-scores .m2ib-ix-tok", "es => es.map(e => e.dataset.score)")
-                assert [float(s) for s in scores] == pytest.approx(
-                    [float(v) for v in expected.region_scores(TRIANGLE)[expected.words]], rel=1e-4, abs=1e-9)
-                assert page.get_by_text(f"box x={x}, y={y}, {w}x{h} px").count() == 1
-                page.locator("#m2ib-ix-files").get_by_text(".npz", exact=True).wait_for()
+            picture = page.locator("#m2ib-ix-picture img")  # (b) two clicks: a box
+            box = picture.bounding_box()
+            natural = page.eval_on_selector("#m2ib-ix-picture img", "e => e.naturalWidth")
+            per_pixel = box["width"] / natural * serve.picture_scale(expected)  # screen px per input px
+            x, y, w, h = TRIANGLE
+            for px, py in ((x, y), (x + w - 1, y + h - 1)):
+                picture.click(position={"x": (px + 0.5) * per_pixel, "y": (py + 0.5) * per_pixel})
                 page.wait_for_timeout(300)
-                shot = tmp_path / "viewer_interactions.png"
-                page.screenshot(path=str(shot), full_page=True)
-            finally:
-                browser.close()
-    finally:
-        demo.close()
+            page.locator("#m2ib-ix-scores .m2ib-ix-tok").first.wait_for()
+            scores = page.eval_on_selector_all("#m2ib-ix-scores .m2ib-ix-tok", "es => es.map(e => e.dataset.score)")
+            assert [float(s) for s in scores] == pytest.approx(
+                [float(v) for v in expected.region_scores(TRIANGLE)[expected.words]], rel=1e-4, abs=1e-9)
+            assert page.get_by_text(f"box x={x}, y={y}, {w}x{h} px").count() == 1
+            page.locator("#m2ib-ix-files").get_by_text(".npz", exact=True).wait_for()
+            page.wait_for_timeout(300)
+            shot = tmp_path / "viewer_interactions.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
     if os.environ.get("M2IB_UPDATE_SCREENSHOT"):  # refresh the README's picture
         shutil.copyfile(shot, ROOT / "docs" / "viewer_interactions.png")
     assert outside == []  # offline and private: the page asks nothing of other hosts

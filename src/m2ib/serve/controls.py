@@ -94,6 +94,8 @@ def clean_values(settings_class: type, settings: Mapping[str, Any] | None) -> di
             text = value.strip()
             if not text or text.lower().startswith("auto"):
                 continue
+        if isinstance(value, str) and field.optional and not value.strip():  # an empty text box: auto (None)
+            continue
         out[name] = field.parse(value)
     return out
 
