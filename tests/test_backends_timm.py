@@ -54,6 +54,7 @@ VARIANTS = {
     "timm-eva02-rope-token": ("eva02_base_patch16_clip_224", "token", None, {}),
     "timm-pe-rope-map": ("vit_pe_core_base_patch16_224", "map", None, {}),
     "timm-eva01-qv-bias": ("eva_giant_patch14_224", "token", None, {"patch_size": 8}),
+    "timm-eva02-e-post-norm": ("eva02_enormous_patch14_clip_224", "token", None, {"patch_size": 8}),  # EVA02-E-14
 }
 # convolutional trunks as stages (their own size arguments; a 64-pixel input)
 STAGED = {

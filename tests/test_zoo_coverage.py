@@ -13,12 +13,12 @@ import pytest
 from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, ConvNeXt stages, HF XLM-R text,
-# CoCa (attentional pooler, appended class token)
-COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "convnext_base", "xlm-roberta-base-ViT-B-32",
-           "coca_ViT-B-32"]
-UNCOVERED = {"EVA02-E-14": "EvaBlockPostNorm is not supported", "vit_relpos_medium_patch16_cls_224": "RelPosBlock is not supported",
-             "mt5-base-ViT-B-32": "T5/mT5 and NLLB are not yet", "coca_roberta-ViT-B-32": "CoCa models are not supported"}
+# native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, post-norm Eva (EVA02-E), ConvNeXt
+# stages, FastViT stages, HF XLM-R text, HF mT5 text, CoCa (attentional pooler, appended class token)
+COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "EVA02-E-14", "convnext_base",
+           "MobileCLIP-S1", "xlm-roberta-base-ViT-B-32", "mt5-base-ViT-B-32", "coca_ViT-B-32"]
+UNCOVERED = {"vit_relpos_medium_patch16_cls_224": "RelPosBlock is not supported",
+             "swin_base_patch4_window7_224": "timm trunk SwinTransformer is not supported"}
 
 
 def zoo(monkeypatch):

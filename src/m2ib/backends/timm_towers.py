@@ -15,8 +15,8 @@ timm's ``Eva`` trunks (EVA01/EVA02, PE-Core) run the same way with :func:`eva_bl
 keys of the patch tokens are rotated by the trunk's own rotary embedding (``trunk.rope``, timm's
 ``apply_rot_embed_cat``), so the last block runs in full (no one-token shortcut).
 
-Not handled (a one-line error says so): blocks other than timm's plain ``Block`` / ``EvaBlock``
-(parallel, post-norm, relative-position), depth-dependent ("mixed") RoPE, gated or
+Not handled (a one-line error says so): blocks other than timm's plain ``Block`` / ``EvaBlock`` /
+``EvaBlockPostNorm`` (parallel, relative-position), depth-dependent ("mixed") RoPE, gated or
 qk-normalised attention, and convolutional or windowed trunks (ConvNeXt, FastViT, Swin).
 """
 
@@ -82,7 +82,9 @@ def eva_block(block: torch.nn.Module, rope: Callable[[], torch.Tensor | None]) -
     from timm.layers import apply_rot_embed_cat
 
     attn = getattr(block, "attn", None)
-    if type(block).__name__ != "EvaBlock" or type(attn).__name__ not in ("EvaAttention", "AttentionRope"):
+    post_norm = type(block).__name__ == "EvaBlockPostNorm"  # EVA02-E: x + norm1(attn(x)), x + norm2(mlp(x))
+    if type(block).__name__ not in ("EvaBlock", "EvaBlockPostNorm") or \
+            type(attn).__name__ not in ("EvaAttention", "AttentionRope"):
         raise InputError(f"timm block {type(block).__name__} is not supported (timm's Block and EvaBlock are)")
     if getattr(attn, "num_kv_groups", 1) != 1:
         raise InputError("timm attention with grouped keys and values is not supported yet")
@@ -115,6 +117,9 @@ def eva_block(block: torch.nn.Module, rope: Callable[[], torch.Tensor | None]) -
         return _identity if gamma is None else (lambda x: gamma * x)
 
     out = attn.proj if _plain(attn.norm) else torch.nn.Sequential(attn.norm, attn.proj)
+    if post_norm:  # the norms move after each branch: the Block's ls1/ls2 slots, no norm before
+        return Block(norm1=_identity, q=q, k=k, v=v, out=out, norm2=_identity, mlp=block.mlp, heads=attn.num_heads,
+                     scale=attn.scale, ls1=block.norm1, ls2=block.norm2, rotate=rotate)
     return Block(norm1=block.norm1, q=q, k=k, v=v, out=out, norm2=block.norm2, mlp=block.mlp, heads=attn.num_heads,
                  scale=attn.scale, ls1=scaled(block.gamma_1), ls2=scaled(block.gamma_2), rotate=rotate)
 
