@@ -3,8 +3,9 @@
 A :class:`Metric` says what it records (:class:`Key`: name and which way is better), how the
 summary shows it (:class:`Table`), what it needs from the data (:data:`NEEDS`) and how it
 measures. A metric's ``sides`` are ``"image"`` and/or ``"text"`` (each method's map of that side
-of the pair) or :data:`PHRASES` (the image maps of each row's object phrases, see there). Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one
-method's maps of one side of a batch of pairs; whole-run metrics (ROAR+) implement
+of the pair) or :data:`PHRASES` (the image maps of each row's object phrases, see there).
+Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one method's maps
+of one side of a batch of pairs; whole-run metrics (ROAR+) implement
 :meth:`Metric.measure_run`, which runs once after every pair is done. The evaluation loop,
 the summary tables and arrows, the plots and ``METRIC_NAMES`` all read this registry.
 """
