@@ -254,6 +254,17 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_before_allocating(backend, m
     m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2)
 
 
+def test_memory_available_counts_the_page_cache_the_kernel_gives_back():
+    """A fit that fits is not refused because the page cache holds memory: MemAvailable, not MemFree."""
+    import m2ib.methods.m2ib as m2ib_method
+
+    meminfo = "MemTotal:       24000000 kB\nMemFree:         2800000 kB\nMemAvailable:   10000000 kB\n"
+    assert m2ib_method.meminfo_available(meminfo) == 10000000 * 1024
+    assert m2ib_method.meminfo_available("MemFree: 1 kB\n") is None
+    available = m2ib_method.memory_available(torch.device("cpu"))
+    assert available is None or available > 0
+
+
 def test_a_degenerate_fit_is_loud(backend):
     """lr=1e30 drives every alpha to -inf: a constant (all-zero) map, which must warn, naming lr."""
     import m2ib

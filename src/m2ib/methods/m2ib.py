@@ -207,10 +207,26 @@ def memory_needed(n: int, t: int, d: int, blocks_after: int, s: M2IBSettings) ->
     return 4 * (noise + activations)
 
 
+def meminfo_available(text: str) -> int | None:
+    """``MemAvailable`` of a Linux ``/proc/meminfo`` text, in bytes (None when absent)."""
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def memory_available(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (None where it cannot be asked)."""
+    """Bytes that ``device`` can give (None where it cannot be asked). On Linux, MemAvailable:
+    free pages alone leave out the page cache, which the kernel gives back on demand."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            available = meminfo_available(f.read())
+        if available is not None:
+            return available
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
