@@ -46,8 +46,8 @@ def timm_block(block: torch.nn.Module) -> Block:
     attn = getattr(block, "attn", None)
     qkv = getattr(attn, "qkv", None)
     if type(block).__name__ != "Block" or not isinstance(qkv, torch.nn.Linear):
-        raise InputError(f"timm block {type(block).__name__} is not supported (timm's plain ViT Block is; "
-                         "parallel, post-norm and rotary (EVA) blocks are not yet)")
+        raise InputError(f"timm block {type(block).__name__} is not supported (timm's plain ViT Block, EvaBlock "
+                         "and EvaBlockPostNorm are; parallel and relative-position blocks are not yet)")
     for name in ("q_norm", "k_norm"):
         if not isinstance(getattr(attn, name, None), (torch.nn.Identity, type(None))):
             raise InputError(f"timm attention with {name} is not supported yet")
