@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import M2IBError
 from .app import build_app, launch
 from .callbacks import registered_methods
+from .interplay import registered_interactions
 from .environment import INSTALL_HINT
 from .limits import MAX_MEGAPIXELS, MAX_UPLOAD_MB
 
@@ -76,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         demo = build_app(args.model, args.device, max_upload_mb=args.max_upload_mb,
                          max_megapixels=args.max_megapixels)
-        log.info("model %s on %s; methods: %s", demo.m2ib_backend.name, demo.m2ib_backend.device,
-                 ", ".join(registered_methods()))
+        log.info("model %s on %s; methods: %s; interaction methods: %s", demo.m2ib_backend.name,
+                 demo.m2ib_backend.device, ", ".join(registered_methods()), ", ".join(registered_interactions()))
         launch(demo, args.host, args.port, share=args.share, block=True, max_upload_mb=args.max_upload_mb)
     except M2IBError as exc:
         print(f"m2ib: error: {exc}", file=sys.stderr)
