@@ -3,6 +3,7 @@ its definition on a tiny game, and on the shipped shapes model."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 
@@ -32,18 +33,25 @@ def _plain_game(backend, images, texts, group):
     n_image = max(group_of.values()) + 1
     words = [i for i in range(len(texts.tokens[0])) if i not in texts.special[0]]
 
-    def value(kept_image, kept_text):
+    @functools.cache
+    def image_embedding(kept_image):
         pixels = images.pixel_values.clone()
         for (r, c), g in group_of.items():
             if g not in kept_image:
                 pixels[..., r * size:(r + 1) * size, c * size:(c + 1) * size] = 0.0
+        with torch.no_grad():
+            return F.normalize(backend.embed("image", ImageBatch(pixels)).double(), dim=-1)
+
+    @functools.cache
+    def text_embedding(kept_text):
         mask = texts.attention_mask.clone()
         for pos in words:
             mask[0, pos] = int(pos in kept_text)
         with torch.no_grad():
-            a = F.normalize(backend.embed("image", ImageBatch(pixels)).double(), dim=-1)
-            b = F.normalize(backend.embed("text", TextBatch(texts.input_ids, mask)).double(), dim=-1)
-        return float((a * b).sum())
+            return F.normalize(backend.embed("text", TextBatch(texts.input_ids, mask)).double(), dim=-1)
+
+    def value(kept_image, kept_text):  # the cosine similarity of the masked image and the masked text
+        return float((image_embedding(frozenset(kept_image)) * text_embedding(frozenset(kept_text))).sum())
 
     return value, n_image, words
 
@@ -147,7 +155,7 @@ def test_fixlip_runs_on_the_shipped_shapes_model():
     scene = render_scene(split_seed("test", 0), size=backend.geometry.image_size[0], n_objects=(2, 2))
     caption = make_caption(scene, "all").text
     method = get_interaction("fixlip")
-    settings = method.make_settings(budget=512, patch_group=4)  # 4x4 players of 4x4 patches
+    settings = method.make_settings(budget=256, patch_group=4)  # 4x4 players of 4x4 patches
     result = method.interact(backend, backend.preprocess_images([scene.to_pil()]), backend.tokenize([caption]),
                              settings)
     assert result.matrix.shape == (len(result.tokens), *backend.geometry.patch_grid)
