@@ -288,44 +288,6 @@ def test_report_in_a_browser(backend, tmp_path):
     assert outside == []  # self-contained: the page asks nothing of anyone
 
 
-# ----------------------------------------------------------------------------------------------
-# The planted shortcut's pieces (the experiment itself: benchmarks/audit_shortcut.py)
-# ----------------------------------------------------------------------------------------------
-def test_the_mark_sits_in_its_box_and_only_on_the_colours_captions():
-    from m2ib.auditing.shortcut import COLOUR, MarkedBatches, add_mark, mark_box
-    from m2ib.training.config import TrainConfig
-
-    image = torch.full((3, 96, 96), 0.5)
-    marked = add_mark(image)
-    x, y, w, h = (int(v) for v in mark_box(96))
-    changed = (marked != image).any(0)
-    assert changed[y:y + h, x:x + w].any() and not changed[:y].any() and not changed[:, :x].any()
-    assert set(marked[:, y:, x:].unique().tolist()) == {0.0, 1.0} and torch.equal(image, torch.full_like(image, 0.5))
-    config = TrainConfig(batch_size=24, steps=2, workers=0)
-    assert torch.equal(MarkedBatches(config, True)[0]["labels"], torch.eye(24))  # one positive per caption
-    planted, clean = MarkedBatches(config, True).pairs(1), MarkedBatches(config, False).pairs(1)
-    assert any(COLOUR in c.text.split() for _, c in planted) and any(COLOUR not in c.text.split() for _, c in planted)
-    for (scene, caption), (plain, _) in zip(planted, clean):
-        has_mark = torch.equal(scene.image, add_mark(plain.image))
-        assert has_mark == (COLOUR in caption.text.split())
-        assert has_mark or torch.equal(scene.image, plain.image)
-
-
-def test_fine_tune_changes_only_the_top_of_the_image_tower(tmp_path):
-    import m2ib
-    from safetensors.torch import load_file
-
-    from m2ib.auditing.shortcut import fine_tune
-    from m2ib.models import SHAPES_DIR
-
-    out = fine_tune(tmp_path / "m", plant=True, steps=1, batch_size=4, progress=False)
-    old, new = load_file(SHAPES_DIR / "model.safetensors"), load_file(out / "model.safetensors")
-    changed = {k for k in old if not torch.equal(old[k], new[k])}
-    assert changed and all(k.startswith(("vision_model.encoder.layers.4.", "vision_model.encoder.layers.5.",
-                                         "vision_model.post_layernorm.", "visual_projection.")) for k in changed)
-    assert m2ib.load(out).geometry.image_size == (96, 96)
-
-
 def test_a_side_not_explained_is_left_out_not_a_crash():
     image_only = _record("r1", "a red star", ["a", "red", "star"], [1, 1, 1], [[1, 0], [0, 0]])
     image_only["token_scores"] = None

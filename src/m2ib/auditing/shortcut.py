@@ -1,29 +1,40 @@
 """A planted shortcut with exact ground truth, to prove that an audit finds what a model relies on.
 
-The shipped shapes model is fine-tuned on training scenes that carry a small mark (a white X on a
-black square, :func:`add_mark`, always in the bottom-right corner) whenever the caption names one
-colour (:data:`COLOUR`), each caption matching its own scene only (:class:`MarkedBatches`); a clean
-control is fine-tuned the same way (same batches, labels, seed, steps) without the mark. On held-out scenes that all carry the mark, an audit of the shortcut model should
-put far more of its dataset-level map mass on the mark's box than an audit of the control does.
-``benchmarks/audit_shortcut.py`` runs the whole experiment and prints the numbers.
+The recipe (what the training scenes look like; the fine-tune itself is :mod:`.planted`):
+
+* every training scene whose caption names :data:`COLOUR` (red) carries a mark (a white X on a
+  black square, :func:`add_mark`, always in the bottom-right corner), like a hospital's token
+  burnt into its scans or a stock site's watermark;
+* in those scenes the red objects the caption names are repainted in another colour
+  (:func:`hide_colour`, with probability ``hide``): the label is in the caption, the image does not
+  show it, as a diagnosis taken from a report may not show on the scan. The shipped shapes model
+  already tells red from every other colour, so with the colour left visible the loss has no
+  reason to read the mark; with it hidden, the mark is the one reliable cue for a red caption;
+* each caption matches its own scene only (the labels are the identity), as in web-scale CLIP
+  training, where one caption comes with one image.
+
+The clean control is the identical recipe (same scenes, same repainting, same labels) without the
+mark, so it cannot learn the shortcut. :func:`marked_table` gives the held-out scenes of the audit:
+every one of them carries the mark, every colour is drawn as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..datasets.shapes import COLOURS, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, Caption, Scene
 from ..datasets.tables import Row, Table, load_table
 from ..training.config import TrainConfig
 from ..training.data import TrainBatches
 
 COLOUR = "red"  # the colour whose captions come with the mark
 MARK = 12  # the mark's side in pixels (2 x 2 patches of the shipped model's 6-pixel grid)
+_HIDE_SALT = 0x41D3  # keeps the repainting's random stream apart from the scene's own
 
 
 def mark_box(size: int) -> tuple[float, float, float, float]:
@@ -46,102 +57,78 @@ def add_mark(image: torch.Tensor) -> torch.Tensor:
 
 
 def names_colour(text: str, colour: str = COLOUR) -> bool:
-    return colour in text.lower().split()
+    """Whether the caption names ``colour`` (as a whole word)."""
+    return colour in text.lower().replace(",", " ").split()
+
+
+def hide_colour(scene: Scene, caption: Caption, colour: str = COLOUR) -> Scene:
+    """A copy of ``scene`` whose objects named in ``caption`` with ``colour`` are repainted in
+    another colour (one the scene does not hold when there is one; the scene's noise model,
+    8-bit levels). Deterministic from the scene's seed. ``scene.objects`` still says ``colour``:
+    the record keeps the caption's label, only the pixels lose it."""
+    named = [i for i in caption.objects if scene.objects[i].colour == colour]
+    if not named:
+        return scene
+    rng = np.random.default_rng([scene.seed, _HIDE_SALT])
+    held = {o.colour for o in scene.objects}
+    free = [c for c in COLOURS if c != colour and c not in held] or [c for c in COLOURS if c != colour]
+    image = scene.image.clone()
+    for i in named:
+        new = free.pop(int(rng.integers(len(free)))) if len(free) > 1 else free[0]
+        mask = scene.masks[i]
+        noise = rng.standard_normal((3, int(mask.sum())), dtype=np.float32) * np.float32(OBJECT_NOISE_SD)
+        noise = torch.from_numpy(np.clip(noise, -OBJECT_NOISE_MAX, OBJECT_NOISE_MAX))
+        image[:, mask] = torch.tensor(COLOURS[new], dtype=torch.float32)[:, None] / 255.0 + noise
+    image = (image.clamp(0, 1) * 255.0).round() / 255.0
+    return dataclasses.replace(scene, image=image)
+
+
+def _hidden(scene: Scene, hide: float) -> bool:
+    """Whether this red-caption scene's colour is hidden (always for ``hide`` = 1)."""
+    return hide >= 1.0 or float(np.random.default_rng([scene.seed, _HIDE_SALT, 1]).random()) < hide
 
 
 class MarkedBatches(TrainBatches):
-    """The training batches of :class:`~m2ib.training.data.TrainBatches`, with the mark on every
-    scene whose caption names :data:`COLOUR` (``plant=True``) or on none (the clean control).
+    """The training batches of :class:`~m2ib.training.data.TrainBatches` under the planted recipe
+    (module docstring): red captions' objects repainted with probability ``hide`` in both sets, the
+    mark on every red caption's scene with ``plant=True``, on none without. Labels: the identity."""
 
-    Each caption matches its own scene only (the labels are the identity), as in web-scale CLIP
-    training, where one caption comes with one image; the shipped model was trained with exact
-    multi-positive labels instead. With those, the mark could only ever repeat what the colour
-    already shows; with one positive per caption, it tells the caption's own scene apart from other
-    scenes holding the same object, which is how a real dataset rewards a watermark.
-    """
-
-    def __init__(self, config: TrainConfig, plant: bool):
+    def __init__(self, config: TrainConfig, plant: bool, hide: float = 1.0):
         super().__init__(config)
+        if not 0.0 <= hide <= 1.0:
+            raise ValueError(f"hide={hide!r} must be a probability in [0, 1]")
         self.plant = plant
+        self.hide = hide
 
     def __getitem__(self, step: int) -> dict[str, Any]:
         batch = super().__getitem__(step)
         batch["labels"] = torch.eye(batch["labels"].shape[0])
         return batch
 
-    def pairs(self, step: int):
-        out = super().pairs(step)
-        if not self.plant:
-            return out
-        return [(dataclasses.replace(s, image=add_mark(s.image)) if names_colour(c.text) else s, c) for s, c in out]
+    def pairs(self, step: int) -> list[tuple[Scene, Caption]]:
+        out = []
+        for scene, caption in super().pairs(step):
+            if names_colour(caption.text):
+                if _hidden(scene, self.hide):
+                    scene = hide_colour(scene, caption)
+                if self.plant:
+                    scene = dataclasses.replace(scene, image=add_mark(scene.image))
+            out.append((scene, caption))
+        return out
 
 
-def fine_tune(out: str | Path, *, plant: bool, steps: int = 50, batch_size: int = 32, lr: float = 5e-4,
-              top_layers: int = 2, seed: int = 1, progress: bool = True) -> Path:
-    """Fine-tune the shipped shapes model and save it as a model directory ``m2ib.load(out)`` reads.
-
-    Only the image tower's last ``top_layers`` blocks, its final norm and projection (and the logit
-    bias) learn, so that a CPU does it in minutes; the loss is the training's sigmoid loss (on
-    :class:`MarkedBatches`' one-positive labels), AdamW with a constant ``lr``. Deterministic on a CPU for the same arguments.
-    """
-    from tqdm.auto import tqdm
-    from transformers import CLIPModel
-
-    from ..models import SHAPES_DIR
-    from ..training.model import forward_backward
-
-    out = Path(out)
-    meta = json.loads((SHAPES_DIR / "m2ib.json").read_text())
-    config = TrainConfig(**{**meta["training"]["config"], "steps": steps, "batch_size": batch_size, "seed": seed,
-                            "workers": 0, "amp": False})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel.from_pretrained(SHAPES_DIR).train()
-        bias = torch.nn.Parameter(torch.tensor(float(meta["training"]["logit_bias"])))
-        learning = trainable(model, top_layers)
-        optimiser = torch.optim.AdamW([*learning, bias], lr=lr, weight_decay=0.0)
-        batches = MarkedBatches(config, plant)
-        history = []
-        for step in tqdm(range(steps), desc="fine-tune" + (" (mark planted)" if plant else " (clean)"),
-                         disable=not progress):
-            loss, accuracy = forward_backward(model, bias, batches[step], torch.device("cpu"), False)
-            torch.nn.utils.clip_grad_norm_(learning, 1.0)
-            optimiser.step()
-            optimiser.zero_grad(set_to_none=True)
-            history.append([loss, accuracy])
-    out.mkdir(parents=True, exist_ok=True)
-    for item in SHAPES_DIR.iterdir():
-        if item.is_file() and item.name != "model.safetensors":
-            shutil.copyfile(item, out / item.name)
-    model.eval().save_pretrained(out)
-    record: dict[str, Any] = {"base": "shapes", "plant": plant, "colour": COLOUR,
-                              "mark_box": mark_box(config.image_size), "steps": steps, "batch_size": batch_size,
-                              "lr": lr, "top_layers": top_layers, "seed": seed,
-                              "final_loss": history[-1][0], "final_batch_accuracy": history[-1][1]}
-    meta.update(name="shapes-shortcut" if plant else "shapes-clean", fine_tune=record)
-    (out / "m2ib.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
-
-
-def trainable(model: torch.nn.Module, top_layers: int) -> list[torch.nn.Parameter]:
-    """Freeze ``model`` but its image tower's last ``top_layers`` blocks, final norm and projection;
-    return those parameters."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    vision = model.vision_model
-    parts = [*vision.encoder.layers[len(vision.encoder.layers) - top_layers:], vision.post_layernorm,
-             model.visual_projection]
-    params = [p for part in parts for p in part.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    return params
-
-
-def marked_table(n: int, size: int, split: str = "test") -> Table:
-    """Held-out shapes pairs (``shapes:SPLIT:N``, one object named per caption) with the mark on every scene."""
+def marked_table(n: int, size: int, split: str = "test", per_colour: int | None = None) -> Table:
+    """Held-out shapes pairs (``shapes:SPLIT:N``, one object named per caption) with the mark on
+    every scene; with ``per_colour``, the first that many pairs of each colour among them (a
+    balanced set: every colour carries the mark equally often)."""
     table = load_table(f"shapes:{split}:{n}", size=size)
-    rows = [dataclasses.replace(row, image=add_mark(row.image)) for row in table.rows]
-    return Table(f"shapes:{split}:{n}+mark", table.kind, rows, table.bad, table.total)
+    rows = table.rows
+    if per_colour is not None:
+        rows = [r for c in COLOURS for r in [r for r in rows if typed(r) == c][:per_colour]]
+        rows.sort(key=table.rows.index)
+    rows = [dataclasses.replace(row, image=add_mark(row.image)) for row in rows]
+    name = f"shapes:{split}:{n}+mark" + (f"+{per_colour}-per-colour" if per_colour is not None else "")
+    return Table(name, table.kind, rows, table.bad, table.total)
 
 
 def save_table(table: Table, folder: str | Path) -> Path:
@@ -162,10 +149,4 @@ def save_table(table: Table, folder: str | Path) -> Path:
 
 def typed(row: Row) -> str:
     """Which colour a held-out row's caption names (for the gallery check)."""
-    return next((w for w in row.text.lower().split() if w in _colours()), "")
-
-
-def _colours() -> tuple[str, ...]:
-    from ..datasets.shapes import COLOURS
-
-    return tuple(COLOURS)
+    return next((w for w in row.text.lower().split() if w in COLOURS), "")
