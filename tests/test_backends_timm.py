@@ -55,6 +55,10 @@ VARIANTS = {
     "timm-pe-rope-map": ("vit_pe_core_base_patch16_224", "map", None, {}),
     "timm-eva01-qv-bias": ("eva_giant_patch14_224", "token", None, {"patch_size": 8}),
     "timm-eva02-e-post-norm": ("eva02_enormous_patch14_clip_224", "token", None, {"patch_size": 8}),  # EVA02-E-14
+    # relative-position blocks (no position embedding; a score bias): per-block log-coordinate MLP with a class
+    # token (vit_relpos_medium_patch16_cls_224's), and one bias table shared by every block
+    "timm-relpos-mlp-cls": ("vit_relpos_medium_patch16_cls_224", "", "linear", {}),
+    "timm-relpos-shared": ("vit_srelpos_small_patch16_224", "avg", "linear", {}),
 }
 # convolutional trunks as stages (their own size arguments; a 64-pixel input)
 STAGED = {

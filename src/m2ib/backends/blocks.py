@@ -41,6 +41,16 @@ class Block:
     ls2: Callable[[torch.Tensor], torch.Tensor] = _identity
     # rotary position embedding of queries and keys, [N, heads, T, head_dim] (EVA02, PE); None: none
     rotate: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # additive attention-score bias, [1 or N, heads, T, T] (timm's relative-position blocks); None: none
+    bias: Callable[[], torch.Tensor] | None = None
+
+
+def _with_bias(block: Block, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The additive mask plus the block's score bias (read at each call: the weights may change)."""
+    if block.bias is None:
+        return mask
+    bias = block.bias()
+    return bias if mask is None else mask + bias
 
 
 def openai_block(block: torch.nn.Module) -> Block:
@@ -87,6 +97,7 @@ def block_forward(block: Block, hidden: torch.Tensor, mask: torch.Tensor | None,
     query, key, value = (_heads(f(normed), block.heads) for f in (block.q, block.k, block.v))
     if block.rotate is not None:
         query, key = block.rotate(query), block.rotate(key)
+    mask = _with_bias(block, mask)
     if records is None:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=block.scale)
         output = block.out(out.transpose(1, 2).reshape(n, t, width))
@@ -116,7 +127,8 @@ def block_forward_at(block: Block, hidden: torch.Tensor, positions: torch.Tensor
     normed = block.norm1(hidden)
     query = block.q(normed[rows, positions]).view(n, block.heads, 1, width // block.heads)
     key, value = _heads(block.k(normed), block.heads), _heads(block.v(normed), block.heads)
-    if mask is not None:  # the pooled query's row of the mask
+    mask = _with_bias(block, mask)
+    if mask is not None:  # the pooled query's row of the mask (and bias)
         mask = mask.expand(n, -1, -1, -1)[rows, :, positions][:, :, None, :]
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=block.scale)
     hidden = hidden[rows, positions] + block.ls1(block.out(out.reshape(n, width)))

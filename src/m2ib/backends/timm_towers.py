@@ -40,14 +40,16 @@ def is_timm_transformer(visual: torch.nn.Module) -> bool:
     return trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed")
 
 
-def timm_block(block: torch.nn.Module) -> Block:
+def timm_block(block: torch.nn.Module, shared_bias: Callable[[], torch.Tensor] | None = None) -> Block:
     """timm's pre-norm ViT ``Block`` (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``,
-    ``mlp``, ``ls2``) as a :class:`Block`."""
+    ``mlp``, ``ls2``) as a :class:`Block`; a ``RelPosBlock`` adds its relative-position bias to the
+    scores (its own ``attn.rel_pos``, else the trunk's shared one, ``shared_bias``)."""
     attn = getattr(block, "attn", None)
     qkv = getattr(attn, "qkv", None)
-    if type(block).__name__ != "Block" or not isinstance(qkv, torch.nn.Linear):
-        raise InputError(f"timm block {type(block).__name__} is not supported (timm's plain ViT Block, EvaBlock "
-                         "and EvaBlockPostNorm are; parallel and relative-position blocks are not yet)")
+    relative = type(block).__name__ == "RelPosBlock"  # its attention adds a learned relative-position bias
+    if type(block).__name__ not in ("Block", "RelPosBlock") or not isinstance(qkv, torch.nn.Linear):
+        raise InputError(f"timm block {type(block).__name__} is not supported (timm's plain ViT Block, RelPosBlock, "
+                         "EvaBlock and EvaBlockPostNorm are; parallel and post-norm relative-position blocks are not)")
     for name in ("q_norm", "k_norm"):
         if not isinstance(getattr(attn, name, None), (torch.nn.Identity, type(None))):
             raise InputError(f"timm attention with {name} is not supported yet")
@@ -66,9 +68,11 @@ def timm_block(block: torch.nn.Module) -> Block:
 
     norm = getattr(attn, "norm", None)
     out = attn.proj if isinstance(norm, (torch.nn.Identity, type(None))) else torch.nn.Sequential(norm, attn.proj)
+    own = getattr(attn, "rel_pos", None)  # (not `bias`: proj's closures read qkv's bias by that name)
+    score_bias = (own.get_bias if own is not None else shared_bias) if relative else None
     return Block(norm1=block.norm1, q=proj(0), k=proj(1), v=proj(2), out=out, norm2=block.norm2, mlp=block.mlp,
                  heads=attn.num_heads, scale=attn.scale, ls1=getattr(block, "ls1", _identity),
-                 ls2=getattr(block, "ls2", _identity))
+                 ls2=getattr(block, "ls2", _identity), bias=score_bias)
 
 
 def _plain(module: torch.nn.Module | None) -> bool:
@@ -132,6 +136,7 @@ class TimmViTTower(TransformerTower):
         if getattr(trunk, "dynamic_img_size", False):
             raise InputError("timm trunks with dynamic image sizes are not supported yet")
         self.eva = type(trunk).__name__ == "Eva"
+        self.relpos = type(trunk).__name__ == "VisionTransformerRelPos"  # no position embedding: a score bias
         if getattr(trunk, "rope_mixed", False):
             raise InputError("timm trunks with depth-dependent (mixed) rotary embeddings are not supported yet")
         if self.eva:
@@ -139,7 +144,8 @@ class TimmViTTower(TransformerTower):
         else:
             if getattr(trunk, "rope", None) is not None:
                 raise InputError(f"timm trunk {type(trunk).__name__} with rotary embeddings is not supported yet")
-            super().__init__([timm_block(b) for b in trunk.blocks])
+            shared = getattr(trunk, "shared_rel_pos", None)
+            super().__init__([timm_block(b, None if shared is None else shared.get_bias) for b in trunk.blocks])
         self.visual, self.trunk = visual, trunk
         self.prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 0))
         self.pool = "map" if getattr(trunk, "attn_pool", None) is not None else trunk.global_pool
@@ -164,7 +170,10 @@ class TimmViTTower(TransformerTower):
     def embed(self, batch: ImageBatch) -> torch.Tensor:
         t = self.trunk
         weight = next(t.patch_embed.parameters())  # a linear or convolutional (hybrid) patch embedding
-        x = t._pos_embed(t.patch_embed(batch.pixel_values.to(weight.device, weight.dtype)))
+        x = t.patch_embed(batch.pixel_values.to(weight.device, weight.dtype))
+        if self.relpos:  # timm's forward_features: the class token, nothing added, no pre-norm
+            return x if t.cls_token is None else torch.cat([t.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = t._pos_embed(x)
         if self.eva:  # Eva's _pos_embed also gives the rotary embedding (the blocks ask self.rope for it)
             x = x[0]
             return t.norm_pre(x)  # eval: no patch dropout
@@ -183,7 +192,8 @@ class TimmViTTower(TransformerTower):
     def parts(self):
         t = self.trunk
         head = present(t.norm, getattr(t, "attn_pool", None), t.fc_norm, t.head, self.visual.head)
-        embeddings = present(t.patch_embed, t.cls_token, getattr(t, "reg_token", None), t.pos_embed, t.norm_pre)
+        embeddings = present(t.patch_embed, t.cls_token, getattr(t, "reg_token", None), getattr(t, "pos_embed", None),
+                             getattr(t, "norm_pre", None))
         return head, list(t.blocks), embeddings
 
 
