@@ -15,8 +15,11 @@ timm's ``Eva`` trunks (EVA01/EVA02, PE-Core) run the same way with :func:`eva_bl
 keys of the patch tokens are rotated by the trunk's own rotary embedding (``trunk.rope``, timm's
 ``apply_rot_embed_cat``), so the last block runs in full (no one-token shortcut).
 
-Not handled (a one-line error says so): blocks other than timm's plain ``Block`` / ``EvaBlock`` /
-``EvaBlockPostNorm`` (parallel, relative-position), depth-dependent ("mixed") RoPE, gated or
+Relative-position trunks (``VisionTransformerRelPos``) have no position embedding; each
+``RelPosBlock`` adds its learned bias to the attention scores (the ``Block``'s ``bias`` slot).
+
+Not handled (a one-line error says so): blocks other than timm's plain ``Block`` / ``RelPosBlock`` /
+``EvaBlock`` / ``EvaBlockPostNorm`` (parallel, post-norm relative-position), depth-dependent ("mixed") RoPE, gated or
 qk-normalised attention, and convolutional or windowed trunks (ConvNeXt, FastViT, Swin).
 """
 
