@@ -189,3 +189,21 @@ def test_fixlip_refuses_a_budget_below_the_players_and_a_tower_that_ignores_the_
     coalitions = torch.tensor([[False, False], [True, True], [True, False]]).numpy()
     with pytest.raises(InputError, match="attention mask"):
         side_values(torch.ones(3, 4), coalitions, torch.ones(3).numpy(), "text")
+
+
+def test_cli_explain_with_fixlip_reads_its_setting_flags(tmp_path):
+    pytest.importorskip("shapiq")
+    from PIL import Image
+
+    from m2ib.cli import main
+    from m2ib.interactions import load_interaction
+
+    picture = tmp_path / "scene.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
+    args = ["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "fixlip",
+            "--budget", "256", "--patch-group", "2", "--banzhaf-p", "0.6", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    back = load_interaction(tmp_path / "out" / "scene_fixlip")
+    assert back.settings == {"seed": 0, "budget": 256, "banzhaf_p": 0.6, "patch_group": 2, "max_batch": 256}
+    assert back.info["players_image"] == 16 and back.info["budget_image"] == 64
+    assert main(args[:-2] + ["--banzhaf-p", "1.5", "--out", str(tmp_path / "bad")]) != 0
