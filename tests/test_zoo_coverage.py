@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # class token)
 COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "EVA02-E-14", "convnext_base",
            "MobileCLIP-S1", "vit_relpos_medium_patch16_cls_224", "xlm-roberta-base-ViT-B-32", "mt5-base-ViT-B-32",
-           "coca_ViT-B-32"]
+           "coca_ViT-B-32", "coca_roberta-ViT-B-32"]
 UNCOVERED = {"swin_base_patch4_window7_224": "timm trunk SwinTransformer is not supported"}
 
 

@@ -163,8 +163,6 @@ class OpenCLIPHFTextBackend(TowersBackend):
     """An OpenCLIP ``CustomTextCLIP`` whose ``text`` is an ``HFTextEncoder``."""
 
     def build_towers(self) -> dict[Modality, Tower]:
-        if hasattr(self.model, "text_decoder"):  # its encode_* normalise, and its image tower pools by attention
-            raise InputError("OpenCLIP CoCa models are not supported yet (with a Hugging Face text tower or not)")
         self.tokenizer = _transformers_tokenizer(self.tokenizer)
         if self.preprocessing is None:
             self.preprocessing = preprocessing_of(self.model)
