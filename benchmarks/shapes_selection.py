@@ -114,6 +114,15 @@ def score_image(backend, data, settings, batch_size) -> dict:
     return out
 
 
+def words_sanity(backend, pairs, settings, batch_size) -> tuple[float, float]:
+    """Text sanity over all tokens and over the words alone (start and end left out)."""
+    maps = maps_of(_explain(backend, pairs, "text", settings, batch_size, False), "text")
+    randomised = randomised_above(backend, "text", settings["text_layer"])
+    new = maps_of(_explain(randomised, pairs, "text", settings, batch_size, False), "text")
+    full = sum(abs(spearman(a, b)) for a, b in zip(maps, new)) / len(maps)
+    return full, sum(abs(spearman(a[1:-1], b[1:-1])) for a, b in zip(maps, new)) / len(maps)
+
+
 def score_text(backend, data, settings, batch_size) -> dict:
     single, mixed = data
     exps = _explain(backend, single, "text", settings, batch_size, False)
@@ -148,6 +157,12 @@ def run(args) -> None:
         points = [parse_point(p) for p in args.points]
     else:
         points = [("", p) for p in grid(tower, args.layers, args.betas, args.bottlenecks)]
+    if args.words_sanity:  # a diagnostic of the text sanity check: printed, not stored
+        pairs = _attribution_pairs(backend, args.n, args.split, "single")
+        for name, point in points:
+            full, words = words_sanity(backend, pairs, point, args.batch_size)
+            print(f"{name} {json.dumps(point)}: text sanity {full:.3f} over all tokens, {words:.3f} over the words")
+        return
     if tower == "image":
         size = backend.geometry.image_size[0]
         data = (_attribution_pairs(backend, args.n, args.split, "single"),
@@ -204,14 +219,16 @@ def report(args) -> None:
             criteria = CRITERIA[tower] + (("collage_max",) if tower == "image" else ())
             best, strict = choose(rows, tower) if split == "val" else (None, True)
             print(f"\n### {tower} tower, {split} split ({rows[0]['n']} pairs per point)\n")
-            print("| name | bottleneck | layer | beta | " + " | ".join(criteria) + " | sanity |Spearman| | s | chosen |")
-            print("| --- " * (len(criteria) + 7) + "|")
+            named = any(r["name"] for r in rows)
+            print("| " + ("name | " if named else "") + "bottleneck | layer | beta | " + " | ".join(criteria)
+                  + " | sanity (mean abs. Spearman) | s |" + (" chosen |" if best else ""))
+            print("| --- " * (len(criteria) + 5 + named + bool(best)) + "|")
             for r in rows:
-                mark = "**yes**" if r is best else ""
                 values = " | ".join(f"{r[c]:.3f}" for c in criteria)
                 ok = "" if r["sanity"] <= SANITY_LIMIT else " (fails)"
-                print(f"| {r['name']} | {describe(r['point'])} | {values} | {r['sanity']:.3f}{ok} | "
-                      f"{r['seconds']:.0f} | {mark} |")
+                chosen = (" **yes** |" if r is best else " |") if best else ""
+                print("| " + (f"{r['name']} | " if named else "") + f"{describe(r['point'])} | {values} | "
+                      f"{r['sanity']:.3f}{ok} | {r['seconds']:.0f} |{chosen}")
             if best is not None:
                 print(f"\nchosen {'(sanity filter met)' if strict else '(NO point passes the sanity filter; relaxed)'}:"
                       f" `{json.dumps(best['point'])}`")
@@ -230,6 +247,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="out/selection")
     p.add_argument("--report", action="store_true")
+    p.add_argument("--words-sanity", action="store_true",
+                   help="with --tower text --points: the text sanity check over all tokens and over the words alone")
     args = p.parse_args(argv)
     if args.report:
         report(args)
