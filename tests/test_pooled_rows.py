@@ -22,9 +22,11 @@ from m2ib.inputs import load_image
 from test_backends_families import BUILDERS, TEXTS, build_hf_clip
 from test_backends_hf_dual import BUILDERS as HF_DUAL_BUILDERS
 from test_backends_hf_text import BUILDERS as HF_TEXT_BUILDERS
+from test_backends_hf_text_seq2seq import BUILDERS as HF_SEQ2SEQ_BUILDERS
 from test_backends_timm import BUILDERS as TIMM_BUILDERS
 
-FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS, **TIMM_BUILDERS, **HF_TEXT_BUILDERS}
+FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS, **TIMM_BUILDERS, **HF_TEXT_BUILDERS,
+            **HF_SEQ2SEQ_BUILDERS}
 _CACHE: dict = {}
 
 
@@ -48,7 +50,9 @@ def last_block(model: torch.nn.Module, modality: str) -> tuple[torch.nn.Module, 
     if modality == "image" and hasattr(model.visual, "layer4"):  # ModifiedResNet
         return model.visual.layer4, "NCHW"
     if modality == "text" and type(getattr(model, "text", None)).__name__ == "HFTextEncoder":  # OpenCLIP's
-        return model.text.transformer.encoder.layer[-1], "NTD"
+        transformer = model.text.transformer  # BERT layout; T5 stack (block); M2M100 encoder (layers)
+        layers = getattr(getattr(transformer, "encoder", None), "layer", None) or getattr(transformer, "block", None)
+        return (layers if layers is not None else transformer.layers)[-1], "NTD"
     if modality == "image" and hasattr(model.visual, "trunk"):  # a timm trunk: blocks, or stages
         trunk = model.visual.trunk
         return (trunk.blocks[-1], "NTD") if hasattr(trunk, "blocks") else (trunk.stages[-1], "NCHW")
@@ -114,7 +118,8 @@ CASES = [("hf-clip", "image"), ("hf-clip", "text"), ("siglip", "image"), ("sigli
          ("siglip2", "text"), ("timm-siglip-map", "image"), ("timm-gap-avg", "image"),
          ("timm-token-registers", "image"), ("timm-eva02-rope-token", "image"), ("timm-pe-rope-map", "image"),
          ("timm-convnext-stages", "image"), ("hf-bert-cls-last-mlp", "text"), ("hf-bert-cls-pooler", "text"),
-         ("hf-roberta-mean", "text"), ("hf-xlm-roberta-mean-linear", "text")]
+         ("hf-roberta-mean", "text"), ("hf-xlm-roberta-mean-linear", "text"),
+         ("hf-mt5-mean-mlp", "text"), ("hf-mt5-cls-linear", "text"), ("hf-nllb-cls-linear", "text")]
 
 
 @pytest.mark.parametrize("name,modality", CASES)

@@ -43,9 +43,11 @@ def test_m2ib_points_at_the_named_object_on_fixed_scenes():
                         modalities=("image",), batch_size=8)
     masks = [s.masks[c.objects[0]] for s, c in zip(scenes, captions)]
     hits = [pointing_hit(e.image_map, m) for e, m in zip(exps, masks)]
-    # 80 % on 200 held-out scenes (benchmarks/shapes_quality.py); a map ignoring the text would hit
-    # about as often as the mask's share of the image, about 4 %: 0.3 of these 8 scenes.
-    assert sum(hits) >= 5, hits
+    # A map ignoring the text hits about as often as the mask's share of the image, about 4 %: 0.3 of
+    # these 8 scenes, and 4 or more hits has a chance probability under 2e-4. The recommended settings
+    # (chosen with the sanity check, docs/shapes_selection.md) point at 58.5 % on 200 test scenes
+    # (77.5 % at the previous ones), i.e. 4.7 of 8 expected.
+    assert sum(hits) >= 4, hits
     energy = torch.tensor([energy_inside(e.image_map, m) for e, m in zip(exps, masks)]).mean()
     area = torch.stack([m.float().mean() for m in masks]).mean()
     assert energy > 5 * area, (energy, area)
