@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import html
-import inspect
 import logging
 import os
 import shutil
@@ -16,7 +15,7 @@ from typing import Any, NamedTuple
 
 from ..errors import M2IBError
 from .callbacks import COMPARE_ALL, explain_pair, registered_methods
-from .controls import setting_control, setting_specs
+from .controls import name_api_parameters, one_line, setting_control, setting_specs
 from .environment import accepted, import_gradio
 from .interaction_tab import interaction_tab
 from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_UPLOAD_MB, prune
@@ -177,28 +176,16 @@ def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
                 result = explain_pair(backend, image_path, text_value, method_name, settings,
                                       workdir=tempfile.mkdtemp(dir=runs), progress=progress, **limits)
         except M2IBError as exc:
-            log.warning("rejected: %s", _one_line(exc))
+            log.warning("rejected: %s", one_line(exc))
             raise _page_error(gr, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the server keeps serving
-            log.error("failed: %s", _one_line(exc))
-            raise _page_error(gr, f"the explanation failed ({_one_line(exc)}); see the server log") from None
+            log.error("failed: %s", one_line(exc))
+            raise _page_error(gr, f"the explanation failed ({one_line(exc)}); see the server log") from None
         log.info("explained %r on %s with %s in %.1f s", text_value.strip(), Path(image_path).name,
                  method_name, time.perf_counter() - started)
         return list(result)
 
-    # Name the API's parameters after the settings (m2ib_steps, ...), not param_3, param_4, ...
-    P = inspect.Parameter
-    explain_clicked.__signature__ = inspect.Signature(
-        [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
-        + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
-        + [P("progress", P.KEYWORD_ONLY, default=tracker)])
-    return explain_clicked
-
-
-def _one_line(exc: BaseException) -> str:
-    from ..api import one_line
-
-    return one_line(exc)
+    return name_api_parameters(explain_clicked, keys, tracker)
 
 
 def _theme(gr):
@@ -224,7 +211,7 @@ def _raw_image_component(gr):
             try:  # a pasted image arrives inline
                 return super().preprocess(payload)
             except Exception as exc:  # noqa: BLE001
-                log.warning("rejected: cannot read a pasted image: %s", _one_line(exc))
+                log.warning("rejected: cannot read a pasted image: %s", one_line(exc))
                 raise _page_error(gr, "cannot read the pasted image; upload the file instead") from None
 
     return UploadedImage

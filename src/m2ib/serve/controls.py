@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..settings import SettingField, fields_of
@@ -114,3 +115,21 @@ def setting_control(gr, spec: SettingSpec):
         return gr.Number(**accepted(gr.Number, value=spec.value, precision=0 if control == "integer" else None,
                                     placeholder=spec.auto, **common))
     return gr.Textbox(**accepted(gr.Textbox, value=spec.value, placeholder=spec.auto, **common))
+
+
+def name_api_parameters(fn: Callable, keys: Sequence[tuple[str, str]], tracker: Any) -> Callable:
+    """Give a button's callback the signature Gradio's API shows: image, text, method, then one
+    parameter per setting (``m2ib_steps``, ``exclip_text_layer``, ...), not param_3, param_4, ..."""
+    P = inspect.Parameter
+    fn.__signature__ = inspect.Signature(
+        [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
+        + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
+        + [P("progress", P.KEYWORD_ONLY, default=tracker)])
+    return fn
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log line (imported lazily: the api pulls torch in)."""
+    from ..api import one_line as line
+
+    return line(exc)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import tempfile
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import M2IBError
-from .controls import setting_control
+from .controls import name_api_parameters, one_line, setting_control
 from .environment import accepted
 from .interplay import (SELECTED, InteractionCache, View, click_image, compute_interaction, interaction_specs,
                         registered_interactions, select_phrase, select_word)
@@ -134,25 +133,13 @@ def _compute_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
                     backend, image_path, text_value, method_name, settings, cache=cache,
                     workdir=tempfile.mkdtemp(dir=runs), progress=progress, **limits)
         except M2IBError as exc:
-            log.warning("rejected: %s", _one_line(exc))
+            log.warning("rejected: %s", one_line(exc))
             raise errors(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the server keeps serving
-            log.error("failed: %s", _one_line(exc))
-            raise errors(f"the interactions failed ({_one_line(exc)}); see the server log") from None
+            log.error("failed: %s", one_line(exc))
+            raise errors(f"the interactions failed ({one_line(exc)}); see the server log") from None
         log.info("interactions of %r on %s with %s in %.1f s", text_value.strip(), Path(image_path).name,
                  method_name, time.perf_counter() - started)
         return [result, first.view, first.picture, first.caption, first.scores, first.note, files, status]
 
-    # Name the API's parameters after the settings (exclip_steps, ...), not param_3, param_4, ...
-    P = inspect.Parameter
-    compute.__signature__ = inspect.Signature(
-        [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
-        + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
-        + [P("progress", P.KEYWORD_ONLY, default=tracker)])
-    return compute
-
-
-def _one_line(exc: BaseException) -> str:
-    from ..api import one_line
-
-    return one_line(exc)
+    return name_api_parameters(compute, keys, tracker)
