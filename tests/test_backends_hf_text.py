@@ -218,11 +218,90 @@ def test_open_clip_hf_tokenizers_are_unwrapped(pictures):
     assert_split_parity(wrapped, image_fn, text_fn, pictures)
 
 
-def test_names_with_a_hugging_face_text_tower_fail_fast_offline_on_one_line():
+def test_a_config_with_a_hugging_face_text_tower_loads_by_name(tmp_path, monkeypatch):
+    """open_clip:roberta-ViT-B-32@random by name: the text tower's config and tokenizer come from the
+    local copy of its hub repo (here a small one, handed out where the cache would), never its weights;
+    the backend is the HF text one, its tokenizer OpenCLIP's HFTokenizer, and its split forward equals
+    OpenCLIP's encode_text on the tokenizer's own ids."""
+    need_open_clip()
+    import m2ib.backends.hub as hub
+
+    local = tmp_path / "roberta-base"
+    small_hf_config("roberta").save_pretrained(local)
+    tiny_tokenizer(tmp_path, roberta=True).save_pretrained(local)
+    asked = []
+
+    def snapshot(repo, patterns=None, howto=None):
+        asked.append(repo)
+        return local
+
+    monkeypatch.setattr(hub, "hub_snapshot", snapshot)
+    backend = m2ib.load("open_clip:roberta-ViT-B-32@random")
+    assert type(backend).__name__ == "OpenCLIPHFTextBackend" and asked == ["roberta-base"]
+    assert type(backend.tokenizer).__name__ in ("BertTokenizer", "BertTokenizerFast")  # unwrapped HFTokenizer
+    batch = backend.tokenize(["a red circle", "the blue star"])
+    assert backend.model.text.config.hidden_size == 32  # the small config, not roberta-base's
+    with torch.no_grad():
+        torch.testing.assert_close(backend.embed("text", batch), backend.model.encode_text(
+            torch.cat([batch.input_ids, torch.full((2, 5), backend.towers["text"].pad_id)], dim=1)),
+            atol=1e-5, rtol=0)
+    exp = m2ib.explain(backend, torch.rand(3, 64, 64), "a red circle", steps=2, samples=2)
+    assert exp.text_map.shape[0] == len(exp.tokens) and torch.isfinite(exp.image_map).all()
+
+
+def test_a_hugging_face_text_tower_by_name_offline_fails_on_one_line(monkeypatch):
+    """Not cached and the hub off: one line naming the repo and how to get it, no download tried."""
+    need_open_clip()
+    from m2ib.errors import ModelNotAvailableError
+
     import time
 
-    need_open_clip()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-m2ib-cache")
     start = time.monotonic()
-    with pytest.raises(InputError, match="loading it by name is not supported yet") as info:
+    with pytest.raises(ModelNotAvailableError, match=r"hf download roberta-base") as info:
         m2ib.load("open_clip:roberta-ViT-B-32@random")
     assert time.monotonic() - start < 10 and "\n" not in str(info.value)
+
+
+def test_a_biomedclip_style_directory_loads_with_its_hugging_face_text_tower(tmp_path, monkeypatch):
+    """An OpenCLIP directory (what open_clip:hf-hub:microsoft/BiomedCLIP-... downloads) whose text tower
+    is a Hugging Face BERT: the HF text backend, the directory's weights, BiomedCLIP's pooler and MLP
+    proj, the tokenizer from the text model's repo; split forward = OpenCLIP's encode_text."""
+    need_open_clip()
+    import json
+
+    import m2ib.backends.hub as hub
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+    bert = tmp_path / "tiny-pubmedbert"
+    small_hf_config("bert").save_pretrained(bert)
+    tiny_tokenizer(tmp_path, roberta=False).save_pretrained(bert)
+    text_cfg = dict(hf_model_name="microsoft/tiny-pubmedbert", hf_tokenizer_name="microsoft/tiny-pubmedbert",
+                    hf_proj_type="mlp", hf_pooler_type="cls_last_hidden_state_pooler", context_length=40)
+    vision_cfg = dict(layers=2, width=32, patch_size=8, image_size=32, head_width=16)
+    with small_hf_configs(small_hf_config("bert")):
+        model = _seeded(0, lambda: CustomTextCLIP(32, CLIPVisionCfg(**vision_cfg),
+                                                  CLIPTextCfg(**text_cfg, hf_model_pretrained=False)).eval())
+    spread_weights(model)
+    folder = tmp_path / "biomedclip"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": text_cfg},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    asked = []
+
+    def snapshot(repo, patterns=None, howto=None):
+        asked.append(repo)
+        return bert
+
+    monkeypatch.setattr(hub, "hub_snapshot", snapshot)
+    backend = m2ib.load(f"open_clip:local-dir:{folder}")
+    assert type(backend).__name__ == "OpenCLIPHFTextBackend" and asked == ["microsoft/tiny-pubmedbert"]
+    loaded = backend.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())  # the directory's weights
+    batch = backend.tokenize(["a red circle", "the blue star"])
+    with torch.no_grad():
+        torch.testing.assert_close(backend.embed("text", batch), model.encode_text(batch.input_ids), atol=1e-5,
+                                   rtol=0)

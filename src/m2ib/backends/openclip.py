@@ -19,6 +19,7 @@ not to the 77-token context: same embeddings, less work.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -37,7 +38,7 @@ from .coca import CLS_ID, CLS_TOKEN, CoCaTextTower, class_token_layout
 from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .tokens import protect_specials, readable_tokens, word_ids
 from .openai_towers import OpenAITextTower, OpenAIViTTower
-from .openclip_tokens import hf_library_ids, hf_text_batch, hub_tokenizer, transformers_tokenizer
+from .openclip_tokens import hf_library_ids, hf_text_batch, hf_text_by_name, hub_tokenizer, transformers_tokenizer
 from .registry import Family, module_names, register
 from .resnet_clip import ResNetTower, is_modified_resnet
 from .timm_stages import TimmStagesTower, is_timm_staged
@@ -247,14 +248,13 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         raise InputError(f"open_clip has no architecture {arch!r}" + (f": similar: {', '.join(close)}" if close else
                                                                          "; see open_clip.list_models()"))
     cfg = oc.get_model_config(arch) or {}
-    if "hf_model_name" in cfg.get("text_cfg", {}):  # timm image towers: the tower code says which it reads
-        raise InputError(f"open_clip {arch} has a Hugging Face text tower, whose config and tokenizer come from "
-                         "the hub: loading it by name is not supported yet; build it with open_clip and pass "
-                         "m2ib.load(model, tokenizer=open_clip.get_tokenizer(ARCH))")
     tokenizer = None
-    if cfg.get("text_cfg", {}).get("hf_tokenizer_name"):  # the cache first, before open_clip reaches for the hub
-        tokenizer = hub_tokenizer(oc, arch, cfg["text_cfg"], tag in ("", "random"), name)
     kwargs: dict[str, Any] = {}
+    hf_text = "hf_model_name" in cfg.get("text_cfg", {})
+    if hf_text:  # a Hugging Face text tower: its config and tokenizer from the cache, before open_clip asks the hub
+        kwargs["text_cfg"], tokenizer = hf_text_by_name(arch, cfg["text_cfg"])
+    elif cfg.get("text_cfg", {}).get("hf_tokenizer_name"):
+        tokenizer = hub_tokenizer(oc, arch, cfg["text_cfg"], tag in ("", "random"), name)
     if tag in ("", "random"):
         pretrained = None
         if tag == "":
@@ -274,6 +274,10 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         if cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True  # what the weights were trained with
     model = _quiet(oc.create_model, arch, pretrained=pretrained, **kwargs).eval()
+    if hf_text:
+        from .openclip_hf_text import OpenCLIPHFTextBackend  # that module builds on this one
+
+        return OpenCLIPHFTextBackend(model=model, name=name, tokenizer=tokenizer)
     return OpenCLIPBackend(model=model, name=name, tokenizer=tokenizer or oc.get_tokenizer(arch))
 
 
@@ -286,6 +290,13 @@ def load_open_clip_dir(path: Path, name: str | None = None) -> OpenCLIPBackend:
         raise InputError(f"{path}: no checkpoint (*.safetensors, *.bin, *.pth, *.pt) next to open_clip_config.json")
     oc = import_open_clip()
     spec = f"local-dir:{path}"
+    text_cfg = json.loads((path / "open_clip_config.json").read_text()).get("model_cfg", {}).get("text_cfg", {})
+    if "hf_model_name" in text_cfg:  # BiomedCLIP: its PubMedBERT's config and tokenizer from the cache
+        text_cfg, tokenizer = hf_text_by_name(spec, text_cfg)
+        model = _quiet(oc.create_model, spec, text_cfg=text_cfg).eval()
+        from .openclip_hf_text import OpenCLIPHFTextBackend  # that module builds on this one
+
+        return OpenCLIPHFTextBackend(model=model, name=name or str(path), tokenizer=tokenizer)
     model = _quiet(oc.create_model, spec).eval()
     return OpenCLIPBackend(model=model, name=name or str(path), tokenizer=oc.get_tokenizer(spec))
 

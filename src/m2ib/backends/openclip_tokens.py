@@ -63,6 +63,36 @@ def hub_tokenizer(oc: Any, arch: str, text_cfg: dict, random_weights: bool, name
                          "pip install sentencepiece protobuf, or re-download it") from None
 
 
+def hf_text_by_name(arch: str, text_cfg: dict) -> tuple[dict, Any]:
+    """For a config whose text tower is a Hugging Face model (``hf_model_name``: BiomedCLIP's
+    PubMedBERT, XLM-R, mT5, NLLB): the ``text_cfg`` that builds it from the local copy of its
+    config (the cache, or the hub when it answers; never its weights: the CLIP checkpoint holds
+    them, or they are random) and OpenCLIP's ``HFTokenizer`` from the same place."""
+    from pathlib import Path
+
+    from open_clip.tokenizer import HFTokenizer
+
+    def local(repo: str) -> Path:
+        if Path(repo).expanduser().is_dir():
+            return Path(repo).expanduser()
+        howto = (f"download it where there is internet (`hf download {repo} --include config.json 'tokenizer*' "
+                 f"'vocab*' 'special_tokens_map.json' '*.model'`, which fills the Hugging Face cache), or build "
+                 f"the model with open_clip and pass m2ib.load(model, tokenizer=open_clip.get_tokenizer('{arch}'))")
+        return hub.hub_snapshot(repo, patterns=TOKENIZER_FILES, howto=howto)
+
+    model_path = local(text_cfg["hf_model_name"])
+    tokenizer_repo = text_cfg.get("hf_tokenizer_name") or text_cfg["hf_model_name"]
+    tokenizer_path = model_path if tokenizer_repo == text_cfg["hf_model_name"] else local(tokenizer_repo)
+    try:
+        tokenizer = HFTokenizer(str(tokenizer_path), context_length=text_cfg.get("context_length", 77),
+                                **dict(text_cfg.get("tokenizer_kwargs", {})))
+    except Exception as exc:  # e.g. sentencepiece missing for a .model tokenizer
+        raise InputError(f"the tokenizer {tokenizer_repo} in {tokenizer_path} did not load "
+                         f"({str(exc).splitlines()[0][:120]}): pip install sentencepiece protobuf, or re-download it"
+                         ) from None
+    return {**text_cfg, "hf_model_name": str(model_path), "hf_model_pretrained": False}, tokenizer
+
+
 def transformers_tokenizer(tokenizer: Any) -> Any | None:
     """The transformers tokenizer of OpenCLIP's ``HFTokenizer`` (its ``.tokenizer``), a bare one
     as given, or None (CLIP's BPE tokenizers)."""
@@ -100,4 +130,4 @@ def hf_text_batch(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch
     return TextBatch(input_ids.to(device), attention_mask.to(device), tuple(texts), tokens, special, words)
 
 
-__all__ = ["hf_library_ids", "hf_text_batch", "hub_tokenizer", "transformers_tokenizer"]
+__all__ = ["hf_library_ids", "hf_text_batch", "hf_text_by_name", "hub_tokenizer", "transformers_tokenizer"]
