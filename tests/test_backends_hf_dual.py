@@ -205,6 +205,15 @@ def test_siglip2_per_image_grids_are_the_processors():
                        modalities=("image",))
     assert grids == [(2, 5), (5, 3)] and backend.geometry.patch_grid == (4, 4)  # the backend itself is unchanged
     assert tuple(exp.image_grid.shape) == (2, 5) and exp.image_map.shape == (16, 40)
+    # m2ib.explain (and the CLI) of one image uses its own grid by itself, with the same maps
+    plain = m2ib.explain(backend, images[0], "a red circle", steps=2, samples=2, modalities=("image",))
+    assert tuple(plain.image_grid.shape) == (2, 5)
+    torch.testing.assert_close(plain.image_map, exp.image_map)
+    # images of several grids in one call share the backend's grid (one batch, one grid)
+    both = m2ib.explain(backend, images, "a red circle", steps=2, samples=2, modalities=("image",))
+    assert [tuple(e.image_grid.shape) for e in both] == [(4, 4), (4, 4)]
+    same = m2ib.explain(backend, [images[0], images[0]], "a red circle", steps=2, samples=2, modalities=("image",))
+    assert [tuple(e.image_grid.shape) for e in same] == [(2, 5), (2, 5)]
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

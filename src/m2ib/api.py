@@ -167,6 +167,8 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
     if not modalities or any(m not in ("image", "text") for m in modalities):
         raise InputError(f"modalities={modalities!r}: use ('image', 'text'), ('image',) or ('text',)")
     backend = load(model, device=device)
+    if images is not None and pixel_values is None:  # NaFlex: the images' own patch grid
+        backend = backend.at_grid_of(list(images) if isinstance(images, (list, tuple)) else [images])
     chosen = algorithm.make_settings(backend, **settings)
     inputs = _Inputs(backend, images, texts, pixel_values, input_ids, attention_mask)
     negative_batch = None

@@ -158,6 +158,11 @@ class Backend(ABC):
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         """Texts -> token ids with start/end tokens, truncated to the context length."""
 
+    def at_grid_of(self, images: Sequence[Any]) -> Backend:
+        """This backend at the patch grid of ``images``, for models whose grid follows each image
+        (SigLIP 2 NaFlex); every other backend has one grid and returns itself."""
+        return self
+
     def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    texts: Sequence[str] = ()) -> TextBatch:
         """A TextBatch from token ids the user made (readable tokens, start/end positions)."""

@@ -35,6 +35,7 @@ What m2ib does, and how it differs from the NaFlex processor:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -152,6 +153,12 @@ class Siglip2Backend(SiglipBackend):
         limit = self.max_num_patches or self.model.vision_model.embeddings.num_patches
         height, width = get_image_size_for_max_num_patches(picture.height, picture.width, patch, limit)
         return height // patch, width // patch
+
+    def at_grid_of(self, images: Sequence[Any]) -> Siglip2Backend:
+        """At the images' own NaFlex grid when they share one (one image always does); images of
+        several grids share this backend's grid, as one batch must."""
+        grids = {self.image_grid(image) for image in images}
+        return self.for_image(images[0]) if len(grids) == 1 else self
 
     def for_image(self, image: Any) -> Siglip2Backend:
         """This backend at ``image``'s own NaFlex grid (the same model and settings; cheap)."""
