@@ -276,9 +276,12 @@ def test_interactions_tab_in_a_browser(app, backend, tmp_path):
             tokens = page.locator("#m2ib-ix-caption .token")
             assert [t.strip() for t in tokens.all_inner_texts()] == CAPTION3.split()
 
+            before = page.eval_on_selector("#m2ib-ix-picture img", "e => e.src")
             tokens.nth(CAPTION3.split().index("yellow")).click()  # (a) click a word: its region
             page.locator("#m2ib-ix-note").get_by_text("yellow", exact=True).wait_for()
-            page.wait_for_function("document.querySelector('#m2ib-ix-picture img').naturalWidth > 0")
+            # the note and the picture are two outputs: wait for the picture to be replaced too
+            page.wait_for_function(f"(() => {{ const e = document.querySelector('#m2ib-ix-picture img'); "
+                                   f"return e && e.src !== {before!r} && e.naturalWidth > 0; }})()")
             want = np.asarray(serve.select_word(expected, serve.View(), 5).picture, dtype=int)
             shown = _shown_picture(page, tmp_path, "word.png")
             assert shown.shape == want.shape and np.abs(shown - want).max() <= 1  # exactly yellow's span_map
