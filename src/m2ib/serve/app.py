@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from ..errors import M2IBError
 from .callbacks import COMPARE_ALL, explain_pair, registered_methods
-from .controls import name_api_parameters, one_line, setting_control, setting_specs
+from .controls import name_api_parameters, one_line, setting_specs, settings_accordion
 from .environment import accepted, import_gradio
 from .interaction_tab import interaction_tab
 from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_UPLOAD_MB, prune
@@ -122,14 +122,7 @@ def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: l
     method = gr.Dropdown(**accepted(gr.Dropdown, choices=choices, value=next(iter(methods)), label="Method",
                                     info="\"Compare all methods\" runs each in turn: a row each (minutes on a CPU)",
                                     elem_id=f"{ELEM}-method", interactive=True))
-    groups, controls = [], []
-    with gr.Accordion("Settings (defaults shown)", open=False, elem_id=f"{ELEM}-settings"):
-        for k, (name, cls) in enumerate(methods.items()):
-            with gr.Group(visible=k == 0, elem_id=f"{ELEM}-settings-{name}") as group:
-                gr.Markdown(f"**{cls.title}**" + (f" · [paper]({cls.paper})" if cls.paper else ""))
-                with gr.Row():
-                    controls += [setting_control(gr, s) for s in specs[name]]
-            groups.append(group)
+    groups, controls = settings_accordion(gr, methods, specs, ELEM)
     run = gr.Button("Explain", variant="primary", elem_id=f"{ELEM}-run")
     status = gr.Markdown("", label="Status", elem_id=f"{ELEM}-status")
     gr.Examples(examples=[[p, c] for p, c in scenes], inputs=[image, text],

@@ -133,3 +133,18 @@ def one_line(exc: BaseException) -> str:
     from ..api import one_line as line
 
     return line(exc)
+
+
+def settings_accordion(gr: Any, methods: Mapping[str, Any], specs: Mapping[str, Sequence[Any]],
+                       prefix: str) -> tuple[list, list]:
+    """The "Settings" accordion: one group of controls per method (the first visible), each headed
+    by the method's title and paper. Returns ``(groups, controls)``."""
+    groups, controls = [], []
+    with gr.Accordion("Settings (defaults shown)", open=False, elem_id=f"{prefix}-settings"):
+        for k, (name, cls) in enumerate(methods.items()):
+            with gr.Group(visible=k == 0, elem_id=f"{prefix}-settings-{name}") as group:
+                gr.Markdown(f"**{cls.title}**" + (f" · [paper]({cls.paper})" if cls.paper else ""))
+                with gr.Row():
+                    controls += [setting_control(gr, s) for s in specs[name]]
+            groups.append(group)
+    return groups, controls

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import M2IBError
-from .controls import name_api_parameters, one_line, setting_control
+from .controls import name_api_parameters, one_line, settings_accordion
 from .environment import accepted
 from .interplay import (SELECTED, InteractionCache, View, click_image, compute_interaction, interaction_specs,
                         registered_interactions, select_phrase, select_word)
@@ -43,14 +43,7 @@ def interaction_tab(gr, backend: Any, runs: Path, limits: dict[str, float], scen
             method = gr.Dropdown(**accepted(gr.Dropdown, choices=[(cls.title, n) for n, cls in methods.items()],
                                             value=next(iter(methods)), label="Interaction method",
                                             elem_id=f"{IX}-method", interactive=True))
-            groups, controls = [], []
-            with gr.Accordion("Settings (defaults shown)", open=False, elem_id=f"{IX}-settings"):
-                for k, (name, cls) in enumerate(methods.items()):
-                    with gr.Group(visible=k == 0, elem_id=f"{IX}-settings-{name}") as group:
-                        gr.Markdown(f"**{cls.title}**" + (f" · [paper]({cls.paper})" if cls.paper else ""))
-                        with gr.Row():
-                            controls += [setting_control(gr, s) for s in specs[name]]
-                    groups.append(group)
+            groups, controls = settings_accordion(gr, methods, specs, IX)
             run = gr.Button("Compute interactions", variant="primary", elem_id=f"{IX}-run")
             status = gr.Markdown("", elem_id=f"{IX}-status")
             gr.Examples(examples=[[p, c] for p, c in scenes], inputs=[image, text],
