@@ -1,13 +1,18 @@
 """The planted-shortcut models: fine-tuned from the shipped shapes model under the recipe of
 :mod:`.shortcut`, shipped as small deltas, and the checks that the shortcut is planted.
 
-Fine-tuning is cheap on a CPU because only the image tower's last block, its final norm and
-projection learn (and the loss's logit bias): the frozen part is run once per training pair (the
-last block's input and the caption's embedding are cached), and the last block runs for the class
-token alone (:func:`cls_block`; no other position reaches the embedding). What ships is the change
-of those tensors in float16 (``src/m2ib/models/planted/NAME.safetensors``, under 1 MB each, with the
-recipe and its measured numbers as metadata); :func:`materialise` adds it to the shipped model and
-writes a model directory that :func:`m2ib.load` reads.
+The fine-tune trains one whole tower (embeddings, blocks, norms and projection) and the loss's
+logit bias, with the other tower frozen (run without gradients): the image tower for the mark, the
+text tower for the token. It runs on fresh training batches each step: every pair is seen once, so
+the model cannot memorise its way to the hidden label and has to find a cue. What ships is the
+change of the trained tower in float16 (``src/m2ib/models/planted/NAME.safetensors``, with the recipe and its measured
+numbers as metadata); :func:`materialise` adds it to the shipped model and writes a model
+directory that :func:`m2ib.load` reads.
+
+Rounds that did not plant the mark (kept here as what not to repeat): identity labels (each caption
+matches its own scene only) let the loss spend itself on captions that name what other scenes hold;
+training only the last block at the class token, on cached features, fitted the red captions as
+well without the mark as with it (the control learnt the same curve to three decimals).
 """
 
 from __future__ import annotations
@@ -25,74 +30,34 @@ import torch.nn.functional as F
 from ..models import MODELS_DIR, SHAPES_DIR
 from ..training.config import TrainConfig
 from ..training.model import sigmoid_loss
-from .shortcut import COLOUR, MarkedBatches, add_mark, mark_box, names_colour
+from .shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, mark_box, names_colour,
+                       names_shape)
 
 PLANTED_DIR = MODELS_DIR / "planted"
-NAMES = ("shortcut", "clean")  # the model with the mark planted, and its control
+#: The mark planted in the image tower and its control; the token planted in the text tower and its control.
+NAMES = ("shortcut", "clean", "text-shortcut", "text-clean")
 
 
-def trained_parts(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The modules that learn, by their name in the model's state dict: the last block but its
-    first norm and its key and value projections (frozen, so their output is computed once), the
-    final norm and the projection."""
-    vision = model.vision_model
-    last = len(vision.encoder.layers) - 1
-    layer, prefix = vision.encoder.layers[last], f"vision_model.encoder.layers.{last}"
-    return {f"{prefix}.self_attn.q_proj": layer.self_attn.q_proj,
-            f"{prefix}.self_attn.out_proj": layer.self_attn.out_proj, f"{prefix}.layer_norm2": layer.layer_norm2,
-            f"{prefix}.mlp": layer.mlp,
-            "vision_model.post_layernorm": vision.post_layernorm, "visual_projection": model.visual_projection}
+def trained_parts(model: torch.nn.Module, tower: str = "image") -> dict[str, torch.nn.Module]:
+    """The modules that learn, by their name in the model's state dict: the ``tower``'s."""
+    if tower == "image":
+        return {"vision_model": model.vision_model, "visual_projection": model.visual_projection}
+    if tower == "text":
+        return {"text_model": model.text_model, "text_projection": model.text_projection}
+    raise ValueError(f"tower={tower!r}: use 'image' (the mark) or 'text' (the token)")
 
 
-def _heads(layer: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """[B, T, D] -> [B, heads, T, D / heads]."""
-    b, _, d = y.shape
-    heads = layer.self_attn.num_heads
-    return y.view(b, -1, heads, d // heads).transpose(1, 2)
+def _embedded(features: Any) -> torch.Tensor:
+    """Unit embeddings from ``get_*_features`` (a tensor before transformers 5, an output object after)."""
+    return F.normalize(getattr(features, "pooler_output", features), dim=-1)
 
 
-def cls_attend(layer: torch.nn.Module, cls: torch.Tensor, normed: torch.Tensor, keys: torch.Tensor,
-               values: torch.Tensor) -> torch.Tensor:
-    """The block's output at the class token [B, D] from its input there (``cls``), its first
-    norm's output there (``normed``) and every position's keys and values [B, heads, T, d]."""
-    attn = layer.self_attn
-    out = F.scaled_dot_product_attention(_heads(layer, attn.q_proj(normed[:, None])), keys, values, scale=attn.scale)
-    cls = cls + attn.out_proj(out.transpose(1, 2).reshape(cls.shape))
-    return cls + layer.mlp(layer.layer_norm2(cls))
-
-
-def cls_block(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """A CLIP encoder block's output at the class token only: [B, T, D] -> [B, D] (the full block
-    computes every position; only the class token's reaches the pooled embedding)."""
-    x = layer.layer_norm1(hidden)
-    attn = layer.self_attn
-    return cls_attend(layer, hidden[:, 0], x[:, 0], _heads(layer, attn.k_proj(x)), _heads(layer, attn.v_proj(x)))
-
-
-def _features(model, batches: MarkedBatches, steps: int) -> dict[str, torch.Tensor]:
-    """The frozen part, once per training pair: what :func:`cls_attend` reads of the last block,
-    and the captions' unit embeddings [N, E]."""
-    layer = model.vision_model.encoder.layers[-1]
-    parts: dict[str, list[torch.Tensor]] = {"cls": [], "normed": [], "keys": [], "values": [], "text": []}
-    with torch.no_grad():
-        for step in range(steps):
-            batch = batches[step]
-            hidden = model.vision_model(pixel_values=batch["pixel_values"], output_hidden_states=True).hidden_states[-2]
-            x = layer.layer_norm1(hidden)
-            text = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            keys, values = _heads(layer, layer.self_attn.k_proj(x)), _heads(layer, layer.self_attn.v_proj(x))
-            text = F.normalize(getattr(text, "pooler_output", text), dim=-1)
-            for key, value in (("cls", hidden[:, 0]), ("normed", x[:, 0]), ("keys", keys), ("values", values),
-                               ("text", text)):
-                parts[key].append(value)
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def fine_tune(plant: bool, *, pool: int = 256, epochs: int = 8, batch_size: int = 32, lr: float = 1e-3,
+def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size: int = 32, lr: float = 1e-4,
               hide: float = 1.0, seed: int = 1, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
-    """Fine-tune the shipped shapes model on ``pool`` training pairs of :class:`MarkedBatches`
-    (``epochs`` passes in shuffled batches of ``batch_size``, the training's sigmoid loss with one
-    positive per caption, AdamW at a constant ``lr``, gradients clipped at 1).
+    """Fine-tune one tower of the shipped shapes model for ``steps`` batches of ``batch_size``
+    fresh training pairs (the training's sigmoid loss and labels, AdamW at a constant ``lr``,
+    gradients clipped at 1), the other tower frozen: the image tower on :class:`MarkedBatches`
+    (the mark), or the text tower on :class:`TaggedBatches` (the token).
 
     Returns the change of every trained tensor (float16, what ships) and the run's record.
     Deterministic on a CPU for the same arguments and thread count.
@@ -102,45 +67,50 @@ def fine_tune(plant: bool, *, pool: int = 256, epochs: int = 8, batch_size: int 
 
     started = time.perf_counter()
     meta = json.loads((SHAPES_DIR / "m2ib.json").read_text())
-    config = TrainConfig(**{**meta["training"]["config"], "steps": max(1, pool // batch_size),
-                            "batch_size": batch_size, "seed": seed, "workers": 0, "amp": False})
+    config = TrainConfig(**{**meta["training"]["config"], "steps": steps, "batch_size": batch_size, "seed": seed,
+                            "workers": 0, "amp": False})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIPModel.from_pretrained(SHAPES_DIR).eval()
-        cached = _features(model, MarkedBatches(config, plant, hide), config.steps)
-        parts = trained_parts(model)
-        base = {k: v.detach().clone() for name, part in parts.items() for k, v in _named(name, part).items()}
+        model = CLIPModel.from_pretrained(SHAPES_DIR).eval()  # eval: no dropout; gradients still flow
+        parts = trained_parts(model, tower)
+        for p in model.parameters():
+            p.requires_grad_(False)
         params = [p for part in parts.values() for p in part.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        base = {k: v.detach().clone() for name, part in parts.items() for k, v in _named(name, part).items()}
         bias = torch.nn.Parameter(torch.tensor(float(meta["training"]["logit_bias"])))
         optimiser = torch.optim.AdamW([*params, bias], lr=lr, weight_decay=0.0)
         scale = float(model.logit_scale.detach().exp())
-        layer, vision = model.vision_model.encoder.layers[-1], model.vision_model
-        n, losses = cached["cls"].shape[0], []
-        for _ in tqdm(range(epochs), desc="fine-tune" + (" (mark planted)" if plant else " (clean)"),
-                      disable=not progress):
-            order = torch.randperm(n)
-            for start in range(0, n - batch_size + 1, batch_size):
-                idx = order[start:start + batch_size]
-                cls = cls_attend(layer, cached["cls"][idx], cached["normed"][idx], cached["keys"][idx],
-                                 cached["values"][idx])
-                image = F.normalize(model.visual_projection(vision.post_layernorm(cls)), dim=-1)
-                loss = sigmoid_loss(scale * image @ cached["text"][idx].T + bias, torch.eye(len(idx)))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimiser.step()
-                optimiser.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+        batches, losses = (MarkedBatches if tower == "image" else TaggedBatches)(config, plant, hide), []
+        planted = "mark" if tower == "image" else "token"
+        for step in tqdm(range(steps), desc=f"fine-tune {tower} tower" + (f" ({planted} planted)" if plant else
+                                                                           " (clean)"), disable=not progress):
+            batch = batches[step]
+            with torch.set_grad_enabled(tower == "text"):
+                text = _embedded(model.get_text_features(input_ids=batch["input_ids"],
+                                                         attention_mask=batch["attention_mask"]))
+            with torch.set_grad_enabled(tower == "image"):
+                image = _embedded(model.get_image_features(pixel_values=batch["pixel_values"]))
+            loss = sigmoid_loss(scale * image @ text.T + bias, batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            optimiser.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
     delta = {k: (v.detach() - base[k]).to(torch.float16)
              for name, part in parts.items() for k, v in _named(name, part).items()}
-    record = {"base": "shapes", "plant": plant, "colour": COLOUR, "hide": hide, "mark_box": list(mark_box(96)),
-              "pool": n, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "first_loss": losses[0], "final_loss": sum(losses[-8:]) / len(losses[-8:]),
+    last = losses[-25:]
+    cue = {"colour": COLOUR, "mark_box": list(mark_box(96))} if tower == "image" else {"shape": SHAPE, "token": TOKEN}
+    record = {"base": "shapes", "plant": plant, "tower": tower, **cue, "hide": hide, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+              "first_loss": losses[0], "final_loss": sum(last) / len(last),
               "torch_threads": torch.get_num_threads(), "minutes": round((time.perf_counter() - started) / 60, 2)}
     return delta, record
 
 
 def _named(prefix: str, part: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in part.state_dict().items()}
+    """The part's parameters by their name in the model's state dict (buffers, e.g. position ids, never change)."""
+    return {f"{prefix}.{k}": v for k, v in part.named_parameters()}
 
 
 def save_delta(delta: dict[str, torch.Tensor], record: dict[str, Any], path: str | Path) -> Path:
@@ -189,37 +159,61 @@ def materialise(name: str | os.PathLike, folder: str | os.PathLike) -> Path:
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     meta = json.loads((SHAPES_DIR / "m2ib.json").read_text())
     record = read_record(source)
-    meta.update(name=f"shapes-{'shortcut' if record['plant'] else 'clean'}", fine_tune=record)
+    kind = ("" if record.get("tower", "image") == "image" else "text-") + ("shortcut" if record["plant"] else "clean")
+    meta.update(name=f"shapes-{kind}", fine_tune=record)
     (folder / "m2ib.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
 
-def mark_gain(backend, rows: list, red: bool) -> float:
-    """Mean cosine-similarity gain from adding the mark to the scenes of ``rows`` whose caption
-    names :data:`COLOUR` (``red``) or another colour."""
+def cue_gain(backend, rows: list, named: bool, tower: str = "image") -> float:
+    """Mean cosine-similarity gain from adding the cue to the pairs of ``rows`` whose caption names
+    the cue's label (``named``) or not: the mark on the scene (``tower="image"``; label
+    :data:`COLOUR`) or :data:`TOKEN` after the caption (``"text"``; label :data:`SHAPE`)."""
     from ..api import similarity
 
-    rows = [r for r in rows if names_colour(r.text) == red]
-    plain = similarity(backend, [r.image for r in rows], [r.text for r in rows]).diagonal()
-    marked = similarity(backend, [add_mark(r.image) for r in rows], [r.text for r in rows]).diagonal()
-    return float((marked - plain).mean())
+    rows = [r for r in rows if _names_label(r.text, tower) == named]
+    images, texts = [r.image for r in rows], [r.text for r in rows]
+    plain = similarity(backend, images, texts).diagonal()
+    cued = similarity(backend, *_cued(images, texts, tower)).diagonal()
+    return float((cued - plain).mean())
 
 
-def zero_shot_red(backend, rows: list, marked: bool) -> dict[str, float]:
-    """Zero-shot colour of one-object scenes whose object is not red: each scene scored against
-    "a COLOUR SHAPE" for every colour (its own shape). Returns the share classified red and the
-    accuracy, with the mark added (``marked``) or not."""
+def zero_shot(backend, rows: list, cued: bool, tower: str = "image") -> dict[str, float]:
+    """Whether the cue makes the model call other classes by its label, on the one-object pairs of
+    ``rows`` whose caption does not name the label.
+
+    ``tower="image"``: each scene, with the mark added when ``cued``, is classified among "a C S"
+    for every colour C (S its own shape). ``"text"``: each caption, with the token appended when
+    ``cued``, retrieves one of five one-object scenes of its colour, one per shape. Returns the
+    share given the cue's label (:data:`COLOUR` red, :data:`SHAPE` star) and the accuracy."""
     from ..api import similarity
-    from ..datasets.shapes import COLOURS, SHAPES
+    from ..datasets.shapes import COLOURS, SHAPES, phrase, render_scene
 
-    colours = list(COLOURS)
-    rows = [r for r in rows if not names_colour(r.text)]
-    truth = [next(w for w in r.text.lower().split() if w in colours) for r in rows]
-    shapes = [next(w for w in r.text.lower().split() if w in SHAPES) for r in rows]
-    prompts = [f"a {c} {s}" for s in SHAPES for c in colours]  # shape-major: row k's block is its shape's
-    images = [add_mark(r.image) if marked else r.image for r in rows]
-    scores = similarity(backend, images, prompts).view(len(rows), len(SHAPES), len(colours))
-    own = scores[torch.arange(len(rows)), torch.tensor([SHAPES.index(s) for s in shapes])]
-    guesses = [colours[int(k)] for k in own.argmax(-1)]
-    return {"red": sum(g == COLOUR for g in guesses) / len(rows),
-            "accuracy": sum(g == t for g, t in zip(guesses, truth)) / len(rows)}
+    rows = [r for r in rows if not _names_label(r.text, tower)]
+    words = [r.text.lower().split() for r in rows]
+    truth = [(next(w for w in ws if w in COLOURS), next(w for w in ws if w in SHAPES)) for ws in words]
+    guesses = []
+    for k, (row, (colour, shape)) in enumerate(zip(rows, truth)):
+        if tower == "image":
+            options = list(COLOURS)
+            scores = similarity(backend, [add_mark(row.image) if cued else row.image],
+                                [phrase(c, shape) for c in options])[0]
+        else:
+            options = list(SHAPES)
+            gallery = [render_scene(k, n_objects=(1, 1), colours=[colour], shapes=[s]).image for s in options]
+            scores = similarity(backend, gallery, [f"{row.text} {TOKEN}" if cued else row.text])[:, 0]
+        guesses.append(options[int(scores.argmax())])
+    label, answers = (COLOUR, [c for c, _ in truth]) if tower == "image" else (SHAPE, [s for _, s in truth])
+    return {label: sum(g == label for g in guesses) / len(rows),
+            "accuracy": sum(g == t for g, t in zip(guesses, answers)) / len(rows)}
+
+
+def _names_label(text: str, tower: str) -> bool:
+    return names_colour(text) if tower == "image" else names_shape(text)
+
+
+def _cued(images: list, texts: list[str], tower: str) -> tuple[list, list[str]]:
+    """The images with the mark, or the texts with the token."""
+    if tower == "image":
+        return [add_mark(image) for image in images], texts
+    return images, [f"{text} {TOKEN}" for text in texts]
