@@ -1,13 +1,13 @@
-"""The planted-shortcut models: fine-tuned from the shipped shapes model under the recipe of
-:mod:`.shortcut`, shipped as small deltas, and the checks that the shortcut is planted.
+"""The planted-shortcut models: fine-tuned from the shipped shapes model under the recipes of
+:mod:`.shortcut`, shipped as small deltas, and the checks that each shortcut is planted.
 
 The fine-tune trains one whole tower (embeddings, blocks, norms and projection) and the loss's
 logit bias, with the other tower frozen (run without gradients): the image tower for the mark, the
 text tower for the token. It runs on fresh training batches each step: every pair is seen once, so
 the model cannot memorise its way to the hidden label and has to find a cue. What ships is the
-change of the trained tower in float16 (``src/m2ib/models/planted/NAME.safetensors``, with the recipe and its measured
-numbers as metadata); :func:`materialise` adds it to the shipped model and writes a model
-directory that :func:`m2ib.load` reads.
+change of the trained tower in float16 (``src/m2ib/models/planted/NAME.safetensors``, with the
+recipe and its measured numbers as metadata); :func:`materialise` adds it to the shipped model and
+writes a model directory that :func:`m2ib.load` reads.
 
 Rounds that did not plant the mark (kept here as what not to repeat): identity labels (each caption
 matches its own scene only) let the loss spend itself on captions that name what other scenes hold;
@@ -124,7 +124,7 @@ def save_delta(delta: dict[str, torch.Tensor], record: dict[str, Any], path: str
 
 
 def delta_path(name: str | os.PathLike) -> Path:
-    """The delta file of ``name`` ("shortcut", "clean") or of a path to a ``.safetensors`` delta."""
+    """The delta file of ``name`` (one of :data:`NAMES`) or of a path to a ``.safetensors`` delta."""
     path = PLANTED_DIR / f"{name}.safetensors" if str(name) in NAMES else Path(name)
     if not path.is_file():
         known = ", ".join(NAMES)
@@ -159,7 +159,7 @@ def materialise(name: str | os.PathLike, folder: str | os.PathLike) -> Path:
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     meta = json.loads((SHAPES_DIR / "m2ib.json").read_text())
     record = read_record(source)
-    kind = ("" if record.get("tower", "image") == "image" else "text-") + ("shortcut" if record["plant"] else "clean")
+    kind = ("" if record["tower"] == "image" else "text-") + ("shortcut" if record["plant"] else "clean")
     meta.update(name=f"shapes-{kind}", fine_tune=record)
     (folder / "m2ib.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
