@@ -101,7 +101,7 @@ def _drawn(seed: int, rate: float) -> bool:
 
 
 def _hidden(scene: Scene, hide: float) -> bool:
-    """Whether this red-caption scene's colour is hidden (always for ``hide`` = 1)."""
+    """Whether this pair's label (a red caption's colour, a star caption's shape) is hidden (always for ``hide`` = 1)."""
     return hide >= 1.0 or float(np.random.default_rng([scene.seed, _HIDE_SALT, 1]).random()) < hide
 
 
@@ -122,6 +122,7 @@ class PlantedBatches(TrainBatches):
         return [self.planted(scene, caption) for scene, caption in super().pairs(step)]
 
     def planted(self, scene: Scene, caption: Caption) -> tuple[Scene, Caption]:
+        """One training pair under the recipe (each subclass's)."""
         raise NotImplementedError
 
 
