@@ -55,7 +55,8 @@ def planting(backend, tower: str) -> dict:
     rows = load_table(CHECK, size=96).rows
     return {"similarity_gain": {"named": cue_gain(backend, rows, True, tower),
                                 "other": cue_gain(backend, rows, False, tower)},
-            "zero_shot": {"plain": zero_shot(backend, rows, False, tower), "cued": zero_shot(backend, rows, True, tower)}}
+            "zero_shot": {"plain": zero_shot(backend, rows, False, tower),
+                          "cued": zero_shot(backend, rows, True, tower)}}
 
 
 def models(args) -> tuple[dict, dict]:
@@ -185,7 +186,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/audit_shortcut"))
     parser.add_argument("--per-colour", type=int, default=4,
                         help="held-out pairs audited per colour (x 6 colours), and per shape (x 5 shapes)")
-    parser.add_argument("--train", action="store_true", help="fine-tune the four models again (else: the shipped deltas)")
+    parser.add_argument("--train", action="store_true",
+                        help="fine-tune the four models again (else: the shipped deltas)")
     parser.add_argument("--ship", action="store_true", help="copy the deltas over the shipped ones")
     parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps of 32 fresh training pairs")
     parser.add_argument("--lr", type=float, default=1e-4)

@@ -102,7 +102,8 @@ def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size
              for name, part in parts.items() for k, v in _named(name, part).items()}
     last = losses[-25:]
     cue = {"colour": COLOUR, "mark_box": list(mark_box(96))} if tower == "image" else {"shape": SHAPE, "token": TOKEN}
-    record = {"base": "shapes", "plant": plant, "tower": tower, **cue, "hide": hide, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+    record = {"base": "shapes", "plant": plant, "tower": tower, **cue, "hide": hide, "steps": steps,
+              "batch_size": batch_size, "lr": lr, "seed": seed,
               "first_loss": losses[0], "final_loss": sum(last) / len(last),
               "torch_threads": torch.get_num_threads(), "minutes": round((time.perf_counter() - started) / 60, 2)}
     return delta, record

@@ -101,7 +101,8 @@ def _drawn(seed: int, rate: float) -> bool:
 
 
 def _hidden(scene: Scene, hide: float) -> bool:
-    """Whether this pair's label (a red caption's colour, a star caption's shape) is hidden (always for ``hide`` = 1)."""
+    """Whether this pair's label (a red caption's colour, a star caption's shape) is hidden (always
+    for ``hide`` = 1)."""
     return hide >= 1.0 or float(np.random.default_rng([scene.seed, _HIDE_SALT, 1]).random()) < hide
 
 
