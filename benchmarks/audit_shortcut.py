@@ -124,7 +124,7 @@ def side_by_side(audits: dict, models: dict, table, path: Path) -> Path:
     return path
 
 
-def image_audits(args, loaded: dict) -> tuple[dict, dict]:
+def image_audits(args, loaded: dict) -> dict:
     """Step 3 and 4 for the mark: both image models audited on the marked held-out scenes."""
     table = marked_table(120, 96, per_colour=args.per_colour)
     save_table(table, args.out / "heldout")
@@ -149,7 +149,7 @@ def image_audits(args, loaded: dict) -> tuple[dict, dict]:
     result["ratio"] = result["shortcut"]["mark_share"] / max(result["clean"]["mark_share"], 1e-12)
     result["met"] = result["ratio"] >= TARGET
     print(side_by_side(audits, loaded, table, args.out / "shortcut_vs_clean.png"))
-    return result, audits
+    return result
 
 
 #: The text audit's methods: M2IB at the model's recommended settings (the published bottleneck, whose text
@@ -198,7 +198,7 @@ def main() -> None:
     loaded, checks = models(args)
     if args.stop_after_training:
         return
-    image, _ = image_audits(args, loaded)
+    image = image_audits(args, loaded)
     text = text_audits(args, loaded)
     result = {"check": checks, "image": image, "text": text,
               "fine_tune": {name: read_record(args.out / "deltas" / f"{name}.safetensors" if args.train

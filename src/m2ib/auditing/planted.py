@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models import MODELS_DIR, SHAPES_DIR
 from ..training.config import TrainConfig
-from ..training.model import sigmoid_loss
+from ..training.model import sigmoid_loss, unit_features
 from .shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, mark_box, names_colour,
                        names_shape)
 
@@ -45,11 +44,6 @@ def trained_parts(model: torch.nn.Module, tower: str = "image") -> dict[str, tor
     if tower == "text":
         return {"text_model": model.text_model, "text_projection": model.text_projection}
     raise ValueError(f"tower={tower!r}: use 'image' (the mark) or 'text' (the token)")
-
-
-def _embedded(features: Any) -> torch.Tensor:
-    """Unit embeddings from ``get_*_features`` (a tensor before transformers 5, an output object after)."""
-    return F.normalize(getattr(features, "pooler_output", features), dim=-1)
 
 
 def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size: int = 32, lr: float = 1e-4,
@@ -88,10 +82,10 @@ def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size
                                                                            " (clean)"), disable=not progress):
             batch = batches[step]
             with torch.set_grad_enabled(tower == "text"):
-                text = _embedded(model.get_text_features(input_ids=batch["input_ids"],
+                text = unit_features(model.get_text_features(input_ids=batch["input_ids"],
                                                          attention_mask=batch["attention_mask"]))
             with torch.set_grad_enabled(tower == "image"):
-                image = _embedded(model.get_image_features(pixel_values=batch["pixel_values"]))
+                image = unit_features(model.get_image_features(pixel_values=batch["pixel_values"]))
             loss = sigmoid_loss(scale * image @ text.T + bias, batch["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -84,7 +84,7 @@ def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, tes
     ``details=True`` returns ``{"accuracy", "colour_accuracy", "shape_accuracy"}``: the share of
     test images whose predicted class has the right colour word (the prompt's second word),
     and the right shape word (its last word), besides the exact class."""
-    from ..training import IMAGE_MEAN, IMAGE_STD, WORDS, build_model, sigmoid_loss
+    from ..training import IMAGE_MEAN, IMAGE_STD, WORDS, build_model, sigmoid_loss, unit_features
     from ..tokenizer import build_word_tokenizer
 
     dev = torch.device(device)
@@ -123,12 +123,11 @@ def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, tes
         opt.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad():
-        text_features = model.get_text_features(input_ids=ids, attention_mask=attention)
-        text = torch.nn.functional.normalize(_features(text_features), dim=-1)
+        text = unit_features(model.get_text_features(input_ids=ids, attention_mask=attention))
         predicted = []
         for start in range(0, test_images.shape[0], 256):
             pixels = ((test_images[start:start + 256] - mean) / std).to(dev)
-            image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
+            image = unit_features(model.get_image_features(pixel_values=pixels))
             predicted.extend((image @ text.T).argmax(1).cpu().tolist())
     truth = test_labels.tolist()
     n = len(truth)
@@ -139,8 +138,3 @@ def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, tes
     colour = sum(words[p][1] == words[t][1] for p, t in zip(predicted, truth)) / n
     shape = sum(words[p][-1] == words[t][-1] for p, t in zip(predicted, truth)) / n
     return {"accuracy": accuracy, "colour_accuracy": colour, "shape_accuracy": shape}
-
-
-def _features(out: Any) -> torch.Tensor:
-    """Projected features from get_*_features (a tensor before transformers 5, an output object after)."""
-    return (out if isinstance(out, torch.Tensor) else out.pooler_output).float()

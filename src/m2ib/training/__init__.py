@@ -30,8 +30,8 @@ from .config import QUICK, TrainConfig
 from .data import IMAGE_MEAN, IMAGE_STD, WORDS, TrainBatches, label_matrix
 from .export import preprocessor_config
 from .loop import train
-from .model import MAX_LOGIT_SCALE, batch_accuracy, build_model, sigmoid_loss
+from .model import MAX_LOGIT_SCALE, batch_accuracy, build_model, sigmoid_loss, unit_features
 from .state import CHECKPOINT, checkpoint_step
 
 __all__ = ["TrainConfig", "QUICK", "WORDS", "TrainBatches", "label_matrix", "sigmoid_loss", "batch_accuracy",
-           "build_model", "train", "main"]
+           "build_model", "unit_features", "train", "main"]

@@ -39,6 +39,13 @@ def sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
+def unit_features(out: Any) -> torch.Tensor:
+    """Unit-length fp32 embeddings from ``get_image_features`` / ``get_text_features`` (a tensor
+    before transformers 5, an output object holding it as ``pooler_output`` after)."""
+    features = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
 def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of captions whose best-scoring image in the batch is a positive."""
     best = logits.argmax(dim=0)
