@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import m2ib
 from m2ib.datasets.shapes import make_caption, render_scene, split_seed
-from m2ib.interactions import get_interaction
+from m2ib.interactions import REGISTRY as INTERACTIONS
 from m2ib.metrics.grounding import grounding_scores, two_object_phrases
 
 
@@ -57,7 +57,7 @@ def where_maxima_fall(maps: torch.Tensor, masks) -> dict[str, float]:
 
 
 def measure(backend, name: str, settings: dict, n: int) -> dict[str, float]:
-    method = get_interaction(name)
+    method = INTERACTIONS.get(name)()
     chosen = method.make_settings(**settings)
     size = backend.geometry.image_size[0]
     totals = {"phrase_pointing": 0.0, "right_object_share": 0.0, "max_on_other": 0.0, "max_on_background": 0.0}

@@ -27,7 +27,7 @@ import m2ib
 from m2ib.errors import M2IBError
 from m2ib.fileio import atomic_write_text
 from m2ib.evaluation import shapes_quality as q
-from m2ib.methods import get_method
+from m2ib.methods import REGISTRY as METHODS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
 
     # The same explicit settings for the model and its random control.
     settings = {**backend.recommended.get("m2ib", {}), **overrides, **(selection or {})}
-    method = get_method("m2ib")
+    method = METHODS.get("m2ib")()
     resolved = method.resolved(backend, method.make_settings(backend, **settings)).as_dict()
     settings = {**settings, "vision_layer": resolved["vision_layer"], "text_layer": resolved["text_layer"]}
     print(f"M2IB settings on test: `{json.dumps(resolved)}`\n")

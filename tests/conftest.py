@@ -16,6 +16,21 @@ SMALL = RandomCLIPSpec(image_size=48, patch_size=12, vision_width=32, vision_lay
                        text_width=32, text_layers=3, text_heads=2, embed_dim=16)
 
 
+@pytest.fixture()
+def registered():
+    """``registered(registry, *entries)``: entries added to an m2ib registry for this test only."""
+    added = []
+
+    def add(registry, *entries):
+        for entry in entries:
+            registry.register(entry)
+            added.append((registry, entry.name))
+
+    yield add
+    for registry, name in reversed(added):
+        registry.unregister(name)
+
+
 @pytest.fixture(scope="session")
 def small_clip():
     """(CLIPModel, tokenizer) with random weights; do not modify (tests check it is unchanged)."""

@@ -157,7 +157,7 @@ def test_compare_saves_one_comparison(backend, tmp_path):
     assert [c.first.text for c in pairs] == ["a red circle", "a blue star"]
 
 
-def test_compare_keeps_going_past_a_failing_method(backend, monkeypatch):
+def test_compare_keeps_going_past_a_failing_method(backend, monkeypatch, registered):
     from m2ib.methods import REGISTRY, Saliency
 
     class Broken(Saliency):
@@ -166,7 +166,7 @@ def test_compare_keeps_going_past_a_failing_method(backend, monkeypatch):
         def attribute(self, *args, **kwargs):
             raise RuntimeError("boom")
 
-    monkeypatch.setitem(REGISTRY, Broken.name, Broken)
+    registered(REGISTRY, Broken)
     image = torch.rand(3, 48, 48)
     with pytest.raises(RuntimeError, match="boom"):
         m2ib.compare(backend, image, "a cat", methods="saliency,broken-test")

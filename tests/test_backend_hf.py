@@ -193,15 +193,18 @@ def test_a_new_family_is_one_registry_entry(small_clip, monkeypatch):
         name="wrapped", supports="Wrapped", recognises=lambda m: isinstance(m, Wrapped),
         wrap=lambda m, name, tokenizer, processor, info: HFCLIPBackend(model=m.clip, name=name, tokenizer=tok),
         prefix="wrapped:", load=lambda spec, *, name, **_: HFCLIPBackend(model=model, name=name, tokenizer=tok))
-    monkeypatch.setattr(registry, "_FAMILIES", list(registry.families()))  # the table is restored after
     registry.register(family)
-    assert m2ib.load(Wrapped(model), dtype="model").model is model
-    assert m2ib.load("wrapped:anything", dtype="model").name == "wrapped:anything"
-    with pytest.raises(ValueError, match="already"):
-        registry.register(family)
-    with pytest.raises(InputError, match="no m2ib backend for Linear: supported are transformers CLIPModel, .* and "
-                                         "Wrapped models"):
-        m2ib.load(torch.nn.Linear(2, 2))
+    try:
+        assert m2ib.load(Wrapped(model), dtype="model").model is model
+        assert m2ib.load("wrapped:anything", dtype="model").name == "wrapped:anything"
+        with pytest.raises(ValueError, match="twice"):
+            registry.register(family)
+        with pytest.raises(InputError, match="no m2ib backend for Linear: supported are transformers CLIPModel, .* "
+                                             "and Wrapped models"):
+            m2ib.load(torch.nn.Linear(2, 2))
+    finally:  # the table is restored after
+        registry.FAMILIES.unregister("wrapped")
+    assert "wrapped" not in registry.FAMILIES
 
 
 def test_every_family_is_registered_with_disjoint_names():

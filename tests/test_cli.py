@@ -199,7 +199,7 @@ def test_explain_several_methods_equals_each_alone(scene, tmp_path):
     assert set(both.files) == keys | {"image"}
 
 
-def test_a_new_setting_is_one_field(monkeypatch):
+def test_a_new_setting_is_one_field(monkeypatch, registered):
     """A field added to a method's settings dataclass is a flag, read and checked, with nothing else."""
     import dataclasses
 
@@ -217,7 +217,7 @@ def test_a_new_setting_is_one_field(monkeypatch):
     class Flavoured(Saliency):
         name, title, Settings = "flavoured-test", "Flavoured", FlavouredSettings
 
-    monkeypatch.setitem(REGISTRY, Flavoured.name, Flavoured)
+    registered(REGISTRY, Flavoured)
     parser = build_parser()
     assert "how it tastes" in parser._subparsers._group_actions[0].choices["explain"].format_help()
 

@@ -9,7 +9,7 @@ from m2ib.datasets.collage import quadrant_mask, render_collage
 from m2ib.datasets.shapes import COLOURS
 from m2ib.datasets.tables import load_table
 from m2ib.errors import InputError
-from m2ib.metrics import MetricConfig, get_metric
+from m2ib.metrics import REGISTRY as METRICS, MetricConfig
 from m2ib.metrics.base import MethodRun, PairBatch
 from m2ib.metrics.collage import quadrant_scores
 
@@ -62,13 +62,13 @@ def test_registered_metric_measures_collage_rows_only():
     maps = torch.stack([HAND_MAP, HAND_MAP])
     batch = PairBatch(backend=None, rows=rows, images=None, texts=None, seed=0, pair_seeds=[0, 0],
                       config=MetricConfig())
-    measured = get_metric("collage").measure(batch, MethodRun("m", {}, []), "image", maps)
+    measured = METRICS.get("collage")().measure(batch, MethodRun("m", {}, []), "image", maps)
     for row, values in zip(rows, measured.values):
         mass, hit = quadrant_scores(HAND_MAP, row.mask)
         assert values == {"collage_mass": pytest.approx(mass), "collage_max": hit}
     other = load_table("shapes:val:1", size=64).rows
     batch = PairBatch(backend=None, rows=other, images=None, texts=None, seed=0, pair_seeds=[0], config=MetricConfig())
-    assert get_metric("collage").measure(batch, MethodRun("m", {}, []), "image", torch.rand(1, 64, 64)).values == [{}]
+    assert METRICS.get("collage")().measure(batch, MethodRun("m", {}, []), "image", torch.rand(1, 64, 64)).values == [{}]
 
 
 def test_evaluate_command_reads_collages(tmp_path):

@@ -27,7 +27,7 @@ import copy
 import pytest
 import torch
 
-from m2ib.interactions import get_interaction
+from m2ib.interactions import REGISTRY as INTERACTIONS
 from m2ib.interactions.exclip import block_input, image_reference, text_reference
 from test_backends_families import family
 
@@ -55,7 +55,7 @@ def test_exclip_equals_the_exclip_package_on_a_random_open_clip(layer):
     picture = Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy())
     images, texts = backend.preprocess_images([picture]), backend.tokenize(["a red circle and a star"])
     steps = 4
-    method = get_interaction("exclip")
+    method = INTERACTIONS.get("exclip")()
     ours = method.interact(backend, images, texts, method.make_settings(text_layer=layer, image_layer=layer,
                                                                         steps=steps, normalise=False))
     grid = torch.tensor([(s + 0.5) / steps for s in range(steps)]).flip(0)  # our midpoints, largest first

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from m2ib.backends.base import ImageBatch, TextBatch
 from m2ib.errors import InputError
-from m2ib.interactions import get_interaction
+from m2ib.interactions import REGISTRY as INTERACTIONS
 
 
 def _inputs(backend, text="a red circle"):
@@ -94,7 +94,7 @@ def test_fixlip_equals_the_weighted_banzhaf_index_enumerated_from_its_definition
     value, n_image, words = _plain_game(backend, images, texts, group)
     assert (n_image, len(words)) == (4, 3)
     plain = _plain_weighted_banzhaf(value, n_image, words, p)
-    method = get_interaction("fixlip")
+    method = INTERACTIONS.get("fixlip")()
     settings = method.make_settings(budget=2 ** 7, banzhaf_p=p, patch_group=group)
     result = method.interact(backend, images, texts, settings)
     assert result.info["exact_image"] and result.info["exact_text"]
@@ -154,7 +154,7 @@ def test_fixlip_runs_on_the_shipped_shapes_model():
     backend = m2ib.load("shapes")
     scene = render_scene(split_seed("test", 0), size=backend.geometry.image_size[0], n_objects=(2, 2))
     caption = make_caption(scene, "all").text
-    method = get_interaction("fixlip")
+    method = INTERACTIONS.get("fixlip")()
     settings = method.make_settings(budget=256, patch_group=4)  # 4x4 players of 4x4 patches
     result = method.interact(backend, backend.preprocess_images([scene.to_pil()]), backend.tokenize([caption]),
                              settings)
@@ -168,7 +168,7 @@ def test_fixlip_runs_on_the_shipped_shapes_model():
 
 
 def test_fixlip_refuses_bad_settings_and_a_missing_shapiq(backend, monkeypatch):
-    method = get_interaction("fixlip")
+    method = INTERACTIONS.get("fixlip")()
     for bad in ({"banzhaf_p": 1.0}, {"banzhaf_p": 0.0}, {"budget": 3}, {"patch_group": 0}, {"max_batch": 0}):
         with pytest.raises(InputError):
             method.make_settings(**bad)
@@ -183,7 +183,7 @@ def test_fixlip_refuses_a_budget_below_the_players_and_a_tower_that_ignores_the_
     from m2ib.interactions.fixlip import side_values
 
     images, texts = _inputs(backend)
-    method = get_interaction("fixlip")
+    method = INTERACTIONS.get("fixlip")()
     with pytest.raises(InputError, match="raise budget"):
         method.interact(backend, images, texts, method.make_settings(budget=40))  # 16 patches, 4 text coalitions
     coalitions = torch.tensor([[False, False], [True, True], [True, False]]).numpy()

@@ -14,8 +14,7 @@ from m2ib.errors import InputError
 from m2ib.inputs import load_image
 from m2ib.evaluation.pairs import evaluate_rows
 from m2ib.evaluation.runner import read_results, run_evaluation
-from m2ib.interactions import REGISTRY as INTERACTIONS
-from m2ib.interactions import InteractionMethod, get_interaction
+from m2ib.interactions import REGISTRY as INTERACTIONS, InteractionMethod
 from m2ib.metrics.grounding import grounding_scores
 
 TEXT = "a red circle and a blue star"
@@ -62,8 +61,8 @@ def tiny():
 
 
 @pytest.fixture()
-def hand_made(monkeypatch):
-    monkeypatch.setitem(INTERACTIONS, HandMade.name, HandMade)
+def hand_made(monkeypatch, registered):
+    registered(INTERACTIONS, HandMade)
     return HandMade.name
 
 
@@ -108,12 +107,12 @@ def test_shapes_two_rows_are_the_two_object_scenes_with_their_own_masks():
 def test_first_order_baseline_is_the_map_of_each_phrase_explained_alone(tiny):
     """A first-order method's grounding values are those of its raw image map of each phrase alone
     (computed here pair by pair); phrase-alone with that method gives the same; batches change nothing."""
-    from m2ib.methods import get_method
+    from m2ib.methods import REGISTRY as METHODS
 
     table = load_table("shapes-two:test:3", size=tiny.geometry.image_size[0])
     records, bad = evaluate_rows(tiny, table.rows, ["gradeclip", "phrase-alone"], ["grounding"], None, 0)
     assert not bad
-    method = get_method("gradeclip")
+    method = METHODS.get("gradeclip")()
     settings = method.make_settings(tiny, seed=0)
     for row in table.rows:
         image = tiny.preprocess_images([load_image(row.image)[0]])
@@ -140,7 +139,7 @@ def test_exclip_in_evaluate_equals_its_phrase_maps_scored_directly(tiny):
     table = load_table("shapes-two:test:2", size=tiny.geometry.image_size[0])
     settings = {"exclip": {"steps": 2, "text_layer": 0}}
     records, _ = evaluate_rows(tiny, table.rows, ["exclip"], ["grounding"], settings, 0)
-    method = get_interaction("exclip")
+    method = INTERACTIONS.get("exclip")()
     chosen = method.make_settings(seed=0, steps=2, text_layer=0)
     for row, record in zip(table.rows, records):
         maps = method.phrase_maps(tiny, tiny.preprocess_images([load_image(row.image)[0]]), tiny.tokenize([row.text]),

@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from m2ib.errors import InputError
-from m2ib.interactions import Interaction, get_interaction, interaction_names, load_interaction
+from m2ib.interactions import REGISTRY as INTERACTIONS, Interaction, load_interaction
 from m2ib.interactions.exclip import block_input, image_reference, text_reference
 from m2ib.metrics.grounding import grounding_scores, right_object_share, two_object_phrases
 
@@ -100,7 +100,7 @@ def _mixed_second_order(backend, texts, images, text_side, image_side, alphas):
 
 def test_exclip_equals_plain_second_order_enumeration(backend):
     images, texts = _inputs(backend, "red circle")
-    method = get_interaction("exclip")
+    method = INTERACTIONS.get("exclip")()
     result = method.interact(backend, images, texts, method.make_settings(steps=2, chunk=5))
     plain = _plain_exclip(backend, images, texts, steps=2)
     prefix = backend.geometry.image_prefix_tokens
@@ -111,7 +111,7 @@ def test_exclip_equals_plain_second_order_enumeration(backend):
 
 def test_exclip_sums_to_the_similarity_difference_as_steps_grow(backend):
     images, texts = _inputs(backend)
-    method = get_interaction("exclip")
+    method = INTERACTIONS.get("exclip")()
     result = method.interact(backend, images, texts, method.make_settings(steps=64))
     assert result.info["sum"] == pytest.approx(result.info["expected_sum"], rel=2e-2, abs=1e-4)
     assert result.matrix.shape[1:] == backend.geometry.patch_grid
@@ -120,7 +120,7 @@ def test_exclip_sums_to_the_similarity_difference_as_steps_grow(backend):
 
 def test_exclip_refuses_bad_settings_and_batches(backend):
     images, texts = _inputs(backend)
-    method = get_interaction("exclip")
+    method = INTERACTIONS.get("exclip")()
     with pytest.raises(InputError):
         method.make_settings(steps=0)
     with pytest.raises(InputError):
@@ -136,7 +136,7 @@ def test_phrase_alone_is_the_first_order_map_of_the_phrase_text(backend):
     import m2ib
 
     images, texts = _inputs(backend)
-    method = get_interaction("phrase-alone")
+    method = INTERACTIONS.get("phrase-alone")()
     settings = method.make_settings(first_order="saliency")
     maps = method.phrase_maps(backend, images, texts, [(2, 12), (19, 28)], settings)
     for k, phrase in enumerate(("red circle", "blue star")):
@@ -151,9 +151,9 @@ def test_phrase_alone_is_the_first_order_map_of_the_phrase_text(backend):
 
 
 def test_registry_lists_both_methods():
-    assert {"exclip", "phrase-alone"} <= set(interaction_names())
+    assert {"exclip", "phrase-alone"} <= set(INTERACTIONS.names())
     with pytest.raises(InputError):
-        get_interaction("nope")
+        INTERACTIONS.get("nope")()
 
 
 # --- the grounding metric -----------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_interact_from_a_picture_equals_the_method_on_model_inputs(backend):
 
     picture = Image.new("RGB", (48, 48), (30, 60, 220))
     result = interact(backend, picture, "a blue square", steps=2, text_layer=0)
-    method = get_interaction("exclip")
+    method = INTERACTIONS.get("exclip")()
     direct = method.interact(backend, backend.preprocess_images([picture]), backend.tokenize(["a blue square"]),
                              method.make_settings(steps=2, text_layer=0))
     assert torch.allclose(result.matrix, direct.matrix)

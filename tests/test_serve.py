@@ -108,7 +108,7 @@ def test_a_truncated_text_is_noted(backend, tmp_path):
     assert "⚠" in out.status and "tokens were dropped" in out.status
 
 
-def test_compare_all_survives_a_failing_method(backend, tmp_path, monkeypatch, caplog):
+def test_compare_all_survives_a_failing_method(backend, tmp_path, monkeypatch, caplog, registered):
     from m2ib.methods import M2IB, REGISTRY
 
     class Broken(M2IB):
@@ -120,8 +120,8 @@ def test_compare_all_survives_a_failing_method(backend, tmp_path, monkeypatch, c
     class ImageOnly(M2IB):
         name, title, modalities = "image-only-test", "Image only", ("image",)
 
-    monkeypatch.setitem(REGISTRY, Broken.name, Broken)
-    monkeypatch.setitem(REGISTRY, ImageOnly.name, ImageOnly)
+    registered(REGISTRY, Broken)
+    registered(REGISTRY, ImageOnly)
     chosen = {name: REGISTRY[name] for name in ("m2ib", Broken.name, ImageOnly.name)}
     monkeypatch.setattr(serve.callbacks, "registered_methods", lambda: chosen)  # the real baselines are too slow
     with caplog.at_level(logging.WARNING, logger="m2ib.serve"):

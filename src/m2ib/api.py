@@ -14,8 +14,8 @@ from .comparison import Comparison
 from .errors import InputError, M2IBError
 from .explanation import Explanation
 from .inputs import ImageInput, check_texts, load_image
-from .methods import REGISTRY, get_method
-from .methods.base import method_names
+from .methods import REGISTRY
+from .methods import REGISTRY as METHODS
 
 
 def load(model: Any, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "float32",
@@ -162,7 +162,7 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size={batch_size!r} must be a positive integer")
-    algorithm = get_method(method)
+    algorithm = METHODS.get(method)()
     modalities = tuple(algorithm.modalities if modalities is None else modalities)
     if not modalities or any(m not in ("image", "text") for m in modalities):
         raise InputError(f"modalities={modalities!r}: use ('image', 'text'), ('image',) or ('text',)")
@@ -210,7 +210,7 @@ def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
     Returns:
         A Comparison for a single image and a single text, else a list, one per pair.
     """
-    names = method_names(methods if isinstance(methods, str) else ",".join(methods), "methods")
+    names = METHODS.select(methods if isinstance(methods, str) else ",".join(methods), "methods")
     settings = dict(settings or {})
     strangers = sorted(set(settings) - set(names))
     if strangers:

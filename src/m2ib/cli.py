@@ -60,7 +60,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 COMMANDS = {
     "explain": "explain image-text pairs and write figures and maps",
-    "list": "list methods and built-in models",
+    "list": "list methods, interaction methods, metrics, model families and built-in models",
     "evaluate": "measure attribution metrics over a dataset (resumable)",
     "audit": "what a model looks at and reads across a dataset, no labels needed (resumable; report.html)",
     "serve": "web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)",
@@ -232,7 +232,7 @@ def _method_settings(methods: list[str], args: argparse.Namespace) -> dict[str, 
 def _explain(args: argparse.Namespace) -> int:
     from . import preflight
     from .api import load
-    from .methods.base import method_names
+    from .methods import REGISTRY as METHODS
     from .pairs import PairsJob, explain_pairs, output_stem, read_pairs
 
     if args.method.strip() in _interactions():  # word-region interactions (m2ib.interactions)
@@ -242,7 +242,7 @@ def _explain(args: argparse.Namespace) -> int:
         outcome, total = explain_interaction(args, {**REGISTRY, **_interactions()})
         return _explained(outcome, total, args.out)
     # Everything that can be checked without the model is checked first (a load takes seconds).
-    methods = method_names(args.method)
+    methods = METHODS.select(args.method, "--method")
     settings = _method_settings(methods, args)
     modalities = _modalities(args.modalities)
     if args.pairs is not None:
@@ -294,15 +294,25 @@ def _modalities(text: str | None) -> tuple[str, ...] | None:
 
 
 def _list(_: argparse.Namespace) -> int:
-    from .methods import REGISTRY
+    """Every registered method, interaction method, metric and model family (plugins' too), then the
+    built-in models: one line each, with its sides and paper link."""
+    from .backends.registry import FAMILIES
+    from .interactions import REGISTRY as INTERACTIONS
+    from .methods import REGISTRY as METHODS
+    from .metrics import REGISTRY as METRICS
     from .models import BUILTIN_MODELS
 
-    print("methods:")
-    for name, cls in REGISTRY.items():
-        print(f"  {name:16s} {cls.title} ({', '.join(cls.modalities)}) {cls.paper}")
+    headings = {"methods": METHODS, "interaction methods": INTERACTIONS, "metrics": METRICS,
+                "model families": FAMILIES}
+    for heading, registry in headings.items():
+        print(f"{heading}:")
+        for name in registry.names():
+            entry = registry.describe(name)
+            sides = f" ({', '.join(entry.sides)})" if entry.sides else ""
+            print(f"  {name:18s} {entry.title}{sides} {entry.paper}".rstrip())
     print("built-in models:")
     for name, spec in BUILTIN_MODELS.items():
-        print(f"  {name:16s} {spec.description}")
+        print(f"  {name:18s} {spec.description}")
     return 0
 
 

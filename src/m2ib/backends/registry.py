@@ -1,8 +1,8 @@
 """Model families as data: how each is recognised, loaded and wrapped in a backend.
 
-Each family file ends with one ``register(Family(...))``; :func:`m2ib.backends.load_backend` only
-asks this table (by object, by name prefix, by path, by transformers ``model_type``). A family's
-optional library is imported inside its functions, never when it registers.
+Each family file ends with one ``register(Family(...))`` (:data:`FAMILIES`, an
+:class:`m2ib.registry.Registry`); :func:`m2ib.backends.load_backend` only asks this table (by
+object, by name prefix, by path, by transformers ``model_type``). A family's optional library is imported inside its functions, never when it registers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..registry import Description, Registry
 from .base import Backend
 
 # (model, name, tokenizer, processor, info) -> backend; info: a saved model's m2ib.json ("recommended" settings)
@@ -42,53 +43,60 @@ class Family:
     model_class: str | None = None  # transformers: the class that loads it (``transformers.<model_class>``)
 
 
-_FAMILIES: list[Family] = []  # in registration order: m2ib.backends imports the family files in a fixed order
-
-
-def register(family: Family) -> Family:
-    """Add a family (once per name); returns it."""
-    if any(f.name == family.name for f in _FAMILIES):
-        raise ValueError(f"model family {family.name!r} is already registered")
-    if family.prefix is not None and any(f.prefix == family.prefix for f in _FAMILIES):
+def _check_family(family: Family, registry: Registry[Family]) -> None:
+    """A name prefix belongs to one family, and comes with its load function."""
+    if family.prefix is not None and any(f.prefix == family.prefix for f in registry.values()):
         raise ValueError(f"name prefix {family.prefix!r} already belongs to another family")
     if (family.prefix is None) != (family.load is None):
         raise ValueError(f"family {family.name!r}: a name prefix and its load function go together")
-    _FAMILIES.append(family)
-    return family
+
+
+def _describe_family(family: Family) -> Description:
+    how = [f"name prefix {family.prefix}"] if family.prefix else []
+    how += [f"transformers model_type {family.model_type}"] if family.model_type else []
+    title = family.supports + (f" ({'; '.join(how)})" if how else "")
+    return Description("model family", family.name, title, "", (), family.recognises.__module__ or "")
+
+
+#: Every family, in registration order (m2ib.backends imports the family files in a fixed order;
+#: plugins' families come last). Lookups below take the first family that claims a model or name.
+FAMILIES: Registry[Family] = Registry("model family", check=_check_family, describe=_describe_family)
+#: Add a family (once per name); returns it.
+register = FAMILIES.register
 
 
 def families() -> tuple[Family, ...]:
-    return tuple(_FAMILIES)
+    return tuple(FAMILIES.values())
 
 
 def family_of_model(model: torch.nn.Module) -> Family | None:
-    return next((f for f in _FAMILIES if f.recognises(model)), None)
+    return next((f for f in FAMILIES.values() if f.recognises(model)), None)
 
 
 def family_of_name(name: str) -> Family | None:
     """The family whose prefix starts ``name``."""
-    return next((f for f in _FAMILIES if f.prefix is not None and name.startswith(f.prefix)), None)
+    return next((f for f in FAMILIES.values() if f.prefix is not None and name.startswith(f.prefix)), None)
 
 
 def family_with_prefix(prefix: str) -> Family:
-    return next(f for f in _FAMILIES if f.prefix == prefix)
+    return next(f for f in FAMILIES.values() if f.prefix == prefix)
 
 
 def family_of_path(path: Path) -> Family | None:
-    return next((f for f in _FAMILIES if f.load_path is not None and f.recognises_path(path)), None)
+    return next((f for f in FAMILIES.values() if f.load_path is not None and f.recognises_path(path)), None)
 
 
 def family_of_model_type(model_type: str) -> Family | None:
-    return next((f for f in _FAMILIES if f.model_type == model_type), None)
+    return next((f for f in FAMILIES.values() if f.model_type == model_type), None)
 
 
 def model_types() -> list[str]:
-    return [f.model_type for f in _FAMILIES if f.model_type is not None]
+    return [f.model_type for f in FAMILIES.values() if f.model_type is not None]
 
 
 def supported_objects() -> str:
     """'A, B and C': the model objects the families accept."""
-    names = [f.supports for f in _FAMILIES]
+    names = [f.supports for f in FAMILIES.values()]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -98,5 +106,5 @@ def module_names(model: torch.nn.Module) -> set[str]:
     return {c.__module__ or "" for c in type(model).__mro__}
 
 
-__all__ = ["Family", "families", "family_of_model", "family_of_model_type", "family_of_name", "family_of_path",
+__all__ = ["FAMILIES", "Family", "families", "family_of_model", "family_of_model_type", "family_of_name", "family_of_path",
            "family_with_prefix", "model_types", "module_names", "register", "supported_objects"]

@@ -58,7 +58,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..datasets.tables import load_table
     from ..fileio import folder_lock
     from ..metrics import METRIC_NAMES
-    from ..metrics.base import metrics_in_order
+    from ..metrics.base import in_registry_order
     from .phrases import check_phrase_metrics, evaluated_methods
     from .runner import MetricConfig, run_evaluation
 
@@ -76,7 +76,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     unknown = sorted(set(config.names) - set(METRIC_NAMES))
     if unknown:
         raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")
-    check_phrase_metrics(methods, metrics_in_order(config.names))
+    check_phrase_metrics(methods, in_registry_order(config.names))
     preflight.prepare_output_dir(args.out)
     with folder_lock(args.out, "m2ib evaluate"):  # a run already writing there is refused now, not after the load
         pass

@@ -19,7 +19,7 @@ from ..backends.base import Backend
 from ..datasets.tables import Row
 from ..errors import InputError
 from ..inputs import load_image
-from ..metrics.base import PHRASES, Measured, MethodRun, Metric, PairBatch, metrics_in_order, number
+from ..metrics.base import PHRASES, Measured, MethodRun, Metric, PairBatch, in_registry_order, number
 from ..metrics.common import pair_seed
 from ..metrics.config import MetricConfig, as_config
 from ..metrics.localisation import ground_truth_mask
@@ -57,7 +57,7 @@ def evaluate_rows(backend: Backend, rows: Sequence[Row], methods: Sequence[str],
     ``{"row", "reason"}`` for each row whose image could not be read.
     """
     config = as_config(metrics)
-    measured = [m for m in metrics_in_order(config.names) if m.per_pair]
+    measured = [m for m in in_registry_order(config.names) if m.per_pair]
     batch, bad = read_batch(backend, rows, config, seed, measured)
     if batch is None:
         return [], bad
@@ -99,11 +99,11 @@ def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str,
                     measured: Sequence[Metric]) -> list[dict[str, Any]]:
     """One method's records for the batch: explain once, then each metric on each side it explains
     (and, for a phrase-side metric, each row's phrases explained alone: :mod:`.phrases`)."""
-    from ..methods import get_method
+    from ..methods import REGISTRY as METHODS
 
     if is_interaction(method):
         return interaction_records(batch, method, settings, measured)
-    algorithm = get_method(method)
+    algorithm = METHODS.get(method)()
     sides = [m for m in ("image", "text") if m in algorithm.modalities]
     phrases = "image" in sides and any(PHRASES in m.sides for m in measured)
     if phrases and all(set(m.sides) == {PHRASES} for m in measured):

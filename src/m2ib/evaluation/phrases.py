@@ -41,15 +41,15 @@ def is_interaction(name: str) -> bool:
 
 def evaluated_methods(spec: str, option: str = "--methods") -> list[str]:
     """A comma list of first-order and interaction method names, or ``all`` (the first-order ones)."""
-    from ..methods.base import method_names
+    from ..methods import REGISTRY as METHODS
 
     names = [m.strip() for m in spec.split(",") if m.strip()]
     interactions = interaction_registry()
     if spec.strip() == "all" or not any(n in interactions for n in names):
-        return method_names(spec, option)
+        return METHODS.select(spec, option)
     first_order = [n for n in names if n not in interactions]
     if first_order:
-        method_names(",".join(first_order), option)  # unknown names: one line
+        METHODS.select(",".join(first_order), option)  # unknown names: one line
     return list(dict.fromkeys(names))
 
 
@@ -66,9 +66,9 @@ def resolved_settings(backend: Backend, method: str, values: dict[str, Any]) -> 
     chosen = make_settings(backend, method, values)
     if is_interaction(method):
         return chosen.as_dict()
-    from ..methods import get_method
+    from ..methods import REGISTRY as METHODS
 
-    return get_method(method).resolved(backend, chosen).as_dict()
+    return METHODS.get(method)().resolved(backend, chosen).as_dict()
 
 
 def check_phrase_metrics(methods: Sequence[str], measured: Sequence[Metric]) -> None:
@@ -118,10 +118,10 @@ def interaction_records(batch: PairBatch, method: str, settings: dict[str, dict[
                         measured: Sequence[Metric]) -> list[dict[str, Any]]:
     """An interaction method's records for the batch: each row's phrase maps, one pair at a time
     (the text tokenised alone, as ``m2ib explain`` does), then the phrase-side metrics."""
-    from ..interactions import get_interaction
+    from ..interactions import REGISTRY as INTERACTIONS
     from ..interactions.base import similarity
 
-    algorithm = get_interaction(method)
+    algorithm = INTERACTIONS.get(method)()
     own = {"seed": int(batch.seed), **((settings or {}).get(method) or {})}
     chosen = algorithm.make_settings(**own)
     backend = batch.backend

@@ -31,7 +31,7 @@ from ..backends.base import Backend
 from ..datasets.tables import Row, Table
 from ..errors import InputError
 from ..fileio import folder_lock
-from ..metrics.base import RunContext, metrics_in_order
+from ..metrics.base import RunContext, in_registry_order
 from ..metrics.config import DEFAULT_METRICS, MetricConfig, as_config
 from ..metrics.localisation import ground_truth_mask, relevant_tokens
 from ..metrics.roar import ROAR_MAPS
@@ -161,8 +161,8 @@ def plan_run(backend: Backend, table: Table, methods: Sequence[str], metrics: Se
     """Open (or resume) the run in ``out`` and list what is left: the first step of both schedulers."""
     config = as_config(metrics)
     methods = list(dict.fromkeys(methods))
-    check_phrase_metrics(methods, metrics_in_order(config.names))
-    for metric in metrics_in_order(config.names):
+    check_phrase_metrics(methods, in_registry_order(config.names))
+    for metric in in_registry_order(config.names):
         metric.check_rows(table.rows, table.spec)  # e.g. grounding without per-object masks: one line
     out = Path(out)
     header, records = open_run(backend, table, methods, config, settings, seed, out, command)
@@ -180,7 +180,7 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
     everyone = list(plan.header.get("methods") or methods)  # the whole run's, when resuming some of them
     merge_parts(result.out, writer, result, table, everyone)
     records = result.records
-    whole_run = [m for m in metrics_in_order(config.names) if not m.per_pair]
+    whole_run = [m for m in in_registry_order(config.names) if not m.per_pair]
     if whole_run and result.finished:  # only once every pair is done; ROAR+ retrains, so it runs here
         def emit(record: dict[str, Any]) -> None:
             writer.write(record)

@@ -95,7 +95,8 @@ class ResultsWriter:
 def record_key(record: dict[str, Any]) -> tuple:
     """What a record is the result of: (kind, row, method) for pairs; a whole-run metric's records
     say it themselves (ROAR+: (kind, method, k))."""
-    owner = metric_registry.REGISTRY.get(record.get("kind"))
+    kind = record.get("kind")
+    owner = metric_registry.REGISTRY[kind] if kind in metric_registry.REGISTRY else None
     if owner is not None and not owner.per_pair:
         return owner().record_key(record)
     return record.get("kind"), record.get("row"), record.get("method")

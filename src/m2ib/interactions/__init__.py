@@ -1,7 +1,7 @@
 """Word-region interactions: which caption tokens go with which image patches (issue 20).
 
 ``interact(model, image, text, method="exclip")`` (or, on model inputs,
-``get_interaction(name).interact(backend, image_batch, text_batch, settings)``) gives an
+``REGISTRY.get(name)().interact(backend, image_batch, text_batch, settings)``) gives an
 :class:`Interaction`; the methods register themselves on import.
 """
 
@@ -11,8 +11,7 @@ from . import exclip as _exclip  # noqa: F401  (registers)
 from . import fixlip as _fixlip  # noqa: F401  (registers; shapiq is imported on first use)
 from . import phrase as _phrase  # noqa: F401  (registers)
 from .api import interact
-from .base import REGISTRY, InteractionMethod, get_interaction, interaction_names, register
+from .base import REGISTRY, InteractionMethod, register
 from .result import Interaction, load_interaction
 
-__all__ = ["REGISTRY", "Interaction", "InteractionMethod", "get_interaction", "interact", "interaction_names",
-           "load_interaction", "register"]
+__all__ = ["REGISTRY", "Interaction", "InteractionMethod", "interact", "load_interaction", "register"]

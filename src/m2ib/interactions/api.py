@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import get_interaction
+from .base import REGISTRY as INTERACTIONS
 from .result import Interaction
 
 
@@ -22,7 +22,7 @@ def interact(model: Any, image: Any, text: str, *, method: str = "exclip", devic
     from ..api import load
     from ..inputs import check_texts, load_image
 
-    algorithm = get_interaction(method)
+    algorithm = INTERACTIONS.get(method)()
     chosen = algorithm.make_settings(**settings)
     check_texts([text])
     backend = load(model, device=device)

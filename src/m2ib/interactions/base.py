@@ -19,29 +19,8 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, TextBatch
 from ..errors import InputError
 from ..methods.base import Settings
+from ..registry import Registry
 from .result import Interaction
-
-REGISTRY: dict[str, type[InteractionMethod]] = {}
-
-
-def register(cls: type[InteractionMethod]) -> type[InteractionMethod]:
-    """Class decorator: make an interaction method available by its ``name``."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"interaction method {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def interaction_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
-def get_interaction(name: str) -> InteractionMethod:
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise InputError(f"unknown interaction method {name!r}: choose one of {', '.join(REGISTRY)}") from None
-
 
 class InteractionMethod(ABC):
     """Base class: ``interact`` one pair; ``phrase_maps`` of spans of its text."""
@@ -50,6 +29,7 @@ class InteractionMethod(ABC):
     title: ClassVar[str]
     paper: ClassVar[str] = ""
     Settings: ClassVar[type[Settings]] = Settings
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # both sides at once: token x patch
 
     def make_settings(self, **overrides: Any) -> Settings:
         names = {f.name for f in dataclasses.fields(self.Settings)}
@@ -68,6 +48,11 @@ class InteractionMethod(ABC):
         """Image maps [S, H, W] of the character ``spans`` of the pair's text."""
         result = self.interact(backend, image, text, settings)
         return torch.stack([result.span_map(span) for span in spans])
+
+
+REGISTRY: Registry[type[InteractionMethod]] = Registry("interaction method")
+#: Class decorator: make an interaction method available by its ``name``.
+register = REGISTRY.register
 
 
 def check_one_pair(image: ImageBatch, text: TextBatch) -> None:

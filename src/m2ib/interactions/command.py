@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..pairs import PairsOutcome
-from .base import REGISTRY, get_interaction
+from .base import REGISTRY
 
 
 def interaction_settings(name: str, args: argparse.Namespace, registry: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def interact_pairs(args: argparse.Namespace, name: str, values: dict[str, Any], 
     from ..api import load
     from ..inputs import load_image
 
-    method = get_interaction(name)
+    method = REGISTRY.get(name)()
     chosen = method.make_settings(**values)
     outcome = PairsOutcome()
     todo = [i for i in range(len(pairs)) if args.overwrite or not (args.out / f"{stems[i]}.json").exists()]

@@ -63,9 +63,9 @@ class PhraseAlone(InteractionMethod):
         phrases = [text.texts[0][a:b] for a, b in spans]
         if any(not p.strip() for p in phrases):
             raise InputError(f"spans {list(spans)} include an empty phrase of {text.texts[0]!r}")
-        from ..methods import get_method
+        from ..methods import REGISTRY as METHODS
 
-        method = get_method(settings.first_order)
+        method = METHODS.get(settings.first_order)()
         chosen = method.make_settings(backend, seed=settings.seed)
         exps = method.explain(backend, image.repeat_interleave(len(phrases)), backend.tokenize(phrases), chosen,
                               ("image",))

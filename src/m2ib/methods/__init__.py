@@ -6,7 +6,7 @@ the paper's comparison and the newer methods); ``m2ib.list_methods()`` and the C
 """
 
 # isort: off  (the import order is the registry's order)
-from .base import REGISTRY, Method, RawScores, Settings, Target, get_method, register
+from .base import REGISTRY, Method, RawScores, Settings, Target, register
 from .m2ib import M2IB, M2IBSettings, default_layer
 from .gradcam import GradCAM
 from .saliency import Saliency
@@ -19,11 +19,11 @@ from .gradeclip import GradECLIP
 from .legrad import LeGrad
 # isort: on
 
-__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "Target", "get_method", "register", "M2IB",
+__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "Target", "register", "M2IB",
            "M2IBSettings", "default_layer", "list_methods", "GradCAM", "Saliency", "RISE", "KernelSHAP", "Chefer",
            "Rollout", "NIB", "GradECLIP", "LeGrad"]
 
 
 def list_methods() -> list[str]:
-    """Names of the registered methods, M2IB first."""
-    return list(REGISTRY)
+    """Names of the registered methods, M2IB first (plugins' methods included)."""
+    return list(REGISTRY.names())

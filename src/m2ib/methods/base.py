@@ -5,7 +5,7 @@ A method is one class with a ``name``, a frozen ``Settings`` dataclass and one h
 The base class runs the shared steps around it (eval mode and frozen weights, the target,
 turning token scores into maps, normalising, building Explanations), so a new method is one
 file plus ``@register``. The CLI's ``--method`` choices and ``m2ib.list_methods()`` read the
-registry, nowhere else.
+registry (:data:`REGISTRY`, an :class:`m2ib.registry.Registry`), nowhere else.
 
 The target: every method explains, per pair, one number computed from the explained side's
 embedding: :meth:`Target.score`. By default it is the cosine similarity with the other side's
@@ -34,9 +34,9 @@ from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..explanation import Explanation
 from ..maps import finite, minmax  # noqa: F401 - re-exported: methods import them from here
+from ..registry import Registry
 from ..settings import check_types
 
-REGISTRY: dict[str, type[Method]] = {}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -46,34 +46,6 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its ``name``."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> Method:
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise InputError(f"unknown method {name!r}: choose one of {', '.join(REGISTRY)}") from None
-
-
-def method_names(spec: str, option: str = "--method") -> list[str]:
-    """A method name, a comma list or ``all`` -> registered names (in the order given, once each)."""
-    if spec.strip() == "all":
-        return list(REGISTRY)
-    names = [m.strip() for m in spec.split(",") if m.strip()]
-    if not names:
-        raise InputError(f"{option} is empty: give a method name, a comma list or 'all'")
-    for name in names:
-        if name not in REGISTRY:
-            raise InputError(f"unknown method {name!r}: choose from {', '.join(REGISTRY)}, or 'all'")
-    return list(dict.fromkeys(names))
 
 
 def setting(default: Any, help: str, **kwargs: Any) -> Any:
@@ -304,3 +276,8 @@ def image_scores_to_maps(scores: torch.Tensor, backend: Backend) -> tuple[torch.
         return None, scores
     maps = F.interpolate(scores[:, None], size=g.image_size, mode="bilinear", align_corners=False)[:, 0]
     return scores, maps
+
+
+REGISTRY: Registry[type[Method]] = Registry("method")
+#: Class decorator: make a method available by its ``name``.
+register = REGISTRY.register

@@ -31,8 +31,8 @@ registry's order: the order of ``--metrics all``, of the values in a record and 
 
 from typing import Any
 
-from .base import CONTROL, PHRASES, Key, Measured, MethodRun, Metric, PairBatch, RunContext, Table, direction, get_metric
-from .base import metric_names, register, summary_tables
+from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, PairBatch, RunContext, Table, direction
+from .base import register, summary_tables
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
 from .road import linear_impute, road
@@ -46,7 +46,7 @@ from .config import DEFAULT_METRICS, MetricConfig, as_config
 
 def __getattr__(name: str) -> Any:
     if name == "METRIC_NAMES":  # live: ``--metrics`` choices, including metrics registered later
-        return metric_names()
+        return REGISTRY.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -54,4 +54,4 @@ __all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "pertu
            "gaussian_blur", "road", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
            "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
            "Metric", "PHRASES", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
-           "get_metric", "metric_names", "summary_tables", "MetricConfig", "DEFAULT_METRICS", "as_config"]
+           "REGISTRY", "summary_tables", "MetricConfig", "DEFAULT_METRICS", "as_config"]

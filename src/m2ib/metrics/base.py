@@ -23,6 +23,7 @@ import torch
 
 from ..backends.base import Backend, ImageBatch, TextBatch
 from ..errors import InputError
+from ..registry import Registry
 
 if TYPE_CHECKING:  # only for hints: metrics never import the evaluation layer at run time
     from ..datasets.tables import Row
@@ -160,6 +161,7 @@ class Metric(ABC):
 
     name: ClassVar[str]  # registry key, ``--metrics`` choice
     title: ClassVar[str]  # display name
+    paper: ClassVar[str] = ""  # link to the paper that defines it
     sides: ClassVar[tuple[str, ...]] = ("image", "text")  # the sides it can measure (Modality or PHRASES)
     keys: ClassVar[tuple[Key, ...]] = ()  # every per-pair value it records
     tables: ClassVar[tuple[Table, ...] | None] = None  # summary tables; None: one titled ``title``, every key
@@ -209,14 +211,9 @@ class Metric(ABC):
         return {}
 
 
-REGISTRY: dict[str, type[Metric]] = {}
-
-
-def register(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: make a metric available by its ``name``."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"metric {cls.name!r} registered twice")
-    taken = {k.name for other in REGISTRY.values() for k in other.keys}
+def _check_metric(cls: type[Metric], registry: Registry[type[Metric]]) -> None:
+    """A metric records keys no other metric records, shows only its own keys, needs only :data:`NEEDS`."""
+    taken = {k.name for other in registry.values() for k in other.keys}
     mine = [k.name for k in cls.keys]
     clash = sorted(set(mine) & taken) or sorted({k for k in mine if mine.count(k) > 1})
     if clash:
@@ -228,23 +225,15 @@ def register(cls: type[Metric]) -> type[Metric]:
     if not cls.needs <= NEEDS:
         raise ValueError(f"metric {cls.name!r} needs {', '.join(sorted(cls.needs - NEEDS))}: not one of "
                          f"{', '.join(sorted(NEEDS))}")
-    REGISTRY[cls.name] = cls
-    return cls
 
 
-def metric_names() -> tuple[str, ...]:
-    """Every registered metric's name, in registration order (``--metrics`` choices)."""
-    return tuple(REGISTRY)
+#: Every metric, in registration order: the order values are measured in and summaries show them.
+REGISTRY: Registry[type[Metric]] = Registry("metric", check=_check_metric)
+#: Class decorator: make a metric available by its ``name``.
+register = REGISTRY.register
 
 
-def get_metric(name: str) -> Metric:
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise InputError(f"unknown metric {name!r}: choose one of {', '.join(REGISTRY)}") from None
-
-
-def metrics_in_order(names: Sequence[str]) -> list[Metric]:
+def in_registry_order(names: Sequence[str]) -> list[Metric]:
     """The named metrics (unknown names left out), in registry order: the order values are measured in."""
     return [cls() for name, cls in REGISTRY.items() if name in names]
 

@@ -184,6 +184,7 @@ class Confidence(Metric):
 
     name = "confidence"
     title = "Confidence drop and increase"
+    paper = "https://arxiv.org/abs/1710.11063"
     keys = tuple(Key(k, "lower" if "_drop_" in k else "higher") for p in PROTOCOLS for k in _keys(p))
     tables = (Table("Confidence, protocol `m2ib` (the public reference's, exactly)", _keys("m2ib")),
               Table("Confidence, protocol `mask` (corrected)", _keys("mask")))

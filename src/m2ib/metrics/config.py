@@ -29,7 +29,7 @@ class MetricConfig:
     roar_budget: str = "tiny"  # m2ib.metrics.roar.BUDGETS key
 
     def __post_init__(self) -> None:
-        known = base.metric_names()
+        known = base.REGISTRY.names()
         unknown = [n for n in self.names if n not in known]
         if unknown or not self.names:
             raise InputError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "

@@ -154,6 +154,7 @@ class DeletionInsertion(Metric):
 
     name = "deletion"
     title = "Deletion / insertion (area under the cosine-similarity curve)"
+    paper = "https://arxiv.org/abs/1806.07421"
     keys = (Key("image_deletion_auc", "lower"), Key("image_insertion_auc", "higher"),
             Key("text_deletion_auc", "lower"), Key("text_insertion_auc", "higher"))
 

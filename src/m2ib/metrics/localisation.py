@@ -176,6 +176,7 @@ class Localisation(Metric):
 
     name = "localisation"
     title = "Localisation (shares of pairs / of map mass)"
+    paper = "https://arxiv.org/abs/1608.00507"
     keys = (Key("image_pointing", "higher"), Key("image_energy", "higher"), Key("image_iou", "higher"),
             Key("text_pointing", "higher"))
     needs = frozenset({"masks"})

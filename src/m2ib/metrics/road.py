@@ -148,6 +148,7 @@ class Road(Metric):
 
     name = "road"
     title = "ROAD (noisy linear imputation; score change, mean over 10..90 %)"
+    paper = "https://arxiv.org/abs/2202.00449"
     sides = ("image",)
     keys = (Key("image_road_morf", "lower"), Key("image_road_lerf", "higher"), Key("image_road_combined", "higher"))
 

@@ -234,6 +234,7 @@ class RoarPlus(Metric):
 
     name = "roar"
     title = "ROAR+"
+    paper = "https://arxiv.org/abs/1806.10758"
     sides = ("image",)
     keys = (Key("roar_accuracy", "lower"),)  # its records are kind "roar", not pairs: no summary table
     tables = ()

@@ -142,9 +142,9 @@ def cascading_randomization(backend: Backend, images: ImageBatch, texts: TextBat
     Returns:
         ``{"labels": [S], "spearman": [N, S], "ssim": [N, S] (image side; None for text)}``.
     """
-    from ..methods import get_method
+    from ..methods import REGISTRY as METHODS
 
-    algorithm = get_method(method)
+    algorithm = METHODS.get(method)()
     chosen = algorithm.make_settings(backend, **(settings or {}))
     if maps is None:
         exps = algorithm.explain(backend, images, texts, chosen, (modality,))
@@ -169,6 +169,7 @@ class Sanity(Metric):
 
     name = "sanity"
     title = "Sanity: cascading randomisation (similarity to the trained model's map, mean over the cascade)"
+    paper = "https://arxiv.org/abs/1810.03292"
     keys = (Key("image_sanity_spearman", "lower"), Key("image_sanity_ssim", "lower"),
             Key("text_sanity_spearman", "lower"))
 

@@ -126,9 +126,9 @@ def compute_interaction(backend: Any, image: Any, text: Any, method: str, settin
     pil = read_image(image, max_bytes, max_pixels)
     text = check_text(text)
     values = clean_interaction_settings(method, settings)
-    from ..interactions import get_interaction
+    from ..interactions import REGISTRY as INTERACTIONS
 
-    algorithm = get_interaction(method)
+    algorithm = INTERACTIONS.get(method)()
     chosen = algorithm.make_settings(**values)  # bad values: one line, before the model runs
     key = (hashlib.sha256(pil.tobytes()).hexdigest(), pil.size, pil.mode, text, method,
            tuple(sorted(chosen.as_dict().items())), getattr(backend, "name", ""))
