@@ -349,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(argv[0] if argv else "").parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
         return int(exc.code or 0)
+    except M2IBError as exc:  # the flags come from the registries: a broken plugin fails here
+        print(f"m2ib: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args.argv = argv  # what `evaluate` records as the run's command
     handlers: dict[str, Any] = {"explain": _explain, "list": _list, "evaluate": _evaluate, "audit": _audit}
     try:
