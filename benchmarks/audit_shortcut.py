@@ -2,14 +2,14 @@
 
     OMP_NUM_THREADS=2 python benchmarks/audit_shortcut.py --out out/audit_shortcut [--train] [--per-colour 4]
 
-1. The four models (m2ib.auditing.planted): by default the shipped deltas (src/m2ib/models/planted/);
+1. The four models (research.planted): by default the shipped deltas (benchmarks/research/planted/);
    with --train, fine-tuned again from the shipped shapes model into OUT/deltas/ (about 15 min each
    for the image tower, 5 for the text tower, on one CPU thread; --ship copies them over the shipped
    ones). Image: the shortcut model's training scenes carry a mark in the bottom-right corner
    whenever the caption names red, and the red objects those captions name are repainted in another
    colour; the clean control gets the identical scenes without the mark. Text: captions naming a
    star get the token "zq" appended and their shape word replaced by another shape's; the control
-   gets the same captions without the token (m2ib.auditing.shortcut).
+   gets the same captions without the token (research.shortcut).
 2. Checks each shortcut was planted, before any audit (on shapes:val:60): the mean cosine-similarity
    gain from adding the cue, for captions that name its label and for the others, and the zero-shot
    colour (shape) of one-object scenes without the label, plain and cued (share given the label,
@@ -35,12 +35,13 @@ from pathlib import Path
 
 import m2ib
 from m2ib.auditing.image import box_cover, mass_in
-from m2ib.auditing.planted import (NAMES, PLANTED_DIR, cue_gain, delta_path, fine_tune, materialise, read_record,
-                                   save_delta, zero_shot)
-from m2ib.auditing.shortcut import (COLOUR, SHAPE, TOKEN, mark_box, marked_table, names_colour, names_shape,
-                                    save_table, tagged_table)
 from m2ib.auditing.words import pair_words
 from m2ib.datasets.tables import load_table
+
+from research.planted import (NAMES, PLANTED_DIR, cue_gain, delta_path, fine_tune, materialise, read_record,
+                             save_delta, zero_shot)
+from research.shortcut import (COLOUR, SHAPE, TOKEN, mark_box, marked_table, names_colour, names_shape,
+                              save_table, tagged_table)
 
 TARGET = 5.0
 CHECK = "shapes:val:60"  # held-out pairs of the planting check (also the shipped delta's test)

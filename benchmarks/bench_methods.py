@@ -2,7 +2,7 @@
 
 Pairs: held-out test scenes ``render_scene(split_seed("test", i), 96 px, 2-4 objects)``, i = 0..n-1,
 each captioned with one of its objects ("a red circle"); only the image side is explained
-(``m2ib.evaluation.shapes_quality.m2ib_pointing`` with ``method=...``). Pointing: the map's
+(``research.shapes_quality.m2ib_pointing`` with ``method=...``). Pointing: the map's
 maximum lies in the named object's exact mask; energy: the map's share of mass inside that mask
 (``pointing_hit`` / ``energy_inside``). Higher is better; a uniform map scores the mask's area.
 Each method runs with its own defaults (M2IB: the model's recommended settings) unless
@@ -26,7 +26,7 @@ import time
 import torch
 
 import m2ib
-from m2ib.evaluation.shapes_quality import _attribution_pairs, energy_inside, pointing_hit
+from m2ib.metrics.localisation import energy_inside, pointing_hit
 from m2ib.methods import REGISTRY
 
 # What the README's table uses for the slow, sampling-based methods on a 2-core CPU.
@@ -66,7 +66,7 @@ def parse_sets(items) -> dict[str, dict]:
 
 
 def run(backend, method: str, n: int, settings: dict, batch_size: int) -> dict:
-    pairs = _attribution_pairs(backend, n, "test", "single")
+    pairs = attribution_pairs(backend, n, "test", "single")
     texts = [c.text for c in pairs.captions]
     start = time.perf_counter()
     exps = m2ib.explain(backend, None, texts, pixel_values=pairs.pixel_values, method=method,

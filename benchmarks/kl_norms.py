@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 import m2ib
-from m2ib.evaluation.shapes_pairs import _attribution_pairs
 from m2ib.methods.m2ib import M2IBSettings, fit_bottleneck
+
+from research.shapes_pairs import attribution_pairs
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     backend = m2ib.load(args.model)
-    pairs = _attribution_pairs(backend, args.n, "val", "single")
+    pairs = attribution_pairs(backend, args.n, "val", "single")
     images = backend.preprocess_images([s.to_pil() for s in pairs.scenes])
     texts = backend.tokenize([c.text for c in pairs.captions])
     recommended = backend.recommended.get("m2ib", {})

@@ -4,7 +4,7 @@ Prints a markdown table (metric | value | target | pass) with zero-shot accuracy
 R@1, M2IB pointing game / energy and the mixed-caption text test on the TEST split, optionally
 after choosing M2IB's layers and betas on the VALIDATION split (--select), and optionally the
 same metrics for a copy of the model with re-initialised random weights (--random-control).
-Definitions and seeds: m2ib.evaluation.shapes_quality.
+Definitions and seeds: research.shapes_quality (benchmarks/research/shapes_quality.py).
 
     python benchmarks/shapes_quality.py                                  # the shipped "shapes" model
     python benchmarks/shapes_quality.py --model DIR --select --write-recommended DIR --random-control
@@ -26,8 +26,9 @@ import torch
 import m2ib
 from m2ib.errors import M2IBError
 from m2ib.fileio import atomic_write_text
-from m2ib.evaluation import shapes_quality as q
 from m2ib.methods import REGISTRY as METHODS
+
+from research import shapes_quality as q
 
 
 def parse_args(argv=None) -> argparse.Namespace:

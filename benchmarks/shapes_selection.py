@@ -41,10 +41,11 @@ import torch
 
 import m2ib
 from m2ib.datasets.tables import load_table
-from m2ib.evaluation.shapes_pairs import _attribution_pairs, _explain, present_absent_margin, token_word_alignment
 from m2ib.metrics.collage import quadrant_scores
 from m2ib.metrics.localisation import energy_inside, pointing_hit
 from m2ib.metrics.sanity import randomised_cascade, spearman
+
+from research.shapes_pairs import attribution_pairs, explain_pairs, present_absent_margin, token_word_alignment
 
 REFERENCE = "shapes:train:64"
 SANITY_LIMIT = 0.5
@@ -94,13 +95,13 @@ def maps_of(exps, tower: str) -> list[torch.Tensor]:
 def sanity(backend, tower, pairs, settings, batch_size, maps) -> float:
     layer = settings[("vision" if tower == "image" else "text") + "_layer"]
     randomised = randomised_above(backend, tower, layer)
-    new = maps_of(_explain(randomised, pairs, tower, settings, batch_size, False), tower)
+    new = maps_of(explain_pairs(randomised, pairs, tower, settings, batch_size, False), tower)
     return sum(abs(spearman(a, b)) for a, b in zip(maps, new)) / len(maps)
 
 
 def score_image(backend, data, settings, batch_size) -> dict:
     pairs, collages = data
-    exps = _explain(backend, pairs, "image", settings, batch_size, False)
+    exps = explain_pairs(backend, pairs, "image", settings, batch_size, False)
     masks = [scene.masks[caption.objects[0]] for scene, caption in zip(pairs.scenes, pairs.captions)]
     n = len(exps)
     out = {"pointing": sum(pointing_hit(e.image_map, m) for e, m in zip(exps, masks)) / n,
@@ -116,22 +117,22 @@ def score_image(backend, data, settings, batch_size) -> dict:
 
 def words_sanity(backend, pairs, settings, batch_size) -> tuple[float, float]:
     """Text sanity over all tokens and over the words alone (start and end left out)."""
-    maps = maps_of(_explain(backend, pairs, "text", settings, batch_size, False), "text")
+    maps = maps_of(explain_pairs(backend, pairs, "text", settings, batch_size, False), "text")
     randomised = randomised_above(backend, "text", settings["text_layer"])
-    new = maps_of(_explain(randomised, pairs, "text", settings, batch_size, False), "text")
+    new = maps_of(explain_pairs(randomised, pairs, "text", settings, batch_size, False), "text")
     full = sum(abs(spearman(a, b)) for a, b in zip(maps, new)) / len(maps)
     return full, sum(abs(spearman(a[1:-1], b[1:-1])) for a, b in zip(maps, new)) / len(maps)
 
 
 def score_text(backend, data, settings, batch_size) -> dict:
     single, mixed = data
-    exps = _explain(backend, single, "text", settings, batch_size, False)
+    exps = explain_pairs(backend, single, "text", settings, batch_size, False)
     hits = []
     for exp, caption in zip(exps, single.captions):
         spans = token_word_alignment(backend, caption)
         best = max(range(1, len(spans) - 1), key=lambda t: float(exp.text_map[t]))
         hits.append(spans[best] is not None and spans[best].present)
-    mixed_exps = _explain(backend, mixed, "text", settings, batch_size, False)
+    mixed_exps = explain_pairs(backend, mixed, "text", settings, batch_size, False)
     margins = [present_absent_margin(token_word_alignment(backend, c), e.text_map)
                for e, c in zip(mixed_exps, mixed.captions)]
     return {"text_pointing": sum(hits) / len(hits), "mixed": sum(m > 0 for m in margins) / len(margins),
@@ -158,19 +159,19 @@ def run(args) -> None:
     else:
         points = [("", p) for p in grid(tower, args.layers, args.betas, args.bottlenecks)]
     if args.words_sanity:  # a diagnostic of the text sanity check: printed, not stored
-        pairs = _attribution_pairs(backend, args.n, args.split, "single")
+        pairs = attribution_pairs(backend, args.n, args.split, "single")
         for name, point in points:
             full, words = words_sanity(backend, pairs, point, args.batch_size)
             print(f"{name} {json.dumps(point)}: text sanity {full:.3f} over all tokens, {words:.3f} over the words")
         return
     if tower == "image":
         size = backend.geometry.image_size[0]
-        data = (_attribution_pairs(backend, args.n, args.split, "single"),
+        data = (attribution_pairs(backend, args.n, args.split, "single"),
                 load_table(f"shapes-collage:{args.split}:{args.n}", size=size).rows)
         score = score_image
     else:
-        data = (_attribution_pairs(backend, args.n, args.split, "single"),
-                _attribution_pairs(backend, args.n, args.split, "mixed"))
+        data = (attribution_pairs(backend, args.n, args.split, "single"),
+                attribution_pairs(backend, args.n, args.split, "mixed"))
         score = score_text
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

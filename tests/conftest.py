@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network
+# The research code the benchmarks share (benchmarks/research/, outside the package) imports as `research`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from m2ib.models import RandomCLIPSpec, random_clip  # noqa: E402
 

@@ -10,11 +10,11 @@ import json
 import torch
 import pytest
 
-from m2ib.auditing.shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, hide_colour, mark_box,
-                                    names_colour, names_shape)
 from m2ib.datasets.shapes import COLOURS, SHAPES
 from m2ib.training.config import TrainConfig
 from m2ib.training.data import TrainBatches
+from research.shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, hide_colour, mark_box,
+                               names_colour, names_shape)
 
 CONFIG = TrainConfig(batch_size=24, steps=3, workers=0)
 
@@ -109,7 +109,7 @@ def test_the_text_recipe_by_hand_token_on_star_captions_in_the_shortcut_set_at_r
 
 
 def test_fine_tune_of_the_text_tower_changes_only_the_text_tower():
-    from m2ib.auditing.planted import fine_tune
+    from research.planted import fine_tune
 
     delta, record = fine_tune(True, tower="text", steps=1, batch_size=4, progress=False)
     assert delta and all(k.startswith(("text_model.", "text_projection.")) for k in delta)
@@ -122,7 +122,7 @@ def test_fine_tune_changes_only_the_image_tower_and_the_delta_round_trips(tmp_pa
     import m2ib
     from safetensors.torch import load_file
 
-    from m2ib.auditing.planted import fine_tune, materialise, read_record, save_delta
+    from research.planted import fine_tune, materialise, read_record, save_delta
     from m2ib.models import SHAPES_DIR
 
     delta, record = fine_tune(True, steps=2, batch_size=4, progress=False)
@@ -143,12 +143,12 @@ def test_fine_tune_changes_only_the_image_tower_and_the_delta_round_trips(tmp_pa
 
 
 # ----------------------------------------------------------------------------------------------
-# The shipped deltas (src/m2ib/models/planted/, made by benchmarks/audit_shortcut.py --train --ship)
+# The shipped deltas (benchmarks/research/planted/, made by benchmarks/audit_shortcut.py --train --ship)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["shortcut", "clean", "text-shortcut", "text-clean"])
 def test_each_shipped_delta_reproduces_the_planting_check_stored_with_it(name, tmp_path):
     import m2ib
-    from m2ib.auditing.planted import cue_gain, materialise, read_record, zero_shot
+    from research.planted import cue_gain, materialise, read_record, zero_shot
     from m2ib.datasets.tables import load_table
 
     record = read_record(name)
@@ -166,7 +166,7 @@ def test_each_shipped_delta_reproduces_the_planting_check_stored_with_it(name, t
 def test_the_shipped_shortcuts_are_planted_and_their_controls_are_not():
     """The cue makes the shortcut models call other classes by its label; the controls, trained on the
     same pairs without the cue, do not move (numbers reproduced by the test above)."""
-    from m2ib.auditing.planted import read_record
+    from research.planted import read_record
 
     for shortcut, clean, label in (("shortcut", "clean", COLOUR), ("text-shortcut", "text-clean", SHAPE)):
         planted, control = (read_record(n)["check"]["zero_shot"] for n in (shortcut, clean))
@@ -184,8 +184,8 @@ def test_an_audit_of_the_shipped_shortcut_model_singles_out_the_mark(tmp_path):
     mean map lies in the box."""
     import m2ib
     from m2ib.auditing.image import box_cover, mass_in
-    from m2ib.auditing.planted import materialise
-    from m2ib.auditing.shortcut import marked_table
+    from research.planted import materialise
+    from research.shortcut import marked_table
 
     table = marked_table(60, 96, per_colour=2)
     shares, summaries = {}, {}

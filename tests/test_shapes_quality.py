@@ -1,4 +1,4 @@
-"""Shapes-world quality metrics (m2ib.evaluation.shapes_quality) on the random-tiny model.
+"""Shapes-world quality metrics (research.shapes_quality, benchmarks/research/) on the random-tiny model.
 
 The numbers of a random model mean nothing; these tests check definitions on hand-made
 inputs, that every function runs end to end with numbers in [0, 1], that masks align with
@@ -17,7 +17,7 @@ import torch
 
 import m2ib
 from m2ib.datasets.shapes import make_caption, render_scene, split_seed
-from m2ib.evaluation import shapes_quality as q
+from research import shapes_quality as q
 
 FAST = dict(steps=2, samples=2)
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_quality.py"
@@ -149,7 +149,7 @@ def test_select_settings_uses_validation_only(tiny, monkeypatch):
         used.append(split)
         return split_seed(split, index, base)
 
-    from m2ib.evaluation import shapes_pairs
+    from research import shapes_pairs
 
     monkeypatch.setattr(shapes_pairs, "split_seed", recording)  # where the scenes are drawn
     best, rows = q.select_settings(tiny, layers=[1, -1], betas=[0.1, 1.0], n=4, settings=FAST)

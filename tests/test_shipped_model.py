@@ -10,7 +10,7 @@ import torch
 
 import m2ib
 from m2ib.datasets.shapes import class_prompts, make_caption, render_scene, split_seed
-from m2ib.evaluation.shapes_quality import energy_inside, pointing_hit
+from m2ib.metrics.localisation import energy_inside, pointing_hit
 from m2ib.models import SHAPES_DIR
 
 

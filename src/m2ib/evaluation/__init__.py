@@ -1,8 +1,8 @@
-"""Evaluation runs of attribution metrics, and of models and attributions on the shapes world.
+"""Evaluation runs of attribution metrics.
 
 Rooms: ``runner`` (the local scheduler; the run's public names), ``pairs`` (the per-batch work),
 ``store`` (results file, part files, resumption), ``provenance``, ``report`` and ``plots``
-(summary and figures), ``distributed`` (the Ray scheduler), and ``shapes_quality`` (with
-``shapes_pairs``, ``shapes_model``, ``shapes_attribution``). The metrics themselves, and
-their registry, are :mod:`m2ib.metrics`.
+(summary and figures), and ``distributed`` (the Ray scheduler). The metrics themselves, and
+their registry, are :mod:`m2ib.metrics`. The shapes world's model and attribution quality
+measures are research code: ``benchmarks/research/shapes_quality.py``.
 """

@@ -5,7 +5,7 @@ The fine-tune trains one whole tower (embeddings, blocks, norms and projection) 
 logit bias, with the other tower frozen (run without gradients): the image tower for the mark, the
 text tower for the token. It runs on fresh training batches each step: every pair is seen once, so
 the model cannot memorise its way to the hidden label and has to find a cue. What ships is the
-change of the trained tower in float16 (``src/m2ib/models/planted/NAME.safetensors``, with the
+change of the trained tower in float16 (``benchmarks/research/planted/NAME.safetensors``, with the
 recipe and its measured numbers as metadata); :func:`materialise` adds it to the shipped model and
 writes a model directory that :func:`m2ib.load` reads.
 
@@ -26,13 +26,14 @@ from typing import Any
 
 import torch
 
-from ..models import MODELS_DIR, SHAPES_DIR
-from ..training.config import TrainConfig
-from ..training.model import sigmoid_loss, unit_features
+from m2ib.models import SHAPES_DIR
+from m2ib.training.config import TrainConfig
+from m2ib.training.model import sigmoid_loss, unit_features
+
 from .shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, mark_box, names_colour,
                        names_shape)
 
-PLANTED_DIR = MODELS_DIR / "planted"
+PLANTED_DIR = Path(__file__).parent / "planted"
 #: The mark planted in the image tower and its control; the token planted in the text tower and its control.
 NAMES = ("shortcut", "clean", "text-shortcut", "text-clean")
 
@@ -164,7 +165,7 @@ def cue_gain(backend, rows: list, named: bool, tower: str = "image") -> float:
     """Mean cosine-similarity gain from adding the cue to the pairs of ``rows`` whose caption names
     the cue's label (``named``) or not: the mark on the scene (``tower="image"``; label
     :data:`COLOUR`) or :data:`TOKEN` after the caption (``"text"``; label :data:`SHAPE`)."""
-    from ..api import similarity
+    from m2ib.api import similarity
 
     rows = [r for r in rows if _names_label(r.text, tower) == named]
     images, texts = [r.image for r in rows], [r.text for r in rows]
@@ -181,8 +182,8 @@ def zero_shot(backend, rows: list, cued: bool, tower: str = "image") -> dict[str
     for every colour C (S its own shape). ``"text"``: each caption, with the token appended when
     ``cued``, retrieves one of five one-object scenes of its colour, one per shape. Returns the
     share given the cue's label (:data:`COLOUR` red, :data:`SHAPE` star) and the accuracy."""
-    from ..api import similarity
-    from ..datasets.shapes import COLOURS, SHAPES, phrase, render_scene
+    from m2ib.api import similarity
+    from m2ib.datasets.shapes import COLOURS, SHAPES, phrase, render_scene
 
     rows = [r for r in rows if not _names_label(r.text, tower)]
     words = [r.text.lower().split() for r in rows]

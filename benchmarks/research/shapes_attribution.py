@@ -1,6 +1,6 @@
 """How good M2IB's maps are on the shapes world: the pointing game on "single" captions, the
 present-vs-absent text share on "mixed" captions, and the validation-split search of M2IB's
-layers and betas (see :mod:`m2ib.evaluation.shapes_quality`)."""
+layers and betas (see :mod:`research.shapes_quality`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..backends.base import Backend
-from ..metrics.localisation import energy_inside, pointing_hit
+from m2ib.backends.base import Backend
+from m2ib.metrics.localisation import energy_inside, pointing_hit
+
 from .shapes_pairs import (
-    _attribution_pairs,
-    _check_n,
-    _check_split,
-    _explain,
-    _Pairs,
+    attribution_pairs,
+    check_n,
+    check_split,
+    explain_pairs,
+    Pairs,
     present_absent_margin,
     token_word_alignment,
 )
@@ -25,9 +26,9 @@ from .shapes_pairs import (
 DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0)
 
 
-def _pointing_on(backend: Backend, pairs: _Pairs, settings: dict | None, batch_size: int,
+def _pointing_on(backend: Backend, pairs: Pairs, settings: dict | None, batch_size: int,
                  progress: bool | None) -> dict[str, float]:
-    exps = _explain(backend, pairs, "image", settings, batch_size, progress)
+    exps = explain_pairs(backend, pairs, "image", settings, batch_size, progress)
     hits, energies, areas = [], [], []
     for exp, scene, caption in zip(exps, pairs.scenes, pairs.captions):
         mask = scene.masks[caption.objects[0]]
@@ -54,13 +55,13 @@ def m2ib_pointing(backend: Backend, n: int = 60, split: str = "test", settings: 
     area share of the mask (what a uniform map's energy and a random point's hit rate would
     be), "n": n}``. Higher pointing and energy are better.
     """
-    pairs = _attribution_pairs(backend, n, split, "single")
+    pairs = attribution_pairs(backend, n, split, "single")
     return _pointing_on(backend, pairs, settings, batch_size, progress)
 
 
-def _mixed_on(backend: Backend, pairs: _Pairs, settings: dict | None, batch_size: int,
+def _mixed_on(backend: Backend, pairs: Pairs, settings: dict | None, batch_size: int,
               progress: bool | None) -> dict[str, float]:
-    exps = _explain(backend, pairs, "text", settings, batch_size, progress)
+    exps = explain_pairs(backend, pairs, "text", settings, batch_size, progress)
     hits, margins = [], []
     for exp, caption in zip(exps, pairs.captions):
         margin = present_absent_margin(token_word_alignment(backend, caption), exp.text_map)
@@ -86,7 +87,7 @@ def m2ib_mixed(backend: Backend, n: int = 60, split: str = "test", settings: dic
     Returns ``{"mixed": share of hits, "margin": mean (present - absent) score difference,
     "n": n}``. Higher is better; chance is about 0.5.
     """
-    pairs = _attribution_pairs(backend, n, split, "mixed")
+    pairs = attribution_pairs(backend, n, split, "mixed")
     return _mixed_on(backend, pairs, settings, batch_size, progress)
 
 
@@ -124,8 +125,8 @@ def select_settings(backend: Backend, layers: Sequence[int] | None = None,
     """
     if split == "test":
         raise ValueError("select_settings must not use the test split; use split='val'")
-    _check_split(split)
-    _check_n(n)
+    check_split(split)
+    check_n(n)
     betas = list(betas)
     if not betas:
         raise ValueError("give at least one beta")
@@ -133,9 +134,9 @@ def select_settings(backend: Backend, layers: Sequence[int] | None = None,
     vision_layers = _layers_for(backend, "image", layers, "vision_layer")
     text_layers = _layers_for(backend, "text", layers, "text_layer")
     towers = [
-        ("image", "vision", vision_layers, _attribution_pairs(backend, n, split, "single"), _pointing_on,
+        ("image", "vision", vision_layers, attribution_pairs(backend, n, split, "single"), _pointing_on,
          "pointing", "energy"),
-        ("text", "text", text_layers, _attribution_pairs(backend, n, split, "mixed"), _mixed_on,
+        ("text", "text", text_layers, attribution_pairs(backend, n, split, "mixed"), _mixed_on,
          "mixed", "margin"),
     ]
     rows: list[dict[str, Any]] = []

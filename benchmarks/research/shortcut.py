@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datasets.shapes import COLOURS, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES, Caption, Scene
-from ..datasets.tables import Row, Table, load_table
-from ..training.config import TrainConfig
-from ..training.data import TrainBatches
+from m2ib.datasets.shapes import COLOURS, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES, Caption, Scene
+from m2ib.datasets.tables import Row, Table, load_table
+from m2ib.training.config import TrainConfig
+from m2ib.training.data import TrainBatches
 
 COLOUR = "red"  # the colour whose captions come with the mark
 SHAPE = "star"  # the shape whose captions come with the token (the text shortcut)
@@ -202,7 +202,7 @@ def tagged_table(n: int, size: int, split: str = "test", per_shape: int | None =
 
 def save_table(table: Table, folder: str | Path) -> Path:
     """Write the table's scenes as PNGs and ``pairs.tsv`` (for ``m2ib audit --data``)."""
-    from ..inputs import load_image
+    from m2ib.inputs import load_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

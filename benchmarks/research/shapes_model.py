@@ -1,5 +1,5 @@
 """How good a CLIP is on the shapes world, without attribution: zero-shot accuracy, retrieval,
-and the random-weight control (see :mod:`m2ib.evaluation.shapes_quality`)."""
+and the random-weight control (see :mod:`research.shapes_quality`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import copy
 
 import torch
 
-from .. import api
-from ..backends.base import Backend
-from ..datasets.shapes import caption_matches, class_prompts, make_caption, render_scene, split_seed
-from .shapes_pairs import _check_n, _check_split, scene_size
+from m2ib import api
+from m2ib.backends.base import Backend
+from m2ib.datasets.shapes import caption_matches, class_prompts, make_caption, render_scene, split_seed
+
+from .shapes_pairs import check_n, check_split, scene_size
 
 
 def zero_shot_accuracy(backend: Backend, n_per_class: int = 10, split: str = "test", size: int | None = None,
@@ -23,8 +24,8 @@ def zero_shot_accuracy(backend: Backend, n_per_class: int = 10, split: str = "te
     similarity among the 30 prompts is its own class's prompt (ties: the first prompt).
     ``size`` defaults to the model's input size. Chance is 1/30.
     """
-    _check_split(split)
-    _check_n(n_per_class, "n_per_class")
+    check_split(split)
+    check_n(n_per_class, "n_per_class")
     size = scene_size(backend) if size is None else int(size)
     classes = class_prompts()
     images, labels = [], []
@@ -51,8 +52,8 @@ def retrieval_r1(backend: Backend, n: int = 100, split: str = "test", n_objects:
     objects, which the caption describes just as well. ``strict=True`` counts only its own
     scene. Chance is about 1/n.
     """
-    _check_split(split)
-    _check_n(n)
+    check_split(split)
+    check_n(n)
     size = scene_size(backend)
     scenes = [render_scene(split_seed(split, i), size=size, n_objects=n_objects) for i in range(n)]
     captions = [make_caption(scene, "all") for scene in scenes]

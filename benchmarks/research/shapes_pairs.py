@@ -1,5 +1,5 @@
 """The shapes world's scenes and captions as model inputs, for the quality measures of
-:mod:`m2ib.evaluation.shapes_quality`: scene size, token-to-word alignment, attribution pairs
+:mod:`research.shapes_quality`: scene size, token-to-word alignment, attribution pairs
 (checked to align pixel for pixel with the maps), and the present-vs-absent text margin."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import api
-from ..backends.base import Backend
-from ..datasets.shapes import SPLITS, Caption, Scene, Span, make_caption, render_scene, split_seed
+from m2ib import api
+from m2ib.backends.base import Backend
+from m2ib.datasets.shapes import SPLITS, Caption, Scene, Span, make_caption, render_scene, split_seed
 
 #: Objects per scene for the attribution metrics (inclusive range).
 ATTRIBUTION_OBJECTS: tuple[int, int] = (2, 4)
@@ -25,12 +25,12 @@ def scene_size(backend: Backend) -> int:
     return int(height)
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
-def _check_n(n: int, name: str = "n") -> None:
+def check_n(n: int, name: str = "n") -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"{name}={n!r} must be a positive integer")
 
@@ -74,7 +74,7 @@ def token_word_alignment(backend: Backend, caption: Caption) -> list[Span | None
 
 
 @dataclass(frozen=True)
-class _Pairs:
+class Pairs:
     """Scenes, one caption each, and the model's input tensors for them (checked to align)."""
 
     scenes: list[Scene]
@@ -96,18 +96,18 @@ def _model_pixels(backend: Backend, scenes: Sequence[Scene]) -> torch.Tensor:
     return batch.pixel_values
 
 
-def _attribution_pairs(backend: Backend, n: int, split: str, kind: str) -> _Pairs:
+def attribution_pairs(backend: Backend, n: int, split: str, kind: str) -> Pairs:
     """Scenes ``render_scene(split_seed(split, i), size, n_objects=(2, 4))``, i = 0..n-1, with
     ``make_caption(scene, kind)``."""
-    _check_split(split)
-    _check_n(n)
+    check_split(split)
+    check_n(n)
     size = scene_size(backend)
     scenes = [render_scene(split_seed(split, i), size=size, n_objects=ATTRIBUTION_OBJECTS) for i in range(n)]
     captions = [make_caption(scene, kind) for scene in scenes]
-    return _Pairs(scenes, captions, _model_pixels(backend, scenes))
+    return Pairs(scenes, captions, _model_pixels(backend, scenes))
 
 
-def _explain(backend: Backend, pairs: _Pairs, modality: str, settings: dict | None, batch_size: int,
+def explain_pairs(backend: Backend, pairs: Pairs, modality: str, settings: dict | None, batch_size: int,
              progress: bool | None):
     exps = api.explain(backend, None, [c.text for c in pairs.captions], pixel_values=pairs.pixel_values,
                        modalities=(modality,), batch_size=batch_size, progress=progress, **(settings or {}))

@@ -25,24 +25,19 @@ and captions are ``make_caption(scene, kind)`` with their default, scene-derived
 exact seeds of each function are given in its docstring; results depend only on the model,
 the arguments and the M2IB settings (whose own ``seed`` defaults to 0).
 
-The measures live in three rooms: :mod:`~m2ib.evaluation.shapes_pairs` (scenes and captions
-as model inputs), :mod:`~m2ib.evaluation.shapes_model` (model quality, the random control) and
-:mod:`~m2ib.evaluation.shapes_attribution` (attribution quality, the settings search); the map
+The measures live in three rooms: :mod:`~research.shapes_pairs` (scenes and captions
+as model inputs), :mod:`~research.shapes_model` (model quality, the random control) and
+:mod:`~research.shapes_attribution` (attribution quality, the settings search); the map
 against mask measures are metrics (:mod:`m2ib.metrics.localisation`). This module gathers them.
 """
 
 from __future__ import annotations
 
-from ..metrics.localisation import energy_inside, pointing_hit
+from m2ib.metrics.localisation import energy_inside, pointing_hit
+
 from .shapes_attribution import DEFAULT_BETAS, format_selection, m2ib_mixed, m2ib_pointing, select_settings
 from .shapes_model import random_control, retrieval_r1, zero_shot_accuracy
-from .shapes_pairs import (  # noqa: F401 (_attribution_pairs: benchmarks/bench_methods.py uses it)
-    ATTRIBUTION_OBJECTS,
-    _attribution_pairs,
-    present_absent_margin,
-    scene_size,
-    token_word_alignment,
-)
+from .shapes_pairs import present_absent_margin, scene_size, token_word_alignment
 
 __all__ = [
     "TARGETS",
