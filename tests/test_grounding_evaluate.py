@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from m2ib.datasets.tables import Row, Table, load_table
+from m2ib.datasets.tables import Row, PairTable, load_table
 from m2ib.errors import InputError
 from m2ib.inputs import load_image
 from m2ib.evaluation.pairs import evaluate_rows
@@ -66,11 +66,11 @@ def hand_made(monkeypatch, registered):
     return HandMade.name
 
 
-def _hand_table(swapped: bool = False) -> Table:
+def _hand_table(swapped: bool = False) -> PairTable:
     first, second = _hand_masks()
     masks = (second, first) if swapped else (first, second)
     row = Row("hand:0", torch.full((3, 48, 48), 0.5), TEXT, (), first | second, PHRASES, PHRASES, masks)
-    return Table("hand", "shapes-two", [row])
+    return PairTable("hand", "shapes-two", [row])
 
 
 def test_grounding_through_the_runner_on_a_hand_made_case(backend, hand_made, tmp_path):

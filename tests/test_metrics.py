@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from m2ib.backends.base import Backend, Geometry, ImageBatch, TextBatch
 from m2ib.metrics import (boxes_to_mask, cascading_randomization, confidence_change, deletion_insertion, linear_impute,
-                          localisation, road, spearman, ssim, text_pointing, topk_iou)
+                          localisation, road_scores, spearman, ssim, text_pointing, topk_iou)
 
 S1 = 1 / math.sqrt(2)
 H = W = 8
@@ -88,7 +88,7 @@ def _target_is_unit_x(monkeypatch):
 
     def targets(backend, modality, images, texts):
         return torch.tensor([[1.0, 0.0]]).repeat(len(images), 1)
-    for mod in ("common", "confidence", "deletion", "road"):  # (m2ib.metrics.road is also a function's name)
+    for mod in ("common", "confidence", "deletion", "road"):
         monkeypatch.setattr(importlib.import_module(f"m2ib.metrics.{mod}"), "targets", targets)
 
 
@@ -241,14 +241,14 @@ def test_road(toy, pair, monkeypatch):
     images, texts = pair
     maps = _maps(toy)
     p = (30, 50, 70)  # remove 70, 50, 30 %: always more than R's 25 %, never more than the rest's 75 %
-    perfect = road(toy, images, texts, maps["perfect"][None], percentiles=p, noise=0.0)
-    inverted = road(toy, images, texts, maps["inverted"][None], percentiles=p, noise=0.0)
+    perfect = road_scores(toy, images, texts, maps["perfect"][None], percentiles=p, noise=0.0)
+    inverted = road_scores(toy, images, texts, maps["inverted"][None], percentiles=p, noise=0.0)
     assert perfect["morf"].item() == pytest.approx(-S1, abs=1e-6)
     assert perfect["lerf"].item() == pytest.approx(0.0, abs=1e-6)
     assert perfect["combined"].item() == pytest.approx(S1 / 2, abs=1e-6)
     assert inverted["morf"].item() == pytest.approx(0.0, abs=1e-6)
     assert inverted["lerf"].item() == pytest.approx(-S1, abs=1e-6)
-    constant = road(toy, images, texts, maps["constant"][None], percentiles=p, noise=0.0, seeds=[1])
+    constant = road_scores(toy, images, texts, maps["constant"][None], percentiles=p, noise=0.0, seeds=[1])
     assert inverted["combined"] < constant["combined"] < perfect["combined"]
 
 

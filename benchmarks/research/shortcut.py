@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from m2ib.datasets.shapes import COLOURS, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES, Caption, Scene
-from m2ib.datasets.tables import Row, Table, load_table
+from m2ib.datasets.tables import Row, PairTable, load_table
 from m2ib.training.config import TrainConfig
 from m2ib.training.data import TrainBatches
 
@@ -172,7 +172,7 @@ class TaggedBatches(PlantedBatches):
         return scene, caption
 
 
-def marked_table(n: int, size: int, split: str = "test", per_colour: int | None = None) -> Table:
+def marked_table(n: int, size: int, split: str = "test", per_colour: int | None = None) -> PairTable:
     """Held-out shapes pairs (``shapes:SPLIT:N``, one object named per caption) with the mark on
     every scene; with ``per_colour``, the first that many pairs of each colour among them (a
     balanced set: every colour carries the mark equally often)."""
@@ -183,10 +183,10 @@ def marked_table(n: int, size: int, split: str = "test", per_colour: int | None 
         rows.sort(key=table.rows.index)
     rows = [dataclasses.replace(row, image=add_mark(row.image)) for row in rows]
     name = f"shapes:{split}:{n}+mark" + (f"+{per_colour}-per-colour" if per_colour is not None else "")
-    return Table(name, table.kind, rows, table.bad, table.total)
+    return PairTable(name, table.kind, rows, table.bad, table.total)
 
 
-def tagged_table(n: int, size: int, split: str = "test", per_shape: int | None = None) -> Table:
+def tagged_table(n: int, size: int, split: str = "test", per_shape: int | None = None) -> PairTable:
     """Held-out shapes pairs (``shapes:SPLIT:N``, one object named per caption) with :data:`TOKEN`
     appended to every caption (the spans keep their offsets); with ``per_shape``, the first that
     many pairs of each shape."""
@@ -197,10 +197,10 @@ def tagged_table(n: int, size: int, split: str = "test", per_shape: int | None =
         rows.sort(key=table.rows.index)
     rows = [dataclasses.replace(row, text=f"{row.text} {TOKEN}") for row in rows]
     name = f"shapes:{split}:{n}+{TOKEN}" + (f"+{per_shape}-per-shape" if per_shape is not None else "")
-    return Table(name, table.kind, rows, table.bad, table.total)
+    return PairTable(name, table.kind, rows, table.bad, table.total)
 
 
-def save_table(table: Table, folder: str | Path) -> Path:
+def save_table(table: PairTable, folder: str | Path) -> Path:
     """Write the table's scenes as PNGs and ``pairs.tsv`` (for ``m2ib audit --data``)."""
     from m2ib.inputs import load_image
 

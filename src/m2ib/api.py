@@ -59,7 +59,7 @@ def _pair_up(n_images: int, n_texts: int) -> tuple[list[int], list[int]]:
                      "or one image with many texts, or many images with one text")
 
 
-class _Inputs:
+class _LazyPairs:
     """Lazily preprocessed images and texts, addressed by index (large runs load per chunk)."""
 
     def __init__(self, backend: Backend, images: Any, texts: Any, pixel_values: torch.Tensor | None,
@@ -170,7 +170,7 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
     if images is not None and pixel_values is None:  # NaFlex: the images' own patch grid
         backend = backend.at_grid_of(list(images) if isinstance(images, (list, tuple)) else [images])
     chosen = algorithm.make_settings(backend, **settings)
-    inputs = _Inputs(backend, images, texts, pixel_values, input_ids, attention_mask)
+    inputs = _LazyPairs(backend, images, texts, pixel_values, input_ids, attention_mask)
     negative_batch = None
     if negatives is not None:
         negative_list = [negatives] if isinstance(negatives, str) else list(negatives)

@@ -40,7 +40,7 @@ def audit(model: Any, data: Any, out: str | os.PathLike, *, method: str = "m2ib"
     Args:
         model: what :func:`m2ib.load` accepts.
         data: a TSV/CSV of pairs or ``shapes:SPLIT:N[:KIND]`` (:func:`m2ib.datasets.tables.load_table`),
-            or a loaded :class:`~m2ib.datasets.tables.Table`.
+            or a loaded :class:`~m2ib.datasets.tables.PairTable`.
         out: the run folder; the same call on it resumes (a killed run loses at most one batch).
         rows: audit N rows drawn at random with ``seed`` (default: all).
         batch_size: pairs explained together (the maps do not depend on it).
@@ -52,14 +52,14 @@ def audit(model: Any, data: Any, out: str | os.PathLike, *, method: str = "m2ib"
         (with ``report``) ``report.html`` in ``out``.
     """
     from ..api import load
-    from ..datasets.tables import Table, load_table
+    from ..datasets.tables import PairTable, load_table
     from .outputs import write_outputs
     from .run import explain_all, locked
 
     out = Path(out)
     with locked(out):
         backend = load(model, device=device)
-        table = data if isinstance(data, Table) else \
+        table = data if isinstance(data, PairTable) else \
             load_table(str(data), size=backend.geometry.image_size[0], samples=rows, seed=seed)
         done = explain_all(backend, table, method, settings, seed, out, batch_size=batch_size, progress=progress,
                            command=command, time_limit=time_limit)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..datasets.tables import Row, Table
+from ..datasets.tables import Row, PairTable
 from ..errors import InputError
 from ..evaluation.pairs import readable_rows
 from ..evaluation.runner import Clock, batches, pending
@@ -85,7 +85,7 @@ def pair_record(row: Row, method: str, exp: Explanation, backend: Backend) -> di
             "grid": None if grid is None else [[round(float(v), 7) for v in line] for line in grid]}
 
 
-def explain_all(backend: Backend, table: Table, method: str, settings: dict[str, Any] | None, seed: int,
+def explain_all(backend: Backend, table: PairTable, method: str, settings: dict[str, Any] | None, seed: int,
                 out: str | os.PathLike, *, batch_size: int = 8, progress: bool = True, command: str | None = None,
                 time_limit: float | None = None) -> Explained:
     """Explain every row of ``table`` not yet in ``out/results.jsonl``, appending as each batch ends."""

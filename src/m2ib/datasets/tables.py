@@ -21,7 +21,7 @@ Four sources, one :class:`Row` type:
   :attr:`Row.object_masks`): the rows of the ``grounding`` metric.
 
 Relative image paths are read from the table's folder. A line that cannot be parsed is
-counted in :attr:`Table.bad` with its reason, never raised; a missing or unreadable image is
+counted in :attr:`PairTable.bad` with its reason, never raised; a missing or unreadable image is
 found (and counted) when the pair is evaluated.
 """
 
@@ -60,8 +60,8 @@ class Row:
 
 
 @dataclass
-class Table:
-    """Rows to evaluate and the lines that could not be read."""
+class PairTable:
+    """The image-text pairs to evaluate (rows) and the lines that could not be read."""
 
     spec: str
     kind: str  # "pairs", "mscxr", "shapes", "collage" or "shapes-two"
@@ -75,7 +75,7 @@ _COLLAGE = re.compile(r"^shapes-collage:(train|val|test):(\d+)$")
 _TWO = re.compile(r"^shapes-two:(train|val|test):(\d+)$")
 
 
-def load_table(spec: str, *, size: int | None = None, samples: int | None = None, seed: int = 0) -> Table:
+def load_table(spec: str, *, size: int | None = None, samples: int | None = None, seed: int = 0) -> PairTable:
     """Rows from ``spec`` (a file path or ``shapes:SPLIT:N[:KIND]``).
 
     ``size`` is the model's input side (needed for shapes scenes). ``samples`` draws that many
@@ -120,7 +120,7 @@ def load_table(spec: str, *, size: int | None = None, samples: int | None = None
     return table
 
 
-def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> Table:
+def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> PairTable:
     from .shapes import make_caption, render_scene, split_seed
 
     if n <= 0:
@@ -135,7 +135,7 @@ def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> Table:
         spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
         boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for obj in caption.objects)
         rows.append(Row(f"shapes:{split}:{i}", scene.image, caption.text, boxes, mask, spans))
-    return Table(spec, "shapes", rows)
+    return PairTable(spec, "shapes", rows)
 
 
 def object_phrases(caption) -> list[tuple[tuple[int, int], int]]:
@@ -150,7 +150,7 @@ def object_phrases(caption) -> list[tuple[tuple[int, int], int]]:
     return out
 
 
-def _two_object_table(spec: str, split: str, n: int, size: int) -> Table:
+def _two_object_table(spec: str, split: str, n: int, size: int) -> PairTable:
     from .shapes import make_caption, render_scene, split_seed
 
     if n <= 0:
@@ -165,10 +165,10 @@ def _two_object_table(spec: str, split: str, n: int, size: int) -> Table:
         spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
         rows.append(Row(f"shapes-two:{split}:{i}", scene.image, caption.text, boxes, masks[0] | masks[1], spans,
                         tuple(span for span, _ in phrases), masks))
-    return Table(spec, "shapes-two", rows)
+    return PairTable(spec, "shapes-two", rows)
 
 
-def _collage_table(spec: str, split: str, n: int, size: int) -> Table:
+def _collage_table(spec: str, split: str, n: int, size: int) -> PairTable:
     from .collage import render_collage
 
     if n <= 0:
@@ -179,7 +179,7 @@ def _collage_table(spec: str, split: str, n: int, size: int) -> Table:
         spans = tuple((sp.start, sp.end) for sp in collage.caption.spans if sp.present)
         rows.append(Row(f"shapes-collage:{split}:{i}", collage.image, collage.caption.text, (collage.box,),
                         collage.mask, spans))
-    return Table(spec, "collage", rows)
+    return PairTable(spec, "collage", rows)
 
 
 def _read(path: Path) -> list[list[str]]:
@@ -196,7 +196,7 @@ def _image_path(table: Path, value: str) -> str:
     return str(image if image.is_absolute() else table.parent / image)
 
 
-def _file_table(path: Path) -> Table:
+def _file_table(path: Path) -> PairTable:
     lines = _read(path)
     numbered = [(n, r) for n, r in enumerate(lines, 1) if r and any(c.strip() for c in r)]
     if not numbered:
@@ -218,10 +218,10 @@ def _file_table(path: Path) -> Table:
             bad.append({"row": str(n), "reason": f"line {n}: expected a caption and an image path"})
             continue
         rows.append(Row(str(n), _image_path(path, r[i_img]), r[i_txt].strip()))
-    return Table(str(path), "pairs", rows, bad)
+    return PairTable(str(path), "pairs", rows, bad)
 
 
-def _mscxr(path: Path, header: list[str], numbered, i_img: int, i_txt: int) -> Table:
+def _mscxr(path: Path, header: list[str], numbered, i_img: int, i_txt: int) -> PairTable:
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
     bad = []
     for n, r in numbered:
@@ -245,4 +245,4 @@ def _mscxr(path: Path, header: list[str], numbered, i_img: int, i_txt: int) -> T
         entry["boxes"].extend(boxes)
     rows = [Row(str(e["line"]), _image_path(path, image), text, tuple(e["boxes"]))
             for (image, text), e in grouped.items()]
-    return Table(str(path), "mscxr", rows, bad)
+    return PairTable(str(path), "mscxr", rows, bad)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..datasets.tables import Table
+from ..datasets.tables import PairTable
 from ..errors import InputError, RunError
 from ..fileio import folder_lock
 from ..metrics.config import MetricConfig
@@ -148,7 +148,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
                          "cluster (`ray start --head`) or check the address") from None
 
 
-def run_evaluation_ray(backend: Backend, model: str, table: Table, methods: Sequence[str],
+def run_evaluation_ray(backend: Backend, model: str, table: PairTable, methods: Sequence[str],
                        metrics: Sequence[str] | MetricConfig, settings: dict[str, dict[str, Any]] | None, seed: int,
                        out: str | os.PathLike, ray_config: RayConfig | None = None, *, device: str | None = None,
                        command: str | None = None, progress: bool = True, report: bool = True,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..backends.base import Backend
-from ..datasets.tables import Table
+from ..datasets.tables import PairTable
 from ..errors import InputError
 from ..metrics.config import MetricConfig
 
@@ -44,7 +44,7 @@ def resolved_settings(backend: Backend, methods: Sequence[str], settings: dict[s
     return json.loads(json.dumps(out, default=str))
 
 
-def provenance(backend: Backend, table: Table, methods: Sequence[str], config: MetricConfig,
+def provenance(backend: Backend, table: PairTable, methods: Sequence[str], config: MetricConfig,
                settings: dict[str, dict[str, Any]] | None, seed: int, command: str | None = None) -> dict[str, Any]:
     """The provenance record written first in every results file."""
     import transformers

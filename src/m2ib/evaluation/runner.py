@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..datasets.tables import Row, Table
+from ..datasets.tables import Row, PairTable
 from ..errors import InputError
 from ..fileio import folder_lock
 from ..metrics.base import RunContext, in_registry_order
@@ -47,7 +47,7 @@ __all__ = ["run_evaluation", "plan_run", "finish_run", "merge_parts", "pending",
            "ground_truth_mask", "relevant_tokens"]
 
 
-def pending(table: Table, methods: Sequence[str], records: Sequence[dict[str, Any]]) -> list[tuple[Row, list[str]]]:
+def pending(table: PairTable, methods: Sequence[str], records: Sequence[dict[str, Any]]) -> list[tuple[Row, list[str]]]:
     """Each row with the methods it still needs, in table order (rows with none left out)."""
     done = {(r["row"], r["method"]) for r in records if r.get("kind") == "pair"}
     out = []
@@ -96,7 +96,7 @@ class Clock:
         return self.limit is not None and time.perf_counter() - self.started >= self.limit
 
 
-def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
+def run_evaluation(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
                    settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike, *,
                    command: str | None = None, progress: bool = True, report: bool = True,
                    time_limit: float | None = None, batch_size: int = 1) -> RunResult:
@@ -143,7 +143,7 @@ def run_evaluation(backend: Backend, table: Table, methods: Sequence[str], metri
 class Plan:
     """A run's resolved inputs and what is left to do (shared by both schedulers)."""
 
-    table: Table
+    table: PairTable
     config: MetricConfig
     methods: list[str]
     settings: dict[str, dict[str, Any]] | None  # per method, as given
@@ -155,7 +155,7 @@ class Plan:
     clock: Clock
 
 
-def plan_run(backend: Backend, table: Table, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
+def plan_run(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
              settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike,
              command: str | None = None, time_limit: float | None = None) -> Plan:
     """Open (or resume) the run in ``out`` and list what is left: the first step of both schedulers."""
@@ -200,7 +200,7 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
                                     requested=[row.id for row in table.rows] if config.per_pair else None)
 
 
-def merge_parts(out: Path, writer: ResultsWriter, result: RunResult, table: Table, methods: Sequence[str]) -> None:
+def merge_parts(out: Path, writer: ResultsWriter, result: RunResult, table: PairTable, methods: Sequence[str]) -> None:
     """Append the part files' records to results.jsonl in table order, then remove the parts.
 
     A crash in between leaves records in both places; :func:`read_run` counts them once."""

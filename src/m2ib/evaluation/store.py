@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..datasets.tables import Table
+from ..datasets.tables import PairTable
 from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..metrics import base as metric_registry
@@ -132,7 +132,7 @@ def read_run(out: str | os.PathLike, repair: bool = False) -> tuple[dict[str, An
     return header, records
 
 
-def open_run(backend: Backend, table: Table, methods: Sequence[str], config: MetricConfig,
+def open_run(backend: Backend, table: PairTable, methods: Sequence[str], config: MetricConfig,
              settings: dict[str, dict[str, Any]] | None, seed: int, out: Path,
              command: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start ``out/results.jsonl`` with its provenance record, or check that the run found there

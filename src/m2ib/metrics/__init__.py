@@ -35,7 +35,7 @@ from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, 
 from .base import register, summary_tables
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
-from .road import linear_impute, road
+from .road import linear_impute, road_scores
 from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
 from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)

@@ -94,9 +94,9 @@ def linear_impute(pixels: torch.Tensor, removed: torch.Tensor, noise: float = NO
     return torch.from_numpy(flat.reshape(c, h, w)).to(pixels.dtype).to(pixels.device)
 
 
-def road(backend: Backend, images: ImageBatch, texts: TextBatch, maps: torch.Tensor | Sequence[torch.Tensor], *,
-         percentiles: Sequence[int] = PERCENTILES, noise: float = NOISE,
-         seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+def road_scores(backend: Backend, images: ImageBatch, texts: TextBatch,
+                maps: torch.Tensor | Sequence[torch.Tensor], *, percentiles: Sequence[int] = PERCENTILES,
+                noise: float = NOISE, seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """ROAD MoRF / LeRF / combined scores of image maps for pairs ``(images[i], texts[i])``.
 
     Args:
@@ -153,8 +153,9 @@ class Road(Metric):
     keys = (Key("image_road_morf", "lower"), Key("image_road_lerf", "higher"), Key("image_road_combined", "higher"))
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
-        r = road(batch.backend, batch.images, batch.texts, maps, percentiles=batch.config.road_percentiles,
-                 noise=batch.config.road_noise, seeds=batch.pair_seeds)
+        r = road_scores(batch.backend, batch.images, batch.texts, maps,
+                        percentiles=batch.config.road_percentiles,
+                        noise=batch.config.road_noise, seeds=batch.pair_seeds)
         out = Measured.empty(len(batch))
         for name in ("morf", "lerf", "combined"):
             out.put(f"image_road_{name}", r[name])

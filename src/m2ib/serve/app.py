@@ -35,7 +35,9 @@ CSS = """
 """
 
 
-class _Inputs(NamedTuple):
+class _InputWidgets(NamedTuple):
+    """The input column's Gradio components: what a run reads, the run button and its status line."""
+
     image: Any
     text: Any
     method: Any
@@ -112,7 +114,7 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
     return demo
 
 
-def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: list[tuple[str, str]]) -> _Inputs:
+def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: list[tuple[str, str]]) -> _InputWidgets:
     image = _raw_image_component(gr)(**accepted(
         gr.Image, label="Image", type="filepath", sources=["upload", "clipboard"], height=300,
         elem_id=f"{ELEM}-image"))
@@ -127,7 +129,7 @@ def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: l
     status = gr.Markdown("", label="Status", elem_id=f"{ELEM}-status")
     gr.Examples(examples=[[p, c] for p, c in scenes], inputs=[image, text],
                 label="Example scenes (click one)", **accepted(gr.Examples, elem_id=f"{ELEM}-examples"))
-    return _Inputs(image, text, method, groups, controls, run, status)
+    return _InputWidgets(image, text, method, groups, controls, run, status)
 
 
 def _output_column(gr, backend: Any) -> list:
