@@ -110,3 +110,9 @@ def test_rooms_and_functions_stay_readable():
                 if lines > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(SRC)}: {node.name}() {lines} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def test_the_command_line_lives_in_cli():
+    """Rooms keep their logic only: every subcommand's parser and handler are in m2ib.cli (no room has a command.py)."""
+    stray = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("command.py"))
+    assert not stray, f"command-line modules outside m2ib/cli: {stray}"

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from m2ib import serve
+from m2ib.cli import serve as serve_command
 from m2ib.errors import InputError
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio's queue
@@ -62,7 +63,7 @@ def test_private_environment_keeps_what_the_user_set():
 
 def test_missing_extra_names_the_install_command(monkeypatch, capsys):
     monkeypatch.setitem(os.sys.modules, "gradio", None)  # `import gradio` now raises ImportError
-    assert serve.main(["--port", "0"]) == 2
+    assert serve_command.main(["--port", "0"]) == 2
     err = capsys.readouterr().err
     assert 'pip install "m2ib[viewer]"' in err and "Traceback" not in err
 
@@ -75,13 +76,13 @@ def test_gradio_5_is_refused(monkeypatch):
 
 
 def test_bad_port_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(serve.command, "build_app", lambda *a, **k: pytest.fail("must not get this far"))
-    assert serve.main(["--port", "70000"]) == 2
+    monkeypatch.setattr(serve_command, "build_app", lambda *a, **k: pytest.fail("must not get this far"))
+    assert serve_command.main(["--port", "70000"]) == 2
     assert "not a port number" in capsys.readouterr().err
 
 
 def test_cli_defaults_are_private():
-    args = serve.build_parser().parse_args([])
+    args = serve_command.build_parser().parse_args([])
     assert (args.host, args.port, args.share, args.model) == ("127.0.0.1", 7860, False, "shapes")
     assert (args.max_upload_mb, args.max_megapixels) == (20, 40)
 

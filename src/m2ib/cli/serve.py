@@ -1,4 +1,4 @@
-"""``m2ib serve``: the command line of the web viewer."""
+"""``m2ib serve``: the command line of the web viewer (:mod:`m2ib.serve`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import M2IBError
-from .app import build_app, launch
-from .callbacks import registered_methods
-from .interplay import registered_interactions
-from .environment import INSTALL_HINT
-from .limits import MAX_MEGAPIXELS, MAX_UPLOAD_MB
+from ..serve.app import build_app, launch
+from ..serve.callbacks import registered_methods
+from ..serve.environment import INSTALL_HINT
+from ..serve.interplay import registered_interactions
+from ..serve.limits import MAX_MEGAPIXELS, MAX_UPLOAD_MB
 
 log = logging.getLogger("m2ib.serve")
 

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from ..errors import InputError
+from ..interactions.base import REGISTRY
 from ..pairs import PairsOutcome
-from .base import REGISTRY
 
 
 def interaction_settings(name: str, args: argparse.Namespace, registry: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,33 @@
+"""What the command's modules share: exit codes, the subcommands' one-line help, the model help
+and the interaction methods (a light module: no model or method library is imported here)."""
+
+from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+EXIT_UNFINISHED = 3  # evaluate and audit --time-limit: stopped early, results kept
+
+COMMANDS = {
+    "explain": "explain image-text pairs and write figures and maps",
+    "list": "list methods, interaction methods, metrics, model families and built-in models",
+    "evaluate": "measure attribution metrics over a dataset (resumable)",
+    "audit": "what a model looks at and reads across a dataset, no labels needed (resumable; report.html)",
+    "serve": "web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)",
+    "train-shapes": "train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)",
+}
+
+
+def model_help() -> str:
+    """The help of every --model flag: what names a model."""
+    from ..models import BUILTIN_MODELS, DEFAULT_MODEL
+
+    names = ", ".join(BUILTIN_MODELS)
+    return (f"built-in name ({names}), Hugging Face hub id (e.g. openai/clip-vit-base-patch32, or hf:ID), a local "
+            f"directory, open_clip:ARCH@TAG / open_clip:hf-hub:ORG/REPO, clip:ViT-B/32 / clip:FILE.pt "
+            f"(@random: random weights; see README, Model families) (default: {DEFAULT_MODEL})")
+
+
+def interactions() -> dict:
+    """The word-region interaction methods by name (imported on first use)."""
+    from ..interactions import REGISTRY as INTERACTIONS
+
+    return dict(INTERACTIONS)

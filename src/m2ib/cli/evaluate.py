@@ -1,0 +1,181 @@
+"""``m2ib evaluate``: its parser, the checks that need no model, then the run
+(:mod:`m2ib.evaluation.runner` locally, :mod:`m2ib.evaluation.distributed` on Ray) and the summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help
+
+SAMPLES_NOTE = ("--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
+                "coalitions), as in m2ib explain; to evaluate N rows drawn at random, use --rows N")
+
+
+def reproducing(argv: list[str]) -> list[str]:
+    """The arguments without ``--time-limit``: it decides when a run pauses, not its results, and
+    the recorded command is the one that reproduces them."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--time-limit":
+            skip = True
+        elif not arg.startswith("--time-limit="):
+            out.append(arg)
+    return out
+
+
+def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(seed, settings by method) from the setting flags and ``--setting METHOD.NAME=VALUE``."""
+    from ..evaluation.phrases import make_settings, method_registry
+    from ..methods import Settings
+    from ..settings import (
+        fields_of,
+        given_settings,
+        parse_assignment,
+        settings_per_method,
+    )
+
+    registry = method_registry()  # first-order and interaction methods
+    given = given_settings(args, registry)
+    seed_field = next(f for f in fields_of(Settings) if f.name == "seed")
+    seed = seed_field.parse(given.pop("seed", 0))  # the run's seed: rows drawn, and every method's
+    per_method = settings_per_method(methods, given, registry) if given else {}
+    for item in args.setting:
+        method, name, value = parse_assignment(item, methods, registry)
+        per_method.setdefault(method, {})[name] = value
+    for method, values in per_method.items():
+        make_settings(None, method, values)  # bad values: one line, before the model loads
+    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
+        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
+    return seed, per_method
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``m2ib evaluate``: check everything cheap, load the model, run locally or on Ray, summarise."""
+    import shlex
+
+    from .. import preflight
+    from ..api import load
+    from ..datasets.tables import load_table
+    from ..evaluation.phrases import check_phrase_metrics, evaluated_methods
+    from ..evaluation.runner import MetricConfig, run_evaluation
+    from ..fileio import folder_lock
+    from ..metrics import METRIC_NAMES
+    from ..metrics.base import in_registry_order
+
+    methods = evaluated_methods(args.methods, "--methods")
+    names = list(METRIC_NAMES) if args.metrics.strip() == "all" else \
+        [m.strip() for m in args.metrics.split(",") if m.strip()]
+    config = MetricConfig(names=tuple(dict.fromkeys(names)),
+                          protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
+                          deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
+                          roar_budget=args.roar_budget)
+    seed, per_method = evaluation_settings(methods, args)
+    preflight.check_device(args.device)
+    for value, flag in ((args.batch_size, "--batch-size"), (args.rows, "--rows"), (args.ray_actors, "--ray-actors")):
+        preflight.check_positive(value, flag)
+    unknown = sorted(set(config.names) - set(METRIC_NAMES))
+    if unknown:
+        raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")
+    check_phrase_metrics(methods, in_registry_order(config.names))
+    preflight.prepare_output_dir(args.out)
+    with folder_lock(args.out, "m2ib evaluate"):  # a run already writing there is refused now, not after the load
+        pass
+    # A data file is read now; shapes rows are rendered at the model's size, after the load.
+    shapes = args.data.strip().startswith(("shapes:", "shapes-collage:", "shapes-two:"))
+    table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
+    backend = load(args.model, device=args.device)
+    if table is None:
+        table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
+    command = "m2ib " + shlex.join(reproducing(args.argv))
+    if args.ray is None:
+        result = run_evaluation(backend, table, methods, config, per_method, seed, args.out, command=command,
+                                time_limit=args.time_limit, batch_size=args.batch_size or 1)
+    else:
+        from ..evaluation.distributed import RayConfig, run_evaluation_ray
+
+        store = None if args.ray_object_store is None else args.ray_object_store * 2 ** 20
+        ray_config = RayConfig(address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
+                               batch_size=args.batch_size or RayConfig.batch_size,
+                               cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor,
+                               object_store_memory=store)
+        result = run_evaluation_ray(backend, args.model, table, methods, config, per_method, seed, args.out,
+                                    ray_config, device=args.device, command=command, time_limit=args.time_limit)
+    if result.bad:
+        print(f"m2ib: {len(result.bad)} of {table.total} row(s) could not be used; see {args.out / 'summary.md'}",
+              file=sys.stderr)
+    print(result.files.get("md", args.out / "summary.md"))
+    return 0 if result.finished else EXIT_UNFINISHED
+
+
+def add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand's parser (logic: m2ib.evaluation.runner)."""
+    from ..methods import REGISTRY
+    from ..metrics import METRIC_NAMES, PROTOCOLS
+    from ..metrics.roar import BUDGETS
+    from ..models import DEFAULT_MODEL
+    from ..settings import add_setting_flags
+
+    ev = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
+                        description="Explain every pair of --data with every method and measure the metrics. Each "
+                        "finished (pair, method) is appended to OUT/results.jsonl at once (with provenance); "
+                        "re-running the same command resumes. At the end: OUT/summary.md, OUT/summary.csv "
+                        "(mean and 95% CI per method and metric) and OUT/plots/*.png. Note: " + SAMPLES_NOTE + ".")
+    ev.add_argument("--data", required=True, help="TSV/CSV of caption and image path (the M2IB reference's "
+                    "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
+                    "phrase, x, y, w, h), shapes:SPLIT:N[:KIND] (e.g. shapes:test:200), shapes-collage:SPLIT:N "
+                    "(2x2 collages; metric collage), or shapes-two:SPLIT:N (two-object captions with per-object "
+                    "masks; metric grounding)")
+    ev.add_argument("--methods", default="m2ib", metavar="NAME[,NAME...]|all",
+                    help="methods to compare (default: m2ib); when resuming, some of the run's methods "
+                    "only, to finish those first; word-region interaction methods "
+                    f"({', '.join(interactions())}) are measured by --metrics grounding")
+    ev.add_argument("--metrics", default="confidence,deletion,road,localisation", metavar="NAME[,NAME...]|all",
+                    help=f"of {', '.join(METRIC_NAMES)} (default: confidence,deletion,road,localisation; "
+                    "roar needs shapes data)")
+    ev.add_argument("--protocols", default=",".join(PROTOCOLS), help="confidence protocols: m2ib (the public "
+                    "reference's, exactly) and/or mask (corrected) (default: both)")
+    ev.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
+    ev.add_argument("--out", type=Path, required=True, help="output directory")
+    ev.add_argument("--rows", type=int, default=None, metavar="N", help="evaluate N rows drawn at random with "
+                    "--seed (default: every row); before this flag existed, --samples meant this")
+    ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    ev.add_argument("--deletion-steps", type=int, default=20, help="steps of the deletion/insertion curves "
+                    "(default: 20)")
+    ev.add_argument("--iou-k", type=float, default=None, help="share of pixels in the top-k region for the IoU "
+                    "(default: the ground-truth mask's own area)")
+    ev.add_argument("--sanity-steps", type=int, default=None, help="cascade points of the sanity check, evenly "
+                    "spaced from the head down (default: every block)")
+    ev.add_argument("--roar-budget", default="tiny", choices=list(BUDGETS), help="ROAR+ scale: tiny and small "
+                    "run on a CPU (reduced: few scenes, a tiny retrained model), full needs a GPU (default: tiny)")
+    ev.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                    help="one method's setting only, e.g. rise.masks=500 or kernelshap.samples=512 (repeatable; "
+                    "the plain setting flags apply to every method that has the setting)")
+    ev.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new pair after "
+                    f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)")
+    ev.add_argument("--batch-size", type=int, default=None, help="rows explained together by the batched path "
+                    "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
+    _add_ray(ev)
+    add_setting_flags(ev, {**REGISTRY, **interactions()})
+    ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
+                    help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
+
+
+def _add_ray(ev: argparse.ArgumentParser) -> None:
+    ray = ev.add_argument_group("Ray (pip install 'm2ib[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
+                     "cluster (--out must then be a path every node can write)")
+    ray.add_argument("--ray-actors", type=int, default=2, help="actor pool size; each actor loads the model once "
+                     "(default: 2)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="logical CPUs per actor, also its "
+                     "torch threads (default: 1)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 when the "
+                     "cluster has GPUs, else 0)")
+    ray.add_argument("--ray-object-store", type=int, default=None, metavar="MB", help="object store of a local "
+                     "instance (default: Ray's)")
