@@ -26,8 +26,10 @@ import time
 import torch
 
 import m2ib
-from m2ib.metrics.localisation import energy_inside, pointing_hit
 from m2ib.methods import REGISTRY
+from m2ib.metrics.localisation import energy_inside, pointing_hit
+
+from research.shapes_pairs import attribution_pairs
 
 # What the README's table uses for the slow, sampling-based methods on a 2-core CPU.
 DEFAULT_SLOW = ("m2ib", "rise", "kernelshap")

@@ -51,7 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "perturb_image", "deletion_insertion",
-           "gaussian_blur", "road", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
+           "gaussian_blur", "road_scores", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
            "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
            "Metric", "PHRASES", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
            "REGISTRY", "summary_tables", "MetricConfig", "DEFAULT_METRICS", "as_config"]
