@@ -83,12 +83,14 @@ def test_evaluate_pair_is_pure(backend, mscxr):
 
 
 @pytest.fixture()
-def registry(monkeypatch):
-    """The metric registry, as a copy this test may register into (nothing is left behind)."""
+def registry():
+    """The metric registry, which this test may register into (what it adds is removed after)."""
     from m2ib.metrics import base
 
-    monkeypatch.setattr(base, "REGISTRY", dict(base.REGISTRY))
-    return base
+    before = set(base.REGISTRY.names())
+    yield base
+    for name in set(base.REGISTRY.names()) - before:
+        base.REGISTRY.unregister(name)
 
 
 def test_a_registered_metric_flows_through_the_run(backend, mscxr, tmp_path, registry):
