@@ -302,6 +302,31 @@ def test_cascading_randomization_leaves_the_model_alone(backend):
     assert text["labels"] == ["head", "embeddings"] and text["ssim"] is None
 
 
+
+def test_the_randomised_copy_never_reuses_the_trained_models_m2ib_fits(backend):
+    """M2IB's captured loops (CUDA graphs replay the weights they were captured on) are kept per
+    backend object by the method layer: the sanity check's randomised copy starts with none of the
+    trained model's, and a backend's go when it is collected (a cached fit does not keep it alive)."""
+    import dataclasses
+    import gc
+
+    from m2ib.methods.m2ib import FITS, BottleneckFit, M2IBSettings
+    from m2ib.metrics.sanity import randomised_cascade
+
+    FITS(backend)["key"] = "the trained model's fit"
+    for _, randomised in randomised_cascade(backend, "image", steps=2):
+        assert "key" not in FITS(randomised)
+    assert FITS(backend) == {"key": "the trained model's fit"}
+    live = len(FITS)
+    other = dataclasses.replace(backend)
+    settings = M2IBSettings(steps=1, samples=1)
+    FITS(other)["key"] = BottleneckFit(other, "image", ImageBatch(torch.rand(1, 3, 48, 48)), 0, 0.1, settings,
+                                       1, 4, 8, graph=False)
+    assert len(FITS) == live + 1 and FITS(backend)["key"] == "the trained model's fit"
+    del other
+    gc.collect()
+    assert len(FITS) == live
+
 # --- ROAR+ ------------------------------------------------------------------------------------
 
 

@@ -137,8 +137,6 @@ class Backend(ABC):
     name: str = "model"  # how the model was named when loaded (hub id, directory, built-in name)
     # Settings a model ships with (e.g. the layers chosen on a validation split), per method.
     recommended: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Reusable per-shape work of methods (e.g. captured CUDA graphs); belongs to this backend only.
-    graph_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     # Copies of this backend with the weights in another dtype (for opt-in reduced precision).
     dtype_copies: dict[torch.dtype, Backend] = field(default_factory=dict, repr=False, compare=False)
     # modality -> the list an open record_attention() fills; family adapters read it in their forward.
@@ -285,7 +283,7 @@ class Backend(ABC):
             return self
         if dtype not in self.dtype_copies:
             model = copy.deepcopy(self.model).to(dtype)
-            self.dtype_copies[dtype] = replace(self, model=model, graph_cache={}, dtype_copies={})
+            self.dtype_copies[dtype] = replace(self, model=model, dtype_copies={})
         return self.dtype_copies[dtype]
 
     def embed(self, modality: Modality, batch: Batch) -> torch.Tensor:

@@ -6,8 +6,9 @@ Nothing here touches a model directly: everything goes through the backend inter
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -16,6 +17,32 @@ from ..errors import InputError
 from ..settings import check_layer, check_positive_int  # noqa: F401  (the methods' shared checks)
 
 S = TypeVar("S")
+V = TypeVar("V")
+
+
+class PerBackend(Generic[V]):
+    """What a method keeps for one backend object (e.g. M2IB's captured CUDA graphs).
+
+    Keyed by the backend's identity and dropped when the backend is collected, so backends know
+    nothing of methods, and a copy of a backend (``dataclasses.replace``: the sanity check's
+    randomised model, a reduced-precision copy) starts with nothing of the original's. A value must
+    not hold its backend strongly (that would keep the backend alive): hold a ``weakref`` instead.
+    """
+
+    def __init__(self, factory: Callable[[], V]) -> None:
+        self._factory = factory
+        self._values: dict[int, V] = {}
+
+    def __call__(self, backend: Backend) -> V:
+        key = id(backend)
+        if key not in self._values:
+            self._values[key] = self._factory()
+            weakref.finalize(backend, self._values.pop, key, None)
+        return self._values[key]
+
+    def __len__(self) -> int:
+        """How many live backends have a value."""
+        return len(self._values)
 
 
 def pooled_positions(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch) -> torch.Tensor | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,7 @@ from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..settings import check_choice, check_layer, check_number, check_positive_int
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
-from .common import with_tower_layers
+from .common import PerBackend, with_tower_layers
 from .m2ib_statistics import bottleneck_statistics
 
 #: ``published``: noise and prior N(0, var), as in the paper. ``standardised``: IBA's (Schulz et
@@ -177,22 +178,25 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
     use_graph = s.cuda_graphs and device.type == "cuda"
     key = (modality, layer, n, t, d, beta, s.var, s.bottleneck, s.steps, s.lr, s.samples, s.init_alpha, s.precision,
            None if target.negatives is None else tuple(target.negatives.shape), target.offset is not None)
-    fit = backend.graph_cache.pop(key, None) if use_graph else None
+    cache = FITS(backend) if use_graph else None
+    fit = None if cache is None else cache.pop(key, None)
     if fit is None:
         # Image towers read only the batch's length in the suffix: no per-copy pixels (or display images).
         copies = batch.repeat_interleave(s.samples) if isinstance(batch, TextBatch) else batch
         fit = BottleneckFit(backend, modality, copies, layer, beta, s, n, t, d, graph=use_graph)
     fit.load(hidden, batch, target, s.seed, statistics)
     fit.run()
-    if use_graph:  # keep the few most recent loops (their memory stays reserved while cached)
-        backend.graph_cache[key] = fit
-        while len(backend.graph_cache) > GRAPH_CACHE_SIZE:
-            backend.graph_cache.pop(next(iter(backend.graph_cache)))
+    if cache is not None:  # keep the few most recent loops (their memory stays reserved while cached)
+        cache[key] = fit
+        while len(cache) > GRAPH_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
     numbers = fit.numbers.tolist()  # one device sync, not 2N
     return fit.kl_map.clone(), [{"compression": c, "fit": f} for c, f in numbers]
 
 
 GRAPH_CACHE_SIZE = 4
+#: Per backend, the most recent captured loops by shape and settings (oldest first).
+FITS: PerBackend[dict[tuple, BottleneckFit]] = PerBackend(dict)
 # Live float32 tensors of width D per token and noise copy in the blocks after the bottleneck, per
 # block (normed input, q/k/v, attention output, residuals, the 4x MLP hidden and its activation,
 # kept for the backward pass): a generous upper bound measured on transformers' CLIP blocks.
@@ -268,11 +272,11 @@ class BottleneckFit:
     def __init__(self, backend: Backend, modality: Modality, copies: ImageBatch | TextBatch, layer: int,
                  beta: float, s: M2IBSettings, n: int, t: int, d: int, graph: bool):
         device = backend.device
-        self.backend, self.modality, self.copies, self.layer, self.beta, self.s = (
-            backend, modality, copies, layer, beta, s)
+        self.modality, self.copies, self.layer, self.beta, self.s = modality, copies, layer, beta, s
         # Reduced precision runs the blocks after the bottleneck on a copy of the weights in
         # that dtype (activations stay in it, no per-op casts); the bottleneck itself stays fp32.
-        self.runner = backend if s.precision == "fp32" else backend.in_dtype(LOW_PRECISION[s.precision])
+        # Held weakly: a cached fit (FITS) must not keep its backend alive.
+        self._runner = weakref.ref(backend if s.precision == "fp32" else backend.in_dtype(LOW_PRECISION[s.precision]))
         self.hidden = torch.zeros(n, t, d, device=device)
         self.valid = torch.zeros(n, t, device=device)
         self.target = torch.zeros(n * s.samples, 1, device=device)
@@ -330,6 +334,7 @@ class BottleneckFit:
         elements = self.valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
         std = s.var ** 0.5
         kl = compression = fit = None
+        runner = self._runner()  # alive: a fit runs only inside fit_bottleneck, which holds the backend
         for step in range(s.steps):
             lam = torch.sigmoid(self.alpha)
             log_one_minus = F.logsigmoid(-self.alpha)
@@ -339,8 +344,8 @@ class BottleneckFit:
             z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
             if self.scale is not None:  # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
                 z = torch.addcmul(self.shift, z, self.scale)
-            emb = self.runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(self.runner.dtype),
-                                     self.layer, self.copies)
+            emb = runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(runner.dtype), self.layer,
+                                self.copies)
             fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
             compression = (kl * self.valid[..., None]).sum((1, 2)) / elements
             loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses

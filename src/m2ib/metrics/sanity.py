@@ -73,7 +73,7 @@ def randomised_cascade(backend: Backend, modality: Modality, seed: int = 0,
     """Yield ``(label, backend)`` after each kept cascade step, on ONE deep copy of the model
     randomised cumulatively from the top (the yielded backend changes in place between steps)."""
     model = copy.deepcopy(backend.model)
-    randomised = dataclasses.replace(backend, model=model, graph_cache={}, dtype_copies={})
+    randomised = dataclasses.replace(backend, model=model, dtype_copies={})
     parts = randomised.cascade_parts(modality)  # the copy's own parts
     keep = set(chosen_steps(len(parts), steps))
     for index, (label, objects) in enumerate(parts):
