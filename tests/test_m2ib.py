@@ -214,6 +214,29 @@ def test_bf16_is_opt_in_and_close_to_fp32(backend, images):
     assert corr > 0.9
 
 
+def test_the_shared_embeddings_run_in_the_precision_a_method_declares(backend, monkeypatch):
+    """The base class asks ``precision_of`` (M2IB: its ``precision`` setting); it never reads a
+    settings field by name, so a method that declares nothing is embedded in fp32."""
+    import m2ib.methods.base as base
+    from m2ib.backends.base import ImageBatch
+    from m2ib.methods.gradcam import GradCAM, GradCAMSettings
+    from m2ib.methods.m2ib import M2IB
+
+    @dataclasses.dataclass(frozen=True)
+    class WithPrecision(GradCAMSettings):
+        precision: str = "bf16"
+
+    class Undeclared(GradCAM):
+        Settings = WithPrecision
+
+    seen = []
+    real = base.autocast
+    monkeypatch.setattr(base, "autocast", lambda device, precision: seen.append(precision) or real(device, precision))
+    images, texts = ImageBatch(torch.rand(1, 3, 48, 48)), backend.tokenize(["a cat"])
+    M2IB().explain(backend, images, texts, M2IB().make_settings(backend, precision="bf16", steps=1, samples=1))
+    Undeclared().explain(backend, images, texts, Undeclared().make_settings(backend))
+    assert seen == ["bf16", "fp32"]
+
 def test_weights_never_receive_gradients(small_clip, backend):
     model, _ = small_clip
     seen = []

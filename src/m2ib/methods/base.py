@@ -168,6 +168,11 @@ class Method(ABC):
         """Settings with model-dependent defaults filled in (e.g. ``None`` layers). Hook."""
         return settings
 
+    def precision_of(self, settings: Settings) -> str:
+        """The towers' arithmetic under ``settings``, one of :data:`PRECISIONS`: the embeddings
+        that define the target are computed in it. Hook for methods with a precision setting."""
+        return "fp32"
+
     @abstractmethod
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: Settings) -> RawScores:
@@ -200,7 +205,7 @@ class Method(ABC):
             raise InputError(f"{self.name} has no target: negatives do not apply to it")
         settings = self.resolved(backend, settings)
         with backend.attribution_mode():
-            with torch.no_grad(), autocast(backend.device, getattr(settings, "precision", "fp32")):
+            with torch.no_grad(), autocast(backend.device, self.precision_of(settings)):
                 image_emb = F.normalize(backend.embed("image", images).float(), dim=-1)
                 text_emb = F.normalize(backend.embed("text", texts).float(), dim=-1)
                 negative_emb = None

@@ -110,6 +110,9 @@ class M2IB(Method):
     def resolved(self, backend: Backend, settings: M2IBSettings) -> M2IBSettings:
         return with_tower_layers(backend, settings, default_layer)
 
+    def precision_of(self, settings: M2IBSettings) -> str:
+        return settings.precision
+
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: M2IBSettings) -> RawScores:
         batch = images if modality == "image" else texts
