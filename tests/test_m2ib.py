@@ -264,28 +264,18 @@ def test_pil_inputs_of_every_mode(backend, tmp_path):
 def test_a_fit_that_cannot_fit_in_memory_is_refused_before_allocating(backend, monkeypatch):
     import m2ib
     import m2ib.methods.m2ib as m2ib_method
+    import m2ib.methods.memory as memory
     from m2ib.errors import InputError
 
     settings = m2ib_method.M2IBSettings(steps=10, samples=10)
     small = m2ib_method.memory_needed(1, 17, 32, 1, settings)
     assert m2ib_method.memory_needed(1, 17, 32, 1, dataclasses.replace(settings, samples=20)) > small
     assert m2ib_method.memory_needed(2, 17, 32, 1, settings) == 2 * small
-    monkeypatch.setattr(m2ib_method, "memory_available", lambda device: small // 2)
+    monkeypatch.setattr(memory, "memory_available", lambda device: small // 2)
     with pytest.raises(InputError, match="lower --samples"):
         m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=10, samples=10)
-    monkeypatch.setattr(m2ib_method, "memory_available", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(memory, "memory_available", lambda device: 10 * 2 ** 30)
     m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2)
-
-
-def test_memory_available_counts_the_page_cache_the_kernel_gives_back():
-    """A fit that fits is not refused because the page cache holds memory: MemAvailable, not MemFree."""
-    import m2ib.methods.m2ib as m2ib_method
-
-    meminfo = "MemTotal:       24000000 kB\nMemFree:         2800000 kB\nMemAvailable:   10000000 kB\n"
-    assert m2ib_method.meminfo_available(meminfo) == 10000000 * 1024
-    assert m2ib_method.meminfo_available("MemFree: 1 kB\n") is None
-    available = m2ib_method.memory_available(torch.device("cpu"))
-    assert available is None or available > 0
 
 
 def test_a_degenerate_fit_is_loud(backend):

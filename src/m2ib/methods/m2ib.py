@@ -25,7 +25,6 @@ so a pair's map does not depend on the batch it is in.
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ..settings import check_choice, check_layer, check_number, check_positive_i
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
 from .common import PerBackend, with_tower_layers
 from .m2ib_statistics import bottleneck_statistics
+from .memory import require_memory
 
 #: ``published``: noise and prior N(0, var), as in the paper. ``standardised``: IBA's (Schulz et
 #: al., ICLR 2020) N(mu_R, var * sigma_R^2) per feature (:mod:`m2ib.methods.m2ib_statistics`).
@@ -214,43 +214,13 @@ def memory_needed(n: int, t: int, d: int, blocks_after: int, s: M2IBSettings) ->
     return 4 * (noise + activations)
 
 
-def meminfo_available(text: str) -> int | None:
-    """``MemAvailable`` of a Linux ``/proc/meminfo`` text, in bytes (None when absent)."""
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def memory_available(device: torch.device) -> int | None:
-    """Bytes that ``device`` can give (None where it cannot be asked). On Linux, MemAvailable:
-    free pages alone leave out the page cache, which the kernel gives back on demand."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            available = meminfo_available(f.read())
-        if available is not None:
-            return available
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_fits_in_memory(backend: Backend, modality: Modality, layer: int, n: int, t: int, d: int,
                          s: M2IBSettings) -> None:
     """Refuse, on one line, a fit that cannot fit in memory (instead of an allocation failure or a
     swap storm minutes later), naming the settings to lower."""
-    needed = memory_needed(n, t, d, backend.num_layers(modality) - 1 - layer, s)
-    free = memory_available(backend.device)
-    if free is not None and needed > free:
-        gib = 2 ** 30
-        raise InputError(f"M2IB with samples={s.samples} and steps={s.steps} on {n} pair(s) needs about "
-                         f"{needed / gib:.1f} GiB, more than the {free / gib:.1f} GiB free on {backend.device}: "
-                         "lower --samples (or --batch-size, or --steps)")
+    require_memory(memory_needed(n, t, d, backend.num_layers(modality) - 1 - layer, s), backend.device,
+                   f"M2IB with samples={s.samples} and steps={s.steps} on {n} pair(s)",
+                   "lower --samples (or --batch-size, or --steps)")
 
 
 def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None:
