@@ -272,17 +272,40 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_before_allocating(backend, m
     assert m2ib_method.memory_needed(1, 17, 32, 1, dataclasses.replace(settings, samples=20)) > small
     assert m2ib_method.memory_needed(2, 17, 32, 1, settings) == 2 * small
     monkeypatch.setattr(memory, "memory_available", lambda device: small // 2)
-    with pytest.raises(InputError, match="lower --samples"):
+    with pytest.raises(InputError, match=r"samples=10 and steps=10 on 1 pair.*: lower samples \(or batch_size, or "
+                                         r"steps\)$") as refused:
         m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=10, samples=10)
+    assert refused.value.settings == ("samples", "batch_size", "steps")
     monkeypatch.setattr(memory, "memory_available", lambda device: 10 * 2 ** 30)
     m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2)
 
+
+def test_errors_name_settings_and_the_command_line_says_their_flags(backend, monkeypatch, capsys, tmp_path):
+    """From Python an M2IB error or warning names settings (text_beta); the CLI says --text-beta."""
+    from pathlib import Path
+
+    import m2ib.methods.memory as memory
+    from m2ib.cli import main
+
+    scene = str(Path(__file__).resolve().parents[1] / "examples" / "scene1.png")
+    fast = ["--model", "random-tiny", "--steps", "3", "--samples", "2", "--modalities", "text", "--no-figure",
+            "--out", str(tmp_path)]
+    with pytest.warns(UserWarning, match=r"lower lr \(now 1e\+30\) or text_beta \(now 0.1\)$"):
+        m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=3, samples=2, lr=1e30, modalities=["text"])
+    assert main(["explain", scene, "a red circle", *fast, "--lr", "1e30"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("lower --lr (now 1e+30) or --text-beta (now 0.1)\n") == 1, err
+    monkeypatch.setattr(memory, "memory_available", lambda device: 1)
+    assert main(["explain", scene, "a red circle", *fast, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("m2ib: error: M2IB with samples=2 and steps=3 on 1 pair(s) needs about ") and err.endswith(
+        ": lower --samples (or --batch-size, or --steps)\n"), err
 
 def test_a_degenerate_fit_is_loud(backend):
     """lr=1e30 drives every alpha to -inf: a constant (all-zero) map, which must warn, naming lr."""
     import m2ib
 
-    with pytest.warns(UserWarning, match=r"constant.*lower --lr \(now 1e\+30\)"):
+    with pytest.warns(UserWarning, match=r"constant.*lower lr \(now 1e\+30\) or vision_beta \(now 0.1\)$"):
         m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=3, samples=2, lr=1e30)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a normal fit says nothing

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import M2IBError
+from ..errors import M2IBError, spelled
 from .audit import add_audit, run_audit
 from .common import COMMANDS, EXIT_BAD_INPUT
 from .evaluate import add_evaluate, run_evaluate
@@ -74,11 +74,16 @@ def _list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _in_flags(problem: object) -> str:
+    """An error's or warning's text with the settings it names as flags (text_beta: --text-beta)."""
+    return spelled(problem, lambda name: "--" + name.replace("_", "-"))
+
+
 @contextlib.contextmanager
 def _one_line_warnings() -> typing.Iterator[None]:
     """Warnings as ``m2ib: warning: ...`` lines (not file:line plus a source line), each once."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"m2ib: warning: {message}", file=sys.stderr)
+        print(f"m2ib: warning: {_in_flags(message)}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -110,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _one_line_warnings():
             return handlers[args.command](args)
     except M2IBError as exc:
-        print(f"m2ib: error: {exc}", file=sys.stderr)
+        print(f"m2ib: error: {_in_flags(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("m2ib: interrupted", file=sys.stderr)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
-from ..errors import InputError
+from ..errors import InputError, SettingWarning
 from ..settings import check_choice, check_layer, check_number, check_positive_int
 from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
 from .common import PerBackend, with_tower_layers
@@ -131,17 +131,17 @@ def check_fit(kl_map: torch.Tensor, shown: list[slice], modality: Modality, s: M
     """A fit that went wrong says so: a non-finite map is an error; a map that is the same on every
     token it shows (the optimiser overshot, or the compression term won) is a warning naming the
     settings (the result is still written: exit code 0)."""
-    side = "vision" if modality == "image" else "text"
-    beta = f"--{side}-beta (now {s.vision_beta if modality == 'image' else s.text_beta})"
+    beta = "vision_beta" if modality == "image" else "text_beta"
     if not torch.isfinite(kl_map).all():
-        raise InputError(f"M2IB's {modality} fit diverged (non-finite KL): lower --lr (now {s.lr}) or raise --var "
-                         f"(now {s.var})")
+        raise InputError(f"M2IB's {modality} fit diverged (non-finite KL): lower lr (now {s.lr}) or raise var "
+                         f"(now {s.var})", settings=("lr", "var"))
     for i, (row, part) in enumerate(zip(kl_map, shown)):
         values = row[part]
         if values.numel() > 1 and float(values.max() - values.min()) <= 1e-12 * max(float(values.abs().max()), 1.0):
-            warnings.warn(f"M2IB's {modality} map of pair {i + 1} is constant ({float(values[0]):.3g} on every token), "
-                          f"so it ranks nothing: the fit diverged or compressed everything; lower --lr (now {s.lr}) "
-                          f"or {beta}", stacklevel=2)
+            warnings.warn(SettingWarning(
+                f"M2IB's {modality} map of pair {i + 1} is constant ({float(values[0]):.3g} on every token), so it "
+                f"ranks nothing: the fit diverged or compressed everything; lower lr (now {s.lr}) or {beta} (now "
+                f"{getattr(s, beta)})", settings=("lr", beta)), stacklevel=2)
 
 
 def kl_to_prior(lam_r: torch.Tensor, log_one_minus_lam: torch.Tensor, var: float) -> torch.Tensor:
@@ -220,7 +220,7 @@ def check_fits_in_memory(backend: Backend, modality: Modality, layer: int, n: in
     swap storm minutes later), naming the settings to lower."""
     require_memory(memory_needed(n, t, d, backend.num_layers(modality) - 1 - layer, s), backend.device,
                    f"M2IB with samples={s.samples} and steps={s.steps} on {n} pair(s)",
-                   "lower --samples (or --batch-size, or --steps)")
+                   "lower samples (or batch_size, or steps)", settings=("samples", "batch_size", "steps"))
 
 
 def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None:

@@ -79,7 +79,7 @@ def bottleneck_statistics(backend: Backend, modality: Modality, batch: ImageBatc
     if reference is None:
         if hidden.shape[0] < 2:
             raise InputError("bottleneck=standardised with the batch's own statistics needs 2 or more pairs in a "
-                             "batch: give --reference (e.g. shapes:val:64 or a pairs file)")
+                             "batch: give reference (e.g. shapes:val:64 or a pairs file)", settings=("reference",))
         return feature_statistics(hidden, _valid(batch, hidden), hidden.shape[1])
     ref = reference_batch(backend, modality, reference).to(backend.device)
     with torch.no_grad():

@@ -4,6 +4,7 @@ fit is refused on one line instead of failing minutes later (an allocation error
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -38,10 +39,11 @@ def memory_available(device: torch.device) -> int | None:
         return None
 
 
-def require_memory(needed: int, device: torch.device, what: str, advice: str) -> None:
+def require_memory(needed: int, device: torch.device, what: str, advice: str, settings: Sequence[str] = ()) -> None:
     """Raise one InputError line when ``what`` needs more than the ``needed`` bytes ``device`` can
-    give now (nothing where the device cannot be asked); ``advice`` says what to lower."""
+    give now (nothing where the device cannot be asked); ``advice`` says what to lower, naming
+    ``settings``."""
     free = memory_available(device)
     if free is not None and needed > free:
         raise InputError(f"{what} needs about {needed / GIB:.1f} GiB, more than the {free / GIB:.1f} GiB free on "
-                         f"{device}: {advice}")
+                         f"{device}: {advice}", settings=settings)
