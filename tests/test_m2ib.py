@@ -12,7 +12,8 @@ from PIL import Image
 
 import m2ib
 from m2ib.errors import InputError
-from m2ib.methods.m2ib import default_layer, kl_to_prior
+from m2ib.methods.layered import default_layer
+from m2ib.methods.m2ib import kl_to_prior
 
 FAST = dict(steps=3, samples=4)  # enough to exercise every code path quickly
 

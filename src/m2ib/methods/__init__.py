@@ -7,7 +7,8 @@ the paper's comparison and the newer methods); ``m2ib.list_methods()`` and the C
 
 # isort: off  (the import order is the registry's order)
 from .base import REGISTRY, Method, RawScores, Settings, Target, register
-from .m2ib import M2IB, M2IBSettings, default_layer
+from .layered import LayerMethod, LayerSettings, default_layer
+from .m2ib import M2IB, M2IBSettings
 from .gradcam import GradCAM
 from .saliency import Saliency
 from .rise import RISE
@@ -19,7 +20,7 @@ from .gradeclip import GradECLIP
 from .legrad import LeGrad
 # isort: on
 
-__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "Target", "register", "M2IB",
+__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "Target", "register", "LayerMethod", "LayerSettings", "M2IB",
            "M2IBSettings", "default_layer", "list_methods", "GradCAM", "Saliency", "RISE", "KernelSHAP", "Chefer",
            "Rollout", "NIB", "GradECLIP", "LeGrad"]
 

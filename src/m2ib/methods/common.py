@@ -5,7 +5,6 @@ Nothing here touches a model directly: everything goes through the backend inter
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -65,19 +64,6 @@ def token_mask(modality: Modality, batch: ImageBatch | TextBatch, tokens: int, d
     if modality == "image":
         return torch.ones(len(batch), tokens, device=device)
     return batch.attention_mask.to(device).float()
-
-
-def with_tower_layers(backend: Backend, settings: S, default: Callable[[int], int]) -> S:
-    """``settings`` with ``vision_layer`` / ``text_layer`` resolved for this model's towers:
-    ``None`` becomes ``default(number of blocks)``, negatives count from the end, and an index
-    outside the tower is an error giving the valid range."""
-    layers = {}
-    for modality, name in (("image", "vision_layer"), ("text", "text_layer")):
-        value = getattr(settings, name)
-        if value is None:
-            value = default(backend.num_layers(modality))
-        layers[name] = backend.resolve_layer(modality, value, name)
-    return dataclasses.replace(settings, **layers)
 
 
 def require_attention(backend: Backend, method: str) -> None:

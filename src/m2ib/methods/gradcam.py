@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
-from .base import Method, RawScores, Settings, Target, register, setting
-from .common import check_layer, token_mask, with_tower_layers
-from .m2ib import default_layer
+from .base import RawScores, Settings, Target, register, setting
+from .common import check_layer, token_mask
+from .layered import LayerMethod, default_layer, with_tower_layers
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class GradCAMSettings(Settings):
 
 
 @register
-class GradCAM(Method):
+class GradCAM(LayerMethod):
     """Gradient-weighted activations of one block's tokens."""
 
     name = "gradcam"

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError, SettingWarning
-from ..settings import check_choice, check_layer, check_number, check_positive_int
-from .base import PRECISIONS, Method, RawScores, Settings, Target, autocast, register, setting
-from .common import PerBackend, with_tower_layers
+from ..settings import check_choice, check_number, check_positive_int
+from .base import PRECISIONS, RawScores, Target, autocast, register, setting
+from .common import PerBackend
+from .layered import LayerMethod, LayerSettings
 from .m2ib_statistics import bottleneck_statistics
 from .memory import require_memory
 
@@ -45,18 +46,8 @@ from .memory import require_memory
 BOTTLENECKS = ("published", "standardised")
 
 
-
-def default_layer(num_layers: int) -> int:
-    """The bottleneck block for a tower of ``num_layers`` blocks when none is named.
-
-    The paper uses the output of block 9 (0-based) of CLIP's 12-block towers, leaving two
-    blocks after it. Other depths keep the same relative depth: round(10/12 * L) - 1.
-    """
-    return max(0, min(num_layers - 1, round(10 * num_layers / 12) - 1))
-
-
 @dataclass(frozen=True)
-class M2IBSettings(Settings):
+class M2IBSettings(LayerSettings):
     """M2IB's settings; defaults are the paper's (CLIP ViT-B/32, Conceptual Captions)."""
 
     vision_layer: int | None = setting(
@@ -94,12 +85,10 @@ class M2IBSettings(Settings):
         check_number(self.text_beta, "text_beta")
         check_choice(self.precision, "precision", PRECISIONS)
         check_choice(self.bottleneck, "bottleneck", BOTTLENECKS)
-        check_layer(self.vision_layer, "vision_layer")
-        check_layer(self.text_layer, "text_layer")
 
 
 @register
-class M2IB(Method):
+class M2IB(LayerMethod):
     """Multi-modal information bottleneck attribution (image and text)."""
 
     name = "m2ib"
@@ -107,16 +96,12 @@ class M2IB(Method):
     paper = "https://arxiv.org/abs/2312.17174"
     Settings = M2IBSettings
 
-    def resolved(self, backend: Backend, settings: M2IBSettings) -> M2IBSettings:
-        return with_tower_layers(backend, settings, default_layer)
-
     def precision_of(self, settings: M2IBSettings) -> str:
         return settings.precision
 
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: M2IBSettings) -> RawScores:
-        batch = images if modality == "image" else texts
-        layer = settings.vision_layer if modality == "image" else settings.text_layer
+        batch, layer = self.side(modality, images, texts, settings)
         beta = settings.vision_beta if modality == "image" else settings.text_beta
         kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings)
         if isinstance(batch, TextBatch):  # the words: between the start and the end token

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
-from .base import Method, RawScores, Settings, Target, register, setting
-from .common import check_layer, check_positive_int, chunks, with_tower_layers
-from .m2ib import default_layer
+from .base import RawScores, Target, register, setting
+from .common import check_positive_int, chunks
+from .layered import LayerMethod, LayerSettings, default_layer
 
 
 @dataclass(frozen=True)
-class NIBSettings(Settings):
+class NIBSettings(LayerSettings):
     """NIB settings; defaults are the released code's."""
 
     vision_layer: int | None = setting(
@@ -49,19 +49,12 @@ class NIBSettings(Settings):
 
     def validate(self) -> None:
         super().validate()
-        check_layer(self.vision_layer, "vision_layer")
-        check_layer(self.text_layer, "text_layer")
         check_positive_int(self.steps, "steps")
         check_positive_int(self.max_batch, "max_batch")
 
 
-def nib_layer(num_layers: int) -> int:
-    """Default NIB layer: one block before M2IB's (the output of block 8 of 12)."""
-    return max(0, default_layer(num_layers) - 1)
-
-
 @register
-class NIB(Method):
+class NIB(LayerMethod):
     """Integrated gradients of the hidden states at one block, zero baseline."""
 
     name = "nib"
@@ -70,13 +63,13 @@ class NIB(Method):
     modalities = ("image", "text")
     Settings = NIBSettings
 
-    def resolved(self, backend: Backend, settings: NIBSettings) -> NIBSettings:
-        return with_tower_layers(backend, settings, nib_layer)
+    def default_layer(self, num_layers: int) -> int:
+        """One block before M2IB's (the output of block 8 of 12: the released target_layer=9)."""
+        return max(0, default_layer(num_layers) - 1)
 
     def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
                   target: Target, settings: NIBSettings) -> RawScores:
-        batch = images if modality == "image" else texts
-        layer = settings.vision_layer if modality == "image" else settings.text_layer
+        batch, layer = self.side(modality, images, texts, settings)
         with torch.no_grad():
             hidden = backend.prefix(modality, batch, layer).detach()
         n_pairs, n = len(batch), settings.steps
