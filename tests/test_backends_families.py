@@ -451,6 +451,24 @@ def test_siglip_directories_and_hub_names(tmp_path, pictures):
         m2ib.load("hf:google/siglip-base-patch16-that-is-not-cached")
 
 
+def test_a_directory_whose_tokenizer_needs_an_extra_names_its_familys_install_hint(tmp_path, monkeypatch):
+    """The hint is data on the family's record (Family.install_hint), read where the error is made."""
+    from transformers import AutoTokenizer
+
+    from m2ib.backends.registry import FAMILIES
+
+    model, _, _, _ = family("siglip")
+    model.save_pretrained(tmp_path)
+
+    def missing(*args, **kwargs):
+        raise ImportError("SiglipTokenizer requires the SentencePiece library but it was not found")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", missing)
+    hint = FAMILIES.get("SigLIP").install_hint
+    assert hint.startswith("pip install 'm2ib[siglip]'")
+    with pytest.raises(InputError, match=f"SigLIP's tokenizer cannot be loaded .*: {re.escape(hint)}$"):
+        m2ib.load(str(tmp_path))
+
 @pytest.mark.parametrize("name,module", [("open_clip:ViT-B-32@random", "open_clip"), ("clip:ViT-B/32@random", "clip")])
 def test_missing_extra_is_a_one_line_error_naming_the_install(name, module, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed

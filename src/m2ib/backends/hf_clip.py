@@ -7,7 +7,6 @@ text tower (causal, padding keys masked) the end-of-text token by transformers' 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +19,11 @@ from ..inputs import ImagePreprocessing
 from .base import Geometry, ImageBatch, Modality, TextBatch
 from .blocks import hf_block, text_mask
 from .hf_loading import is_transformers_directory, load_directory, load_hf
+from .hf_tokens import hf_encode, hf_readable
+from .openai_towers import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .registry import Family, register
-from .tokens import readable_tokens, word_ids
 from .towers import ClassTokenTower, PooledTextTower, Tower, TowersBackend, present
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
@@ -167,38 +165,6 @@ class HFCLIPBackend(TowersBackend):
             texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in input_ids.tolist()]
         return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts),
                          tokens, special, words)
-
-
-def _short(text: str, n: int = 40) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def hf_encode(tokenizer: Any, texts: Sequence[str], limit: int, padding: bool | str) -> dict:
-    """A transformers tokenizer on user texts: special-token strings typed in a text stay text, and
-    one warning per text that is cut to the model's ``limit`` tokens (from m2ib, not the tokenizer)."""
-    texts = list(texts)
-    full = tokenizer(texts, add_special_tokens=True, split_special_tokens=True, verbose=False)["input_ids"]
-    for text, ids in zip(texts, full):
-        if len(ids) > limit:
-            warnings.warn(f"text {_short(text)!r} has {len(ids)} tokens but the model reads {limit}: "
-                          f"the last {len(ids) - limit} tokens were dropped", stacklevel=4)
-    return tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt",
-                     return_attention_mask=True, split_special_tokens=True)
-
-
-def hf_readable(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
-    """Per row of real tokens: readable tokens, start/end positions and word indices."""
-    tokens, special, words = [], [], []
-    specials = set(getattr(tokenizer, "all_special_ids", []) or [])
-    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-        ids = [i for i, m in zip(ids, mask) if m]
-        where = tuple(j for j, i in enumerate(ids) if i in specials)
-        pieces = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
-        tokens.append(readable_tokens(pieces, where) if tokenizer is not None else tuple(pieces))
-        special.append(where)
-        words.append(word_ids(pieces, where))
-    return tuple(tokens), tuple(special), tuple(words)
 
 
 def _is_clip_model(model: torch.nn.Module) -> bool:

@@ -61,11 +61,9 @@ def load_directory(path: Path, name: str | None = None, processor: Any = None, t
             tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:
             tokenizer = getattr(processor, "tokenizer", None)
-            if tokenizer is None and config.model_type == "siglip" and _needs_sentencepiece(exc):
-                from .siglip import EXTRA_HINT
-
-                raise InputError(f"{path}: SigLIP's tokenizer cannot be loaded ({str(exc).splitlines()[0]}): "
-                                 f"{EXTRA_HINT}") from None
+            if tokenizer is None and family.install_hint and _needs_sentencepiece(exc):
+                raise InputError(f"{path}: {family.name}'s tokenizer cannot be loaded ({str(exc).splitlines()[0]}): "
+                                 f"{family.install_hint}") from None
     if processor is None and (path / "preprocessor_config.json").exists():
         processor = SimpleNamespace(**json.loads((path / "preprocessor_config.json").read_text()))
     info = {}

@@ -37,14 +37,11 @@ from PIL import Image
 from ..errors import InputError, ModelNotAvailableError
 from ..inputs import ImagePreprocessing
 from .base import Modality
-from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .openai_towers import OpenAITextTower
-from .openclip import OpenCLIPBackend, image_tower
+from .openai_towers import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, OpenAITextTower
+from .openclip import OpenCLIPBackend
+from .openclip_visual import image_tower
 from .registry import Family, module_names, register
 from .towers import Tower
-
-EXTRA_HINT = ("pip install 'm2ib[clip]' (OpenAI's clip package needs a torchvision built for your torch, e.g. "
-              "pip install torch==2.14.1 torchvision==0.29.1)")
 
 # OpenAI's released architectures: embed_dim, image size, vision layers, vision width, patch size,
 # text width, text layers (context 77, vocabulary 49408, text heads = width / 64).
@@ -80,15 +77,15 @@ def import_clip():
     except ImportError as exc:
         missing = getattr(exc, "name", "") or ""
         if missing == "clip" or missing.startswith("clip."):
-            raise InputError(f"OpenAI clip models need the clip package: {EXTRA_HINT}") from None
-        raise InputError(f"clip failed to import ({str(exc).splitlines()[0]}): {EXTRA_HINT}") from None
+            raise InputError(f"OpenAI clip models need the clip package: {OPENAI_CLIP.install_hint}") from None
+        raise InputError(f"clip failed to import ({str(exc).splitlines()[0]}): {OPENAI_CLIP.install_hint}") from None
     except (RuntimeError, OSError, AttributeError) as exc:  # e.g. torchvision built for another torch
-        raise InputError(f"clip failed to import ({str(exc).splitlines()[0]}): {EXTRA_HINT}") from None
+        raise InputError(f"clip failed to import ({str(exc).splitlines()[0]}): {OPENAI_CLIP.install_hint}") from None
     finally:
         if shim is not None and sys.modules.get("pkg_resources") is shim:
             del sys.modules["pkg_resources"]
     if not hasattr(clip, "load") or not hasattr(clip.model, "build_model"):
-        raise InputError(f"the installed `clip` module is not OpenAI's CLIP package: {EXTRA_HINT}")
+        raise InputError(f"the installed `clip` module is not OpenAI's CLIP package: {OPENAI_CLIP.install_hint}")
     return clip
 
 
@@ -224,5 +221,8 @@ def _load_file(path: Path, *, name: str, processor: Any = None, tokenizer: Any =
     return load_openai_clip(str(path))  # a checkpoint file is read in OpenAI's layout (named clip:PATH)
 
 
-register(Family(name="OpenAI clip", supports="OpenAI clip CLIP", recognises=_is_openai_clip_model, wrap=_wrap,
-                prefix="clip:", load=_load, recognises_path=Path.is_file, load_path=_load_file))
+OPENAI_CLIP = register(Family(
+    name="OpenAI clip", supports="OpenAI clip CLIP", recognises=_is_openai_clip_model, wrap=_wrap, prefix="clip:",
+    load=_load, recognises_path=Path.is_file, load_path=_load_file,
+    install_hint=("pip install 'm2ib[clip]' (OpenAI's clip package needs a torchvision built for your torch, e.g. "
+                  "pip install torch==2.14.1 torchvision==0.29.1)")))

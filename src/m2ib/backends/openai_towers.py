@@ -12,6 +12,10 @@ from .base import ImageBatch, TextBatch
 from .blocks import openai_block, text_mask
 from .towers import ClassTokenTower, PooledTextTower, present
 
+# OpenAI CLIP's image normalisation (also the default of transformers' CLIP and of OpenCLIP).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 def apply_projection(x: torch.Tensor, projection: Any) -> torch.Tensor:
     """OpenAI/OpenCLIP projections: a [D, E] parameter (``x @ P``), a Linear, or None."""

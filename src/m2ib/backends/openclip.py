@@ -29,26 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..errors import InputError, ModelNotAvailableError
-from ..inputs import ImagePreprocessing
 from .base import Modality, TextBatch
 from .coca import CLS_ID, CLS_TOKEN, CoCaTextTower, class_token_layout
-from .hf_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .tokens import protect_specials, readable_tokens, word_ids
-from .openai_towers import OpenAITextTower, OpenAIViTTower
+from .openai_towers import OpenAITextTower
 from .openclip_tokens import hf_library_ids, hf_text_batch, hf_text_by_name, hub_tokenizer, transformers_tokenizer
-from .registry import Family, module_names, register
-from .resnet_clip import ResNetTower, is_modified_resnet
-from .timm_stages import TimmStagesTower, is_timm_staged
-from .timm_towers import TimmViTTower, is_timm_transformer
+from .openclip_visual import image_tower, preprocessing_of
+from .registry import Family, family_of_model, module_names, register
+from .tokens import protect_specials, readable_tokens, short, word_ids
 from .towers import Tower, TowersBackend
-
-EXTRA_HINT = ("pip install 'm2ib[open_clip]' (OpenCLIP needs a torchvision built for your torch, e.g. "
-              "pip install torch==2.14.1 torchvision==0.29.1)")
-RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
 def import_open_clip():
@@ -59,27 +49,11 @@ def import_open_clip():
             import open_clip
     except ImportError as exc:
         if getattr(exc, "name", "") in ("open_clip", None) or "open_clip" in str(exc):
-            raise InputError(f"OpenCLIP models need the open_clip package: {EXTRA_HINT}") from None
-        raise InputError(f"open_clip failed to import ({str(exc).splitlines()[0]}): {EXTRA_HINT}") from None
+            raise InputError(f"OpenCLIP models need the open_clip package: {OPENCLIP.install_hint}") from None
+        raise InputError(f"open_clip failed to import ({str(exc).splitlines()[0]}): {OPENCLIP.install_hint}") from None
     except (RuntimeError, OSError, AttributeError) as exc:  # e.g. torchvision built for another torch
-        raise InputError(f"open_clip failed to import ({str(exc).splitlines()[0]}): {EXTRA_HINT}") from None
+        raise InputError(f"open_clip failed to import ({str(exc).splitlines()[0]}): {OPENCLIP.install_hint}") from None
     return open_clip
-
-
-def image_tower(visual: torch.nn.Module) -> Tower:
-    """The image tower adapter for an OpenAI-layout ``visual``: ResNet or ViT."""
-    if is_modified_resnet(visual):
-        return ResNetTower(visual)
-    if hasattr(visual, "conv1") and hasattr(visual, "transformer"):
-        return OpenAIViTTower(visual)
-    if is_timm_transformer(visual):
-        return TimmViTTower(visual)
-    if is_timm_staged(visual):
-        return TimmStagesTower(visual)
-    trunk = getattr(visual, "trunk", None)
-    what = f"timm trunk {type(trunk).__name__}" if trunk is not None else f"image tower {type(visual).__name__}"
-    raise InputError(f"{what} is not supported (OpenCLIP ViT and ModifiedResNet towers and timm ViT trunks are; "
-                     "ConvNeXt and FastViT stages too; windowed trunks such as Swin are not yet)")
 
 
 class BPETokens:
@@ -110,7 +84,7 @@ class BPETokens:
         for text in texts:
             n = len(bpe.encode(text)) + 2
             if n > limit:
-                warnings.warn(f"text {_short(text)!r} has {n} tokens but the model reads {limit}: "
+                warnings.warn(f"text {short(text)!r} has {n} tokens but the model reads {limit}: "
                               f"the last {n - limit} tokens were dropped", stacklevel=3)
         ids = torch.as_tensor(self._library_ids(texts, limit)).long()
         return self.text_batch(ids, None, given)
@@ -143,10 +117,6 @@ class BPETokens:
                      for row, mask in zip(input_ids.tolist(), attention_mask.tolist())]
         return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tuple(tokens),
                          tuple(special), tuple(words))
-
-
-def _short(text: str, n: int = 40) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 @dataclass
@@ -202,25 +172,6 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
         return self.tokenizer(texts, context_length=context)
 
 
-def preprocessing_of(model: torch.nn.Module) -> ImagePreprocessing:
-    """OpenCLIP's eval transform for ``model`` (``visual.preprocess_cfg``), as ImagePreprocessing."""
-    visual = model.visual
-    cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
-    size = cfg.get("size") or getattr(visual, "image_size", None) or visual.input_resolution
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    mean = tuple(cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN)
-    std = tuple(cfg.get("std") or getattr(visual, "image_std", None) or OPENAI_CLIP_STD)
-    mode = cfg.get("resize_mode", "shortest")
-    if mode == "shortest" and size[0] != size[1]:
-        mode = "squash"  # OpenCLIP resizes to a non-square size exactly, then crops nothing
-    if mode not in ("shortest", "squash"):
-        raise InputError(f"OpenCLIP resize_mode {mode!r} is not supported yet (shortest or squash); pass "
-                         "preprocessed pixel_values instead")
-    resample = RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
-    return ImagePreprocessing(size[0] if mode == "shortest" else min(size), size, mean, std, int(resample),
-                              resize_mode=mode, crop_rounding="round")
-
-
 # --- loading by name -------------------------------------------------------------------------
 def load_open_clip(spec: str) -> OpenCLIPBackend:
     """An OpenCLIP model by OpenCLIP's names (see the module docstring)."""
@@ -274,10 +225,8 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
         if cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True  # what the weights were trained with
     model = _quiet(oc.create_model, arch, pretrained=pretrained, **kwargs).eval()
-    if hf_text:
-        from .openclip_hf_text import OpenCLIPHFTextBackend  # that module builds on this one
-
-        return OpenCLIPHFTextBackend(model=model, name=name, tokenizer=tokenizer)
+    if hf_text:  # the OpenCLIP HF text family's backend
+        return family_of_model(model).wrap(model, name, tokenizer, None, {})
     return OpenCLIPBackend(model=model, name=name, tokenizer=tokenizer or oc.get_tokenizer(arch))
 
 
@@ -294,9 +243,7 @@ def load_open_clip_dir(path: Path, name: str | None = None) -> OpenCLIPBackend:
     if "hf_model_name" in text_cfg:  # BiomedCLIP: its PubMedBERT's config and tokenizer from the cache
         text_cfg, tokenizer = hf_text_by_name(spec, text_cfg)
         model = _quiet(oc.create_model, spec, text_cfg=text_cfg).eval()
-        from .openclip_hf_text import OpenCLIPHFTextBackend  # that module builds on this one
-
-        return OpenCLIPHFTextBackend(model=model, name=name or str(path), tokenizer=tokenizer)
+        return family_of_model(model).wrap(model, name or str(path), tokenizer, None, {})  # OpenCLIP HF text's
     model = _quiet(oc.create_model, spec).eval()
     return OpenCLIPBackend(model=model, name=name or str(path), tokenizer=oc.get_tokenizer(spec))
 
@@ -385,5 +332,8 @@ def _load_directory(path: Path, *, name: str, processor: Any = None, tokenizer: 
     return load_open_clip_dir(path, name)
 
 
-register(Family(name="OpenCLIP", supports="open_clip CLIP/CustomTextCLIP", recognises=_is_open_clip_model, wrap=_wrap,
-                prefix="open_clip:", load=_load, recognises_path=_is_open_clip_directory, load_path=_load_directory))
+OPENCLIP = register(Family(
+    name="OpenCLIP", supports="open_clip CLIP/CustomTextCLIP", recognises=_is_open_clip_model, wrap=_wrap,
+    prefix="open_clip:", load=_load, recognises_path=_is_open_clip_directory, load_path=_load_directory,
+    install_hint=("pip install 'm2ib[open_clip]' (OpenCLIP needs a torchvision built for your torch, e.g. "
+                  "pip install torch==2.14.1 torchvision==0.29.1)")))

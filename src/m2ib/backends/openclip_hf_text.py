@@ -32,9 +32,9 @@ import torch
 from ..errors import InputError
 from .base import AttentionRecord, Modality, TextBatch
 from .blocks import text_mask
-from .hf_clip import hf_encode, hf_readable
 from .hf_text_seq2seq import EVERY_TOKEN_POOLERS, openclip_pooler, real_tokens, seq2seq_text_tower
-from .openclip import image_tower, preprocessing_of
+from .hf_tokens import hf_encode, hf_readable
+from .openclip_visual import image_tower, preprocessing_of
 from .registry import Family, module_names, register
 from .towers import Tower, TowersBackend, present
 

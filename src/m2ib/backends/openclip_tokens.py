@@ -25,7 +25,7 @@ import torch
 from ..errors import InputError, ModelNotAvailableError
 from . import hub
 from .base import TextBatch
-from .hf_clip import hf_readable
+from .hf_tokens import hf_readable
 
 TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "added_tokens.json", "*.model", "vocab*", "merges.txt",
                    "spiece*", "config.json"]

@@ -41,6 +41,7 @@ class Family:
     load_path: Load | None = None  # loads such a path (``spec`` is the Path)
     model_type: str | None = None  # transformers: the config.json ``model_type`` this family wraps
     model_class: str | None = None  # transformers: the class that loads it (``transformers.<model_class>``)
+    install_hint: str = ""  # what to install when its optional library (or tokenizer) is missing ("": none needed)
 
 
 def _check_family(family: Family, registry: Registry[Family]) -> None:

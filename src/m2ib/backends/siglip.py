@@ -34,13 +34,12 @@ from ..errors import InputError
 from ..inputs import ImagePreprocessing
 from .base import ImageBatch, Modality, TextBatch
 from .blocks import hf_block, text_mask
-from .hf_clip import hf_encode, hf_readable
+from .hf_tokens import hf_encode, hf_readable
 from .registry import Family, register
 from .towers import PooledTextTower, Tower, TowersBackend, TransformerTower, present
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
-EXTRA_HINT = "pip install 'm2ib[siglip]' (SigLIP's SentencePiece tokenizer needs sentencepiece and protobuf)"
 
 
 def siglip_preprocessing(processor: Any, image_size: int) -> ImagePreprocessing:
@@ -126,7 +125,8 @@ class SiglipBackend(TowersBackend):
 
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
-            raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= to m2ib.load ({EXTRA_HINT})")
+            raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= to m2ib.load "
+                             f"({SIGLIP.install_hint})")
         enc = hf_encode(self.tokenizer, texts, self.context_length, padding="max_length")
         return self.text_batch(enc["input_ids"], enc["attention_mask"], texts)
 
@@ -164,5 +164,7 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
 
 
 # Loaded by hf: names and transformers directories whose config says model_type "siglip".
-register(Family(name="SigLIP", supports="transformers SiglipModel", recognises=_is_siglip_model, wrap=_wrap,
-                model_type="siglip", model_class="SiglipModel"))
+SIGLIP = register(Family(
+    name="SigLIP", supports="transformers SiglipModel", recognises=_is_siglip_model, wrap=_wrap, model_type="siglip",
+    model_class="SiglipModel",
+    install_hint="pip install 'm2ib[siglip]' (SigLIP's SentencePiece tokenizer needs sentencepiece and protobuf)"))

@@ -111,3 +111,8 @@ def protect_specials(text: str, specials: Collection[str]) -> str:
         if len(special) > 1 and special in text:
             text = text.replace(special, f"{special[0]} {special[1:]}")
     return text
+
+
+def short(text: str, n: int = 40) -> str:
+    """``text`` cut to ``n`` characters for a message (``...`` marks the cut)."""
+    return text if len(text) <= n else text[: n - 3] + "..."
