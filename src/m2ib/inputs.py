@@ -6,7 +6,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -82,12 +82,11 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
             f"image with a text. Upload an image (or click an example scene), type a text, press **Explain**.",
             elem_id=f"{ELEM}-title")
         with gr.Tabs(elem_id=f"{ELEM}-tabs"):
-            with gr.Tab("Explain", id="explain", elem_id=f"{ELEM}-tab-explain"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=4, min_width=320):
-                        inputs = _input_column(gr, methods, specs, example_scenes(workdir))
-                    with gr.Column(scale=6, min_width=420):
-                        outputs = _output_column(gr, backend)
+            with gr.Tab("Explain", id="explain", elem_id=f"{ELEM}-tab-explain"), gr.Row(equal_height=False):
+                with gr.Column(scale=4, min_width=320):
+                    inputs = _input_column(gr, methods, specs, example_scenes(workdir))
+                with gr.Column(scale=6, min_width=420):
+                    outputs = _output_column(gr, backend)
             with gr.Tab("Word-region interactions", id="interactions", elem_id=f"{ELEM}-tab-interactions"):
                 tab = interaction_tab(gr, backend, workdir / "runs", limits, example_scenes(workdir, both=True),
                                       lambda message: _page_error(gr, message))

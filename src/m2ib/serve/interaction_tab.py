@@ -13,8 +13,17 @@ from typing import Any
 from ..errors import M2IBError
 from .controls import name_api_parameters, one_line, settings_accordion
 from .environment import accepted
-from .interplay import (SELECTED, InteractionCache, View, click_image, compute_interaction, interaction_specs,
-                        registered_interactions, select_phrase, select_word)
+from .interplay import (
+    SELECTED,
+    InteractionCache,
+    View,
+    click_image,
+    compute_interaction,
+    interaction_specs,
+    registered_interactions,
+    select_phrase,
+    select_word,
+)
 from .limits import KEEP_OUTPUTS_S, prune
 from .render import ELEM, signed_tokens_html
 

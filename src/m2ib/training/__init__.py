@@ -28,10 +28,9 @@ from __future__ import annotations
 from .cli import EXIT_UNFINISHED, main
 from .config import QUICK, TrainConfig
 from .data import IMAGE_MEAN, IMAGE_STD, WORDS, TrainBatches, label_matrix
-from .export import preprocessor_config
 from .loop import train
-from .model import MAX_LOGIT_SCALE, batch_accuracy, build_model, sigmoid_loss, unit_features
-from .state import CHECKPOINT, checkpoint_step
+from .model import batch_accuracy, build_model, sigmoid_loss, unit_features
+from .state import CHECKPOINT
 
-__all__ = ["TrainConfig", "QUICK", "WORDS", "TrainBatches", "label_matrix", "sigmoid_loss", "batch_accuracy",
-           "build_model", "unit_features", "train", "main"]
+__all__ = ["TrainConfig", "QUICK", "WORDS", "IMAGE_MEAN", "IMAGE_STD", "TrainBatches", "label_matrix", "sigmoid_loss",
+           "batch_accuracy", "build_model", "unit_features", "train", "main", "CHECKPOINT", "EXIT_UNFINISHED"]

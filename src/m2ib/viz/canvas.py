@@ -16,8 +16,24 @@ import torch
 
 from .layout import Ruler, TokenBlock, fit_text
 from .overlay import colormap, to_pil
-from .style import (CB_GAP, CB_W, FRAME, HUE, IMG_GAP, INK, MAX_ALPHA, MUTED, PT, SCORE_GAP, SPECIAL, SUBTITLE_FS,
-                    TITLE_FS, TOK_VPAD, TOKEN_EDGE, Fonts)
+from .style import (
+    CB_GAP,
+    CB_W,
+    FRAME,
+    HUE,
+    IMG_GAP,
+    INK,
+    MAX_ALPHA,
+    MUTED,
+    PT,
+    SCORE_GAP,
+    SPECIAL,
+    SUBTITLE_FS,
+    TITLE_FS,
+    TOK_VPAD,
+    TOKEN_EDGE,
+    Fonts,
+)
 
 MISSING_MPL = "Figures need matplotlib: pip install 'm2ib[figures]'"
 
@@ -45,12 +61,12 @@ def quiet_missing_glyphs(draw: Callable) -> Callable:
 def load_mpl() -> MplNS:
     """Import the matplotlib pieces lazily (it is an optional dependency)."""
     try:
+        from matplotlib import patheffects
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.font_manager import FontProperties
         from matplotlib.lines import Line2D
         from matplotlib.patches import FancyBboxPatch, Rectangle
-        from matplotlib import patheffects
         from matplotlib.transforms import Affine2D
     except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
         raise ImportError(MISSING_MPL) from exc

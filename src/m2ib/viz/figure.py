@@ -17,19 +17,52 @@ figures). A new figure is a function here that measures with ``layout`` and draw
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from ..fileio import atomic_write
-from .canvas import (Canvas, colorbar_reserve, draw_colorbar, draw_heading, draw_image, draw_placeholder, draw_title,
-                     draw_tokens, load_mpl, new_canvas, panel_size, quiet_missing_glyphs)
-from .layout import (Ruler, TokenBlock, heading_height, layout_tokens, natural_title_width, title_height,
-                     title_lines, wrap_text)
+from .canvas import (
+    Canvas,
+    colorbar_reserve,
+    draw_colorbar,
+    draw_heading,
+    draw_image,
+    draw_placeholder,
+    draw_title,
+    draw_tokens,
+    load_mpl,
+    new_canvas,
+    panel_size,
+    quiet_missing_glyphs,
+)
+from .layout import (
+    Ruler,
+    TokenBlock,
+    heading_height,
+    layout_tokens,
+    natural_title_width,
+    title_height,
+    title_lines,
+    wrap_text,
+)
 from .overlay import _as_image, _as_map, _sanitize, overlay
-from .style import (CB_GAP, IMG_GAP, IMG_SIDE, IMG_SIDE_CMP, MARGIN, NAME_FS, NAME_MAX_W, PANEL_GAP, PT, ROW_GAP,
-                    TEXT_W, TEXT_W_ALONE, Fonts)
+from .style import (
+    CB_GAP,
+    IMG_GAP,
+    IMG_SIDE,
+    IMG_SIDE_CMP,
+    MARGIN,
+    NAME_FS,
+    NAME_MAX_W,
+    PANEL_GAP,
+    PT,
+    ROW_GAP,
+    TEXT_W,
+    TEXT_W_ALONE,
+    Fonts,
+)
 
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
 

@@ -5,8 +5,8 @@ Nothing here draws; a :class:`Ruler` measures strings with the Agg renderer (nev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .style import LINE_GAP, PT, SCORE_GAP, SUBTITLE_FS, TITLE_FS, TOK_HGAP, TOK_HPAD, TOK_VPAD, Fonts
 

@@ -8,6 +8,8 @@ function here ever produces a NaN colour.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -147,7 +149,7 @@ def overlay(
     img = _as_image(image)
     m = _resize_map(_as_map(heatmap), (img.shape[1], img.shape[2]))
     a = float(alpha)
-    if not (a == a):  # NaN
+    if math.isnan(a):
         a = 0.0
     a = min(max(a, 0.0), 1.0)
     return ((1.0 - a) * img + a * colormap(m, cmap)).clamp_(0.0, 1.0)

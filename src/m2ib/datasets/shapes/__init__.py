@@ -32,12 +32,14 @@ from __future__ import annotations
 from .captions import KINDS, Caption, Span, caption_matches, class_prompts, make_caption, phrase
 from .dataset import SPLITS, ShapesDataset, collate_scenes, split_seed
 from .render import render_scene
-from .world import (BACKGROUND_MIN_DISTANCE, BORDER, COLOURS, OBJECT_GAP, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES,
-                    SIZE_FRACTION, Scene, ShapeObject)
+from .world import BACKGROUND_MIN_DISTANCE, COLOURS, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES, Scene, ShapeObject
 
 __all__ = [
     "COLOURS",
     "SHAPES",
+    "OBJECT_NOISE_MAX",
+    "OBJECT_NOISE_SD",
+    "BACKGROUND_MIN_DISTANCE",
     "KINDS",
     "SPLITS",
     "ShapeObject",

@@ -6,8 +6,8 @@ orange cross"`` (the article is "an" before a vowel, as a person would type it: 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

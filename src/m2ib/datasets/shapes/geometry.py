@@ -5,8 +5,8 @@ Pixel-centre sampling with hard edges, so a mask is a pure function of (shape, s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
-from typing import Sequence
 
 import numpy as np
 

@@ -6,14 +6,24 @@ Only a ``numpy.random.default_rng`` made from the scene's seed is used, never gl
 from __future__ import annotations
 
 import colorsys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .geometry import _cached_mask
-from .world import (_BACKGROUND_MAX_CHROMA, BORDER, COLOURS, OBJECT_GAP, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES,
-                    SIZE_FRACTION, Scene, ShapeObject)
+from .world import (
+    _BACKGROUND_MAX_CHROMA,
+    BORDER,
+    COLOURS,
+    OBJECT_GAP,
+    OBJECT_NOISE_MAX,
+    OBJECT_NOISE_SD,
+    SHAPES,
+    SIZE_FRACTION,
+    Scene,
+    ShapeObject,
+)
 
 _COLOUR_ARRAY = {k: np.asarray(v, dtype=np.float32) / 255.0 for k, v in COLOURS.items()}
 
