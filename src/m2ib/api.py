@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from .backends import Backend, ImageBatch, Modality, TextBatch, load_backend
 from .comparison import Comparison
 from .errors import InputError, M2IBError
 from .explanation import Explanation
-from .inputs import ImageInput, check_texts, load_image
+from .inputs import ImageInput, OneImage, check_texts, load_image
 from .methods import REGISTRY
 from .methods import REGISTRY as METHODS
 
@@ -123,6 +123,47 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
+# Return types: one image (not a tensor, which may hold a batch) with one text gives one result; a list or
+# tuple of images or of texts gives a list; anything else (a tensor, pixel_values, input_ids) either.
+# _Image lets a list of one kind (list[Path], list[PIL.Image.Image]) match, lists being invariant.
+_Image = TypeVar("_Image", bound=ImageInput)
+
+
+@overload
+def explain(model: Any, images: OneImage, texts: str, *, method: str = "m2ib",
+            modalities: Sequence[Modality] | None = None, pixel_values: None = None,
+            input_ids: None = None, attention_mask: torch.Tensor | None = None,
+            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
+            device: str | None = None, **settings: Any) -> Explanation: ...
+
+
+@overload
+def explain(model: Any, images: list[_Image] | tuple[ImageInput, ...],
+            texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
+            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
+            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
+            device: str | None = None, **settings: Any) -> list[Explanation]: ...
+
+
+@overload
+def explain(model: Any, images: ImageInput | list[_Image] | tuple[ImageInput, ...] | None,
+            texts: list[str] | tuple[str, ...], *, method: str = "m2ib",
+            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
+            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
+            device: str | None = None, **settings: Any) -> list[Explanation]: ...
+
+
+@overload
+def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
+            texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
+            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
+            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
+            device: str | None = None, **settings: Any) -> Explanation | list[Explanation]: ...
+
+
 def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
             modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
@@ -185,6 +226,40 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
     return results[0] if inputs.single else results
+
+
+@overload
+def compare(model: Any, images: OneImage, texts: str, *,
+            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
+            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
+            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
+            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> Comparison: ...
+
+
+@overload
+def compare(model: Any, images: list[_Image] | tuple[ImageInput, ...], texts: str | Sequence[str] | None = None, *,
+            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
+            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
+            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
+            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> list[Comparison]: ...
+
+
+@overload
+def compare(model: Any, images: ImageInput | list[_Image] | tuple[ImageInput, ...] | None,
+            texts: list[str] | tuple[str, ...], *,
+            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
+            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
+            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
+            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> list[Comparison]: ...
+
+
+@overload
+def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
+            texts: str | Sequence[str] | None = None, *,
+            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
+            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
+            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
+            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> Comparison | list[Comparison]: ...
 
 
 def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,

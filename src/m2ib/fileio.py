@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,7 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    fcntl: types.ModuleType | None
     try:
         import fcntl
     except ImportError:  # Windows

@@ -13,7 +13,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+# One image for certain: a tensor is one image [3, H, W] or a batch [N, 3, H, W], known only at run time.
+OneImage = str | os.PathLike | Image.Image
+ImageInput = OneImage | torch.Tensor
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

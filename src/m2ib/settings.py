@@ -23,7 +23,7 @@ import dataclasses
 import math
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from .errors import InputError
 
@@ -162,7 +162,7 @@ def check_types(settings: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 # Range checks shared by the settings' ``validate`` methods (errors name the setting).
 # ----------------------------------------------------------------------------------------------
-def _finite_number(value: Any) -> bool:
+def _finite_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

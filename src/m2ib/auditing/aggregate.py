@@ -40,13 +40,17 @@ def summarise(records: Sequence[dict[str, Any]]) -> Summary:
     shares = [pair_words(r) for r in records]
     words = word_table(shares)
     imaged = [r for r in records if r.get("grid") is not None]
-    masses = torch.stack([patch_mass(torch.tensor(r["grid"], dtype=torch.float64)) for r in imaged]) \
-        if imaged else None
-    prior = dataset_prior(masses) if masses is not None else None
-    regions = hot_regions(prior) if prior is not None else []
-    union = torch.zeros_like(prior, dtype=torch.bool) if prior is not None else None
-    for region in regions:
-        union |= region.mask
+    masses: torch.Tensor | None = None  # [N_image, R, C]
+    prior: torch.Tensor | None = None
+    union: torch.Tensor | None = None  # [R, C] bool: the regions' patches
+    regions: list[Region] = []
+    if imaged:
+        masses = torch.stack([patch_mass(torch.tensor(r["grid"], dtype=torch.float64)) for r in imaged])
+        prior = dataset_prior(masses)
+        regions = hot_regions(prior)
+        union = torch.zeros_like(prior, dtype=torch.bool)
+        for region in regions:
+            union |= region.mask
     by_row = {r["row"]: k for k, r in enumerate(imaged)}
     pairs = []
     for record, pair_shares in zip(records, shares):
@@ -55,10 +59,12 @@ def summarise(records: Sequence[dict[str, Any]]) -> Summary:
                                "similarity": record["similarity"], "top_word": word,
                                "top_word_share": None if not pair_shares else round(share, 6)}
         k = by_row.get(record["row"])
-        row["concentration"] = None if k is None else round(concentration(masses[k]), 6)
-        row["region_mass"] = None if k is None or not regions else round(float(mass_in(masses[k], union)), 6)
+        mass = None if k is None or masses is None else masses[k]
+        row["concentration"] = None if mass is None else round(concentration(mass), 6)
+        row["region_mass"] = None if mass is None or union is None or not regions \
+            else round(float(mass_in(mass, union)), 6)
         for region in regions:
-            row[f"mass_{region.name}"] = None if k is None else round(float(mass_in(masses[k], region.mask)), 6)
+            row[f"mass_{region.name}"] = None if mass is None else round(float(mass_in(mass, region.mask)), 6)
         pairs.append(row)
     summary = Summary(words, pairs, prior, regions, masses, [r["row"] for r in imaged])
     for rank, p in enumerate(summary.typical(), 1):

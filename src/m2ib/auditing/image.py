@@ -10,7 +10,6 @@ mean mass over the pairs. Its *regions* are the 4-connected groups of patches ho
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -123,6 +122,6 @@ def mass_in(masses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (masses * weights.to(masses.dtype)).sum(dim=(-2, -1))
 
 
-def dataset_prior(masses: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The mean mass over the pairs: [R, C], adding up to 1."""
-    return torch.stack(list(masses)).mean(0)
+def dataset_prior(masses: torch.Tensor) -> torch.Tensor:
+    """The mean mass over the pairs' masses [N, R, C]: [R, C], adding up to 1."""
+    return masses.mean(0)

@@ -51,6 +51,8 @@ def prior_figure(summary: Summary):
     from matplotlib.patches import Rectangle
 
     prior = summary.prior
+    if prior is None:
+        raise ValueError("no image map in this audit, so no mean map to draw")
     fig = Figure(figsize=(4.6, 4.0))
     ax = fig.add_subplot()
     relative = (prior * prior.numel()).numpy()
@@ -150,7 +152,8 @@ def write_report(out: Path, backend: Backend, summary: Summary, header: dict[str
         parts.append("<details><summary>bad rows</summary><ul>" + "".join(
             f"<li>{html.escape(str(b['row']))}: {html.escape(b['reason'])}</li>" for b in bad[:50]) + "</ul></details>")
     if summary.prior is not None:
-        regions = [{"region": r.name, "where": r.where(tuple(summary.prior.shape)), "patches": int(r.mask.sum()),
+        rows_cols = (summary.prior.shape[0], summary.prior.shape[1])
+        regions = [{"region": r.name, "where": r.where(rows_cols), "patches": int(r.mask.sum()),
                     "mass": r.mass, "even share": float(r.mask.sum()) / summary.prior.numel()} for r in summary.regions]
         parts += ["<h2>Image: where the model looks across the data</h2>",
                   f'<img id="prior" alt="mean map" src="{png_data(prior_figure(summary))}">',

@@ -51,7 +51,8 @@ def merge_words(text: str, tokens: Sequence[str], special: Sequence[int]) -> lis
         for i in range(start, end):
             owner[i] = w
     special_set = set(special)
-    cursor, found = 0, {}
+    cursor = 0
+    found: dict[int, list[int]] = {}  # word -> its tokens
     for j, token in enumerate(tokens):
         if j in special_set:
             continue
@@ -115,18 +116,15 @@ def word_table(per_pair: Sequence[Sequence[tuple[str, float]]]) -> list[WordRow]
     A word that occurs twice in a pair counts once there, with the sum of its shares.
     """
     explained = [p for p in per_pair if p]
-    sums: dict[str, list[float]] = {}
+    sums: dict[str, tuple[int, float, float, int]] = {}  # count, share sum, fair sum, top count
     for shares in explained:
         merged: dict[str, float] = {}
         for word, share in shares:
             merged[word] = merged.get(word, 0.0) + share
         best = top_word(list(merged.items()))[0]
         for word, share in merged.items():
-            entry = sums.setdefault(word, [0, 0.0, 0.0, 0])  # count, share sum, fair sum, top count
-            entry[0] += 1
-            entry[1] += share
-            entry[2] += 1.0 / len(merged)
-            entry[3] += int(word == best)
+            count, total, fair, top = sums.get(word, (0, 0.0, 0.0, 0))
+            sums[word] = (count + 1, total + share, fair + 1.0 / len(merged), top + int(word == best))
     rows = []
     for word, (count, share, fair, top) in sums.items():
         row = WordRow(word, count, share / count, fair / count, top, top / count, count / len(explained), "")

@@ -65,7 +65,7 @@ def render_collage(split: str, index: int, size: int) -> Collage:
     shapes = [str(s) for s in rng.permutation(list(SHAPES))[:4]]
     named = int(rng.integers(4))
     half = size // 2
-    tiles, caption = [], None
+    tiles, scenes = [], []
     for j in range(4):
         scene = render_scene(split_seed(split, 4 * index + j, base=COLLAGE_BASE), size=max(SMALLEST_SCENE, half),
                              n_objects=(1, 1), colours=[colours[j]], shapes=[shapes[j]])
@@ -74,7 +74,6 @@ def render_collage(split: str, index: int, size: int) -> Collage:
             tile = F.interpolate(tile[None], size=(half, half), mode="bilinear", antialias=True,
                                  align_corners=False)[0].clamp(0, 1)
         tiles.append(tile)
-        if j == named:
-            caption = make_caption(scene, "single")
+        scenes.append(scene)
     image = torch.cat([torch.cat(tiles[:2], dim=2), torch.cat(tiles[2:], dim=2)], dim=1)
-    return Collage(image, caption, named)
+    return Collage(image, make_caption(scenes[named], "single"), named)

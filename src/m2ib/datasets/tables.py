@@ -32,11 +32,14 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .shapes import Caption
 
 BoxT = tuple[float, float, float, float]
 
@@ -86,15 +89,13 @@ def load_table(spec: str, *, size: int | None = None, samples: int | None = None
         if size is None:
             raise InputError("shapes rows need the model's input size")
         table = _shapes_table(spec.strip(), match.group(1), int(match.group(2)), match.group(3) or "single", size)
-    elif _COLLAGE.match(spec.strip()):
+    elif match := _COLLAGE.match(spec.strip()):
         if size is None:
             raise InputError("shapes-collage rows need the model's input size")
-        match = _COLLAGE.match(spec.strip())
         table = _collage_table(spec.strip(), match.group(1), int(match.group(2)), size)
-    elif _TWO.match(spec.strip()):
+    elif match := _TWO.match(spec.strip()):
         if size is None:
             raise InputError("shapes-two rows need the model's input size")
-        match = _TWO.match(spec.strip())
         table = _two_object_table(spec.strip(), match.group(1), int(match.group(2)), size)
     elif spec.startswith("shapes-two:"):
         raise InputError(f"{spec!r}: use shapes-two:SPLIT:N, e.g. shapes-two:test:200")
@@ -133,19 +134,27 @@ def _shapes_table(spec: str, split: str, n: int, kind: str, size: int) -> PairTa
         for obj in caption.objects:
             mask |= scene.masks[obj]
         spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
-        boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for obj in caption.objects)
+        boxes = tuple(_float_box(scene.objects[obj].box) for obj in caption.objects)
         rows.append(Row(f"shapes:{split}:{i}", scene.image, caption.text, boxes, mask, spans))
     return PairTable(spec, "shapes", rows)
 
 
-def object_phrases(caption) -> list[tuple[tuple[int, int], int]]:
+def _float_box(box: tuple[int, int, int, int]) -> BoxT:
+    x, y, w, h = box
+    return float(x), float(y), float(w), float(h)
+
+
+def object_phrases(caption: Caption) -> list[tuple[tuple[int, int], int]]:
     """A shapes caption's object phrases: ((start, end) from the colour word to the shape word,
     object index), one per present object, in caption order."""
-    out, start = [], None
+    out: list[tuple[tuple[int, int], int]] = []
+    start: int | None = None
     for span in caption.spans:
         if span.role == "colour":
             start = span.start
         elif span.present:
+            if start is None:
+                raise ValueError(f"caption {caption.text!r}: the shape {span.word!r} has no colour span before it")
             out.append(((start, span.end), span.object_index))
     return out
 
@@ -161,7 +170,7 @@ def _two_object_table(spec: str, split: str, n: int, size: int) -> PairTable:
         caption = make_caption(scene, "all")
         phrases = object_phrases(caption)
         masks = tuple(scene.masks[obj].bool() for _, obj in phrases)
-        boxes = tuple(tuple(float(v) for v in scene.objects[obj].box) for _, obj in phrases)
+        boxes = tuple(_float_box(scene.objects[obj].box) for _, obj in phrases)
         spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
         rows.append(Row(f"shapes-two:{split}:{i}", scene.image, caption.text, boxes, masks[0] | masks[1], spans,
                         tuple(span for span, _ in phrases), masks))

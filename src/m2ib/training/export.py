@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from ..tokenizer import save_word_tokenizer
 from .config import config_dict
 from .data import IMAGE_MEAN, IMAGE_STD, WORDS
 from .state import RunState
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 
 def export_model(run: RunState, out_dir: Path, dev: torch.device, amp: bool, command: str | None) -> None:
@@ -86,7 +89,7 @@ def _recommended(meta_path: Path) -> dict:
         return {}
 
 
-def _save_model(model: torch.nn.Module, out_dir: Path) -> None:
+def _save_model(model: CLIPModel, out_dir: Path) -> None:
     model.eval()
     model.save_pretrained(out_dir)  # safetensors (the default of every supported transformers)
     if not (out_dir / "model.safetensors").exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +13,13 @@ from ..tokenizer import build_word_tokenizer
 from .config import TrainConfig
 from .data import WORDS
 
+if TYPE_CHECKING:  # transformers loads lazily: imported where a model is built
+    from transformers import CLIPModel
+
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on the learnt temperature
 
 
-def build_model(config: TrainConfig, tokenizer=None):
+def build_model(config: TrainConfig, tokenizer=None) -> CLIPModel:
     """A freshly initialised CLIPModel (deterministic from ``config.seed``; the caller's RNG untouched)."""
     from transformers import CLIPModel
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -13,6 +13,9 @@ from ..tokenizer import build_word_tokenizer
 from .config import TrainConfig, config_dict, config_differences
 from .data import WORDS
 from .model import build_model, lr_schedule, make_optimizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -23,7 +26,7 @@ class RunState:
     the steps done, the training seconds spent and ``history`` ([loss, batch accuracy] per step)."""
 
     config: TrainConfig
-    model: torch.nn.Module
+    model: CLIPModel
     logit_bias: torch.nn.Parameter
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -39,7 +42,9 @@ class RunState:
 
 def new_run(config: TrainConfig, dev: torch.device) -> RunState:
     """A fresh run at step 0 on ``dev`` (the model deterministic from ``config.seed``)."""
-    model = build_model(config, build_word_tokenizer(WORDS)).to(dev).train()
+    model = build_model(config, build_word_tokenizer(WORDS))
+    # In place, as Module.to is; the cast because transformers' @wraps(Module.to) types ``to`` unbound.
+    cast(torch.nn.Module, model).to(dev).train()
     logit_bias = torch.nn.Parameter(torch.tensor(float(config.logit_bias_init), device=dev))
     optimizer = make_optimizer(model, logit_bias, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config.warmup_steps, config.steps))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,6 +36,14 @@ from .style import (
     TOKEN_EDGE,
     Fonts,
 )
+
+if TYPE_CHECKING:  # matplotlib is optional: imported at run time by load_mpl only
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyBboxPatch, Rectangle
+    from matplotlib.transforms import Affine2D
 
 MISSING_MPL = "Figures need matplotlib: pip install 'm2ib[figures]'"
 
@@ -86,14 +96,14 @@ def load_mpl() -> MplNS:
 class MplNS:
     """The matplotlib classes the figures use, imported once by :func:`load_mpl`."""
 
-    Figure: object
-    FigureCanvasAgg: object
-    FontProperties: object
-    Line2D: object
-    FancyBboxPatch: object
-    Rectangle: object
-    patheffects: object
-    Affine2D: object
+    Figure: type[Figure]
+    FigureCanvasAgg: type[FigureCanvasAgg]
+    FontProperties: type[FontProperties]
+    Line2D: type[Line2D]
+    FancyBboxPatch: type[FancyBboxPatch]
+    Rectangle: type[Rectangle]
+    patheffects: types.ModuleType
+    Affine2D: type[Affine2D]
 
 
 # Coordinates below are inches from the figure's top-left corner.
@@ -253,7 +263,8 @@ def draw_colorbar(cv: Canvas, ruler: Ruler, fonts: Fonts, x, y, h, cmap: str):
 def shade(score: float) -> tuple[float, float, float]:
     """A token's background for ``score`` in [0, 1]: white to red."""
     a = MAX_ALPHA * score
-    return tuple(1.0 - (1.0 - c) * a for c in HUE)
+    r, g, b = (1.0 - (1.0 - c) * a for c in HUE)
+    return r, g, b
 
 
 def draw_tokens(cv: Canvas, fonts: Fonts, block: TokenBlock, x0, y0, scores: list[float] | None):

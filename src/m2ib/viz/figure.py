@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -66,6 +67,15 @@ from .style import (
 
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
 
+T = TypeVar("T")
+
+
+def _laid_out(value: T | None, column: str) -> T:
+    """``value``, which the layout promises wherever it placed a ``column`` column."""
+    if value is None:
+        raise RuntimeError(f"internal error: the figure layout placed a {column} column with nothing to draw in it")
+    return value
+
 
 @quiet_missing_glyphs
 def explanation_figure(
@@ -98,13 +108,15 @@ def explanation_figure(
     img = _as_image(image)
     H, W = int(img.shape[1]), int(img.shape[2])
     dpi = int(dpi)
-    toks, scores, special = [], None, set()
+    toks: list[str] = []
+    scores: list[float] | None = None
+    special: set[int] = set()
     if text_map is not None:
         toks, scores, special = _text_inputs(tokens, text_map, special_tokens)
     show_txt = len(toks) > 0
     show_map = image_map is not None
     show_img = show_map or not show_txt  # nothing else to show: the clean image alone
-    ov = overlay(img, _as_map(image_map)) if show_map else None
+    ov = overlay(img, _as_map(image_map)) if image_map is not None else None
 
     fig, canvas, ruler, fonts = _blank(mpl, dpi)
     pw, ph = panel_size(H, W, IMG_SIDE, dpi)
@@ -123,13 +135,14 @@ def explanation_figure(
             draw_image(cv, cx, body_y, pw, ph, img, boxes)
         elif kind == "overlay":
             draw_heading(cv, ruler, fonts, cx, page.head_y, cw, "image attribution")
-            draw_image(cv, cx, body_y, pw, ph, ov, boxes)
+            draw_image(cv, cx, body_y, pw, ph, _laid_out(ov, "overlay"), boxes)
         elif kind == "colorbar":
             draw_colorbar(cv, ruler, fonts, cx + CB_GAP, body_y, ph, "jet")
         else:
             draw_heading(cv, ruler, fonts, cx, page.head_y, cw, "text attribution")
-            off = (body_h - block.height) / 2 if show_img else 0.0
-            draw_tokens(cv, fonts, block, cx + (cw - block.width) / 2, body_y + off, scores)
+            tokens_block = _laid_out(block, "text")
+            off = (body_h - tokens_block.height) / 2 if show_img else 0.0
+            draw_tokens(cv, fonts, tokens_block, cx + (cw - tokens_block.width) / 2, body_y + off, scores)
     return cv.to_pil()
 
 
@@ -271,7 +284,8 @@ def _page(ruler: Ruler, fonts: Fonts, title: str | None, subtitle: str | None, r
 
 
 def _explanation_columns(ruler: Ruler, fonts: Fonts, pw: float, show_img: bool, show_map: bool,
-                         toks: list[str] | None, special: set[int]):
+                         toks: list[str] | None,
+                         special: set[int]) -> tuple[list[tuple[str, float, float]], TokenBlock | None, float]:
     """The explanation figure's columns, left to right: ([(kind, x, width)], token block or None, right end)."""
     x = MARGIN
     cols = []
@@ -379,7 +393,7 @@ def _draw_row(cv: Canvas, ruler: Ruler, fonts: Fonts, grid: _Grid, shift: float,
         else:
             draw_placeholder(cv, fonts, grid.overlay_x + shift, img_top, pw, ph, "no image attribution")
     if grid.text_x is not None:
-        block = grid.block
+        block = _laid_out(grid.block, "text")
         ty = top + (rh - block.height) / 2
         if scores is not None:
             draw_tokens(cv, fonts, block, grid.text_x + shift + (grid.text_w - block.width) / 2, ty, scores)

@@ -26,7 +26,7 @@ def content_words(interaction: Interaction) -> list[str | list[int]]:
     """The caption's words that name something (as text; tokens by position without offsets)."""
     if interaction.offsets is None:
         return [[i] for i in interaction.words]
-    words = []
+    words: list[str | list[int]] = []
     for word in interaction.text.split():
         stripped = word.strip(",.;:!?")
         if stripped and stripped.lower() not in FUNCTION_WORDS and stripped not in words:
@@ -52,7 +52,7 @@ def interaction_figure(interaction: Interaction, phrases: Sequence[str | Sequenc
     """A PIL image: one panel per phrase (default :func:`content_words`), titled with the phrase
     and the sum of its scores."""
     mpl = load_mpl()
-    chosen = list(phrases) if phrases is not None else content_words(interaction)
+    chosen: Sequence[str | Sequence[int]] = list(phrases) if phrases is not None else content_words(interaction)
     if not chosen:
         chosen = [interaction.words or list(range(len(interaction.tokens)))]
     maps = [interaction.span_map(p if isinstance(p, str) else list(p)) for p in chosen]
@@ -60,7 +60,7 @@ def interaction_figure(interaction: Interaction, phrases: Sequence[str | Sequenc
     n = len(chosen) + 1
     head = 0.5  # inches of title above the panels
     fig = mpl.Figure(figsize=(panel_inches * n, panel_inches + head), dpi=dpi)
-    mpl.FigureCanvasAgg(fig)
+    canvas = mpl.FigureCanvasAgg(fig)
     fig.text(0.5, 1 - 0.08 / (panel_inches + head), f"{interaction.text}\n{interaction.method} · {interaction.model}"
              f" · cosine {interaction.similarity:.3f} · red +, blue −, one scale ±{scale:.3g}", fontsize=8,
              ha="center", va="top")
@@ -76,9 +76,9 @@ def interaction_figure(interaction: Interaction, phrases: Sequence[str | Sequenc
         ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         label = phrase if isinstance(phrase, str) else " ".join(interaction.tokens[i] for i in phrase)
         ax.set_title(f"{label} (sum {_grid_sum(interaction, phrase):+.3g})", fontsize=8)
-    fig.canvas.draw()
-    rgba = torch.frombuffer(bytearray(fig.canvas.buffer_rgba()), dtype=torch.uint8)
-    width, height = fig.canvas.get_width_height()
+    canvas.draw()
+    rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8)
+    width, height = canvas.get_width_height()
     return to_pil(rgba.reshape(height, width, 4)[..., :3].permute(2, 0, 1).float() / 255)
 
 

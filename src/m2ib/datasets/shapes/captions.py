@@ -43,12 +43,14 @@ class Caption:
 
     def named(self) -> tuple[tuple[str, str], ...]:
         """Every (colour, shape) the caption names, in caption order."""
-        out = []
-        colour = None
+        out: list[tuple[str, str]] = []
+        colour: str | None = None
         for sp in self.spans:
             if sp.role == "colour":
                 colour = sp.word
             else:
+                if colour is None:
+                    raise ValueError(f"caption {self.text!r}: the shape {sp.word!r} has no colour span before it")
                 out.append((colour, sp.word))
                 colour = None
         return tuple(out)
