@@ -158,7 +158,8 @@ def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
     lock = threading.Lock()  # one explanation at a time on this model, whatever the queue does
     tracker = gr.Progress()
 
-    def explain_clicked(image_path, text_value, method_name, *values, progress=tracker):
+    def explain_clicked(image_path: Any, text_value: Any, method_name: str, *values: Any,
+                        progress: Any = tracker) -> list[Any]:
         by_method: dict[str, dict[str, Any]] = {}
         for (owner, field_name), value in zip(keys, values):
             by_method.setdefault(owner, {})[field_name] = value

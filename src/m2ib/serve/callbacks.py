@@ -12,12 +12,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import InputError
 from .controls import clean_settings
 from .limits import MAX_MEGAPIXELS, MAX_UPLOAD_MB, check_text, read_image
 from .render import heatmap_image, tokens_html
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("m2ib.serve")
 
@@ -89,7 +92,7 @@ def explain_pair(backend: Any, image: Any, text: Any, method: str, settings: Map
                        status)
 
 
-def _compare(backend: Any, pil: Any, text: str, settings: Mapping[str, Any], out: Path, stem: str, source: str,
+def _compare(backend: Any, pil: Image.Image, text: str, settings: Mapping[str, Any], out: Path, stem: str, source: str,
              report: Callable, started: float, methods: Mapping[str, Any]) -> PairOutputs:
     """Every method in turn on one pair: one Comparison (a failing method is an empty row)."""
     from ..api import compare

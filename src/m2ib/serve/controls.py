@@ -105,7 +105,7 @@ def setting_control(gr, spec: SettingSpec):
     """The Gradio component of one setting (``field.control`` says which)."""
     control = spec.field.control
     common = {"label": spec.name, "info": spec.help, "elem_id": spec.elem_id, "interactive": True, "min_width": 180}
-    if control == "choice":
+    if control == "choice" and spec.choices is not None:
         return gr.Dropdown(**accepted(gr.Dropdown, choices=list(spec.choices), value=spec.value, **common))
     if control == "checkbox":
         return gr.Checkbox(**accepted(gr.Checkbox, value=bool(spec.value), **common))
@@ -121,7 +121,8 @@ def name_api_parameters(fn: Callable, keys: Sequence[tuple[str, str]], tracker: 
     """Give a button's callback the signature Gradio's API shows: image, text, method, then one
     parameter per setting (``m2ib_steps``, ``exclip_text_layer``, ...), not param_3, param_4, ..."""
     P = inspect.Parameter
-    fn.__signature__ = inspect.Signature(
+    # What inspect.signature reads; through __dict__, as typeshed declares no __signature__ on functions.
+    fn.__dict__["__signature__"] = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
         + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
         + [P("progress", P.KEYWORD_ONLY, default=tracker)])

@@ -210,12 +210,13 @@ def render_view(interaction: Any, view: View) -> InteractionView:
     pil = _enlarged(picture, picture_scale(interaction), view)
     texts = _word_texts(interaction)
     caption = [(texts[k], SELECTED if i in view.selected else None) for k, i in enumerate(words)]
-    box_scores = None if view.box is None else interaction.region_scores(view.box)
-    if box_scores is None:
+    box_scores: torch.Tensor | None = None
+    if view.box is None:
         hint = ("corner 1 set: click the opposite corner" if view.corner is not None
                 else "click two opposite corners of a box on the image")
         scores = signed_tokens_html([], [], f"The words' scores for a region: {hint}.")
     else:
+        box_scores = interaction.region_scores(view.box)
         x, y, w, h = view.box
         rest = float(box_scores.sum() - box_scores[words].sum()) if words else float(box_scores.sum())
         scores = signed_tokens_html([t.strip() for t in texts], [float(box_scores[i]) for i in words],
@@ -232,7 +233,7 @@ def _enlarged(picture: torch.Tensor, scale: int, view: View):
     from ..viz.overlay import to_pil
 
     pil = to_pil(picture.clamp(0, 1))
-    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(pil)
     if view.box is not None:
         x, y, w, h = view.box

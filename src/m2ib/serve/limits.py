@@ -6,9 +6,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("m2ib.serve")
 
@@ -18,7 +21,8 @@ MAX_TEXT_CHARS = 10_000  # longer texts are refused (the models read 77 tokens o
 KEEP_OUTPUTS_S = 3600  # a request's output files are deleted after an hour
 
 
-def read_image(image: Any, max_bytes: float = MAX_UPLOAD_MB * 1e6, max_pixels: float = MAX_MEGAPIXELS * 1e6):
+def read_image(image: Any, max_bytes: float = MAX_UPLOAD_MB * 1e6,
+               max_pixels: float = MAX_MEGAPIXELS * 1e6) -> Image.Image:
     """An uploaded image as an RGB PIL image, or an :class:`InputError` that a person can act on.
 
     ``image`` is a file path (what the page uploads) or a PIL image. Files over ``max_bytes``

@@ -22,7 +22,7 @@ def heatmap_image(exp: Any):
 
 def tokens_html(tokens: Sequence[str], scores: Sequence[float] | None, special: Sequence[int] = ()) -> str:
     """Tokens as HTML chips shaded white -> red by score (as in the figures); start/end tokens in grey."""
-    special = {int(i) % max(1, len(tokens)) for i in special}
+    special_set = {int(i) % max(1, len(tokens)) for i in special}
     note = ('<div id="{0}-tokens-list" class="{0}-tokens {0}-none" style="opacity:0.7;font-style:italic;'
             'padding:8px 2px">{1}</div>')
     if scores is None:
@@ -32,7 +32,7 @@ def tokens_html(tokens: Sequence[str], scores: Sequence[float] | None, special: 
     chips = []
     for i, token in enumerate(tokens):
         text = html.escape(str(token))
-        if i in special:
+        if i in special_set:
             chips.append(f'<span class="{ELEM}-tok {ELEM}-special" data-index="{i}" style="display:inline-flex;'
                          'flex-direction:column;align-items:center;margin:3px 2px;padding:5px 3px;color:#888;'
                          f'font-style:italic;font-size:0.85em;vertical-align:top">{text}</span>')
