@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..datasets.tables import Row, PairTable
+from ..datasets.tables import PairTable, Row
 from ..errors import InputError
 from ..evaluation.pairs import readable_rows
 from ..evaluation.runner import Clock, batches, pending
