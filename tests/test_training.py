@@ -205,7 +205,10 @@ def training_fingerprint(out_dir: Path) -> dict:
     }
 
 
-def _close(a, b, rel=1e-6, scale=None) -> bool:
+# 1e-5: float32 rounding differs across CPUs; the unchanged tree gives up to 1.2e-6 (a q_proj bias's sum,
+# relative to its absolute sum) on the 2-core Xeon of 2026-12, where 1e-6 failed. A real change to the
+# recipe (another seed, step, loss or learning rate) moves these sums by far more than 1e-3.
+def _close(a, b, rel=1e-5, scale=None) -> bool:
     return abs(a - b) <= rel * (abs(a) if scale is None else scale) + 1e-12
 
 
