@@ -13,16 +13,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "m2ib"
 LAYERS = [
     ("errors", "version"),
     ("fileio", "settings", "tokenizer", "maps", "registry"),
-    ("inputs", "models", "datasets"),
+    ("inputs", "models", "datasets", "results"),
     ("preflight", "backends", "training"),
     ("viz",),
     ("explanation",),
     ("methods",),
     ("comparison",),
     ("api",),
-    ("metrics", "pairs"),
+    ("metrics",),
     ("interactions",),  # word-region interactions: below evaluation, which measures them (grounding)
-    ("evaluation",),
+    ("evaluation", "pairs"),  # pairs: the explain pipeline over both kinds of method
     ("auditing", "serve"),
     ("cli",),
     ("m2ib", "__main__"),  # the package's namespace and `python -m m2ib`

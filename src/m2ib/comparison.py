@@ -1,21 +1,20 @@
-"""Comparison: one image-text pair explained by several methods, with save()."""
+"""Comparison: one image-text pair explained by several methods (a :class:`m2ib.results.Result`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .errors import InputError
-from .explanation import Explanation, save_figure, save_json, save_npz
+from .explanation import Explanation
+from .results import Result, short
 
 
-@dataclass
-class Comparison:
+@dataclass(repr=False)
+class Comparison(Result):
     """The Explanations of one pair by several methods, in the order compared.
 
     ``failures`` holds the methods that failed on the pair (a one-line reason each): they get an
@@ -25,6 +24,8 @@ class Comparison:
     methods: list[str]  # every method compared, in row order
     explanations: dict[str, Explanation]  # by method name: those that succeeded
     failures: dict[str, str] = field(default_factory=dict)  # by method name: why it failed
+
+    default_stem: ClassVar[str] = "comparison"
 
     def __post_init__(self) -> None:
         if not self.explanations:
@@ -38,6 +39,10 @@ class Comparison:
     def first(self) -> Explanation:
         """The first method's explanation (its image, tokens and similarity are the pair's)."""
         return next(iter(self.explanations.values()))
+
+    def summary(self) -> str:
+        failed = f"; failed: {', '.join(self.failures)}" if self.failures else ""
+        return f"{', '.join(self.methods)} of {short(self.first.text)!r} ({self.first.model}{failed})"
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready: the pair, then each method's settings and scores."""
@@ -71,19 +76,3 @@ class Comparison:
         words, _, special = first.display_words()
         return comparison_figure(first.image, rows, words, title=first.text,
                                  special_tokens=special, boxes=list(boxes) if boxes else None)
-
-    def save(self, directory: str | os.PathLike, stem: str = "comparison", figure: bool | None = None,
-             boxes: Sequence[tuple[float, float, float, float]] | None = None) -> dict[str, Path]:
-        """Write ``STEM.png`` (a row per method), ``STEM.npz`` (``METHOD/image_map`` ...) and
-        ``STEM.json`` (each method's settings and scores), each atomically.
-
-        ``figure`` as in :meth:`Explanation.save`: None writes it when matplotlib is installed.
-        """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays()),
-                 "json": save_json(out / f"{stem}.json", self.to_dict())}
-        png = save_figure(out / f"{stem}.png", lambda: self.figure(boxes), figure)
-        if png is not None:
-            paths["png"] = png
-        return paths

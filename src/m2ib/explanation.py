@@ -1,24 +1,20 @@
-"""Explanation: the result of explaining one image-text pair, as tensors, with save()."""
+"""Explanation: the result of explaining one image-text pair, as tensors (a :class:`m2ib.results.Result`:
+arrays, to_dict, figure, save)."""
 
 from __future__ import annotations
 
-import json
-import os
-import warnings
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .fileio import atomic_write
 from .maps import minmax
+from .results import Result, short
 
 
-@dataclass
-class Explanation:
+@dataclass(repr=False)
+class Explanation(Result):
     """Attribution maps of one image-text pair.
 
     Maps are CPU float tensors. ``image_map`` is at the model's input resolution and
@@ -41,6 +37,12 @@ class Explanation:
     model: str = ""  # the model's name
     image_source: str = ""  # path of the image, or a description
     info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers (e.g. final loss)
+
+    default_stem: ClassVar[str] = "explanation"
+
+    def summary(self) -> str:
+        sides = [side for side, m in (("image", self.image_map), ("text", self.text_map)) if m is not None]
+        return f"{self.method} of {short(self.text)!r} ({'+'.join(sides) or 'no side'}; {self.model})"
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready."""
@@ -110,23 +112,6 @@ class Explanation:
         shaded[words] = minmax(raw[words][None])[0]
         return shaded
 
-    def save(self, directory: str | os.PathLike, stem: str = "explanation", figure: bool | None = None,
-             boxes: list[tuple[float, float, float, float]] | None = None) -> dict[str, Path]:
-        """Write ``STEM.png`` (figure), ``STEM.npz`` (maps) and ``STEM.json`` (settings, scores).
-
-        Each file is written to a temporary name and renamed, so a crash never leaves a
-        half-written file. ``figure=None`` writes the figure when matplotlib is installed
-        (``pip install 'm2ib[figures]'``) and warns otherwise; ``True`` requires it.
-        """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays()),
-                 "json": save_json(out / f"{stem}.json", self.to_dict())}
-        png = save_figure(out / f"{stem}.png", lambda: self.figure(boxes), figure)
-        if png is not None:
-            paths["png"] = png
-        return paths
-
     def tensors(self) -> dict[str, torch.Tensor | None]:
         """The maps by the names ``save`` writes them under (None: not explained)."""
         return {"image": self.image, "image_map": self.image_map, "text_map": self.text_map,
@@ -136,46 +121,3 @@ class Explanation:
     def arrays(self) -> dict[str, np.ndarray]:
         """The maps that exist, as numpy arrays (the contents of ``STEM.npz``)."""
         return {k: v.numpy() for k, v in self.tensors().items() if v is not None}
-
-
-# ----------------------------------------------------------------------------------------------
-# Save helpers (also used by m2ib.comparison): atomic, so a crash never leaves half a file.
-# ----------------------------------------------------------------------------------------------
-def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write ``arrays`` as a compressed ``.npz``."""
-    return atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
-
-
-def save_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON; tensors and numpy numbers become lists and numbers."""
-    text = json.dumps(data, indent=2, default=jsonable)
-    return atomic_write(Path(path), lambda f: f.write(text.encode()))
-
-
-def save_figure(path: str | os.PathLike, draw: Callable[[], Any], figure: bool | None = None) -> Path | None:
-    """Write the PIL image ``draw()`` returns as a PNG.
-
-    ``figure=False`` writes nothing; ``None`` warns and writes nothing when matplotlib is
-    missing; ``True`` lets the ImportError through. Returns the path written, or None.
-    """
-    if figure is False:
-        return None
-    try:
-        picture = draw()
-    except ImportError:
-        if figure:
-            raise
-        warnings.warn("figure not written: install matplotlib (pip install 'm2ib[figures]')", stacklevel=3)
-        return None
-    return atomic_write(Path(path), lambda f: picture.save(f, format="PNG"))
-
-
-def jsonable(value: Any) -> Any:
-    """``json.dumps``'s ``default``: tensors to lists, numpy numbers to numbers, the rest to text."""
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)

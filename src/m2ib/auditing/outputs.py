@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..explanation import save_npz
+from ..results import save_npz
 from ..fileio import atomic_write_text
 from .aggregate import Summary
 

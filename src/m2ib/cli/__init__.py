@@ -1,8 +1,8 @@
 """The ``m2ib`` command (also ``python -m m2ib``): argument parsing and dispatch.
 
 Each subcommand is one module holding its parser and its handler (the checks that need no model,
-then the room's logic): :mod:`.explain` (over :mod:`m2ib.pairs`, or :mod:`.interact` for an
-interaction method), :mod:`.evaluate` (:mod:`m2ib.evaluation`), :mod:`.audit` (:mod:`m2ib.auditing`)
+then the room's logic): :mod:`.explain` (over :mod:`m2ib.pairs`, for both kinds of method),
+:mod:`.evaluate` (:mod:`m2ib.evaluation`), :mod:`.audit` (:mod:`m2ib.auditing`)
 and :mod:`.serve` (:mod:`m2ib.serve`, its own parser); ``train-shapes`` has its own parser in
 :mod:`m2ib.training`. Method settings become flags through :mod:`m2ib.settings`, so a setting is
 declared once, with its help text, in its method's file.

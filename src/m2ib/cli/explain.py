@@ -1,5 +1,12 @@
-"""``m2ib explain``: its parser and the checks that need no model, then :mod:`m2ib.pairs` (first-order
-methods) or :mod:`.interact` (an interaction method)."""
+"""``m2ib explain``: its parser and the checks that need no model, then :mod:`m2ib.pairs` (one pipeline
+for first-order and interaction methods).
+
+Every flag works for every method or is refused in one line before the model loads. An interaction
+method (exCLIP, FIxLIP, ...) explains one pair at a time, both sides at once, and has no target:
+``--negative``, ``--modalities`` other than image,text and ``--batch-size`` are refused for it;
+``--box`` is drawn on each of its panels. A first-order method that has no target (attention
+rollout) refuses ``--negative``, and one that cannot explain a side refuses ``--modalities`` naming it.
+"""
 
 from __future__ import annotations
 
@@ -36,14 +43,18 @@ def add_explain(sub) -> None:
                     "every side the method can explain)")
     ex.add_argument("--negative", action="append", default=[], metavar="TEXT",
                     help="a text to tell the pair apart from (repeatable): the target becomes the margin of the "
-                    "image's similarity to TEXT over its mean similarity to the negatives (off by default)")
+                    "image's similarity to TEXT over its mean similarity to the negatives (off by default; with "
+                    "several methods, those that have a target use it; refused for methods without one)")
     ex.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    ex.add_argument("--batch-size", type=int, default=16, help="pairs fitted together (default: 16)")
+    ex.add_argument("--batch-size", type=int, default=None, help="pairs fitted together (default: 16; first-order "
+                    "methods only: an interaction method explains one pair at a time)")
     ex.add_argument("--box", action="append", default=[], metavar="X,Y,W,H",
                     help="draw a box on the figure, in the original image's pixels (repeatable)")
     ex.add_argument("--no-figure", action="store_true", help="write maps and JSON only")
-    ex.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs exist (else skipped)")
+    ex.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs exist (else a pair done by "
+                    "the same command is skipped, and one made with another text, image, method, setting or model "
+                    "is refused)")
     add_setting_flags(ex, {**REGISTRY, **interactions()})
 
 
@@ -57,55 +68,95 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
+def _methods(text: str) -> tuple[list[str], bool]:
+    """The methods ``--method`` names, and whether it is an interaction method (which runs alone)."""
+    from ..methods import REGISTRY
+
+    names = [n.strip() for n in text.split(",")]
+    found = [n for n in names if n in interactions()]
+    if found and len(names) > 1:
+        raise InputError(f"--method {text}: an interaction method ({found[0]}) runs alone; give it without others")
+    if found:
+        return found, True
+    return REGISTRY.select(text, "--method"), False
+
+
 def _method_settings(methods: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each method's share of the setting flags, checked now (before any model is loaded)."""
+    """Each method's share of the setting flags, checked now (before any model is loaded); a flag
+    of a method not chosen is refused, not ignored."""
     from ..methods import REGISTRY
     from ..settings import given_settings, settings_per_method
 
-    per_method = settings_per_method(methods, given_settings(args, REGISTRY), REGISTRY)
+    registry = {**REGISTRY, **interactions()}
+    per_method = settings_per_method(methods, given_settings(args, registry), registry)
     for method, values in per_method.items():
-        REGISTRY[method]().make_settings(None, **values)  # unknown names and bad ranges: one line, exit 2
+        registry[method]().make_settings(None, **values)  # unknown names and bad ranges: one line, exit 2
     return per_method
+
+
+def _check_flags(methods: list[str], interaction: bool, args: argparse.Namespace,
+                 modalities: tuple[str, ...] | None) -> None:
+    """Refuse, in one line, a flag the chosen method(s) would ignore."""
+    from ..methods import REGISTRY
+
+    if interaction:
+        name = methods[0]
+        if args.negative:
+            raise InputError(f"--negative: {name} is an interaction method and has no target to contrast; "
+                             "drop --negative")
+        if modalities is not None and set(modalities) != {"image", "text"}:
+            raise InputError(f"--modalities {args.modalities}: {name} explains image and text together; "
+                             "drop --modalities")
+        if args.batch_size is not None:
+            raise InputError(f"--batch-size: {name} explains one pair at a time (its settings size its own "
+                             "batches); drop --batch-size")
+        return
+    classes = [REGISTRY[m] for m in methods]
+    if args.negative and not any(c.uses_target for c in classes):
+        raise InputError(f"--negative: {', '.join(methods)} {'has' if len(methods) == 1 else 'have'} no target "
+                         "(the map does not depend on the text compared with); drop --negative")
+    if modalities is not None and not any(set(modalities) & set(c.modalities) for c in classes):
+        raise InputError(f"--modalities {args.modalities}: {', '.join(methods)} cannot explain the "
+                         f"{' and '.join(modalities)} side")
+    if modalities is not None and len(methods) == 1 and not set(modalities) <= set(classes[0].modalities):
+        raise InputError(f"--modalities {args.modalities}: {methods[0]} explains only the "
+                         f"{' and '.join(classes[0].modalities)} side; use --modalities "
+                         f"{','.join(classes[0].modalities)}")
 
 
 def run_explain(args: argparse.Namespace) -> int:
     from .. import preflight
     from ..api import load
-    from ..methods import REGISTRY as METHODS
-    from ..pairs import PairsJob, explain_pairs, output_stem, read_pairs
+    from ..pairs import PairRows, PairsJob, explain_pairs, read_pairs, stems_of
 
-    if args.method.strip() in interactions():  # word-region interactions (m2ib.interactions)
-        from ..methods import REGISTRY
-        from .interact import explain_interaction
-
-        outcome, total = explain_interaction(args, {**REGISTRY, **interactions()})
-        return _explained(outcome, total, args.out)
     # Everything that can be checked without the model is checked first (a load takes seconds).
-    methods = METHODS.select(args.method, "--method")
+    methods, interaction = _methods(args.method)
     settings = _method_settings(methods, args)
     modalities = _modalities(args.modalities)
+    _check_flags(methods, interaction, args, modalities)
+    boxes = [_parse_box(b) for b in args.box]
     if args.pairs is not None:
         if args.image or args.text:
             raise InputError("give IMAGE TEXT or --pairs FILE, not both")
-        pairs = read_pairs(args.pairs)
-        stems = [output_stem(i, image) for i, (image, _) in enumerate(pairs)]
+        rows = read_pairs(args.pairs)
     else:
         if args.image is None or args.text is None:
             raise InputError("give an IMAGE and a TEXT (or --pairs FILE); see m2ib explain --help")
         preflight.check_text(args.text)
         preflight.check_image_files([args.image])
-        pairs = [(args.image, args.text)]
-        stems = [output_stem(None, args.image)]
+        rows = PairRows([(args.image, args.text)])
     for negative in args.negative:
         preflight.check_text(negative, "--negative")
     preflight.check_device(args.device)
     preflight.check_positive(args.batch_size, "--batch-size")
-    job = PairsJob(methods=methods, settings=settings, out=args.out, modalities=modalities,
-                   negatives=list(args.negative) or None, boxes=[_parse_box(b) for b in args.box],
-                   figure=not args.no_figure, overwrite=args.overwrite, batch_size=args.batch_size)
-    preflight.prepare_output_dir(args.out)
-    outcome = explain_pairs(load(args.model, device=args.device), pairs, stems, job)
-    return _explained(outcome, len(pairs), args.out)
+    job = PairsJob(methods=methods, settings=settings, out=args.out, model=str(args.model), interaction=interaction,
+                   modalities=modalities, negatives=list(args.negative) or None, boxes=boxes,
+                   figure=not args.no_figure, overwrite=args.overwrite,
+                   batch_size=16 if args.batch_size is None else args.batch_size,
+                   inputs=() if args.pairs is None else (args.pairs,))
+    outcome = explain_pairs(lambda: load(args.model, device=args.device), rows,
+                            stems_of(rows, job, numbered=args.pairs is not None), job)
+    return _explained(outcome, len(rows.pairs), args.out)
 
 
 def _explained(outcome: Any, total: int, out: Path) -> int:

@@ -8,7 +8,6 @@ by default they are the matrix's ``span_map``s, and a method that has no matrix 
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -18,26 +17,15 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, TextBatch
 from ..errors import InputError
-from ..methods.base import Settings
+from ..methods.base import Configurable, Settings
 from ..registry import Registry
 from .result import Interaction
 
-class InteractionMethod(ABC):
-    """Base class: ``interact`` one pair; ``phrase_maps`` of spans of its text."""
+class InteractionMethod(Configurable, ABC):
+    """Base class: ``interact`` one pair; ``phrase_maps`` of spans of its text. Its settings are
+    made as a first-order method's (:meth:`m2ib.methods.base.Configurable.make_settings`)."""
 
-    name: ClassVar[str]
-    title: ClassVar[str]
-    paper: ClassVar[str] = ""
-    Settings: ClassVar[type[Settings]] = Settings
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # both sides at once: token x patch
-
-    def make_settings(self, **overrides: Any) -> Settings:
-        names = {f.name for f in dataclasses.fields(self.Settings)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise InputError(f"unknown setting(s) for {self.name}: {', '.join(unknown)}; "
-                             f"valid: {', '.join(sorted(names))}")
-        return self.Settings(**{k: v for k, v in overrides.items() if v is not None})
 
     @abstractmethod
     def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: Settings) -> Interaction:

@@ -13,20 +13,24 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..explanation import save_figure, save_json, save_npz
+from ..results import Result, short
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) in the model's input pixels
 
 
-@dataclass
-class Interaction:
+#: Words the default figure leaves out: they name nothing in the image.
+FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "of", "with", "in", "on", ",", "."})
+
+
+@dataclass(repr=False)
+class Interaction(Result):
     """Token x patch interaction scores of one pair (CPU float tensors)."""
 
     text: str  # the text as given
@@ -41,6 +45,8 @@ class Interaction:
     model: str = ""
     image_source: str = ""
     info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers (e.g. completeness terms)
+
+    default_stem: ClassVar[str] = "interaction"
 
     def __post_init__(self) -> None:
         if self.matrix.ndim != 3 or self.matrix.shape[0] != len(self.tokens):
@@ -123,24 +129,37 @@ class Interaction:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"matrix": self.matrix.numpy(), "image": self.image.numpy()}
 
-    def figure(self, phrases: Sequence[str | Sequence[int]] | None = None):
-        """The PIL figure: one image panel per phrase (default: per word). Needs matplotlib."""
+    def content_words(self) -> list[str | list[int]]:
+        """The caption's words that name something (as text; tokens by position without offsets):
+        the default panels of :meth:`figure`."""
+        if self.offsets is None:
+            return [[i] for i in self.words]
+        words: list[str | list[int]] = []
+        for word in self.text.split():
+            stripped = word.strip(",.;:!?")
+            if stripped and stripped.lower() not in FUNCTION_WORDS and stripped not in words:
+                words.append(stripped)
+        return words
+
+    def figure(self, boxes: list[Box] | None = None, phrases: Sequence[str | Sequence[int]] | None = None):
+        """The PIL figure: one image panel per phrase (default: :meth:`content_words`), each titled
+        with the sum of its scores; ``boxes`` (x, y, w, h, input pixels) on every panel. Needs matplotlib."""
         from ..viz.interaction import interaction_figure
 
-        return interaction_figure(self, phrases)
+        chosen = list(phrases) if phrases is not None else self.content_words()
+        if not chosen:
+            chosen = [self.words or list(range(len(self.tokens)))]
+        panels = []
+        for phrase in chosen:
+            selection = phrase if isinstance(phrase, str) else list(phrase)
+            label = phrase if isinstance(phrase, str) else " ".join(self.tokens[i] for i in phrase)
+            panels.append((f"{label} (sum {float(self.span_grid(selection).sum()):+.3g})", self.span_map(selection)))
+        return interaction_figure(self.image, panels, self.text,
+                                  f"{self.method} · {self.model} · cosine {self.similarity:.3f}", boxes)
 
-    def save(self, directory: str | os.PathLike, stem: str = "interaction", figure: bool | None = None,
-             phrases: Sequence[str | Sequence[int]] | None = None) -> dict[str, Path]:
-        """Write ``STEM.npz`` (matrix, image), ``STEM.json`` (tokens, settings) and ``STEM.png``,
-        each atomically (see :meth:`m2ib.Explanation.save` for ``figure``)."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays()),
-                 "json": save_json(out / f"{stem}.json", self.to_dict())}
-        png = save_figure(out / f"{stem}.png", lambda: self.figure(phrases), figure)
-        if png is not None:
-            paths["png"] = png
-        return paths
+    def summary(self) -> str:
+        rows, cols = self.matrix.shape[1:]
+        return f"{self.method} of {short(self.text)!r} ({len(self.tokens)} tokens x {rows}x{cols} patches; {self.model})"
 
 
 def load_interaction(stem: str | os.PathLike) -> Interaction:

@@ -141,15 +141,14 @@ class RawScores:
     info: list[dict[str, Any]] = field(default_factory=list)  # per pair, JSON-ready numbers
 
 
-class Method(ABC):
-    """Base class: shared steps around one ``attribute`` hook."""
+class Configurable:
+    """What every method has, first-order or interaction (:class:`m2ib.interactions.InteractionMethod`):
+    a name, a title, a paper, its ``Settings`` and :meth:`make_settings`."""
 
     name: ClassVar[str]  # registry key and CLI choice
     title: ClassVar[str]  # display name
     paper: ClassVar[str] = ""  # link to the paper
     Settings: ClassVar[type[Settings]] = Settings
-    modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
-    uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
 
     def make_settings(self, backend: Backend | None = None, **overrides: Any) -> Settings:
         """Defaults, then the model's recommended values for this method, then ``overrides``."""
@@ -163,6 +162,13 @@ class Method(ABC):
             values.update({k: v for k, v in backend.recommended.get(self.name, {}).items() if k in names})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return self.Settings(**values)
+
+
+class Method(Configurable, ABC):
+    """Base class: shared steps around one ``attribute`` hook."""
+
+    modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
+    uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
 
     def resolved(self, backend: Backend, settings: Settings) -> Settings:
         """Settings with model-dependent defaults filled in (e.g. ``None`` layers). Hook."""

@@ -269,9 +269,7 @@ def _word_scale(interaction: Any) -> float:
 
 
 def _first_content_word(interaction: Any) -> tuple[int, ...]:
-    from ..viz.interaction import content_words
-
-    words = content_words(interaction)
+    words = interaction.content_words()
     if not words:
         return tuple(interaction.words[:1])
     first = words[0]
