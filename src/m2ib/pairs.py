@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend, Modality
-from .errors import InputError
 from .comparison import Comparison
+from .errors import InputError
 from .results import SUFFIXES, Result, jsonable
 
 Box = tuple[float, float, float, float]

@@ -21,6 +21,7 @@ from ..methods.base import Configurable, Settings
 from ..registry import Registry
 from .result import Interaction
 
+
 class InteractionMethod(Configurable, ABC):
     """Base class: ``interact`` one pair; ``phrase_maps`` of spans of its text. Its settings are
     made as a first-order method's (:meth:`m2ib.methods.base.Configurable.make_settings`)."""
