@@ -146,7 +146,7 @@ class Interaction(Result):
         with the sum of its scores; ``boxes`` (x, y, w, h, input pixels) on every panel. Needs matplotlib."""
         from ..viz.interaction import interaction_figure
 
-        chosen = list(phrases) if phrases is not None else self.content_words()
+        chosen: list[str | Sequence[int]] = list(phrases if phrases is not None else self.content_words())
         if not chosen:
             chosen = [self.words or list(range(len(self.tokens)))]
         panels = []
