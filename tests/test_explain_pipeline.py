@@ -123,12 +123,13 @@ REFUSED = [
     (["--method", "rollout", "--negative", "a cat"], "--negative"),
     (["--method", "rise", "--modalities", "text"], "--modalities"),
     (["--method", "gradcam", "--steps", "3"], "steps"),
+    (["--method", "gradcam", "--box", "1,1,5,5", "--no-figure"], "--box"),
 ]
 
 
 @pytest.mark.parametrize("flags,named", REFUSED)
 def test_a_flag_a_method_would_ignore_is_refused_before_the_model_loads(folder, capsys, monkeypatch, flags, named):
-    monkeypatch.setattr(m2ib.api, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("m2ib.api.load", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["explain", str(folder / "red.png"), "a red circle", *MODEL, *flags,
                  "--out", str(folder / "o")]) == 2
     assert named in _one_line_error(capsys)
@@ -281,7 +282,7 @@ def test_a_pairs_file_with_a_bom_header_runs(folder):
                                            ("image,text,label\nred.png,a red circle,1\n", "'label'"),
                                            ("image,image\nred.png,red.png\n", "repeated")])
 def test_an_unknown_header_or_column_is_refused_naming_it(folder, capsys, monkeypatch, content, named):
-    monkeypatch.setattr(m2ib.api, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("m2ib.api.load", lambda *a, **k: pytest.fail("the model was loaded"))
     (folder / "pairs.csv").write_text(content)
     assert main(["explain", "--pairs", str(folder / "pairs.csv"), *MODEL, "--out", str(folder / "o")]) == 2
     assert named in _one_line_error(capsys) and not (folder / "o").exists()

@@ -99,6 +99,8 @@ def _check_flags(methods: list[str], interaction: bool, args: argparse.Namespace
     """Refuse, in one line, a flag the chosen method(s) would ignore."""
     from ..methods import REGISTRY
 
+    if args.box and args.no_figure:
+        raise InputError("--box is drawn on the figure, and --no-figure writes none: drop one of them")
     if interaction:
         name = methods[0]
         if args.negative:
