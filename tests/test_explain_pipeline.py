@@ -130,16 +130,32 @@ REFUSED = [
 @pytest.mark.parametrize("flags,named", REFUSED)
 def test_a_flag_a_method_would_ignore_is_refused_before_the_model_loads(folder, capsys, monkeypatch, flags, named):
     monkeypatch.setattr("m2ib.api.load", lambda *a, **k: pytest.fail("the model was loaded"))
-    assert main(["explain", str(folder / "red.png"), "a red circle", *MODEL, *flags,
-                 "--out", str(folder / "o")]) == 2
+    assert main(["explain", str(folder / "red.png"), "a red circle", *MODEL, *flags, "--out", str(folder / "o")]) == 2
     assert named in _one_line_error(capsys)
     assert not (folder / "o").exists()
 
 
 def test_an_interaction_method_runs_through_the_one_pipeline_with_boxes(folder, tiny):
     out = folder / "o"
-    assert main(["explain", str(folder / "red.png"), "a red circle", *MODEL, "--method", "exclip", "--steps", "2",
-                 "--box", "0,0,20,20", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(folder / "red.png"),
+                "a red circle",
+                *MODEL,
+                "--method",
+                "exclip",
+                "--steps",
+                "2",
+                "--box",
+                "0,0,20,20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "red_exclip.json").read_text())
     assert record["request"]["boxes"] == [[0, 0, 20, 20]] and record["files"] == ["red_exclip.npz", "red_exclip.png"]
     plain = interact(tiny, folder / "red.png", "a red circle", method="exclip", steps=2)
@@ -176,9 +192,12 @@ def test_a_rerun_with_other_inputs_is_refused_and_the_same_rerun_skips(folder, c
     assert main(base) == 0
     capsys.readouterr()
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    changed = [(["explain", str(folder / "red.png"), "a yellow circle", *base[3:]], "text 'a red circle'"),
-               ([*base, "--text-layer", "1"], "settings"), ([*base[:6], "saliency", *base[7:]], "methods"),
-               ([*base, "--box", "1,1,5,5"], "boxes")]
+    changed = [
+        (["explain", str(folder / "red.png"), "a yellow circle", *base[3:]], "text 'a red circle'"),
+        ([*base, "--text-layer", "1"], "settings"),
+        ([*base[:6], "saliency", *base[7:]], "methods"),
+        ([*base, "--box", "1,1,5,5"], "boxes"),
+    ]
     for argv, named in changed:
         assert main(argv) == 2
         err = _one_line_error(capsys)
@@ -238,14 +257,30 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.slow
 def test_kill_9_during_pairs_then_rerun_equals_an_uninterrupted_run(folder):
-    rows = "".join(f"{'red' if k % 2 else 'blue'}.png,a {'red' if k % 2 else 'blue'} shape number {k}\n"
-                   for k in range(6))
+    rows = "".join(
+        f"{'red' if k % 2 else 'blue'}.png,a {'red' if k % 2 else 'blue'} shape number {k}\n" for k in range(6)
+    )
     (folder / "pairs.csv").write_text("image,text\n" + rows)
     env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "m2ib", "explain", "--pairs", str(folder / "pairs.csv"), *MODEL, "--method",
-                "m2ib", "--steps", "3", "--batch-size", "1", "--out", str(out)]
+        return [
+            sys.executable,
+            "-m",
+            "m2ib",
+            "explain",
+            "--pairs",
+            str(folder / "pairs.csv"),
+            *MODEL,
+            "--method",
+            "m2ib",
+            "--steps",
+            "3",
+            "--batch-size",
+            "1",
+            "--out",
+            str(out),
+        ]
 
     whole = folder / "whole"
     subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=300)
@@ -255,12 +290,12 @@ def test_kill_9_during_pairs_then_rerun_equals_an_uninterrupted_run(folder):
         out = folder / f"killed{attempt}"
         proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.npz"))[attempt // 2:]:
+        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.npz"))[attempt // 2 :]:
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         done = len(list(out.glob("*.json"))) if out.exists() else 0
-        if proc.returncode == -signal.SIGKILL and 0 < len(list(out.glob("*"))) and done < 6:
+        if proc.returncode == -signal.SIGKILL and len(list(out.glob("*"))) > 0 and done < 6:
             break
     else:
         pytest.fail("no kill landed mid-run in 6 tries")
@@ -273,14 +308,33 @@ def test_kill_9_during_pairs_then_rerun_equals_an_uninterrupted_run(folder):
 # --- 4. pairs files ----------------------------------------------------------------------------
 def test_a_pairs_file_with_a_bom_header_runs(folder):
     (folder / "pairs.csv").write_bytes("\ufeffimage,text\nred.png,a red circle\n".encode("utf-8"))
-    assert main(["explain", "--pairs", str(folder / "pairs.csv"), *MODEL, "--method", "gradcam", "--no-figure",
-                 "--out", str(folder / "o")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--pairs",
+                str(folder / "pairs.csv"),
+                *MODEL,
+                "--method",
+                "gradcam",
+                "--no-figure",
+                "--out",
+                str(folder / "o"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (folder / "o").iterdir()) == ["00001_red.json", "00001_red.npz"]
 
 
-@pytest.mark.parametrize("content,named", [("photo,description\nred.png,a red circle\n", "'photo'"),
-                                           ("image,text,label\nred.png,a red circle,1\n", "'label'"),
-                                           ("image,image\nred.png,red.png\n", "repeated")])
+@pytest.mark.parametrize(
+    "content,named",
+    [
+        ("photo,description\nred.png,a red circle\n", "'photo'"),
+        ("image,text,label\nred.png,a red circle,1\n", "'label'"),
+        ("image,image\nred.png,red.png\n", "repeated"),
+    ],
+)
 def test_an_unknown_header_or_column_is_refused_naming_it(folder, capsys, monkeypatch, content, named):
     monkeypatch.setattr("m2ib.api.load", lambda *a, **k: pytest.fail("the model was loaded"))
     (folder / "pairs.csv").write_text(content)
@@ -290,8 +344,22 @@ def test_an_unknown_header_or_column_is_refused_naming_it(folder, capsys, monkey
 
 def test_bad_rows_are_skipped_by_number_and_the_others_run(folder, capsys):
     (folder / "pairs.csv").write_text("image,text\nred.png,\nblue.png,a blue square\nred.png,a,b\n,a dot\n")
-    assert main(["explain", "--pairs", str(folder / "pairs.csv"), *MODEL, "--method", "gradcam", "--no-figure",
-                 "--out", str(folder / "o")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                "--pairs",
+                str(folder / "pairs.csv"),
+                *MODEL,
+                "--method",
+                "gradcam",
+                "--no-figure",
+                "--out",
+                str(folder / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("m2ib: skipped row")]
     assert [line.split(":")[1].strip() for line in skipped] == ["skipped row 1", "skipped row 3", "skipped row 4"]
@@ -309,10 +377,25 @@ def test_a_folder_as_pairs_file_is_one_line(folder, capsys):
 def test_a_failed_run_leaves_no_empty_out_folder(folder, capsys):
     (folder / "pairs.csv").write_text("image,text\nmissing.png,a cat\nred.png,   \n")
     out = folder / "new" / "o"
-    assert main(["explain", "--pairs", str(folder / "pairs.csv"), *MODEL, "--method", "gradcam",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["explain", "--pairs", str(folder / "pairs.csv"), *MODEL, "--method", "gradcam", "--out", str(out)]) == 2
+    )
     assert not (folder / "new").exists()
-    assert main(["explain", str(folder / "red.png"), "a red circle", "--model", str(folder / "no-such-model"),
-                 "--method", "gradcam", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(folder / "red.png"),
+                "a red circle",
+                "--model",
+                str(folder / "no-such-model"),
+                "--method",
+                "gradcam",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     capsys.readouterr()
     assert not (folder / "new").exists()

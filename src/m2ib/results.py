@@ -53,9 +53,14 @@ class Result(ABC):
     def summary(self) -> str:
         """A few words for ``repr``: what was explained, by what (never the tensors)."""
 
-    def save(self, directory: str | os.PathLike, stem: str | None = None, figure: bool | None = None,
-             boxes: list[tuple[float, float, float, float]] | None = None,
-             record: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    def save(
+        self,
+        directory: str | os.PathLike,
+        stem: str | None = None,
+        figure: bool | None = None,
+        boxes: list[tuple[float, float, float, float]] | None = None,
+        record: Mapping[str, Any] | None = None,
+    ) -> dict[str, Path]:
         """Write ``STEM.npz`` (:meth:`arrays`), ``STEM.png`` (:meth:`figure`) and ``STEM.json``
         (:meth:`to_dict`, plus ``record`` when given), each atomically, the JSON last.
 
@@ -97,7 +102,8 @@ def short(text: str, limit: int = 60) -> str:
 
 def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` as a compressed ``.npz``, atomically."""
-    return atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
+    named: dict[str, Any] = dict(arrays)  # Any: numpy's stub would match a name to allow_pickle
+    return atomic_write(Path(path), lambda f: np.savez_compressed(f, **named))
 
 
 def save_json(path: str | os.PathLike, data: Any) -> Path:

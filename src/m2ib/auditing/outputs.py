@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..results import save_npz
 from ..fileio import atomic_write_text
+from ..results import save_npz
 from .aggregate import Summary
 
 WORD_COLUMNS = ("word", "count", "mean_share", "fair_share", "top_count", "top_share", "in_pairs", "flag")

@@ -26,6 +26,7 @@ class InteractionMethod(Configurable, ABC):
     """Base class: ``interact`` one pair; ``phrase_maps`` of spans of its text. Its settings are
     made as a first-order method's (:meth:`m2ib.methods.base.Configurable.make_settings`)."""
 
+    Settings: ClassVar[type[Settings]] = Settings  # redeclared: ``interact``'s settings are each method's own
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # both sides at once: token x patch
 
     @abstractmethod

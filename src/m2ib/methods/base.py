@@ -167,6 +167,7 @@ class Configurable:
 class Method(Configurable, ABC):
     """Base class: shared steps around one ``attribute`` hook."""
 
+    Settings: ClassVar[type[Settings]] = Settings  # redeclared: the hooks' ``settings`` are each method's own
     modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
     uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
 
