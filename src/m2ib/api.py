@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
@@ -68,8 +69,7 @@ class _LazyPairs:
         if pixel_values is not None:
             if images is not None:
                 raise InputError("give either images or pixel_values, not both")
-            if pixel_values.ndim != 4:
-                raise InputError(f"pixel_values must be [N, 3, H, W], got {tuple(pixel_values.shape)}")
+            check_pixel_values(pixel_values, tuple(backend.geometry.image_size))
             self.images, single_image = None, False
             self.pixel_values = pixel_values
             self.n_images = pixel_values.shape[0]
@@ -116,6 +116,19 @@ class _LazyPairs:
         else:
             texts = self.backend.tokenize([self.texts[i] for i in txt_rows])
         return images, texts
+
+
+def check_pixel_values(pixel_values: Any, size: tuple[int, int]) -> None:
+    """``pixel_values`` is a finite float tensor [N, 3, H, W] at the model's input size ``size`` (H, W)."""
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+        raise InputError(f"pixel_values must be a float tensor [N, 3, {size[0]}, {size[1]}], got "
+                         f"{getattr(pixel_values, 'dtype', type(pixel_values).__name__)}")
+    shape = tuple(pixel_values.shape)
+    if len(shape) != 4 or shape[1] != 3 or shape[2:] != size:
+        raise InputError(f"pixel_values must be [N, 3, {size[0]}, {size[1]}] (preprocessed RGB at the model's input "
+                         f"size), got {list(shape)}; pass images= to have them preprocessed")
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise InputError("pixel_values holds NaN or inf values")
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -225,6 +238,11 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             image_batch, text_batch = inputs.chunk(start, stop)
             results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
+    for i, exp in enumerate(results):  # every method's maps pass here: a map that ranks nothing is said
+        for problem in exp.problems():
+            pair = "" if len(results) == 1 else f" (pair {i + 1})"
+            hint = f"; {algorithm.degenerate_hint}" if algorithm.degenerate_hint else ""
+            warnings.warn(f"{method}{pair}: {problem}{hint}", stacklevel=2)
     return results[0] if inputs.single else results
 
 

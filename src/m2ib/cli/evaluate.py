@@ -34,6 +34,7 @@ def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[i
     from ..evaluation.phrases import make_settings, method_registry
     from ..methods import Settings
     from ..settings import (
+        check_seed,
         fields_of,
         given_settings,
         parse_assignment,
@@ -44,14 +45,13 @@ def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[i
     given = given_settings(args, registry)
     seed_field = next(f for f in fields_of(Settings) if f.name == "seed")
     seed = seed_field.parse(given.pop("seed", 0))  # the run's seed: rows drawn, and every method's
+    check_seed(seed, "--seed")
     per_method = settings_per_method(methods, given, registry) if given else {}
     for item in args.setting:
         method, name, value = parse_assignment(item, methods, registry)
         per_method.setdefault(method, {})[name] = value
     for method, values in per_method.items():
         make_settings(None, method, values)  # bad values: one line, before the model loads
-    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
-        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     return seed, per_method
 
 
@@ -76,9 +76,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
                           roar_budget=args.roar_budget)
     seed, per_method = evaluation_settings(methods, args)
+    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
+        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     preflight.check_device(args.device)
-    for value, flag in ((args.batch_size, "--batch-size"), (args.rows, "--rows"), (args.ray_actors, "--ray-actors")):
-        preflight.check_positive(value, flag)
+    preflight.check_numeric_flags(args)
+    preflight.check_installed(preflight.command_needs(args))
     unknown = sorted(set(config.names) - set(METRIC_NAMES))
     if unknown:
         raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")

@@ -74,6 +74,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from ..methods import REGISTRY as METHODS
     from ..pairs import PairsJob, explain_pairs, output_stem, read_pairs
 
+    preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
+    preflight.check_installed(preflight.command_needs(args))
     if args.method.strip() in interactions():  # word-region interactions (m2ib.interactions)
         from ..methods import REGISTRY
         from .interact import explain_interaction
@@ -94,6 +96,7 @@ def run_explain(args: argparse.Namespace) -> int:
             raise InputError("give an IMAGE and a TEXT (or --pairs FILE); see m2ib explain --help")
         preflight.check_text(args.text)
         preflight.check_image_files([args.image])
+        preflight.check_boxes([_parse_box(b) for b in args.box], args.image)
         pairs = [(args.image, args.text)]
         stems = [output_stem(None, args.image)]
     for negative in args.negative:
