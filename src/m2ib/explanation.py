@@ -47,6 +47,16 @@ class Explanation:
     image_source: str = ""  # path of the image, or a description
     info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers (e.g. final loss)
 
+    def __repr__(self) -> str:
+        """One line: what was explained and the maps' shapes (the dataclass's repr printed every tensor)."""
+        def shape(t: torch.Tensor | None) -> str:
+            return "None" if t is None else "x".join(map(str, t.shape))
+
+        text = self.text if len(self.text) <= 40 else self.text[:39] + "…"
+        return (f"Explanation(method={self.method!r}, model={self.model!r}, text={text!r}, "
+                f"similarity={self.similarity:.3f}, image_map={shape(self.image_map)}, "
+                f"text_map={shape(self.text_map)})")
+
     def to_dict(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready. ``text_scores``: one per token (``text_map``);
         ``words`` and ``word_scores``: the words and the numbers the figure prints (:meth:`display_words`)."""

@@ -108,6 +108,8 @@ class SettingField:
             raise InputError(f"{self.name}={value!r} must be true or false")
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise InputError(f"{self.name}={value!r} must be an integer")
+        if self.name == "seed":  # every method's seed (methods.base.Settings): the generators' range
+            check_seed(value)
         if self.kind is int and not -INT_LIMIT < value < INT_LIMIT:  # torch's int64 (a traceback otherwise)
             raise InputError(f"{self.name}={value} is out of range: a whole-number setting lies strictly between "
                              f"-2**63 and 2**63")

@@ -3,6 +3,8 @@ and the interaction methods (a light module: no model or method library is impor
 
 from __future__ import annotations
 
+import sys
+
 EXIT_BAD_INPUT = 2
 EXIT_UNFINISHED = 3  # evaluate and audit --time-limit: stopped early, results kept
 
@@ -31,3 +33,8 @@ def interactions() -> dict:
     from ..interactions import REGISTRY as INTERACTIONS
 
     return dict(INTERACTIONS)
+
+
+def status(message: str) -> None:
+    """One line on stderr saying what a long step is doing (``m2ib: loading model shapes ...``)."""
+    print(f"m2ib: {message}", file=sys.stderr, flush=True)

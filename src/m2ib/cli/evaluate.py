@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help
+from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help, status
 
 SAMPLES_NOTE = ("--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
                 "coalitions), as in m2ib explain; to evaluate N rows drawn at random, use --rows N")
@@ -91,6 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     # A data file is read now; shapes rows are rendered at the model's size, after the load.
     shapes = args.data.strip().startswith(("shapes:", "shapes-collage:", "shapes-two:"))
     table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
+    status(f"loading model {args.model} ...")
     backend = load(args.model, device=args.device)
     if table is None:
         table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)

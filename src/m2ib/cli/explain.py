@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_BAD_INPUT, interactions, model_help
+from .common import COMMANDS, EXIT_BAD_INPUT, interactions, model_help, status
 
 
 def add_explain(sub) -> None:
@@ -84,6 +84,7 @@ def run_explain(args: argparse.Namespace) -> int:
         return _explained(outcome, total, args.out)
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods = METHODS.select(args.method, "--method")
+    preflight.check_negatives(methods, args.negative)
     settings = _method_settings(methods, args)
     modalities = _modalities(args.modalities)
     if args.pairs is not None:
@@ -107,7 +108,10 @@ def run_explain(args: argparse.Namespace) -> int:
                    negatives=list(args.negative) or None, boxes=[_parse_box(b) for b in args.box],
                    figure=not args.no_figure, overwrite=args.overwrite, batch_size=args.batch_size)
     preflight.prepare_output_dir(args.out)
-    outcome = explain_pairs(load(args.model, device=args.device), pairs, stems, job)
+    status(f"loading model {args.model} ...")  # the seconds before the first result are never silent
+    backend = load(args.model, device=args.device)
+    status(f"explaining {len(pairs)} pair(s) with {', '.join(methods)} ...")
+    outcome = explain_pairs(backend, pairs, stems, job)
     return _explained(outcome, len(pairs), args.out)
 
 

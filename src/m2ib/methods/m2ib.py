@@ -25,7 +25,6 @@ so a pair's map does not depend on the batch it is in.
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
-from ..errors import InputError, SettingWarning
+from ..errors import InputError
 from ..settings import check_choice, check_number, check_positive_int
 from .base import PRECISIONS, RawScores, Target, autocast, register, setting
 from .common import PerBackend
@@ -85,6 +84,9 @@ class M2IBSettings(LayerSettings):
         check_number(self.text_beta, "text_beta")
         check_choice(self.precision, "precision", PRECISIONS)
         check_choice(self.bottleneck, "bottleneck", BOTTLENECKS)
+        if self.reference is not None and self.bottleneck != "standardised":  # honoured or refused, never ignored
+            raise InputError(f"reference={self.reference!r} is read only with bottleneck=standardised: set bottleneck "
+                             "to standardised, or leave reference out", settings=("bottleneck", "reference"))
 
 
 @register
@@ -145,9 +147,6 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
     n, t, d = hidden.shape
     check_fits_in_memory(backend, modality, layer, n, t, d, s)
     statistics = None
-    if s.reference is not None and s.bottleneck != "standardised":
-        warnings.warn(f"reference={s.reference!r} is read only with bottleneck=standardised; it is ignored",
-                      stacklevel=2)
     if s.bottleneck == "standardised":  # fit on (R - mean) / sd; the suffix reads Z * sd + mean
         statistics = bottleneck_statistics(backend, modality, batch, layer, hidden, s.reference)
         hidden = (hidden - statistics[0]) / statistics[1]
