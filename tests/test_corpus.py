@@ -400,6 +400,12 @@ CORPUS = [
     ("serve-port-negative", ["serve", "--port", "-1"], 2, "--port"),
     ("serve-upload-nan", ["serve", "--max-upload-mb", "nan"], 2, "--max-upload-mb"),
     ("serve-megapixels-zero", ["serve", "--max-megapixels", "0"], 2, "--max-megapixels"),
+    ("train-time-limit-negative", ["train-shapes", "--out", "{dir}/t", "--quick", "--time-limit", "-3"], 2,
+     "--time-limit"),
+    ("train-stop-after-zero", ["train-shapes", "--out", "{dir}/t", "--quick", "--stop-after", "0"], 2, "--stop-after"),
+    ("train-steps-negative", ["train-shapes", "--out", "{dir}/t", "--quick", "--steps", "-5"], 2, "steps"),
+    ("train-batch-size-zero", ["train-shapes", "--out", "{dir}/t", "--quick", "--batch-size", "0"], 2, "batch_size"),
+    ("train-lr-nan", ["train-shapes", "--out", "{dir}/t", "--quick", "--lr", "nan"], 2, "lr"),
     ("top-unknown-command", ["nosuch"], 2, "nosuch"),
     ("top-no-command", [], 2, "command"),
 ]
@@ -577,16 +583,19 @@ def test_every_method_warns_when_its_words_rank_nothing():
     flat = Explanation(text="a b c", tokens=["<s>", "a", "b", "c", "</s>"], image=torch.zeros(3, 8, 8),
                        image_map=torch.zeros(8, 8), text_map=torch.zeros(5), text_map_raw=torch.zeros(5),
                        image_map_raw=torch.full((8, 8), 2.0), special_tokens=(0, 4), method="gradcam")
-    problems = flat.problems()
-    assert any("constant" in p for p in problems) and any("every word" in p for p in problems), problems
+    assert set(flat.problems()) == {"constant image", "flat words"}, flat.problems()
     broad = torch.ones(8, 8)
     broad[0, 0] = 0.0
     flat.image_map = flat.image_map_raw = broad
     flat.text_map_raw = torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0])
-    assert [p for p in flat.problems() if "98.4%" in p] == flat.problems(), flat.problems()
+    assert list(flat.problems()) == ["broad image"] and "98.4%" in flat.problems()["broad image"]
+    broad[:4] = 0.0  # half the pixels: a map that localises
+    assert flat.problems() == {}
 
 
 def test_the_warning_comes_from_the_api_for_any_method(tiny, monkeypatch):
+    import warnings
+
     import torch
 
     import m2ib
@@ -601,6 +610,11 @@ def test_the_warning_comes_from_the_api_for_any_method(tiny, monkeypatch):
     monkeypatch.setattr(REGISTRY["saliency"], "attribute", constant)
     with pytest.warns(UserWarning, match="saliency: the image map is constant"):
         m2ib.explain(tiny, SCENE, "a red circle", method="saliency")
+    with warnings.catch_warnings(record=True) as caught:  # many pairs: one line per kind, counted
+        warnings.simplefilter("always")
+        m2ib.explain(tiny, [SCENE] * 3, "a red circle", method="saliency")
+    lines = [str(w.message) for w in caught]
+    assert len(lines) == 2 and all("(3 of 3 pairs; pair 1)" in line for line in lines), lines
 
 
 # ----------------------------------------------------------------------------------------------

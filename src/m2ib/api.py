@@ -238,12 +238,20 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             image_batch, text_batch = inputs.chunk(start, stop)
             results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
-    for i, exp in enumerate(results):  # every method's maps pass here: a map that ranks nothing is said
-        for problem in exp.problems():
-            pair = "" if len(results) == 1 else f" (pair {i + 1})"
-            hint = f"; {algorithm.degenerate_hint}" if algorithm.degenerate_hint else ""
-            warnings.warn(f"{method}{pair}: {problem}{hint}", stacklevel=2)
+    warn_problems(method, results, algorithm.degenerate_hint)
     return results[0] if inputs.single else results
+
+
+def warn_problems(method: str, results: Sequence[Explanation], hint: str = "") -> None:
+    """One warning per kind of :meth:`Explanation.problems` among ``results`` (every method's maps pass
+    here, so a map that ranks nothing is said), with how many pairs have it."""
+    found: dict[str, tuple[str, list[int]]] = {}
+    for i, exp in enumerate(results):
+        for kind, problem in exp.problems().items():
+            found.setdefault(kind, (problem, []))[1].append(i + 1)
+    for problem, pairs in found.values():
+        where = "" if len(results) == 1 else f" ({len(pairs)} of {len(results)} pairs; pair {pairs[0]})"
+        warnings.warn(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), stacklevel=3)
 
 
 @overload

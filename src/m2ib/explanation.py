@@ -122,28 +122,28 @@ class Explanation:
         shading[shown] = minmax(merged[shown][None])[0]
         return words, shading, special
 
-    def problems(self) -> list[str]:
-        """Why the maps may rank nothing, one sentence each (empty when they look usable): a constant
-        image map, an image map above the middle of its range almost everywhere (share
-        :data:`ALMOST_EVERYWHERE`), or every word with the same score. Any method can produce them
-        (a fit that compressed everything, gradients that vanish through a ReLU); ``m2ib.explain``
-        warns with them, so no figure shows such a map without a word."""
-        found = []
+    def problems(self) -> dict[str, str]:
+        """Why the maps may rank nothing, by kind (``constant image``, ``broad image``, ``flat words``),
+        one sentence each (empty when they look usable): a constant image map, an image map above the
+        middle of its range almost everywhere (share :data:`ALMOST_EVERYWHERE`), or every word with the
+        same score. Any method can produce them (a fit that compressed everything, gradients that
+        vanish through a ReLU); ``m2ib.explain`` warns with them, so no such map passes without a word."""
+        found = {}
         if self.image_map is not None:
             raw = self.image_map_raw if self.image_map_raw is not None else self.image_map
-            spread = float(raw.max() - raw.min())
             share = float((self.image_map > 0.5).float().mean())
-            if spread <= 1e-12 * max(float(raw.abs().max()), 1.0):
-                found.append(f"the image map is constant ({float(raw.flatten()[0]):.3g} everywhere): it ranks nothing")
+            if float(raw.max() - raw.min()) <= 1e-12 * max(float(raw.abs().max()), 1.0):
+                found["constant image"] = (f"the image map is constant ({float(raw.flatten()[0]):.3g} everywhere): "
+                                           "it ranks nothing")
             elif share >= ALMOST_EVERYWHERE:
-                found.append(f"the image map is above the middle of its range on {share:.1%} of the pixels: "
-                             "it singles out almost nothing")
+                found["broad image"] = (f"the image map is above the middle of its range on {share:.1%} of the "
+                                        "pixels: it singles out almost nothing")
         if self.text_map is not None:
             words, shading, special = self.display_words()
             shown = [float(shading[k]) for k in range(len(words)) if k not in set(special)]
             if len(shown) > 1 and max(shown) == min(shown):
-                found.append(f"every word gets the same score ({len(shown)} words at {shown[0]:.2f}): "
-                             "the text map ranks nothing")
+                found["flat words"] = (f"every word gets the same score ({len(shown)} words at {shown[0]:.2f}): "
+                                       "the text map ranks nothing")
         return found
 
     def word_shading(self) -> torch.Tensor | None:

@@ -152,15 +152,6 @@ def check_boxes(boxes: Sequence[tuple[float, float, float, float]], image: str |
                              "give X+W <= width and Y+H <= height, in the original image's pixels")
 
 
-def check_negatives(methods: Sequence[str], negatives: Sequence[str]) -> None:
-    """Negatives given to methods of which none has a target (attention rollout) are refused, not ignored."""
-    from .methods import REGISTRY
-
-    if negatives and not any(REGISTRY[m].uses_target for m in methods):
-        raise InputError(f"--negative: {', '.join(methods)} has no target, so negatives do not apply to it; "
-                         "leave --negative out or pick a method with a target")
-
-
 def check_text(text: str, what: str = "text") -> None:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{what} {text!r} is empty: give the words to explain")

@@ -4,6 +4,9 @@ and the interaction methods (a light module: no model or method library is impor
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+
+from ..errors import InputError
 
 EXIT_BAD_INPUT = 2
 EXIT_UNFINISHED = 3  # evaluate and audit --time-limit: stopped early, results kept
@@ -38,3 +41,12 @@ def interactions() -> dict:
 def status(message: str) -> None:
     """One line on stderr saying what a long step is doing (``m2ib: loading model shapes ...``)."""
     print(f"m2ib: {message}", file=sys.stderr, flush=True)
+
+
+def check_negatives(methods: Sequence[str], negatives: Sequence[str]) -> None:
+    """Negatives given to methods of which none has a target (attention rollout) are refused, not ignored."""
+    from ..methods import REGISTRY
+
+    if negatives and not any(REGISTRY[m].uses_target for m in methods):
+        raise InputError(f"--negative: {', '.join(methods)} has no target, so negatives do not apply to it; "
+                         "leave --negative out or pick a method with a target")

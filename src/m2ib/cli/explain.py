@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_BAD_INPUT, interactions, model_help, status
+from .common import COMMANDS, EXIT_BAD_INPUT, check_negatives, interactions, model_help, status
 
 
 def add_explain(sub) -> None:
@@ -84,7 +84,7 @@ def run_explain(args: argparse.Namespace) -> int:
         return _explained(outcome, total, args.out)
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods = METHODS.select(args.method, "--method")
-    preflight.check_negatives(methods, args.negative)
+    check_negatives(methods, args.negative)
     settings = _method_settings(methods, args)
     modalities = _modalities(args.modalities)
     if args.pairs is not None:
