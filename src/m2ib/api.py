@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
@@ -12,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .backends import Backend, ImageBatch, Modality, TextBatch, load_backend
 from .comparison import Comparison
-from .errors import InputError, M2IBError
+from .errors import InputError, M2IBError, SettingWarning
 from .explanation import Explanation
 from .inputs import ImageInput, OneImage, check_texts, load_image
 from .methods import REGISTRY
@@ -249,9 +251,12 @@ def warn_problems(method: str, results: Sequence[Explanation], hint: str = "") -
     for i, exp in enumerate(results):
         for kind, problem in exp.problems().items():
             found.setdefault(kind, (problem, []))[1].append(i + 1)
+    words = set(re.findall(r"\w+", hint))  # the settings the hint names, for front ends to spell (--lr)
+    named = [f.name for f in dataclasses.fields(METHODS.get(method).Settings) if f.name in words]
     for problem, pairs in found.values():
         where = "" if len(results) == 1 else f" ({len(pairs)} of {len(results)} pairs; pair {pairs[0]})"
-        warnings.warn(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), stacklevel=3)
+        warnings.warn(SettingWarning(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), settings=named),
+                      stacklevel=3)
 
 
 @overload

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_BAD_INPUT, check_negatives, interactions, model_help, status
+from .common import COMMANDS, EXIT_BAD_INPUT, interactions, model_help
 
 
 def add_explain(sub) -> None:
@@ -73,6 +73,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from ..api import load
     from ..methods import REGISTRY as METHODS
     from ..pairs import PairsJob, explain_pairs, output_stem, read_pairs
+    from .common import check_negatives, status
 
     preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
     preflight.check_installed(preflight.command_needs(args))
