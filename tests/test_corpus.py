@@ -620,10 +620,16 @@ def test_the_warning_comes_from_the_api_for_any_method(tiny, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # Feedback.
 # ----------------------------------------------------------------------------------------------
-def test_the_main_job_says_what_it_is_doing(tmp_path, capsys):
+def test_the_main_job_says_what_it_is_doing(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: status lines
     assert main(["explain", SCENE, "a red circle", *FAST, "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "m2ib: loading model random-tiny ..." in err and "m2ib: explaining 1 pair(s) with m2ib ..." in err, err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file: the error alone
+    assert main(["explain", SCENE, "a red circle", *FAST, "--text-layer", "99", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_audit_prints_no_evaluate_note(capsys, tmp_path, no_model_load):

@@ -39,8 +39,10 @@ def interactions() -> dict:
 
 
 def status(message: str) -> None:
-    """One line on stderr saying what a long step is doing (``m2ib: loading model shapes ...``)."""
-    print(f"m2ib: {message}", file=sys.stderr, flush=True)
+    """One line on a terminal's stderr saying what a long step is doing (``m2ib: loading model shapes ...``);
+    nothing when stderr is a file or a pipe, where an error stays the one line it promises."""
+    if sys.stderr.isatty():
+        print(f"m2ib: {message}", file=sys.stderr, flush=True)
 
 
 def check_negatives(methods: Sequence[str], negatives: Sequence[str]) -> None:
