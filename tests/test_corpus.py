@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from m2ib.cli import main
+from m2ib.errors import InputError
+from m2ib.settings import SEED_MAX, fields_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "examples" / "scene1.png")
@@ -262,9 +264,6 @@ def test_several_methods_on_one_pair_show_progress_per_method(tmp_path, capsys):
 # one line and exit 2 before the model loads, on the command line and in the API; a value on the
 # edge of the valid range is accepted. A new setting without a row here fails the coverage test.
 # ----------------------------------------------------------------------------------------------
-from m2ib.errors import InputError
-from m2ib.settings import SEED_MAX, fields_of
-
 #: setting -> (bad value, valid value on the edge of the range), as typed on a command line
 EDGES = {
     "seed": ("-1", str(SEED_MAX)),

@@ -148,8 +148,10 @@ def check_boxes(boxes: Sequence[tuple[float, float, float, float]], image: str |
             width, height = height, width
     for x, y, w, h in boxes:
         if x + w > width or y + h > height:
-            raise InputError(f"--box {x:g},{y:g},{w:g},{h:g} reaches outside {image} ({width}x{height} pixels): "
-                             "give X+W <= width and Y+H <= height, in the original image's pixels")
+            raise InputError(
+                f"--box {x:g},{y:g},{w:g},{h:g} reaches outside {image} ({width}x{height} pixels): "
+                "give X+W <= width and Y+H <= height, in the original image's pixels"
+            )
 
 
 def check_text(text: str, what: str = "text") -> None:

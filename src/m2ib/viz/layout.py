@@ -8,7 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .style import LINE_GAP, MAX_TITLE_LINES, MAX_TOKEN_LINES, PT, SCORE_GAP, SUBTITLE_FS, TITLE_FS, TOK_HGAP, TOK_HPAD, TOK_VPAD, Fonts
+from .style import (
+    LINE_GAP,
+    MAX_TITLE_LINES,
+    MAX_TOKEN_LINES,
+    PT,
+    SCORE_GAP,
+    SUBTITLE_FS,
+    TITLE_FS,
+    TOK_HGAP,
+    TOK_HPAD,
+    TOK_VPAD,
+    Fonts,
+)
 
 
 class Ruler:
