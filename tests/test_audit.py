@@ -48,11 +48,11 @@ def test_sub_tokens_merge_into_lower_cased_words():
     assert merge_words("naïve", [START, "naive", END], [0, 2]) == [("naive", [1])]
 
 
-def test_word_shares_sum_sub_tokens_and_ignore_negative_scores():
+def test_word_shares_average_sub_tokens_and_ignore_negative_scores():
     shares = word_shares("a yellow star", [START, "a", "yel", "low", "star", END], [0, 5],
                          [5.0, 1.0, 1.0, 2.0, -3.0, 5.0])
     assert [w for w, _ in shares] == ["a", "yellow", "star"]
-    assert [s for _, s in shares] == pytest.approx([0.25, 0.75, 0.0])
+    assert [s for _, s in shares] == pytest.approx([0.4, 0.6, 0.0])  # yellow: (1 + 2) / 2, not 1 + 2
     assert [s for _, s in word_shares("a b", [START, "a", "b", END], [0, 3], [0, 0, 0, 0])] == [0.5, 0.5]
 
 

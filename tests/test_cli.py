@@ -94,9 +94,10 @@ def _other_value(settings_class, field):
         candidates = [(field.default or 0.0) * 2 + 0.25, 0.25, 0.75]
     else:
         candidates = [f"{field.default}x"]
+    needs = {"reference": {"bottleneck": "standardised"}}.get(field.name, {})  # read only with that setting
     for value in candidates:
         try:
-            settings_class(**{field.name: value})
+            settings_class(**{field.name: value}, **needs)
         except InputError:
             continue
         return value

@@ -162,7 +162,7 @@ def test_clear_errors(backend, tmp_path):
     with pytest.raises(InputError, match=r"2 or more pairs .*: give reference \(e.g.") as named:
         m2ib.explain(backend, pictures(1)[0], "a red circle", bottleneck="standardised", steps=2, samples=2)
     assert named.value.settings == ("reference",)  # the CLI says --reference
-    with pytest.warns(UserWarning, match="read only with bottleneck=standardised"):
+    with pytest.raises(InputError, match="read only with bottleneck=standardised"):
         m2ib.explain(backend, pictures(1)[0], "a red circle", reference="shapes:val:4", steps=2, samples=2)
     (tmp_path / "one.tsv").write_text("a red circle\tnone.png\n")
     with pytest.raises(InputError, match="has 1 row"):

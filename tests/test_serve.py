@@ -78,7 +78,7 @@ def test_gradio_5_is_refused(monkeypatch):
 def test_bad_port_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(serve_command, "build_app", lambda *a, **k: pytest.fail("must not get this far"))
     assert serve_command.main(["--port", "70000"]) == 2
-    assert "not a port number" in capsys.readouterr().err
+    assert "--port 70000: must be a number >= 0 and <= 65535" in capsys.readouterr().err
 
 
 def test_cli_defaults_are_private():

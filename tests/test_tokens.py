@@ -72,17 +72,33 @@ def test_one_truncation_warning_for_a_long_text(backend):
     assert len(messages) == 1 and "dropped" in messages[0], messages
 
 
-def test_display_merges_pieces_into_words_by_summing_their_scores():
+def test_display_merges_pieces_into_words_by_their_mean():
     raw = torch.tensor([5.0, 1.0, 2.0, 4.0, 9.0])
     exp = Explanation(text="triangle a", tokens=["<s>", "tri", "angle", "a", "</s>"], image=torch.zeros(3, 4, 4),
                       image_map=None, text_map=raw / 9, text_map_raw=raw, special_tokens=(0, 4),
                       word_ids=(-1, 0, 0, 1, -1))
     words, shading, special = exp.display_words()
     assert words == ["<s>", "triangle", "a", "</s>"] and special == (0, 3)
-    assert shading.tolist() == [0.0, 0.0, 1.0, 0.0]  # "triangle" sums to 3 < "a" 4: min-max over the words
+    assert shading.tolist() == [0.0, 0.0, 1.0, 0.0]  # "triangle" averages 1.5 < "a" 4: min-max over the words
     exp.word_ids = ()  # without word ids: the tokens, exactly as word_shading shades them
     words, shading, _ = exp.display_words()
     assert words == exp.tokens and torch.equal(shading, exp.word_shading())
+
+
+def test_a_word_split_into_many_pieces_does_not_win_by_its_length():
+    """'a blue line' with *line* out of the vocabulary, split into six pieces of 1.0 each: a sum would
+    give it 6 and put it on top; *blue* (one piece, 2.0) holds more evidence per piece and must win."""
+    pieces = ["l", "i", "n", "e", "_", "x"]
+    tokens = ["<s>", "a", "blue", *pieces, "</s>"]
+    raw = torch.tensor([0.0, 0.5, 2.0, *[1.0] * len(pieces), 0.0])
+    exp = Explanation(text="a blue line_x", tokens=tokens, image=torch.zeros(3, 4, 4), image_map=None,
+                      text_map=raw / 2, text_map_raw=raw, special_tokens=(0, len(tokens) - 1),
+                      word_ids=(-1, 0, 1, *[2] * len(pieces), -1))
+    words, shading, _ = exp.display_words()
+    assert words[1:4] == ["a", "blue", "line_x"]
+    assert shading[2] == 1.0 and 0.0 < shading[3] < 1.0, shading  # blue on top; line between a and blue
+    record = exp.to_dict()
+    assert record["words"] == words and record["word_scores"] == [round(float(v), 6) for v in shading]
 
 
 def test_figure_of_a_chinese_text_warns_and_logs_nothing(backend, caplog):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
@@ -11,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .backends import Backend, ImageBatch, Modality, TextBatch, load_backend
 from .comparison import Comparison
-from .errors import InputError, M2IBError
+from .errors import InputError, M2IBError, SettingWarning
 from .explanation import Explanation
 from .inputs import ImageInput, OneImage, check_texts, load_image
 from .methods import REGISTRY
@@ -68,8 +71,7 @@ class _LazyPairs:
         if pixel_values is not None:
             if images is not None:
                 raise InputError("give either images or pixel_values, not both")
-            if pixel_values.ndim != 4:
-                raise InputError(f"pixel_values must be [N, 3, H, W], got {tuple(pixel_values.shape)}")
+            check_pixel_values(pixel_values, tuple(backend.geometry.image_size))
             self.images, single_image = None, False
             self.pixel_values = pixel_values
             self.n_images = pixel_values.shape[0]
@@ -116,6 +118,19 @@ class _LazyPairs:
         else:
             texts = self.backend.tokenize([self.texts[i] for i in txt_rows])
         return images, texts
+
+
+def check_pixel_values(pixel_values: Any, size: tuple[int, int]) -> None:
+    """``pixel_values`` is a finite float tensor [N, 3, H, W] at the model's input size ``size`` (H, W)."""
+    if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+        raise InputError(f"pixel_values must be a float tensor [N, 3, {size[0]}, {size[1]}], got "
+                         f"{getattr(pixel_values, 'dtype', type(pixel_values).__name__)}")
+    shape = tuple(pixel_values.shape)
+    if len(shape) != 4 or shape[1] != 3 or shape[2:] != size:
+        raise InputError(f"pixel_values must be [N, 3, {size[0]}, {size[1]}] (preprocessed RGB at the model's input "
+                         f"size), got {list(shape)}; pass images= to have them preprocessed")
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise InputError("pixel_values holds NaN or inf values")
 
 
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -225,7 +240,23 @@ def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
             image_batch, text_batch = inputs.chunk(start, stop)
             results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
+    warn_problems(method, results, algorithm.degenerate_hint)
     return results[0] if inputs.single else results
+
+
+def warn_problems(method: str, results: Sequence[Explanation], hint: str = "") -> None:
+    """One warning per kind of :meth:`Explanation.problems` among ``results`` (every method's maps pass
+    here, so a map that ranks nothing is said), with how many pairs have it."""
+    found: dict[str, tuple[str, list[int]]] = {}
+    for i, exp in enumerate(results):
+        for kind, problem in exp.problems().items():
+            found.setdefault(kind, (problem, []))[1].append(i + 1)
+    words = set(re.findall(r"\w+", hint))  # the settings the hint names, for front ends to spell (--lr)
+    named = [f.name for f in dataclasses.fields(METHODS.get(method).Settings) if f.name in words]
+    for problem, pairs in found.values():
+        where = "" if len(results) == 1 else f" ({len(pairs)} of {len(results)} pairs; pair {pairs[0]})"
+        warnings.warn(SettingWarning(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), settings=named),
+                      stacklevel=3)
 
 
 @overload

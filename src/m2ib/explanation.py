@@ -12,6 +12,11 @@ import torch
 from .maps import minmax
 from .results import Result, short
 
+#: An image map above the middle of its range on at least this share of the pixels is flagged.
+ALMOST_EVERYWHERE = 0.95
+#: What the text panel's numbers are (printed on the figure): the JSON's ``word_scores``.
+WORD_SCORES_LABEL = "numbers: JSON word_scores (a word's pieces averaged, min-max over the words)"
+
 
 @dataclass(repr=False)
 class Explanation(Result):
@@ -45,12 +50,15 @@ class Explanation(Result):
         return f"{self.method} of {short(self.text)!r} ({'+'.join(sides) or 'no side'}; {self.model})"
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the tensors, JSON-ready."""
+        """Everything but the tensors, JSON-ready. ``text_scores``: one per token (``text_map``);
+        ``words`` and ``word_scores``: the words and the numbers the figure prints (:meth:`display_words`)."""
+        words, shading, _ = self.display_words()
         return {
             "method": self.method, "model": self.model, "image": self.image_source, "text": self.text,
             "tokens": self.tokens, "special_tokens": list(self.special_tokens), "word_ids": list(self.word_ids),
             "similarity": self.similarity, "settings": self.settings, "info": self.info,
             "text_scores": None if self.text_map is None else [round(float(v), 6) for v in self.text_map],
+            "words": words, "word_scores": None if shading is None else [round(float(v), 6) for v in shading],
         }
 
     def figure(self, boxes: list[tuple[float, float, float, float]] | None = None):
@@ -64,6 +72,8 @@ class Explanation(Result):
         words, shading, special = self.display_words()
         if shading is not None and special != tuple(range(len(words))) and not bool(shading.any()):
             subtitle += " · every word scored 0"  # an empty text row is a result, not a drawing failure
+        if shading is not None:  # say what the printed numbers are: the JSON's word_scores, not text_scores
+            subtitle += f" · {WORD_SCORES_LABEL}"
         return explanation_figure(self.image, self.image_map, words, shading, title=self.text,
                                   subtitle=subtitle, boxes=boxes, special_tokens=special)
 
@@ -81,9 +91,14 @@ class Explanation(Result):
         return groups
 
     def display_words(self) -> tuple[list[str], torch.Tensor | None, tuple[int, ...]]:
-        """(words, shading, indices of start/end) for display: each word's raw score is the sum of
-        its pieces' (an attribution of the word as a whole), min-max over the words as in
-        :meth:`word_shading`. With one piece per word this is exactly the tokens and word_shading."""
+        """(words, shading, indices of start/end) for display and for the JSON's ``word_scores``.
+
+        A word's raw score is the **mean** of its pieces' raw scores, then min-max over the words
+        as in :meth:`word_shading`. The mean, not the sum: a word outside the vocabulary is split
+        into many pieces (a rare word, a typo, a character over byte pieces), and a sum would rank
+        it above a one-piece word with the same evidence per piece just for its length ("a blue
+        line": *line* 1.00). The mean keeps every word on its pieces' scale. With one piece per
+        word this is exactly the tokens and :meth:`word_shading`."""
         groups = self.word_groups()
         words = ["".join(self.tokens[i] for i in group) for group in groups]
         specials = set(self.special_tokens)
@@ -91,13 +106,37 @@ class Explanation(Result):
         if self.text_map is None:
             return words, None, special
         raw = self.text_map_raw if self.text_map_raw is not None else self.text_map
-        summed = torch.stack([raw[group].sum() for group in groups])
+        merged = torch.stack([raw[group].mean() for group in groups])
         shown = [k for k in range(len(groups)) if k not in set(special)]
         if not shown:
-            return words, summed, special
-        shading = torch.zeros_like(summed)
-        shading[shown] = minmax(summed[shown][None])[0]
+            return words, merged, special
+        shading = torch.zeros_like(merged)
+        shading[shown] = minmax(merged[shown][None])[0]
         return words, shading, special
+
+    def problems(self) -> dict[str, str]:
+        """Why the maps may rank nothing, by kind (``constant image``, ``broad image``, ``flat words``),
+        one sentence each (empty when they look usable): a constant image map, an image map above the
+        middle of its range almost everywhere (share :data:`ALMOST_EVERYWHERE`), or every word with the
+        same score. Any method can produce them (a fit that compressed everything, gradients that
+        vanish through a ReLU); ``m2ib.explain`` warns with them, so no such map passes without a word."""
+        found = {}
+        if self.image_map is not None:
+            raw = self.image_map_raw if self.image_map_raw is not None else self.image_map
+            share = float((self.image_map > 0.5).float().mean())
+            if float(raw.max() - raw.min()) <= 1e-12 * max(float(raw.abs().max()), 1.0):
+                found["constant image"] = (f"the image map is constant ({float(raw.flatten()[0]):.3g} everywhere): "
+                                           "it ranks nothing")
+            elif share >= ALMOST_EVERYWHERE:
+                found["broad image"] = (f"the image map is above the middle of its range on {share:.1%} of the "
+                                        "pixels: it singles out almost nothing")
+        if self.text_map is not None:
+            words, shading, special = self.display_words()
+            shown = [float(shading[k]) for k in range(len(words)) if k not in set(special)]
+            if len(shown) > 1 and max(shown) == min(shown):
+                found["flat words"] = (f"every word gets the same score ({len(shown)} words at {shown[0]:.2f}): "
+                                       "the text map ranks nothing")
+        return found
 
     def word_shading(self) -> torch.Tensor | None:
         """Token scores for display: min-max over the words only (start/end excluded), as in

@@ -17,6 +17,33 @@ from .errors import InputError
 LOCK_NAME = ".m2ib.lock"
 
 
+def writable_folder(path: str | os.PathLike, name: str) -> Path:
+    """Create the folder ``path`` and prove it is writable, or raise one :class:`InputError` line that
+    names the argument ``name`` (``--out``, ``directory``): a file in its place or above it, a place
+    that cannot be created or written. Used before any work, so the error does not come after it."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{name} {path}: {parent} is a file, not a folder; pick another {name}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".m2ib-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{name} {path}: cannot write there ({exc.strerror or exc}); pick a writable folder") from None
+    return path
+
+
+def writable_file(path: str | os.PathLike, name: str) -> Path:
+    """``path`` can be written as a file: its folder is writable (:func:`writable_folder`) and no folder
+    has its name."""
+    path = Path(path)
+    writable_folder(path.parent, name)
+    if path.is_dir():
+        raise InputError(f"{name} {path}: is a folder, not a file; remove it or pick another name")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename
     it over ``path``. Missing folders are created; on any error the temporary file is removed."""

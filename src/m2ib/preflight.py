@@ -6,10 +6,12 @@ Nothing here imports torch at module level: the CLI calls these before it import
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import math
 import os
 import re
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import InputError
@@ -55,20 +57,74 @@ def check_positive(value: int | None, flag: str) -> None:
         raise InputError(f"{flag} {value}: must be a positive integer")
 
 
+#: Every numeric flag of the commands (argparse dest -> flag, minimum, whether the minimum itself is
+#: refused, maximum or None): :func:`check_numeric_flags` checks those a command has, before any work.
+NUMERIC_FLAGS: dict[str, tuple[str, float, bool, float | None]] = {
+    "batch_size": ("--batch-size", 1, False, None),
+    "rows": ("--rows", 1, False, None),
+    "time_limit": ("--time-limit", 0, True, None),
+    "deletion_steps": ("--deletion-steps", 1, False, None),
+    "iou_k": ("--iou-k", 0, True, 1),
+    "sanity_steps": ("--sanity-steps", 1, False, None),
+    "ray_actors": ("--ray-actors", 1, False, None),
+    "ray_cpus_per_actor": ("--ray-cpus-per-actor", 0, True, None),
+    "ray_gpus_per_actor": ("--ray-gpus-per-actor", 0, False, None),
+    "ray_object_store": ("--ray-object-store", 1, False, None),
+    "port": ("--port", 0, False, 65535),
+    "max_upload_mb": ("--max-upload-mb", 0, True, None),
+    "max_megapixels": ("--max-megapixels", 0, True, None),
+}
+
+
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """Each numeric flag the command has (:data:`NUMERIC_FLAGS`) is finite and in its range (None: not given)."""
+    for dest, (flag, low, strict, high) in NUMERIC_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        low_ok = value > low if strict else value >= low
+        if isinstance(value, bool) or not math.isfinite(value) or not low_ok or (high is not None and value > high):
+            rule = f"{'>' if strict else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+            raise InputError(f"{flag} {value}: must be a number {rule}")
+
+
+#: What each optional feature imports, and the extra (pyproject.toml, README "Install") that installs it.
+EXTRAS = {"matplotlib": "figures", "scipy": "evaluate", "ray": "ray", "gradio": "viewer", "shapiq": "interactions"}
+
+
+def check_installed(needs: Sequence[tuple[str, str]]) -> None:
+    """Every (module, what needs it) is importable; else one line with the pip command, before any model loads."""
+    for module, why in needs:
+        if importlib.util.find_spec(module) is None:
+            raise InputError(f"{why} needs {module}, which is not installed: pip install 'm2ib[{EXTRAS[module]}]'")
+
+
+def command_needs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(module, what needs it) for a parsed ``m2ib`` command, from its flags."""
+    command = getattr(args, "command", None)
+    methods = {m.strip() for m in str(getattr(args, "method", None) or getattr(args, "methods", "") or "").split(",")}
+    needs = []
+    if command == "explain" and not args.no_figure:
+        needs.append(("matplotlib", "the figure of m2ib explain (or pass --no-figure)"))
+    if command == "audit" and not args.no_report:
+        needs.append(("matplotlib", "the report of m2ib audit (or pass --no-report)"))
+    if command == "evaluate":
+        metrics = {m.strip() for m in args.metrics.split(",")}
+        if metrics & {"road", "all"}:
+            needs.append(("scipy", "the road metric of m2ib evaluate"))
+        if args.ray is not None:
+            needs.append(("ray", "m2ib evaluate --ray"))
+    if "fixlip" in methods:
+        needs.append(("shapiq", "the fixlip method"))
+    return needs
+
+
 def prepare_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create the output folder and prove it is writable, before any work (an existing file, an
     unwritable or uncreatable place is an error now, not after minutes of computation)."""
-    path = Path(path)
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise InputError(f"{flag} {path}: {parent} is a file, not a folder; pick another {flag}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".m2ib-probe-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); pick a writable folder") from None
-    return path
+    from .fileio import writable_folder
+
+    return writable_folder(path, flag)
 
 
 def check_image_files(paths: Iterable[str | os.PathLike]) -> None:
@@ -77,6 +133,25 @@ def check_image_files(paths: Iterable[str | os.PathLike]) -> None:
 
     for path in paths:
         load_image(path)
+
+
+def check_boxes(boxes: Sequence[tuple[float, float, float, float]], image: str | os.PathLike) -> None:
+    """Every box (x, y, w, h, in the original image's pixels) lies inside ``image``, read from its header
+    (EXIF rotation applied, as the explanation reads it), so no box silently falls off the figure."""
+    if not boxes:
+        return
+    from PIL import Image
+
+    with Image.open(image) as opened:
+        width, height = opened.size
+        if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap the sides
+            width, height = height, width
+    for x, y, w, h in boxes:
+        if x + w > width or y + h > height:
+            raise InputError(
+                f"--box {x:g},{y:g},{w:g},{h:g} reaches outside {image} ({width}x{height} pixels): "
+                "give X+W <= width and Y+H <= height, in the original image's pixels"
+            )
 
 
 def check_text(text: str, what: str = "text") -> None:

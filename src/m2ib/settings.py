@@ -30,6 +30,9 @@ from .errors import InputError
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 KINDS = (bool, int, float, str)
+INT_LIMIT = 2**63  # whole-number settings are torch int64s
+#: Seeds every random generator m2ib seeds accepts (torch's manual_seed, numpy's default_rng).
+SEED_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,11 @@ class SettingField:
             raise InputError(f"{self.name}={value!r} must be true or false")
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise InputError(f"{self.name}={value!r} must be an integer")
+        if self.name == "seed":  # every method's seed (methods.base.Settings): the generators' range
+            check_seed(value)
+        if self.kind is int and not -INT_LIMIT < value < INT_LIMIT:  # torch's int64 (a traceback otherwise)
+            raise InputError(f"{self.name}={value} is out of range: a whole-number setting lies strictly between "
+                             f"-2**63 and 2**63")
         if self.kind is float and not _finite_number(value):
             raise InputError(f"{self.name}={value!r} must be a finite number")
         if self.kind is str and not isinstance(value, str):
@@ -179,6 +187,13 @@ def check_number(value: object, name: str, *, minimum: float = 0.0, strict: bool
         rule = "a positive number" if strict and minimum == 0 else \
             f"a number {'>' if strict else '>='} {minimum:g}"
         raise InputError(f"{name}={value!r} must be {rule}")
+
+
+def check_seed(value: object, name: str = "seed") -> None:
+    """A seed the random generators accept: a whole number from 0 to :data:`SEED_MAX`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise InputError(f"{name}={value!r} is outside the random generator's range: use a whole number from 0 "
+                         f"to {SEED_MAX} (2**63 - 1)")
 
 
 def check_layer(value: object, name: str) -> None:

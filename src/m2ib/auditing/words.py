@@ -1,9 +1,10 @@
 """The words side of an audit: token scores merged into words, then one row per word over the data.
 
-A pair's *word share* is how much of the pair's text attribution a word holds: the sum of its
-sub-tokens' raw scores (negative scores count as 0) over the sum for all the pair's words
-(start/end tokens left out), so the shares of a pair add up to 1 and pairs of any length and
-score scale can be averaged. The *top word* of a pair is the word with the largest share.
+A pair's *word share* is how much of the pair's text attribution a word holds: the mean of its
+sub-tokens' raw scores (negative scores count as 0) over the sum of these means for all the pair's
+words (start/end tokens left out), so the shares of a pair add up to 1 and pairs of any length and
+score scale can be averaged. The mean, as in the figures (:meth:`m2ib.Explanation.display_words`):
+a sum would give a word split into many pieces (a rare word, a typo) a large share for its length. The *top word* of a pair is the word with the largest share.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def word_shares(text: str, tokens: Sequence[str], special: Sequence[int],
     merged = merge_words(text, tokens, special)
     if not merged:
         return []
-    mass = torch.tensor([sum(max(float(scores[j]), 0.0) for j in idx) for _, idx in merged], dtype=torch.float64)
+    mass = torch.tensor([sum(max(float(scores[j]), 0.0) for j in idx) / len(idx) for _, idx in merged],
+                        dtype=torch.float64)
     total = float(mass.sum())
     share = mass / total if total > 0 else torch.full_like(mass, 1.0 / len(merged))
     return [(word, float(s)) for (word, _), s in zip(merged, share)]

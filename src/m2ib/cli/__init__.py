@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import typing
 import warnings
@@ -113,11 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers: dict[str, Any] = {"explain": run_explain, "list": _list, "evaluate": run_evaluate, "audit": run_audit}
     try:
         with _one_line_warnings():
-            return handlers[args.command](args)
+            code = handlers[args.command](args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below, not at exit
+        return code
     except M2IBError as exc:
         print(f"m2ib: error: {_in_flags(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("m2ib: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`m2ib list | head -1`): nothing left to say
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 

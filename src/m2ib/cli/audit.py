@@ -48,8 +48,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     seed, per_method = evaluation_settings([args.method], args)  # checked before the model loads
     preflight.check_device(args.device)
-    for value, flag in ((args.batch_size, "--batch-size"), (args.rows, "--rows")):
-        preflight.check_positive(value, flag)
+    preflight.check_numeric_flags(args)
+    preflight.check_installed(preflight.command_needs(args))
     data = args.data.strip()
     if not data.startswith("shapes:") and not Path(data).is_file():
         raise InputError(f"--data {data}: no such file (give a TSV/CSV of pairs or shapes:SPLIT:N)")

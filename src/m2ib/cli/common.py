@@ -3,6 +3,8 @@ and the interaction methods (a light module: no model or method library is impor
 
 from __future__ import annotations
 
+import sys
+
 EXIT_BAD_INPUT = 2
 EXIT_UNFINISHED = 3  # evaluate and audit --time-limit: stopped early, results kept
 
@@ -31,3 +33,10 @@ def interactions() -> dict:
     from ..interactions import REGISTRY as INTERACTIONS
 
     return dict(INTERACTIONS)
+
+
+def status(message: str) -> None:
+    """One line on a terminal's stderr saying what a long step is doing (``m2ib: loading model shapes ...``);
+    nothing when stderr is a file or a pipe, where an error stays the one line it promises."""
+    if sys.stderr.isatty():
+        print(f"m2ib: {message}", file=sys.stderr, flush=True)

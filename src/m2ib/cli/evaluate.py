@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help
+from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help, status
 
 SAMPLES_NOTE = ("--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
                 "coalitions), as in m2ib explain; to evaluate N rows drawn at random, use --rows N")
@@ -34,6 +34,7 @@ def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[i
     from ..evaluation.phrases import make_settings, method_registry
     from ..methods import Settings
     from ..settings import (
+        check_seed,
         fields_of,
         given_settings,
         parse_assignment,
@@ -44,14 +45,13 @@ def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[i
     given = given_settings(args, registry)
     seed_field = next(f for f in fields_of(Settings) if f.name == "seed")
     seed = seed_field.parse(given.pop("seed", 0))  # the run's seed: rows drawn, and every method's
+    check_seed(seed, "--seed")
     per_method = settings_per_method(methods, given, registry) if given else {}
     for item in args.setting:
         method, name, value = parse_assignment(item, methods, registry)
         per_method.setdefault(method, {})[name] = value
     for method, values in per_method.items():
         make_settings(None, method, values)  # bad values: one line, before the model loads
-    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
-        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     return seed, per_method
 
 
@@ -76,9 +76,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
                           roar_budget=args.roar_budget)
     seed, per_method = evaluation_settings(methods, args)
+    if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
+        print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     preflight.check_device(args.device)
-    for value, flag in ((args.batch_size, "--batch-size"), (args.rows, "--rows"), (args.ray_actors, "--ray-actors")):
-        preflight.check_positive(value, flag)
+    preflight.check_numeric_flags(args)
+    preflight.check_installed(preflight.command_needs(args))
     unknown = sorted(set(config.names) - set(METRIC_NAMES))
     if unknown:
         raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")
@@ -89,6 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     # A data file is read now; shapes rows are rendered at the model's size, after the load.
     shapes = args.data.strip().startswith(("shapes:", "shapes-collage:", "shapes-two:"))
     table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
+    status(f"loading model {args.model} ...")
     backend = load(args.model, device=args.device)
     if table is None:
         table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)

@@ -130,7 +130,10 @@ def run_explain(args: argparse.Namespace) -> int:
     from .. import preflight
     from ..api import load
     from ..pairs import PairRows, PairsJob, explain_pairs, read_pairs, stems_of
+    from .common import status
 
+    preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
+    preflight.check_installed(preflight.command_needs(args))
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods, interaction = _methods(args.method)
     settings = _method_settings(methods, args)
@@ -146,6 +149,7 @@ def run_explain(args: argparse.Namespace) -> int:
             raise InputError("give an IMAGE and a TEXT (or --pairs FILE); see m2ib explain --help")
         preflight.check_text(args.text)
         preflight.check_image_files([args.image])
+        preflight.check_boxes(boxes, args.image)
         rows = PairRows([(args.image, args.text)])
     for negative in args.negative:
         preflight.check_text(negative, "--negative")
@@ -156,8 +160,14 @@ def run_explain(args: argparse.Namespace) -> int:
                    figure=not args.no_figure, overwrite=args.overwrite,
                    batch_size=16 if args.batch_size is None else args.batch_size,
                    inputs=() if args.pairs is None else (args.pairs,))
-    outcome = explain_pairs(lambda: load(args.model, device=args.device), rows,
-                            stems_of(rows, job, numbered=args.pairs is not None), job)
+
+    def load_model() -> Any:  # called only when some pair is left to do; the seconds before it are never silent
+        status(f"loading model {args.model} ...")
+        backend = load(args.model, device=args.device)
+        status(f"explaining {len(rows.pairs)} pair(s) with {', '.join(methods)} ...")
+        return backend
+
+    outcome = explain_pairs(load_model, rows, stems_of(rows, job, numbered=args.pairs is not None), job)
     return _explained(outcome, len(rows.pairs), args.out)
 
 

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .. import preflight
 from ..errors import M2IBError
 from ..serve.app import build_app, launch
 from ..serve.callbacks import registered_methods
@@ -61,11 +62,11 @@ def _stop_on_sigterm() -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """``m2ib serve``; returns the exit code (2 for bad input or a missing extra)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if not 0 <= args.port <= 65535:
-        print(f"m2ib: error: --port {args.port} is not a port number (0..65535)", file=sys.stderr)
-        return 2
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
-        print("m2ib: error: --max-upload-mb and --max-megapixels must be positive", file=sys.stderr)
+    try:  # every cheap check before the model loads
+        preflight.check_numeric_flags(args)
+        preflight.check_installed([("gradio", "m2ib serve")])
+    except M2IBError as exc:
+        print(f"m2ib: error: {exc}", file=sys.stderr)
         return 2
     handler = logging.StreamHandler()  # one line per request on stderr, while this command runs
     handler.setFormatter(logging.Formatter("m2ib serve: %(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..maps import finite, minmax  # noqa: F401 - re-exported: methods import them from here
 from ..registry import Registry
-from ..settings import check_types
+from ..settings import check_seed, check_types
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -63,6 +63,7 @@ class Settings:
     seed: int = setting(0, "random seed; the same seed gives the same maps for a pair, alone or in a batch")
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)  # the generators' range, named as such (before the general int64 check)
         check_types(self)  # every field's declared type first, so validate() may rely on it
         self.validate()
 
@@ -170,6 +171,7 @@ class Method(Configurable, ABC):
     Settings: ClassVar[type[Settings]] = Settings  # redeclared: the hooks' ``settings`` are each method's own
     modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
     uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
+    degenerate_hint: ClassVar[str] = ""  # what to change when its map ranks nothing (Explanation.problems)
 
     def resolved(self, backend: Backend, settings: Settings) -> Settings:
         """Settings with model-dependent defaults filled in (e.g. ``None`` layers). Hook."""

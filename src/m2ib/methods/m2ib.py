@@ -25,7 +25,6 @@ so a pair's map does not depend on the batch it is in.
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
-from ..errors import InputError, SettingWarning
+from ..errors import InputError
 from ..settings import check_choice, check_number, check_positive_int
 from .base import PRECISIONS, RawScores, Target, autocast, register, setting
 from .common import PerBackend
@@ -85,6 +84,9 @@ class M2IBSettings(LayerSettings):
         check_number(self.text_beta, "text_beta")
         check_choice(self.precision, "precision", PRECISIONS)
         check_choice(self.bottleneck, "bottleneck", BOTTLENECKS)
+        if self.reference is not None and self.bottleneck != "standardised":  # honoured or refused, never ignored
+            raise InputError(f"reference={self.reference!r} is read only with bottleneck=standardised: set bottleneck "
+                             "to standardised, or leave reference out", settings=("bottleneck", "reference"))
 
 
 @register
@@ -95,6 +97,7 @@ class M2IB(LayerMethod):
     title = "M2IB"
     paper = "https://arxiv.org/abs/2312.17174"
     Settings = M2IBSettings
+    degenerate_hint = "the fit diverged or compressed everything: lower lr, or vision_beta / text_beta"
 
     def precision_of(self, settings: M2IBSettings) -> str:
         return settings.precision
@@ -104,29 +107,16 @@ class M2IB(LayerMethod):
         batch, layer = self.side(modality, images, texts, settings)
         beta = settings.vision_beta if modality == "image" else settings.text_beta
         kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings)
-        if isinstance(batch, TextBatch):  # the words: between the start and the end token
-            shown = [slice(1, max(int(n) - 1, 2)) for n in batch.lengths.tolist()]
-        else:  # the patches: after the class and register tokens
-            shown = [slice(backend.geometry.image_prefix_tokens, None)] * len(batch)
-        check_fit(kl_map, shown, modality, settings)
+        check_fit(kl_map, modality, settings)
         return RawScores(kl_map, info)
 
 
-def check_fit(kl_map: torch.Tensor, shown: list[slice], modality: Modality, s: M2IBSettings) -> None:
-    """A fit that went wrong says so: a non-finite map is an error; a map that is the same on every
-    token it shows (the optimiser overshot, or the compression term won) is a warning naming the
-    settings (the result is still written: exit code 0)."""
-    beta = "vision_beta" if modality == "image" else "text_beta"
+def check_fit(kl_map: torch.Tensor, modality: Modality, s: M2IBSettings) -> None:
+    """A fit that went wrong says so: a non-finite map is an error. (A map that is the same on every
+    token is a warning for every method, from :meth:`Explanation.problems`, with :attr:`M2IB.degenerate_hint`.)"""
     if not torch.isfinite(kl_map).all():
         raise InputError(f"M2IB's {modality} fit diverged (non-finite KL): lower lr (now {s.lr}) or raise var "
                          f"(now {s.var})", settings=("lr", "var"))
-    for i, (row, part) in enumerate(zip(kl_map, shown)):
-        values = row[part]
-        if values.numel() > 1 and float(values.max() - values.min()) <= 1e-12 * max(float(values.abs().max()), 1.0):
-            warnings.warn(SettingWarning(
-                f"M2IB's {modality} map of pair {i + 1} is constant ({float(values[0]):.3g} on every token), so it "
-                f"ranks nothing: the fit diverged or compressed everything; lower lr (now {s.lr}) or {beta} (now "
-                f"{getattr(s, beta)})", settings=("lr", beta)), stacklevel=2)
 
 
 def kl_to_prior(lam_r: torch.Tensor, log_one_minus_lam: torch.Tensor, var: float) -> torch.Tensor:
@@ -157,9 +147,6 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
     n, t, d = hidden.shape
     check_fits_in_memory(backend, modality, layer, n, t, d, s)
     statistics = None
-    if s.reference is not None and s.bottleneck != "standardised":
-        warnings.warn(f"reference={s.reference!r} is read only with bottleneck=standardised; it is ignored",
-                      stacklevel=2)
     if s.bottleneck == "standardised":  # fit on (R - mean) / sd; the suffix reads Z * sd + mean
         statistics = bottleneck_statistics(backend, modality, batch, layer, hidden, s.reference)
         hidden = (hidden - statistics[0]) / statistics[1]

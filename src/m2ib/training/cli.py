@@ -9,6 +9,7 @@ import typing
 from dataclasses import fields, replace
 
 from ..errors import M2IBError
+from ..settings import check_number, check_positive_int
 from .config import QUICK, TrainConfig
 from .loop import train
 from .state import CHECKPOINT, checkpoint_step
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m m2ib.training") -
     if "n_objects" in overrides:
         overrides["n_objects"] = tuple(overrides["n_objects"])
     try:
+        if args.time_limit is not None:  # range-checked like every numeric flag: never a silent 1-step run
+            check_number(args.time_limit, "--time-limit", strict=True)
+        if args.stop_after is not None:
+            check_positive_int(args.stop_after, "--stop-after")
         config = replace(base, **overrides)
         out = train(config, args.out, device=args.device, resume=not args.no_resume,
                     progress=not args.no_progress, command=f"{prog} " + shlex.join(argv),

@@ -8,7 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .style import LINE_GAP, PT, SCORE_GAP, SUBTITLE_FS, TITLE_FS, TOK_HGAP, TOK_HPAD, TOK_VPAD, Fonts
+from .style import (
+    LINE_GAP,
+    MAX_TITLE_LINES,
+    MAX_TOKEN_LINES,
+    PT,
+    SCORE_GAP,
+    SUBTITLE_FS,
+    TITLE_FS,
+    TOK_HGAP,
+    TOK_HPAD,
+    TOK_VPAD,
+    Fonts,
+)
 
 
 class Ruler:
@@ -174,8 +186,24 @@ def layout_tokens(
             else:
                 lo = mid
         cells, line, used = wrap(hi)
+    if line + 1 > MAX_TOKEN_LINES:
+        cells, line = _cut_tokens(ruler, fonts, cells, used), MAX_TOKEN_LINES - 1
     n_lines = line + 1 if cells else 0
     return TokenBlock(cells, n_lines, used, box_h, pitch, asc, score_asc, show_scores)
+
+
+def _cut_tokens(ruler: Ruler, fonts: Fonts, cells: list[Cell], limit: float) -> list[Cell]:
+    """The cells of the first :data:`MAX_TOKEN_LINES` lines, the last line ending in a grey "… +N more"
+    cell (the figure's height stays bounded; every score is in the JSON)."""
+    kept = [c for c in cells if c.line < MAX_TOKEN_LINES]
+    while True:
+        note = f"… +{len(cells) - len(kept)} more (all in the JSON)"
+        w = ruler.width(note, fonts.special) + 2 * TOK_HPAD
+        last = kept[-1]
+        x = last.x + last.w + TOK_HGAP
+        if x + w <= limit + 1e-9 or len(kept) == 1:
+            return [*kept, Cell(note, x if x + w <= limit + 1e-9 else 0.0, last.line, min(w, limit), True)]
+        kept.pop()
 
 
 def title_lines(ruler: Ruler, fonts: Fonts, title: str | None, subtitle: str | None,
@@ -183,7 +211,14 @@ def title_lines(ruler: Ruler, fonts: Fonts, title: str | None, subtitle: str | N
     """The title and the subtitle, each wrapped to ``max_w`` inches ([] when absent)."""
     t = wrap_text(ruler, title, fonts.title, max_w) if title else []
     s = wrap_text(ruler, subtitle, fonts.subtitle, max_w) if subtitle else []
-    return t, s
+    return _at_most(ruler, t, fonts.title, max_w, MAX_TITLE_LINES), _at_most(ruler, s, fonts.subtitle, max_w, 3)
+
+
+def _at_most(ruler: Ruler, lines: list[str], prop, max_w: float, n: int) -> list[str]:
+    """The first ``n`` lines, the last ending in an ellipsis when lines were left out."""
+    if len(lines) <= n:
+        return lines
+    return [*lines[: n - 1], fit_text(ruler, lines[n - 1] + " …", prop, max_w)]
 
 
 def title_height(ruler: Ruler, fonts: Fonts, t_lines: list[str], s_lines: list[str]) -> float:

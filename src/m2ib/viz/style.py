@@ -31,6 +31,8 @@ TEXT_W = 4.4  # max width of the token panel beside images
 TEXT_W_ALONE = 6.2  # max width of the token panel when it is alone
 ROW_GAP = 0.16
 NAME_MAX_W = 1.5
+MAX_TITLE_LINES = 2  # a longer title (the text explained) ends in an ellipsis
+MAX_TOKEN_LINES = 12  # a longer text shows its first words and "… +N more": the figure's height is bounded
 
 TOK_HPAD = 3.0 * PT
 TOK_VPAD = 2.5 * PT
