@@ -80,7 +80,8 @@ def readable_rows(rows: Sequence[Row]) -> tuple[list[Row], list, list[dict[str, 
     return good, pictures, bad
 
 
-def read_batch(backend: Backend, rows: Sequence[Row], seed: int, measured: Sequence[Metric]) -> tuple[PairBatch | None, list[dict[str, str]]]:
+def read_batch(backend: Backend, rows: Sequence[Row], seed: int,
+               measured: Sequence[Metric]) -> tuple[PairBatch | None, list[dict[str, str]]]:
     """The rows whose image can be read, as model inputs with what the metrics need; and the bad rows."""
     good, pictures, bad = readable_rows(rows)
     if not good:

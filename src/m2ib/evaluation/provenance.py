@@ -16,7 +16,6 @@ import torch
 from ..backends.base import Backend
 from ..datasets.tables import PairTable
 from ..errors import InputError
-from ..metrics.base import Chosen, metrics_record
 
 FORMAT = 1
 #: Provenance fields that must match for a run to resume another (methods, settings and metrics: see check_same_run).
@@ -44,9 +43,10 @@ def resolved_settings(backend: Backend, methods: Sequence[str], settings: dict[s
     return json.loads(json.dumps(out, default=str))
 
 
-def provenance(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Chosen,
+def provenance(backend: Backend, table: PairTable, methods: Sequence[str], protocol: dict[str, Any],
                settings: dict[str, dict[str, Any]] | None, seed: int, command: str | None = None) -> dict[str, Any]:
-    """The provenance record written first in every results file."""
+    """The provenance record written first in every results file; ``protocol`` is its ``"metrics"``
+    (:func:`m2ib.metrics.base.metrics_record`: the metrics and their options)."""
     import transformers
 
     from ..version import __version__
@@ -60,7 +60,7 @@ def provenance(backend: Backend, table: PairTable, methods: Sequence[str], metri
         "seed": int(seed), "data": table.spec, "data_kind": table.kind, "rows_in_source": table.total,
         "rows": len(table.rows), "methods": list(methods),
         "settings": resolved_settings(backend, methods, settings, seed),
-        "metrics": metrics_record(metrics),
+        "metrics": protocol,
         "command": command if command is not None else " ".join(sys.argv),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

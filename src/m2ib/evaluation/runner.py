@@ -32,7 +32,7 @@ from ..datasets.tables import Row, PairTable
 from ..errors import InputError
 from ..fileio import folder_lock
 from ..metrics import DEFAULT_METRICS
-from ..metrics.base import Chosen, RunContext, choose, in_registry_order, per_pair
+from ..metrics.base import Chosen, RunContext, choose, in_registry_order, metrics_record, per_pair
 from ..metrics.localisation import ground_truth_mask, relevant_tokens
 from ..metrics.roar import ROAR_MAPS
 from .pairs import evaluate_pair, evaluate_rows
@@ -166,7 +166,7 @@ def plan_run(backend: Backend, table: PairTable, methods: Sequence[str], metrics
     for metric in in_registry_order(chosen):
         metric.check_rows(table.rows, table.spec)  # e.g. grounding without per-object masks: one line
     out = Path(out)
-    header, records = open_run(backend, table, methods, chosen, settings, seed, out, command)
+    header, records = open_run(backend, table, methods, metrics_record(chosen), settings, seed, out, command)
     todo = pending(table, methods, records)
     total = sum(len(missing) for _, missing in todo)
     result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)

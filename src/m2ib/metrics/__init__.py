@@ -32,8 +32,8 @@ registry's order: the order of ``--metrics all``, of the values in a record and 
 
 from typing import Any
 
-from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, RunContext
-from .base import Table, choose, direction, metrics_record, register, summary_tables
+from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, MetricSettings, PairBatch
+from .base import RunContext, Table, choose, direction, metrics_record, register, summary_tables
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
 from .road import linear_impute, road_scores
@@ -57,4 +57,5 @@ __all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "pertu
            "gaussian_blur", "road_scores", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
            "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
            "Metric", "PHRASES", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
-           "REGISTRY", "summary_tables", "MetricSettings", "DEFAULT_METRICS", "choose", "metrics_record"]
+           "REGISTRY", "summary_tables", "MetricSettings", "DEFAULT_METRICS", "choose",
+           "metrics_record"]

@@ -4,11 +4,12 @@ A :class:`Metric` says what it records (:class:`Key`: name and which way is bett
 summary shows it (:class:`Table`), what it needs from the data (:data:`NEEDS`), its options (a
 frozen ``Settings`` dataclass of :func:`~m2ib.settings.setting` fields, as a method's: the
 ``evaluate`` flags and the record of a run's options come from it) and how it measures. A
-metric object holds its settings (``self.settings``). A metric's ``sides`` are ``"image"`` and/or ``"text"`` (each method's map of that side
-of the pair) or :data:`PHRASES` (the image maps of each row's object phrases, see there).
-Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one method's maps
-of one side of a batch of pairs; whole-run metrics (ROAR+) implement
-:meth:`Metric.measure_run`, which runs once after every pair is done. The evaluation loop,
+metric object holds its settings (``self.settings``). A metric's ``sides`` are ``"image"``
+and/or ``"text"`` (each method's map of that side of the pair) or :data:`PHRASES` (the image
+maps of each row's object phrases, see there). Per-pair metrics (``per_pair = True``)
+implement :meth:`Metric.measure` for one method's maps of one side of a batch of pairs;
+whole-run metrics (ROAR+) implement :meth:`Metric.measure_run`, which runs once after every
+pair is done. The evaluation loop,
 the summary tables and arrows, the plots and ``METRIC_NAMES`` all read this registry.
 """
 
@@ -263,6 +264,8 @@ Chosen = Union[Sequence[str], Mapping[str, Any]]
 def choose(metrics: Chosen) -> dict[str, SettingsBase]:
     """The chosen metrics, in the order given, each with its settings object; an unknown name or
     a bad option is one :class:`~m2ib.errors.InputError` line."""
+    if isinstance(metrics, str):  # one name, not its letters
+        metrics = [metrics]
     items = list(metrics.items()) if isinstance(metrics, Mapping) else [(name, None) for name in metrics]
     unknown = [name for name, _ in items if name not in REGISTRY]
     if unknown or not items:
