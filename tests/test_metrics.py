@@ -519,3 +519,28 @@ def test_a_new_metric_option_is_one_field(registered):
     registered(REGISTRY, Clash)
     with pytest.raises(InputError, match="ray's setting 'actors': its flag --ray-actors is taken by another option"):
         _evaluate_args()
+
+
+def test_metrics_measure_with_their_own_options(toy, pair, monkeypatch):
+    """A metric object measures with its settings: the protocols, the curve's steps, ROAD's percentiles
+    and noise, the IoU's k (hand cases of the toy backend, as above)."""
+    from m2ib.metrics import REGISTRY, MethodRun, PairBatch
+
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    batch = PairBatch(toy, [None], images, texts, seed=0, pair_seeds=[0], masks=[toy.region])
+    perfect, run = _maps(toy)["perfect"][None], MethodRun("m", {}, [])
+
+    def measure(name, **options):
+        cls = REGISTRY[name]
+        return cls(cls.make_settings(**options)).measure(batch, run, "image", perfect)
+
+    assert list(measure("confidence", protocols=("mask",)).values[0]) == ["image_drop_mask", "image_increase_mask"]
+    assert measure("deletion", steps=4).curves[0]["image_deletion"] == pytest.approx([S1, 0, 0, 0, 0], abs=1e-6)
+    assert len(measure("deletion", steps=2).curves[0]["image_deletion"]) == 3
+    road = measure("road", percentiles=(30, 50, 70), noise=0.0)
+    assert road.values[0]["image_road_morf"] == pytest.approx(-S1, abs=1e-6)
+    assert len(road.curves[0]["image_road_morf"]) == 3
+    assert measure("road", percentiles=(30,), noise=0.5).values[0]["image_road_morf"] != pytest.approx(-S1, abs=1e-3)
+    assert measure("localisation").values[0]["image_iou"] == pytest.approx(1.0)  # k: the mask's own 25 %
+    assert measure("localisation", iou_k=0.5).values[0]["image_iou"] == pytest.approx(0.5)
