@@ -517,7 +517,7 @@ def test_a_new_metric_option_is_one_field(registered):
                                               bases=(MetricSettings,), frozen=True)
 
     registered(REGISTRY, Clash)
-    with pytest.raises(InputError, match="ray's setting 'actors': its flag --ray-actors is taken by another option"):
+    with pytest.raises(InputError, match="ray's setting 'actors': argument --ray-actors: conflicting option string"):
         _evaluate_args()
 
 

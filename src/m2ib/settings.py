@@ -381,14 +381,13 @@ def add_owned_flags(parser: argparse.ArgumentParser, registry: Mapping[str, Any]
     group = parser.add_argument_group(title)
     for owner, fields in fields_by_method(registry).items():
         for field in fields.values():
-            flags = owned_flags(owner, field)
-            taken = [f for f in flags if f in parser._option_string_actions]
-            if taken:
-                raise InputError(f"{owner}'s setting {field.name!r}: its flag {taken[0]} is taken by another "
-                                 "option; rename the setting")
             default = "" if field.default is None else f" (default: {field.format(field.default)})"
-            group.add_argument(*flags, dest=OWNED + owned_name(owner, field), default=None, metavar=field.metavar,
-                               help=f"{owner}: {field.help}{default}".replace("%", "%%"))  # argparse formats help
+            try:
+                group.add_argument(*owned_flags(owner, field), dest=OWNED + owned_name(owner, field), default=None,
+                                   metavar=field.metavar,
+                                   help=f"{owner}: {field.help}{default}".replace("%", "%%"))  # argparse formats help
+            except argparse.ArgumentError as exc:  # e.g. a plugin metric "ray" with an option "actors"
+                raise InputError(f"{owner}'s setting {field.name!r}: {exc}; rename the setting") from None
 
 
 def given_owned(args: argparse.Namespace, registry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
