@@ -246,7 +246,7 @@ def test_a_list_setting_is_a_comma_list():
     class Lists(SettingsBase):
         steps: tuple[int, ...] = setting((10, 20), "whole numbers")
         modes: tuple[Literal["a", "b"], ...] = setting(("a",), "choices")
-        shares: Optional[tuple[float, ...]] = setting(None, "numbers, or none")
+        shares: tuple[float, ...] | None = setting(None, "numbers, or none")
 
     steps, modes, shares = fields_of(Lists)
     assert (steps.many, steps.kind, modes.choices, shares.optional) == (True, int, ("a", "b"), True)

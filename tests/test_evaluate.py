@@ -19,8 +19,8 @@ from PIL import Image
 from m2ib.datasets.tables import load_table
 from m2ib.errors import InputError
 from m2ib.evaluation.report import mean_ci, t975
-from m2ib.metrics import choose
 from m2ib.evaluation.runner import evaluate_pair, read_results, run_evaluation
+from m2ib.metrics import choose
 
 FAST = {"m2ib": {"steps": 2, "samples": 2}}
 METRICS = {"confidence": {}, "deletion": {"steps": 3}, "road": {"percentiles": (50,)}, "localisation": {}}
@@ -416,8 +416,9 @@ def test_roar_through_the_runner(tmp_path, monkeypatch):
     summary, the map cache gone, and a re-run with nothing left to do retrains nothing."""
     import dataclasses
 
-    import m2ib
     from conftest import SMALL
+
+    import m2ib
     from m2ib.metrics import roar as R
     from m2ib.models import random_clip
 

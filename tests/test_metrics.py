@@ -19,8 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from m2ib.backends.base import Backend, Geometry, ImageBatch, TextBatch
-from m2ib.metrics import (boxes_to_mask, cascading_randomization, confidence_change, deletion_insertion, linear_impute,
-                          localisation, road_scores, spearman, ssim, text_pointing, topk_iou)
+from m2ib.metrics import (
+    boxes_to_mask,
+    cascading_randomization,
+    confidence_change,
+    deletion_insertion,
+    linear_impute,
+    localisation,
+    road_scores,
+    spearman,
+    ssim,
+    text_pointing,
+    topk_iou,
+)
 
 S1 = 1 / math.sqrt(2)
 H = W = 8
@@ -351,11 +362,11 @@ def test_roar_resumes_from_cached_map_chunks(tmp_path, monkeypatch):
     computes only the rest, gives the records of an uninterrupted run, and removes the cache."""
     import dataclasses
 
+    from conftest import SMALL
+
     import m2ib
     from m2ib.metrics import roar as R
     from m2ib.models import random_clip
-
-    from conftest import SMALL
 
     model, tokenizer = random_clip(dataclasses.replace(SMALL, image_size=64, patch_size=16), seed=1)
     backend = m2ib.load(model, tokenizer=tokenizer)  # shapes scenes are at least 64 px

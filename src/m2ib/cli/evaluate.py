@@ -62,9 +62,10 @@ def chosen_metrics(args: argparse.Namespace) -> dict[str, Any]:
     from ..settings import fields_of, given_owned, owned_flags, parse_assignment
 
     names = REGISTRY.select(args.metrics, "--metrics")
-    options = given_owned(args, REGISTRY)
+    registry = dict(REGISTRY.items())  # name -> metric class, as the settings helpers read it
+    options = given_owned(args, registry)
     for item in args.metric_setting:
-        metric, name, value = parse_assignment(item, list(REGISTRY.names()), REGISTRY, option="--metric-setting",
+        metric, name, value = parse_assignment(item, list(registry), registry, option="--metric-setting",
                                                owner="METRIC")
         options.setdefault(metric, {})[name] = value
     for metric, given in options.items():
@@ -165,7 +166,7 @@ def add_evaluate(sub) -> None:
                     "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
     _add_ray(ev)
     add_setting_flags(ev, {**REGISTRY, **interactions()})
-    add_owned_flags(ev, METRICS, "metric options (flag: --METRIC-OPTION; each applies to its metric only)")
+    add_owned_flags(ev, dict(METRICS.items()), "metric options (flag: --METRIC-OPTION; each applies to its metric only)")
     ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
                     help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
 

@@ -36,8 +36,7 @@ from ..backends.base import Backend
 from ..datasets.tables import PairTable
 from ..errors import InputError, RunError
 from ..fileio import folder_lock
-from ..metrics.base import Chosen
-from ..metrics.base import per_pair
+from ..metrics.base import Chosen, per_pair
 from .pairs import evaluate_rows
 from .provenance import weights_hash
 from .runner import Plan, RunResult, batches, finish_run, plan_run

@@ -20,7 +20,7 @@ from abc import ABC
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 
@@ -258,7 +258,7 @@ register = REGISTRY.register
 
 #: What a run measures: metric names (each with its default options), or a mapping from name to
 #: its settings object or to ``{option: value}`` (the other options at their defaults).
-Chosen = Union[Sequence[str], Mapping[str, Any]]
+Chosen = Sequence[str] | Mapping[str, Any]
 
 
 def choose(metrics: Chosen) -> dict[str, SettingsBase]:

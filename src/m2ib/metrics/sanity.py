@@ -33,8 +33,19 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, Modality, Part, TextBatch  # noqa: F401 (Part: re-exported)
 from ..errors import InputError
 from ..settings import check_positive_int, setting
-from .base import (Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, PlotCanvas, mean_curve, number,
-                   numbers, register)
+from .base import (
+    Key,
+    Measured,
+    MethodRun,
+    Metric,
+    MetricSettings,
+    PairBatch,
+    PlotCanvas,
+    mean_curve,
+    number,
+    numbers,
+    register,
+)
 
 
 def randomise_(objects: Sequence[Any], seed: int) -> None:
