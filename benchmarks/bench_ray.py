@@ -34,7 +34,7 @@ for _key, _value in RAY_ENV.items():
 import m2ib  # noqa: E402
 from m2ib.datasets.tables import load_table  # noqa: E402
 from m2ib.evaluation.distributed import RayConfig, run_evaluation_ray  # noqa: E402
-from m2ib.evaluation.runner import MetricConfig, read_results, run_evaluation  # noqa: E402
+from m2ib.evaluation.runner import read_results, run_evaluation  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     backend = m2ib.load(args.model, device=args.device)
     table = load_table(f"shapes:test:{args.n}", size=backend.geometry.image_size[0])
-    config = MetricConfig(names=("confidence",))
+    config = ["confidence"]
     gpus = 1.0 if args.device.startswith("cuda") else 0.0
     cpus_per_actor = max(1, (os.cpu_count() or 2) // args.actors)
     root = Path(tempfile.mkdtemp(prefix="m2ib-bench-ray-"))

@@ -233,3 +233,38 @@ def test_a_new_setting_is_one_field(monkeypatch, registered):
         read("--pinch", "lots")
     with pytest.raises(InputError, match="flavour=3 must be text"):
         FlavouredSettings(flavour=3)
+
+
+def test_a_list_setting_is_a_comma_list():
+    """tuple[kind, ...] fields (a metric's percentiles, its protocols; a method's too) read "10,20,30"
+    strictly, item by item, and format back to the same text."""
+    import dataclasses
+
+    from m2ib.errors import InputError
+    from m2ib.settings import SettingsBase, fields_of, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Lists(SettingsBase):
+        steps: tuple[int, ...] = setting((10, 20), "whole numbers")
+        modes: tuple[Literal["a", "b"], ...] = setting(("a",), "choices")
+        shares: tuple[float, ...] | None = setting(None, "numbers, or none")
+
+    steps, modes, shares = fields_of(Lists)
+    assert (steps.many, steps.kind, modes.choices, shares.optional) == (True, int, ("a", "b"), True)
+    assert steps.control == "list" and steps.metavar == "N[,...]" and modes.metavar == "{a,b}[,...]"
+    assert steps.parse(" 10, 20 ,30") == (10, 20, 30) and steps.parse("") == () and steps.parse([1, 2.0]) == (1, 2)
+    assert modes.parse("b,a") == ("b", "a") and shares.parse("0.5") == (0.5,) and shares.parse(None) is None
+    for field, value in ((steps, (10, 20, 30)), (modes, ("b", "a")), (shares, (0.5, 0.25))):
+        assert field.parse(field.format(value)) == value
+    for field, text, message in ((steps, "10,,20", "steps='10,,20' has an empty item"),
+                                 (steps, "10,", "has an empty item"),
+                                 (steps, "10,2.5", "steps='2.5' must be a whole number"),
+                                 (modes, "a,c", "modes='c': use one of a, b"),
+                                 (shares, "0.5,nan", "shares=nan must be a finite number")):
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            field.parse(text)
+    with pytest.raises(InputError, match=r"steps=\[10\] must be a tuple"):
+        Lists(steps=[10])
+    with pytest.raises(InputError, match="steps='x' must be an integer"):
+        Lists(steps=("x",))
+    assert Lists(steps=(1,)).as_dict() == {"steps": (1,), "modes": ("a",), "shares": None}

@@ -9,7 +9,7 @@ from m2ib.datasets.collage import quadrant_mask, render_collage
 from m2ib.datasets.shapes import COLOURS
 from m2ib.datasets.tables import load_table
 from m2ib.errors import InputError
-from m2ib.metrics import REGISTRY as METRICS, MetricConfig
+from m2ib.metrics import REGISTRY as METRICS
 from m2ib.metrics.base import MethodRun, PairBatch
 from m2ib.metrics.collage import quadrant_scores
 
@@ -60,14 +60,13 @@ def test_table_rows_and_bad_specs():
 def test_registered_metric_measures_collage_rows_only():
     rows = load_table("shapes-collage:val:2", size=4).rows
     maps = torch.stack([HAND_MAP, HAND_MAP])
-    batch = PairBatch(backend=None, rows=rows, images=None, texts=None, seed=0, pair_seeds=[0, 0],
-                      config=MetricConfig())
+    batch = PairBatch(backend=None, rows=rows, images=None, texts=None, seed=0, pair_seeds=[0, 0])
     measured = METRICS.get("collage")().measure(batch, MethodRun("m", {}, []), "image", maps)
     for row, values in zip(rows, measured.values):
         mass, hit = quadrant_scores(HAND_MAP, row.mask)
         assert values == {"collage_mass": pytest.approx(mass), "collage_max": hit}
     other = load_table("shapes:val:1", size=64).rows
-    batch = PairBatch(backend=None, rows=other, images=None, texts=None, seed=0, pair_seeds=[0], config=MetricConfig())
+    batch = PairBatch(backend=None, rows=other, images=None, texts=None, seed=0, pair_seeds=[0])
     assert METRICS.get("collage")().measure(batch, MethodRun("m", {}, []), "image", torch.rand(1, 64, 64)).values == [{}]
 
 

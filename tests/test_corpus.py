@@ -348,7 +348,6 @@ HUGE = "99999999999999999999999"
 CORPUS = [
     # numeric flags of every command, range-checked
     ("ev-time-limit-negative", [*EV, "--time-limit", "-5"], 2, "--time-limit -5"),
-    ("ev-time-limit-zero", [*EV, "--time-limit", "0"], 2, "--time-limit"),
     ("ev-time-limit-nan", [*EV, "--time-limit", "nan"], 2, "--time-limit"),
     ("ev-time-limit-inf", [*EV, "--time-limit", "inf"], 2, "--time-limit"),
     ("ev-deletion-steps-zero", [*EV, "--deletion-steps", "0"], 2, "deletion"),

@@ -19,11 +19,11 @@ from PIL import Image
 from m2ib.datasets.tables import load_table
 from m2ib.errors import InputError
 from m2ib.evaluation.report import mean_ci, t975
-from m2ib.evaluation.runner import MetricConfig, evaluate_pair, read_results, run_evaluation
+from m2ib.evaluation.runner import evaluate_pair, read_results, run_evaluation
+from m2ib.metrics import choose
 
 FAST = {"m2ib": {"steps": 2, "samples": 2}}
-METRICS = MetricConfig(names=("confidence", "deletion", "road", "localisation"), deletion_steps=3,
-                       road_percentiles=(50,))
+METRICS = {"confidence": {}, "deletion": {"steps": 3}, "road": {"percentiles": (50,)}, "localisation": {}}
 
 
 def _png(path: Path, seed: int, size=(40, 56)) -> Path:
@@ -115,7 +115,7 @@ def test_a_registered_metric_flows_through_the_run(backend, mscxr, tmp_path, reg
             return out
 
     assert "map_mass" in m2ib.metrics.METRIC_NAMES and m2ib.metrics.direction("text_top_score") == "lower"
-    config = MetricConfig(names=("map_mass", "confidence"), protocols=("mask",))
+    config = {"map_mass": {}, "confidence": {"protocols": ("mask",)}}
     table = load_table(str(mscxr))
     records = evaluate_pair(backend, table.rows[0], ["gradcam"], config, FAST, seed=0)
     values = records[0]["metrics"]
@@ -167,7 +167,7 @@ def test_a_whole_run_metric_runs_once_after_the_pairs_and_resumes(backend, mscxr
             mine = [r for r in records if r.get("kind") == self.name]
             return ("Pairs per method", "\n".join(f"- {r['method']}: {r['pairs']}" for r in mine)) if mine else None
 
-    config = MetricConfig(names=("confidence", "pair_count"), protocols=("mask",))
+    config = {"confidence": {"protocols": ("mask",)}, "pair_count": {}}
     out = tmp_path / "run"
     run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "saliency"], config, FAST, 0, out, progress=False)
     _, records = read_results(out / "results.jsonl")
@@ -190,7 +190,7 @@ def test_registry_refuses_a_key_twice(registry):
     with pytest.raises(ValueError, match="image_iou recorded by another metric"):
         register(Copy)
     with pytest.raises(InputError, match="unknown metric"):
-        MetricConfig(names=("copy",))
+        choose(["copy"])
 
 
 def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
@@ -416,8 +416,9 @@ def test_roar_through_the_runner(tmp_path, monkeypatch):
     summary, the map cache gone, and a re-run with nothing left to do retrains nothing."""
     import dataclasses
 
-    import m2ib
     from conftest import SMALL
+
+    import m2ib
     from m2ib.metrics import roar as R
     from m2ib.models import random_clip
 
@@ -425,7 +426,7 @@ def test_roar_through_the_runner(tmp_path, monkeypatch):
     backend = m2ib.load(model, tokenizer=tokenizer)
     monkeypatch.setitem(R.BUDGETS, "tiny", R.RoarBudget("tiny", train=12, test=6, ks=(50,), steps=2, batch_size=4))
     table = load_table("shapes:test:2", size=64)
-    config = MetricConfig(names=("roar",))
+    config = ["roar"]
     out = tmp_path / "roar"
     run_evaluation(backend, table, ["saliency", "gradcam"], config, None, 0, out, progress=False)
     _, records = read_results(out / "results.jsonl")
@@ -453,19 +454,25 @@ def test_roar_table_orders_methods_with_the_control_last():
 
 @pytest.mark.parametrize("run", ["shapes", "sanity", "roar"])
 def test_committed_runs_still_resume_and_summarise_the_same(run):
-    """The README's runs in docs/evaluation were written by earlier code: the metric protocol
-    this code records for the same options is theirs (so the same command resumes them), and
-    their summary tables come out as committed (keys, directions, tables, ROAR+ section)."""
+    """The README's runs in docs/evaluation were written by earlier code (MetricConfig, which
+    recorded every metric's options): the metric protocol this code records for the same command
+    matches theirs (so the same command resumes them), and their summary tables come out as
+    committed (keys, directions, tables, ROAR+ section)."""
     import json
+    import shlex
 
+    from m2ib.cli import build_parser
+    from m2ib.cli.evaluate import chosen_metrics
+    from m2ib.evaluation.provenance import same_metrics
     from m2ib.evaluation.report import complete_records, summarise, summary_csv, summary_markdown
+    from m2ib.metrics import metrics_record
 
     folder = Path(__file__).resolve().parents[1] / "docs" / "evaluation" / run
     header, records = read_results(folder / "results.jsonl")
     recorded = header["metrics"]
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
-               if k not in ("protocol_definitions", "roar")}
-    assert json.loads(json.dumps(MetricConfig(**options).as_dict())) == recorded
+    args = build_parser().parse_args(shlex.split(header["command"])[1:])
+    now = json.loads(json.dumps(metrics_record(chosen_metrics(args))))
+    assert same_metrics(recorded, now) and set(now) < set(recorded)  # the options of metrics not chosen: left out
     methods = header["methods"]
     records = complete_records(records, methods)
     rows = summarise(records, methods)

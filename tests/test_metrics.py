@@ -12,14 +12,26 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from m2ib.backends.base import Backend, Geometry, ImageBatch, TextBatch
-from m2ib.metrics import (boxes_to_mask, cascading_randomization, confidence_change, deletion_insertion, linear_impute,
-                          localisation, road_scores, spearman, ssim, text_pointing, topk_iou)
+from m2ib.metrics import (
+    boxes_to_mask,
+    cascading_randomization,
+    confidence_change,
+    deletion_insertion,
+    linear_impute,
+    localisation,
+    road_scores,
+    spearman,
+    ssim,
+    text_pointing,
+    topk_iou,
+)
 
 S1 = 1 / math.sqrt(2)
 H = W = 8
@@ -350,11 +362,11 @@ def test_roar_resumes_from_cached_map_chunks(tmp_path, monkeypatch):
     computes only the rest, gives the records of an uninterrupted run, and removes the cache."""
     import dataclasses
 
+    from conftest import SMALL
+
     import m2ib
     from m2ib.metrics import roar as R
     from m2ib.models import random_clip
-
-    from conftest import SMALL
 
     model, tokenizer = random_clip(dataclasses.replace(SMALL, image_size=64, patch_size=16), seed=1)
     backend = m2ib.load(model, tokenizer=tokenizer)  # shapes scenes are at least 64 px
@@ -382,3 +394,164 @@ def test_roar_resumes_from_cached_map_chunks(tmp_path, monkeypatch):
     whole = R.roar(backend, ["saliency"], budget=budget)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(first + second) == strip(whole)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metric options: each metric's settings fields become evaluate's flags and the run's record.
+# ----------------------------------------------------------------------------------------------
+def _metric_options():
+    from m2ib.metrics import REGISTRY
+    from m2ib.settings import fields_of
+
+    return [(name, f.name) for name, cls in REGISTRY.items() for f in fields_of(cls.Settings)]
+
+
+def _evaluate_args(*flags):
+    from m2ib.cli import build_parser
+
+    return build_parser().parse_args(["evaluate", "--data", "shapes:test:2", "--out", "o", *flags])
+
+
+def _non_default(field):
+    """A value of a metric option other than its default (a list: its first item, or the other choice)."""
+    if field.many:
+        others = [c for c in field.choices or () if c not in field.default]
+        return field.default[1:] if not others else (others[0],)
+    if field.choices:
+        return next(c for c in field.choices if c != field.default)
+    return {int: 3, float: 0.5}[field.kind]
+
+
+@pytest.mark.parametrize("metric,option", _metric_options())
+def test_every_metric_option_round_trips_through_its_flags(metric, option):
+    """--METRIC-OPTION and --metric-setting METRIC.OPTION=VALUE both reach the metric's settings, unchanged."""
+    from m2ib.cli.evaluate import chosen_metrics
+    from m2ib.metrics import REGISTRY
+    from m2ib.settings import fields_of, owned_flags
+
+    cls = REGISTRY[metric]
+    field = next(f for f in fields_of(cls.Settings) if f.name == option)
+    value = _non_default(field)
+    expected = cls.Settings(**{option: value})
+    assert expected != cls.Settings()
+    for flag in owned_flags(metric, field):
+        assert chosen_metrics(_evaluate_args("--metrics", metric, flag, field.format(value)))[metric] == expected
+    assigned = _evaluate_args("--metrics", metric, "--metric-setting", f"{metric}.{option}={field.format(value)}")
+    assert chosen_metrics(assigned)[metric] == expected
+    assert cls(expected).settings is expected  # what measure reads as self.settings
+
+
+def test_metric_flags_keep_their_names_and_the_record_its_keys():
+    """Today's commands keep working (--protocols, --iou-k, --deletion-steps, ...), and the options are
+    recorded under the keys earlier runs recorded, so their folders still resume."""
+    from m2ib.cli.evaluate import chosen_metrics
+    from m2ib.metrics import metrics_record
+
+    args = _evaluate_args("--metrics", "confidence,deletion,road,localisation,sanity,roar", "--protocols", "mask",
+                          "--deletion-steps", "4", "--road-percentiles", "10,50,90", "--road-noise", "0",
+                          "--iou-k", "0.25", "--sanity-steps", "3", "--roar-budget", "small")
+    record = metrics_record(chosen_metrics(args))
+    definitions, budget = record.pop("protocol_definitions"), record.pop("roar")
+    assert record == {"names": ["confidence", "deletion", "road", "localisation", "sanity", "roar"],
+                      "protocols": ["mask"], "deletion_steps": 4, "road_percentiles": [10, 50, 90], "road_noise": 0.0,
+                      "iou_k": 0.25, "sanity_steps": 3, "roar_budget": "small"}
+    assert set(definitions) == {"m2ib", "mask"} and budget["name"] == "small"
+    defaults = metrics_record(chosen_metrics(_evaluate_args()))  # the default metrics, default options
+    assert defaults["names"] == ["confidence", "deletion", "road", "localisation"]
+    assert {k: defaults[k] for k in ("protocols", "deletion_steps", "road_percentiles", "road_noise", "iou_k")} == {
+        "protocols": ["m2ib", "mask"], "deletion_steps": 20, "road_percentiles": [10, 20, 30, 40, 50, 60, 70, 80, 90],
+        "road_noise": 0.01, "iou_k": None}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--deletion-steps", "0"], "deletion_steps=0 must be a positive integer"),
+    (["--deletion-steps", "2.5"], "deletion_steps='2.5' must be a whole number"),
+    (["--road-percentiles", "10,,20"], "road_percentiles='10,,20' has an empty item"),
+    (["--road-percentiles", "10,x"], "road_percentiles='x' must be a whole number"),
+    (["--road-percentiles", "10,120"], "road_percentiles='10,120': give percentiles in 0..100"),
+    (["--road-noise", "-1"], "road_noise=-1.0 must be a number >= 0"),
+    (["--protocols", "mask,exact"], "protocols='exact': use one of m2ib, mask"),
+    (["--protocols", ""], "protocols is empty"),
+    (["--iou-k", "2"], "iou_k=2.0 must be a share in (0, 1]"),
+    (["--metrics", "sanity", "--sanity-steps", "0"], "sanity_steps=0 must be a positive integer"),
+    (["--metrics", "roar", "--roar-budget", "huge"], "roar_budget='huge': use one of tiny, small, full"),
+    (["--sanity-steps", "3"], "--sanity-steps is an option of metric sanity, which --metrics does not choose"),
+    (["--metric-setting", "deletion.stride=2"], "deletion has no setting 'stride' (it has steps)"),
+    (["--metric-setting", "speed.x=2"], "use METRIC.NAME=VALUE with METRIC one of confidence"),
+    (["--metrics", "confidence,speed"], "unknown metric 'speed'"),
+])
+def test_bad_metric_options_are_one_line_naming_the_option(flags, message):
+    from m2ib.cli.evaluate import chosen_metrics
+    from m2ib.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        chosen_metrics(_evaluate_args(*flags))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_new_metric_option_is_one_field(registered):
+    """A metric's option is one settings field: its flag, its check, its place in the record and in the
+    resume check follow, with nothing else to touch; a flag another option holds is one error line."""
+    import dataclasses
+
+    from m2ib.cli.evaluate import chosen_metrics
+    from m2ib.errors import InputError
+    from m2ib.evaluation.provenance import check_same_run
+    from m2ib.metrics import REGISTRY, Key, Metric, MetricSettings, metrics_record
+    from m2ib.settings import setting
+
+    @dataclasses.dataclass(frozen=True)
+    class SpreadSettings(MetricSettings):
+        radius: int = setting(2, "pixels around the maximum")
+        sides: tuple[int, ...] = setting((1, 2), "a list option")
+
+    class Spread(Metric):
+        name, title, keys, Settings = "map-spread", "Spread", (Key("image_map_spread", "lower"),), SpreadSettings
+
+    registered(REGISTRY, Spread)
+    args = _evaluate_args("--metrics", "map-spread", "--map-spread-radius", "5", "--map-spread-sides", "3,4")
+    chosen = chosen_metrics(args)
+    assert chosen == {"map-spread": SpreadSettings(radius=5, sides=(3, 4))}
+    assert metrics_record(chosen) == {"names": ["map-spread"], "map_spread_radius": 5, "map_spread_sides": [3, 4]}
+    with pytest.raises(InputError, match="map_spread_radius='far' must be a whole number"):
+        chosen_metrics(_evaluate_args("--metrics", "map-spread", "--map-spread-radius", "far"))
+
+    header = {"format": 1, "metrics": metrics_record(chosen)}
+    check_same_run(header, dict(header), Path("results.jsonl"))  # the same options: it resumes
+    other = {**header, "metrics": metrics_record({"map-spread": {"radius": 4, "sides": (3, 4)}})}
+    with pytest.raises(InputError, match="other metrics"):
+        check_same_run(header, other, Path("results.jsonl"))
+
+    class Clash(Metric):  # its option's flag would be --ray-actors, a flag of evaluate's own
+        name, title, keys = "ray", "Clash", ()
+        Settings = dataclasses.make_dataclass("RaySettings", [("actors", int, setting(1, "x"))],
+                                              bases=(MetricSettings,), frozen=True)
+
+    registered(REGISTRY, Clash)
+    with pytest.raises(InputError, match="ray's setting 'actors': argument --ray-actors: conflicting option string"):
+        _evaluate_args()
+
+
+def test_metrics_measure_with_their_own_options(toy, pair, monkeypatch):
+    """A metric object measures with its settings: the protocols, the curve's steps, ROAD's percentiles
+    and noise, the IoU's k (hand cases of the toy backend, as above)."""
+    from m2ib.metrics import REGISTRY, MethodRun, PairBatch
+
+    _target_is_unit_x(monkeypatch)
+    images, texts = pair
+    batch = PairBatch(toy, [None], images, texts, seed=0, pair_seeds=[0], masks=[toy.region])
+    perfect, run = _maps(toy)["perfect"][None], MethodRun("m", {}, [])
+
+    def measure(name, **options):
+        cls = REGISTRY[name]
+        return cls(cls.make_settings(**options)).measure(batch, run, "image", perfect)
+
+    assert list(measure("confidence", protocols=("mask",)).values[0]) == ["image_drop_mask", "image_increase_mask"]
+    assert measure("deletion", steps=4).curves[0]["image_deletion"] == pytest.approx([S1, 0, 0, 0, 0], abs=1e-6)
+    assert len(measure("deletion", steps=2).curves[0]["image_deletion"]) == 3
+    road = measure("road", percentiles=(30, 50, 70), noise=0.0)
+    assert road.values[0]["image_road_morf"] == pytest.approx(-S1, abs=1e-6)
+    assert len(road.curves[0]["image_road_morf"]) == 3
+    assert measure("road", percentiles=(30,), noise=0.5).values[0]["image_road_morf"] != pytest.approx(-S1, abs=1e-3)
+    assert measure("localisation").values[0]["image_iou"] == pytest.approx(1.0)  # k: the mask's own 25 %
+    assert measure("localisation", iou_k=0.5).values[0]["image_iou"] == pytest.approx(0.5)

@@ -3,7 +3,8 @@
 The toy plugin (tests/plugin/m2ib_toy_plugin.py) is installed the way pip installs a package, as a
 module plus a ``.dist-info`` folder with ``entry_points.txt``, in a folder of its own that is put on
 the path of a fresh process: its method, interaction method, metric and model family then show in
-``m2ib list``, run through ``explain`` and ``evaluate``, and are offered by the viewer. A plugin that
+``m2ib list``, run through ``explain`` and ``evaluate`` (the metric's option too: a settings field,
+so a flag), and are offered by the viewer. A plugin that
 fails to import fails loudly: one line naming it, a non-zero exit.
 """
 
@@ -54,7 +55,8 @@ codes = {{
   "interaction": main(["explain", {SCENE!r}, "a red circle", "--model", "toy:anything", "--method", "toy-outer",
                        "--no-figure", "--out", out + "/interaction"]),
   "evaluate": main(["evaluate", "--data", "shapes:test:2", "--model", "toy:anything", "--methods", "toy-centre",
-                    "--width", "0.25", "--metrics", "toy-map-mean", "--out", out + "/evaluate"]),
+                    "--width", "0.25", "--metrics", "toy-map-mean", "--toy-map-mean-scale", "2",
+                    "--out", out + "/evaluate"]),
   "bad setting": main(["explain", {SCENE!r}, "a red circle", "--model", "toy:x", "--method", "toy-centre",
                        "--width", "2", "--out", out + "/bad"]),
 }}
@@ -83,10 +85,12 @@ print(json.dumps({{"codes": codes, "viewer": list(registered_methods()),
     image_map = np.load(maps)["image_map"]
     assert image_map.shape == (64, 64) and image_map.sum() == 16 * 16  # the centre box: 2 * int(64 * 0.25 / 2)
     assert list((tmp_path / "interaction").glob("*.json"))
-    # evaluate measured the plugin's metric on the plugin's method: the box's share of the image
+    # evaluate measured the plugin's metric on the plugin's method: the box's share of the image, times the
+    # metric's own option (its settings field became the flag --toy-map-mean-scale), which the run records
     records = [json.loads(line) for line in (tmp_path / "evaluate" / "results.jsonl").read_text().splitlines()]
     values = [r["metrics"]["toy_image_map_mean"] for r in records if r["kind"] == "pair"]
-    assert values == [pytest.approx(256 / 4096)] * 2
+    assert values == [pytest.approx(2 * 256 / 4096)] * 2
+    assert records[0]["metrics"] == {"names": ["toy-map-mean"], "toy_map_mean_scale": 2.0}
 
 
 def test_a_broken_plugin_fails_loudly(site):

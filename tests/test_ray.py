@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 import m2ib  # noqa: E402
 from m2ib.datasets.tables import load_table  # noqa: E402
 from m2ib.evaluation.distributed import RayConfig, run_evaluation_ray  # noqa: E402
-from m2ib.evaluation.runner import MetricConfig, read_results, run_evaluation  # noqa: E402
+from m2ib.evaluation.runner import read_results, run_evaluation  # noqa: E402
 
 # Generous: on a loaded 2-core machine one Ray start alone has taken minutes (a test once hit 300 s).
 # Every wait below is on a condition, with a limit well inside this one.
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]  # Ray starts cluster
 MODEL = "random-tiny"
 SHAPES = "shapes:test:8"
 METHODS = ["gradcam", "m2ib"]
-METRICS = MetricConfig(names=("confidence", "deletion", "localisation"), deletion_steps=2)
+METRICS = {"confidence": {}, "deletion": {"steps": 2}, "localisation": {}}
 FAST = {"m2ib": {"steps": 2, "samples": 2}}
 STORE = 80 * 2 ** 20  # a small object store: the rows are small
 

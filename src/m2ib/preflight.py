@@ -62,10 +62,7 @@ def check_positive(value: int | None, flag: str) -> None:
 NUMERIC_FLAGS: dict[str, tuple[str, float, bool, float | None]] = {
     "batch_size": ("--batch-size", 1, False, None),
     "rows": ("--rows", 1, False, None),
-    "time_limit": ("--time-limit", 0, True, None),
-    "deletion_steps": ("--deletion-steps", 1, False, None),
-    "iou_k": ("--iou-k", 0, True, 1),
-    "sanity_steps": ("--sanity-steps", 1, False, None),
+    "time_limit": ("--time-limit", 0, False, None),  # 0: start nothing, write the summary of what is done
     "ray_actors": ("--ray-actors", 1, False, None),
     "ray_cpus_per_actor": ("--ray-cpus-per-actor", 0, True, None),
     "ray_gpus_per_actor": ("--ray-gpus-per-actor", 0, False, None),

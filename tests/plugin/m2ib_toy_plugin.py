@@ -18,7 +18,7 @@ from m2ib.backends.registry import Family, register as register_family
 from m2ib.errors import InputError
 from m2ib.interactions.base import InteractionMethod, new_interaction, register as register_interaction
 from m2ib.methods.base import Method, RawScores, Settings, register as register_method, setting
-from m2ib.metrics.base import Key, Measured, Metric, number, register as register_metric
+from m2ib.metrics.base import Key, Measured, Metric, MetricSettings, number, register as register_metric
 
 if os.environ.get("M2IB_TOY_PLUGIN_BROKEN"):
     raise RuntimeError("the toy plugin is broken on purpose")
@@ -65,19 +65,25 @@ class Outer(InteractionMethod):
                                settings, {})
 
 
+@dataclass(frozen=True)
+class MapMeanSettings(MetricSettings):
+    scale: float = setting(1.0, "factor the mean is multiplied by")  # m2ib evaluate --toy-map-mean-scale X
+
+
 @register_metric
 class MapMean(Metric):
-    """The mean of each normalised image map."""
+    """The mean of each normalised image map, times the option ``scale``."""
 
     name = "toy-map-mean"
     title = "Mean of the image map (toy plugin)"
     sides = ("image",)
     keys = (Key("toy_image_map_mean", "lower"),)
+    Settings = MapMeanSettings
 
     def measure(self, batch, run, side, maps) -> Measured:
         out = Measured.empty(len(batch))
         for i in range(len(batch)):
-            out.values[i]["toy_image_map_mean"] = number(maps[i].float().mean())
+            out.values[i]["toy_image_map_mean"] = number(maps[i].float().mean() * self.settings.scale)
         return out
 
 

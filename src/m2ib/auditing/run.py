@@ -29,16 +29,9 @@ from .image import to_grid
 AUDIT_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class AuditProtocol:
-    """What stands in a results file's ``metrics`` field for an audit: no metric, the record format.
-    An evaluation folder is thus never resumed as an audit, nor the other way round."""
-
-    names: tuple[str, ...] = ()
-    per_pair: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"audit": AUDIT_FORMAT, "names": [], "maps": "patch grid + token scores"}
+#: What stands in a results file's ``metrics`` field for an audit: no metric, the record format.
+#: An evaluation folder is thus never resumed as an audit, nor the other way round.
+AUDIT_PROTOCOL = {"audit": AUDIT_FORMAT, "names": [], "maps": "patch grid + token scores"}
 
 
 @dataclass
@@ -95,7 +88,7 @@ def explain_all(backend: Backend, table: PairTable, method: str, settings: dict[
         raise InputError(f"batch size {batch_size!r} must be a positive integer")
     out = Path(out)
     settings = dict(settings or {})
-    header, records = open_run(backend, table, [method], AuditProtocol(), {method: settings}, seed, out, command)
+    header, records = open_run(backend, table, [method], AUDIT_PROTOCOL, {method: settings}, seed, out, command)
     todo = pending(table, [method], records)
     result = Explained(out, header, list(records), list(table.bad), skipped=len(table.rows) - len(todo))
     clock = Clock(time_limit)

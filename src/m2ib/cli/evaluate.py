@@ -55,6 +55,27 @@ def evaluation_settings(methods: list[str], args: argparse.Namespace) -> tuple[i
     return seed, per_method
 
 
+def chosen_metrics(args: argparse.Namespace) -> dict[str, Any]:
+    """The metrics of ``--metrics``, each with its options from the option flags (``--deletion-steps``)
+    and ``--metric-setting METRIC.NAME=VALUE``; an option of a metric not chosen is one error line."""
+    from ..metrics import REGISTRY, choose
+    from ..settings import fields_of, given_owned, owned_flags, parse_assignment
+
+    names = REGISTRY.select(args.metrics, "--metrics")
+    registry = dict(REGISTRY.items())  # name -> metric class, as the settings helpers read it
+    options = given_owned(args, registry)
+    for item in args.metric_setting:
+        metric, name, value = parse_assignment(item, list(registry), registry, option="--metric-setting",
+                                               owner="METRIC")
+        options.setdefault(metric, {})[name] = value
+    for metric, given in options.items():
+        if metric not in names:
+            flag = owned_flags(metric, next(f for f in fields_of(REGISTRY[metric].Settings) if f.name in given))[0]
+            raise InputError(f"{flag} is an option of metric {metric}, which --metrics does not choose "
+                             f"({', '.join(names)}): add {metric} to --metrics or leave the option out")
+    return choose({name: options.get(name, {}) for name in names})
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """``m2ib evaluate``: check everything cheap, load the model, run locally or on Ray, summarise."""
     import shlex
@@ -63,28 +84,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..api import load
     from ..datasets.tables import load_table
     from ..evaluation.phrases import check_phrase_metrics, evaluated_methods
-    from ..evaluation.runner import MetricConfig, run_evaluation
+    from ..evaluation.runner import run_evaluation
     from ..fileio import folder_lock
-    from ..metrics import METRIC_NAMES
     from ..metrics.base import in_registry_order
 
     methods = evaluated_methods(args.methods, "--methods")
-    names = list(METRIC_NAMES) if args.metrics.strip() == "all" else \
-        [m.strip() for m in args.metrics.split(",") if m.strip()]
-    config = MetricConfig(names=tuple(dict.fromkeys(names)),
-                          protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
-                          deletion_steps=args.deletion_steps, iou_k=args.iou_k, sanity_steps=args.sanity_steps,
-                          roar_budget=args.roar_budget)
+    metrics = chosen_metrics(args)
     seed, per_method = evaluation_settings(methods, args)
     if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
         print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     preflight.check_device(args.device)
-    preflight.check_numeric_flags(args)
+    preflight.check_numeric_flags(args)  # the metrics' own options were checked by their settings above
     preflight.check_installed(preflight.command_needs(args))
-    unknown = sorted(set(config.names) - set(METRIC_NAMES))
-    if unknown:
-        raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)} or all")
-    check_phrase_metrics(methods, in_registry_order(config.names))
+    check_phrase_metrics(methods, in_registry_order(metrics))
     preflight.prepare_output_dir(args.out)
     with folder_lock(args.out, "m2ib evaluate"):  # a run already writing there is refused now, not after the load
         pass
@@ -97,7 +109,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
     command = "m2ib " + shlex.join(reproducing(args.argv))
     if args.ray is None:
-        result = run_evaluation(backend, table, methods, config, per_method, seed, args.out, command=command,
+        result = run_evaluation(backend, table, methods, metrics, per_method, seed, args.out, command=command,
                                 time_limit=args.time_limit, batch_size=args.batch_size or 1)
     else:
         from ..evaluation.distributed import RayConfig, run_evaluation_ray
@@ -107,7 +119,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size or RayConfig.batch_size,
                                cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor,
                                object_store_memory=store)
-        result = run_evaluation_ray(backend, args.model, table, methods, config, per_method, seed, args.out,
+        result = run_evaluation_ray(backend, args.model, table, methods, metrics, per_method, seed, args.out,
                                     ray_config, device=args.device, command=command, time_limit=args.time_limit)
     if result.bad:
         print(f"m2ib: {len(result.bad)} of {table.total} row(s) could not be used; see {args.out / 'summary.md'}",
@@ -119,10 +131,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_evaluate(sub) -> None:
     """The ``evaluate`` subcommand's parser (logic: m2ib.evaluation.runner)."""
     from ..methods import REGISTRY
-    from ..metrics import METRIC_NAMES, PROTOCOLS
-    from ..metrics.roar import BUDGETS
+    from ..metrics import DEFAULT_METRICS, METRIC_NAMES, REGISTRY as METRICS
     from ..models import DEFAULT_MODEL
-    from ..settings import add_setting_flags
+    from ..settings import add_owned_flags, add_setting_flags
 
     ev = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
                         description="Explain every pair of --data with every method and measure the metrics. Each "
@@ -138,33 +149,27 @@ def add_evaluate(sub) -> None:
                     help="methods to compare (default: m2ib); when resuming, some of the run's methods "
                     "only, to finish those first; word-region interaction methods "
                     f"({', '.join(interactions())}) are measured by --metrics grounding")
-    ev.add_argument("--metrics", default="confidence,deletion,road,localisation", metavar="NAME[,NAME...]|all",
-                    help=f"of {', '.join(METRIC_NAMES)} (default: confidence,deletion,road,localisation; "
-                    "roar needs shapes data)")
-    ev.add_argument("--protocols", default=",".join(PROTOCOLS), help="confidence protocols: m2ib (the public "
-                    "reference's, exactly) and/or mask (corrected) (default: both)")
+    ev.add_argument("--metrics", default=",".join(DEFAULT_METRICS), metavar="NAME[,NAME...]|all",
+                    help=f"of {', '.join(METRIC_NAMES)} (default: {','.join(DEFAULT_METRICS)}; roar needs shapes "
+                    "data)")
     ev.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
     ev.add_argument("--out", type=Path, required=True, help="output directory")
     ev.add_argument("--rows", type=int, default=None, metavar="N", help="evaluate N rows drawn at random with "
                     "--seed (default: every row); before this flag existed, --samples meant this")
     ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
-    ev.add_argument("--deletion-steps", type=int, default=20, help="steps of the deletion/insertion curves "
-                    "(default: 20)")
-    ev.add_argument("--iou-k", type=float, default=None, help="share of pixels in the top-k region for the IoU "
-                    "(default: the ground-truth mask's own area)")
-    ev.add_argument("--sanity-steps", type=int, default=None, help="cascade points of the sanity check, evenly "
-                    "spaced from the head down (default: every block)")
-    ev.add_argument("--roar-budget", default="tiny", choices=list(BUDGETS), help="ROAR+ scale: tiny and small "
-                    "run on a CPU (reduced: few scenes, a tiny retrained model), full needs a GPU (default: tiny)")
     ev.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
                     help="one method's setting only, e.g. rise.masks=500 or kernelshap.samples=512 (repeatable; "
                     "the plain setting flags apply to every method that has the setting)")
+    ev.add_argument("--metric-setting", action="append", default=[], metavar="METRIC.NAME=VALUE",
+                    help="one metric's option, e.g. deletion.steps=10 or road.percentiles=10,50,90 (repeatable; "
+                    "the same as its flag below)")
     ev.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new pair after "
                     f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)")
     ev.add_argument("--batch-size", type=int, default=None, help="rows explained together by the batched path "
                     "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
     _add_ray(ev)
     add_setting_flags(ev, {**REGISTRY, **interactions()})
+    add_owned_flags(ev, dict(METRICS.items()), "metric options (flag: --METRIC-OPTION; each applies to its metric only)")
     ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
                     help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
 

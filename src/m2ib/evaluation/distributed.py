@@ -36,7 +36,7 @@ from ..backends.base import Backend
 from ..datasets.tables import PairTable
 from ..errors import InputError, RunError
 from ..fileio import folder_lock
-from ..metrics.config import MetricConfig
+from ..metrics.base import Chosen, per_pair
 from .pairs import evaluate_rows
 from .provenance import weights_hash
 from .runner import Plan, RunResult, batches, finish_run, plan_run
@@ -74,7 +74,7 @@ class BatchEvaluator:
     """A Ray Data actor: loads the model once, then evaluates one batch per call and writes it
     as one part file. Returns one line per batch for the driver's progress bar."""
 
-    def __init__(self, model: str, device: str | None, config: MetricConfig,
+    def __init__(self, model: str, device: str | None, metrics: Chosen,
                  settings: dict[str, dict[str, Any]] | None, seed: int, out: str, weights_sha256: str,
                  threads: int) -> None:
         import torch
@@ -88,7 +88,7 @@ class BatchEvaluator:
             raise RuntimeError(f"model {model!r} on this node has weights {found[:16]}..., the driver's "
                                f"{weights_sha256[:16]}...: every node must load the same model (a shared path, "
                                "or the same hub snapshot)")
-        self.config, self.settings, self.seed = config, settings, seed
+        self.metrics, self.settings, self.seed = metrics, settings, seed
         self.out = Path(out)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +98,7 @@ class BatchEvaluator:
         out: dict[str, list] = {"pairs": [], "todo": [], "bad": [], "node": []}
         for blob, methods in zip(batch["rows"], batch["methods"]):
             rows, names = pickle.loads(blob), str(methods).split(",")
-            records, bad = evaluate_rows(self.backend, rows, names, self.config, self.settings, self.seed)
+            records, bad = evaluate_rows(self.backend, rows, names, self.metrics, self.settings, self.seed)
             write_part(self.out, records)
             out["pairs"].append(len(records))
             out["todo"].append(len(rows) * len(names))
@@ -149,7 +149,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 
 def run_evaluation_ray(backend: Backend, model: str, table: PairTable, methods: Sequence[str],
-                       metrics: Sequence[str] | MetricConfig, settings: dict[str, dict[str, Any]] | None, seed: int,
+                       metrics: Chosen, settings: dict[str, dict[str, Any]] | None, seed: int,
                        out: str | os.PathLike, ray_config: RayConfig | None = None, *, device: str | None = None,
                        command: str | None = None, progress: bool = True, report: bool = True,
                        time_limit: float | None = None) -> RunResult:
@@ -175,7 +175,7 @@ def run_evaluation_ray(backend: Backend, model: str, table: PairTable, methods: 
         plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
         result = plan.result
         work = batches(plan.todo, ray_config.batch_size)
-        if work and plan.config.per_pair:
+        if work and per_pair(plan.metrics):
             started = _connect(ray_config)
             try:
                 result.nodes = sorted(_run_pipeline(plan, work, model, device, ray_config, progress))
@@ -218,7 +218,7 @@ def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, ray_co
     evaluated = data.map_batches(
         BatchEvaluator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=ray_config.actors),
         num_cpus=ray_config.cpus_per_actor, num_gpus=gpus,
-        fn_constructor_kwargs={"model": model, "device": actor_device, "config": plan.config,
+        fn_constructor_kwargs={"model": model, "device": actor_device, "metrics": plan.metrics,
                                "settings": plan.settings, "seed": plan.seed, "out": str(result.out),
                                "weights_sha256": plan.header["weights_sha256"],
                                "threads": max(1, int(ray_config.cpus_per_actor))})

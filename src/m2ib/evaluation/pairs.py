@@ -19,14 +19,13 @@ from ..backends.base import Backend
 from ..datasets.tables import Row
 from ..errors import InputError
 from ..inputs import load_image
-from ..metrics.base import PHRASES, Measured, MethodRun, Metric, PairBatch, in_registry_order, number
+from ..metrics.base import PHRASES, Chosen, Measured, MethodRun, Metric, PairBatch, in_registry_order, number
 from ..metrics.common import pair_seed
-from ..metrics.config import MetricConfig, as_config
 from ..metrics.localisation import ground_truth_mask
 from .phrases import first_order_phrase_maps, interaction_records, is_interaction, measure_phrases, pair_similarities
 
 
-def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
+def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: Chosen,
                   settings: dict[str, dict[str, Any]] | None, seed: int) -> list[dict[str, Any]]:
     """Explain ``row`` with each method and measure the metrics: one record per method.
 
@@ -40,13 +39,14 @@ def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: S
 
 
 def evaluate_rows(backend: Backend, rows: Sequence[Row], methods: Sequence[str],
-                  metrics: Sequence[str] | MetricConfig, settings: dict[str, dict[str, Any]] | None,
+                  metrics: Chosen, settings: dict[str, dict[str, Any]] | None,
                   seed: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Explain ``rows`` with each method (one batched call per method) and measure the metrics.
 
     Pure: depends only on its arguments. The randomness of every metric is seeded from
     ``seed`` and the row's id, and each method gets ``seed`` as its own seed unless
-    ``settings`` sets one; batched explanations equal single ones, so the numbers do not depend
+    ``settings`` sets one; ``metrics``: names, or each with its options (:data:`~m2ib.metrics.base.Chosen`);
+    batched explanations equal single ones, so the numbers do not depend
     on which rows share a batch (up to float rounding). This is the one per-pair code path of
     the local and the Ray runs.
 
@@ -56,9 +56,8 @@ def evaluate_rows(backend: Backend, rows: Sequence[Row], methods: Sequence[str],
     no word; keys: see :mod:`m2ib.metrics`; seconds are the batch's divided by its rows); and
     ``{"row", "reason"}`` for each row whose image could not be read.
     """
-    config = as_config(metrics)
-    measured = [m for m in in_registry_order(config.names) if m.per_pair]
-    batch, bad = read_batch(backend, rows, config, seed, measured)
+    measured = [m for m in in_registry_order(metrics) if m.per_pair]
+    batch, bad = read_batch(backend, rows, seed, measured)
     if batch is None:
         return [], bad
     per_row: dict[tuple[str, str], dict[str, Any]] = {}
@@ -81,7 +80,7 @@ def readable_rows(rows: Sequence[Row]) -> tuple[list[Row], list, list[dict[str, 
     return good, pictures, bad
 
 
-def read_batch(backend: Backend, rows: Sequence[Row], config: MetricConfig, seed: int,
+def read_batch(backend: Backend, rows: Sequence[Row], seed: int,
                measured: Sequence[Metric]) -> tuple[PairBatch | None, list[dict[str, str]]]:
     """The rows whose image can be read, as model inputs with what the metrics need; and the bad rows."""
     good, pictures, bad = readable_rows(rows)
@@ -89,7 +88,7 @@ def read_batch(backend: Backend, rows: Sequence[Row], config: MetricConfig, seed
         return None, bad
     batch = PairBatch(backend, good, backend.preprocess_images(pictures, [row.source for row in good]),
                       backend.tokenize([row.text for row in good]), int(seed),
-                      [pair_seed(seed, row.id) for row in good], config)
+                      [pair_seed(seed, row.id) for row in good])
     if any("masks" in m.needs for m in measured):
         batch.masks = [ground_truth_mask(backend, row, picture.size) for row, picture in zip(good, pictures)]
     return batch, bad

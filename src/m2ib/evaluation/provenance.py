@@ -16,10 +16,9 @@ import torch
 from ..backends.base import Backend
 from ..datasets.tables import PairTable
 from ..errors import InputError
-from ..metrics.config import MetricConfig
 
 FORMAT = 1
-#: Provenance fields that must match for a run to resume another (methods and settings: see check_same_run).
+#: Provenance fields that must match for a run to resume another (methods, settings and metrics: see check_same_run).
 SAME_RUN = ("format", "model", "weights_sha256", "seed", "data", "rows", "methods", "settings", "metrics")
 
 
@@ -44,9 +43,10 @@ def resolved_settings(backend: Backend, methods: Sequence[str], settings: dict[s
     return json.loads(json.dumps(out, default=str))
 
 
-def provenance(backend: Backend, table: PairTable, methods: Sequence[str], config: MetricConfig,
+def provenance(backend: Backend, table: PairTable, methods: Sequence[str], protocol: dict[str, Any],
                settings: dict[str, dict[str, Any]] | None, seed: int, command: str | None = None) -> dict[str, Any]:
-    """The provenance record written first in every results file."""
+    """The provenance record written first in every results file; ``protocol`` is its ``"metrics"``
+    (:func:`m2ib.metrics.base.metrics_record`: the metrics and their options)."""
     import transformers
 
     from ..version import __version__
@@ -60,7 +60,7 @@ def provenance(backend: Backend, table: PairTable, methods: Sequence[str], confi
         "seed": int(seed), "data": table.spec, "data_kind": table.kind, "rows_in_source": table.total,
         "rows": len(table.rows), "methods": list(methods),
         "settings": resolved_settings(backend, methods, settings, seed),
-        "metrics": config.as_dict(),
+        "metrics": protocol,
         "command": command if command is not None else " ".join(sys.argv),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -71,7 +71,9 @@ def check_same_run(old: dict[str, Any], new: dict[str, Any], path: Path) -> None
     """Raise unless ``new`` resumes ``old``: the same run, or the same run restricted to some of
     its methods (``--methods`` naming a subset, with those methods' settings unchanged), so that
     cheap methods can be finished first and expensive ones later."""
-    diffs = [k for k in SAME_RUN if k not in ("methods", "settings") and old.get(k) != new.get(k)]
+    diffs = [k for k in SAME_RUN if k not in ("methods", "settings", "metrics") and old.get(k) != new.get(k)]
+    if not same_metrics(old.get("metrics") or {}, new["metrics"]):
+        diffs.append("metrics")
     old_methods, new_methods = old.get("methods") or [], new.get("methods") or []
     extra = [m for m in new_methods if m not in old_methods]
     if extra:
@@ -81,3 +83,10 @@ def check_same_run(old: dict[str, Any], new: dict[str, Any], path: Path) -> None
     if diffs:
         raise InputError(f"{path} holds a run with other {', '.join(diffs)}: re-run the same command to resume "
                          "(--methods may name some of its methods only), or use another --out")
+
+
+def same_metrics(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a run that recorded the metric protocol ``old`` measures what ``new`` asks: the same
+    metrics, in the same order, with the same options. Runs written before metric options were per
+    metric recorded every metric's options, chosen or not; those of metrics not chosen do not count."""
+    return old.get("names") == new.get("names") and all(old.get(key) == value for key, value in new.items())

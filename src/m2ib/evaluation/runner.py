@@ -8,8 +8,8 @@
 * The per-pair work: :func:`~m2ib.evaluation.pairs.evaluate_rows` (one batch) and
   :func:`~m2ib.evaluation.pairs.evaluate_pair` (one row).
 * The results file, part files and resumption: :mod:`m2ib.evaluation.store`; the provenance
-  record: :mod:`m2ib.evaluation.provenance`; which metrics and how:
-  :class:`~m2ib.metrics.config.MetricConfig`.
+  record: :mod:`m2ib.evaluation.provenance`; which metrics and how: metric names, or each with
+  its options (:data:`m2ib.metrics.base.Chosen`; the options are each metric's ``Settings``).
 
 Re-running the same command skips the (row, method) pairs already in the file or in a Ray
 run's part files (``OUT/parts/``, see :func:`~m2ib.evaluation.store.read_run`); a run with other
@@ -31,8 +31,8 @@ from ..backends.base import Backend
 from ..datasets.tables import Row, PairTable
 from ..errors import InputError
 from ..fileio import folder_lock
-from ..metrics.base import RunContext, in_registry_order
-from ..metrics.config import DEFAULT_METRICS, MetricConfig, as_config
+from ..metrics import DEFAULT_METRICS
+from ..metrics.base import Chosen, RunContext, choose, in_registry_order, metrics_record, per_pair
 from ..metrics.localisation import ground_truth_mask, relevant_tokens
 from ..metrics.roar import ROAR_MAPS
 from .pairs import evaluate_pair, evaluate_rows
@@ -41,7 +41,7 @@ from .provenance import FORMAT, SAME_RUN, provenance, resolved_settings, weights
 from .store import PARTS, RESULTS, ResultsWriter, open_run, part_name, read_results, read_run, record_key, write_part
 
 __all__ = ["run_evaluation", "plan_run", "finish_run", "merge_parts", "pending", "batches", "Plan", "RunResult",
-           "Clock", "evaluate_rows", "evaluate_pair", "MetricConfig", "DEFAULT_METRICS", "as_config", "read_results",
+           "Clock", "evaluate_rows", "evaluate_pair", "DEFAULT_METRICS", "read_results",
            "read_run", "write_part", "part_name", "record_key", "open_run", "ResultsWriter", "RESULTS", "PARTS",
            "ROAR_MAPS", "FORMAT", "SAME_RUN", "provenance", "resolved_settings", "weights_hash",
            "ground_truth_mask", "relevant_tokens"]
@@ -96,12 +96,13 @@ class Clock:
         return self.limit is not None and time.perf_counter() - self.started >= self.limit
 
 
-def run_evaluation(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
+def run_evaluation(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Chosen,
                    settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike, *,
                    command: str | None = None, progress: bool = True, report: bool = True,
                    time_limit: float | None = None, batch_size: int = 1) -> RunResult:
     """Evaluate every row of ``table`` with every method, appending to ``out/results.jsonl``.
 
+    ``metrics``: names, or name -> options (``{"deletion": {"steps": 4}}``) or settings object.
     Resumes a run found in ``out`` (same data, model weights, methods, settings, metrics and
     seed; from either scheduler), skipping the (row, method) pairs already there. Rows whose
     image is missing or unreadable are counted in ``RunResult.bad`` and reported, never raised.
@@ -117,16 +118,16 @@ def run_evaluation(backend: Backend, table: PairTable, methods: Sequence[str], m
         raise InputError(f"batch size {batch_size!r} must be a positive integer")
     with folder_lock(out, "m2ib evaluate"):  # one run writes a folder at a time
         plan = plan_run(backend, table, methods, metrics, settings, seed, out, command, time_limit)
-        config, methods, result, clock = plan.config, plan.methods, plan.result, plan.clock
+        metrics, methods, result, clock = plan.metrics, plan.methods, plan.result, plan.clock
         with ResultsWriter(result.out / RESULTS) as writer:
-            if config.per_pair:
+            if per_pair(metrics):
                 with tqdm(total=plan.total, desc="evaluate", unit="pair", disable=not progress,
                           dynamic_ncols=True) as bar:
                     for rows, missing in batches(plan.todo, batch_size):
                         if clock.out_of_time():
                             result.finished = False
                             break
-                        new, bad = evaluate_rows(backend, rows, missing, config, settings, seed)
+                        new, bad = evaluate_rows(backend, rows, missing, metrics, settings, seed)
                         for record in new:
                             writer.write(record)
                             result.records.append(record)
@@ -144,7 +145,7 @@ class Plan:
     """A run's resolved inputs and what is left to do (shared by both schedulers)."""
 
     table: PairTable
-    config: MetricConfig
+    metrics: dict[str, Any]  # metric name -> its settings object (m2ib.metrics.base.choose)
     methods: list[str]
     settings: dict[str, dict[str, Any]] | None  # per method, as given
     seed: int
@@ -155,38 +156,38 @@ class Plan:
     clock: Clock
 
 
-def plan_run(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Sequence[str] | MetricConfig,
+def plan_run(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Chosen,
              settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike,
              command: str | None = None, time_limit: float | None = None) -> Plan:
     """Open (or resume) the run in ``out`` and list what is left: the first step of both schedulers."""
-    config = as_config(metrics)
+    chosen = choose(metrics)
     methods = list(dict.fromkeys(methods))
-    check_phrase_metrics(methods, in_registry_order(config.names))
-    for metric in in_registry_order(config.names):
+    check_phrase_metrics(methods, in_registry_order(chosen))
+    for metric in in_registry_order(chosen):
         metric.check_rows(table.rows, table.spec)  # e.g. grounding without per-object masks: one line
     out = Path(out)
-    header, records = open_run(backend, table, methods, config, settings, seed, out, command)
+    header, records = open_run(backend, table, methods, metrics_record(chosen), settings, seed, out, command)
     todo = pending(table, methods, records)
     total = sum(len(missing) for _, missing in todo)
     result = RunResult(out, records, list(table.bad), skipped=len(table.rows) * len(methods) - total)
-    return Plan(table, config, methods, settings, seed, header, todo, total, result, Clock(time_limit))
+    return Plan(table, chosen, methods, settings, seed, header, todo, total, result, Clock(time_limit))
 
 
 def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bool, report: bool) -> None:
     """What follows the per-pair work in both schedulers: the whole-run metrics asked for (ROAR+;
     only once every pair is done) and the summary and plots."""
-    result, config, methods, clock, table = plan.result, plan.config, plan.methods, plan.clock, plan.table
+    result, metrics, methods, clock, table = plan.result, plan.metrics, plan.methods, plan.clock, plan.table
     settings, seed = plan.settings, plan.seed
     everyone = list(plan.header.get("methods") or methods)  # the whole run's, when resuming some of them
     merge_parts(result.out, writer, result, table, everyone)
     records = result.records
-    whole_run = [m for m in in_registry_order(config.names) if not m.per_pair]
+    whole_run = [m for m in in_registry_order(metrics) if not m.per_pair]
     if whole_run and result.finished:  # only once every pair is done; ROAR+ retrains, so it runs here
         def emit(record: dict[str, Any]) -> None:
             writer.write(record)
             records.append(record)
 
-        context = RunContext(backend, table.kind, list(methods), settings, seed, config, result.out, records, emit,
+        context = RunContext(backend, table.kind, list(methods), settings, seed, result.out, records, emit,
                              clock.out_of_time, progress)
         for metric in whole_run:
             metric.measure_run(context)
@@ -197,7 +198,7 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
 
         # over this command's methods: a command that resumes some of them summarises those
         result.files = write_report(result.out, plan.header, records, result.bad, methods,
-                                    requested=[row.id for row in table.rows] if config.per_pair else None)
+                                    requested=[row.id for row in table.rows] if per_pair(metrics) else None)
 
 
 def merge_parts(out: Path, writer: ResultsWriter, result: RunResult, table: PairTable, methods: Sequence[str]) -> None:

@@ -23,7 +23,6 @@ from ..datasets.tables import PairTable
 from ..errors import InputError
 from ..fileio import atomic_write_text
 from ..metrics import base as metric_registry
-from ..metrics.config import MetricConfig
 from .provenance import check_same_run, provenance
 
 RESULTS = "results.jsonl"
@@ -132,14 +131,15 @@ def read_run(out: str | os.PathLike, repair: bool = False) -> tuple[dict[str, An
     return header, records
 
 
-def open_run(backend: Backend, table: PairTable, methods: Sequence[str], config: MetricConfig,
+def open_run(backend: Backend, table: PairTable, methods: Sequence[str], protocol: dict[str, Any],
              settings: dict[str, dict[str, Any]] | None, seed: int, out: Path,
              command: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start ``out/results.jsonl`` with its provenance record, or check that the run found there
-    is this one (same data, weights, methods, settings, metrics, seed) and return its records."""
+    is this one (same data, weights, methods, settings, metrics, seed) and return its records.
+    ``protocol``: what is measured and how (:func:`m2ib.metrics.base.metrics_record`, or an audit's)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS
-    header = provenance(backend, table, methods, config, settings, seed, command)
+    header = provenance(backend, table, methods, protocol, settings, seed, command)
     old, records = read_run(out, repair=True)
     if old is None:
         if records:

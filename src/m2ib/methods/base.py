@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..maps import finite, minmax  # noqa: F401 - re-exported: methods import them from here
 from ..registry import Registry
-from ..settings import check_seed, check_types
+from ..settings import SettingsBase, check_seed, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -48,30 +48,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def setting(default: Any, help: str, **kwargs: Any) -> Any:
-    """A settings field with its help text; ``choices=(...)`` restricts a text setting.
-
-    The field is all a new setting takes: its flag, its viewer control and the check of its
-    type come from it (:mod:`m2ib.settings`)."""
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
 @dataclass(frozen=True)
-class Settings:
-    """Base of every method's settings: one field per setting (see :func:`setting`)."""
+class Settings(SettingsBase):
+    """Base of every method's settings: one field per setting (see :func:`m2ib.settings.setting`)."""
 
     seed: int = setting(0, "random seed; the same seed gives the same maps for a pair, alone or in a batch")
 
     def __post_init__(self) -> None:
         check_seed(self.seed)  # the generators' range, named as such (before the general int64 check)
-        check_types(self)  # every field's declared type first, so validate() may rely on it
-        self.validate()
-
-    def validate(self) -> None:
-        """Hook: check ranges with the shared ``m2ib.settings.check_*``; errors name the setting."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,16 @@ or ``mask`` (corrected); see :mod:`m2ib.metrics.confidence`. ``s`` is always the
 similarity of the explained side's embedding with the other side's fixed embedding.
 
 Each metric is one file with one ``@register`` class (:mod:`m2ib.metrics.base`): its keys and
-their directions, its summary tables and plots. ``METRIC_NAMES`` and :func:`direction` read
+their directions, its options (a ``Settings`` dataclass: ``m2ib evaluate --deletion-steps``...),
+its summary tables and plots. ``METRIC_NAMES`` and :func:`direction` read
 that registry; the evaluation runs and reports loop over it. The import order below is the
 registry's order: the order of ``--metrics all``, of the values in a record and of the summary.
 """
 
 from typing import Any
 
-from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, PairBatch, RunContext, Table, direction
-from .base import register, summary_tables
+from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, MetricSettings, PairBatch
+from .base import RunContext, Table, choose, direction, metrics_record, register, summary_tables
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
 from .road import linear_impute, road_scores
@@ -41,7 +42,9 @@ from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
 from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
 from .grounding import Grounding  # noqa: F401 (registers phrase grounding on two-object captions)
 from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
-from .config import DEFAULT_METRICS, MetricConfig, as_config
+
+#: What ``m2ib evaluate`` measures unless told (``--metrics``).
+DEFAULT_METRICS = ("confidence", "deletion", "road", "localisation")
 
 
 def __getattr__(name: str) -> Any:
@@ -54,4 +57,5 @@ __all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "pertu
            "gaussian_blur", "road_scores", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
            "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
            "Metric", "PHRASES", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
-           "REGISTRY", "summary_tables", "MetricConfig", "DEFAULT_METRICS", "as_config"]
+           "REGISTRY", "summary_tables", "MetricSettings", "DEFAULT_METRICS", "choose",
+           "metrics_record"]

@@ -1,12 +1,15 @@
 """The metric interface and its registry: a new metric is one file with one ``@register`` class.
 
 A :class:`Metric` says what it records (:class:`Key`: name and which way is better), how the
-summary shows it (:class:`Table`), what it needs from the data (:data:`NEEDS`) and how it
-measures. A metric's ``sides`` are ``"image"`` and/or ``"text"`` (each method's map of that side
-of the pair) or :data:`PHRASES` (the image maps of each row's object phrases, see there).
-Per-pair metrics (``per_pair = True``) implement :meth:`Metric.measure` for one method's maps
-of one side of a batch of pairs; whole-run metrics (ROAR+) implement
-:meth:`Metric.measure_run`, which runs once after every pair is done. The evaluation loop,
+summary shows it (:class:`Table`), what it needs from the data (:data:`NEEDS`), its options (a
+frozen ``Settings`` dataclass of :func:`~m2ib.settings.setting` fields, as a method's: the
+``evaluate`` flags and the record of a run's options come from it) and how it measures. A
+metric object holds its settings (``self.settings``). A metric's ``sides`` are ``"image"``
+and/or ``"text"`` (each method's map of that side of the pair) or :data:`PHRASES` (the image
+maps of each row's object phrases, see there). Per-pair metrics (``per_pair = True``)
+implement :meth:`Metric.measure` for one method's maps of one side of a batch of pairs;
+whole-run metrics (ROAR+) implement :meth:`Metric.measure_run`, which runs once after every
+pair is done. The evaluation loop,
 the summary tables and arrows, the plots and ``METRIC_NAMES`` all read this registry.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -24,10 +27,10 @@ import torch
 from ..backends.base import Backend, ImageBatch, TextBatch
 from ..errors import InputError
 from ..registry import Registry
+from ..settings import SettingsBase, fields_of, owned_name
 
 if TYPE_CHECKING:  # only for hints: metrics never import the evaluation layer at run time
     from ..datasets.tables import Row
-    from .config import MetricConfig
 
 Better = Literal["lower", "higher"]
 #: What a metric may ask of a batch before it is measured: ``"masks"``, the rows' ground-truth
@@ -81,7 +84,6 @@ class PairBatch:
     texts: TextBatch
     seed: int  # the run's seed
     pair_seeds: list[int]  # one per row, from the run's seed and the row's id
-    config: MetricConfig
     masks: list[torch.Tensor | None] = field(default_factory=list)  # filled when a metric needs "masks"
 
     def __len__(self) -> int:
@@ -126,9 +128,8 @@ class RunContext:
     backend: Backend
     table_kind: str  # the data's kind: "shapes", "mscxr", "pairs", ...
     methods: list[str]
-    settings: dict[str, dict[str, Any]] | None
+    settings: dict[str, dict[str, Any]] | None  # the methods' settings, as given
     seed: int
-    config: MetricConfig
     out: Path  # the run's folder (for caches)
     records: list[dict[str, Any]]  # every record so far (resumed ones included)
     emit: Callable[[dict[str, Any]], None]  # appends a record to the results file and to ``records``
@@ -156,8 +157,16 @@ def mean_curve(curves: Sequence[Sequence[float | None]]) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class MetricSettings(SettingsBase):
+    """Base of every metric's options: one :func:`~m2ib.settings.setting` field per option (none here)."""
+
+
 class Metric(ABC):
-    """Base class of every metric; subclasses set the class attributes and one ``measure`` hook."""
+    """Base class of every metric; subclasses set the class attributes and one ``measure`` hook.
+
+    ``Metric(settings)`` measures with those options (default: ``Settings()``); ``measure``
+    reads them as ``self.settings``."""
 
     name: ClassVar[str]  # registry key, ``--metrics`` choice
     title: ClassVar[str]  # display name
@@ -167,22 +176,36 @@ class Metric(ABC):
     tables: ClassVar[tuple[Table, ...] | None] = None  # summary tables; None: one titled ``title``, every key
     needs: ClassVar[frozenset[str]] = frozenset()  # of NEEDS
     per_pair: ClassVar[bool] = True  # False: measured once per run, after the pairs (measure_run)
+    Settings: ClassVar[type[SettingsBase]] = MetricSettings  # its options
+
+    def __init__(self, settings: SettingsBase | None = None) -> None:
+        if settings is not None and not isinstance(settings, self.Settings):
+            raise InputError(f"metric {self.name!r} takes {self.Settings.__name__}, not {type(settings).__name__}")
+        self.settings: Any = self.Settings() if settings is None else settings
+
+    @classmethod
+    def make_settings(cls, **options: Any) -> SettingsBase:
+        """The defaults with ``options`` (option name -> value); an unknown name or a bad value is one line."""
+        names = [f.name for f in fields_of(cls.Settings)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise InputError(f"metric {cls.name!r} has no option {', '.join(unknown)} "
+                             f"(its options: {', '.join(names) or 'none'})")
+        try:
+            return cls.Settings(**options)
+        except InputError as exc:  # a type error names the field alone: say whose
+            raise InputError(f"metric {cls.name!r}: {exc}") from None
 
     @classmethod
     def summary_tables(cls) -> tuple[Table, ...]:
         return cls.tables if cls.tables is not None else (Table(cls.title, tuple(k.name for k in cls.keys)),)
 
     @classmethod
-    def check(cls, config: MetricConfig) -> None:
-        """Raise :class:`~m2ib.errors.InputError` when this metric's options in ``config`` are bad."""
-
-    @classmethod
     def check_rows(cls, rows: Sequence[Row], data: str) -> None:
         """Raise :class:`~m2ib.errors.InputError` when the rows of ``data`` lack what this metric measures."""
 
-    @classmethod
-    def provenance(cls, config: MetricConfig) -> dict[str, Any]:
-        """Entries this metric adds to the provenance record's ``"metrics"``."""
+    def provenance(self) -> dict[str, Any]:
+        """Entries this metric adds to the provenance record's ``"metrics"`` besides its options."""
         return {}
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
@@ -233,9 +256,52 @@ REGISTRY: Registry[type[Metric]] = Registry("metric", check=_check_metric)
 register = REGISTRY.register
 
 
-def in_registry_order(names: Sequence[str]) -> list[Metric]:
-    """The named metrics (unknown names left out), in registry order: the order values are measured in."""
-    return [cls() for name, cls in REGISTRY.items() if name in names]
+#: What a run measures: metric names (each with its default options), or a mapping from name to
+#: its settings object or to ``{option: value}`` (the other options at their defaults).
+Chosen = Sequence[str] | Mapping[str, Any]
+
+
+def choose(metrics: Chosen) -> dict[str, SettingsBase]:
+    """The chosen metrics, in the order given, each with its settings object; an unknown name or
+    a bad option is one :class:`~m2ib.errors.InputError` line."""
+    if isinstance(metrics, str):  # one name, not its letters
+        metrics = [metrics]
+    items = list(metrics.items()) if isinstance(metrics, Mapping) else [(name, None) for name in metrics]
+    unknown = [name for name, _ in items if name not in REGISTRY]
+    if unknown or not items:
+        raise InputError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
+                         f"{', '.join(REGISTRY.names())} or 'all'")
+    out: dict[str, SettingsBase] = {}
+    for name, given in items:
+        cls = REGISTRY[name]
+        out[name] = cls(given).settings if isinstance(given, SettingsBase) else cls.make_settings(**(given or {}))
+    return out
+
+
+def in_registry_order(metrics: Chosen) -> list[Metric]:
+    """The chosen metrics, each built with its settings, in registry order: the order values are measured in."""
+    chosen = choose(metrics)
+    return [cls(chosen[name]) for name, cls in REGISTRY.items() if name in chosen]
+
+
+def metrics_record(metrics: Chosen) -> dict[str, Any]:
+    """The provenance record's ``"metrics"``: the names chosen (in the order given), each chosen
+    metric's options under their :func:`~m2ib.settings.owned_name` (``deletion_steps``, ``protocols``;
+    lists for tuples), then what each adds (:meth:`Metric.provenance`)."""
+    record: dict[str, Any] = {"names": list(choose(metrics))}
+    built = in_registry_order(metrics)
+    for metric in built:
+        for f in fields_of(type(metric.settings)):
+            value = getattr(metric.settings, f.name)
+            record[owned_name(metric.name, f)] = list(value) if isinstance(value, tuple) else value
+    for metric in built:
+        record.update(metric.provenance())
+    return record
+
+
+def per_pair(metrics: Chosen) -> bool:
+    """Whether any chosen metric is measured pair by pair (ROAR+ alone is not)."""
+    return any(metric.per_pair for metric in in_registry_order(metrics))
 
 
 def direction(key: str) -> Better:

@@ -38,12 +38,15 @@ Two protocols, both reported (``PROTOCOLS``):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
-from .base import Key, Measured, MethodRun, Metric, PairBatch, Table, register
+from ..settings import setting
+from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, Table, register
 from .common import cosine, image_maps, scoring, targets, text_maps, unit_embeddings, word_positions
 
 PROTOCOLS = ("m2ib", "mask")
@@ -178,6 +181,18 @@ def _keys(protocol: str) -> tuple[str, ...]:
     return tuple(f"{side}_{kind}_{protocol}" for side in ("image", "text") for kind in ("drop", "increase"))
 
 
+@dataclass(frozen=True)
+class ConfidenceSettings(MetricSettings):
+    # "protocols": the flag and recorded key it had before metric options were per metric
+    protocols: tuple[Literal["m2ib", "mask"], ...] = setting(
+        PROTOCOLS, "confidence protocols: m2ib (the public reference's, exactly) and/or mask (corrected)",
+        alias="protocols")
+
+    def validate(self) -> None:
+        if not self.protocols:
+            raise InputError(f"protocols is empty: give {' and/or '.join(PROTOCOLS)}")
+
+
 @register
 class Confidence(Metric):
     """Confidence Drop (lower is better) and Increase (higher is better), per protocol asked for."""
@@ -188,20 +203,15 @@ class Confidence(Metric):
     keys = tuple(Key(k, "lower" if "_drop_" in k else "higher") for p in PROTOCOLS for k in _keys(p))
     tables = (Table("Confidence, protocol `m2ib` (the public reference's, exactly)", _keys("m2ib")),
               Table("Confidence, protocol `mask` (corrected)", _keys("mask")))
+    Settings = ConfidenceSettings
+    settings: ConfidenceSettings
 
-    @classmethod
-    def check(cls, config) -> None:
-        bad = [p for p in config.protocols if p not in PROTOCOLS]
-        if bad or not config.protocols:
-            raise InputError(f"unknown protocol(s) {', '.join(bad) or '(none given)'}: use {', '.join(PROTOCOLS)}")
-
-    @classmethod
-    def provenance(cls, config) -> dict:
+    def provenance(self) -> dict:
         return {"protocol_definitions": dict(PROTOCOL_DEFINITIONS)}
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps) -> Measured:
         out = Measured.empty(len(batch))
-        for protocol in batch.config.protocols:
+        for protocol in self.settings.protocols:
             r = confidence_change(batch.backend, batch.images, batch.texts, maps, modality=side, protocol=protocol)
             out.put(f"{side}_drop_{protocol}", r["drop"])
             out.put(f"{side}_increase_{protocol}", r["increase"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
-from .base import Key, Measured, MethodRun, Metric, PairBatch, PlotCanvas, mean_curve, register
+from ..settings import check_positive_int, setting
+from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, PlotCanvas, mean_curve, register
 from .common import (cosine, descending_order, image_maps, scoring, targets, text_maps, trapezoid, unit_embeddings,
                      word_positions)
 
@@ -148,6 +150,14 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return y0 + t * (y1 - y0)
 
 
+@dataclass(frozen=True)
+class DeletionSettings(MetricSettings):
+    steps: int = setting(20, "steps K of the deletion/insertion curves (K + 1 points)")
+
+    def validate(self) -> None:
+        check_positive_int(self.steps, "deletion_steps")
+
+
 @register
 class DeletionInsertion(Metric):
     """Areas under the deletion (lower is better) and insertion (higher is better) curves."""
@@ -157,16 +167,12 @@ class DeletionInsertion(Metric):
     paper = "https://arxiv.org/abs/1806.07421"
     keys = (Key("image_deletion_auc", "lower"), Key("image_insertion_auc", "higher"),
             Key("text_deletion_auc", "lower"), Key("text_insertion_auc", "higher"))
-
-    @classmethod
-    def check(cls, config) -> None:
-        steps = config.deletion_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise InputError(f"deletion steps {steps!r} must be a positive integer")
+    Settings = DeletionSettings
+    settings: DeletionSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
         r = deletion_insertion(batch.backend, batch.images, batch.texts, maps, modality=side,
-                               steps=batch.config.deletion_steps, seeds=batch.pair_seeds)
+                               steps=self.settings.steps, seeds=batch.pair_seeds)
         out = Measured.empty(len(batch))
         out.put(f"{side}_deletion_auc", r["deletion_auc"])
         out.put(f"{side}_insertion_auc", r["insertion_auc"])

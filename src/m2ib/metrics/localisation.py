@@ -21,13 +21,15 @@ belongs to a box when its centre lies inside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..backends.base import Backend, Modality
 from ..errors import InputError
-from .base import Key, Measured, MethodRun, Metric, PairBatch, number, register
+from ..settings import setting
+from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, number, register
 from .common import top_fraction_mask, word_positions
 
 if TYPE_CHECKING:
@@ -169,6 +171,17 @@ def relevant_tokens(backend: Backend, text: str, spans: Sequence[tuple[int, int]
     return out
 
 
+@dataclass(frozen=True)
+class LocalisationSettings(MetricSettings):
+    # "iou_k": the flag and recorded key it had before metric options were per metric
+    iou_k: float | None = setting(None, "share of pixels in the top-k region for the IoU (default: the "
+                                  "ground-truth mask's own area)", alias="iou_k")
+
+    def validate(self) -> None:
+        if self.iou_k is not None and not 0 < self.iou_k <= 1:
+            raise InputError(f"iou_k={self.iou_k!r} must be a share in (0, 1]")
+
+
 @register
 class Localisation(Metric):
     """Image maps against the rows' ground-truth masks or boxes; text maps against the words that
@@ -180,18 +193,15 @@ class Localisation(Metric):
     keys = (Key("image_pointing", "higher"), Key("image_energy", "higher"), Key("image_iou", "higher"),
             Key("text_pointing", "higher"))
     needs = frozenset({"masks"})
-
-    @classmethod
-    def check(cls, config) -> None:
-        if config.iou_k is not None and not 0 < config.iou_k <= 1:
-            raise InputError(f"iou k={config.iou_k!r} must be a share in (0, 1]")
+    Settings = LocalisationSettings
+    settings: LocalisationSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
         out = Measured.empty(len(batch))
         if side == "image":
             have = [i for i, mask in enumerate(batch.masks) if mask is not None]
             if have:
-                r = localisation(maps[have], torch.stack([batch.masks[i] for i in have]), k=batch.config.iou_k,
+                r = localisation(maps[have], torch.stack([batch.masks[i] for i in have]), k=self.settings.iou_k,
                                  seeds=[batch.pair_seeds[i] for i in have])
                 for j, i in enumerate(have):
                     for name in ("pointing", "energy", "iou"):

@@ -24,6 +24,7 @@ scipy (``pip install scipy``) for the sparse solve.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ import torch
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
-from .base import Key, Measured, MethodRun, Metric, PairBatch, register
+from ..settings import check_number, setting
+from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, register
 from .common import cosine, descending_order, image_maps, scoring, targets, unit_embeddings
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -142,6 +144,17 @@ def road_scores(backend: Backend, images: ImageBatch, texts: TextBatch,
     return {"morf": m, "lerf": le, "combined": (le - m) / 2, "morf_curve": morf_curve, "lerf_curve": lerf_curve}
 
 
+@dataclass(frozen=True)
+class RoadSettings(MetricSettings):
+    percentiles: tuple[int, ...] = setting(PERCENTILES, "percentiles p: (100 - p)% of the pixels are removed at each")
+    noise: float = setting(NOISE, "sd of the imputation noise (normalised units)")
+
+    def validate(self) -> None:
+        if not self.percentiles or any(not 0 <= p <= 100 for p in self.percentiles):
+            raise InputError(f"road_percentiles={','.join(map(str, self.percentiles))!r}: give percentiles in 0..100")
+        check_number(self.noise, "road_noise")
+
+
 @register
 class Road(Metric):
     """ROAD's MoRF (lower is better), LeRF and combined (higher is better) score changes; image side only."""
@@ -151,11 +164,12 @@ class Road(Metric):
     paper = "https://arxiv.org/abs/2202.00449"
     sides = ("image",)
     keys = (Key("image_road_morf", "lower"), Key("image_road_lerf", "higher"), Key("image_road_combined", "higher"))
+    Settings = RoadSettings
+    settings: RoadSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
         r = road_scores(batch.backend, batch.images, batch.texts, maps,
-                        percentiles=batch.config.road_percentiles,
-                        noise=batch.config.road_noise, seeds=batch.pair_seeds)
+                        percentiles=self.settings.percentiles, noise=self.settings.noise, seeds=batch.pair_seeds)
         out = Measured.empty(len(batch))
         for name in ("morf", "lerf", "combined"):
             out.put(f"image_road_{name}", r[name])

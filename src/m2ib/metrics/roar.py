@@ -42,15 +42,16 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..backends.base import Backend
-from ..errors import InputError
 from ..fileio import atomic_write
-from .base import CONTROL, Key, Metric, PlotCanvas, RunContext, register
+from ..settings import setting
+from .base import CONTROL, Key, Metric, MetricSettings, PlotCanvas, RunContext, register
 from .roar_retrain import (  # noqa: F401 (re-exported: the public names of ROAR+ live here)
     BUDGETS,
     RoarBudget,
@@ -228,6 +229,12 @@ def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class RoarSettings(MetricSettings):
+    budget: str = setting("tiny", "ROAR+ scale: tiny and small run on a CPU (reduced: few scenes, a tiny retrained "
+                          "model), full needs a GPU", choices=tuple(BUDGETS))
+
+
 @register
 class RoarPlus(Metric):
     """ROAR+ (whole run, shapes data only): accuracy of models retrained on degraded images; lower is better."""
@@ -239,15 +246,11 @@ class RoarPlus(Metric):
     keys = (Key("roar_accuracy", "lower"),)  # its records are kind "roar", not pairs: no summary table
     tables = ()
     per_pair = False
+    Settings = RoarSettings
+    settings: RoarSettings
 
-    @classmethod
-    def check(cls, config) -> None:
-        if config.roar_budget not in BUDGETS:
-            raise InputError(f"roar budget {config.roar_budget!r}: use one of {', '.join(BUDGETS)}")
-
-    @classmethod
-    def provenance(cls, config) -> dict:
-        return {"roar": BUDGETS[config.roar_budget].as_dict()} if cls.name in config.names else {}
+    def provenance(self) -> dict:
+        return {"roar": BUDGETS[self.settings.budget].as_dict()}
 
     def record_key(self, record: dict[str, Any]) -> tuple:
         return "roar", record.get("method"), record.get("k")
@@ -259,7 +262,7 @@ class RoarPlus(Metric):
                   file=sys.stderr)
             return
         finished = {(r["method"], r["k"]) for r in context.records if r.get("kind") == "roar"}
-        roar(context.backend, context.methods, context.settings, context.config.roar_budget, context.seed,
+        roar(context.backend, context.methods, context.settings, self.settings.budget, context.seed,
              done=lambda m, k: (m, k) in finished, emit=context.emit, progress=context.progress,
              stop=context.stop, cache=context.out / ROAR_MAPS)
 

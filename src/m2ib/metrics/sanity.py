@@ -32,7 +32,20 @@ import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, Part, TextBatch  # noqa: F401 (Part: re-exported)
 from ..errors import InputError
-from .base import Key, Measured, MethodRun, Metric, PairBatch, PlotCanvas, mean_curve, number, numbers, register
+from ..settings import check_positive_int, setting
+from .base import (
+    Key,
+    Measured,
+    MethodRun,
+    Metric,
+    MetricSettings,
+    PairBatch,
+    PlotCanvas,
+    mean_curve,
+    number,
+    numbers,
+    register,
+)
 
 
 def randomise_(objects: Sequence[Any], seed: int) -> None:
@@ -162,6 +175,16 @@ def cascading_randomization(backend: Backend, images: ImageBatch, texts: TextBat
     return {"labels": labels, "spearman": spearman_t, "ssim": ssim_t}
 
 
+@dataclasses.dataclass(frozen=True)
+class SanitySettings(MetricSettings):
+    steps: int | None = setting(None, "cascade points of the sanity check, evenly spaced from the head down "
+                                "(default: every block)")
+
+    def validate(self) -> None:
+        if self.steps is not None:
+            check_positive_int(self.steps, "sanity_steps")
+
+
 @register
 class Sanity(Metric):
     """Cascading randomisation: mean |Spearman| and SSIM of the randomised models' maps with the
@@ -172,15 +195,12 @@ class Sanity(Metric):
     paper = "https://arxiv.org/abs/1810.03292"
     keys = (Key("image_sanity_spearman", "lower"), Key("image_sanity_ssim", "lower"),
             Key("text_sanity_spearman", "lower"))
-
-    @classmethod
-    def check(cls, config) -> None:
-        if config.sanity_steps is not None and config.sanity_steps < 1:
-            raise InputError(f"sanity steps {config.sanity_steps!r} must be a positive integer")
+    Settings = SanitySettings
+    settings: SanitySettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
         r = cascading_randomization(batch.backend, batch.images, batch.texts, method=run.method, modality=side,
-                                    settings=run.settings, maps=list(maps), steps=batch.config.sanity_steps,
+                                    settings=run.settings, maps=list(maps), steps=self.settings.steps,
                                     seed=int(batch.seed))
         out = Measured.empty(len(batch))
         for i in range(len(batch)):
