@@ -52,6 +52,8 @@ def load_directory(path: Path, name: str | None = None, processor: Any = None, t
         raise InputError(f"{path}: model_type {config.model_type!r} has no m2ib backend yet "
                          f"(supported: {', '.join(registry.model_types())}; OpenCLIP and OpenAI clip by "
                          "open_clip: / clip: names)")
+    if family.model_class is None:  # a family with a model_type names its class: None is a bug in the family
+        raise RuntimeError(f"model family {family.name!r} reads model_type {config.model_type!r} but names no class")
     with warnings.catch_warnings(), quiet_transformers():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
         model = getattr(transformers, family.model_class).from_pretrained(path, attn_implementation="sdpa",
