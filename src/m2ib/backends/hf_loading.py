@@ -12,13 +12,16 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
 from . import hub, registry
 from .base import Backend
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 def load_hf(spec: str, *, name: str, processor: Any = None, tokenizer: Any = None) -> Backend:
@@ -91,3 +94,20 @@ def quiet_transformers() -> Iterator[None]:
 def _needs_sentencepiece(exc: Exception) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(word in text for word in ("sentencepiece", "protobuf", "requires the"))
+
+
+def sub_config(config: dict | PretrainedConfig | None, name: str) -> PretrainedConfig:
+    """A composite config's ``name`` sub-config (transformers types it as the dict or None it may be built
+    from; a loaded model's is a config)."""
+    from transformers import PretrainedConfig
+
+    if not isinstance(config, PretrainedConfig):
+        raise InputError(f"the model's {name} is a {type(config).__name__}, not a transformers config")
+    return config
+
+
+def config_int(value: int | list[int] | tuple[int, int] | None, name: str) -> int:
+    """A config size the towers read as one integer (transformers types it as a list or None too)."""
+    if not isinstance(value, int):
+        raise InputError(f"config {name} {value!r} is not supported (a single integer is)")
+    return value
