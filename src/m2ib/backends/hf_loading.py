@@ -106,6 +106,15 @@ def sub_config(config: dict | PretrainedConfig | None, name: str) -> PretrainedC
     return config
 
 
+def model_config(model: torch.nn.Module) -> PretrainedConfig:
+    """A transformers model's config."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise InputError(f"{type(model).__name__} is not a transformers model: it has no config to read")
+    return model.config
+
+
 def config_int(value: int | list[int] | tuple[int, int] | None, name: str) -> int:
     """A config size the towers read as one integer (transformers types it as a list or None too)."""
     if not isinstance(value, int):
