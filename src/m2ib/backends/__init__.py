@@ -24,6 +24,8 @@ from . import hf_clip, metaclip2, openai_clip, openclip, openclip_hf_text, regis
 from .base import EMBEDDINGS, MODALITIES, AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, TextBatch
 from .hf_clip import HFCLIPBackend
 from .hf_loading import load_directory
+from .registry import Family, Load
+from .towers import TowersBackend
 
 __all__ = ["AttentionRecord", "EMBEDDINGS", "Backend", "Batch", "Geometry", "ImageBatch", "TextBatch", "Modality",
            "MODALITIES", "HFCLIPBackend", "load_backend", "load_directory"]
@@ -110,17 +112,25 @@ def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Ba
     if source in BUILTIN_MODELS:
         return _load_builtin(BUILTIN_MODELS[source], processor, tokenizer)
     family = registry.family_of_name(source)
-    if family is not None:
-        return family.load(source[len(family.prefix):], name=source, processor=processor, tokenizer=tokenizer)
+    if family is not None and family.prefix is not None:  # family_of_name only returns prefixed families
+        return _loader(family, family.load)(source[len(family.prefix):], name=source, processor=processor,
+                                            tokenizer=tokenizer)
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError(f"--model {source}: is an image, not a model; give the image as IMAGE and --model a "
                          "built-in name, a hub id, a model directory or a checkpoint file")
     family = registry.family_of_path(path) if path.exists() else None
     if family is not None:
-        return family.load_path(path, name=source, processor=processor, tokenizer=tokenizer)
-    return registry.family_with_prefix(DEFAULT_PREFIX).load(source, name=source, processor=processor,
-                                                           tokenizer=tokenizer)
+        return _loader(family, family.load_path)(path, name=source, processor=processor, tokenizer=tokenizer)
+    default = registry.family_with_prefix(DEFAULT_PREFIX)
+    return _loader(default, default.load)(source, name=source, processor=processor, tokenizer=tokenizer)
+
+
+def _loader(family: Family, load: Load | None) -> Load:
+    """A family's load function that the registry lookup promised (None here is a bug in the registry)."""
+    if load is None:
+        raise RuntimeError(f"model family {family.name!r} was found by a lookup that needs a load function it lacks")
+    return load
 
 
 def _load_builtin(entry: Any, processor: Any, tokenizer: Any) -> Backend:
@@ -130,9 +140,11 @@ def _load_builtin(entry: Any, processor: Any, tokenizer: Any) -> Backend:
         family = registry.family_of_path(path)
         if family is None:
             raise InputError(f"built-in model {entry.name!r}: no model family reads {path}")
-        return family.load_path(path, name=entry.name, processor=None, tokenizer=None)
+        return _loader(family, family.load_path)(path, name=entry.name, processor=None, tokenizer=None)
     model, tok, prep, info = entry.build()
     backend = _wrap(model, entry.name, tokenizer or tok, processor, info)
     if prep is not None:
+        if not isinstance(backend, TowersBackend):
+            raise RuntimeError(f"built-in model {entry.name!r} gives image preprocessing its backend cannot take")
         backend.preprocessing = prep
     return backend

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,9 @@ def _with_bias(block: Block, mask: torch.Tensor | None) -> torch.Tensor | None:
     return bias if mask is None else mask + bias
 
 
-def openai_block(block: torch.nn.Module) -> Block:
+# The blocks adapted here are typed Any: OpenAI clip and OpenCLIP ship no types, and a transformers layer
+# arrives from an nn.ModuleList as a bare Module (four families' layer classes share the duck type).
+def openai_block(block: Any) -> Block:
     """OpenAI ``clip`` / OpenCLIP ``ResidualAttentionBlock`` (``ln_1``, ``attn``: nn.MultiheadAttention,
     ``mlp``, ``ln_2``, optional ``ls_1``/``ls_2``)."""
     attn = getattr(block, "attn", None)
@@ -75,7 +78,7 @@ def openai_block(block: torch.nn.Module) -> Block:
                  ls1=getattr(block, "ls_1", _identity), ls2=getattr(block, "ls_2", _identity))
 
 
-def hf_block(layer: torch.nn.Module) -> Block:
+def hf_block(layer: Any) -> Block:
     """A transformers CLIP/SigLIP encoder layer (``layer_norm1``, ``self_attn.{q,k,v,out}_proj``,
     ``layer_norm2``, ``mlp``)."""
     attn = layer.self_attn

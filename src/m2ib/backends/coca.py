@@ -22,6 +22,8 @@ bottleneck unchanged, like SigLIP's padding.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..errors import InputError
@@ -66,7 +68,7 @@ class CoCaTextTower(OpenAITextTower):
 
     appends_class = True
 
-    def __init__(self, owner: torch.nn.Module):
+    def __init__(self, owner: Any):  # OpenCLIP's TextTransformer: untyped, duck-typed
         super().__init__(owner, causal=getattr(owner, "attn_mask", None) is not None, pool="last",
                          pad_id=getattr(owner, "pad_id", 0))
         self.correct_cls_mask = bool(getattr(owner, "correct_cls_mask", False))

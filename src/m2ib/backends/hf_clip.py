@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -18,11 +18,23 @@ from ..errors import InputError
 from ..inputs import ImagePreprocessing
 from .base import Geometry, ImageBatch, Modality, TextBatch
 from .blocks import hf_block, text_mask
-from .hf_loading import is_transformers_directory, load_directory, load_hf
+from .hf_loading import config_int, is_transformers_directory, load_directory, load_hf, sub_config
 from .hf_tokens import hf_encode, hf_readable
 from .openai_towers import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .registry import Family, register
 from .towers import ClassTokenTower, PooledTextTower, Tower, TowersBackend, present
+
+if TYPE_CHECKING:  # transformers ships types: these towers adapt its CLIP-layout models and their tower modules
+    from transformers import (
+        CLIPModel,
+        CLIPTextModel,
+        CLIPVisionModel,
+        MetaClip2Model,
+        MetaClip2TextModel,
+        MetaClip2VisionModel,
+    )
+
+    CLIPLayoutModel = CLIPModel | MetaClip2Model
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
@@ -52,10 +64,10 @@ class HFCLIPImageTower(ClassTokenTower):
     """``vision_model`` (embeddings, ``pre_layrnorm``, encoder layers, ``post_layernorm``) and the
     model's ``visual_projection``; the head reads the class token."""
 
-    def __init__(self, vision: torch.nn.Module, projection: torch.nn.Module):
+    def __init__(self, vision: CLIPVisionModel | MetaClip2VisionModel, projection: torch.nn.Linear):
         super().__init__([hf_block(layer) for layer in vision.encoder.layers])
         self.vision, self.projection = vision, projection
-        grid = vision.config.image_size // vision.config.patch_size
+        grid = config_int(vision.config.image_size, "image_size") // config_int(vision.config.patch_size, "patch_size")
         self.patch_grid = (grid, grid)
 
     def grid(self, layer: int) -> tuple[int, int]:
@@ -78,7 +90,7 @@ class HFCLIPTextTower(PooledTextTower):
     reads the end-of-text token as transformers does: configs with ``eos_token_id == 2`` (legacy)
     pool the largest id, others the first ``eos_token_id``."""
 
-    def __init__(self, text: torch.nn.Module, projection: torch.nn.Module, eos_token_id: int):
+    def __init__(self, text: CLIPTextModel | MetaClip2TextModel, projection: torch.nn.Linear, eos_token_id: int):
         pool = "argmax" if eos_token_id == 2 else "eos"
         super().__init__([hf_block(layer) for layer in text.encoder.layers], pool, eos_token_id, causal=True)
         self.text, self.projection = text, projection
@@ -106,37 +118,44 @@ class HFCLIPBackend(TowersBackend):
     end-token pooling and projections.
     """
 
-    def model_class(self) -> type:
+    def model_class(self) -> type[CLIPLayoutModel]:
         """The transformers class this backend reads (a hook: CLIP-layout families override it)."""
         from transformers import CLIPModel
 
         return CLIPModel
 
-    def text_tower(self, model: torch.nn.Module) -> Tower:
+    def text_tower(self, model: CLIPLayoutModel) -> Tower:
         """The text tower with its pooling rule (a hook: CLIP-layout families override it)."""
-        return HFCLIPTextTower(model.text_model, model.text_projection, model.config.text_config.eos_token_id)
+        return HFCLIPTextTower(model.text_model, model.text_projection,
+                               sub_config(model.config.text_config, "text_config").eos_token_id)
 
-    def build_towers(self) -> dict[Modality, Tower]:
+    @property
+    def clip_model(self) -> CLIPLayoutModel:
+        """``model`` as the transformers class this backend reads (checked)."""
         model, expected = self.model, self.model_class()
         if not isinstance(model, expected):
             raise InputError(f"{type(self).__name__} needs a transformers {expected.__name__}, "
                              f"got {type(model).__name__}")
+        return model
+
+    def build_towers(self) -> dict[Modality, Tower]:
+        model = self.clip_model
         attn = getattr(model.config, "_attn_implementation", "eager") or "eager"
         if attn not in SUPPORTED_ATTENTION:
             raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
                              "attn_implementation='sdpa' or 'eager'")
         if self.preprocessing is None:
-            self.preprocessing = preprocessing_from(None, model.config.vision_config.image_size)
+            self.preprocessing = preprocessing_from(None, sub_config(model.config.vision_config, "vision_config").image_size)
         return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection),
                 "text": self.text_tower(model)}
 
     @property
     def context_length(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
+        return sub_config(self.clip_model.config.text_config, "text_config").max_position_embeddings
 
     @property
     def geometry(self) -> Geometry:  # the model's input size, whatever the processor crops to
-        size = self.model.config.vision_config.image_size
+        size = sub_config(self.clip_model.config.vision_config, "vision_config").image_size
         return dataclasses.replace(super().geometry, image_size=(size, size))
 
     # --- inputs --------------------------------------------------------------------------
@@ -174,7 +193,11 @@ def _is_clip_model(model: torch.nn.Module) -> bool:
 
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> HFCLIPBackend:
-    size = model.config.vision_config.image_size
+    from transformers import CLIPModel
+
+    if not isinstance(model, CLIPModel):  # the family recognises CLIPModels only
+        raise InputError(f"HFCLIPBackend needs a transformers CLIPModel, got {type(model).__name__}")
+    size = sub_config(model.config.vision_config, "vision_config").image_size
     prep = preprocessing_from(processor, size) if processor is not None else None
     return HFCLIPBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
                          preprocessing=prep)

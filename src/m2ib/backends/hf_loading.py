@@ -12,13 +12,16 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
 from . import hub, registry
 from .base import Backend
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 def load_hf(spec: str, *, name: str, processor: Any = None, tokenizer: Any = None) -> Backend:
@@ -52,6 +55,8 @@ def load_directory(path: Path, name: str | None = None, processor: Any = None, t
         raise InputError(f"{path}: model_type {config.model_type!r} has no m2ib backend yet "
                          f"(supported: {', '.join(registry.model_types())}; OpenCLIP and OpenAI clip by "
                          "open_clip: / clip: names)")
+    if family.model_class is None:  # a family with a model_type names its class: None is a bug in the family
+        raise RuntimeError(f"model family {family.name!r} reads model_type {config.model_type!r} but names no class")
     with warnings.catch_warnings(), quiet_transformers():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
         model = getattr(transformers, family.model_class).from_pretrained(path, attn_implementation="sdpa",
@@ -89,3 +94,29 @@ def quiet_transformers() -> Iterator[None]:
 def _needs_sentencepiece(exc: Exception) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(word in text for word in ("sentencepiece", "protobuf", "requires the"))
+
+
+def sub_config(config: dict | PretrainedConfig | None, name: str) -> PretrainedConfig:
+    """A composite config's ``name`` sub-config (transformers types it as the dict or None it may be built
+    from; a loaded model's is a config)."""
+    from transformers import PretrainedConfig
+
+    if not isinstance(config, PretrainedConfig):
+        raise InputError(f"the model's {name} is a {type(config).__name__}, not a transformers config")
+    return config
+
+
+def model_config(model: torch.nn.Module) -> PretrainedConfig:
+    """A transformers model's config."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise InputError(f"{type(model).__name__} is not a transformers model: it has no config to read")
+    return model.config
+
+
+def config_int(value: int | list[int] | tuple[int, int] | None, name: str) -> int:
+    """A config size the towers read as one integer (transformers types it as a list or None too)."""
+    if not isinstance(value, int):
+        raise InputError(f"config {name} {value!r} is not supported (a single integer is)")
+    return value

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -31,6 +32,7 @@ from .base import TextBatch
 from .blocks import Block, text_mask
 from .towers import TransformerTower, present
 
+# The encoders (T5, M2M100, ...) come from untyped OpenCLIP HF text towers whatever their class: typed Any.
 CLASS_POOLERS = ("cls_pooler", "cls_last_hidden_state_pooler")
 EVERY_TOKEN_POOLERS = ("mean_pooler",)
 # Relative positions set no length limit: m2ib reads what OpenCLIP's HFTokenizer gives these towers
@@ -42,7 +44,7 @@ def _snake(name: str) -> str:  # OpenCLIP's pooler names are its class names in 
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def openclip_pooler(encoder: torch.nn.Module) -> str:
+def openclip_pooler(encoder: Any) -> str:
     """The name of an ``HFTextEncoder``'s pooler, or a one-line refusal for those m2ib cannot run."""
     pooler = _snake(type(encoder.pooler).__name__)
     if pooler == "max_pooler":
@@ -59,7 +61,7 @@ def real_tokens(batch: TextBatch, pad_id: int, copies: int, device: torch.device
     return (batch.input_ids.to(device) != pad_id).long().repeat_interleave(copies, 0)
 
 
-def t5_block(block: torch.nn.Module) -> Block:
+def t5_block(block: Any) -> Block:
     """A T5 / mT5 encoder block (``layer[0]``: RMSNorm + SelfAttention q, k, v, o; ``layer[-1]``:
     RMSNorm + DenseReluDense); unscaled scores (the bias comes in through the mask)."""
     attention, feed_forward = block.layer[0], block.layer[-1]
@@ -72,7 +74,7 @@ def t5_block(block: torch.nn.Module) -> Block:
                  mlp=feed_forward.DenseReluDense, heads=attn.n_heads, scale=1.0)
 
 
-def m2m100_block(layer: torch.nn.Module) -> Block:
+def m2m100_block(layer: Any) -> Block:
     """An M2M100 / NLLB encoder layer (``self_attn_layer_norm``, ``self_attn``, ``final_layer_norm``,
     ``fc1`` -> activation -> ``fc2``)."""
     attn = layer.self_attn
@@ -87,8 +89,8 @@ def m2m100_block(layer: torch.nn.Module) -> Block:
 class Seq2SeqTextTower(TransformerTower):
     """The pre-norm encoder stack of an encoder-decoder model inside an ``HFTextEncoder``."""
 
-    def __init__(self, encoder: torch.nn.Module, blocks: list[Block], layers: list[torch.nn.Module],
-                 final_norm: torch.nn.Module, positions_limit: int,
+    def __init__(self, encoder: Any, blocks: list[Block], layers: list[Any],
+                 final_norm: Any, positions_limit: int,
                  bias: Callable[[int, torch.device], torch.Tensor] | None = None):
         super().__init__(blocks)
         self.encoder, self.transformer, self.layers = encoder, encoder.transformer, layers
@@ -134,7 +136,7 @@ class Seq2SeqTextTower(TransformerTower):
         return present(self.final_norm, self.encoder.proj), list(self.layers), [self.transformer.embed_tokens]
 
 
-def seq2seq_text_tower(encoder: torch.nn.Module) -> Seq2SeqTextTower | None:
+def seq2seq_text_tower(encoder: Any) -> Seq2SeqTextTower | None:
     """The tower for an ``HFTextEncoder`` over a T5/mT5 or M2M100/NLLB encoder stack; None for other models
     (the model type decides: BART is post-norm, UMT5 has a bias per block)."""
     transformer, model_type = encoder.transformer, encoder.config.model_type

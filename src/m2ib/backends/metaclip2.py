@@ -11,19 +11,26 @@ the first end token). Tokenising is CLIP's (its XLM-V tokenizer through ``AutoTo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import InputError
 from .hf_clip import HFCLIPBackend, HFCLIPTextTower, preprocessing_from
+from .hf_loading import sub_config
 from .registry import Family, register
 from .towers import Tower
+
+if TYPE_CHECKING:  # transformers ships types
+    from transformers import MetaClip2Model, MetaClip2TextModel
+
+    from .hf_clip import CLIPLayoutModel
 
 
 class MetaClip2TextTower(HFCLIPTextTower):
     """CLIP's causal text tower; the head reads the first ``eos_token_id``, whatever its value."""
 
-    def __init__(self, text: torch.nn.Module, projection: torch.nn.Module, eos_token_id: int):
+    def __init__(self, text: MetaClip2TextModel, projection: torch.nn.Linear, eos_token_id: int):
         super().__init__(text, projection, eos_token_id)
         self.pool = "eos"
 
@@ -32,12 +39,12 @@ class MetaClip2TextTower(HFCLIPTextTower):
 class MetaClip2Backend(HFCLIPBackend):
     """A ``transformers.MetaClip2Model`` behind m2ib's backend interface."""
 
-    def model_class(self) -> type:
+    def model_class(self) -> type[MetaClip2Model]:
         from transformers import MetaClip2Model
 
         return MetaClip2Model
 
-    def text_tower(self, model: torch.nn.Module) -> Tower:
+    def text_tower(self, model: CLIPLayoutModel) -> Tower:
         return MetaClip2TextTower(model.text_model, model.text_projection, model.text_model.eos_token_id)
 
 
@@ -50,7 +57,11 @@ def _is_metaclip2_model(model: torch.nn.Module) -> bool:
 
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> MetaClip2Backend:
-    size = model.config.vision_config.image_size
+    from transformers import MetaClip2Model
+
+    if not isinstance(model, MetaClip2Model):  # the family recognises MetaClip2Models only
+        raise InputError(f"MetaClip2Backend needs a transformers MetaClip2Model, got {type(model).__name__}")
+    size = sub_config(model.config.vision_config, "vision_config").image_size
     prep = preprocessing_from(processor, size) if processor is not None else None
     return MetaClip2Backend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
                             preprocessing=prep)

@@ -94,7 +94,7 @@ class OpenAICLIPBackend(OpenCLIPBackend):
     """A ``clip.model.CLIP`` (ViT or ModifiedResNet image tower) behind m2ib's backend interface."""
 
     def build_towers(self) -> dict[Modality, Tower]:
-        model = self.model
+        model: Any = self.model  # a clip.model.CLIP: OpenAI clip ships no types
         if self.tokenizer is None:
             self.tokenizer = import_clip().simple_tokenizer.SimpleTokenizer()
         if self.preprocessing is None:

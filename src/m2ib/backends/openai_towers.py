@@ -12,6 +12,8 @@ from .base import ImageBatch, TextBatch
 from .blocks import openai_block, text_mask
 from .towers import ClassTokenTower, PooledTextTower, present
 
+# OpenAI clip and OpenCLIP ship no types: the visual and text modules adapted here are typed Any.
+
 # OpenAI CLIP's image normalisation (also the default of transformers' CLIP and of OpenCLIP).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,7 +36,7 @@ class OpenAIViTTower(ClassTokenTower):
     before ``ln_post``; the head then reads its first query's output (``"tok"``) or the mean of the
     others (``"avg"``), so it reads every token."""
 
-    def __init__(self, visual: torch.nn.Module):
+    def __init__(self, visual: Any):
         self.attn_pool = getattr(visual, "attn_pool", None)
         if getattr(visual, "attn_pool_contrastive", None) is not None:  # OpenCLIP's 'parallel' / 'cascade' WIP
             raise InputError(f"OpenCLIP attentional pooling {getattr(visual, 'attn_pool_type', '')!r} with a "
@@ -99,7 +101,7 @@ class OpenAITextTower(PooledTextTower):
 
     appends_class = False  # whether the tower appends a class embedding after the text (CoCa)
 
-    def __init__(self, owner: torch.nn.Module, causal: bool = True, pool: str = "argmax",
+    def __init__(self, owner: Any, causal: bool = True, pool: str = "argmax",
                  eos_id: int | None = None, pad_id: int | None = None, pad_mask: bool = False):
         super().__init__([openai_block(b) for b in owner.transformer.resblocks], pool, eos_id, causal)
         if getattr(owner, "cls_emb", None) is not None and not self.appends_class:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import warnings
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,11 @@ class BPETokens:
 
     tokenizer: Any
     towers: dict
+    device: torch.device  # given by the backend the mixin joins, as is context_length
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int: ...
 
     def _library_ids(self, texts: list[str], context: int) -> torch.Tensor:
         raise NotImplementedError
@@ -125,7 +131,7 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
     transformer) behind m2ib's backend interface."""
 
     def build_towers(self) -> dict[Modality, Tower]:
-        model = self.model
+        model: Any = self.model  # an open_clip CLIP / CustomTextCLIP: open_clip ships no types
         if not hasattr(model, "visual"):
             raise InputError(f"{type(model).__name__} has no image tower `visual`: not an OpenCLIP CLIP model")
         text_owner = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
@@ -134,6 +140,8 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
                              "encoders are not yet): use a model with OpenCLIP's own text transformer")
         causal = getattr(text_owner, "attn_mask", None) is not None
         pool = getattr(text_owner, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
+        if not isinstance(pool, str):
+            raise InputError(f"OpenCLIP text pool_type {pool!r} is not a pooling name")
         eos = getattr(text_owner, "eos_id", None) if text_owner is not model else getattr(model, "text_eos_id", None)
         if getattr(text_owner, "cls_emb", None) is not None:  # CoCa: a class embedding after the text
             text: OpenAITextTower = CoCaTextTower(text_owner)
@@ -173,7 +181,7 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
 
 
 # --- loading by name -------------------------------------------------------------------------
-def load_open_clip(spec: str) -> OpenCLIPBackend:
+def load_open_clip(spec: str) -> TowersBackend:
     """An OpenCLIP model by OpenCLIP's names (see the module docstring)."""
     name = f"open_clip:{spec}"
     if spec.startswith("hf-hub:"):
@@ -226,11 +234,11 @@ def load_open_clip(spec: str) -> OpenCLIPBackend:
             kwargs["force_quick_gelu"] = True  # what the weights were trained with
     model = _quiet(oc.create_model, arch, pretrained=pretrained, **kwargs).eval()
     if hf_text:  # the OpenCLIP HF text family's backend
-        return family_of_model(model).wrap(model, name, tokenizer, None, {})
+        return _hf_text_backend(model, name, tokenizer)
     return OpenCLIPBackend(model=model, name=name, tokenizer=tokenizer or oc.get_tokenizer(arch))
 
 
-def load_open_clip_dir(path: Path, name: str | None = None) -> OpenCLIPBackend:
+def load_open_clip_dir(path: Path, name: str | None = None) -> TowersBackend:
     """A directory in OpenCLIP's format: ``open_clip_config.json`` and a checkpoint."""
     path = Path(path)
     if not (path / "open_clip_config.json").exists():
@@ -243,9 +251,18 @@ def load_open_clip_dir(path: Path, name: str | None = None) -> OpenCLIPBackend:
     if "hf_model_name" in text_cfg:  # BiomedCLIP: its PubMedBERT's config and tokenizer from the cache
         text_cfg, tokenizer = hf_text_by_name(spec, text_cfg)
         model = _quiet(oc.create_model, spec, text_cfg=text_cfg).eval()
-        return family_of_model(model).wrap(model, name or str(path), tokenizer, None, {})  # OpenCLIP HF text's
+        return _hf_text_backend(model, name or str(path), tokenizer)
     model = _quiet(oc.create_model, spec).eval()
     return OpenCLIPBackend(model=model, name=name or str(path), tokenizer=oc.get_tokenizer(spec))
+
+
+def _hf_text_backend(model: torch.nn.Module, name: str, tokenizer: Any) -> TowersBackend:
+    """The OpenCLIP HF text family's backend for a model with a Hugging Face text tower."""
+    family = family_of_model(model)
+    backend = None if family is None else family.wrap(model, name, tokenizer, None, {})
+    if not isinstance(backend, TowersBackend):  # that family registers on import of the backends package
+        raise RuntimeError(f"OpenCLIP model {name!r} has a Hugging Face text tower but no family wraps it")
+    return backend
 
 
 def _checkpoint_in(path: Path) -> Path | None:
@@ -320,7 +337,7 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
     return OpenCLIPBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer)
 
 
-def _load(spec: str, *, name: str, processor: Any = None, tokenizer: Any = None) -> OpenCLIPBackend:
+def _load(spec: str, *, name: str, processor: Any = None, tokenizer: Any = None) -> TowersBackend:
     return load_open_clip(spec)  # named open_clip:SPEC, as given
 
 
@@ -328,7 +345,7 @@ def _is_open_clip_directory(path: Path) -> bool:
     return path.is_dir() and not (path / "config.json").exists() and (path / "open_clip_config.json").exists()
 
 
-def _load_directory(path: Path, *, name: str, processor: Any = None, tokenizer: Any = None) -> OpenCLIPBackend:
+def _load_directory(path: Path, *, name: str, processor: Any = None, tokenizer: Any = None) -> TowersBackend:
     return load_open_clip_dir(path, name)
 
 

@@ -39,11 +39,13 @@ from .registry import Family, module_names, register
 from .towers import Tower, TowersBackend, present
 
 
+# An OpenCLIP HF text tower wraps whichever transformers encoder its config names (BERT, RoBERTa, T5, ...),
+# reached through untyped OpenCLIP modules: the encoders and layers adapted here are typed Any.
 def is_hf_text_encoder(module: Any) -> bool:
     return type(module).__name__ == "HFTextEncoder" and hasattr(module, "transformer")
 
 
-def bert_layer_forward(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None,
+def bert_layer_forward(layer: Any, hidden: torch.Tensor, mask: torch.Tensor | None,
                        records: list[AttentionRecord] | None = None) -> torch.Tensor:
     """One post-norm BERT/RoBERTa layer (eval: dropout is off); ``mask`` additive [N, 1, T, T]."""
     attn, out = layer.attention.self, layer.attention.output
@@ -69,7 +71,7 @@ def bert_layer_forward(layer: torch.nn.Module, hidden: torch.Tensor, mask: torch
 class HFTextTower(Tower):
     """An ``HFTextEncoder`` with a BERT-layout encoder (``embeddings``, ``encoder.layer``)."""
 
-    def __init__(self, encoder: torch.nn.Module):
+    def __init__(self, encoder: Any):
         transformer = encoder.transformer
         config = encoder.config
         layers = getattr(getattr(transformer, "encoder", None), "layer", None)
@@ -128,7 +130,7 @@ class HFTextTower(Tower):
 
         pooler = getattr(self.transformer, "pooler", None)
         if self.pooler == "cls_pooler" and pooler is not None and self.encoder.pooler.use_pooler_output:
-            states = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooler(hidden))
+            states: BaseModelOutput | BaseModelOutputWithPooling = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooler(hidden))
         else:
             states = BaseModelOutput(last_hidden_state=hidden)
         return self.encoder.proj(self.encoder.pooler(states, valid))
@@ -143,7 +145,7 @@ class HFTextTower(Tower):
         return head, list(self.layers), [self.transformer.embeddings]
 
 
-def hf_text_tower(encoder: torch.nn.Module) -> Tower:
+def hf_text_tower(encoder: Any) -> Tower:
     """The tower for an ``HFTextEncoder``: a pre-norm encoder-decoder stack (mT5, NLLB) or a BERT-layout encoder."""
     return seq2seq_text_tower(encoder) or HFTextTower(encoder)
 
@@ -163,10 +165,11 @@ class OpenCLIPHFTextBackend(TowersBackend):
     """An OpenCLIP ``CustomTextCLIP`` whose ``text`` is an ``HFTextEncoder``."""
 
     def build_towers(self) -> dict[Modality, Tower]:
+        model: Any = self.model  # an open_clip CustomTextCLIP: open_clip ships no types
         self.tokenizer = _transformers_tokenizer(self.tokenizer)
         if self.preprocessing is None:
-            self.preprocessing = preprocessing_of(self.model)
-        return {"image": image_tower(self.model.visual), "text": hf_text_tower(self.model.text)}
+            self.preprocessing = preprocessing_of(model)
+        return {"image": image_tower(model.visual), "text": hf_text_tower(model.text)}
 
     @property
     def context_length(self) -> int:

@@ -104,8 +104,9 @@ def transformers_tokenizer(tokenizer: Any) -> Any | None:
 
 def hf_library_ids(tokenizer: Any, texts: Sequence[str], context: int) -> torch.Tensor:
     """The ids OpenCLIP's tokenizer gives (an ``HFTokenizer`` is called as OpenCLIP calls it)."""
-    if transformers_tokenizer(tokenizer) is tokenizer:  # a bare transformers tokenizer: OpenCLIP's padding
-        return tokenizer(list(texts), return_tensors="pt", max_length=context, padding="max_length",
+    inner = transformers_tokenizer(tokenizer)
+    if inner is not None and inner is tokenizer:  # a bare transformers tokenizer: OpenCLIP's padding
+        return inner(list(texts), return_tensors="pt", max_length=context, padding="max_length",
                          truncation=True).input_ids
     return torch.as_tensor(tokenizer(list(texts), context_length=context)).long()
 
@@ -114,6 +115,8 @@ def hf_text_batch(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch
                   texts: Sequence[str], device: torch.device) -> TextBatch:
     """A TextBatch of an HF tokenizer's ids: real tokens are every id but the pad id."""
     inner = transformers_tokenizer(tokenizer)
+    if inner is None:
+        raise InputError(f"tokenizer {type(tokenizer).__name__} is not a transformers tokenizer (none inside it either)")
     input_ids = input_ids.long().cpu()
     if attention_mask is None:
         pad = inner.pad_token_id

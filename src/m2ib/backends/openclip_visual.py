@@ -3,7 +3,8 @@ OpenAI clip): the tower adapter for a model's ``visual`` and its eval preprocess
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from PIL import Image
 
 from ..errors import InputError
@@ -14,11 +15,12 @@ from .timm_stages import TimmStagesTower, is_timm_staged
 from .timm_towers import TimmViTTower, is_timm_transformer
 from .towers import Tower
 
+# OpenCLIP and OpenAI clip ship no types: their models and towers are typed Any (duck-typed modules).
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 
-def image_tower(visual: torch.nn.Module) -> Tower:
+def image_tower(visual: Any) -> Tower:
     """The image tower adapter for an OpenAI-layout ``visual``: ResNet or ViT."""
     if is_modified_resnet(visual):
         return ResNetTower(visual)
@@ -34,7 +36,7 @@ def image_tower(visual: torch.nn.Module) -> Tower:
                      "ConvNeXt and FastViT stages too; windowed trunks such as Swin are not yet)")
 
 
-def preprocessing_of(model: torch.nn.Module) -> ImagePreprocessing:
+def preprocessing_of(model: Any) -> ImagePreprocessing:
     """OpenCLIP's eval transform for ``model`` (``visual.preprocess_cfg``), as ImagePreprocessing."""
     visual = model.visual
     cfg = dict(getattr(visual, "preprocess_cfg", None) or {})

@@ -14,11 +14,15 @@ image tower, so both families pick it when ``model.visual`` is a ModifiedResNet.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from .base import AttentionRecord, ImageBatch
 from .towers import Tower
+
+# OpenAI clip's and OpenCLIP's ModifiedResNet (and its AttentionPool2d) ship no types: typed Any here.
 
 
 def is_modified_resnet(visual: torch.nn.Module) -> bool:
@@ -26,6 +30,8 @@ def is_modified_resnet(visual: torch.nn.Module) -> bool:
 
 
 def _conv_out(size: int, conv: torch.nn.Conv2d, axis: int) -> int:
+    if isinstance(conv.padding, str):  # ModifiedResNet pads by numbers; a mode ('same') has no formula here
+        raise ValueError(f"stem convolution padding {conv.padding!r} is not supported (numeric padding is)")
     k, s, p, d = conv.kernel_size[axis], conv.stride[axis], conv.padding[axis], conv.dilation[axis]
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -35,7 +41,7 @@ class ResNetTower(Tower):
 
     prefix_tokens = 0
 
-    def __init__(self, visual: torch.nn.Module):
+    def __init__(self, visual: Any):
         self.visual = visual
         size = getattr(visual, "image_size", None) or visual.input_resolution
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
@@ -109,7 +115,7 @@ def _spatial(hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return hidden.transpose(1, 2).reshape(n, c, *grid).contiguous()
 
 
-def attention_pool(pool: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def attention_pool(pool: Any, tokens: torch.Tensor) -> torch.Tensor:
     """CLIP's AttentionPool2d on [N, H*W, C] tokens: the mean token, with positional embeddings,
     attends over itself and every position; only its output (after ``c_proj``) is computed."""
     n, t, c = tokens.shape

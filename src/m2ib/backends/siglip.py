@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -34,9 +34,13 @@ from ..errors import InputError
 from ..inputs import ImagePreprocessing
 from .base import ImageBatch, Modality, TextBatch
 from .blocks import hf_block, text_mask
+from .hf_loading import config_int, model_config, sub_config
 from .hf_tokens import hf_encode, hf_readable
 from .registry import Family, register
 from .towers import PooledTextTower, Tower, TowersBackend, TransformerTower, present
+
+if TYPE_CHECKING:  # transformers ships types
+    from transformers import Siglip2TextModel, SiglipTextModel, SiglipVisionModel
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -57,12 +61,12 @@ def siglip_preprocessing(processor: Any, image_size: int) -> ImagePreprocessing:
 class SiglipImageTower(TransformerTower):
     prefix_tokens = 0
 
-    def __init__(self, vision: torch.nn.Module):
+    def __init__(self, vision: SiglipVisionModel):
         if getattr(vision, "head", None) is None:
             raise InputError("SigLIP image towers without the attention-pooling head are not supported")
         super().__init__([hf_block(layer) for layer in vision.encoder.layers])
         self.vision = vision
-        grid = vision.config.image_size // vision.config.patch_size
+        grid = config_int(vision.config.image_size, "image_size") // config_int(vision.config.patch_size, "patch_size")
         self.patch_grid = (grid, grid)
 
     def grid(self, layer: int) -> tuple[int, int]:
@@ -83,7 +87,7 @@ class SiglipImageTower(TransformerTower):
 class SiglipTextTower(PooledTextTower):
     """Bidirectional; the head reads the last position, padding or not (texts fill the context)."""
 
-    def __init__(self, text: torch.nn.Module, padding_mask: bool):
+    def __init__(self, text: SiglipTextModel | Siglip2TextModel, padding_mask: bool):
         super().__init__([hf_block(layer) for layer in text.encoder.layers], pool="last", causal=False)
         self.text, self.padding_mask = text, padding_mask
 
@@ -115,13 +119,14 @@ class SiglipBackend(TowersBackend):
         if not isinstance(self.model, SiglipModel):
             raise InputError(f"SiglipBackend needs a transformers SiglipModel, got {type(self.model).__name__}")
         if self.preprocessing is None:
-            self.preprocessing = siglip_preprocessing(None, self.model.config.vision_config.image_size)
+            self.preprocessing = siglip_preprocessing(None, sub_config(self.model.config.vision_config,
+                                                                       "vision_config").image_size)
         return {"image": SiglipImageTower(self.model.vision_model),
                 "text": SiglipTextTower(self.model.text_model, self.padding_mask)}
 
     @property
     def context_length(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
+        return sub_config(model_config(self.model).text_config, "text_config").max_position_embeddings
 
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
@@ -138,7 +143,7 @@ class SiglipBackend(TowersBackend):
         input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu()
         if input_ids.shape[1] < limit:  # the model pools the last of its positions: pad as it was trained
             pad = getattr(self.tokenizer, "pad_token_id", None)
-            pad = self.model.config.text_config.pad_token_id if pad is None else pad
+            pad = sub_config(model_config(self.model).text_config, "text_config").pad_token_id if pad is None else pad
             extra = torch.full((input_ids.shape[0], limit - input_ids.shape[1]), int(pad or 0), dtype=input_ids.dtype)
             input_ids = torch.cat([input_ids, extra], 1)
             attention_mask = torch.cat([attention_mask, torch.zeros_like(extra)], 1)
@@ -157,7 +162,7 @@ def _is_siglip_model(model: torch.nn.Module) -> bool:
 
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> SiglipBackend:
-    size = model.config.vision_config.image_size
+    size = sub_config(model_config(model).vision_config, "vision_config").image_size
     prep = siglip_preprocessing(processor, size) if processor is not None else None
     return SiglipBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
                          preprocessing=prep)

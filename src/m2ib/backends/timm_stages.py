@@ -11,12 +11,15 @@ adapter head (``visual.head``). No attention is recorded, so methods that need i
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..errors import InputError
 from .base import AttentionRecord, ImageBatch
 from .towers import Tower
 
+# timm and OpenCLIP ship no types: the OpenCLIP TimmModel and its trunk are typed Any here.
 STAGED_TRUNKS = ("ConvNeXt", "FastVit")  # trunks whose forward_features is stem, stages, then a tail
 
 
@@ -41,7 +44,7 @@ class TimmStagesTower(Tower):
 
     prefix_tokens = 0
 
-    def __init__(self, visual: torch.nn.Module):
+    def __init__(self, visual: Any):
         trunk = visual.trunk
         if getattr(trunk, "fork_feat", False):
             raise InputError("timm trunks built for dense features (fork_feat) are not supported")

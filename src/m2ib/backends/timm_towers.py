@@ -26,6 +26,7 @@ qk-normalised attention, and convolutional or windowed trunks (ConvNeXt, FastViT
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -34,6 +35,7 @@ from .base import ImageBatch
 from .blocks import Block, _identity
 from .towers import TransformerTower, present
 
+# timm and OpenCLIP ship no types: the trunks, blocks and OpenCLIP TimmModel adapted here are typed Any.
 SUPPORTED_POOLS = ("token", "avg", "max", "avgmax", "map")
 
 
@@ -43,11 +45,11 @@ def is_timm_transformer(visual: torch.nn.Module) -> bool:
     return trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed")
 
 
-def timm_block(block: torch.nn.Module, shared_bias: Callable[[], torch.Tensor] | None = None) -> Block:
+def timm_block(block: Any, shared_bias: Callable[[], torch.Tensor] | None = None) -> Block:
     """timm's pre-norm ViT ``Block`` (``norm1``, ``attn.qkv``, ``attn.proj``, ``ls1``, ``norm2``,
     ``mlp``, ``ls2``) as a :class:`Block`; a ``RelPosBlock`` adds its relative-position bias to the
     scores (its own ``attn.rel_pos``, else the trunk's shared one, ``shared_bias``)."""
-    attn = getattr(block, "attn", None)
+    attn: Any = getattr(block, "attn", None)  # None fails the block-type checks below
     qkv = getattr(attn, "qkv", None)
     relative = type(block).__name__ == "RelPosBlock"  # its attention adds a learned relative-position bias
     if type(block).__name__ not in ("Block", "RelPosBlock") or not isinstance(qkv, torch.nn.Linear):
@@ -82,13 +84,13 @@ def _plain(module: torch.nn.Module | None) -> bool:
     return isinstance(module, (torch.nn.Identity, type(None)))
 
 
-def eva_block(block: torch.nn.Module, rope: Callable[[], torch.Tensor | None]) -> Block:
+def eva_block(block: Any, rope: Callable[[], torch.Tensor | None]) -> Block:
     """timm's ``EvaBlock`` (EVA01/EVA02; PE-Core with ``AttentionRope``) as a :class:`Block`: fused or separate q/k/v
     projections, the sub-LN before ``proj``, ``gamma_1``/``gamma_2`` scales and, when ``rope()``
     gives an embedding, the rotation of every non-prefix query and key."""
     from timm.layers import apply_rot_embed_cat
 
-    attn = getattr(block, "attn", None)
+    attn: Any = getattr(block, "attn", None)  # None fails the block-type checks below
     post_norm = type(block).__name__ == "EvaBlockPostNorm"  # EVA02-E: x + norm1(attn(x)), x + norm2(mlp(x))
     if type(block).__name__ not in ("EvaBlock", "EvaBlockPostNorm") or \
             type(attn).__name__ not in ("EvaAttention", "AttentionRope"):
@@ -134,7 +136,7 @@ def eva_block(block: torch.nn.Module, rope: Callable[[], torch.Tensor | None]) -
 class TimmViTTower(TransformerTower):
     """``visual.trunk`` (a timm ``VisionTransformer`` or ``Eva``) and OpenCLIP's ``visual.head``."""
 
-    def __init__(self, visual: torch.nn.Module):
+    def __init__(self, visual: Any):
         trunk = visual.trunk
         if getattr(trunk, "dynamic_img_size", False):
             raise InputError("timm trunks with dynamic image sizes are not supported yet")

@@ -19,14 +19,14 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from PIL import Image
 
 from ..errors import InputError
 from ..inputs import ImagePreprocessing
-from .base import AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, Part
+from .base import AttentionRecord, Backend, Batch, Geometry, ImageBatch, Modality, Part, TextBatch
 from .blocks import Block, block_forward, block_forward_at
 
 # Which token a text head reads: the largest id (OpenAI's end-of-text token), the first ``eos_id``,
@@ -39,7 +39,11 @@ def present(*objects: Any) -> list[Any]:
     return [x for x in objects if x is not None]
 
 
-class Tower(ABC):
+# The batch a tower takes: an image tower's ImageBatch, a text tower's TextBatch.
+B = TypeVar("B", bound=Batch)
+
+
+class Tower(ABC, Generic[B]):
     """One modality's encoder, split at block outputs."""
 
     prefix_tokens: int = 0  # image towers: tokens before the spatial ones (CLS)
@@ -49,20 +53,20 @@ class Tower(ABC):
     def num_layers(self) -> int: ...
 
     @abstractmethod
-    def embed(self, batch: Batch) -> torch.Tensor:
+    def embed(self, batch: B) -> torch.Tensor:
         """The input of block 0, [N, T, D]."""
 
     @abstractmethod
-    def run(self, hidden: torch.Tensor, start: int, stop: int, batch: Batch, copies: int,
+    def run(self, hidden: torch.Tensor, start: int, stop: int, batch: B, copies: int,
             records: list[AttentionRecord] | None) -> torch.Tensor:
         """Blocks ``start..stop-1`` on ``hidden`` (the input of block ``start``)."""
 
     @abstractmethod
-    def suffix(self, hidden: torch.Tensor, layer: int, batch: Batch, copies: int,
+    def suffix(self, hidden: torch.Tensor, layer: int, batch: B, copies: int,
                records: list[AttentionRecord] | None) -> torch.Tensor:
         """Blocks ``layer+1..`` then the head: [N * copies, embed_dim]."""
 
-    def pooled_positions(self, batch: Batch, copies: int, device: torch.device) -> torch.Tensor | None:
+    def pooled_positions(self, batch: B, copies: int, device: torch.device) -> torch.Tensor | None:
         """Index [N * copies] of the token the head turns into the embedding, or None when the head
         reads every token (average or attention pooling): this default."""
         return None
@@ -93,7 +97,7 @@ class Tower(ABC):
         return False
 
 
-class TransformerTower(Tower):
+class TransformerTower(Tower[B]):
     """A stack of :class:`Block` s between an embedding and a head. Subclasses give ``embed``,
     ``mask``, ``pooled_positions`` and ``head``."""
 
@@ -110,7 +114,7 @@ class TransformerTower(Tower):
     def records_attention(self) -> bool:
         return True
 
-    def mask(self, batch: Batch, copies: int, t: int, dtype: torch.dtype, device: torch.device
+    def mask(self, batch: B, copies: int, t: int, dtype: torch.dtype, device: torch.device
              ) -> torch.Tensor | None:
         """Additive attention mask for ``batch`` repeated ``copies`` times (None: full attention)."""
         return None
@@ -143,7 +147,7 @@ class TransformerTower(Tower):
         return self.head(hidden[rows, positions])
 
 
-class ClassTokenTower(TransformerTower):
+class ClassTokenTower(TransformerTower[ImageBatch]):
     """An image tower whose head reads its class token (position 0)."""
 
     prefix_tokens = 1
@@ -158,13 +162,15 @@ def text_positions(input_ids: torch.Tensor, rule: str, eos_id: int | None) -> to
     if rule == "argmax":
         return input_ids.argmax(dim=-1)
     if rule == "eos":
-        return (input_ids == eos_id).int().argmax(dim=-1)
+        if eos_id is None:
+            raise RuntimeError("the 'eos' text pool needs the tokenizer's end-of-text id; none was given")
+        return input_ids.eq(eos_id).int().argmax(dim=-1)
     if rule == "first":
         return torch.zeros(n, dtype=torch.long, device=input_ids.device)
     return torch.full((n,), t - 1, dtype=torch.long, device=input_ids.device)
 
 
-class PooledTextTower(TransformerTower):
+class PooledTextTower(TransformerTower[TextBatch]):
     """A text tower whose head reads one token, picked by ``pool`` (``TEXT_POOLS``)."""
 
     def __init__(self, blocks: Sequence[Block], pool: str, eos_id: int | None = None, causal: bool = True):
@@ -216,10 +222,16 @@ class TowersBackend(Backend):
     def context_length(self) -> int: ...
 
     @property
+    def image_preprocessing(self) -> ImagePreprocessing:
+        if self.preprocessing is None:  # every family passes one; None here is a bug in the family
+            raise RuntimeError(f"{type(self).__name__} was built without its image preprocessing")
+        return self.preprocessing
+
+    @property
     def geometry(self) -> Geometry:
         image = self.towers["image"]
         return Geometry(
-            image_size=self.preprocessing.crop,
+            image_size=self.image_preprocessing.crop,
             patch_grid=image.grid(image.num_layers - 1),
             image_prefix_tokens=image.prefix_tokens,
             vision_layers=image.num_layers,
@@ -232,12 +244,12 @@ class TowersBackend(Backend):
 
     # --- inputs --------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[Image.Image], sources: Sequence[str] = ()) -> ImageBatch:
-        pixels, display = self.preprocessing(images)
+        pixels, display = self.image_preprocessing(images)
         return ImageBatch(pixels.to(self.device), display, tuple(sources))
 
     def display_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.preprocessing.mean, device=pixel_values.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocessing.std, device=pixel_values.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.image_preprocessing.mean, device=pixel_values.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_preprocessing.std, device=pixel_values.device).view(1, 3, 1, 1)
         return (pixel_values.float() * std + mean).clamp(0.0, 1.0)
 
     # --- the split forward ---------------------------------------------------------------

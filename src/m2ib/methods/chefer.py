@@ -24,6 +24,7 @@ blocks the scale changes the relative weight of the products in R, with one bloc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class CheferSettings(Settings):
         check_layer(self.start_layer, "start_layer")
 
 
-def relevancy(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+def relevancy(probs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """R = I; R += mean_heads(ReLU(grad * A)) @ R for each block in order: [N, T, T]."""
     n, _, t, _ = probs[0].shape
     r = torch.eye(t, device=probs[0].device).expand(n, t, t)

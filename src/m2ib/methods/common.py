@@ -63,6 +63,8 @@ def token_mask(modality: Modality, batch: ImageBatch | TextBatch, tokens: int, d
     """[N, T] 1.0 for real tokens (every image token; texts: not padding), else 0.0."""
     if modality == "image":
         return torch.ones(len(batch), tokens, device=device)
+    if not isinstance(batch, TextBatch):
+        raise TypeError(f"the text side's batch is a {type(batch).__name__}, not a TextBatch")
     return batch.attention_mask.to(device).float()
 
 

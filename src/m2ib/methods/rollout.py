@@ -42,11 +42,14 @@ def rollout(probs: list[torch.Tensor]) -> torch.Tensor:
     """Product of the residual-augmented, head-averaged attention matrices: [N, T, T]."""
     t = probs[0].shape[-1]
     eye = torch.eye(t, device=probs[0].device)
-    joint = None
-    for a in probs:
+
+    def augmented(a: torch.Tensor) -> torch.Tensor:
         aug = a.float().mean(1) + eye
-        aug = aug / aug.sum(-1, keepdim=True)
-        joint = aug if joint is None else torch.bmm(aug, joint)
+        return aug / aug.sum(-1, keepdim=True)
+
+    joint = augmented(probs[0])
+    for a in probs[1:]:
+        joint = torch.bmm(augmented(a), joint)
     return joint
 
 
