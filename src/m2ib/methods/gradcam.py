@@ -6,15 +6,31 @@ Localization", ICCV 2017, https://arxiv.org/abs/1610.02391
 Definition implemented, for the hidden states ``A`` [T, D] at the output of block ``layer``
 and the target ``s`` (cosine similarity, or the margin over negatives):
 
-    w_c = mean_t dS/dA[t, c]          (gradients averaged over the tokens: channel weights)
+    w_c = mean_{t in P} dS/dA[t, c]   (gradients averaged over the tokens P: channel weights)
     cam_t = ReLU( sum_c w_c A[t, c] )
 
-The mean runs over every token of the image (CLS included) and over the real tokens of a
-text (padding excluded). Image: the patch tokens' values on the patch grid (CLS dropped);
-text: one value per token. This is the token form of Grad-CAM that the Grad-ECLIP and M2IB
-papers compare with; the convolutional original averages over spatial positions instead.
-The default layer is M2IB's (block 9 of CLIP's 12, the same relative depth otherwise), the
-layer whose output the M2IB and NIB reference code hook for their Grad-CAM baselines.
+Image: the patch tokens' values on the patch grid (prefix tokens such as CLS dropped). Text:
+one value per token. Which tokens the mean ``P`` runs over is the setting ``tokens``:
+
+* ``"patches"`` (default): the image's patch tokens only, the prefix tokens (CLS, registers)
+  excluded. This is the paper's spatial average over the feature map, and what
+  pytorch-grad-cam's ``GradCAM`` computes on a ViT with the usual ``reshape_transform`` (drop
+  the class token, fold the patches into a grid): the implementation most users run. ResNet
+  stages have no prefix token, so there it is the mean over every spatial position.
+* ``"all"``: every image token, CLS included; m2ib's form before it was checked against
+  pytorch-grad-cam, kept to reproduce earlier numbers. The class token's gradient is far larger
+  than a patch's (about 180 times on a random CLIP), so it sets the channel weights: the map
+  then shows which patches align with the class token's gradient, not the patches' own.
+
+A text has no prefix token: under both settings the mean runs over its real tokens (padding
+excluded). The default layer is M2IB's (block 9 of CLIP's 12, the same relative depth
+otherwise), the layer whose output the M2IB and NIB reference code hook for their Grad-CAM
+baselines.
+
+Reference: pytorch-grad-cam 1.5 (``GradCAM``, the target layer the block whose output is
+weighed; ViTs with the ``reshape_transform`` above, ResNets on their stage as it is); the
+cross-check suite (``tests/crosscheck/``, docs/reference_implementations.md) holds the
+default to it on tiny random CLIPs.
 
 One backward pass explains N pairs (the sum of their targets).
 """
@@ -22,6 +38,7 @@ One backward pass explains N pairs (the sum of their targets).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -40,6 +57,10 @@ class GradCAMSettings(Settings):
               "default: M2IB's rule, 9 of 12 blocks")
     text_layer: int | None = setting(None, "text tower block whose output tokens are weighed; default as for "
                                            "vision_layer")
+    tokens: Literal["patches", "all"] = setting(
+        "patches", "image side: the tokens whose gradients are averaged into the channel weights: patches (the "
+                   "class/prefix tokens excluded, as pytorch-grad-cam and the paper's spatial mean) or all (CLS "
+                   "included, m2ib's earlier form)")
 
     def validate(self) -> None:
         super().validate()
@@ -71,6 +92,10 @@ class GradCAM(LayerMethod):
         (grad,) = torch.autograd.grad(score.sum(), hidden)
         grad, hidden = grad.float(), hidden.detach().float()
         valid = token_mask(modality, batch, hidden.shape[1], hidden.device)  # [N, T]
-        weights = (grad * valid[..., None]).sum(1, keepdim=True) / valid.sum(1).clamp_min(1)[:, None, None]
+        averaged = valid
+        if modality == "image" and settings.tokens == "patches":
+            averaged = valid.clone()
+            averaged[:, : backend.geometry.image_prefix_tokens] = 0
+        weights = (grad * averaged[..., None]).sum(1, keepdim=True) / averaged.sum(1).clamp_min(1)[:, None, None]
         cam = torch.relu((weights * hidden).sum(-1)) * valid
         return RawScores(cam)
