@@ -58,7 +58,7 @@ def test_pointing_game_equals_quantus_on_maps_with_one_maximum(quantus, maps_and
     assert 0 < sum(ours) < len(ours)  # both outcomes occur, so the comparison can fail
 
 
-def test_pointing_game_differs_from_quantus_on_tied_maxima(quantus):
+def test_pointing_game_differs_from_quantus_on_tied_maxima_and_empty_masks(quantus):
     """Quantus hits when ANY maximal pixel is in the mask; ours takes the first argmax (row-major)."""
     m = torch.zeros(8, 8)
     m[0, 0] = m[5, 5] = 1.0
@@ -66,6 +66,10 @@ def test_pointing_game_differs_from_quantus_on_tied_maxima(quantus):
     mask[4:7, 4:7] = True
     assert run(quantus.PointingGame(disable_warnings=True), [m], [mask]) == [1]
     assert pointing_hit(m, mask) is False
+    # an empty mask: Quantus writes NaN into a boolean array, which reads as a hit; ours is a miss
+    empty = torch.zeros(8, 8, dtype=torch.bool)
+    assert run(quantus.PointingGame(disable_warnings=True), [m], [empty]) == [True]
+    assert pointing_hit(m, empty) is False
 
 
 def test_energy_inside_equals_quantus_relevance_mass_accuracy(quantus, maps_and_masks):

@@ -25,7 +25,7 @@ Reference, held to it by ``tests/crosscheck/``: eclique/RISE at commit d91ea00
 ours to 4e-7 relative. The masks equal skimage's ``resize(order=1, mode="edge")`` of the same
 grids, crops and shifts (tested <= 1e-5); the released ``mode="reflect"`` mirrors about the
 edge pixel instead, which changes the outer half grid cell of the upsampled grid (mask values
-there differ by up to 0.5 on a test draw) and nothing inside it.
+there differ by up to 0.48 on a test draw) and nothing inside it.
 """
 
 from __future__ import annotations
