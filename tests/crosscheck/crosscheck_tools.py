@@ -17,11 +17,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the fami
 
 TEXTS = ["a red circle and a blue star", "a green square"]
 # 48 px input, 12 px patches: a 4 x 4 grid; three blocks per tower.
-TWO_HEADS = RandomCLIPSpec(image_size=48, patch_size=12, vision_width=32, vision_layers=3, vision_heads=2,
-                           text_width=32, text_layers=3, text_heads=2, embed_dim=16)
+TWO_HEADS = RandomCLIPSpec(
+    image_size=48,
+    patch_size=12,
+    vision_width=32,
+    vision_layers=3,
+    vision_heads=2,
+    text_width=32,
+    text_layers=3,
+    text_heads=2,
+    embed_dim=16,
+)
 # Grad-ECLIP's released code recomputes attention as one full-width head; with one head that is the model.
-ONE_HEAD = RandomCLIPSpec(image_size=48, patch_size=12, vision_width=32, vision_layers=3, vision_heads=1,
-                          text_width=32, text_layers=3, text_heads=1, embed_dim=16)
+ONE_HEAD = RandomCLIPSpec(
+    image_size=48,
+    patch_size=12,
+    vision_width=32,
+    vision_layers=3,
+    vision_heads=1,
+    text_width=32,
+    text_layers=3,
+    text_heads=1,
+    embed_dim=16,
+)
 
 
 @dataclass
@@ -50,8 +68,9 @@ def make_case(spec: RandomCLIPSpec, seed: int = 1, texts: list[str] | None = Non
     pixels = backend.preprocess_images([load_image(p)[0] for p in pictures]).pixel_values
     tokens = backend.tokenize(texts)
     with torch.no_grad():
-        image_unit = F.normalize(backend.embed("image", backend.preprocess_images(
-            [load_image(p)[0] for p in pictures])).float(), dim=-1)
+        image_unit = F.normalize(
+            backend.embed("image", backend.preprocess_images([load_image(p)[0] for p in pictures])).float(), dim=-1
+        )
         text_unit = F.normalize(backend.embed("text", tokens).float(), dim=-1)
     return Case(model, backend, pictures, pixels, texts, tokens, image_unit, text_unit)
 
@@ -86,5 +105,8 @@ def max_abs(got, want) -> float:
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([torch.as_tensor(a).double().flatten(),
-                                             torch.as_tensor(b).double().flatten()]))[0, 1])
+    return float(
+        torch.corrcoef(torch.stack([torch.as_tensor(a).double().flatten(), torch.as_tensor(b).double().flatten()]))[
+            0, 1
+        ]
+    )

@@ -44,8 +44,12 @@ def chefer_notebook(case, start_layer: int, logit: bool = True):
     block from ``start_layer`` (-1: the last only): cam = mean_heads(ReLU(dlogit/dA * A)),
     R = R + cam @ R from R = I. Returns (image R[:, 0, 1:], text R [N, T, T])."""
     m = eager_copy(case.model)
-    out = m(pixel_values=case.pixels, input_ids=case.tokens.input_ids, attention_mask=case.tokens.attention_mask,
-            output_attentions=True)
+    out = m(
+        pixel_values=case.pixels,
+        input_ids=case.tokens.input_ids,
+        attention_mask=case.tokens.attention_mask,
+        output_attentions=True,
+    )
     logits = out.logits_per_image if logit else out.logits_per_image / m.logit_scale.exp()
     one_hot = logits.diagonal().sum()
 
@@ -94,7 +98,7 @@ def rollout_authors(attentions, start_layer: int = 0) -> torch.Tensor:
     t = attentions[0].shape[-1]
     mats = [a.detach().mean(1) + torch.eye(t) for a in attentions]
     joint = mats[start_layer]
-    for a in mats[start_layer + 1:]:
+    for a in mats[start_layer + 1 :]:
         joint = a.bmm(joint)
     return joint
 
@@ -105,16 +109,20 @@ def test_rollout_matches_the_authors_rollout(case, start_layer):
     0.5 A + 0.5 I), so ours times 2^blocks is the authors' product."""
     m = eager_copy(case.model)
     with torch.no_grad():
-        out = m(pixel_values=case.pixels, input_ids=case.tokens.input_ids,
-                attention_mask=case.tokens.attention_mask, output_attentions=True)
+        out = m(
+            pixel_values=case.pixels,
+            input_ids=case.tokens.input_ids,
+            attention_mask=case.tokens.attention_mask,
+            output_attentions=True,
+        )
     image = rollout_authors(out.vision_model_output.attentions, start_layer)[:, 0, 1:]  # CLS row, patches
     text = rollout_authors(out.text_model_output.attentions, start_layer)
     blocks = len(out.vision_model_output.attentions) - start_layer
     ours = case.explain("rollout", start_layer=start_layer)
     for i, (exp, e) in enumerate(zip(ours, eot(case))):
-        assert relative_error(exp.image_grid.flatten() * 2 ** blocks, image[i]) <= 1e-5
+        assert relative_error(exp.image_grid.flatten() * 2**blocks, image[i]) <= 1e-5
         n = int(case.tokens.lengths[i])
-        assert relative_error(exp.text_map_raw * 2 ** blocks, text[i, e, :n]) <= 1e-5
+        assert relative_error(exp.text_map_raw * 2**blocks, text[i, e, :n]) <= 1e-5
 
 
 # --- LeGrad (legrad/wrapper.py, ``compute_legrad_clip``) -------------------------------------------
@@ -124,13 +132,14 @@ def legrad_released(case, i: int, starting_depth: int) -> torch.Tensor:
     gradient w.r.t. that block's attention, ReLU, mean over heads and over query rows, the CLS
     column dropped, upsampled bilinearly by the patch size; summed over blocks, then min-max."""
     m = eager_copy(case.model)
-    out = m.vision_model(pixel_values=case.pixels[i:i + 1], output_attentions=True, output_hidden_states=True)
+    out = m.vision_model(pixel_values=case.pixels[i : i + 1], output_attentions=True, output_hidden_states=True)
     patch = m.config.vision_config.patch_size
     total = 0
     for layer in range(starting_depth, len(out.attentions)):
-        feat = F.normalize(m.visual_projection(m.vision_model.post_layernorm(out.hidden_states[layer + 1].mean(1))),
-                           dim=-1)
-        sim = (case.text_unit[i:i + 1] * feat).sum()
+        feat = F.normalize(
+            m.visual_projection(m.vision_model.post_layernorm(out.hidden_states[layer + 1].mean(1))), dim=-1
+        )
+        sim = (case.text_unit[i : i + 1] * feat).sum()
         grad = torch.autograd.grad(sim, [out.attentions[layer]], retain_graph=True)[0].clamp(min=0)
         rel = grad.mean(1).mean(1)[:, 1:]
         side = int(rel.shape[-1] ** 0.5)
@@ -155,10 +164,12 @@ def _recorded_attention(tower, blocks: range):
     for b in blocks:
         attn = tower.encoder.layers[b].self_attn
         for name in ("q_proj", "k_proj", "v_proj"):
-            handles.append(getattr(attn, name).register_forward_hook(
-                lambda mod, a, o, key=(name, b): store.__setitem__(key, o)))
-        handles.append(attn.out_proj.register_forward_pre_hook(lambda mod, a, key=("out", b): store.__setitem__(
-            key, a[0])))
+            handles.append(
+                getattr(attn, name).register_forward_hook(lambda mod, a, o, key=(name, b): store.__setitem__(key, o))
+            )
+        handles.append(
+            attn.out_proj.register_forward_pre_hook(lambda mod, a, key=("out", b): store.__setitem__(key, a[0]))
+        )
     return store, handles
 
 
@@ -177,7 +188,7 @@ def grad_eclip_released(case, modality: str, i: int, n: int) -> torch.Tensor:
     store, handles = _recorded_attention(tower, range(layers - n, layers))
     try:
         if modality == "image":
-            emb, other, p = features(m.get_image_features(pixel_values=case.pixels[i:i + 1])), case.text_unit, 0
+            emb, other, p = features(m.get_image_features(pixel_values=case.pixels[i : i + 1])), case.text_unit, 0
         else:
             batch = case.backend.tokenize([case.texts[i]])  # one text: no padding, as the notebook's context
             emb = features(m.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask))
@@ -185,7 +196,7 @@ def grad_eclip_released(case, modality: str, i: int, n: int) -> torch.Tensor:
     finally:
         for h in handles:
             h.remove()
-    c = F.cosine_similarity(emb, other[i:i + 1], eps=1e-6).sum()
+    c = F.cosine_similarity(emb, other[i : i + 1], eps=1e-6).sum()
     maps = []
     for b in range(layers - n, layers):
         grad = torch.autograd.grad(c, store[("out", b)], retain_graph=True)[0][0, p]
@@ -219,15 +230,18 @@ def nib_released(case, modality: str, i: int, target_layer: int, steps: int) -> 
     m = eager_copy(case.model)
     tower = m.vision_model if modality == "image" else m.text_model
     if modality == "image":
+
         def run():
-            return features(m.get_image_features(pixel_values=case.pixels[i:i + 1]))
-        other = case.text_unit[i:i + 1]
+            return features(m.get_image_features(pixel_values=case.pixels[i : i + 1]))
+
+        other = case.text_unit[i : i + 1]
     else:
         batch = case.backend.tokenize([case.texts[i]])  # nib_t runs one text, with no padding mask
 
         def run():
             return features(m.get_text_features(input_ids=batch.input_ids))
-        other = case.image_unit[i:i + 1]
+
+        other = case.image_unit[i : i + 1]
     block = tower.encoder.layers[target_layer - 1]
     store = {}
     handle = block.register_forward_hook(lambda mod, a, o: store.__setitem__("hs", o.detach()))
@@ -254,8 +268,9 @@ def test_nib_matches_the_released_code(case):
     small sums over channels of larger terms of both signs, so float32 rounding (batched steps,
     another attention kernel) shows; the text side agrees to 1e-7."""
     for i in range(len(case.texts)):
-        exp = m2ib.explain(case.backend, case.pictures[i], case.texts[i], method="nib", vision_layer=1,
-                           text_layer=1, steps=10)
+        exp = m2ib.explain(
+            case.backend, case.pictures[i], case.texts[i], method="nib", vision_layer=1, text_layer=1, steps=10
+        )
         assert relative_error(exp.image_grid.flatten(), nib_released(case, "image", i, 2, 10)) <= 1e-3
         assert relative_error(exp.text_map_raw, nib_released(case, "text", i, 2, 10)) <= 1e-5
 
@@ -279,8 +294,8 @@ def test_rise_matches_the_released_estimator(case):
     h, w = masks.shape[-2:]
     for i, exp in enumerate(ours):
         with torch.no_grad():
-            emb = features(case.model.get_image_features(pixel_values=case.pixels[i:i + 1] * masks[:, None]))
-        p = F.cosine_similarity(emb, case.text_unit[i:i + 1], eps=1e-6)
+            emb = features(case.model.get_image_features(pixel_values=case.pixels[i : i + 1] * masks[:, None]))
+        p = F.cosine_similarity(emb, case.text_unit[i : i + 1], eps=1e-6)
         want = (p @ masks.view(n, -1)).view(h, w) / n / p1
         assert relative_error(exp.image_map_raw, want) <= 1e-5
 
@@ -298,12 +313,12 @@ def test_rise_masks_match_the_released_masks_but_at_the_border(case):
     up = ((grid + 1) * sampler.cell[0], (grid + 1) * sampler.cell[1])
     band = [-(-size // (2 * grid)) for size in up]  # half a grid cell of the upsampled grid
     inner = np.zeros(up, dtype=bool)
-    inner[band[0]: up[0] - band[0], band[1]: up[1] - band[1]] = True
+    inner[band[0] : up[0] - band[0], band[1] : up[1] - band[1]] = True
     differs = 0.0
     for k in range(n):
         dy, dx = int(sampler.dy[k]), int(sampler.dx[k])
         g = sampler.grids[k].numpy()
-        edge = transform.resize(g, up, order=1, mode="edge", anti_aliasing=False)[dy:dy + h, dx:dx + w]
+        edge = transform.resize(g, up, order=1, mode="edge", anti_aliasing=False)[dy : dy + h, dx : dx + w]
         assert np.abs(edge - masks[k].numpy()).max() <= 1e-5
         released = transform.resize(g, up, order=1, mode="reflect", anti_aliasing=False)
         ours_big = F.interpolate(sampler.grids[k][None, None], size=up, mode="bilinear", align_corners=False)[0, 0]

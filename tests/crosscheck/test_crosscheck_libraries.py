@@ -9,8 +9,9 @@ from crosscheck_tools import ImageScore, features, max_abs, pearson, relative_er
 
 
 def _image_score(case) -> ImageScore:
-    return ImageScore(case.model, lambda px: features(case.model.get_image_features(pixel_values=px)),
-                      case.text_unit).eval()
+    return ImageScore(
+        case.model, lambda px: features(case.model.get_image_features(pixel_values=px)), case.text_unit
+    ).eval()
 
 
 # --- saliency = captum Saliency -----------------------------------------------------------------
@@ -36,9 +37,11 @@ def test_saliency_equals_captum(case):
 # --- Grad-CAM = pytorch-grad-cam GradCAM ----------------------------------------------------------
 def _vit_reshape(rows: int, cols: int, prefix: int = 1):
     """The usual ViT reshape_transform: drop the class token, fold the patches into [N, C, rows, cols]."""
+
     def reshape(t: torch.Tensor) -> torch.Tensor:
         t = t[0] if isinstance(t, tuple) else t
         return t[:, prefix:].reshape(t.shape[0], rows, cols, t.shape[-1]).permute(0, 3, 1, 2)
+
     return reshape
 
 
@@ -51,8 +54,9 @@ def _library_gradcam(score: torch.nn.Module, layer: torch.nn.Module, pixels: tor
 
 @pytest.mark.parametrize("layer", [1, 2])
 def test_gradcam_equals_pytorch_grad_cam_on_a_vit(case, layer):
-    want = _library_gradcam(_image_score(case), case.model.vision_model.encoder.layers[layer], case.pixels,
-                            _vit_reshape(4, 4))
+    want = _library_gradcam(
+        _image_score(case), case.model.vision_model.encoder.layers[layer], case.pixels, _vit_reshape(4, 4)
+    )
     ours = case.explain("gradcam", vision_layer=layer, modalities=("image",))
     every = case.explain("gradcam", vision_layer=layer, tokens="all", modalities=("image",))
     for exp, exp_all, ref in zip(ours, every, want):
@@ -100,16 +104,17 @@ def _cells(h: int, w: int, grid: int) -> torch.Tensor:
 def test_kernelshap_exact_agrees_with_captum_kernelshap(case):
     captum = pytest.importorskip("captum.attr")
     grid = 3
-    exact = case.explain("kernelshap", grid=grid, samples=2 ** 9, modalities=("image",))
+    exact = case.explain("kernelshap", grid=grid, samples=2**9, modalities=("image",))
     assert exact[0].info["image"]["exact"]
     score = _image_score(case)
     h, w = case.pixels.shape[-2:]
     mask = _cells(h, w, grid).expand(1, 3, h, w)
     for i, exp in enumerate(exact):
-        one = ImageScore(score.model, score.encode, case.text_unit[i:i + 1])
+        one = ImageScore(score.model, score.encode, case.text_unit[i : i + 1])
         torch.manual_seed(0)  # captum draws its coalitions from torch's global generator
-        ref = captum.KernelShap(one).attribute(case.pixels[i:i + 1], baselines=0.0, feature_mask=mask,
-                                               n_samples=3000, perturbations_per_eval=500)
+        ref = captum.KernelShap(one).attribute(
+            case.pixels[i : i + 1], baselines=0.0, feature_mask=mask, n_samples=3000, perturbations_per_eval=500
+        )
         cells = mask[0, 0].flatten()
         per_cell = torch.stack([ref[0, 0].flatten()[cells == c][0] for c in range(grid * grid)])
         assert pearson(exp.image_grid.flatten(), per_cell) >= 0.99
@@ -117,7 +122,7 @@ def test_kernelshap_exact_agrees_with_captum_kernelshap(case):
 
 def test_kernelshap_sampled_within_its_stated_error(case):
     """The docstring's figure: 64 sampled coalitions of 9 cells correlate r >= 0.99 with the exact values."""
-    exact = case.explain("kernelshap", grid=3, samples=2 ** 9, modalities=("image",))
+    exact = case.explain("kernelshap", grid=3, samples=2**9, modalities=("image",))
     for seed in range(5):
         sampled = case.explain("kernelshap", grid=3, samples=64, seed=seed, modalities=("image",))
         for s, e in zip(sampled, exact):

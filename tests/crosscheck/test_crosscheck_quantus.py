@@ -27,8 +27,11 @@ def quantus():
 def maps_and_masks(case):
     """Image maps of four methods on both pairs; a box mask per map, around its maximum for every
     other map and in the opposite quarter of the image for the rest (hits and misses)."""
-    maps = [exp.image_map for method in ("gradcam", "saliency", "chefer", "rollout")
-            for exp in case.explain(method, modalities=("image",))]
+    maps = [
+        exp.image_map
+        for method in ("gradcam", "saliency", "chefer", "rollout")
+        for exp in case.explain(method, modalities=("image",))
+    ]
     h, w = maps[0].shape
     masks = []
     for k, m in enumerate(maps):
@@ -36,7 +39,7 @@ def maps_and_masks(case):
         if k % 2:
             row, col = (row + h // 2) % h, (col + w // 2) % w
         mask = torch.zeros(h, w, dtype=torch.bool)
-        mask[max(0, row - 4 - k): row + 5, max(0, col - 6): col + 3 + k] = True
+        mask[max(0, row - 4 - k) : row + 5, max(0, col - 6) : col + 3 + k] = True
         masks.append(mask)
     return maps, masks
 
@@ -46,8 +49,9 @@ def run(metric, maps, masks) -> list[float]:
     a = torch.stack(maps)[:, None].double().numpy()
     s = torch.stack(masks)[:, None].numpy().astype(float)
     x = np.zeros((len(maps), 3, *maps[0].shape))
-    return list(metric(model=None, x_batch=x, y_batch=np.zeros(len(maps), dtype=int), a_batch=a, s_batch=s,
-                       channel_first=True))
+    return list(
+        metric(model=None, x_batch=x, y_batch=np.zeros(len(maps), dtype=int), a_batch=a, s_batch=s, channel_first=True)
+    )
 
 
 def test_pointing_game_equals_quantus_on_maps_with_one_maximum(quantus, maps_and_masks):
@@ -115,6 +119,7 @@ def test_sanity_spearman_equals_quantus_correlation_spearman(quantus, maps_and_m
 
     maps, _ = maps_and_masks
     for a, b in itertools.pairwise(maps):
-        assert spearman(a, b) == pytest.approx(correlation_spearman(a.double().numpy().flatten(),
-                                                                    b.double().numpy().flatten()), abs=1e-6)
+        assert spearman(a, b) == pytest.approx(
+            correlation_spearman(a.double().numpy().flatten(), b.double().numpy().flatten()), abs=1e-6
+        )
     assert spearman(torch.ones(4, 4), maps[0][:4, :4]) == 0.0

@@ -56,14 +56,19 @@ class GradCAMSettings(Settings):
     """Grad-CAM settings."""
 
     vision_layer: int | None = setting(
-        None, "image tower block whose output tokens are weighed (0-based, negative from the end); "
-              "default: M2IB's rule, 9 of 12 blocks")
-    text_layer: int | None = setting(None, "text tower block whose output tokens are weighed; default as for "
-                                           "vision_layer")
+        None,
+        "image tower block whose output tokens are weighed (0-based, negative from the end); "
+        "default: M2IB's rule, 9 of 12 blocks",
+    )
+    text_layer: int | None = setting(
+        None, "text tower block whose output tokens are weighed; default as for vision_layer"
+    )
     tokens: Literal["patches", "all"] = setting(
-        "patches", "image side: the tokens whose gradients are averaged into the channel weights: patches (the "
-                   "class/prefix tokens excluded, as pytorch-grad-cam and the paper's spatial mean) or all (CLS "
-                   "included, m2ib's earlier form)")
+        "patches",
+        "image side: the tokens whose gradients are averaged into the channel weights: patches (the "
+        "class/prefix tokens excluded, as pytorch-grad-cam and the paper's spatial mean) or all (CLS "
+        "included, m2ib's earlier form)",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -84,8 +89,15 @@ class GradCAM(LayerMethod):
     def resolved(self, backend: Backend, settings: GradCAMSettings) -> GradCAMSettings:
         return with_tower_layers(backend, settings, default_layer)
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: GradCAMSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: GradCAMSettings,
+    ) -> RawScores:
         batch = images if modality == "image" else texts
         layer = settings.vision_layer if modality == "image" else settings.text_layer
         with torch.no_grad():
