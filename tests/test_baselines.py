@@ -192,9 +192,13 @@ def test_gradcam_equals_hand_computation_from_a_hook(small_clip, backend, pair):
     pixels = pair["pixels"].clone().requires_grad_(True)  # makes the block output part of a graph
     emb, h = _block_output(model, "image", 1, lambda: model.get_image_features(pixel_values=pixels))
     (g,) = torch.autograd.grad(F.cosine_similarity(emb, pair["txt"], eps=1e-6).sum(), h)
-    cam = torch.relu((g.mean(1, keepdim=True) * h).sum(-1))[0, 1:].reshape(4, 4)
+    patches = torch.relu((g[:, 1:].mean(1, keepdim=True) * h).sum(-1))[0, 1:].reshape(4, 4)  # CLS left out
+    every = torch.relu((g.mean(1, keepdim=True) * h).sum(-1))[0, 1:].reshape(4, 4)
     exp = explain(backend, pair, "gradcam", vision_layer=1, text_layer=0)
-    torch.testing.assert_close(exp.image_grid, cam.detach(), atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(exp.image_grid, patches.detach(), atol=1e-7, rtol=1e-4)
+    exp_all = explain(backend, pair, "gradcam", vision_layer=1, text_layer=0, tokens="all")
+    torch.testing.assert_close(exp_all.image_grid, every.detach(), atol=1e-7, rtol=1e-4)
+    assert not torch.allclose(patches, every, rtol=1e-2)  # the two settings differ on this pair
     emb_t, h_t = _block_output(model, "text", 0, lambda: model.get_text_features(
         input_ids=pair["ids"], attention_mask=pair["mask"]))  # in a graph through the fixture's weights
     (g,) = torch.autograd.grad(F.cosine_similarity(emb_t, pair["img"], eps=1e-6).sum(), h_t)

@@ -27,6 +27,11 @@ Image: the per-cell values on the ``grid x grid`` grid (upsampled to pixels like
 Text: one value per token, 0 for the start/end tokens. The same seed gives the same
 coalitions for a pair alone or in a batch. All pairs of a batch are evaluated together, at
 most ``max_batch`` inputs per forward pass (memory cap).
+
+Reference, held to it by ``tests/crosscheck/``: captum 0.9 ``KernelShap`` (baseline 0, our cells
+as its feature mask, 3000 samples) correlates r = 0.9999 with the exact mode on 3 x 3 cells
+(tested r >= 0.99). Sampled mode, 9 cells, against the exact values on a tiny random CLIP (5
+seeds x 2 pairs): 64 coalitions r >= 0.99, 256 r >= 0.998 (tested: 64 >= 0.99).
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ token (no class token) embed ``z_b`` with their own head and average every row.
 Defaults and deviations: ``start_layer=0`` sums every block, as the paper describes; the
 released wrapper defaults to the last two (``layer_index=-2``), which ``start_layer=-2``
 reproduces. The sum over blocks is min-max normalised afterwards, as released.
+
+Reference, held to it by ``tests/crosscheck/``: WalBouss/LeGrad at commit a9edb03
+(``legrad/wrapper.py``, ``compute_legrad_clip``), image side, ``layer_index`` 0 and -2: the
+upsampled min-max maps differ by at most 4e-7 (tested <= 1e-5).
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ embeddings, or the margin over negatives, see :class:`~m2ib.methods.base.Target`
 
 N pairs are explained with one backward pass of the sum of their targets: pairs do not
 interact, so each pair's gradient is exact.
+
+Reference, held to it by ``tests/crosscheck/``: captum 0.9 ``Saliency`` (``abs=True``) on the
+same pixels and target, reduced by the maximum over colour channels: max relative difference
+8e-8 (tested <= 1e-5); text: captum's ``LayerGradientXActivation(multiply_by_inputs=False)`` at
+the embedding layer, L2 over channels, the same tolerance.
 """
 
 from __future__ import annotations
