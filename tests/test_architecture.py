@@ -1,5 +1,5 @@
 """The house's shape, checked: rooms import only rooms below them (no cycles, no upward imports,
-lazy imports inside functions included), and no room or function grows past what one reader holds."""
+lazy imports inside functions and type-only imports included), and no room or function grows past what one reader holds."""
 
 from __future__ import annotations
 
@@ -44,14 +44,6 @@ def _room(module: str) -> str:
     return parts[1] if len(parts) > 1 else "m2ib"
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node, except those under ``if TYPE_CHECKING:`` (imports for type hints only)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
-            yield from (n for child in node.orelse for n in [child, *_runtime_nodes(child)])
-            continue
-        yield node
-        yield from _runtime_nodes(node)
 
 
 def room_imports() -> dict[tuple[str, str], list[str]]:
@@ -59,7 +51,7 @@ def room_imports() -> dict[tuple[str, str], list[str]]:
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)
     for path in SRC.rglob("*.py"):
         module, package = _module_name(path)
-        for node in _runtime_nodes(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):  # type-only imports too: a type is a dependency
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
@@ -116,3 +108,83 @@ def test_the_command_line_lives_in_cli():
     """Rooms keep their logic only: every subcommand's parser and handler are in m2ib.cli (no room has a command.py)."""
     stray = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("command.py"))
     assert not stray, f"command-line modules outside m2ib/cli: {stray}"
+
+
+def module_imports(src: Path = None) -> dict[str, set[str]]:
+    """Module -> the m2ib modules it imports (lazy ones inside functions and type-only ones included)."""
+    src = src or SRC
+    modules = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__")
+               for p in src.rglob("*.py")}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for path in src.rglob("*.py"):
+        parts = path.relative_to(src.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):  # type-only imports too: a circle all the same
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("m2ib"):
+                target = node.module
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in modules:
+                        graph[module].add(alias.name)
+                continue
+            else:
+                continue
+            for alias in node.names:  # `from pkg import submodule` imports the submodule
+                name = f"{target}.{alias.name}"
+                graph[module].add(name if name in modules else target)
+        graph[module].discard(module)
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for v in sorted(set(graph) | {w for ws in graph.values() for w in ws}):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circles_between_modules():
+    """No two modules import each other, directly or around a circle, inside a room included."""
+    circles = import_circles(module_imports())
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_catches_a_circle_inside_a_room(tmp_path):
+    fake = tmp_path / "m2ib"
+    (fake / "metrics").mkdir(parents=True)
+    (fake / "metrics" / "__init__.py").write_text("")
+    (fake / "metrics" / "base.py").write_text("from .config import Config\n")
+    (fake / "metrics" / "config.py").write_text("def f():\n    from . import base\n")
+    assert import_circles(module_imports(fake)) == [["m2ib.metrics.base", "m2ib.metrics.config"]]
