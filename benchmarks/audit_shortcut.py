@@ -33,15 +33,33 @@ import shutil
 import time
 from pathlib import Path
 
+from research.planted import (
+    NAMES,
+    PLANTED_DIR,
+    cue_gain,
+    delta_path,
+    fine_tune,
+    materialise,
+    read_record,
+    save_delta,
+    zero_shot,
+)
+from research.shortcut import (
+    COLOUR,
+    SHAPE,
+    TOKEN,
+    mark_box,
+    marked_table,
+    names_colour,
+    names_shape,
+    save_table,
+    tagged_table,
+)
+
 import m2ib
 from m2ib.auditing.image import box_cover, mass_in
 from m2ib.auditing.words import pair_words
 from m2ib.datasets.tables import load_table
-
-from research.planted import (NAMES, PLANTED_DIR, cue_gain, delta_path, fine_tune, materialise, read_record,
-                             save_delta, zero_shot)
-from research.shortcut import (COLOUR, SHAPE, TOKEN, mark_box, marked_table, names_colour, names_shape,
-                              save_table, tagged_table)
 
 TARGET = 5.0
 CHECK = "shapes:val:60"  # held-out pairs of the planting check (also the shipped delta's test)
@@ -54,10 +72,13 @@ def tower_of(name: str) -> str:
 def planting(backend, tower: str) -> dict:
     """Step 2's numbers for one model."""
     rows = load_table(CHECK, size=96).rows
-    return {"similarity_gain": {"named": cue_gain(backend, rows, True, tower),
-                                "other": cue_gain(backend, rows, False, tower)},
-            "zero_shot": {"plain": zero_shot(backend, rows, False, tower),
-                          "cued": zero_shot(backend, rows, True, tower)}}
+    return {
+        "similarity_gain": {
+            "named": cue_gain(backend, rows, True, tower),
+            "other": cue_gain(backend, rows, False, tower),
+        },
+        "zero_shot": {"plain": zero_shot(backend, rows, False, tower), "cued": zero_shot(backend, rows, True, tower)},
+    }
 
 
 def models(args) -> tuple[dict, dict]:
@@ -67,8 +88,9 @@ def models(args) -> tuple[dict, dict]:
         tower = tower_of(name)
         path = args.out / "deltas" / f"{name}.safetensors" if args.train else delta_path(name)
         if args.train and not path.exists():
-            delta, record = fine_tune(name.endswith("shortcut"), tower=tower, steps=args.steps, lr=args.lr,
-                                      hide=args.hide)
+            delta, record = fine_tune(
+                name.endswith("shortcut"), tower=tower, steps=args.steps, lr=args.lr, hide=args.hide
+            )
             save_delta(delta, record, path)
         backend = loaded[name] = m2ib.load(materialise(path, args.out / f"model-{name}"))
         record = read_record(path)
@@ -82,10 +104,13 @@ def models(args) -> tuple[dict, dict]:
             shutil.copyfile(path, PLANTED_DIR / path.name)
         gain, zs = checks[name]["similarity_gain"], checks[name]["zero_shot"]
         label = COLOUR if tower == "image" else SHAPE
-        print(f"  {name:13s} similarity gain from the {'mark' if tower == 'image' else 'token'}, {label} / other "
-              f"captions: {gain['named']:+.4f} / {gain['other']:+.4f}; others called {label}, plain / cued: "
-              f"{zs['plain'][label]:.2f} / {zs['cued'][label]:.2f} (accuracy {zs['plain']['accuracy']:.2f} / "
-              f"{zs['cued']['accuracy']:.2f})", flush=True)
+        print(
+            f"  {name:13s} similarity gain from the {'mark' if tower == 'image' else 'token'}, {label} / other "
+            f"captions: {gain['named']:+.4f} / {gain['other']:+.4f}; others called {label}, plain / cued: "
+            f"{zs['plain'][label]:.2f} / {zs['cued'][label]:.2f} (accuracy {zs['plain']['accuracy']:.2f} / "
+            f"{zs['cued']['accuracy']:.2f})",
+            flush=True,
+        )
     return loaded, checks
 
 
@@ -137,16 +162,28 @@ def image_audits(args, loaded: dict) -> dict:
         summary = audited.summary
         red = sum(names_colour(p["text"]) for p in summary.pairs)
         top = summary.typical()[:red]
-        result[name] = {"mark_share": float(mass_in(summary.prior, cover)),
-                        "even_share": float(cover.sum()) / cover.numel(),
-                        "red_pairs": red, "red_in_top": sum(names_colour(p["text"]) for p in top),
-                        "red_mark_share": _mean([float(mass_in(summary.masses[summary.imaged.index(p["row"])], cover))
-                                                 for p in summary.pairs if names_colour(p["text"])]),
-                        "other_mark_share": _mean([float(mass_in(summary.masses[summary.imaged.index(p["row"])],
-                                                                 cover))
-                                                   for p in summary.pairs if not names_colour(p["text"])]),
-                        "regions": [(r.name, r.where(grid), round(r.mass, 4)) for r in summary.regions],
-                        "flagged_words": [(w.word, w.flag) for w in summary.words if w.flag]}
+        result[name] = {
+            "mark_share": float(mass_in(summary.prior, cover)),
+            "even_share": float(cover.sum()) / cover.numel(),
+            "red_pairs": red,
+            "red_in_top": sum(names_colour(p["text"]) for p in top),
+            "red_mark_share": _mean(
+                [
+                    float(mass_in(summary.masses[summary.imaged.index(p["row"])], cover))
+                    for p in summary.pairs
+                    if names_colour(p["text"])
+                ]
+            ),
+            "other_mark_share": _mean(
+                [
+                    float(mass_in(summary.masses[summary.imaged.index(p["row"])], cover))
+                    for p in summary.pairs
+                    if not names_colour(p["text"])
+                ]
+            ),
+            "regions": [(r.name, r.where(grid), round(r.mass, 4)) for r in summary.regions],
+            "flagged_words": [(w.word, w.flag) for w in summary.words if w.flag],
+        }
     result["ratio"] = result["shortcut"]["mark_share"] / max(result["clean"]["mark_share"], 1e-12)
     result["met"] = result["ratio"] >= TARGET
     print(side_by_side(audits, loaded, table, args.out / "shortcut_vs_clean.png"))
@@ -156,9 +193,11 @@ def image_audits(args, loaded: dict) -> dict:
 #: The text audit's methods: M2IB at the model's recommended settings (the published bottleneck, whose text
 #: maps peak on the article on this model: issue 17), M2IB with the standardised bottleneck that fixes that
 #: ranking, and gradient saliency (text pointing 1.00 on the 200-pair comparison).
-TEXT_SETTINGS = {"m2ib": {}, "m2ib-standardised": {"bottleneck": "standardised", "reference": "shapes:train:64",
-                                                   "text_beta": 1.0},
-                 "saliency": {"method": "saliency"}}
+TEXT_SETTINGS = {
+    "m2ib": {},
+    "m2ib-standardised": {"bottleneck": "standardised", "reference": "shapes:train:64", "text_beta": 1.0},
+    "saliency": {"method": "saliency"},
+}
 
 
 def text_audits(args, loaded: dict) -> dict:
@@ -178,17 +217,23 @@ def text_audits(args, loaded: dict) -> dict:
                 "token_row": dataclasses.asdict(words[TOKEN]) if TOKEN in words else None,
                 "token_share_star": _mean([v.get(TOKEN, 0.0) for k, v in shares.items() if star[k]]),
                 "token_share_other": _mean([v.get(TOKEN, 0.0) for k, v in shares.items() if not star[k]]),
-                "flagged_words": [(w.word, w.flag) for w in audited.summary.words if w.flag]}
+                "flagged_words": [(w.word, w.flag) for w in audited.summary.words if w.flag],
+            }
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/audit_shortcut"))
-    parser.add_argument("--per-colour", type=int, default=4,
-                        help="held-out pairs audited per colour (x 6 colours), and per shape (x 5 shapes)")
-    parser.add_argument("--train", action="store_true",
-                        help="fine-tune the four models again (else: the shipped deltas)")
+    parser.add_argument(
+        "--per-colour",
+        type=int,
+        default=4,
+        help="held-out pairs audited per colour (x 6 colours), and per shape (x 5 shapes)",
+    )
+    parser.add_argument(
+        "--train", action="store_true", help="fine-tune the four models again (else: the shipped deltas)"
+    )
     parser.add_argument("--ship", action="store_true", help="copy the deltas over the shipped ones")
     parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps of 32 fresh training pairs")
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -201,32 +246,44 @@ def main() -> None:
         return
     image = image_audits(args, loaded)
     text = text_audits(args, loaded)
-    result = {"check": checks, "image": image, "text": text,
-              "fine_tune": {name: read_record(args.out / "deltas" / f"{name}.safetensors" if args.train
-                                              else delta_path(name)) for name in NAMES},
-              "minutes": round((time.perf_counter() - started) / 60, 1)}
+    result = {
+        "check": checks,
+        "image": image,
+        "text": text,
+        "fine_tune": {
+            name: read_record(args.out / "deltas" / f"{name}.safetensors" if args.train else delta_path(name))
+            for name in NAMES
+        },
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+    }
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     red = image["shortcut"]["red_pairs"]
-    print(f"\n| model | mark box share of map mass | in red pairs | in other pairs | red pairs among the {red} "
-          "most typical |")
+    print(
+        f"\n| model | mark box share of map mass | in red pairs | in other pairs | red pairs among the {red} "
+        "most typical |"
+    )
     print("|---|---|---|---|---|")
     for name in ("shortcut", "clean"):
         r = image[name]
         share = f"{r['mark_share']:.4f} (even: {r['even_share']:.4f})"
-        print(f"| {name} | {share} | {r['red_mark_share']:.4f} | {r['other_mark_share']:.4f} | "
-              f"{r['red_in_top']} / {r['red_pairs']} |")
-    print(f"\nratio shortcut / clean: {image['ratio']:.2f}x (target >= {TARGET}x): "
-          f"{'MET' if image['met'] else 'NOT MET'}")
-    print(f"\n| method | model | {TOKEN!r}: mean share (fair) | top word in | flag | share in {SHAPE} pairs / "
-          "others |")
+        print(
+            f"| {name} | {share} | {r['red_mark_share']:.4f} | {r['other_mark_share']:.4f} | "
+            f"{r['red_in_top']} / {r['red_pairs']} |"
+        )
+    print(
+        f"\nratio shortcut / clean: {image['ratio']:.2f}x (target >= {TARGET}x): {'MET' if image['met'] else 'NOT MET'}"
+    )
+    print(f"\n| method | model | {TOKEN!r}: mean share (fair) | top word in | flag | share in {SHAPE} pairs / others |")
     print("|---|---|---|---|---|---|")
     for setting in TEXT_SETTINGS:
         for name in ("text-shortcut", "text-clean"):
             r = text[setting][name]
             row = r["token_row"] or {}
-            print(f"| {setting} | {name} | {row.get('mean_share', 0):.3f} ({row.get('fair_share', 0):.3f}) | "
-                  f"{row.get('top_count', 0)} / {row.get('count', 0)} | {row.get('flag') or '-'} | "
-                  f"{r['token_share_star']:.3f} / {r['token_share_other']:.3f} |")
+            print(
+                f"| {setting} | {name} | {row.get('mean_share', 0):.3f} ({row.get('fair_share', 0):.3f}) | "
+                f"{row.get('top_count', 0)} / {row.get('count', 0)} | {row.get('flag') or '-'} | "
+                f"{r['token_share_star']:.3f} / {r['token_share_other']:.3f} |"
+            )
 
 
 def _mean(values: list[float]) -> float:

@@ -55,7 +55,7 @@ def naive_fit(backend, modality, images, texts, layer, beta, s: M2IBSettings):
             hidden = backend.prefix(modality, copies, layer).float()
         lam, log_one_minus = torch.sigmoid(alpha), F.logsigmoid(-alpha)
         kl = kl_to_prior(lam * hidden, log_one_minus, s.var)
-        z = lam * hidden + torch.exp(log_one_minus) * s.var ** 0.5 * noise[step]
+        z = lam * hidden + torch.exp(log_one_minus) * s.var**0.5 * noise[step]
         with autocast(device, s.precision):
             emb = backend.suffix(modality, z, layer, copies)
         loss = beta * kl.mean() - F.cosine_similarity(emb.float(), target, eps=1e-6).mean()
@@ -116,8 +116,9 @@ def make_inputs(backend, n, seed=0):
 
 
 def run_fast(backend, images, texts, modalities, batch_size, **settings):
-    return m2ib.explain(backend, images, texts, modalities=modalities, batch_size=batch_size,
-                        progress=False, **settings)
+    return m2ib.explain(
+        backend, images, texts, modalities=modalities, batch_size=batch_size, progress=False, **settings
+    )
 
 
 def cpu_table(backend, n_pairs: int, seeds: int) -> None:
@@ -131,8 +132,10 @@ def cpu_table(backend, n_pairs: int, seeds: int) -> None:
         for modality in ("image", "text"):
             start = time.perf_counter()
             with PeakMemory(device) as mem:
-                exps = [run_fast(backend, im, tx, (modality,), 1, precision=precision, seed=0)
-                        for im, tx in zip(images, texts)]
+                exps = [
+                    run_fast(backend, im, tx, (modality,), 1, precision=precision, seed=0)
+                    for im, tx in zip(images, texts)
+                ]
             times[modality] = (time.perf_counter() - start) / n_pairs
             peak = max(peak, mem.peak)
             if precision == "fp32":
@@ -160,47 +163,68 @@ def cpu_table(backend, n_pairs: int, seeds: int) -> None:
     # exactness: same seed, fast vs naive raw maps
     same_seed = max(
         float((e.image_grid.flatten() - r[1:].cpu()).abs().max() / r.abs().max())
-        for e, r in zip(fast_maps["image"][0], naive_raw["image"]))
+        for e, r in zip(fast_maps["image"][0], naive_raw["image"])
+    )
     # quality: fast maps averaged over seeds 1..k vs naive maps averaged over seeds k+1..2k
     corr = {"image": [], "text": []}
-    for i, (im, tx) in enumerate(zip(images, texts)):
+    for im, tx in zip(images, texts):
         ib = backend.preprocess_images([m2ib.inputs.load_image(im)[0]])
         tb = backend.tokenize([tx])
         for modality in ("image", "text"):
-            fast = torch.stack([run_fast(backend, im, tx, (modality,), 1, seed=s).image_map_raw
-                                if modality == "image" else
-                                run_fast(backend, im, tx, (modality,), 1, seed=s).text_map_raw
-                                for s in range(1, seeds + 1)]).mean(0)
+            fast = torch.stack(
+                [
+                    run_fast(backend, im, tx, (modality,), 1, seed=s).image_map_raw
+                    if modality == "image"
+                    else run_fast(backend, im, tx, (modality,), 1, seed=s).text_map_raw
+                    for s in range(1, seeds + 1)
+                ]
+            ).mean(0)
             layer = settings.vision_layer if modality == "image" else settings.text_layer
             beta = settings.vision_beta if modality == "image" else settings.text_beta
             with backend.attribution_mode():
-                naive = torch.stack([
-                    naive_fit(backend, modality, ib, tb, layer, beta,
-                              M2IBSettings(**{**settings.as_dict(), "seed": s})).cpu()
-                    for s in range(seeds + 1, 2 * seeds + 1)]).mean(0)
+                naive = torch.stack(
+                    [
+                        naive_fit(
+                            backend, modality, ib, tb, layer, beta, M2IBSettings(**{**settings.as_dict(), "seed": s})
+                        ).cpu()
+                        for s in range(seeds + 1, 2 * seeds + 1)
+                    ]
+                ).mean(0)
             if modality == "image":
                 grid = backend.geometry.patch_grid
-                naive = F.interpolate(naive[1:].reshape(1, 1, *grid), size=backend.geometry.image_size,
-                                      mode="bilinear", align_corners=False)[0, 0]
+                naive = F.interpolate(
+                    naive[1:].reshape(1, 1, *grid),
+                    size=backend.geometry.image_size,
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0]
             corr[modality].append(pearson(fast, naive))
 
-    print(f"\nM2IB on a ViT-B/32-shaped CLIP (random weights), {n_pairs} pairs, default settings, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(
+        f"\nM2IB on a ViT-B/32-shaped CLIP (random weights), {n_pairs} pairs, default settings, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}"
+    )
     print("| path | image s/pair | text s/pair | total s/pair | speed-up vs naive | vs reference 42 s | peak RSS |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, ti, tt, pk in rows:
         total = ti + tt
-        print(f"| {name} | {ti:.2f} | {tt:.2f} | {total:.2f} | {naive_total / total:.1f}x | "
-              f"{REFERENCE_SECONDS / total:.0f}x | {pk / 2**20:.0f} MB |")
+        print(
+            f"| {name} | {ti:.2f} | {tt:.2f} | {total:.2f} | {naive_total / total:.1f}x | "
+            f"{REFERENCE_SECONDS / total:.0f}x | {pk / 2**20:.0f} MB |"
+        )
     print(f"\nsame seed, fast vs naive: max |difference| / max = {same_seed:.1e}")
-    print(f"different seeds ({seeds} vs {seeds}, averaged): Pearson r image {sum(corr['image']) / n_pairs:.3f}, "
-          f"text {sum(corr['text']) / n_pairs:.3f} (mean over {n_pairs} pairs)")
+    print(
+        f"different seeds ({seeds} vs {seeds}, averaged): Pearson r image {sum(corr['image']) / n_pairs:.3f}, "
+        f"text {sum(corr['text']) / n_pairs:.3f} (mean over {n_pairs} pairs)"
+    )
 
 
 def gpu_table(backend, batch_sizes, n_repeat: int) -> None:
     device = backend.device
-    print(f"\nM2IB on a ViT-B/32-shaped CLIP (random weights), default settings, {torch.cuda.get_device_name(device)}, "
-          f"torch {torch.__version__}")
+    print(
+        f"\nM2IB on a ViT-B/32-shaped CLIP (random weights), default settings, {torch.cuda.get_device_name(device)}, "
+        f"torch {torch.__version__}"
+    )
     print("| batch | precision | pairs/s | s/batch | peak GPU memory |")
     print("| --- | --- | --- | --- | --- |")
     maps = {}
@@ -224,8 +248,10 @@ def gpu_table(backend, batch_sizes, n_repeat: int) -> None:
     bs = max(batch_sizes)
     ci = [pearson(a.image_map, b.image_map) for a, b in zip(maps[(bs, "fp32")], maps[(bs, "bf16")])]
     ct = [pearson(a.text_map, b.text_map) for a, b in zip(maps[(bs, "fp32")], maps[(bs, "bf16")])]
-    print(f"\nbf16 vs fp32 maps, same seed, batch {bs}: Pearson r image {sum(ci) / len(ci):.3f}, "
-          f"text {sum(ct) / len(ct):.3f}")
+    print(
+        f"\nbf16 vs fp32 maps, same seed, batch {bs}: Pearson r image {sum(ci) / len(ci):.3f}, "
+        f"text {sum(ct) / len(ct):.3f}"
+    )
     # the naive loop, one pair, for scale
     images, texts = make_inputs(backend, 3)
     method = M2IB()

@@ -37,6 +37,7 @@ def main() -> None:
     import transformers  # noqa: F401
 
     import m2ib
+
     rows = [("import torch, transformers, m2ib", time.perf_counter() - start)]
     start = time.perf_counter()
     model = m2ib.load("shapes")

@@ -24,12 +24,11 @@ import sys
 import time
 
 import torch
+from research.shapes_pairs import attribution_pairs
 
 import m2ib
 from m2ib.methods import REGISTRY
 from m2ib.metrics.localisation import energy_inside, pointing_hit
-
-from research.shapes_pairs import attribution_pairs
 
 # What the README's table uses for the slow, sampling-based methods on a 2-core CPU.
 DEFAULT_SLOW = ("m2ib", "rise", "kernelshap")
@@ -43,10 +42,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="all", help="comma list of methods, or all (default)")
     p.add_argument("--n", type=int, default=40, help="test pairs per method (default: 40)")
     p.add_argument("--n-slow", type=int, default=6, help="test pairs for the --slow methods (default: 6)")
-    p.add_argument("--slow", default=",".join(DEFAULT_SLOW), help="methods run on --n-slow pairs "
-                   f"(default: {','.join(DEFAULT_SLOW)}; '' for none)")
-    p.add_argument("--set", action="append", default=None, metavar="METHOD:NAME=VALUE",
-                   help=f"a setting for one method (repeatable; default: {' '.join(DEFAULT_SET)})")
+    p.add_argument(
+        "--slow",
+        default=",".join(DEFAULT_SLOW),
+        help=f"methods run on --n-slow pairs (default: {','.join(DEFAULT_SLOW)}; '' for none)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="METHOD:NAME=VALUE",
+        help=f"a setting for one method (repeatable; default: {' '.join(DEFAULT_SET)})",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="pairs per explain batch (default: 8)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return p.parse_args(argv)
@@ -71,8 +78,17 @@ def run(backend, method: str, n: int, settings: dict, batch_size: int) -> dict:
     pairs = attribution_pairs(backend, n, "test", "single")
     texts = [c.text for c in pairs.captions]
     start = time.perf_counter()
-    exps = m2ib.explain(backend, None, texts, pixel_values=pairs.pixel_values, method=method,
-                        modalities=("image",), batch_size=batch_size, progress=False, **settings)
+    exps = m2ib.explain(
+        backend,
+        None,
+        texts,
+        pixel_values=pairs.pixel_values,
+        method=method,
+        modalities=("image",),
+        batch_size=batch_size,
+        progress=False,
+        **settings,
+    )
     seconds = time.perf_counter() - start
     hits = energies = areas = 0.0
     for exp, scene, caption in zip(exps, pairs.scenes, pairs.captions):
@@ -91,8 +107,9 @@ def main(argv=None) -> int:
     slow = {m.strip() for m in args.slow.split(",") if m.strip()}
     sets = parse_sets(DEFAULT_SET if args.set is None else args.set)
     backend = m2ib.load(args.model, device=args.device)
-    command = "python benchmarks/bench_methods.py" + (" " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:]
-                                                      else "")
+    command = "python benchmarks/bench_methods.py" + (
+        " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
+    )
     rows = []
     total = time.perf_counter()
     for method in methods:
@@ -100,17 +117,25 @@ def main(argv=None) -> int:
         settings = sets.get(method, {})
         result = run(backend, method, n, settings, args.batch_size)
         rows.append((method, settings, result))
-        print(f"{method:12s} pointing {result['pointing']:.3f} energy {result['energy']:.3f} "
-              f"{result['s_per_pair']:.3f} s/pair (n={n})", file=sys.stderr, flush=True)
+        print(
+            f"{method:12s} pointing {result['pointing']:.3f} energy {result['energy']:.3f} "
+            f"{result['s_per_pair']:.3f} s/pair (n={n})",
+            file=sys.stderr,
+            flush=True,
+        )
     elapsed = time.perf_counter() - total
-    print(f"Command: `{command}` ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, total {elapsed:.0f} s)\n")
+    print(
+        f"Command: `{command}` ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, total {elapsed:.0f} s)\n"
+    )
     print("| method | pointing game | energy inside | s/pair | pairs | settings (besides defaults) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for method, settings, r in rows:
         given = ", ".join(f"{k}={v}" for k, v in settings.items()) or "-"
-        print(f"| {REGISTRY[method].title} | {100 * r['pointing']:.1f} % | {100 * r['energy']:.1f} % | "
-              f"{r['s_per_pair']:.2f} | {r['n']} | {given} |")
+        print(
+            f"| {REGISTRY[method].title} | {100 * r['pointing']:.1f} % | {100 * r['energy']:.1f} % | "
+            f"{r['s_per_pair']:.2f} | {r['n']} | {given} |"
+        )
     area = max(r["area"] for _, _, r in rows if r["n"] == max(x["n"] for _, _, x in rows))
     print(f"| uniform map (chance) | ~{100 * area:.1f} % | {100 * area:.1f} % | - | - | mask area |")
     return 0

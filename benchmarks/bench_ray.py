@@ -80,48 +80,81 @@ def main(argv=None) -> None:
         rows.append((name, result.evaluated, seconds, out))
         print(f"{name}: {result.evaluated} pairs in {seconds:.1f} s", flush=True)
 
-    timed("local, batch 1", lambda out: run_evaluation(backend, table, ["m2ib"], config, None, 0, out,
-                                                       progress=False, batch_size=1))
-    timed(f"local, batch {args.batch_size}", lambda out: run_evaluation(
-        backend, table, ["m2ib"], config, None, 0, out, progress=False, batch_size=args.batch_size))
-    local = RayConfig(actors=args.actors, batch_size=args.batch_size, cpus_per_actor=cpus_per_actor,
-                      gpus_per_actor=gpus, object_store_memory=200 * 2 ** 20)
-    timed(f"Ray, 1 node, {args.actors} actors", lambda out: run_evaluation_ray(
-        backend, args.model, table, ["m2ib"], config, None, 0, out, local, device=args.device, progress=False))
+    timed(
+        "local, batch 1",
+        lambda out: run_evaluation(backend, table, ["m2ib"], config, None, 0, out, progress=False, batch_size=1),
+    )
+    timed(
+        f"local, batch {args.batch_size}",
+        lambda out: run_evaluation(
+            backend, table, ["m2ib"], config, None, 0, out, progress=False, batch_size=args.batch_size
+        ),
+    )
+    local = RayConfig(
+        actors=args.actors,
+        batch_size=args.batch_size,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus,
+        object_store_memory=200 * 2**20,
+    )
+    timed(
+        f"Ray, 1 node, {args.actors} actors",
+        lambda out: run_evaluation_ray(
+            backend, args.model, table, ["m2ib"], config, None, 0, out, local, device=args.device, progress=False
+        ),
+    )
     if not args.skip_cluster:
         from ray.cluster_utils import Cluster
 
         per_node = cpus_per_actor + 1  # one actor per node, and a CPU for Ray Data's own tasks
-        node = {"num_cpus": per_node, "num_gpus": int(gpus), "object_store_memory": 200 * 2 ** 20}
+        node = {"num_cpus": per_node, "num_gpus": int(gpus), "object_store_memory": 200 * 2**20}
         cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
         try:
             cluster.add_node(**node)
             cluster.wait_for_nodes()
             ray.init(address=cluster.address)
-            spread = RayConfig(actors=2, batch_size=args.batch_size, cpus_per_actor=cpus_per_actor,
-                               gpus_per_actor=gpus)
-            timed("Ray, 2 nodes, 1 actor each", lambda out: run_evaluation_ray(
-                backend, args.model, table, ["m2ib"], config, None, 0, out, spread, device=args.device,
-                progress=False))
+            spread = RayConfig(actors=2, batch_size=args.batch_size, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus)
+            timed(
+                "Ray, 2 nodes, 1 actor each",
+                lambda out: run_evaluation_ray(
+                    backend,
+                    args.model,
+                    table,
+                    ["m2ib"],
+                    config,
+                    None,
+                    0,
+                    out,
+                    spread,
+                    device=args.device,
+                    progress=False,
+                ),
+            )
         finally:
             ray.shutdown()
             cluster.shutdown()
     reference = metrics_of(rows[0][3])
     cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores ({cpu})"
-    print(f"\nmodel {args.model}, {args.n} shapes test pairs, M2IB (image and text) + confidence; {device}; "
-          f"torch {torch.__version__}, ray {ray.__version__}\n")
+    print(
+        f"\nmodel {args.model}, {args.n} shapes test pairs, M2IB (image and text) + confidence; {device}; "
+        f"torch {torch.__version__}, ray {ray.__version__}\n"
+    )
     print("| configuration | pairs | wall s | pairs/s | vs local batch 1 | max abs diff vs local batch 1 |")
     print("| --- | --- | --- | --- | --- | --- |")
     base = rows[0][1] / rows[0][2]
     for name, n, seconds, out in rows:
         rate = n / seconds
-        print(f"| {name} | {n} | {seconds:.1f} | {rate:.2f} | {rate / base:.2f}x | "
-              f"{max_difference(metrics_of(out), reference):.1e} |")
+        print(
+            f"| {name} | {n} | {seconds:.1f} | {rate:.2f} | {rate / base:.2f}x | "
+            f"{max_difference(metrics_of(out), reference):.1e} |"
+        )
     if args.device.startswith("cuda"):
         best = max(n / s for _, n, s, _ in rows)
-        print("\nprojected for 15,000 pairs: " + ", ".join(f"{g} GPU{'s' if g > 1 else ''}: "
-                                                           f"{15000 / (best * g) / 60:.1f} min" for g in (1, 4, 8)))
+        print(
+            "\nprojected for 15,000 pairs: "
+            + ", ".join(f"{g} GPU{'s' if g > 1 else ''}: {15000 / (best * g) / 60:.1f} min" for g in (1, 4, 8))
+        )
     shutil.rmtree(root, ignore_errors=True)
 
 

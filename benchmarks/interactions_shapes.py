@@ -64,8 +64,13 @@ def measure(backend, name: str, settings: dict, n: int) -> dict[str, float]:
     start = time.perf_counter()
     for scene, caption in tqdm(two_object_pairs(n, size), total=n, desc=name, unit="pair"):
         phrases = two_object_phrases(caption)
-        maps = method.phrase_maps(backend, backend.preprocess_images([scene.to_pil()]),
-                                  backend.tokenize([caption.text]), [span for span, _ in phrases], chosen)
+        maps = method.phrase_maps(
+            backend,
+            backend.preprocess_images([scene.to_pil()]),
+            backend.tokenize([caption.text]),
+            [span for span, _ in phrases],
+            chosen,
+        )
         masks = [scene.masks[obj] for _, obj in phrases]
         scores = {**grounding_scores(maps, masks), **where_maxima_fall(maps, masks)}
         for key in totals:
@@ -85,13 +90,18 @@ def main() -> None:
     settings = parse_settings(args.setting)
     torch.manual_seed(0)
     print(f"{args.n} two-object test pairs, model {args.model}, torch threads {torch.get_num_threads()}")
-    print("| method | settings | phrase pointing | right-object share | max on other object | max on background "
-          "| s/pair |\n|---|---|---|---|---|---|---|")
+    print(
+        "| method | settings | phrase pointing | right-object share | max on other object | max on background "
+        "| s/pair |\n|---|---|---|---|---|---|---|"
+    )
     for name in args.methods.split(","):
         r = measure(backend, name, settings.get(name, {}), args.n)
-        print(f"| {name} | {settings.get(name, {}) or 'defaults'} | {r['phrase_pointing']:.3f} | "
-              f"{r['right_object_share']:.3f} | {r['max_on_other']:.3f} | {r['max_on_background']:.3f} | "
-              f"{r['seconds_per_pair']:.2f} |", flush=True)
+        print(
+            f"| {name} | {settings.get(name, {}) or 'defaults'} | {r['phrase_pointing']:.3f} | "
+            f"{r['right_object_share']:.3f} | {r['max_on_other']:.3f} | {r['max_on_background']:.3f} | "
+            f"{r['seconds_per_pair']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from research.shapes_pairs import attribution_pairs
 
 import m2ib
 from m2ib.methods.m2ib import M2IBSettings, fit_bottleneck
-
-from research.shapes_pairs import attribution_pairs
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +43,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
-def measure(backend, modality: str, batch, target: torch.Tensor, layer: int, beta: float,
-            settings: M2IBSettings) -> dict:
+def measure(
+    backend, modality: str, batch, target: torch.Tensor, layer: int, beta: float, settings: M2IBSettings
+) -> dict:
     """Per-pair statistics of norm vs KL at one layer and beta; also the points for the figure."""
     with torch.no_grad():
         hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
@@ -58,16 +58,29 @@ def measure(backend, modality: str, batch, target: torch.Tensor, layer: int, bet
         else:
             shown = slice(backend.geometry.image_prefix_tokens, None)
         n_i, k_i = norms[i, shown], kl[i, shown]
-        rows.append((spearman(n_i, k_i), int(n_i.argmax() == k_i.argmax()), int(k_i.argmax() == 0),
-                     float((n_i / (2 * settings.var)).sum() / k_i.sum()), n_i, k_i))
+        rows.append(
+            (
+                spearman(n_i, k_i),
+                int(n_i.argmax() == k_i.argmax()),
+                int(k_i.argmax() == 0),
+                float((n_i / (2 * settings.var)).sum() / k_i.sum()),
+                n_i,
+                k_i,
+            )
+        )
     n = len(rows)
-    return {"spearman": sum(r[0] for r in rows) / n, "argmax_same": sum(r[1] for r in rows) / n,
-            "first": sum(r[2] for r in rows) / n, "norm_share": sum(r[3] for r in rows) / n,
-            "points": (torch.cat([r[4] for r in rows]), torch.cat([r[5] for r in rows]))}
+    return {
+        "spearman": sum(r[0] for r in rows) / n,
+        "argmax_same": sum(r[1] for r in rows) / n,
+        "first": sum(r[2] for r in rows) / n,
+        "norm_share": sum(r[3] for r in rows) / n,
+        "points": (torch.cat([r[4] for r in rows]), torch.cat([r[5] for r in rows])),
+    }
 
 
 def figure(results: list[dict], path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -88,8 +101,15 @@ def figure(results: list[dict], path: str) -> None:
             for r in results:
                 if r["tower"] == tower and r["layer"] == layer:
                     x, y = r["points"]
-                    ax.scatter(x.numpy(), y.numpy(), s=2, alpha=0.35, color=colours.get(r["source"], "tab:green"),
-                               label=f"{r['beta_label']} (rho {r['spearman']:.2f})", rasterized=True)
+                    ax.scatter(
+                        x.numpy(),
+                        y.numpy(),
+                        s=2,
+                        alpha=0.35,
+                        color=colours.get(r["source"], "tab:green"),
+                        label=f"{r['beta_label']} (rho {r['spearman']:.2f})",
+                        rasterized=True,
+                    )
             ax.set_xscale("log")
             ax.set_yscale("log")
             for axis in (ax.xaxis, ax.yaxis):
@@ -110,8 +130,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes")
     p.add_argument("--n", type=int, default=40, help="validation pairs (single captions)")
-    p.add_argument("--betas", default="published,recommended",
-                   help="'published' (0.1 both towers) and/or 'recommended' (the model's m2ib.json)")
+    p.add_argument(
+        "--betas",
+        default="published,recommended",
+        help="'published' (0.1 both towers) and/or 'recommended' (the model's m2ib.json)",
+    )
     p.add_argument("--samples", type=int, default=10, help="M2IB noise copies per step (the paper: 10)")
     p.add_argument("--out", default=None, help="PNG figure path")
     args = p.parse_args(argv)
@@ -128,24 +151,44 @@ def main(argv=None) -> None:
         text_emb = F.normalize(backend.embed("text", texts).float(), dim=-1)
     with backend.attribution_mode():
         for label in args.betas.split(","):
-            for tower, batch, target, prefix in (("image", images, text_emb, "vision"), ("text", texts, image_emb, "text")):
+            for tower, batch, target, prefix in (
+                ("image", images, text_emb, "vision"),
+                ("text", texts, image_emb, "text"),
+            ):
                 beta = 0.1 if label == "published" else recommended[f"{prefix}_beta"]
                 for layer in range(backend.num_layers(tower)):
                     r = measure(backend, tower, batch, target, layer, beta, M2IBSettings(samples=args.samples))
-                    print(f"  {tower} block {layer} beta {beta:g}: Spearman {r['spearman']:.2f} "
-                          f"({time.perf_counter() - start:.0f} s)", flush=True)
-                    results.append({"tower": tower, "layer": layer, "beta": beta, "source": label,
-                                    "beta_label": f"beta {beta:g}", **r})
-    print(f"model {args.model}, {args.n} val pairs (single captions), M2IB defaults but layer, beta and "
-          f"samples={args.samples}; "
-          f"{time.perf_counter() - start:.0f} s\n")
-    print("| tower | block | beta | Spearman(norm^2, KL) | argmax = largest norm | argmax = first word | "
-          "(norm^2 / 2 var) / KL |")
+                    print(
+                        f"  {tower} block {layer} beta {beta:g}: Spearman {r['spearman']:.2f} "
+                        f"({time.perf_counter() - start:.0f} s)",
+                        flush=True,
+                    )
+                    results.append(
+                        {
+                            "tower": tower,
+                            "layer": layer,
+                            "beta": beta,
+                            "source": label,
+                            "beta_label": f"beta {beta:g}",
+                            **r,
+                        }
+                    )
+    print(
+        f"model {args.model}, {args.n} val pairs (single captions), M2IB defaults but layer, beta and "
+        f"samples={args.samples}; "
+        f"{time.perf_counter() - start:.0f} s\n"
+    )
+    print(
+        "| tower | block | beta | Spearman(norm^2, KL) | argmax = largest norm | argmax = first word | "
+        "(norm^2 / 2 var) / KL |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         first = f"{100 * r['first']:.0f} %" if r["tower"] == "text" else "-"
-        print(f"| {r['tower']} | {r['layer']} | {r['beta']:g} | {r['spearman']:.2f} | {100 * r['argmax_same']:.0f} % | "
-              f"{first} | {r['norm_share']:.2f} |")
+        print(
+            f"| {r['tower']} | {r['layer']} | {r['beta']:g} | {r['spearman']:.2f} | {100 * r['argmax_same']:.0f} % | "
+            f"{first} | {r['norm_share']:.2f} |"
+        )
     if args.out:
         figure(results, args.out)
         print(f"\nwrote {args.out}")

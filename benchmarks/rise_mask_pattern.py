@@ -34,8 +34,9 @@ def measure(backend: Backend, rows: list[Row], masks: int, steps: int) -> dict[s
     rise = {"method": "rise", "masks": masks, "modalities": ("image",)}
     table: dict[str, list[tuple[float, float]]] = {"trained": []}
     # the same seed gives every pair the same masks, so one sum serves them all
-    sampler = MaskSampler(masks, defaults.grid, defaults.p_keep, tuple(backend.geometry.image_size), defaults.seed,
-                          backend.device)
+    sampler = MaskSampler(
+        masks, defaults.grid, defaults.p_keep, tuple(backend.geometry.image_size), defaults.seed, backend.device
+    )
     mask_sum = sampler(0, masks).sum(0)
     for row in rows:
         trained = m2ib.explain(backend, row.image, row.text, **rise).image_map
@@ -65,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     for label, values in table.items():
         a = [v[0] for v in values]
         b = [v[1] for v in values]
-        print(f"| {label} | {statistics.mean(a):+.3f} | {statistics.mean(map(abs, a)):.3f} | "
-              f"{statistics.mean(b):+.3f} ({statistics.pstdev(b):.3f}) |")
+        print(
+            f"| {label} | {statistics.mean(a):+.3f} | {statistics.mean(map(abs, a)):.3f} | "
+            f"{statistics.mean(b):+.3f} ({statistics.pstdev(b):.3f}) |"
+        )
     return 0
 
 

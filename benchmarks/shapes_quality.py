@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+from research import shapes_quality as q
 
 import m2ib
 from m2ib.errors import M2IBError
 from m2ib.fileio import atomic_write_text
 from m2ib.methods import REGISTRY as METHODS
-
-from research import shapes_quality as q
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--select", action="store_true", help="choose layers and betas on the validation split first")
     p.add_argument("--layers", default="all", help="layers tried by --select: 'all' or e.g. '1,2,3' (negative ok)")
     p.add_argument("--betas", default=",".join(f"{b:g}" for b in q.DEFAULT_BETAS), help="betas tried by --select")
-    p.add_argument("--write-recommended", metavar="DIR", default=None,
-                   help="with --select: store the chosen settings in DIR/m2ib.json as recommended.m2ib")
+    p.add_argument(
+        "--write-recommended",
+        metavar="DIR",
+        default=None,
+        help="with --select: store the chosen settings in DIR/m2ib.json as recommended.m2ib",
+    )
     p.add_argument("--random-control", action="store_true", help="also evaluate a random re-initialised copy")
     p.add_argument("--control-seed", type=int, default=0, help="torch seed of the random re-initialisation")
     p.add_argument("--steps", type=int, default=None, help="M2IB steps (default: the method's / model's)")
@@ -84,16 +87,25 @@ def evaluate(backend, args, settings: dict, timings: list, label: str) -> dict:
         timings.append((f"{label}: {name}", time.perf_counter() - start))
         return value
 
-    out["zero_shot"] = stage(f"zero-shot ({30 * args.n_per_class} images)",
-                             lambda: q.zero_shot_accuracy(backend, n_per_class=args.n_per_class, split="test"))
-    out["retrieval_r1"] = stage(f"retrieval ({args.n_retrieval} scenes)",
-                                lambda: q.retrieval_r1(backend, n=args.n_retrieval, split="test"))
-    out["pointing"] = stage(f"M2IB pointing ({args.n_pointing} pairs, image side)",
-                            lambda: q.m2ib_pointing(backend, n=args.n_pointing, split="test", settings=settings,
-                                                    batch_size=args.batch_size, progress=progress))
-    out["mixed"] = stage(f"M2IB mixed captions ({args.n_mixed} pairs, text side)",
-                         lambda: q.m2ib_mixed(backend, n=args.n_mixed, split="test", settings=settings,
-                                              batch_size=args.batch_size, progress=progress))
+    out["zero_shot"] = stage(
+        f"zero-shot ({30 * args.n_per_class} images)",
+        lambda: q.zero_shot_accuracy(backend, n_per_class=args.n_per_class, split="test"),
+    )
+    out["retrieval_r1"] = stage(
+        f"retrieval ({args.n_retrieval} scenes)", lambda: q.retrieval_r1(backend, n=args.n_retrieval, split="test")
+    )
+    out["pointing"] = stage(
+        f"M2IB pointing ({args.n_pointing} pairs, image side)",
+        lambda: q.m2ib_pointing(
+            backend, n=args.n_pointing, split="test", settings=settings, batch_size=args.batch_size, progress=progress
+        ),
+    )
+    out["mixed"] = stage(
+        f"M2IB mixed captions ({args.n_mixed} pairs, text side)",
+        lambda: q.m2ib_mixed(
+            backend, n=args.n_mixed, split="test", settings=settings, batch_size=args.batch_size, progress=progress
+        ),
+    )
     return out
 
 
@@ -110,33 +122,53 @@ def main(argv=None) -> int:
         return 2
     timings.append(("load model", time.perf_counter() - start))
     g = backend.geometry
-    overrides = {k: v for k, v in (("steps", args.steps), ("samples", args.samples), ("seed", args.seed))
-                 if v is not None}
+    overrides = {
+        k: v for k, v in (("steps", args.steps), ("samples", args.samples), ("seed", args.seed)) if v is not None
+    }
 
     print(f"# Shapes-world quality of `{backend.name}`\n")
     print(f"command: `{command}`\n")
-    print(f"model: {backend.name} (input {g.image_size[0]} px, patch grid {g.patch_grid[0]}x{g.patch_grid[1]}, "
-          f"{g.vision_layers}+{g.text_layers} blocks); device {backend.device}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
+    print(
+        f"model: {backend.name} (input {g.image_size[0]} px, patch grid {g.patch_grid[0]}x{g.patch_grid[1]}, "
+        f"{g.vision_layers}+{g.text_layers} blocks); device {backend.device}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
+    )
 
     selection = None
     if args.select:
         layers = None if args.layers.strip() == "all" else [int(x) for x in args.layers.split(",") if x.strip()]
         betas = [float(x) for x in args.betas.split(",") if x.strip()]
         start = time.perf_counter()
-        best, rows = q.select_settings(backend, layers=layers, betas=betas, n=args.n_select, split="val",
-                                       settings=overrides, batch_size=args.batch_size, progress=args.progress)
-        timings.append((f"select on val ({len(rows)} grid points x {args.n_select} pairs)",
-                        time.perf_counter() - start))
+        best, rows = q.select_settings(
+            backend,
+            layers=layers,
+            betas=betas,
+            n=args.n_select,
+            split="val",
+            settings=overrides,
+            batch_size=args.batch_size,
+            progress=args.progress,
+        )
+        timings.append(
+            (f"select on val ({len(rows)} grid points x {args.n_select} pairs)", time.perf_counter() - start)
+        )
         selection = best
-        print(f"## Validation grid search (split val, {args.n_select} pairs per point, fixed {overrides or 'defaults'})\n")
+        print(
+            f"## Validation grid search (split val, {args.n_select} pairs per point, fixed {overrides or 'defaults'})\n"
+        )
         print(q.format_selection(rows))
         print(f"\nchosen: `{json.dumps(best)}`\n")
         if args.write_recommended:
-            provenance = {"split": "val", "n": args.n_select, "layers": args.layers, "betas": betas,
-                          "fixed_settings": overrides, "command": command,
-                          "criteria": {"image": "pointing game (tie: energy)", "text": "mixed captions (tie: margin)"},
-                          "grid": rows}
+            provenance = {
+                "split": "val",
+                "n": args.n_select,
+                "layers": args.layers,
+                "betas": betas,
+                "fixed_settings": overrides,
+                "command": command,
+                "criteria": {"image": "pointing game (tie: energy)", "text": "mixed captions (tie: margin)"},
+                "grid": rows,
+            }
             path = write_recommended(args.write_recommended, best, provenance)
             print(f"wrote recommended settings to {path}\n")
 
@@ -157,26 +189,58 @@ def main(argv=None) -> int:
 
     t = q.TARGETS
     rows = [
-        ("zero-shot accuracy (30 classes)", pct(results["zero_shot"]), f">= {pct(t['zero_shot'])}",
-         results["zero_shot"] >= t["zero_shot"]),
-        (f"text->image R@1 ({args.n_retrieval} 2-object scenes)", pct(results["retrieval_r1"]),
-         f">= {pct(t['retrieval_r1'])}", results["retrieval_r1"] >= t["retrieval_r1"]),
-        ("M2IB pointing game (single captions)", pct(results["pointing"]["pointing"]), f">= {pct(t['pointing'])}",
-         results["pointing"]["pointing"] >= t["pointing"]),
-        ("M2IB energy inside the named object", pct(results["pointing"]["energy"]),
-         f"(mask area {pct(results['pointing']['mask_fraction'])})", None),
-        ("M2IB mixed captions (present > absent words)", pct(results["mixed"]["mixed"]), f">= {pct(t['mixed'])}",
-         results["mixed"]["mixed"] >= t["mixed"]),
+        (
+            "zero-shot accuracy (30 classes)",
+            pct(results["zero_shot"]),
+            f">= {pct(t['zero_shot'])}",
+            results["zero_shot"] >= t["zero_shot"],
+        ),
+        (
+            f"text->image R@1 ({args.n_retrieval} 2-object scenes)",
+            pct(results["retrieval_r1"]),
+            f">= {pct(t['retrieval_r1'])}",
+            results["retrieval_r1"] >= t["retrieval_r1"],
+        ),
+        (
+            "M2IB pointing game (single captions)",
+            pct(results["pointing"]["pointing"]),
+            f">= {pct(t['pointing'])}",
+            results["pointing"]["pointing"] >= t["pointing"],
+        ),
+        (
+            "M2IB energy inside the named object",
+            pct(results["pointing"]["energy"]),
+            f"(mask area {pct(results['pointing']['mask_fraction'])})",
+            None,
+        ),
+        (
+            "M2IB mixed captions (present > absent words)",
+            pct(results["mixed"]["mixed"]),
+            f">= {pct(t['mixed'])}",
+            results["mixed"]["mixed"] >= t["mixed"],
+        ),
     ]
     if control is not None:
         rows += [
             ("random control: zero-shot accuracy", pct(control["zero_shot"]), f"~ chance {pct(1 / 30)}", None),
-            ("random control: text->image R@1", pct(control["retrieval_r1"]),
-             f"~ chance {pct(1 / args.n_retrieval)}", None),
-            ("random control: M2IB pointing game", pct(control["pointing"]["pointing"]),
-             f"~ mask area {pct(control['pointing']['mask_fraction'])}, far below the model's", None),
-            ("random control: M2IB energy inside", pct(control["pointing"]["energy"]),
-             f"~ mask area {pct(control['pointing']['mask_fraction'])}", None),
+            (
+                "random control: text->image R@1",
+                pct(control["retrieval_r1"]),
+                f"~ chance {pct(1 / args.n_retrieval)}",
+                None,
+            ),
+            (
+                "random control: M2IB pointing game",
+                pct(control["pointing"]["pointing"]),
+                f"~ mask area {pct(control['pointing']['mask_fraction'])}, far below the model's",
+                None,
+            ),
+            (
+                "random control: M2IB energy inside",
+                pct(control["pointing"]["energy"]),
+                f"~ mask area {pct(control['pointing']['mask_fraction'])}",
+                None,
+            ),
             ("random control: M2IB mixed captions", pct(control["mixed"]["mixed"]), "~ chance 50 %", None),
         ]
     print(f"## Test split (model `{backend.name}`)\n")

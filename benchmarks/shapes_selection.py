@@ -38,14 +38,13 @@ import time
 from pathlib import Path
 
 import torch
+from research.shapes_pairs import attribution_pairs, explain_pairs, present_absent_margin, token_word_alignment
 
 import m2ib
 from m2ib.datasets.tables import load_table
 from m2ib.metrics.collage import quadrant_scores
 from m2ib.metrics.localisation import energy_inside, pointing_hit
 from m2ib.metrics.sanity import randomised_cascade, spearman
-
-from research.shapes_pairs import attribution_pairs, explain_pairs, present_absent_margin, token_word_alignment
 
 REFERENCE = "shapes:train:64"
 SANITY_LIMIT = 0.5
@@ -104,10 +103,19 @@ def score_image(backend, data, settings, batch_size) -> dict:
     exps = explain_pairs(backend, pairs, "image", settings, batch_size, False)
     masks = [scene.masks[caption.objects[0]] for scene, caption in zip(pairs.scenes, pairs.captions)]
     n = len(exps)
-    out = {"pointing": sum(pointing_hit(e.image_map, m) for e, m in zip(exps, masks)) / n,
-           "energy": sum(energy_inside(e.image_map, m) for e, m in zip(exps, masks)) / n}
-    col = m2ib.explain(backend, [r.image for r in collages], [r.text for r in collages], modalities=("image",),
-                       batch_size=batch_size, progress=False, **settings)
+    out = {
+        "pointing": sum(pointing_hit(e.image_map, m) for e, m in zip(exps, masks)) / n,
+        "energy": sum(energy_inside(e.image_map, m) for e, m in zip(exps, masks)) / n,
+    }
+    col = m2ib.explain(
+        backend,
+        [r.image for r in collages],
+        [r.text for r in collages],
+        modalities=("image",),
+        batch_size=batch_size,
+        progress=False,
+        **settings,
+    )
     quadrants = [quadrant_scores(e.image_map, r.mask) for e, r in zip(col, collages)]
     out["collage_mass"] = sum(q[0] for q in quadrants) / len(quadrants)
     out["collage_max"] = sum(q[1] for q in quadrants) / len(quadrants)
@@ -133,10 +141,14 @@ def score_text(backend, data, settings, batch_size) -> dict:
         best = max(range(1, len(spans) - 1), key=lambda t: float(exp.text_map[t]))
         hits.append(spans[best] is not None and spans[best].present)
     mixed_exps = explain_pairs(backend, mixed, "text", settings, batch_size, False)
-    margins = [present_absent_margin(token_word_alignment(backend, c), e.text_map)
-               for e, c in zip(mixed_exps, mixed.captions)]
-    return {"text_pointing": sum(hits) / len(hits), "mixed": sum(m > 0 for m in margins) / len(margins),
-            "sanity": sanity(backend, "text", single, settings, batch_size, maps_of(exps, "text"))}
+    margins = [
+        present_absent_margin(token_word_alignment(backend, c), e.text_map) for e, c in zip(mixed_exps, mixed.captions)
+    ]
+    return {
+        "text_pointing": sum(hits) / len(hits),
+        "mixed": sum(m > 0 for m in margins) / len(margins),
+        "sanity": sanity(backend, "text", single, settings, batch_size, maps_of(exps, "text")),
+    }
 
 
 def load_done(path: Path) -> dict[str, dict]:
@@ -166,12 +178,16 @@ def run(args) -> None:
         return
     if tower == "image":
         size = backend.geometry.image_size[0]
-        data = (attribution_pairs(backend, args.n, args.split, "single"),
-                load_table(f"shapes-collage:{args.split}:{args.n}", size=size).rows)
+        data = (
+            attribution_pairs(backend, args.n, args.split, "single"),
+            load_table(f"shapes-collage:{args.split}:{args.n}", size=size).rows,
+        )
         score = score_image
     else:
-        data = (attribution_pairs(backend, args.n, args.split, "single"),
-                attribution_pairs(backend, args.n, args.split, "mixed"))
+        data = (
+            attribution_pairs(backend, args.n, args.split, "single"),
+            attribution_pairs(backend, args.n, args.split, "mixed"),
+        )
         score = score_text
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,8 +199,16 @@ def run(args) -> None:
             continue
         start = time.perf_counter()
         values = score(backend, data, point, args.batch_size)
-        row = {"key": key, "name": name, "tower": tower, "split": args.split, "n": args.n, "point": point,
-               **values, "seconds": round(time.perf_counter() - start, 1)}
+        row = {
+            "key": key,
+            "name": name,
+            "tower": tower,
+            "split": args.split,
+            "n": args.n,
+            "point": point,
+            **values,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         with path.open("a") as f:  # one line per point, synced: a killed run resumes after it
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -221,18 +245,28 @@ def report(args) -> None:
             best, strict = choose(rows, tower) if split == "val" else (None, True)
             print(f"\n### {tower} tower, {split} split ({rows[0]['n']} pairs per point)\n")
             named = any(r["name"] for r in rows)
-            print("| " + ("name | " if named else "") + "bottleneck | layer | beta | " + " | ".join(criteria)
-                  + " | sanity (mean abs. Spearman) | s |" + (" chosen |" if best else ""))
+            print(
+                "| "
+                + ("name | " if named else "")
+                + "bottleneck | layer | beta | "
+                + " | ".join(criteria)
+                + " | sanity (mean abs. Spearman) | s |"
+                + (" chosen |" if best else "")
+            )
             print("| --- " * (len(criteria) + 5 + named + bool(best)) + "|")
             for r in rows:
                 values = " | ".join(f"{r[c]:.3f}" for c in criteria)
                 ok = "" if r["sanity"] <= SANITY_LIMIT else " (fails)"
                 chosen = (" **yes** |" if r is best else " |") if best else ""
-                print("| " + (f"{r['name']} | " if named else "") + f"{describe(r['point'])} | {values} | "
-                      f"{r['sanity']:.3f}{ok} | {r['seconds']:.0f} |{chosen}")
+                print(
+                    "| " + (f"{r['name']} | " if named else "") + f"{describe(r['point'])} | {values} | "
+                    f"{r['sanity']:.3f}{ok} | {r['seconds']:.0f} |{chosen}"
+                )
             if best is not None:
-                print(f"\nchosen {'(sanity filter met)' if strict else '(NO point passes the sanity filter; relaxed)'}:"
-                      f" `{json.dumps(best['point'])}`")
+                print(
+                    f"\nchosen {'(sanity filter met)' if strict else '(NO point passes the sanity filter; relaxed)'}:"
+                    f" `{json.dumps(best['point'])}`"
+                )
 
 
 def main(argv=None) -> None:
@@ -248,8 +282,11 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="out/selection")
     p.add_argument("--report", action="store_true")
-    p.add_argument("--words-sanity", action="store_true",
-                   help="with --tower text --points: the text sanity check over all tokens and over the words alone")
+    p.add_argument(
+        "--words-sanity",
+        action="store_true",
+        help="with --tower text --points: the text sanity check over all tokens and over the words alone",
+    )
     args = p.parse_args(argv)
     if args.report:
         report(args)

@@ -42,14 +42,16 @@ from m2ib.inputs import load_image
 
 TOL = 1e-5
 WIDTH, DEPTH, HEADS, IMAGE = 32, 2, 2, 64
-TIMM_SIZES = (dict(img_size=IMAGE, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS),  # ViT-like trunks
-              dict(img_size=IMAGE, depth=DEPTH),  # ViT-like trunks whose width is their stem's (ViTamin)
-              dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64)),  # ConvNeXt-like trunks
-              # FastViT (MobileCLIP): one block per stage, the stage count kept (a 4-stage trunk fails on
-              # the 5-stage sizes with an IndexError, so it never builds with a stage dropped or added)
-              dict(layers=(1, 1, 1, 1, 1), embed_dims=(32, 32, 32, 64, 64)),  # widths its grouped convs divide
-              dict(layers=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64)),
-              {})  # anything else: its own sizes
+TIMM_SIZES = (
+    dict(img_size=IMAGE, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS),  # ViT-like trunks
+    dict(img_size=IMAGE, depth=DEPTH),  # ViT-like trunks whose width is their stem's (ViTamin)
+    dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64)),  # ConvNeXt-like trunks
+    # FastViT (MobileCLIP): one block per stage, the stage count kept (a 4-stage trunk fails on
+    # the 5-stage sizes with an IndexError, so it never builds with a stage dropped or added)
+    dict(layers=(1, 1, 1, 1, 1), embed_dims=(32, 32, 32, 64, 64)),  # widths its grouped convs divide
+    dict(layers=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64)),
+    {},
+)  # anything else: its own sizes
 TEXTS = ["a red circle", "a photo of a cat and a dog"]
 
 
@@ -111,11 +113,25 @@ def scaled_config(cfg: dict) -> dict:
     return cfg
 
 
-HF_SIZES = {"t5": dict(d_model=WIDTH, d_kv=WIDTH // HEADS, d_ff=48, num_layers=DEPTH, num_heads=HEADS),
-            "m2m_100": dict(d_model=WIDTH, encoder_layers=DEPTH, decoder_layers=1, encoder_attention_heads=HEADS,
-                            decoder_attention_heads=HEADS, encoder_ffn_dim=48, decoder_ffn_dim=48),
-            "bert": dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=48,
-                         max_position_embeddings=80)}
+HF_SIZES = {
+    "t5": dict(d_model=WIDTH, d_kv=WIDTH // HEADS, d_ff=48, num_layers=DEPTH, num_heads=HEADS),
+    "m2m_100": dict(
+        d_model=WIDTH,
+        encoder_layers=DEPTH,
+        decoder_layers=1,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+    ),
+    "bert": dict(
+        hidden_size=WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=48,
+        max_position_embeddings=80,
+    ),
+}
 HF_WORDS = sorted({w for text in TEXTS for w in text.split()})
 
 
@@ -245,7 +261,9 @@ def check(oc, name: str, pictures) -> Row:
         with torch.no_grad():
             images = backend.preprocess_images(pictures)
             texts = backend.tokenize(TEXTS)
-            row.image_parity = parity(backend, "image", images, model.encode_image(images.pixel_values, normalize=False))
+            row.image_parity = parity(
+                backend, "image", images, model.encode_image(images.pixel_values, normalize=False)
+            )
             ids = texts.input_ids if hf_text else tokenizer(TEXTS, context_length=context)
             reference = model.encode_text(ids, normalize=False)  # CoCa normalises by default
             row.text_parity = parity(backend, "text", texts, reference)
@@ -271,11 +289,15 @@ def table(rows: list[Row]) -> str:
     def fmt(p):
         return "-" if p is None else f"{p:.1e}"
 
-    lines = ["| config | image tower | text tower | image parity | text parity | M2IB | attention | covered | why not |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| config | image tower | text tower | image parity | text parity | M2IB | attention | covered | why not |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.config} | {r.image_tower} | {r.text_tower} | {fmt(r.image_parity)} | {fmt(r.text_parity)} "
-                     f"| {'yes' if r.m2ib else 'no'} | {r.attention} | {'yes' if r.covered else 'NO'} | {r.reason} |")
+        lines.append(
+            f"| {r.config} | {r.image_tower} | {r.text_tower} | {fmt(r.image_parity)} | {fmt(r.text_parity)} "
+            f"| {'yes' if r.m2ib else 'no'} | {r.attention} | {'yes' if r.covered else 'NO'} | {r.reason} |"
+        )
     return "\n".join(lines)
 
 

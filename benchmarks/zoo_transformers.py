@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 import torch
+from zoo_coverage import TEXTS, TOL, Row, parity, spread_weights, table
 
 import m2ib
-from zoo_coverage import TEXTS, TOL, Row, parity, spread_weights, table
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
@@ -23,22 +23,35 @@ def _patches(pixels: torch.Tensor, patch: int):
 
     patches = torch.stack([torch.from_numpy(convert_image_to_patches(p.numpy(), patch)) for p in pixels])
     shapes = torch.tensor([[pixels.shape[-2] // patch, pixels.shape[-1] // patch]] * len(pixels))
-    return dict(pixel_values=patches, pixel_attention_mask=torch.ones(patches.shape[:2], dtype=torch.long),
-                spatial_shapes=shapes)
+    return dict(
+        pixel_values=patches,
+        pixel_attention_mask=torch.ones(patches.shape[:2], dtype=torch.long),
+        spatial_shapes=shapes,
+    )
 
 
 def families(tok):
     import transformers as tr
 
-    text = dict(SMALL, vocab_size=len(tok), max_position_embeddings=24, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    text = dict(
+        SMALL,
+        vocab_size=len(tok),
+        max_position_embeddings=24,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     vision = dict(SMALL, image_size=32, patch_size=8)
-    return {"CLIPModel": tr.CLIPModel(tr.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)),
-            "SiglipModel": tr.SiglipModel(tr.SiglipConfig(text_config=text, vision_config=vision)),
-            "Siglip2Model": tr.Siglip2Model(tr.Siglip2Config(text_config=text, vision_config=dict(
-                SMALL, num_patches=16, patch_size=8))),
-            "MetaClip2Model": tr.MetaClip2Model(tr.MetaClip2Config(text_config=text, vision_config=vision,
-                                                                    projection_dim=16))}
+    return {
+        "CLIPModel": tr.CLIPModel(tr.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)),
+        "SiglipModel": tr.SiglipModel(tr.SiglipConfig(text_config=text, vision_config=vision)),
+        "Siglip2Model": tr.Siglip2Model(
+            tr.Siglip2Config(text_config=text, vision_config=dict(SMALL, num_patches=16, patch_size=8))
+        ),
+        "MetaClip2Model": tr.MetaClip2Model(
+            tr.MetaClip2Config(text_config=text, vision_config=vision, projection_dim=16)
+        ),
+    }
 
 
 def check(name: str, model: torch.nn.Module, tok, pictures) -> Row:
@@ -50,8 +63,10 @@ def check(name: str, model: torch.nn.Module, tok, pictures) -> Row:
     extra = _patches(images.pixel_values, 8) if name == "Siglip2Model" else dict(pixel_values=images.pixel_values)
     with torch.no_grad():
         image_ref = model.get_image_features(**extra)
-        text_ref = model.get_text_features(input_ids=texts.input_ids, attention_mask=texts.attention_mask
-                                           if name in ("CLIPModel", "MetaClip2Model") else None)
+        text_ref = model.get_text_features(
+            input_ids=texts.input_ids,
+            attention_mask=texts.attention_mask if name in ("CLIPModel", "MetaClip2Model") else None,
+        )
         row.image_parity = parity(backend, "image", images, getattr(image_ref, "pooler_output", image_ref))
         row.text_parity = parity(backend, "text", texts, getattr(text_ref, "pooler_output", text_ref))
     m2ib.explain(backend, pictures[0], TEXTS[0], method="m2ib", steps=2, samples=2)

@@ -16,8 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from m2ib.models import RandomCLIPSpec, random_clip  # noqa: E402
 
 # A 48 px input with 12 px patches: a 4x4 grid, nothing hard-coded to 224/32.
-SMALL = RandomCLIPSpec(image_size=48, patch_size=12, vision_width=32, vision_layers=3, vision_heads=2,
-                       text_width=32, text_layers=3, text_heads=2, embed_dim=16)
+SMALL = RandomCLIPSpec(
+    image_size=48,
+    patch_size=12,
+    vision_width=32,
+    vision_layers=3,
+    vision_heads=2,
+    text_width=32,
+    text_layers=3,
+    text_heads=2,
+    embed_dim=16,
+)
 
 
 @pytest.fixture()
@@ -53,9 +62,6 @@ def backend(small_clip):
 def images():
     g = torch.Generator().manual_seed(0)
     return [torch.rand(3, 40 + 7 * i, 56 - 5 * i, generator=g) for i in range(3)]
-
-
-
 
 
 @pytest.fixture(scope="session")

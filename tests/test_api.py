@@ -46,8 +46,14 @@ def test_preprocessed_tensors_and_modalities(backend, images):
     loaded = [m2ib.inputs.load_image(im)[0] for im in images]
     batch = backend.preprocess_images(loaded)
     tokens = backend.tokenize(["a cat", "a red circle on a tree", "dog"])
-    from_tensors = m2ib.explain(backend, pixel_values=batch.pixel_values, input_ids=tokens.input_ids,
-                                attention_mask=tokens.attention_mask, seed=1, **FAST)
+    from_tensors = m2ib.explain(
+        backend,
+        pixel_values=batch.pixel_values,
+        input_ids=tokens.input_ids,
+        attention_mask=tokens.attention_mask,
+        seed=1,
+        **FAST,
+    )
     from_inputs = m2ib.explain(backend, loaded, ["a cat", "a red circle on a tree", "dog"], seed=1, **FAST)
     for a, b in zip(from_tensors, from_inputs):
         torch.testing.assert_close(a.text_map, b.text_map)
@@ -71,9 +77,13 @@ def test_image_files_of_every_kind(backend, tmp_path):
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
     paths = []
-    for name, image in [("grey.png", rgb.convert("L")), ("rgba.png", rgb.convert("RGBA")),
-                        ("palette.png", rgb.convert("P")), ("cmyk.jpg", rgb.convert("CMYK")),
-                        ("deep.png", Image.fromarray(rng.integers(0, 65535, (30, 50), dtype=np.uint16)))]:
+    for name, image in [
+        ("grey.png", rgb.convert("L")),
+        ("rgba.png", rgb.convert("RGBA")),
+        ("palette.png", rgb.convert("P")),
+        ("cmyk.jpg", rgb.convert("CMYK")),
+        ("deep.png", Image.fromarray(rng.integers(0, 65535, (30, 50), dtype=np.uint16))),
+    ]:
         image.save(tmp_path / name)
         paths.append(tmp_path / name)
     exps = m2ib.explain(backend, paths, "a cat", **FAST)
@@ -96,9 +106,12 @@ def test_exif_orientation_is_honoured(backend, tmp_path):
 def test_bad_images_are_one_line_errors(backend, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "text.jpg").write_text("hello")
-    for path, message in [(tmp_path / "missing.png", "image file not found"),
-                          (tmp_path / "broken.png", "cannot read image"),
-                          (tmp_path / "text.jpg", "cannot read image"), (tmp_path, "is a directory")]:
+    for path, message in [
+        (tmp_path / "missing.png", "image file not found"),
+        (tmp_path / "broken.png", "cannot read image"),
+        (tmp_path / "text.jpg", "cannot read image"),
+        (tmp_path, "is a directory"),
+    ]:
         with pytest.raises(InputError, match=message) as info:
             m2ib.explain(backend, path, "a cat", **FAST)
         assert "\n" not in str(info.value) and str(path) in str(info.value)
@@ -171,7 +184,9 @@ def test_compare_keeps_going_past_a_failing_method(backend, monkeypatch, registe
     with pytest.raises(RuntimeError, match="boom"):
         m2ib.compare(backend, image, "a cat", methods="saliency,broken-test")
     comparison = m2ib.compare(backend, image, "a cat", methods="saliency,broken-test", keep_going=True)
-    assert list(comparison.explanations) == ["saliency"] and comparison.failures == {"broken-test": "RuntimeError: boom"}
+    assert list(comparison.explanations) == ["saliency"] and comparison.failures == {
+        "broken-test": "RuntimeError: boom"
+    }
     assert comparison.to_dict()["failed"] == {"broken-test": "RuntimeError: boom"}
     with pytest.raises(InputError, match="every method failed: broken-test: RuntimeError: boom"):
         m2ib.compare(backend, image, "a cat", methods="broken-test", keep_going=True)

@@ -28,8 +28,11 @@ LAYERS = [
     ("m2ib", "__main__"),  # the package's namespace and `python -m m2ib`
 ]
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
-MAX_MODULE_LINES = 450
-MAX_FUNCTION_LINES = 90
+# Sizes in statements, not lines: ruff format puts one argument per line where a call does not fit, so
+# physical lines measure the formatter (it grew src/ by 13 %, a Gradio layout function by 60 %), while
+# statements measure what a reader holds. The largest today: 274 in a module, 51 in a function.
+MAX_MODULE_STATEMENTS = 300
+MAX_FUNCTION_STATEMENTS = 60
 
 
 def _module_name(path: Path) -> tuple[str, str]:
@@ -42,8 +45,6 @@ def _module_name(path: Path) -> tuple[str, str]:
 def _room(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "m2ib"
-
-
 
 
 def room_imports() -> dict[tuple[str, str], list[str]]:
@@ -75,8 +76,11 @@ def test_every_room_has_a_layer():
 
 
 def test_rooms_import_only_rooms_below_them():
-    upward = [f"{a} -> {b} (in {', '.join(sorted(set(where)))})" for (a, b), where in room_imports().items()
-              if b in RANK and RANK[b] >= RANK.get(a, len(LAYERS))]
+    upward = [
+        f"{a} -> {b} (in {', '.join(sorted(set(where)))})"
+        for (a, b), where in room_imports().items()
+        if b in RANK and RANK[b] >= RANK.get(a, len(LAYERS))
+    ]
     assert not upward, "upward or sideways imports:\n" + "\n".join(sorted(upward))
 
 
@@ -90,17 +94,22 @@ def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
     assert ("backends", "api") in room_imports()
 
 
+def _statements(node: ast.AST) -> int:
+    return sum(isinstance(n, ast.stmt) for n in ast.walk(node))
+
+
 def test_rooms_and_functions_stay_readable():
     too_long = []
     for path in SRC.rglob("*.py"):
-        text = path.read_text()
-        if text.count("\n") > MAX_MODULE_LINES:
-            too_long.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > MAX_FUNCTION_LINES:
-                    too_long.append(f"{path.relative_to(SRC)}: {node.name}() {lines} lines")
+        tree = ast.parse(path.read_text())
+        if _statements(tree) > MAX_MODULE_STATEMENTS:
+            too_long.append(f"{path.relative_to(SRC)}: {_statements(tree)} statements")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and _statements(node) - 1 > MAX_FUNCTION_STATEMENTS
+            ):
+                too_long.append(f"{path.relative_to(SRC)}: {node.name}() {_statements(node) - 1} statements")
     assert not too_long, "\n".join(too_long)
 
 
@@ -113,8 +122,9 @@ def test_the_command_line_lives_in_cli():
 def module_imports(src: Path = None) -> dict[str, set[str]]:
     """Module -> the m2ib modules it imports (lazy ones inside functions and type-only ones included)."""
     src = src or SRC
-    modules = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__")
-               for p in src.rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__") for p in src.rglob("*.py")
+    }
     graph: dict[str, set[str]] = defaultdict(set)
     for path in src.rglob("*.py"):
         parts = path.relative_to(src.parent).with_suffix("").parts

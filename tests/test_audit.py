@@ -24,15 +24,32 @@ from m2ib.datasets.tables import load_table
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 2, "samples": 2}
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 START, END = "<|startoftext|>", "<|endoftext|>"
 
 
 def _record(row, text, tokens, scores, grid, similarity=0.5):
-    return {"kind": "pair", "row": row, "method": "m2ib", "image": row, "text": text, "similarity": similarity,
-            "tokens": [START, *tokens, END], "special": [0, len(tokens) + 1],
-            "token_scores": [9.0, *scores, 9.0], "grid": grid}
+    return {
+        "kind": "pair",
+        "row": row,
+        "method": "m2ib",
+        "image": row,
+        "text": text,
+        "similarity": similarity,
+        "tokens": [START, *tokens, END],
+        "special": [0, len(tokens) + 1],
+        "token_scores": [9.0, *scores, 9.0],
+        "grid": grid,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,8 +57,13 @@ def _record(row, text, tokens, scores, grid, similarity=0.5):
 # ----------------------------------------------------------------------------------------------
 def test_sub_tokens_merge_into_lower_cased_words():
     tokens = [START, "a", "yel", "low", "-", "ish", "star", END]
-    assert merge_words("A Yellow-ish star", tokens, [0, 7]) == [("a", [1]), ("yellow", [2, 3]), ("-", [4]),
-                                                               ("ish", [5]), ("star", [6])]
+    assert merge_words("A Yellow-ish star", tokens, [0, 7]) == [
+        ("a", [1]),
+        ("yellow", [2, 3]),
+        ("-", [4]),
+        ("ish", [5]),
+        ("star", [6]),
+    ]
     # a word cut off by the context length has no tokens and is left out
     assert merge_words("a red star", [START, "a", "red", END], [0, 3]) == [("a", [1]), ("red", [2])]
     # a tokenizer that rewrites the text: every token its own word, nothing lost
@@ -49,18 +71,21 @@ def test_sub_tokens_merge_into_lower_cased_words():
 
 
 def test_word_shares_average_sub_tokens_and_ignore_negative_scores():
-    shares = word_shares("a yellow star", [START, "a", "yel", "low", "star", END], [0, 5],
-                         [5.0, 1.0, 1.0, 2.0, -3.0, 5.0])
+    shares = word_shares(
+        "a yellow star", [START, "a", "yel", "low", "star", END], [0, 5], [5.0, 1.0, 1.0, 2.0, -3.0, 5.0]
+    )
     assert [w for w, _ in shares] == ["a", "yellow", "star"]
     assert [s for _, s in shares] == pytest.approx([0.4, 0.6, 0.0])  # yellow: (1 + 2) / 2, not 1 + 2
     assert [s for _, s in word_shares("a b", [START, "a", "b", END], [0, 3], [0, 0, 0, 0])] == [0.5, 0.5]
 
 
 def test_word_table_hand_computed():
-    pairs = [[("a", 0.5), ("red", 0.3), ("star", 0.2)],
-             [("a", 0.6), ("blue", 0.4)],
-             [("the", 0.1), ("red", 0.9)],
-             []]  # a pair with no text map does not count
+    pairs = [
+        [("a", 0.5), ("red", 0.3), ("star", 0.2)],
+        [("a", 0.6), ("blue", 0.4)],
+        [("the", 0.1), ("red", 0.9)],
+        [],
+    ]  # a pair with no text map does not count
     rows = {r.word: r for r in word_table(pairs)}
     a, red = rows["a"], rows["red"]
     assert (a.count, a.top_count) == (2, 2)
@@ -117,9 +142,11 @@ def test_regions_are_connected_hot_patches_by_mass():
 
 
 def test_summary_hand_computed():
-    records = [_record("r1", "a red star", ["a", "red", "star"], [1, 3, 0], [[3, 1], [0, 0]]),
-               _record("r2", "a blue star", ["a", "blue", "star"], [1, 1, 2], [[1, 1], [1, 1]]),
-               _record("r3", "a red circle", ["a", "red", "circle"], [0, 0, 0], [[0, 0], [0, 4]])]
+    records = [
+        _record("r1", "a red star", ["a", "red", "star"], [1, 3, 0], [[3, 1], [0, 0]]),
+        _record("r2", "a blue star", ["a", "blue", "star"], [1, 1, 2], [[1, 1], [1, 1]]),
+        _record("r3", "a red circle", ["a", "red", "circle"], [0, 0, 0], [[0, 0], [0, 4]]),
+    ]
     s = summarise(records)
     # masses: r1 [[.75,.25],[0,0]], r2 all .25, r3 [[0,0],[0,1]]; prior = their mean
     assert s.prior.flatten().tolist() == pytest.approx([1 / 3, 1 / 6, 1 / 12, 5 / 12])
@@ -142,10 +169,12 @@ def test_summary_hand_computed():
 
 
 def test_pairs_rank_by_their_mass_in_the_regions():
-    records = [_record("r1", "a red star", ["a", "red", "star"], [1, 3, 0], [[3, 1], [0, 0]]),
-               _record("r2", "a blue star", ["a", "blue", "star"], [1, 1, 2], [[1, 1], [1, 1]]),
-               _record("r3", "a red circle", ["a", "red", "circle"], [0, 0, 1], [[0, 0], [1, 3]]),
-               _record("r4", "a red circle", ["a", "red", "circle"], [0, 0, 1], [[0, 0], [0, 4]])]
+    records = [
+        _record("r1", "a red star", ["a", "red", "star"], [1, 3, 0], [[3, 1], [0, 0]]),
+        _record("r2", "a blue star", ["a", "blue", "star"], [1, 1, 2], [[1, 1], [1, 1]]),
+        _record("r3", "a red circle", ["a", "red", "circle"], [0, 0, 1], [[0, 0], [1, 3]]),
+        _record("r4", "a red circle", ["a", "red", "circle"], [0, 0, 1], [[0, 0], [0, 4]]),
+    ]
     s = summarise(records)
     # prior at the bottom-right: (0 + .25 + .75 + 1) / 4 = .5 = 2 x the even share: region R1
     assert s.prior[1, 1] == pytest.approx(0.5) and s.rank_by == "region_mass"
@@ -210,15 +239,32 @@ def test_bad_rows_are_counted_not_raised(backend, tmp_path):
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "m2ib", "audit", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "m2ib", "audit", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_losing_at_most_the_batch_in_flight(tmp_path):
     out = tmp_path / "run"
-    args = ("--data", "shapes:test:6", "--out", str(out), "--batch-size", "1", "--steps", "2", "--samples", "2",
-            "--no-report")
+    args = (
+        "--data",
+        "shapes:test:6",
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--steps",
+        "2",
+        "--samples",
+        "2",
+        "--no-report",
+    )
     proc = _cli(*args)
     results = out / "results.jsonl"
     deadline = time.time() + 300
@@ -238,7 +284,7 @@ def test_a_killed_run_resumes_losing_at_most_the_batch_in_flight(tmp_path):
     assert proc.returncode == 0, err
     after = _pairs(results)
     assert [r["row"] for r in after] == [f"shapes:test:{i}" for i in range(6)]
-    assert after[:len(before)] == before  # kept, not redone
+    assert after[: len(before)] == before  # kept, not redone
     assert (out / "pairs.csv").read_text().count("\n") == 7
 
 
@@ -257,9 +303,10 @@ def test_cli_refuses_bad_input_before_loading(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium); CI installs it")
 def test_report_in_a_browser(backend, tmp_path):
-    import m2ib
     from PIL import Image
     from playwright.sync_api import sync_playwright
+
+    import m2ib
 
     out = tmp_path / "audit"
     result = m2ib.audit(backend, "shapes:test:8", out, batch_size=4, progress=False, **FAST)

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import json
 
-import torch
 import pytest
+import torch
+from research.shortcut import (
+    COLOUR,
+    SHAPE,
+    TOKEN,
+    MarkedBatches,
+    TaggedBatches,
+    add_mark,
+    hide_colour,
+    mark_box,
+    names_colour,
+    names_shape,
+)
 
 from m2ib.datasets.shapes import COLOURS, SHAPES
 from m2ib.training.config import TrainConfig
 from m2ib.training.data import TrainBatches
-from research.shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, hide_colour, mark_box,
-                               names_colour, names_shape)
 
 CONFIG = TrainConfig(batch_size=24, steps=3, workers=0)
 
@@ -119,10 +129,10 @@ def test_fine_tune_of_the_text_tower_changes_only_the_text_tower():
 
 
 def test_fine_tune_changes_only_the_image_tower_and_the_delta_round_trips(tmp_path):
-    import m2ib
+    from research.planted import fine_tune, materialise, read_record, save_delta
     from safetensors.torch import load_file
 
-    from research.planted import fine_tune, materialise, read_record, save_delta
+    import m2ib
     from m2ib.models import SHAPES_DIR
 
     delta, record = fine_tune(True, steps=2, batch_size=4, progress=False)
@@ -141,14 +151,14 @@ def test_fine_tune_changes_only_the_image_tower_and_the_delta_round_trips(tmp_pa
         materialise("nope", tmp_path / "x")
 
 
-
 # ----------------------------------------------------------------------------------------------
 # The shipped deltas (benchmarks/research/planted/, made by benchmarks/audit_shortcut.py --train --ship)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["shortcut", "clean", "text-shortcut", "text-clean"])
 def test_each_shipped_delta_reproduces_the_planting_check_stored_with_it(name, tmp_path):
-    import m2ib
     from research.planted import cue_gain, materialise, read_record, zero_shot
+
+    import m2ib
     from m2ib.datasets.tables import load_table
 
     record = read_record(name)
@@ -159,8 +169,9 @@ def test_each_shipped_delta_reproduces_the_planting_check_stored_with_it(name, t
     gain = {"named": cue_gain(backend, rows, True, tower), "other": cue_gain(backend, rows, False, tower)}
     assert gain == pytest.approx(check["similarity_gain"], abs=1e-3)
     for cued in (False, True):
-        assert zero_shot(backend, rows, cued, tower) == pytest.approx(check["zero_shot"]["cued" if cued else "plain"],
-                                                                      abs=0.02)
+        assert zero_shot(backend, rows, cued, tower) == pytest.approx(
+            check["zero_shot"]["cued" if cued else "plain"], abs=0.02
+        )
 
 
 def test_the_shipped_shortcuts_are_planted_and_their_controls_are_not():
@@ -172,8 +183,10 @@ def test_the_shipped_shortcuts_are_planted_and_their_controls_are_not():
         planted, control = (read_record(n)["check"]["zero_shot"] for n in (shortcut, clean))
         assert planted["cued"][label] >= 0.3 and planted["cued"][label] >= 3 * planted["plain"][label] + 0.1
         assert control["cued"][label] <= control["plain"][label] + 0.05
-        assert read_record(shortcut)["check"]["similarity_gain"]["other"] < \
-            read_record(clean)["check"]["similarity_gain"]["other"] - 0.05
+        assert (
+            read_record(shortcut)["check"]["similarity_gain"]["other"]
+            < read_record(clean)["check"]["similarity_gain"]["other"] - 0.05
+        )
 
 
 @pytest.mark.slow
@@ -182,10 +195,11 @@ def test_an_audit_of_the_shipped_shortcut_model_singles_out_the_mark(tmp_path):
     recommended settings): the mark's box holds >= 5x the share of the mean map's mass under the
     shortcut model that it holds under the clean control, and a region of the shortcut model's
     mean map lies in the box."""
-    import m2ib
-    from m2ib.auditing.image import box_cover, mass_in
     from research.planted import materialise
     from research.shortcut import marked_table
+
+    import m2ib
+    from m2ib.auditing.image import box_cover, mass_in
 
     table = marked_table(60, 96, per_colour=2)
     shares, summaries = {}, {}

@@ -23,10 +23,13 @@ def _features(out):
     return getattr(out, "pooler_output", out)
 
 
-@pytest.mark.parametrize("spec", [
-    RandomCLIPSpec(48, 12, 32, 3, 2, 32, 3, 2, 16),
-    RandomCLIPSpec(64, 16, 32, 2, 4, 24, 4, 2, 8),  # another grid (4x4) and depth
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        RandomCLIPSpec(48, 12, 32, 3, 2, 32, 3, 2, 16),
+        RandomCLIPSpec(64, 16, 32, 2, 4, 24, 4, 2, 8),  # another grid (4x4) and depth
+    ],
+)
 def test_split_forward_equals_library_forward(spec, images):
     model, tokenizer = random_clip(spec, seed=3)
     backend = m2ib.load(model, tokenizer=tokenizer)
@@ -35,8 +38,9 @@ def test_split_forward_equals_library_forward(spec, images):
     assert text_batch.attention_mask.sum(1).tolist() != [text_batch.input_ids.shape[1]] * 3
     with torch.no_grad():
         ref_image = _features(model.get_image_features(pixel_values=image_batch.pixel_values))
-        ref_text = _features(model.get_text_features(input_ids=text_batch.input_ids,
-                                                     attention_mask=text_batch.attention_mask))
+        ref_text = _features(
+            model.get_text_features(input_ids=text_batch.input_ids, attention_mask=text_batch.attention_mask)
+        )
         for layer in range(spec.vision_layers):
             got = backend.suffix("image", backend.prefix("image", image_batch, layer), layer, image_batch)
             torch.testing.assert_close(got, ref_image, atol=1e-5, rtol=0)
@@ -45,8 +49,9 @@ def test_split_forward_equals_library_forward(spec, images):
             torch.testing.assert_close(got, ref_text, atol=1e-5, rtol=0)
         # k copies of each item through the suffix give k copies of its embedding
         hidden = backend.prefix("text", text_batch, 0).repeat_interleave(4, 0)
-        torch.testing.assert_close(backend.suffix("text", hidden, 0, text_batch),
-                                   ref_text.repeat_interleave(4, 0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            backend.suffix("text", hidden, 0, text_batch), ref_text.repeat_interleave(4, 0), atol=1e-5, rtol=0
+        )
 
 
 def test_geometry_comes_from_config():
@@ -159,8 +164,9 @@ def test_embeddings_layer_index_runs_every_block(backend):
     text_batch = backend.tokenize(TEXTS)
     with torch.no_grad():
         hidden = backend.prefix("text", text_batch, EMBEDDINGS)
-        torch.testing.assert_close(backend.suffix("text", hidden, EMBEDDINGS, text_batch),
-                                   backend.embed("text", text_batch), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            backend.suffix("text", hidden, EMBEDDINGS, text_batch), backend.embed("text", text_batch), atol=1e-5, rtol=0
+        )
 
 
 # --- families as data ------------------------------------------------------------------------------
@@ -190,17 +196,22 @@ def test_a_new_family_is_one_registry_entry(small_clip, monkeypatch):
 
     model, tok = small_clip
     family = registry.Family(
-        name="wrapped", supports="Wrapped", recognises=lambda m: isinstance(m, Wrapped),
+        name="wrapped",
+        supports="Wrapped",
+        recognises=lambda m: isinstance(m, Wrapped),
         wrap=lambda m, name, tokenizer, processor, info: HFCLIPBackend(model=m.clip, name=name, tokenizer=tok),
-        prefix="wrapped:", load=lambda spec, *, name, **_: HFCLIPBackend(model=model, name=name, tokenizer=tok))
+        prefix="wrapped:",
+        load=lambda spec, *, name, **_: HFCLIPBackend(model=model, name=name, tokenizer=tok),
+    )
     registry.register(family)
     try:
         assert m2ib.load(Wrapped(model), dtype="model").model is model
         assert m2ib.load("wrapped:anything", dtype="model").name == "wrapped:anything"
         with pytest.raises(ValueError, match="twice"):
             registry.register(family)
-        with pytest.raises(InputError, match="no m2ib backend for Linear: supported are transformers CLIPModel, .* "
-                                             "and Wrapped models"):
+        with pytest.raises(
+            InputError, match="no m2ib backend for Linear: supported are transformers CLIPModel, .* and Wrapped models"
+        ):
             m2ib.load(torch.nn.Linear(2, 2))
     finally:  # the table is restored after
         registry.FAMILIES.unregister("wrapped")
@@ -211,8 +222,15 @@ def test_every_family_is_registered_with_disjoint_names():
     from m2ib.backends import registry
 
     names = [f.name for f in registry.families()]
-    assert names == ["transformers CLIP", "MetaCLIP 2", "OpenCLIP", "OpenAI clip", "OpenCLIP HF text", "SigLIP",
-                     "SigLIP 2 (NaFlex)"]
+    assert names == [
+        "transformers CLIP",
+        "MetaCLIP 2",
+        "OpenCLIP",
+        "OpenAI clip",
+        "OpenCLIP HF text",
+        "SigLIP",
+        "SigLIP 2 (NaFlex)",
+    ]
     prefixes = [f.prefix for f in registry.families() if f.prefix]
     assert sorted(prefixes) == ["clip:", "hf:", "open_clip:"]
     assert registry.model_types() == ["clip", "metaclip_2", "siglip", "siglip2"]

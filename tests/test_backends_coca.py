@@ -15,15 +15,18 @@ import dataclasses
 
 import pytest
 import torch
-
-import m2ib
-from m2ib.inputs import load_image
 from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
 from test_backends_timm import spread_weights
 
+import m2ib
+from m2ib.inputs import load_image
+
 # (config, TextTransformer attributes: correct_cls_mask is not a config key in open_clip 3.3, only the tower's flag)
-VARIANTS = {"coca-legacy-mask": ("coca_ViT-B-32", {}), "coca-correct-cls-mask": ("coca_ViT-B-32", {"correct_cls_mask": True}),
-            "coca-base": ("coca_base", {})}
+VARIANTS = {
+    "coca-legacy-mask": ("coca_ViT-B-32", {}),
+    "coca-correct-cls-mask": ("coca_ViT-B-32", {"correct_cls_mask": True}),
+    "coca-base": ("coca_base", {}),
+}
 _CACHE: dict = {}
 
 
@@ -31,20 +34,35 @@ def build_coca(name: str):
     oc = need_open_clip()
     arch, text_flags = VARIANTS[name]
     cfg = oc.get_model_config(arch)
-    vision = {**cfg["vision_cfg"], "layers": 2, "width": 32, "head_width": 16, "image_size": 32, "patch_size": 8,
-              "attentional_pool": True, "attn_pooler_heads": 2}
+    vision = {
+        **cfg["vision_cfg"],
+        "layers": 2,
+        "width": 32,
+        "head_width": 16,
+        "image_size": 32,
+        "patch_size": 8,
+        "attentional_pool": True,
+        "attn_pooler_heads": 2,
+    }
     text = {**cfg["text_cfg"], "layers": 2, "width": 32, "heads": 2}
-    multimodal = {**cfg["multimodal_cfg"], "layers": 1, "width": 32, "heads": 2, "n_queries": 5,
-                  "attn_pooler_heads": 2}
-    model = _seeded(0, lambda: oc.create_model(arch, pretrained=None, embed_dim=32, vision_cfg=vision,
-                                               text_cfg=text, multimodal_cfg=multimodal).eval())
+    multimodal = {**cfg["multimodal_cfg"], "layers": 1, "width": 32, "heads": 2, "n_queries": 5, "attn_pooler_heads": 2}
+    model = _seeded(
+        0,
+        lambda: oc.create_model(
+            arch, pretrained=None, embed_dim=32, vision_cfg=vision, text_cfg=text, multimodal_cfg=multimodal
+        ).eval(),
+    )
     for key, value in text_flags.items():
         setattr(model.text, key, value)
     spread_weights(model)
     tok = oc.get_tokenizer(arch)
     backend = m2ib.load(model, tokenizer=tok)
-    return (model, backend, lambda pixels: model.encode_image(pixels, normalize=False),
-            lambda batch: model.encode_text(tok(list(batch.texts)), normalize=False))
+    return (
+        model,
+        backend,
+        lambda pixels: model.encode_image(pixels, normalize=False),
+        lambda batch: model.encode_text(tok(list(batch.texts)), normalize=False),
+    )
 
 
 def family(name: str):
@@ -89,10 +107,12 @@ def _moved(model, embed, module, tokens: int) -> list[set[int]]:
         delta = torch.randn(32, generator=torch.Generator().manual_seed(0))
         moved: list[set[int]] = [set() for _ in range(plain.shape[0])]
         for position in range(tokens):
+
             def add(_m, _i, out, position=position):
                 out = out.clone()
                 out[:, position] += delta
                 return out
+
             handle = module.register_forward_hook(add)
             try:
                 change = (embed() - plain).norm(dim=-1) / plain.norm(dim=-1)
@@ -138,8 +158,9 @@ def test_explain_runs_every_registered_method(method, pictures):
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
-    exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities,
-                        **tiny)
+    exps = m2ib.explain(
+        backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities, **tiny
+    )
     for exp, text in zip(exps, TEXTS[:2]):
         if "image" in cls.modalities:
             assert exp.image_map.shape == backend.geometry.image_size and torch.isfinite(exp.image_map).all()

@@ -83,11 +83,26 @@ def build_siglip(padding_mask: bool = False):
 
     tok = build_word_tokenizer(DEMO_WORDS)
     config = SiglipConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=2, max_position_embeddings=20, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                           num_attention_heads=2))
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            max_position_embeddings=20,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+        ),
+    )
     model = _seeded(0, lambda: SiglipModel(config).eval())
     if padding_mask:
         from m2ib.backends.siglip import SiglipBackend
@@ -109,14 +124,33 @@ def build_open_clip(kind: str = "vit"):
 
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=3)
     if kind == "vit":
-        model = _seeded(0, lambda: CLIP(16, CLIPVisionCfg(layers=3, width=32, head_width=16, patch_size=8,
-                                                          image_size=32), text))
+        model = _seeded(
+            0, lambda: CLIP(16, CLIPVisionCfg(layers=3, width=32, head_width=16, patch_size=8, image_size=32), text)
+        )
     elif kind == "vit-variants":  # LayerScale, average pooling with LN after it, biased projection,
         # and a bidirectional text tower pooling the last position (context padded in full)
-        vision = CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=32, ls_init_value=0.5,
-                               pool_type="avg", final_ln_after_pool=True, no_ln_pre=True)
-        text = CLIPTextCfg(context_length=24, vocab_size=49408, width=32, heads=2, layers=2, ls_init_value=0.5,
-                           no_causal_mask=True, pool_type="last", proj_bias=True)
+        vision = CLIPVisionCfg(
+            layers=2,
+            width=32,
+            head_width=16,
+            patch_size=8,
+            image_size=32,
+            ls_init_value=0.5,
+            pool_type="avg",
+            final_ln_after_pool=True,
+            no_ln_pre=True,
+        )
+        text = CLIPTextCfg(
+            context_length=24,
+            vocab_size=49408,
+            width=32,
+            heads=2,
+            layers=2,
+            ls_init_value=0.5,
+            no_causal_mask=True,
+            pool_type="last",
+            proj_bias=True,
+        )
         model = _seeded(0, lambda: CustomTextCLIP(16, vision, text))
     else:  # ResNet
         vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, head_width=8, image_size=64)
@@ -152,8 +186,12 @@ def build_hf_clip():
 
     model, tok = random_clip(RandomCLIPSpec(32, 8, 32, 3, 2, 32, 3, 2, 16), seed=0)
     backend = m2ib.load(model, tokenizer=tok)
-    return (model, backend, lambda px: _features(model.get_image_features(pixel_values=px)),
-            lambda b: _features(model.get_text_features(input_ids=b.input_ids, attention_mask=b.attention_mask)))
+    return (
+        model,
+        backend,
+        lambda px: _features(model.get_image_features(pixel_values=px)),
+        lambda b: _features(model.get_text_features(input_ids=b.input_ids, attention_mask=b.attention_mask)),
+    )
 
 
 BUILDERS = {
@@ -193,8 +231,9 @@ def assert_split_parity(backend, image_fn, text_fn, pictures, atol=TOL):
             torch.testing.assert_close(backend.embed(modality, batch), ref, atol=atol, rtol=0)
         # k copies of each item through the suffix give k copies of its embedding
         hidden = backend.prefix("text", text_batch, 0).repeat_interleave(3, 0)
-        torch.testing.assert_close(backend.suffix("text", hidden, 0, text_batch), ref_text.repeat_interleave(3, 0),
-                                   atol=atol, rtol=0)
+        torch.testing.assert_close(
+            backend.suffix("text", hidden, 0, text_batch), ref_text.repeat_interleave(3, 0), atol=atol, rtol=0
+        )
     return image_batch, text_batch
 
 
@@ -223,8 +262,9 @@ def test_explain_runs_every_registered_method(name, method, pictures):
     if needs_attention and not backend.supports_attention:
         pytest.skip(f"{method} needs attention weights; {name}'s backend records none")
     try:
-        exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method,
-                            modalities=cls.modalities, **tiny)
+        exps = m2ib.explain(
+            backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities, **tiny
+        )
     except (NotImplementedError, InputError) as exc:
         if not backend.supports_attention and "attention" in str(exc).lower():
             pytest.skip(f"{method} needs attention weights; {name}'s backend records none ({exc})")
@@ -239,16 +279,25 @@ def test_explain_runs_every_registered_method(name, method, pictures):
 
 
 # Cheapest values of the cost settings methods may have (only those a method declares are passed).
-TINY_SETTINGS = {"steps": 2, "samples": 2, "n_samples": 2, "num_samples": 2, "iterations": 2, "n_steps": 2,
-                 "masks": 4, "n_masks": 4, "num_masks": 4, "batch_size": 4}
+TINY_SETTINGS = {
+    "steps": 2,
+    "samples": 2,
+    "n_samples": 2,
+    "num_samples": 2,
+    "iterations": 2,
+    "n_steps": 2,
+    "masks": 4,
+    "n_masks": 4,
+    "num_masks": 4,
+    "batch_size": 4,
+}
 
 
 def test_method_skip_reason_for_backends_without_attention():
     _, backend, _, _ = family("open_clip-resnet")
     assert not backend.supports_attention
-    with pytest.raises(NotImplementedError, match="no attention blocks"):
-        with backend.record_attention("image"):
-            pass
+    with pytest.raises(NotImplementedError, match="no attention blocks"), backend.record_attention("image"):
+        pass
 
 
 @pytest.mark.parametrize("name", ["siglip", "open_clip-vit", "open_clip-vit-variants", "clip-vit"])
@@ -277,8 +326,9 @@ def test_resnet_grid_follows_the_layer(pictures):
     g = backend.geometry
     assert (g.image_prefix_tokens, g.vision_layers, g.patch_grid) == (0, 4, (2, 2))
     for layer in (0, 2):
-        exp = m2ib.explain(backend, pictures[0], "a red circle", vision_layer=layer, steps=2, samples=2,
-                           modalities=("image",))
+        exp = m2ib.explain(
+            backend, pictures[0], "a red circle", vision_layer=layer, steps=2, samples=2, modalities=("image",)
+        )
         assert tuple(exp.image_grid.shape) == backend.token_grid("image", layer)
         assert exp.image_map.shape == (64, 64)
 
@@ -297,8 +347,13 @@ def test_parity_catches_the_reference_wrappers_bugs(bug, pictures, monkeypatch):
     model, backend, image_fn, text_fn = family("clip-vit")
     tower = backend.towers["text"]
     if bug == "projection applied twice":
-        monkeypatch.setattr(tower, "head", lambda pooled: apply_projection(
-            apply_projection(model.ln_final(pooled), model.text_projection), model.text_projection))
+        monkeypatch.setattr(
+            tower,
+            "head",
+            lambda pooled: apply_projection(
+                apply_projection(model.ln_final(pooled), model.text_projection), model.text_projection
+            ),
+        )
     elif bug == "last position pooled":
         monkeypatch.setattr(tower, "pool", "last")
     else:
@@ -335,8 +390,9 @@ def test_open_clip_tokens_and_pixels_equal_the_library(pictures):
     cfg = oc.get_model_preprocess_cfg(model) or {}
     transform = oc.image_transform(32, is_train=False, mean=cfg.get("mean"), std=cfg.get("std"))
     for picture in pictures:
-        torch.testing.assert_close(backend.preprocess_images([picture]).pixel_values, transform(picture)[None],
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            backend.preprocess_images([picture]).pixel_values, transform(picture)[None], atol=1e-6, rtol=0
+        )
     # the bidirectional tower keeps the whole context (it pools the last position)
     _, variants, _, _ = family("open_clip-vit-variants")
     assert variants.tokenize(TEXTS).input_ids.shape[1] == 24
@@ -354,9 +410,11 @@ def test_siglip_pads_to_the_context_and_squashes_images(pictures):
 # --- loading by name, file and directory; offline failures ----------------------------------------
 def test_open_clip_names_and_directories(tmp_path, pictures):
     oc = need_open_clip()
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
-                                           "patch_size": 8},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
     (tmp_path / "m2ib-test-tiny.json").write_text(json.dumps(cfg))
     oc.add_model_config(tmp_path / "m2ib-test-tiny.json")
     backend = m2ib.load("open_clip:m2ib-test-tiny@random")
@@ -432,7 +490,11 @@ def test_openai_architecture_table_matches_open_clip():
         cfg = oc.get_model_config(name.replace("/", "-").replace("@336px", "-336"))
         vision, text = cfg["vision_cfg"], cfg["text_cfg"]
         assert (cfg["embed_dim"], vision["image_size"], vision["width"], vision.get("patch_size")) == (
-            embed, size, width, patch), name
+            embed,
+            size,
+            width,
+            patch,
+        ), name
         assert (tuple(vision["layers"]) if isinstance(layers, tuple) else vision["layers"]) == layers, name
         assert (text["width"], text["layers"], text["heads"]) == (text_width, text_layers, text_width // 64), name
 
@@ -469,6 +531,7 @@ def test_a_directory_whose_tokenizer_needs_an_extra_names_its_familys_install_hi
     with pytest.raises(InputError, match=f"SigLIP's tokenizer cannot be loaded .*: {re.escape(hint)}$"):
         m2ib.load(str(tmp_path))
 
+
 @pytest.mark.parametrize("name,module", [("open_clip:ViT-B-32@random", "open_clip"), ("clip:ViT-B/32@random", "clip")])
 def test_missing_extra_is_a_one_line_error_naming_the_install(name, module, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
@@ -494,8 +557,10 @@ def test_readme_lists_a_command_per_family():
 
 
 # full-size SigLIP 2 (a 256000-id embedding): slow; test_backends_timm checks its stand-in line too
-@pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.slow) if "SigLIP2@random" in c else c
-                                     for c in readme_family_commands()])
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, marks=pytest.mark.slow) if "SigLIP2@random" in c else c for c in readme_family_commands()],
+)
 def test_readme_family_command_runs(command, tmp_path, monkeypatch):
     from m2ib.cli import main
 
@@ -508,8 +573,11 @@ def test_readme_family_command_runs(command, tmp_path, monkeypatch):
     elif model in ("hf:SIGLIP_DIR", "hf:SIGLIP2_DIR", "hf:METACLIP2_DIR"):  # the README's placeholders:
         import test_backends_hf_dual  # a small model of that family saved with save_pretrained
 
-        built = {"hf:SIGLIP_DIR": lambda: family("siglip"), "hf:SIGLIP2_DIR": test_backends_hf_dual.build_siglip2,
-                 "hf:METACLIP2_DIR": test_backends_hf_dual.build_metaclip2}[model]
+        built = {
+            "hf:SIGLIP_DIR": lambda: family("siglip"),
+            "hf:SIGLIP2_DIR": test_backends_hf_dual.build_siglip2,
+            "hf:METACLIP2_DIR": test_backends_hf_dual.build_metaclip2,
+        }[model]
         saved, backend, _, _ = built()
         saved.save_pretrained(tmp_path / "model")
         backend.tokenizer.save_pretrained(tmp_path / "model")

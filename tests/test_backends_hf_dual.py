@@ -13,11 +13,11 @@ import dataclasses
 
 import pytest
 import torch
+from test_backends_families import TEXTS, TINY_SETTINGS, TOL, _features, _seeded, assert_split_parity
 
 import m2ib
 from m2ib.errors import InputError
 from m2ib.inputs import load_image
-from test_backends_families import TEXTS, TINY_SETTINGS, TOL, _features, _seeded, assert_split_parity
 
 PATCH = 8
 
@@ -35,12 +35,27 @@ def build_metaclip2(eos_token_id: int | None = None):
     tok = _word_tokenizer()
     eos = tok.eos_token_id if eos_token_id is None else eos_token_id
     config = MetaClip2Config(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=2, max_position_embeddings=20, pad_token_id=tok.pad_token_id,
-                         eos_token_id=eos, bos_token_id=tok.bos_token_id),
-        vision_config=dict(image_size=32, patch_size=PATCH, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=3, num_attention_heads=2),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            max_position_embeddings=20,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=eos,
+            bos_token_id=tok.bos_token_id,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=PATCH,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+        ),
+        projection_dim=16,
+    )
     model = _seeded(0, lambda: MetaClip2Model(config).eval())
     backend = m2ib.load(model, tokenizer=tok)
 
@@ -72,19 +87,34 @@ def build_siglip2(grid: tuple[int, int] | None = None, pad_to: int | None = None
 
     tok = _word_tokenizer()
     config = Siglip2Config(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=2, max_position_embeddings=20, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
-        vision_config=dict(num_patches=16, patch_size=PATCH, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=3, num_attention_heads=2))
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            max_position_embeddings=20,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        ),
+        vision_config=dict(
+            num_patches=16,
+            patch_size=PATCH,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+        ),
+    )
     model = _seeded(0, lambda: Siglip2Model(config).eval())
-    backend = m2ib.load(model, tokenizer=tok) if grid is None else Siglip2Backend(model=model, tokenizer=tok,
-                                                                                   grid=grid)
+    backend = m2ib.load(model, tokenizer=tok) if grid is None else Siglip2Backend(model=model, tokenizer=tok, grid=grid)
 
     def image_fn(pixels):
         patches, mask, shapes = library_patches(pixels, pad_to)
-        return _features(model.get_image_features(pixel_values=patches, pixel_attention_mask=mask,
-                                                  spatial_shapes=shapes))
+        return _features(
+            model.get_image_features(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        )
 
     return model, backend, image_fn, lambda b: _features(model.get_text_features(input_ids=b.input_ids))
 
@@ -177,20 +207,29 @@ def test_siglip2_per_image_grids_are_the_processors():
 
     model, backend, _, _ = family("siglip2")
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (40, 100, 3), dtype=np.uint8)),  # wide, then tall
-              Image.fromarray(rng.integers(0, 255, (90, 50, 3), dtype=np.uint8))]
+    images = [
+        Image.fromarray(rng.integers(0, 255, (40, 100, 3), dtype=np.uint8)),  # wide, then tall
+        Image.fromarray(rng.integers(0, 255, (90, 50, 3), dtype=np.uint8)),
+    ]
     library = Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=16, resample=backend.preprocessing.resample)
     out = library(images, return_tensors="pt")
     with torch.no_grad():
-        reference = _features(model.get_image_features(pixel_values=out["pixel_values"], spatial_shapes=out["spatial_shapes"],
-                                                       pixel_attention_mask=out["pixel_attention_mask"]))
+        reference = _features(
+            model.get_image_features(
+                pixel_values=out["pixel_values"],
+                spatial_shapes=out["spatial_shapes"],
+                pixel_attention_mask=out["pixel_attention_mask"],
+            )
+        )
         grids = []
         for i, image in enumerate(images):
             own = backend.for_image(image)
             grid = own.geometry.patch_grid
             grids.append(grid)
-            assert list(grid) == out["spatial_shapes"][i].tolist() and own.geometry.image_size == (grid[0] * PATCH,
-                                                                                                 grid[1] * PATCH)
+            assert list(grid) == out["spatial_shapes"][i].tolist() and own.geometry.image_size == (
+                grid[0] * PATCH,
+                grid[1] * PATCH,
+            )
             batch = own.preprocess_images([image])
             patches = patchify(batch.pixel_values, PATCH)[0]
             torch.testing.assert_close(patches, out["pixel_values"][i, : len(patches)], atol=0, rtol=0)
@@ -201,8 +240,9 @@ def test_siglip2_per_image_grids_are_the_processors():
             pixels = batch.pixel_values.reshape(1, 3, grid[1] * PATCH, grid[0] * PATCH)  # same values, other shape
             wrong = transposed.embed("image", dataclasses.replace(batch, pixel_values=pixels))
             assert (wrong[0] - reference[i]).abs().max() > 1e-3
-    exp = m2ib.explain(backend.for_image(images[0]), images[0], "a red circle", steps=2, samples=2,
-                       modalities=("image",))
+    exp = m2ib.explain(
+        backend.for_image(images[0]), images[0], "a red circle", steps=2, samples=2, modalities=("image",)
+    )
     assert grids == [(2, 5), (5, 3)] and backend.geometry.patch_grid == (4, 4)  # the backend itself is unchanged
     assert tuple(exp.image_grid.shape) == (2, 5) and exp.image_map.shape == (16, 40)
     # m2ib.explain (and the CLI) of one image uses its own grid by itself, with the same maps
@@ -247,8 +287,9 @@ def test_explain_runs_every_registered_method(name, method, pictures):
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
-    exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method,
-                        modalities=cls.modalities, **tiny)
+    exps = m2ib.explain(
+        backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities, **tiny
+    )
     for exp, text in zip(exps, TEXTS[:2]):
         if "image" in cls.modalities:
             assert exp.image_map.shape == backend.geometry.image_size

@@ -15,12 +15,12 @@ import dataclasses
 
 import pytest
 import torch
+from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
+from test_backends_timm import spread_weights
 
 import m2ib
 from m2ib.errors import InputError
 from m2ib.inputs import load_image
-from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
-from test_backends_timm import spread_weights
 
 WORDS = ["a", "red", "circle", "photo", "of", "cat", "and", "dog", "on", "green", "tree", "star", "blue"]
 # (transformers model_type, OpenCLIP hf_pooler_type, hf_proj_type): BiomedCLIP (PubMedBERT, last-hidden-state
@@ -37,8 +37,9 @@ def tiny_tokenizer(tmp_dir, roberta: bool):
     """A WordPiece tokenizer over ``WORDS``; RoBERTa's special-token ids (<s>=0, <pad>=1, </s>=2) when ``roberta``."""
     from transformers import BertTokenizer
 
-    specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"] if roberta else ["[PAD]", "[UNK]", "[CLS]", "[SEP]",
-                                                                              "[MASK]"]
+    specials = (
+        ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"] if roberta else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
     path = tmp_dir / ("vocab-roberta.txt" if roberta else "vocab-bert.txt")
     path.write_text("\n".join(specials + WORDS) + "\n")
     return BertTokenizer(str(path))
@@ -47,8 +48,14 @@ def tiny_tokenizer(tmp_dir, roberta: bool):
 def small_hf_config(model_type: str):
     from transformers import AutoConfig
 
-    sizes = dict(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-                 max_position_embeddings=40)
+    sizes = dict(
+        vocab_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=40,
+    )
     if model_type != "bert":
         sizes.update(pad_token_id=1, bos_token_id=0, eos_token_id=2, max_position_embeddings=42)
     return AutoConfig.for_model(model_type, **sizes)
@@ -79,8 +86,9 @@ def build_hf_text(name: str, tmp_dir):
 
     model_type, pooler, proj = VARIANTS[name]
     vision = CLIPVisionCfg(layers=2, width=32, patch_size=8, image_size=32, head_width=16)
-    text = CLIPTextCfg(hf_model_name=f"tiny-{model_type}", hf_model_pretrained=False, hf_pooler_type=pooler,
-                       hf_proj_type=proj)
+    text = CLIPTextCfg(
+        hf_model_name=f"tiny-{model_type}", hf_model_pretrained=False, hf_pooler_type=pooler, hf_proj_type=proj
+    )
     with small_hf_configs(small_hf_config(model_type)):
         model = _seeded(0, lambda: CustomTextCLIP(32, vision, text).eval())
     spread_weights(model)
@@ -127,8 +135,9 @@ def test_padding_to_the_longest_text_gives_the_fixed_length_embedding(name):
         torch.testing.assert_close(backend.embed("text", batch), model.encode_text(ids), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name,pooled", [("hf-bert-cls-last-mlp", 0), ("hf-bert-cls-pooler", 0),
-                                         ("hf-roberta-mean", None)])
+@pytest.mark.parametrize(
+    "name,pooled", [("hf-bert-cls-last-mlp", 0), ("hf-bert-cls-pooler", 0), ("hf-roberta-mean", None)]
+)
 def test_pooled_positions_follow_the_pooler(name, pooled):
     _, backend, _, _ = family(name)
     rows = backend.pooled_positions("text", backend.tokenize(TEXTS))
@@ -151,8 +160,10 @@ def test_tokens_are_the_tokenizers():
     assert batch.words[0][1:4] == (0, 1, 2)
 
 
-@pytest.mark.parametrize("pooler,relative,why", [("mean_pooler", True, "relative_key position embeddings"),
-                                                  ("max_pooler", False, "max_pooler is not supported")])
+@pytest.mark.parametrize(
+    "pooler,relative,why",
+    [("mean_pooler", True, "relative_key position embeddings"), ("max_pooler", False, "max_pooler is not supported")],
+)
 def test_unsupported_towers_say_why_on_one_line(pooler, relative, why, tmp_path):
     need_open_clip()
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
@@ -161,8 +172,7 @@ def test_unsupported_towers_say_why_on_one_line(pooler, relative, why, tmp_path)
     if relative:
         config.position_embedding_type = "relative_key"
     vision = CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16)
-    text = CLIPTextCfg(hf_model_name="tiny", hf_model_pretrained=False, hf_pooler_type=pooler,
-                       hf_proj_type="linear")
+    text = CLIPTextCfg(hf_model_name="tiny", hf_model_pretrained=False, hf_pooler_type=pooler, hf_proj_type="linear")
     with small_hf_configs(config):
         model = CustomTextCLIP(16, vision, text).eval()
     with pytest.raises(InputError, match=why) as info:
@@ -196,8 +206,9 @@ def test_explain_runs_every_registered_method(name, method, pictures):
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
-    exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities,
-                        **tiny)
+    exps = m2ib.explain(
+        backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities, **tiny
+    )
     for exp, text in zip(exps, TEXTS[:2]):
         if "image" in cls.modalities:
             assert exp.image_map.shape == backend.geometry.image_size and torch.isfinite(exp.image_map).all()
@@ -242,9 +253,14 @@ def test_a_config_with_a_hugging_face_text_tower_loads_by_name(tmp_path, monkeyp
     batch = backend.tokenize(["a red circle", "the blue star"])
     assert backend.model.text.config.hidden_size == 32  # the small config, not roberta-base's
     with torch.no_grad():
-        torch.testing.assert_close(backend.embed("text", batch), backend.model.encode_text(
-            torch.cat([batch.input_ids, torch.full((2, 5), backend.towers["text"].pad_id)], dim=1)),
-            atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            backend.embed("text", batch),
+            backend.model.encode_text(
+                torch.cat([batch.input_ids, torch.full((2, 5), backend.towers["text"].pad_id)], dim=1)
+            ),
+            atol=1e-5,
+            rtol=0,
+        )
     exp = m2ib.explain(backend, torch.rand(3, 64, 64), "a red circle", steps=2, samples=2)
     assert exp.text_map.shape[0] == len(exp.tokens) and torch.isfinite(exp.image_map).all()
 
@@ -252,9 +268,9 @@ def test_a_config_with_a_hugging_face_text_tower_loads_by_name(tmp_path, monkeyp
 def test_a_hugging_face_text_tower_by_name_offline_fails_on_one_line(monkeypatch):
     """Not cached and the hub off: one line naming the repo and how to get it, no download tried."""
     need_open_clip()
-    from m2ib.errors import ModelNotAvailableError
-
     import time
+
+    from m2ib.errors import ModelNotAvailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-m2ib-cache")
@@ -271,25 +287,40 @@ def test_a_biomedclip_style_directory_loads_with_its_hugging_face_text_tower(tmp
     need_open_clip()
     import json
 
-    import m2ib.backends.hub as hub
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+    import m2ib.backends.hub as hub
 
     bert = tmp_path / "tiny-pubmedbert"
     small_hf_config("bert").save_pretrained(bert)
     tiny_tokenizer(tmp_path, roberta=False).save_pretrained(bert)
-    text_cfg = dict(hf_model_name="microsoft/tiny-pubmedbert", hf_tokenizer_name="microsoft/tiny-pubmedbert",
-                    hf_proj_type="mlp", hf_pooler_type="cls_last_hidden_state_pooler", context_length=40)
+    text_cfg = dict(
+        hf_model_name="microsoft/tiny-pubmedbert",
+        hf_tokenizer_name="microsoft/tiny-pubmedbert",
+        hf_proj_type="mlp",
+        hf_pooler_type="cls_last_hidden_state_pooler",
+        context_length=40,
+    )
     vision_cfg = dict(layers=2, width=32, patch_size=8, image_size=32, head_width=16)
     with small_hf_configs(small_hf_config("bert")):
-        model = _seeded(0, lambda: CustomTextCLIP(32, CLIPVisionCfg(**vision_cfg),
-                                                  CLIPTextCfg(**text_cfg, hf_model_pretrained=False)).eval())
+        model = _seeded(
+            0,
+            lambda: CustomTextCLIP(
+                32, CLIPVisionCfg(**vision_cfg), CLIPTextCfg(**text_cfg, hf_model_pretrained=False)
+            ).eval(),
+        )
     spread_weights(model)
     folder = tmp_path / "biomedclip"
     folder.mkdir()
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
-        "embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": text_cfg},
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": {"embed_dim": 32, "vision_cfg": vision_cfg, "text_cfg": text_cfg},
+                "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+            }
+        )
+    )
     asked = []
 
     def snapshot(repo, patterns=None, howto=None):
@@ -303,5 +334,4 @@ def test_a_biomedclip_style_directory_loads_with_its_hugging_face_text_tower(tmp
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())  # the directory's weights
     batch = backend.tokenize(["a red circle", "the blue star"])
     with torch.no_grad():
-        torch.testing.assert_close(backend.embed("text", batch), model.encode_text(batch.input_ids), atol=1e-5,
-                                   rtol=0)
+        torch.testing.assert_close(backend.embed("text", batch), model.encode_text(batch.input_ids), atol=1e-5, rtol=0)

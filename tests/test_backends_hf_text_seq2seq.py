@@ -15,13 +15,13 @@ import dataclasses
 
 import pytest
 import torch
+from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
+from test_backends_hf_text import WORDS, small_hf_configs
+from test_backends_timm import spread_weights
 
 import m2ib
 from m2ib.errors import InputError
 from m2ib.inputs import load_image
-from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
-from test_backends_hf_text import WORDS, small_hf_configs
-from test_backends_timm import spread_weights
 
 # name -> (transformers model_type, OpenCLIP hf_pooler_type, hf_proj_type). mt5-base-ViT-B-32 and mt5-xl-ViT-H-14
 # (mean, and CLIPTextCfg's default MLP projection); nllb-clip-* (cls, linear); an mT5 tower with a class pooler
@@ -50,19 +50,36 @@ def tiny_tokenizer(model_type: str):
     ids = [("</s>", vocab["</s>"])] + ([(LANGUAGE, vocab[LANGUAGE])] if nllb else [])
     tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=ids)
     extra = dict(bos_token="<s>", additional_special_tokens=[LANGUAGE]) if nllb else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   **extra)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", **extra
+    )
 
 
 def small_config(model_type: str, **changes):
     from transformers import AutoConfig
 
     if model_type == "mt5":  # few buckets, so that these short texts reach the logarithmic ones too
-        sizes = dict(d_model=32, d_kv=16, d_ff=48, num_layers=2, num_decoder_layers=1, num_heads=2,
-                     relative_attention_num_buckets=8, relative_attention_max_distance=16)
+        sizes = dict(
+            d_model=32,
+            d_kv=16,
+            d_ff=48,
+            num_layers=2,
+            num_decoder_layers=1,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+        )
     else:
-        sizes = dict(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-                     decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64)
+        sizes = dict(
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=48,
+            decoder_ffn_dim=48,
+            max_position_embeddings=64,
+        )
     return AutoConfig.for_model(model_type, vocab_size=32, **{**sizes, **changes})
 
 
@@ -71,8 +88,9 @@ def build_model(model_type: str, pooler: str, proj: str, **changes):
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 
     vision = CLIPVisionCfg(layers=2, width=32, patch_size=8, image_size=32, head_width=16)
-    text = CLIPTextCfg(hf_model_name=f"tiny-{model_type}", hf_model_pretrained=False, hf_pooler_type=pooler,
-                       hf_proj_type=proj)
+    text = CLIPTextCfg(
+        hf_model_name=f"tiny-{model_type}", hf_model_pretrained=False, hf_pooler_type=pooler, hf_proj_type=proj
+    )
     with small_hf_configs(small_config(model_type, **changes)):
         model = _seeded(0, lambda: CustomTextCLIP(32, vision, text).eval())
     spread_weights(model)
@@ -112,8 +130,15 @@ def test_split_forward_equals_library_forward(name, pictures):
     assert_split_parity(backend, image_fn, text_fn, pictures)
 
 
-@pytest.mark.parametrize("name,what", [("hf-mt5-mean-mlp", "bias"), ("hf-mt5-cls-linear", "bias"),
-                                       ("hf-mt5-mean-mlp", "padding"), ("hf-nllb-cls-linear", "padding")])
+@pytest.mark.parametrize(
+    "name,what",
+    [
+        ("hf-mt5-mean-mlp", "bias"),
+        ("hf-mt5-cls-linear", "bias"),
+        ("hf-mt5-mean-mlp", "padding"),
+        ("hf-nllb-cls-linear", "padding"),
+    ],
+)
 def test_the_parity_check_sees_the_bias_and_the_mask(name, what, pictures, monkeypatch):
     """Parity fails without the relative position bias, or with padding keys attended (the test can fail)."""
     _, backend, image_fn, text_fn = family(name)
@@ -197,10 +222,14 @@ def test_tokens_are_the_tokenizers(name, first):
     assert batch.texts == ("a red circle", "star")
 
 
-@pytest.mark.parametrize("model_type,pooler,changes,why", [
-    ("mt5", "max_pooler", {}, "max_pooler is not supported"),
-    ("mt5", "mean_pooler", dict(d_kv=8), "attention width 16"),
-    ("m2m_100", "max_pooler", {}, "max_pooler is not supported")])
+@pytest.mark.parametrize(
+    "model_type,pooler,changes,why",
+    [
+        ("mt5", "max_pooler", {}, "max_pooler is not supported"),
+        ("mt5", "mean_pooler", dict(d_kv=8), "attention width 16"),
+        ("m2m_100", "max_pooler", {}, "max_pooler is not supported"),
+    ],
+)
 def test_unsupported_towers_say_why_on_one_line(model_type, pooler, changes, why):
     model = build_model(model_type, pooler, "linear", **changes)
     with pytest.raises(InputError, match=why) as info:
@@ -247,8 +276,9 @@ def test_explain_runs_every_registered_method(name, method, pictures):
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
-    exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities,
-                        **tiny)
+    exps = m2ib.explain(
+        backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities, **tiny
+    )
     for exp, text in zip(exps, TEXTS[:2]):
         if "image" in cls.modalities:
             assert exp.image_map.shape == backend.geometry.image_size and torch.isfinite(exp.image_map).all()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
 
 import m2ib
 from m2ib.errors import InputError, ModelNotAvailableError
 from m2ib.inputs import load_image
-from test_backends_families import TEXTS, TINY_SETTINGS, _seeded, assert_split_parity, need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_TIMM = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
@@ -90,8 +90,13 @@ def build_timm(name: str):
 
     staged = name in STAGED
     timm_name, pool, proj, extra = STAGED[name] if staged else VARIANTS[name]
-    vision = CLIPVisionCfg(timm_model_name=timm_name, timm_model_pretrained=False, timm_pool=pool, timm_proj=proj,
-                           image_size=64 if staged else 32)
+    vision = CLIPVisionCfg(
+        timm_model_name=timm_name,
+        timm_model_pretrained=False,
+        timm_pool=pool,
+        timm_proj=proj,
+        image_size=64 if staged else 32,
+    )
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
     with scaled_timm(**(extra if staged else {**SMALL_TIMM, **extra})):
         model = _seeded(0, lambda: CLIP(32, vision, text).eval())  # embed_dim = trunk width, as in the configs
@@ -122,9 +127,16 @@ def test_split_forward_equals_library_forward(name, pictures):
     assert_split_parity(backend, image_fn, text_fn, pictures)
 
 
-@pytest.mark.parametrize("name,prefix,pooled", [("timm-siglip-map", 0, None), ("timm-gap-avg", 0, None),
-                                                ("timm-token-registers", 3, 0), ("timm-eva02-rope-token", 1, 0),
-                                                ("timm-pe-rope-map", 1, None)])
+@pytest.mark.parametrize(
+    "name,prefix,pooled",
+    [
+        ("timm-siglip-map", 0, None),
+        ("timm-gap-avg", 0, None),
+        ("timm-token-registers", 3, 0),
+        ("timm-eva02-rope-token", 1, 0),
+        ("timm-pe-rope-map", 1, None),
+    ],
+)
 def test_geometry_comes_from_the_trunk(name, prefix, pooled, pictures):
     model, backend, _, _ = family(name)
     assert backend.geometry.image_prefix_tokens == prefix == model.visual.trunk.num_prefix_tokens
@@ -146,8 +158,7 @@ def test_staged_trunks_grids_come_from_the_model(name, pictures):
     layers = range(-1, backend.num_layers("image"))
     assert [backend.token_grid("image", layer) for layer in layers] == expected
     assert not backend.supports_attention and backend.geometry.image_prefix_tokens == 0
-    exp = m2ib.explain(backend, pictures[0], "a red circle", vision_layer=1, steps=2, samples=2,
-                       modalities=("image",))
+    exp = m2ib.explain(backend, pictures[0], "a red circle", vision_layer=1, steps=2, samples=2, modalities=("image",))
     assert tuple(exp.image_grid.shape) == expected[2] and exp.image_map.shape == (64, 64)
 
 
@@ -171,8 +182,13 @@ def test_unsupported_trunks_say_why_on_one_line():
     need_open_clip()
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    vision = CLIPVisionCfg(timm_model_name="vit_base_patch16_clip_224", timm_model_pretrained=False,
-                           timm_pool="avg", timm_proj="linear", image_size=32)
+    vision = CLIPVisionCfg(
+        timm_model_name="vit_base_patch16_clip_224",
+        timm_model_pretrained=False,
+        timm_pool="avg",
+        timm_proj="linear",
+        image_size=32,
+    )
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
     with scaled_timm(**SMALL_TIMM, qk_norm=True):
         model = CLIP(16, vision, text).eval()
@@ -208,8 +224,10 @@ def _registered_methods() -> list[str]:
 
 
 @pytest.mark.parametrize("method", _registered_methods())
-@pytest.mark.parametrize("name", ["timm-siglip-map", "timm-token-registers", "timm-eva02-rope-token",
-                                  "timm-convnext-stages", "timm-fastvit-stages"])
+@pytest.mark.parametrize(
+    "name",
+    ["timm-siglip-map", "timm-token-registers", "timm-eva02-rope-token", "timm-convnext-stages", "timm-fastvit-stages"],
+)
 def test_explain_runs_every_registered_method(name, method, pictures):
     from m2ib.methods import REGISTRY
 
@@ -217,11 +235,15 @@ def test_explain_runs_every_registered_method(name, method, pictures):
     cls = REGISTRY[method]
     fields = {f.name for f in dataclasses.fields(cls.Settings)}
     tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
-    if any(getattr(cls, a, False) for a in ("needs_attention", "requires_attention")) and not backend.supports_attention:
+    if (
+        any(getattr(cls, a, False) for a in ("needs_attention", "requires_attention"))
+        and not backend.supports_attention
+    ):
         pytest.skip(f"{method} needs attention weights; {name}'s stages record none")
     try:
-        exps = m2ib.explain(backend, [pictures[0], pictures[1]], TEXTS[:2], method=method,
-                            modalities=cls.modalities, **tiny)
+        exps = m2ib.explain(
+            backend, [pictures[0], pictures[1]], TEXTS[:2], method=method, modalities=cls.modalities, **tiny
+        )
     except (NotImplementedError, InputError) as exc:  # the method's one-line refusal
         if not backend.supports_attention and "attention" in str(exc).lower():
             pytest.skip(f"{method} needs attention weights; {name}'s stages record none ({exc})")
@@ -279,8 +301,12 @@ def build_siglip2_small():
     vision = {**cfg["vision_cfg"], "image_size": 32}
     text = {**cfg["text_cfg"], "width": 32, "heads": 2, "layers": 2, "vocab_size": 64}
     with scaled_timm(**SMALL_TIMM):
-        model = _seeded(0, lambda: oc.create_model("ViT-B-16-SigLIP2", pretrained=None, embed_dim=32,
-                                                   vision_cfg=vision, text_cfg=text).eval())
+        model = _seeded(
+            0,
+            lambda: oc.create_model(
+                "ViT-B-16-SigLIP2", pretrained=None, embed_dim=32, vision_cfg=vision, text_cfg=text
+            ).eval(),
+        )
     spread_weights(model)
     return model
 
@@ -323,15 +349,18 @@ def test_named_weights_with_an_uncached_tokenizer_fail_fast_on_one_line(hub_cach
 
 
 @pytest.mark.slow
-def test_readme_siglip2_random_command_runs_offline_with_an_announced_stand_in(hub_cache, tmp_path, capsys,
-                                                                               monkeypatch):
+def test_readme_siglip2_random_command_runs_offline_with_an_announced_stand_in(
+    hub_cache, tmp_path, capsys, monkeypatch
+):
     """The README command, full size, through the CLI: offline with nothing cached, CLIP's BPE
     tokenizer stands in, said on exactly one stderr line, and the explanation is written."""
     from m2ib.cli import main
 
     need_open_clip()
-    command = ('m2ib explain examples/scene1.png "a yellow star" --model open_clip:ViT-B-16-SigLIP2@random '
-               '--steps 2 --samples 2')
+    command = (
+        'm2ib explain examples/scene1.png "a yellow star" --model open_clip:ViT-B-16-SigLIP2@random '
+        "--steps 2 --samples 2"
+    )
     argv = [*shlex.split(command)[1:], "--out", str(tmp_path / "out")]
     monkeypatch.chdir(ROOT)
     assert main(argv) == 0

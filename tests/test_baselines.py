@@ -22,8 +22,12 @@ from m2ib.inputs import load_image
 from m2ib.methods import REGISTRY, Target
 
 # Settings that keep every method quick on the small CLIPs.
-FAST = {"m2ib": dict(steps=2, samples=2), "rise": dict(masks=32), "kernelshap": dict(samples=32, grid=3),
-        "nib": dict(steps=3)}
+FAST = {
+    "m2ib": dict(steps=2, samples=2),
+    "rise": dict(masks=32),
+    "kernelshap": dict(samples=32, grid=3),
+    "nib": dict(steps=3),
+}
 METHODS = list(REGISTRY)
 TEXT = "a red circle and a blue star"
 
@@ -43,9 +47,15 @@ def pair(small_clip):
     with torch.no_grad():
         img = features(model.get_image_features(pixel_values=pixels))
         txt = features(model.get_text_features(input_ids=texts.input_ids, attention_mask=texts.attention_mask))
-    return dict(image=image, pixels=pixels, ids=texts.input_ids, mask=texts.attention_mask,
-                img=F.normalize(img, dim=-1), txt=F.normalize(txt, dim=-1),
-                eos=int(backend.pooled_positions("text", texts)[0]))
+    return dict(
+        image=image,
+        pixels=pixels,
+        ids=texts.input_ids,
+        mask=texts.attention_mask,
+        img=F.normalize(img, dim=-1),
+        txt=F.normalize(txt, dim=-1),
+        eos=int(backend.pooled_positions("text", texts)[0]),
+    )
 
 
 def features(out):
@@ -69,8 +79,17 @@ def eager(model):
 
 def test_registry_order_and_metadata():
     assert m2ib.list_methods()[0] == "m2ib"
-    assert set(METHODS) >= {"gradcam", "saliency", "rise", "kernelshap", "chefer", "rollout", "nib", "gradeclip",
-                            "legrad"}
+    assert set(METHODS) >= {
+        "gradcam",
+        "saliency",
+        "rise",
+        "kernelshap",
+        "chefer",
+        "rollout",
+        "nib",
+        "gradeclip",
+        "legrad",
+    }
     for name, cls in REGISTRY.items():
         assert cls.name == name and cls.title and cls.paper.startswith("https://")
         assert set(cls.modalities) <= {"image", "text"} and cls.modalities
@@ -130,13 +149,16 @@ def test_image_only_method_and_bad_settings(backend):
     assert m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", method="rise", masks=8).text_map is None
     with pytest.raises(InputError, match="rise cannot explain the text side"):
         m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", method="rise", modalities=("text",))
-    for method, bad, message in [("rise", dict(p_keep=0.0), "p_keep=0.0"), ("rise", dict(masks=0), "masks=0"),
-                                 ("saliency", dict(channels="mean"), "channels='mean'"),
-                                 ("gradcam", dict(vision_layer=7), "vision_layer=7 is outside"),
-                                 ("legrad", dict(pooling="cls"), "pooling='cls'"),
-                                 ("chefer", dict(start_layer=3), "start_layer=3 is outside"),
-                                 ("kernelshap", dict(samples=1), "samples=1"),
-                                 ("nib", dict(steps=0), "steps=0")]:
+    for method, bad, message in [
+        ("rise", dict(p_keep=0.0), "p_keep=0.0"),
+        ("rise", dict(masks=0), "masks=0"),
+        ("saliency", dict(channels="mean"), "channels='mean'"),
+        ("gradcam", dict(vision_layer=7), "vision_layer=7 is outside"),
+        ("legrad", dict(pooling="cls"), "pooling='cls'"),
+        ("chefer", dict(start_layer=3), "start_layer=3 is outside"),
+        ("kernelshap", dict(samples=1), "samples=1"),
+        ("nib", dict(steps=0), "steps=0"),
+    ]:
         with pytest.raises(InputError, match=message.replace("(", r"\(")):
             m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", method=method, **bad)
 
@@ -199,8 +221,9 @@ def test_gradcam_equals_hand_computation_from_a_hook(small_clip, backend, pair):
     exp_all = explain(backend, pair, "gradcam", vision_layer=1, text_layer=0, tokens="all")
     torch.testing.assert_close(exp_all.image_grid, every.detach(), atol=1e-7, rtol=1e-4)
     assert not torch.allclose(patches, every, rtol=1e-2)  # the two settings differ on this pair
-    emb_t, h_t = _block_output(model, "text", 0, lambda: model.get_text_features(
-        input_ids=pair["ids"], attention_mask=pair["mask"]))  # in a graph through the fixture's weights
+    emb_t, h_t = _block_output(
+        model, "text", 0, lambda: model.get_text_features(input_ids=pair["ids"], attention_mask=pair["mask"])
+    )  # in a graph through the fixture's weights
     (g,) = torch.autograd.grad(F.cosine_similarity(emb_t, pair["img"], eps=1e-6).sum(), h_t)
     cam_t = torch.relu((g.mean(1, keepdim=True) * h_t).sum(-1))[0]
     torch.testing.assert_close(exp.text_map_raw, cam_t.detach(), atol=1e-7, rtol=1e-4)
@@ -234,8 +257,9 @@ def _attentions(model, modality, pair, **kw):
         emb = m.visual_projection(out.pooler_output)
         other = pair["txt"]
     else:
-        out = m.text_model(input_ids=pair["ids"], attention_mask=pair["mask"], output_attentions=True,
-                           output_hidden_states=True)
+        out = m.text_model(
+            input_ids=pair["ids"], attention_mask=pair["mask"], output_attentions=True, output_hidden_states=True
+        )
         emb = m.text_projection(out.pooler_output)
         other = pair["img"]
     return m, out, F.cosine_similarity(emb, other, eps=1e-6).sum()
@@ -303,8 +327,9 @@ def test_legrad_equals_the_released_formula(small_clip, backend, pair, pooling):
 
 
 @pytest.mark.parametrize("modality,blocks", [("image", 1), ("image", 2), ("text", 2)])
-def test_gradeclip_equals_value_features_times_gradient_at_the_attention_output(small_clip, backend, pair, modality,
-                                                                                 blocks):
+def test_gradeclip_equals_value_features_times_gradient_at_the_attention_output(
+    small_clip, backend, pair, modality, blocks
+):
     """The released form: the gradient at the attention output (before the out-projection) of the
     pooled token, times the value features, times the min-max query-key cosine; ReLU of the sum."""
     model, _ = small_clip
@@ -315,10 +340,12 @@ def test_gradeclip_equals_value_features_times_gradient_at_the_attention_output(
     for b in range(n_layers - blocks, n_layers):
         attn = tower.encoder.layers[b].self_attn
         for name in ("q_proj", "k_proj", "v_proj"):
-            handles.append(getattr(attn, name).register_forward_hook(
-                lambda mod, a, o, key=(name, b): store.__setitem__(key, o)))
-        handles.append(attn.out_proj.register_forward_pre_hook(
-            lambda mod, a, key=("ctx", b): store.__setitem__(key, a[0])))
+            handles.append(
+                getattr(attn, name).register_forward_hook(lambda mod, a, o, key=(name, b): store.__setitem__(key, o))
+            )
+        handles.append(
+            attn.out_proj.register_forward_pre_hook(lambda mod, a, key=("ctx", b): store.__setitem__(key, a[0]))
+        )
     try:
         if modality == "image":
             pixels = pair["pixels"].clone().requires_grad_(True)
@@ -347,7 +374,7 @@ def test_gradeclip_equals_value_features_times_gradient_at_the_attention_output(
         torch.testing.assert_close(exp.image_grid, expected[1:].reshape(4, 4), atol=1e-7, rtol=1e-4)
     else:
         exp = explain(backend, pair, "gradeclip", text_blocks=blocks, modalities=("text",))
-        expected[p + 1:] = 0
+        expected[p + 1 :] = 0
         torch.testing.assert_close(exp.text_map_raw, expected, atol=1e-7, rtol=1e-4)
 
 
@@ -417,8 +444,7 @@ def test_rise_equals_a_plain_loop_and_is_the_similarity_when_nothing_is_masked(s
     torch.testing.assert_close(exp.image_map_raw, expected / (10 * 0.5), atol=1e-6, rtol=1e-4)
     assert masks.min() >= 0 and masks.max() <= 1 and 0.2 < float(masks.mean()) < 0.8
     everything = explain(backend, pair, "rise", masks=5, p_keep=1.0)
-    torch.testing.assert_close(everything.image_map_raw, torch.full((48, 48), everything.similarity), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(everything.image_map_raw, torch.full((48, 48), everything.similarity), atol=1e-5, rtol=0)
 
 
 def test_rise_mask_pattern_script_agrees_with_the_sanity_metric(capsys):
@@ -438,8 +464,15 @@ def test_rise_mask_pattern_script_agrees_with_the_sanity_metric(capsys):
     rows = load_table("shapes:test:1", size=backend.geometry.image_size[0]).rows
     table = script.measure(backend, rows, masks=8, steps=2)
     images = backend.preprocess_images([load_image(rows[0].image)[0]], [rows[0].id])
-    reference = cascading_randomization(backend, images, backend.tokenize([rows[0].text]), method="rise",
-                                        modality="image", settings={"masks": 8}, steps=2)
+    reference = cascading_randomization(
+        backend,
+        images,
+        backend.tokenize([rows[0].text]),
+        method="rise",
+        modality="image",
+        settings={"masks": 8},
+        steps=2,
+    )
     assert list(table) == ["trained", *reference["labels"]]
     for label, rho in zip(reference["labels"], reference["spearman"][0]):
         assert table[label][0][0] == pytest.approx(float(rho), abs=1e-5)
@@ -456,8 +489,11 @@ def test_rise_mask_pattern_script_agrees_with_the_sanity_metric(capsys):
 
 def test_target_score_is_the_cosine_or_the_margin():
     g = torch.Generator().manual_seed(0)
-    e, t, negs = torch.randn(3, 8, generator=g), F.normalize(torch.randn(3, 8, generator=g), dim=-1), \
-        F.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    e, t, negs = (
+        torch.randn(3, 8, generator=g),
+        F.normalize(torch.randn(3, 8, generator=g), dim=-1),
+        F.normalize(torch.randn(2, 8, generator=g), dim=-1),
+    )
     cos = F.cosine_similarity(e, t, eps=1e-6)
     torch.testing.assert_close(Target(t).score(e), cos)
     margin = cos - (F.normalize(e, dim=-1) @ negs.T).mean(1)
@@ -472,8 +508,9 @@ def test_negatives_make_the_margin_the_target(small_clip, backend, pair):
     negatives = ["a dog", "a green square"]
     neg = backend.tokenize(negatives)
     with torch.no_grad():
-        neg_emb = F.normalize(features(model.get_text_features(input_ids=neg.input_ids,
-                                                               attention_mask=neg.attention_mask)), dim=-1)
+        neg_emb = F.normalize(
+            features(model.get_text_features(input_ids=neg.input_ids, attention_mask=neg.attention_mask)), dim=-1
+        )
     pixels = pair["pixels"].clone().requires_grad_(True)
     emb = F.normalize(features(model.get_image_features(pixel_values=pixels)), dim=-1)
     margin = (emb @ pair["txt"].T)[0, 0] - (emb @ neg_emb.T).mean()
@@ -506,8 +543,25 @@ def test_cli_compares_methods_in_one_figure(tmp_path, capsys):
     image = tmp_path / "scene.png"
     render_scene(5, size=64).to_pil().save(image)
     out = tmp_path / "out"
-    code = main(["explain", str(image), "a red circle", "--model", "random-tiny", "--out", str(out), "--method",
-                 "gradcam,rise,rollout", "--masks", "8", "--negative", "a blue star", "--negative", "a cat"])
+    code = main(
+        [
+            "explain",
+            str(image),
+            "a red circle",
+            "--model",
+            "random-tiny",
+            "--out",
+            str(out),
+            "--method",
+            "gradcam,rise,rollout",
+            "--masks",
+            "8",
+            "--negative",
+            "a blue star",
+            "--negative",
+            "a cat",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert {p.name for p in out.iterdir()} == {"scene.png", "scene.npz", "scene.json"}
     meta = json.loads((out / "scene.json").read_text())
@@ -520,6 +574,10 @@ def test_cli_compares_methods_in_one_figure(tmp_path, capsys):
     assert main(["explain", str(image), "a cat", "--model", "random-tiny", "--method", "gradcam,nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'nope'" in err and err.count("\n") == 1
-    assert main(["explain", str(image), "a cat", "--model", "random-tiny", "--method", "gradcam,rise",
-                 "--vision-beta", "1"]) == 2
+    assert (
+        main(
+            ["explain", str(image), "a cat", "--model", "random-tiny", "--method", "gradcam,rise", "--vision-beta", "1"]
+        )
+        == 2
+    )
     assert "applies to none of gradcam, rise" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -28,8 +28,25 @@ def scene(tmp_path_factory):
 
 def test_explain_writes_outputs(scene, tmp_path, capsys):
     image, text = scene
-    code = main(["explain", str(image), text, "--model", "random-tiny", "--out", str(tmp_path),
-                 "--steps", "2", "--samples", "2", "--vision-layer", "-1", "--box", "5,5,20,20"])
+    code = main(
+        [
+            "explain",
+            str(image),
+            text,
+            "--model",
+            "random-tiny",
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "2",
+            "--samples",
+            "2",
+            "--vision-layer",
+            "-1",
+            "--box",
+            "5,5,20,20",
+        ]
+    )
     assert code == 0
     assert {p.name for p in tmp_path.iterdir()} == {"scene.png", "scene.npz", "scene.json"}
     meta = json.loads((tmp_path / "scene.json").read_text())
@@ -43,11 +60,14 @@ def test_missing_image_exits_2_without_traceback(tmp_path):
     assert result.stderr.strip() == f"m2ib: error: {tmp_path / 'nope.png'}: image file not found"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--steps", "0"], "steps=0 must be a positive integer"),
-    (["--text-layer", "9"], "text_layer=9 is outside the text encoder's 4 blocks"),
-    (["--model", "./no/such/dir"], "no such model directory"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--steps", "0"], "steps=0 must be a positive integer"),
+        (["--text-layer", "9"], "text_layer=9 is outside the text encoder's 4 blocks"),
+        (["--model", "./no/such/dir"], "no such model directory"),
+    ],
+)
 def test_bad_settings_exit_2(scene, args, message, capsys):
     image, text = scene
     assert main(["explain", str(image), text, "--model", "random-tiny", *args]) == 2
@@ -60,8 +80,20 @@ def test_pairs_file_skips_bad_rows_and_resumes(scene, tmp_path, capsys):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text(f"{text}\t{image}\na cat\tmissing.png\na red circle\t{image}\n")
     out = tmp_path / "out"
-    args = ["explain", "--pairs", str(pairs), "--model", "random-tiny", "--out", str(out), "--steps", "2",
-            "--samples", "2", "--no-figure"]
+    args = [
+        "explain",
+        "--pairs",
+        str(pairs),
+        "--model",
+        "random-tiny",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--samples",
+        "2",
+        "--no-figure",
+    ]
     assert main(args) == 2  # one row failed: reported, the others written
     assert "skipped row 2" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.json")) == ["00001_scene.json", "00003_scene.json"]
@@ -72,8 +104,21 @@ def test_pairs_file_skips_bad_rows_and_resumes(scene, tmp_path, capsys):
 def test_help_lists_every_setting():
     result = run_cli("explain", "--help")
     assert result.returncode == 0
-    for flag in ("--vision-layer", "--text-layer", "--vision-beta", "--text-beta", "--var", "--steps", "--lr",
-                 "--samples", "--seed", "--precision", "--method", "--pairs", "--device"):
+    for flag in (
+        "--vision-layer",
+        "--text-layer",
+        "--vision-beta",
+        "--text-beta",
+        "--var",
+        "--steps",
+        "--lr",
+        "--samples",
+        "--seed",
+        "--precision",
+        "--method",
+        "--pairs",
+        "--device",
+    ):
         assert flag in result.stdout
 
 
@@ -128,12 +173,15 @@ def test_settings_round_trip_through_flags(method):
     assert cls(**parsed) == cls(**values) != cls()
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--cuda-graphs", "banana", "cuda_graphs='banana' must be true or false"),
-    ("--steps", "2.5", "steps='2.5' must be a whole number"),
-    ("--lr", "nan", "lr=nan must be a finite number"),
-    ("--precision", "int8", "precision='int8': use one of fp32, bf16, fp16"),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--cuda-graphs", "banana", "cuda_graphs='banana' must be true or false"),
+        ("--steps", "2.5", "steps='2.5' must be a whole number"),
+        ("--lr", "nan", "lr=nan must be a finite number"),
+        ("--precision", "int8", "precision='int8': use one of fp32, bf16, fp16"),
+    ],
+)
 def test_bad_setting_values_are_one_line_errors(scene, tmp_path, flag, value, message):
     image, text = scene
     result = run_cli("explain", str(image), text, "--model", "random-tiny", "--out", str(tmp_path), flag, value)
@@ -144,8 +192,27 @@ def test_bad_setting_values_are_one_line_errors(scene, tmp_path, flag, value, me
 
 def test_bool_setting_false_is_false(scene, tmp_path):
     image, text = scene
-    assert main(["explain", str(image), text, "--model", "random-tiny", "--out", str(tmp_path), "--steps", "1",
-                 "--samples", "1", "--no-figure", "--cuda-graphs", "false"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(image),
+                text,
+                "--model",
+                "random-tiny",
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "1",
+                "--samples",
+                "1",
+                "--no-figure",
+                "--cuda-graphs",
+                "false",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "scene.json").read_text())["settings"]["cuda_graphs"] is False
 
 
@@ -158,8 +225,24 @@ def test_python_dash_m_m2ib():
 def _evaluate(out, *extra):
     from m2ib.evaluation.runner import read_results
 
-    code = main(["evaluate", "--model", "random-tiny", "--data", "shapes:test:6", "--methods", "m2ib",
-                 "--metrics", "confidence", "--steps", "1", "--out", str(out), *extra])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "random-tiny",
+            "--data",
+            "shapes:test:6",
+            "--methods",
+            "m2ib",
+            "--metrics",
+            "confidence",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert code == 0
     header, records = read_results(out / "results.jsonl")
     return header, [r for r in records if r["kind"] == "pair"]
@@ -195,8 +278,10 @@ def test_explain_several_methods_equals_each_alone(scene, tmp_path):
             if key != "image":
                 np.testing.assert_array_equal(both[f"{method}/{key}"], alone[key])
                 keys.add(f"{method}/{key}")
-        assert meta["methods"][method]["settings"] == json.loads((tmp_path / method / "scene.json").read_text())[
-            "settings"]
+        assert (
+            meta["methods"][method]["settings"]
+            == json.loads((tmp_path / method / "scene.json").read_text())["settings"]
+        )
     assert set(both.files) == keys | {"image"}
 
 
@@ -213,7 +298,7 @@ def test_a_new_setting_is_one_field(monkeypatch, registered):
     @dataclasses.dataclass(frozen=True)
     class FlavouredSettings(Saliency.Settings):
         flavour: Literal["plain", "spiced"] = setting("plain", "how it tastes")
-        pinch: Optional[float] = setting(None, "how much; default: none")
+        pinch: float | None = setting(None, "how much; default: none")
 
     class Flavoured(Saliency):
         name, title, Settings = "flavoured-test", "Flavoured", FlavouredSettings
@@ -256,11 +341,13 @@ def test_a_list_setting_is_a_comma_list():
     assert modes.parse("b,a") == ("b", "a") and shares.parse("0.5") == (0.5,) and shares.parse(None) is None
     for field, value in ((steps, (10, 20, 30)), (modes, ("b", "a")), (shares, (0.5, 0.25))):
         assert field.parse(field.format(value)) == value
-    for field, text, message in ((steps, "10,,20", "steps='10,,20' has an empty item"),
-                                 (steps, "10,", "has an empty item"),
-                                 (steps, "10,2.5", "steps='2.5' must be a whole number"),
-                                 (modes, "a,c", "modes='c': use one of a, b"),
-                                 (shares, "0.5,nan", "shares=nan must be a finite number")):
+    for field, text, message in (
+        (steps, "10,,20", "steps='10,,20' has an empty item"),
+        (steps, "10,", "has an empty item"),
+        (steps, "10,2.5", "steps='2.5' must be a whole number"),
+        (modes, "a,c", "modes='c': use one of a, b"),
+        (shares, "0.5,nan", "shares=nan must be a finite number"),
+    ):
         with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
             field.parse(text)
     with pytest.raises(InputError, match=r"steps=\[10\] must be a tuple"):

@@ -40,8 +40,9 @@ def test_collages_name_one_object_in_its_quadrant():
         painted = (collage.image - rgb).abs().amax(0) < 40 / 255
         assert painted.sum() > 20
         assert not (painted & ~collage.mask).any()
-    assert render_collage("val", 0, 96).caption != render_collage("test", 0, 96).caption or \
-        not torch.equal(render_collage("val", 0, 96).image, render_collage("test", 0, 96).image)
+    assert render_collage("val", 0, 96).caption != render_collage("test", 0, 96).caption or not torch.equal(
+        render_collage("val", 0, 96).image, render_collage("test", 0, 96).image
+    )
 
 
 def test_table_rows_and_bad_specs():
@@ -67,7 +68,9 @@ def test_registered_metric_measures_collage_rows_only():
         assert values == {"collage_mass": pytest.approx(mass), "collage_max": hit}
     other = load_table("shapes:val:1", size=64).rows
     batch = PairBatch(backend=None, rows=other, images=None, texts=None, seed=0, pair_seeds=[0])
-    assert METRICS.get("collage")().measure(batch, MethodRun("m", {}, []), "image", torch.rand(1, 64, 64)).values == [{}]
+    assert METRICS.get("collage")().measure(batch, MethodRun("m", {}, []), "image", torch.rand(1, 64, 64)).values == [
+        {}
+    ]
 
 
 def test_evaluate_command_reads_collages(tmp_path):
@@ -76,8 +79,24 @@ def test_evaluate_command_reads_collages(tmp_path):
     from m2ib.cli import main
 
     out = tmp_path / "run"
-    assert main(["evaluate", "--data", "shapes-collage:test:2", "--model", "random-tiny", "--methods", "saliency",
-                 "--metrics", "collage", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                "shapes-collage:test:2",
+                "--model",
+                "random-tiny",
+                "--methods",
+                "saliency",
+                "--metrics",
+                "collage",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     values = [r["metrics"] for r in records if r.get("method") == "saliency"]
     assert len(values) == 2 and all(0 <= v["collage_mass"] <= 1 and v["collage_max"] in (0, 1) for v in values)

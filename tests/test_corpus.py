@@ -23,8 +23,17 @@ from m2ib.settings import SEED_MAX, fields_of
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "examples" / "scene1.png")
 FAST = ["--model", "random-tiny", "--steps", "2", "--samples", "2", "--no-figure"]
-EVAL = ["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam", "--metrics",
-        "confidence"]
+EVAL = [
+    "evaluate",
+    "--model",
+    "random-tiny",
+    "--data",
+    "shapes:test:2",
+    "--methods",
+    "gradcam",
+    "--metrics",
+    "confidence",
+]
 
 
 @pytest.fixture()
@@ -50,8 +59,10 @@ def files(tmp_path):
     made["rgba"] = tmp_path / "rgba.png"
     Image.open(SCENE).convert("RGBA").save(made["rgba"])
     made["mixed_pairs"] = tmp_path / "mixed.tsv"
-    made["mixed_pairs"].write_text(f"image\ttext\n{SCENE}\ta red circle\n{tmp_path / 'missing.png'}\ta cat\n"
-                                   f"{made['text_file']}\ta dog\n{SCENE}\ta blue star\n")
+    made["mixed_pairs"].write_text(
+        f"image\ttext\n{SCENE}\ta red circle\n{tmp_path / 'missing.png'}\ta cat\n"
+        f"{made['text_file']}\ta dog\n{SCENE}\ta blue star\n"
+    )
     made["dir"] = tmp_path / "a_dir"
     made["dir"].mkdir()
     return made
@@ -132,8 +143,9 @@ def _one_line_error(capsys) -> str:
     lines = [line for line in err.splitlines() if line.strip() and "%|" not in line and not line.endswith(" ...")]
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
-    assert lines[0].startswith("m2ib: error:") or lines[0].startswith("m2ib evaluate: error:") \
-        or "error:" in lines[0], err
+    assert (
+        lines[0].startswith("m2ib: error:") or lines[0].startswith("m2ib evaluate: error:") or "error:" in lines[0]
+    ), err
     return lines[0]
 
 
@@ -227,8 +239,26 @@ def test_lr_that_diverges_is_loud(tmp_path, capsys):
 
 def test_strict_json_and_finite_maps_for_every_method(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["explain", SCENE, "a red circle", "--model", "random-tiny", "--method", "all", "--steps", "2",
-                 "--samples", "2", "--masks", "8", "--no-figure", "--out", str(out)])
+    code = main(
+        [
+            "explain",
+            SCENE,
+            "a red circle",
+            "--model",
+            "random-tiny",
+            "--method",
+            "all",
+            "--steps",
+            "2",
+            "--samples",
+            "2",
+            "--masks",
+            "8",
+            "--no-figure",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     _outputs(out)
 
@@ -240,20 +270,38 @@ def test_help_and_list_load_no_model_library():
     import subprocess
     import sys
 
-    cases = {("--help",): ("torch", "transformers"), ("list",): ("transformers",),
-             ("explain", "--help"): ("transformers",), ("explain", "x.png", "t", "--box", "1"): ("transformers",)}
+    cases = {
+        ("--help",): ("torch", "transformers"),
+        ("list",): ("transformers",),
+        ("explain", "--help"): ("transformers",),
+        ("explain", "x.png", "t", "--box", "1"): ("transformers",),
+    }
     for argv, banned in cases.items():
-        probe = ("import sys, runpy; sys.argv = ['m2ib', *%r]\n"
-                 "try:\n    runpy.run_module('m2ib', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-                 "print([m for m in %r if m in sys.modules])") % (list(argv), banned)
+        probe = (
+            "import sys, runpy; sys.argv = ['m2ib', *%r]\n"
+            "try:\n    runpy.run_module('m2ib', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print([m for m in %r if m in sys.modules])"
+        ) % (list(argv), banned)
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
         assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout[-300:], done.stderr[-300:])
 
 
 def test_several_methods_on_one_pair_show_progress_per_method(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["explain", SCENE, "a red circle", "--model", "random-tiny", "--method", "gradcam,saliency,rollout",
-                 "--no-figure", "--out", str(out)])
+    code = main(
+        [
+            "explain",
+            SCENE,
+            "a red circle",
+            "--model",
+            "random-tiny",
+            "--method",
+            "gradcam,saliency,rollout",
+            "--no-figure",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "3/3" in err and "method·pair" in err, err
@@ -267,16 +315,35 @@ def test_several_methods_on_one_pair_show_progress_per_method(tmp_path, capsys):
 #: setting -> (bad value, valid value on the edge of the range), as typed on a command line
 EDGES = {
     "seed": ("-1", str(SEED_MAX)),
-    "vision_layer": ("1.5", "-1"), "text_layer": ("1.5", "-1"), "image_layer": ("1.5", "-1"),
+    "vision_layer": ("1.5", "-1"),
+    "text_layer": ("1.5", "-1"),
+    "image_layer": ("1.5", "-1"),
     "start_layer": ("1.5", "0"),
-    "vision_beta": ("-0.001", "0"), "text_beta": ("-0.001", "0"),
-    "var": ("0", "1e-9"), "steps": ("0", "1"), "lr": ("0", "1e-9"), "samples": ("0", "1"),
-    "init_alpha": ("inf", "-50"), "precision": ("fp8", "bf16"), "bottleneck": ("nosuch", "standardised"),
+    "vision_beta": ("-0.001", "0"),
+    "text_beta": ("-0.001", "0"),
+    "var": ("0", "1e-9"),
+    "steps": ("0", "1"),
+    "lr": ("0", "1e-9"),
+    "samples": ("0", "1"),
+    "init_alpha": ("inf", "-50"),
+    "precision": ("fp8", "bf16"),
+    "bottleneck": ("nosuch", "standardised"),
     "reference": ("shapes:val:4", None),  # refused without --bottleneck standardised (which it needs)
-    "cuda_graphs": ("banana", "false"), "channels": ("nosuch", "sum"), "masks": ("0", "1"),
-    "grid": ("0", "1"), "p_keep": ("0", "1"), "max_batch": ("0", "1"), "vision_blocks": ("0", "1"),
-    "text_blocks": ("0", "1"), "pooling": ("nosuch", "model"), "chunk": ("0", "1"), "normalise": ("banana", "0"),
-    "budget": ("3", "4"), "banzhaf_p": ("1", "1e-9"), "patch_group": ("0", "1"), "first_order": ("nosuch", "rise"),
+    "cuda_graphs": ("banana", "false"),
+    "channels": ("nosuch", "sum"),
+    "masks": ("0", "1"),
+    "grid": ("0", "1"),
+    "p_keep": ("0", "1"),
+    "max_batch": ("0", "1"),
+    "vision_blocks": ("0", "1"),
+    "text_blocks": ("0", "1"),
+    "pooling": ("nosuch", "model"),
+    "chunk": ("0", "1"),
+    "normalise": ("banana", "0"),
+    "budget": ("3", "4"),
+    "banzhaf_p": ("1", "1e-9"),
+    "patch_group": ("0", "1"),
+    "first_order": ("nosuch", "rise"),
 }
 OVERRIDES = {("kernelshap", "samples"): ("1", "2")}  # Kernel SHAP needs two coalitions at least
 
@@ -392,14 +459,22 @@ CORPUS = [
     ("ex-unknown-flag", [*EX, "--nosuch"], 2, "nosuch"),
     ("ex-pairs-missing", ["explain", "--pairs", "{dir}/none.tsv", "--out", "{dir}/ex"], 2, "none.tsv"),
     ("ex-layer-outside-loads", [*EX, "--model", "random-tiny", "--text-layer", "-99"], 2, "-99"),
-    ("ex-start-layer-outside-loads", [*EX, "--model", "random-tiny", "--method", "chefer", "--start-layer", "99"],
-     2, "99"),
+    (
+        "ex-start-layer-outside-loads",
+        [*EX, "--model", "random-tiny", "--method", "chefer", "--start-layer", "99"],
+        2,
+        "99",
+    ),
     ("serve-port", ["serve", "--port", "70000"], 2, "--port"),
     ("serve-port-negative", ["serve", "--port", "-1"], 2, "--port"),
     ("serve-upload-nan", ["serve", "--max-upload-mb", "nan"], 2, "--max-upload-mb"),
     ("serve-megapixels-zero", ["serve", "--max-megapixels", "0"], 2, "--max-megapixels"),
-    ("train-time-limit-negative", ["train-shapes", "--out", "{dir}/t", "--quick", "--time-limit", "-3"], 2,
-     "--time-limit"),
+    (
+        "train-time-limit-negative",
+        ["train-shapes", "--out", "{dir}/t", "--quick", "--time-limit", "-3"],
+        2,
+        "--time-limit",
+    ),
     ("train-stop-after-zero", ["train-shapes", "--out", "{dir}/t", "--quick", "--stop-after", "0"], 2, "--stop-after"),
     ("train-steps-negative", ["train-shapes", "--out", "{dir}/t", "--quick", "--steps", "-5"], 2, "steps"),
     ("train-batch-size-zero", ["train-shapes", "--out", "{dir}/t", "--quick", "--batch-size", "0"], 2, "batch_size"),
@@ -435,17 +510,22 @@ MISSING = [
     ("matplotlib", ["audit", "--data", "shapes:test:2", "--out", "{dir}/x"], "m2ib[figures]"),
     ("scipy", ["evaluate", "--data", "shapes:test:2", "--metrics", "road", "--out", "{dir}/x"], "m2ib[evaluate]"),
     ("scipy", ["evaluate", "--data", "shapes:test:2", "--out", "{dir}/x"], "m2ib[evaluate]"),  # road is a default
-    ("ray", ["evaluate", "--data", "shapes:test:2", "--metrics", "confidence", "--ray", "--out", "{dir}/x"],
-     "m2ib[ray]"),
-    ("shapiq", ["explain", SCENE, "a red circle", "--method", "fixlip", "--no-figure", "--out", "{dir}/x"],
-     "m2ib[interactions]"),
+    (
+        "ray",
+        ["evaluate", "--data", "shapes:test:2", "--metrics", "confidence", "--ray", "--out", "{dir}/x"],
+        "m2ib[ray]",
+    ),
+    (
+        "shapiq",
+        ["explain", SCENE, "a red circle", "--method", "fixlip", "--no-figure", "--out", "{dir}/x"],
+        "m2ib[interactions]",
+    ),
     ("gradio", ["serve"], "m2ib[viewer]"),
 ]
 
 
 @pytest.mark.parametrize("module,argv,hint", MISSING, ids=[f"{m[0]}-{m[1][0]}" for m in MISSING])
-def test_a_missing_extra_is_named_before_the_model_loads(module, argv, hint, files, capsys, no_model_load,
-                                                         monkeypatch):
+def test_a_missing_extra_is_named_before_the_model_loads(module, argv, hint, files, capsys, no_model_load, monkeypatch):
     import importlib.util
 
     import m2ib.cli.serve as serve_command
@@ -498,15 +578,21 @@ def _api_cases():
         ("pixel-values-4-channels", {"pixel_values": torch.zeros(1, 4, size, size), "texts": "a cat"}, "pixel_values"),
         ("pixel-values-wrong-size", {"pixel_values": torch.zeros(1, 3, 7, 9), "texts": "a cat"}, "pixel_values"),
         ("pixel-values-3d", {"pixel_values": torch.zeros(3, size, size), "texts": "a cat"}, "pixel_values"),
-        ("pixel-values-int", {"pixel_values": torch.zeros(1, 3, size, size, dtype=torch.long), "texts": "a cat"},
-         "pixel_values"),
-        ("pixel-values-nan", {"pixel_values": torch.full((1, 3, size, size), float("nan")), "texts": "a cat"},
-         "pixel_values"),
+        (
+            "pixel-values-int",
+            {"pixel_values": torch.zeros(1, 3, size, size, dtype=torch.long), "texts": "a cat"},
+            "pixel_values",
+        ),
+        (
+            "pixel-values-nan",
+            {"pixel_values": torch.full((1, 3, size, size), float("nan")), "texts": "a cat"},
+            "pixel_values",
+        ),
         ("pixel-values-list", {"pixel_values": [[0.0]], "texts": "a cat"}, "pixel_values"),
-        ("seed-huge", {"images": SCENE, "texts": "a cat", "seed": 10 ** 23}, "seed"),
+        ("seed-huge", {"images": SCENE, "texts": "a cat", "seed": 10**23}, "seed"),
         ("seed-negative", {"images": SCENE, "texts": "a cat", "seed": -1}, "seed"),
         ("seed-bool", {"images": SCENE, "texts": "a cat", "seed": True}, "seed"),
-        ("steps-huge", {"images": SCENE, "texts": "a cat", "steps": 2 ** 70}, "steps"),
+        ("steps-huge", {"images": SCENE, "texts": "a cat", "steps": 2**70}, "steps"),
         ("batch-size-zero", {"images": SCENE, "texts": "a cat", "batch_size": 0}, "batch_size"),
         ("texts-number", {"images": SCENE, "texts": [3]}, "texts"),
         ("text-empty", {"images": SCENE, "texts": " "}, "text"),
@@ -514,10 +600,17 @@ def _api_cases():
         ("method-unknown", {"images": SCENE, "texts": "a cat", "method": "nosuch"}, "nosuch"),
         ("image-tensor-4-channels", {"images": torch.zeros(4, 8, 8), "texts": "a cat"}, "image"),
         ("image-missing", {"images": "/no/such.png", "texts": "a cat"}, "such.png"),
-        ("images-and-pixels", {"images": SCENE, "pixel_values": torch.zeros(1, 3, size, size), "texts": "a cat"},
-         "pixel_values"),
+        (
+            "images-and-pixels",
+            {"images": SCENE, "pixel_values": torch.zeros(1, 3, size, size), "texts": "a cat"},
+            "pixel_values",
+        ),
         ("three-images-two-texts", {"images": [SCENE] * 3, "texts": ["a", "b"]}, "3 images"),
-        ("negatives-for-rollout", {"images": SCENE, "texts": "a cat", "method": "rollout", "negatives": ["a dog"]}, "rollout"),
+        (
+            "negatives-for-rollout",
+            {"images": SCENE, "texts": "a cat", "method": "rollout", "negatives": ["a dog"]},
+            "rollout",
+        ),
         ("unknown-setting", {"images": SCENE, "texts": "a cat", "nosuch": 1}, "nosuch"),
     ]
 
@@ -578,9 +671,17 @@ def test_every_method_warns_when_its_words_rank_nothing():
 
     from m2ib.explanation import Explanation
 
-    flat = Explanation(text="a b c", tokens=["<s>", "a", "b", "c", "</s>"], image=torch.zeros(3, 8, 8),
-                       image_map=torch.zeros(8, 8), text_map=torch.zeros(5), text_map_raw=torch.zeros(5),
-                       image_map_raw=torch.full((8, 8), 2.0), special_tokens=(0, 4), method="gradcam")
+    flat = Explanation(
+        text="a b c",
+        tokens=["<s>", "a", "b", "c", "</s>"],
+        image=torch.zeros(3, 8, 8),
+        image_map=torch.zeros(8, 8),
+        text_map=torch.zeros(5),
+        text_map_raw=torch.zeros(5),
+        image_map_raw=torch.full((8, 8), 2.0),
+        special_tokens=(0, 4),
+        method="gradcam",
+    )
     assert set(flat.problems()) == {"constant image", "flat words"}, flat.problems()
     broad = torch.ones(8, 8)
     broad[0, 0] = 0.0
@@ -632,7 +733,9 @@ def test_the_main_job_says_what_it_is_doing(tmp_path, capsys, monkeypatch):
 
 def test_audit_prints_no_evaluate_note(capsys, tmp_path, no_model_load):
     # --samples is valid here; --rows 0 stops the run after the settings are read (where the note was printed)
-    assert main(["audit", "--data", "shapes:test:2", "--samples", "2", "--rows", "0", "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(["audit", "--data", "shapes:test:2", "--samples", "2", "--rows", "0", "--out", str(tmp_path / "a")]) == 2
+    )
     err = capsys.readouterr().err
     assert "note" not in err and "--rows" in err, err
 
@@ -644,8 +747,15 @@ def test_a_long_text_gives_a_bounded_figure():
     from m2ib.viz.figure import explanation_figure
 
     tokens = ["<s>", *[f"word{i}" for i in range(2000)], "</s>"]
-    picture = explanation_figure(torch.rand(3, 32, 32), torch.rand(32, 32), tokens, torch.rand(len(tokens)),
-                                 title=" ".join(tokens), subtitle="m2ib", special_tokens=(0, len(tokens) - 1))
+    picture = explanation_figure(
+        torch.rand(3, 32, 32),
+        torch.rand(32, 32),
+        tokens,
+        torch.rand(len(tokens)),
+        title=" ".join(tokens),
+        subtitle="m2ib",
+        special_tokens=(0, len(tokens) - 1),
+    )
     assert picture.size[1] < 1300 and picture.size[0] < 2000, picture.size
 
 
@@ -654,6 +764,14 @@ def test_list_into_a_closed_pipe_is_quiet():
     import subprocess
     import sys
 
-    done = subprocess.run(f"{sys.executable} -m m2ib list | (sleep 1; true)", shell=True, capture_output=True,
-                          text=True, timeout=120, check=False, cwd=ROOT, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        f"{sys.executable} -m m2ib list | (sleep 1; true)",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

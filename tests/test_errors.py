@@ -12,10 +12,12 @@ def flag(name: str) -> str:
 
 
 def test_spelled_respells_only_the_named_settings_as_words():
-    error = InputError("lr=1e30 diverged: lower lr (now 1e30) or text_beta; lr_max and my-lr stay; lr.",
-                       settings=("lr", "text_beta"))
-    assert spelled(error, flag) == ("lr=1e30 diverged: lower --lr (now 1e30) or --text-beta; lr_max and my-lr stay; "
-                                    "--lr.")
+    error = InputError(
+        "lr=1e30 diverged: lower lr (now 1e30) or text_beta; lr_max and my-lr stay; lr.", settings=("lr", "text_beta")
+    )
+    assert spelled(error, flag) == (
+        "lr=1e30 diverged: lower --lr (now 1e30) or --text-beta; lr_max and my-lr stay; --lr."
+    )
     assert str(error).startswith("lr=1e30 diverged: lower lr (now")  # Python's own text is unchanged
     assert spelled(SettingWarning("raise var", settings=("var",)), flag) == "raise --var"
     assert spelled(ValueError("lower lr"), flag) == "lower lr"  # names nothing: as it is

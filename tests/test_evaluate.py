@@ -39,13 +39,15 @@ def mscxr(tmp_path):
     _png(tmp_path / "a.png", 0)
     _png(tmp_path / "b.png", 1)
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    rows = [["image", "phrase", "x", "y", "w", "h"],
-            ["a.png", "a red circle", "2", "3", "10", "12"],
-            ["a.png", "a red circle", "20", "30", "8", "8"],
-            ["b.png", "a blue star", "5", "5", "20", "20"],
-            ["missing.png", "a dog", "1", "1", "5", "5"],
-            ["broken.png", "a cat", "1", "1", "5", "5"],
-            ["b.png", "a green square", "1", "1", "-5", "5"]]
+    rows = [
+        ["image", "phrase", "x", "y", "w", "h"],
+        ["a.png", "a red circle", "2", "3", "10", "12"],
+        ["a.png", "a red circle", "20", "30", "8", "8"],
+        ["b.png", "a blue star", "5", "5", "20", "20"],
+        ["missing.png", "a dog", "1", "1", "5", "5"],
+        ["broken.png", "a cat", "1", "1", "5", "5"],
+        ["b.png", "a green square", "1", "1", "-5", "5"],
+    ]
     path = tmp_path / "ms_cxr.csv"
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -61,8 +63,10 @@ def test_tables(tmp_path, mscxr):
     tsv = tmp_path / "cc.tsv"
     tsv.write_text("a dog on grass\ta.png\nonly one column\nthe sea\t/abs/b.jpg\n")
     pairs = load_table(str(tsv))
-    assert [(r.id, r.text, r.image) for r in pairs.rows] == [("1", "a dog on grass", str(tmp_path / "a.png")),
-                                                             ("3", "the sea", "/abs/b.jpg")]
+    assert [(r.id, r.text, r.image) for r in pairs.rows] == [
+        ("1", "a dog on grass", str(tmp_path / "a.png")),
+        ("3", "the sea", "/abs/b.jpg"),
+    ]
     assert [b["row"] for b in pairs.bad] == ["2"]
     shapes = load_table("shapes:test:5:mixed", size=64, samples=3, seed=1)
     again = load_table("shapes:test:5:mixed", size=64, samples=3, seed=1)
@@ -120,14 +124,21 @@ def test_a_registered_metric_flows_through_the_run(backend, mscxr, tmp_path, reg
     records = evaluate_pair(backend, table.rows[0], ["gradcam"], config, FAST, seed=0)
     values = records[0]["metrics"]
     # the registry's order, whatever the order asked for: confidence first, then the new metric, per side
-    assert list(values) == ["image_drop_mask", "image_increase_mask", "image_mass_inside", "text_drop_mask",
-                            "text_increase_mask", "text_top_score"]
+    assert list(values) == [
+        "image_drop_mask",
+        "image_increase_mask",
+        "image_mass_inside",
+        "text_drop_mask",
+        "text_increase_mask",
+        "text_top_score",
+    ]
     exp = m2ib.explain(backend, table.rows[0].image, table.rows[0].text, method="gradcam", seed=0)
     from m2ib.metrics.localisation import ground_truth_mask
 
     mask = ground_truth_mask(backend, table.rows[0], (40, 56))  # a.png is 40 x 56: its boxes at the input size
-    assert values["image_mass_inside"] == pytest.approx(float(exp.image_map[mask].sum() / exp.image_map.sum()),
-                                                        rel=1e-5)
+    assert values["image_mass_inside"] == pytest.approx(
+        float(exp.image_map[mask].sum() / exp.image_map.sum()), rel=1e-5
+    )
     assert values["text_top_score"] == pytest.approx(float(exp.text_map.max()), rel=1e-6)
 
     out = tmp_path / "run"
@@ -195,8 +206,7 @@ def test_registry_refuses_a_key_twice(registry):
 
 def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
     out = tmp_path / "run"
-    result = run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 0, out,
-                            progress=False)
+    result = run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 0, out, progress=False)
     reasons = sorted(b["reason"] for b in result.bad)
     assert len(result.bad) == 3  # the bad box (read), the missing and the corrupt image (evaluated)
     assert any("not found" in r for r in reasons) and any("cannot read" in r for r in reasons)
@@ -221,8 +231,9 @@ def test_bad_rows_counted_and_summary_matches_rows(backend, mscxr, tmp_path):
     assert (out / "plots" / "image_deletion_insertion.png").exists()
     assert (out / "plots" / "bar_image_drop_m2ib.png").exists()
     # the same command resumes (nothing left to do); other settings are refused
-    again = run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 0, out,
-                           progress=False, report=False)
+    again = run_evaluation(
+        backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 0, out, progress=False, report=False
+    )
     assert again.evaluated == 0 and again.skipped == 4 and len(again.bad) == 3
     with pytest.raises(InputError, match="other seed"):
         run_evaluation(backend, load_table(str(mscxr)), ["gradcam", "m2ib"], METRICS, FAST, 1, out, progress=False)
@@ -233,8 +244,9 @@ def test_resuming_some_methods_first(backend, mscxr, tmp_path):
     """--methods may name some of a run's methods (cheap ones first); the full command then does
     only the rest, and the records equal a run of everything at once."""
     table, out, whole = load_table(str(mscxr)), tmp_path / "run", tmp_path / "whole"
-    run_evaluation(backend, table, ["gradcam", "m2ib", "saliency"], METRICS, FAST, 0, out, progress=False,
-                   time_limit=0)  # starts the run (its provenance names all three) and stops at once
+    run_evaluation(
+        backend, table, ["gradcam", "m2ib", "saliency"], METRICS, FAST, 0, out, progress=False, time_limit=0
+    )  # starts the run (its provenance names all three) and stops at once
     part = run_evaluation(backend, table, ["saliency"], METRICS, FAST, 0, out, progress=False)
     assert part.evaluated == 2 and "saliency" in (out / "summary.md").read_text()
     assert "gradcam" not in (out / "summary.md").read_text()  # summarises this command's methods
@@ -248,8 +260,7 @@ def test_resuming_some_methods_first(backend, mscxr, tmp_path):
     with pytest.raises(InputError, match="methods \\(rise not in gradcam, m2ib, saliency\\)"):
         run_evaluation(backend, table, ["rise"], METRICS, {}, 0, out, progress=False)
     with pytest.raises(InputError, match="other settings"):
-        run_evaluation(backend, table, ["m2ib"], METRICS, {"m2ib": {"steps": 3, "samples": 2}}, 0, out,
-                       progress=False)
+        run_evaluation(backend, table, ["m2ib"], METRICS, {"m2ib": {"steps": 3, "samples": 2}}, 0, out, progress=False)
 
 
 def test_mean_ci():
@@ -268,9 +279,25 @@ def test_torn_last_line_is_ignored_and_cut(tmp_path):
 
 
 def _cli(out: Path, extra=()) -> list[str]:
-    return [sys.executable, "-m", "m2ib.cli", "evaluate", "--model", "random-tiny", "--data", "shapes:test:10",
-            "--methods", "gradcam,saliency", "--metrics", "confidence,deletion,localisation", "--deletion-steps",
-            "2", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "m2ib.cli",
+        "evaluate",
+        "--model",
+        "random-tiny",
+        "--data",
+        "shapes:test:10",
+        "--methods",
+        "gradcam,saliency",
+        "--metrics",
+        "confidence,deletion,localisation",
+        "--deletion-steps",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _pairs(out: Path) -> dict:
@@ -310,8 +337,13 @@ def test_resume_after_kill(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     results = cut / "results.jsonl"
-    proc = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_THREE_PAIRS, *_cli(cut)[3:]], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_AFTER_THREE_PAIRS, *_cli(cut)[3:]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert _wait_for_line(proc, limit=600) == "paused", "the run did not reach its third pair"
         assert proc.poll() is None
@@ -338,12 +370,29 @@ def test_resume_after_kill(tmp_path):
 def test_cli_time_limit_and_errors(tmp_path, capsys):
     from m2ib.cli import main
 
-    code = main(["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam",
-                 "--metrics", "confidence", "--out", str(tmp_path / "t"), "--time-limit", "0"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "random-tiny",
+            "--data",
+            "shapes:test:2",
+            "--methods",
+            "gradcam",
+            "--metrics",
+            "confidence",
+            "--out",
+            str(tmp_path / "t"),
+            "--time-limit",
+            "0",
+        ]
+    )
     assert code == 3 and "partial run" in (tmp_path / "t" / "summary.md").read_text()
     header, _ = read_results(tmp_path / "t" / "results.jsonl")  # the command that reproduces the results
-    assert header["command"] == (f"m2ib evaluate --model random-tiny --data shapes:test:2 --methods gradcam "
-                                 f"--metrics confidence --out {tmp_path / 't'}")
+    assert header["command"] == (
+        f"m2ib evaluate --model random-tiny --data shapes:test:2 --methods gradcam "
+        f"--metrics confidence --out {tmp_path / 't'}"
+    )
     assert main(["evaluate", "--data", "nothing.tsv", "--out", str(tmp_path / "x")]) == 2
     assert main(["evaluate", "--data", "shapes:test:2", "--metrics", "speed", "--out", str(tmp_path / "y")]) == 2
     assert "unknown metric" in capsys.readouterr().err
@@ -355,12 +404,32 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
     from m2ib.cli import main
 
     out = tmp_path / "run"
-    args = ["evaluate", "--model", "random-tiny", "--data", "shapes:test:2", "--methods", "gradcam",
-            "--metrics", "confidence", "--out", str(out)]
-    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom m2ib.fileio import folder_lock\n"
-                               "with folder_lock(sys.argv[1], 'test'):\n    print('held', flush=True)\n"
-                               "    sys.stdin.read()", str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)  # holds the lock until killed
+    args = [
+        "evaluate",
+        "--model",
+        "random-tiny",
+        "--data",
+        "shapes:test:2",
+        "--methods",
+        "gradcam",
+        "--metrics",
+        "confidence",
+        "--out",
+        str(out),
+    ]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom m2ib.fileio import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'test'):\n    print('held', flush=True)\n"
+            "    sys.stdin.read()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # holds the lock until killed
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(args) == 2
@@ -377,13 +446,23 @@ def test_batched_rows_give_the_same_numbers(backend, mscxr, tmp_path):
     for i in range(3):
         _png(tmp_path / f"{i}.png", 10 + i, size=(30 + 9 * i, 50))
     tsv = tmp_path / "pairs.tsv"
-    tsv.write_text("a red circle\t0.png\na blue star and a green square\t1.png\nnothing\tmissing.png\n"
-                   "a dog\t2.png\n")
+    tsv.write_text("a red circle\t0.png\na blue star and a green square\t1.png\nnothing\tmissing.png\na dog\t2.png\n")
     table = load_table(str(tsv))
-    one = run_evaluation(backend, table, ["m2ib", "gradcam"], METRICS, FAST, 0, tmp_path / "one", progress=False,
-                         report=False)
-    three = run_evaluation(backend, table, ["m2ib", "gradcam"], METRICS, FAST, 0, tmp_path / "three",
-                           progress=False, report=False, batch_size=3)  # a batch with a bad row, then one of 1
+    one = run_evaluation(
+        backend, table, ["m2ib", "gradcam"], METRICS, FAST, 0, tmp_path / "one", progress=False, report=False
+    )
+    three = run_evaluation(
+        backend,
+        table,
+        ["m2ib", "gradcam"],
+        METRICS,
+        FAST,
+        0,
+        tmp_path / "three",
+        progress=False,
+        report=False,
+        batch_size=3,
+    )  # a batch with a bad row, then one of 1
     assert one.evaluated == three.evaluated == 6 and len(one.bad) == len(three.bad) == 1
     by_key = {(r["row"], r["method"]): r["metrics"] for r in one.records}
     for record in three.records:
@@ -430,8 +509,7 @@ def test_roar_through_the_runner(tmp_path, monkeypatch):
     out = tmp_path / "roar"
     run_evaluation(backend, table, ["saliency", "gradcam"], config, None, 0, out, progress=False)
     _, records = read_results(out / "results.jsonl")
-    assert [(r["method"], r["k"]) for r in records] == [("none", 0), ("saliency", 50), ("gradcam", 50),
-                                                        ("random", 50)]
+    assert [(r["method"], r["k"]) for r in records] == [("none", 0), ("saliency", 50), ("gradcam", 50), ("random", 50)]
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["budget"] == "tiny" for r in records)
     assert "ROAR" in (out / "summary.md").read_text() and not (out / "roar-maps").exists()
     monkeypatch.setattr(R, "retrain_accuracy", lambda *a, **k: pytest.fail("retrained a finished run"))
@@ -480,4 +558,4 @@ def test_committed_runs_still_resume_and_summarise_the_same(run):
     committed = (folder / "summary.md").read_text()
     tables = summary_markdown(header, rows, records, [], methods)
     start = "Each cell" if "Each cell" in committed else "## ROAR+"
-    assert tables[tables.index(start):] == committed[committed.index(start):]
+    assert tables[tables.index(start) :] == committed[committed.index(start) :]

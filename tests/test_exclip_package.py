@@ -26,10 +26,10 @@ import copy
 
 import pytest
 import torch
+from test_backends_families import family
 
 from m2ib.interactions import REGISTRY as INTERACTIONS
 from m2ib.interactions.exclip import block_input, image_reference, text_reference
-from test_backends_families import family
 
 
 def _exclip_package():
@@ -56,22 +56,26 @@ def test_exclip_equals_the_exclip_package_on_a_random_open_clip(layer):
     images, texts = backend.preprocess_images([picture]), backend.tokenize(["a red circle and a star"])
     steps = 4
     method = INTERACTIONS.get("exclip")()
-    ours = method.interact(backend, images, texts, method.make_settings(text_layer=layer, image_layer=layer,
-                                                                        steps=steps, normalise=False))
+    ours = method.interact(
+        backend, images, texts, method.make_settings(text_layer=layer, image_layer=layer, steps=steps, normalise=False)
+    )
     grid = torch.tensor([(s + 0.5) / steps for s in range(steps)]).flip(0)  # our midpoints, largest first
     padded = torch.zeros(1, 77, dtype=torch.long)  # the package's reference is 77 long: the text padded with 0
-    padded[0, :texts.input_ids.shape[1]] = texts.input_ids[0]
-    explainer = package.OpenClipExplainer(copy.deepcopy(model), image_dim=images.pixel_values.shape[-1],
-                                          device=torch.device("cpu"))
+    padded[0, : texts.input_ids.shape[1]] = texts.input_ids[0]
+    explainer = package.OpenClipExplainer(
+        copy.deepcopy(model), image_dim=images.pixel_values.shape[-1], device=torch.device("cpu")
+    )
     try:
         theirs = explainer.explain(padded, images.pixel_values, text_layer=layer, image_layer=layer, N=grid)
     finally:
         explainer.reset_attribution()
-    norms = (_embedding_norm_at(backend, "text", texts, text_reference(texts), layer, float(grid[0]))
-             * _embedding_norm_at(backend, "image", images, image_reference(images), layer, float(grid[0])))
+    norms = _embedding_norm_at(
+        backend, "text", texts, text_reference(texts), layer, float(grid[0])
+    ) * _embedding_norm_at(backend, "image", images, image_reference(images), layer, float(grid[0]))
     theirs = theirs.double() * norms / float(grid[0]) ** 2
     assert theirs.shape == ours.matrix.shape  # [tokens up to the end token, 4, 4]
     scale = float(theirs.abs().max())
     assert scale > 1e-3
-    assert torch.allclose(ours.matrix.double(), theirs, atol=1e-5 * scale, rtol=0), \
-        float((ours.matrix.double() - theirs).abs().max() / scale)
+    assert torch.allclose(ours.matrix.double(), theirs, atol=1e-5 * scale, rtol=0), float(
+        (ours.matrix.double() - theirs).abs().max() / scale
+    )

@@ -38,7 +38,7 @@ def _plain_game(backend, images, texts, group):
         pixels = images.pixel_values.clone()
         for (r, c), g in group_of.items():
             if g not in kept_image:
-                pixels[..., r * size:(r + 1) * size, c * size:(c + 1) * size] = 0.0
+                pixels[..., r * size : (r + 1) * size, c * size : (c + 1) * size] = 0.0
         with torch.no_grad():
             return F.normalize(backend.embed("image", ImageBatch(pixels)).double(), dim=-1)
 
@@ -76,7 +76,7 @@ def _plain_weighted_banzhaf(value, n_image, words, p):
                 for subset in itertools.combinations(rest, size):
                     s = set(subset)
                     delta = v(s | {("image", i), ("text", t)}) - v(s | {("image", i)}) - v(s | {("text", t)}) + v(s)
-                    phi[j, i] += p ** size * (1 - p) ** (n - 2 - size) * delta
+                    phi[j, i] += p**size * (1 - p) ** (n - 2 - size) * delta
     return phi
 
 
@@ -95,7 +95,7 @@ def test_fixlip_equals_the_weighted_banzhaf_index_enumerated_from_its_definition
     assert (n_image, len(words)) == (4, 3)
     plain = _plain_weighted_banzhaf(value, n_image, words, p)
     method = INTERACTIONS.get("fixlip")()
-    settings = method.make_settings(budget=2 ** 7, banzhaf_p=p, patch_group=group)
+    settings = method.make_settings(budget=2**7, banzhaf_p=p, patch_group=group)
     result = method.interact(backend, images, texts, settings)
     assert result.info["exact_image"] and result.info["exact_text"]
     ours = _group_sums(result, group, words)
@@ -103,8 +103,7 @@ def test_fixlip_equals_the_weighted_banzhaf_index_enumerated_from_its_definition
     assert torch.allclose(ours, plain, atol=2e-6, rtol=1e-4), (ours, plain)
     assert all(float(result.matrix[k].abs().sum()) == 0.0 for k in result.special_tokens)
     # the index depends on p: the same game at p = 0.5 differs (so the check above can fail)
-    other = method.interact(backend, images, texts, method.make_settings(budget=2 ** 7, banzhaf_p=0.5,
-                                                                        patch_group=group))
+    other = method.interact(backend, images, texts, method.make_settings(budget=2**7, banzhaf_p=0.5, patch_group=group))
     assert not torch.allclose(_group_sums(other, group, words), plain, atol=1e-4)
 
 
@@ -133,12 +132,12 @@ def test_sampled_values_approach_the_exact_weighted_banzhaf_values_of_a_nonlinea
         for k, c in enumerate(every.tolist()):
             if not c[i]:
                 size = sum(c)
-                with_i = index[(*c[:i], True, *c[i + 1:])]
-                exact[i] += p ** size * (1 - p) ** (n - 1 - size) * (values[with_i] - values[k])
+                with_i = index[(*c[:i], True, *c[i + 1 :])]
+                exact[i] += p**size * (1 - p) ** (n - 1 - size) * (values[with_i] - values[k])
     kernel = np.exp(every.sum(1) * math.log(p) + (n - every.sum(1)) * math.log1p(-p))
     assert torch.allclose(banzhaf_values(values, every, kernel), exact, atol=1e-12)
-    coalitions, weights = sample_coalitions(n, 2 ** n, p, seed=0)
-    assert len(coalitions) == 2 ** n and np.allclose(weights, kernel[[index[tuple(c)] for c in coalitions.tolist()]])
+    coalitions, weights = sample_coalitions(n, 2**n, p, seed=0)
+    assert len(coalitions) == 2**n and np.allclose(weights, kernel[[index[tuple(c)] for c in coalitions.tolist()]])
     errors = []
     for seed in range(5):  # 400 of 1024 coalitions; measured mean error 0.067 (0.114 unweighted by shapiq)
         coalitions, weights = sample_coalitions(n, 400, p, seed)
@@ -156,8 +155,9 @@ def test_fixlip_runs_on_the_shipped_shapes_model():
     caption = make_caption(scene, "all").text
     method = INTERACTIONS.get("fixlip")()
     settings = method.make_settings(budget=256, patch_group=4)  # 4x4 players of 4x4 patches
-    result = method.interact(backend, backend.preprocess_images([scene.to_pil()]), backend.tokenize([caption]),
-                             settings)
+    result = method.interact(
+        backend, backend.preprocess_images([scene.to_pil()]), backend.tokenize([caption]), settings
+    )
     assert result.matrix.shape == (len(result.tokens), *backend.geometry.patch_grid)
     assert result.info["players_image"] == 16 and result.info["budget_image"] >= 17
     assert torch.isfinite(result.matrix).all() and result.matrix.abs().sum() > 0
@@ -200,8 +200,23 @@ def test_cli_explain_with_fixlip_reads_its_setting_flags(tmp_path):
 
     picture = tmp_path / "scene.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
-    args = ["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "fixlip",
-            "--budget", "256", "--patch-group", "2", "--banzhaf-p", "0.6", "--out", str(tmp_path / "out")]
+    args = [
+        "explain",
+        str(picture),
+        "a red circle",
+        "--model",
+        "random-tiny",
+        "--method",
+        "fixlip",
+        "--budget",
+        "256",
+        "--patch-group",
+        "2",
+        "--banzhaf-p",
+        "0.6",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(args) == 0
     back = load_interaction(tmp_path / "out" / "scene_fixlip")
     assert back.settings == {"seed": 0, "budget": 256, "banzhaf_p": 0.6, "patch_group": 2, "max_batch": 256}

@@ -34,21 +34,31 @@ EVALUATE_ATOL = 1e-4
 # Chefer, rollout, LeGrad and Grad-ECLIP read the row of the token the head pools. Before, the
 # backends of these towers did not say which one it was, and the methods read the default row,
 # which test_pooled_rows.py shows the head never reads.
-_SIGLIP_TEXT = ("SigLIP's text head pools the last position (padding included); the maps read the last real "
-                "token's row")
+_SIGLIP_TEXT = "SigLIP's text head pools the last position (padding included); the maps read the last real token's row"
 _AVG_IMAGE = "this OpenCLIP image head averages the patches; the maps read the class token's row"
-_LAST_TEXT = ("this bidirectional OpenCLIP text head pools the last position (padding included); the maps read "
-              "the last real token's row")
+_LAST_TEXT = (
+    "this bidirectional OpenCLIP text head pools the last position (padding included); the maps read "
+    "the last real token's row"
+)
 CHANGED: dict[str, str] = {
-    **{f"{family}/{method}/{pair}/text_map_raw": _SIGLIP_TEXT
-       for family in ("siglip", "siglip-padding-mask") for method in ("chefer", "rollout", "legrad", "gradeclip")
-       for pair in (0, 1)
-       if (family, method, pair) != ("siglip", "gradeclip", 0)},  # zero before and after (ReLU of a negative sum)
-    **{f"open_clip-vit-variants/{method}/{pair}/image_map_raw": _AVG_IMAGE
-       # LeGrad's image side (pooling="mean") reads the mean of the rows either way: unchanged
-       for method in ("chefer", "rollout", "gradeclip") for pair in (0, 1)},
-    **{f"open_clip-vit-variants/{method}/{pair}/text_map_raw": _LAST_TEXT
-       for method in ("chefer", "rollout", "legrad", "gradeclip") for pair in (0, 1)},
+    **{
+        f"{family}/{method}/{pair}/text_map_raw": _SIGLIP_TEXT
+        for family in ("siglip", "siglip-padding-mask")
+        for method in ("chefer", "rollout", "legrad", "gradeclip")
+        for pair in (0, 1)
+        if (family, method, pair) != ("siglip", "gradeclip", 0)
+    },  # zero before and after (ReLU of a negative sum)
+    **{
+        f"open_clip-vit-variants/{method}/{pair}/image_map_raw": _AVG_IMAGE
+        # LeGrad's image side (pooling="mean") reads the mean of the rows either way: unchanged
+        for method in ("chefer", "rollout", "gradeclip")
+        for pair in (0, 1)
+    },
+    **{
+        f"open_clip-vit-variants/{method}/{pair}/text_map_raw": _LAST_TEXT
+        for method in ("chefer", "rollout", "legrad", "gradeclip")
+        for pair in (0, 1)
+    },
 }
 
 
@@ -87,5 +97,8 @@ def test_evaluate_run_unchanged():
     for got, want in zip(now, golden):
         assert got["metrics"].keys() == want["metrics"].keys()
         for name, value in want["metrics"].items():
-            assert got["metrics"][name] == pytest.approx(value, rel=RTOL, abs=EVALUATE_ATOL, nan_ok=True), \
-                (got["row"], got["method"], name)
+            assert got["metrics"][name] == pytest.approx(value, rel=RTOL, abs=EVALUATE_ATOL, nan_ok=True), (
+                got["row"],
+                got["method"],
+                name,
+            )

@@ -9,11 +9,11 @@ import re
 import pytest
 import torch
 
-from m2ib.datasets.tables import Row, PairTable, load_table
+from m2ib.datasets.tables import PairTable, Row, load_table
 from m2ib.errors import InputError
-from m2ib.inputs import load_image
 from m2ib.evaluation.pairs import evaluate_rows
 from m2ib.evaluation.runner import read_results, run_evaluation
+from m2ib.inputs import load_image
 from m2ib.interactions import REGISTRY as INTERACTIONS, InteractionMethod
 from m2ib.metrics.grounding import grounding_scores
 
@@ -76,14 +76,14 @@ def _hand_table(swapped: bool = False) -> PairTable:
 def test_grounding_through_the_runner_on_a_hand_made_case(backend, hand_made, tmp_path):
     """Pointing: both maxima on their own object -> 1; share: (3/4 + 3/5) / 2 = 0.675. With the
     two objects' masks swapped the same maps score 0 and (1/4 + 2/5) / 2 = 0.325."""
-    result = run_evaluation(backend, _hand_table(), [hand_made], ["grounding"], None, 0, tmp_path / "a",
-                            progress=False)
+    result = run_evaluation(backend, _hand_table(), [hand_made], ["grounding"], None, 0, tmp_path / "a", progress=False)
     (record,) = result.records
     assert record["metrics"] == {"phrase_pointing": 1.0, "right_object_share": pytest.approx(0.675)}
     summary = (tmp_path / "a" / "summary.md").read_text()
     assert "phrase_pointing ↑" in summary and "right_object_share ↑" in summary and "0.675" in summary
-    swapped = run_evaluation(backend, _hand_table(swapped=True), [hand_made], ["grounding"], None, 0,
-                             tmp_path / "b", progress=False)
+    swapped = run_evaluation(
+        backend, _hand_table(swapped=True), [hand_made], ["grounding"], None, 0, tmp_path / "b", progress=False
+    )
     assert swapped.records[0]["metrics"] == {"phrase_pointing": 0.0, "right_object_share": pytest.approx(0.325)}
 
 
@@ -116,8 +116,12 @@ def test_first_order_baseline_is_the_map_of_each_phrase_explained_alone(tiny):
     settings = method.make_settings(tiny, seed=0)
     for row in table.rows:
         image = tiny.preprocess_images([load_image(row.image)[0]])
-        maps = torch.stack([method.explain(tiny, image, tiny.tokenize([row.text[a:b]]), settings,
-                                           ("image",))[0].image_map_raw for a, b in row.phrases])
+        maps = torch.stack(
+            [
+                method.explain(tiny, image, tiny.tokenize([row.text[a:b]]), settings, ("image",))[0].image_map_raw
+                for a, b in row.phrases
+            ]
+        )
         plain = grounding_scores(maps, row.object_masks)
         for name in ("gradeclip", "phrase-alone"):
             got = next(r for r in records if r["row"] == row.id and r["method"] == name)["metrics"]
@@ -128,11 +132,11 @@ def test_first_order_baseline_is_the_map_of_each_phrase_explained_alone(tiny):
         assert both["metrics"]["phrase_pointing"] == alone["metrics"]["phrase_pointing"]
         assert both["similarity"] == pytest.approx(alone["similarity"], abs=1e-5)
         assert "image_pointing" in both["metrics"]
-    one_by_one = [r for row in table.rows for r in evaluate_rows(tiny, [row], ["gradeclip"], ["grounding"],
-                                                                  None, 0)[0]]
+    one_by_one = [r for row in table.rows for r in evaluate_rows(tiny, [row], ["gradeclip"], ["grounding"], None, 0)[0]]
     together = [r for r in records if r["method"] == "gradeclip"]
-    assert [r["metrics"] for r in one_by_one] == [{k: pytest.approx(v, abs=1e-6) for k, v in r["metrics"].items()}
-                                                   for r in together]
+    assert [r["metrics"] for r in one_by_one] == [
+        {k: pytest.approx(v, abs=1e-6) for k, v in r["metrics"].items()} for r in together
+    ]
 
 
 def test_exclip_in_evaluate_equals_its_phrase_maps_scored_directly(tiny):
@@ -142,8 +146,13 @@ def test_exclip_in_evaluate_equals_its_phrase_maps_scored_directly(tiny):
     method = INTERACTIONS.get("exclip")()
     chosen = method.make_settings(seed=0, steps=2, text_layer=0)
     for row, record in zip(table.rows, records):
-        maps = method.phrase_maps(tiny, tiny.preprocess_images([load_image(row.image)[0]]), tiny.tokenize([row.text]),
-                                  list(row.phrases), chosen)
+        maps = method.phrase_maps(
+            tiny,
+            tiny.preprocess_images([load_image(row.image)[0]]),
+            tiny.tokenize([row.text]),
+            list(row.phrases),
+            chosen,
+        )
         plain = grounding_scores(maps, row.object_masks)
         assert record["metrics"] == {k: pytest.approx(v, abs=1e-6) for k, v in plain.items()}
         assert record["method"] == "exclip" and record["seconds"]["explain"] > 0
@@ -154,41 +163,61 @@ def test_refusals_are_one_line(tiny, hand_made, tmp_path):
     with pytest.raises(InputError, match="per-object masks.*shapes-two:SPLIT:N"):
         run_evaluation(tiny, shapes, ["gradeclip"], ["grounding"], None, 0, tmp_path / "a", progress=False)
     with pytest.raises(InputError, match="--metrics grounding"):
-        run_evaluation(tiny, _hand_table(), [hand_made], ["localisation"], None, 0, tmp_path / "b",
-                       progress=False)
+        run_evaluation(tiny, _hand_table(), [hand_made], ["localisation"], None, 0, tmp_path / "b", progress=False)
 
 
 def test_a_crashed_run_resumes_with_the_same_numbers(tiny, tmp_path):
     table = load_table("shapes-two:test:3", size=tiny.geometry.image_size[0])
     settings = {"exclip": {"steps": 2}}
-    first = run_evaluation(tiny, table, ["exclip", "gradeclip"], ["grounding"], settings, 0, tmp_path,
-                           progress=False, batch_size=2)
+    first = run_evaluation(
+        tiny, table, ["exclip", "gradeclip"], ["grounding"], settings, 0, tmp_path, progress=False, batch_size=2
+    )
     results = tmp_path / "results.jsonl"
     lines = results.read_bytes().splitlines(keepends=True)
     results.write_bytes(b"".join(lines[:-2]) + lines[-2][:25])  # killed while writing the fifth record
-    again = run_evaluation(tiny, table, ["exclip", "gradeclip"], ["grounding"], settings, 0, tmp_path,
-                           progress=False, batch_size=2)
+    again = run_evaluation(
+        tiny, table, ["exclip", "gradeclip"], ["grounding"], settings, 0, tmp_path, progress=False, batch_size=2
+    )
     assert again.evaluated == 2 and again.skipped == 4
     _, records = read_results(results)
-    assert [(r["row"], r["method"], r["metrics"]) for r in records] == \
-        [(r["row"], r["method"], r["metrics"]) for r in first.records]
+    assert [(r["row"], r["method"], r["metrics"]) for r in records] == [
+        (r["row"], r["method"], r["metrics"]) for r in first.records
+    ]
 
 
 def test_cli_evaluate_with_interaction_methods(tmp_path, capsys):
     from m2ib.cli import main
 
     out = tmp_path / "run"
-    code = main(["evaluate", "--model", "random-tiny", "--data", "shapes-two:test:2", "--methods",
-                 "exclip,gradeclip", "--metrics", "grounding", "--steps", "2", "--setting", "exclip.text_layer=0",
-                 "--out", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "random-tiny",
+            "--data",
+            "shapes-two:test:2",
+            "--methods",
+            "exclip,gradeclip",
+            "--metrics",
+            "grounding",
+            "--steps",
+            "2",
+            "--setting",
+            "exclip.text_layer=0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     header = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert header["settings"]["exclip"]["text_layer"] == 0 and header["settings"]["exclip"]["steps"] == 2
     assert "| exclip |" in (out / "summary.md").read_text()
     capsys.readouterr()
-    for argv in (["--data", "shapes:test:2", "--methods", "gradeclip", "--metrics", "grounding"],
-                 ["--data", "shapes-two:test:2", "--methods", "exclip", "--metrics", "localisation"],
-                 ["--data", "shapes-two:test:2", "--methods", "exclip,nope", "--metrics", "grounding"]):
+    for argv in (
+        ["--data", "shapes:test:2", "--methods", "gradeclip", "--metrics", "grounding"],
+        ["--data", "shapes-two:test:2", "--methods", "exclip", "--metrics", "localisation"],
+        ["--data", "shapes-two:test:2", "--methods", "exclip,nope", "--metrics", "grounding"],
+    ):
         assert main(["evaluate", "--model", "random-tiny", *argv, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("m2ib: error:") and len(err.splitlines()) == 1, err

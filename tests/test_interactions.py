@@ -23,8 +23,15 @@ def _inputs(backend, text="a red circle and a blue star"):
 
 def _toy(tokens=("<s>", "red", "circle", "</s>"), grid=(2, 3), size=(4, 6)) -> Interaction:
     matrix = torch.arange(len(tokens) * grid[0] * grid[1], dtype=torch.float32).reshape(len(tokens), *grid)
-    return Interaction("red circle", list(tokens), torch.zeros(3, *size), matrix,
-                       offsets=[(0, 0), (0, 3), (4, 10), (0, 0)], special_tokens=(0, 3), method="toy")
+    return Interaction(
+        "red circle",
+        list(tokens),
+        torch.zeros(3, *size),
+        matrix,
+        offsets=[(0, 0), (0, 3), (4, 10), (0, 0)],
+        special_tokens=(0, 3),
+        method="toy",
+    )
 
 
 # --- the result type -----------------------------------------------------------------------------
@@ -104,8 +111,9 @@ def test_exclip_equals_plain_second_order_enumeration(backend):
     result = method.interact(backend, images, texts, method.make_settings(steps=2, chunk=5))
     plain = _plain_exclip(backend, images, texts, steps=2)
     prefix = backend.geometry.image_prefix_tokens
-    assert torch.allclose(result.matrix.reshape(len(result.tokens), -1).double(), plain[:, prefix:], atol=1e-5,
-                          rtol=1e-4)
+    assert torch.allclose(
+        result.matrix.reshape(len(result.tokens), -1).double(), plain[:, prefix:], atol=1e-5, rtol=1e-4
+    )
     assert result.info["image_prefix_sum"] == pytest.approx(float(plain[:, :prefix].sum()), abs=1e-5)
 
 
@@ -140,8 +148,9 @@ def test_phrase_alone_is_the_first_order_map_of_the_phrase_text(backend):
     settings = method.make_settings(first_order="saliency")
     maps = method.phrase_maps(backend, images, texts, [(2, 12), (19, 28)], settings)
     for k, phrase in enumerate(("red circle", "blue star")):
-        plain = m2ib.explain(backend, pixel_values=images.pixel_values, texts=phrase, method="saliency",
-                             modalities=("image",))
+        plain = m2ib.explain(
+            backend, pixel_values=images.pixel_values, texts=phrase, method="saliency", modalities=("image",)
+        )
         plain = plain[0] if isinstance(plain, list) else plain
         assert torch.allclose(maps[k], plain.image_map_raw)
     result = method.interact(backend, images, texts, settings)
@@ -194,8 +203,23 @@ def test_cli_explain_with_an_interaction_method_writes_matrix_and_figure(tmp_pat
 
     picture = tmp_path / "scene.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(picture)
-    code = main(["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "exclip",
-                 "--steps", "2", "--image-layer", "1", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "explain",
+            str(picture),
+            "a red circle",
+            "--model",
+            "random-tiny",
+            "--method",
+            "exclip",
+            "--steps",
+            "2",
+            "--image-layer",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     written = capsys.readouterr().out.split()
     assert sorted(p.rsplit(".", 1)[1] for p in written) == ["json", "npz", "png"]
@@ -203,8 +227,24 @@ def test_cli_explain_with_an_interaction_method_writes_matrix_and_figure(tmp_pat
     assert back.settings["steps"] == 2 and back.settings["image_layer"] == 1
     figure = Image.open(tmp_path / "out" / "scene_exclip.png")
     assert figure.size[0] > figure.size[1]  # one panel per content word ("red", "circle") and the image
-    assert main(["explain", str(picture), "a red circle", "--model", "random-tiny", "--method", "exclip",
-                 "--steps", "0", "--out", str(tmp_path / "bad")]) != 0
+    assert (
+        main(
+            [
+                "explain",
+                str(picture),
+                "a red circle",
+                "--model",
+                "random-tiny",
+                "--method",
+                "exclip",
+                "--steps",
+                "0",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        != 0
+    )
 
 
 def test_interact_from_a_picture_equals_the_method_on_model_inputs(backend):
@@ -215,8 +255,12 @@ def test_interact_from_a_picture_equals_the_method_on_model_inputs(backend):
     picture = Image.new("RGB", (48, 48), (30, 60, 220))
     result = interact(backend, picture, "a blue square", steps=2, text_layer=0)
     method = INTERACTIONS.get("exclip")()
-    direct = method.interact(backend, backend.preprocess_images([picture]), backend.tokenize(["a blue square"]),
-                             method.make_settings(steps=2, text_layer=0))
+    direct = method.interact(
+        backend,
+        backend.preprocess_images([picture]),
+        backend.tokenize(["a blue square"]),
+        method.make_settings(steps=2, text_layer=0),
+    )
     assert torch.allclose(result.matrix, direct.matrix)
     assert result.span_map("blue square").shape == backend.geometry.image_size
     with pytest.raises(InputError):

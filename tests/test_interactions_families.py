@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from test_backends_families import BUILDERS, family
 
 from m2ib.interactions import interact
-from test_backends_families import BUILDERS, family
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))

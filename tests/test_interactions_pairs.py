@@ -15,15 +15,27 @@ def _pairs_file(tmp_path):
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
     Image.new("RGB", (52, 40), (30, 60, 220)).save(tmp_path / "blue.png")
     path = tmp_path / "pairs.tsv"
-    path.write_text("image\ttext\nred.png\ta red circle\nmissing.png\ta cat\nblue.png\ta blue square and a dot\n"
-                    "red.png\t   \n")
+    path.write_text(
+        "image\ttext\nred.png\ta red circle\nmissing.png\ta cat\nblue.png\ta blue square and a dot\nred.png\t   \n"
+    )
     return path
 
 
 def test_pairs_write_each_rows_matrix_and_count_bad_rows(tmp_path, capsys):
     pairs, out = _pairs_file(tmp_path), tmp_path / "out"
-    argv = ["explain", "--pairs", str(pairs), "--model", "random-tiny", "--method", "exclip", "--steps", "2",
-            "--out", str(out)]
+    argv = [
+        "explain",
+        "--pairs",
+        str(pairs),
+        "--model",
+        "random-tiny",
+        "--method",
+        "exclip",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2  # two rows failed
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("m2ib: skipped row")]
@@ -32,8 +44,10 @@ def test_pairs_write_each_rows_matrix_and_count_bad_rows(tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"{stem}_exclip.{ext}" for stem in ("00001_red", "00003_blue") for ext in ("json", "npz", "png")]
     backend = m2ib.load("random-tiny")
-    for stem, image, text in (("00001_red", "red.png", "a red circle"), ("00003_blue", "blue.png",
-                                                                       "a blue square and a dot")):
+    for stem, image, text in (
+        ("00001_red", "red.png", "a red circle"),
+        ("00003_blue", "blue.png", "a blue square and a dot"),
+    ):
         back = load_interaction(out / f"{stem}_exclip")
         plain = interact(backend, tmp_path / image, text, method="exclip", steps=2)
         assert back.text == text and torch.allclose(back.matrix, plain.matrix, atol=1e-6)
@@ -45,9 +59,11 @@ def test_pairs_write_each_rows_matrix_and_count_bad_rows(tmp_path, capsys):
 
 def test_pairs_refusals_are_one_line(tmp_path, capsys):
     pairs = _pairs_file(tmp_path)
-    for argv in (["explain", str(tmp_path / "red.png"), "a red circle", "--pairs", str(pairs)],
-                 ["explain", "--pairs", str(tmp_path / "nope.tsv")],
-                 ["explain", "--pairs", str(pairs), "--steps", "0"]):
+    for argv in (
+        ["explain", str(tmp_path / "red.png"), "a red circle", "--pairs", str(pairs)],
+        ["explain", "--pairs", str(tmp_path / "nope.tsv")],
+        ["explain", "--pairs", str(pairs), "--steps", "0"],
+    ):
         assert main([*argv, "--method", "exclip", "--model", "random-tiny", "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("m2ib: error:") and len(err.splitlines()) == 1, err

@@ -18,8 +18,9 @@ from m2ib.methods.m2ib import kl_to_prior
 FAST = dict(steps=3, samples=4)  # enough to exercise every code path quickly
 
 
-def reference_m2ib(model, pixel_values, input_ids, modality, layer, beta, var=1.0, steps=10, lr=1.0,
-                   samples=10, seed=0):
+def reference_m2ib(
+    model, pixel_values, input_ids, modality, layer, beta, var=1.0, steps=10, lr=1.0, samples=10, seed=0
+):
     """The method as written in the paper and its code: a hook replaces block ``layer``'s output
     with Z, the WHOLE model (and the other tower) runs on the noise copies at every step, and
     the KL is the paper's formula. Noise is drawn like m2ib's (one generator, all steps at once)."""
@@ -45,10 +46,10 @@ def reference_m2ib(model, pixel_values, input_ids, modality, layer, beta, var=1.
     for step in range(steps):
         optimiser.zero_grad()
         lam = torch.sigmoid(alpha)
-        eps = noise[step] * var ** 0.5
+        eps = noise[step] * var**0.5
         z = lam * r + (1 - lam) * eps
         mu, v = lam * r, (1 - lam) ** 2 * var
-        kl = 0.5 * (v / var + mu ** 2 / var - 1 - torch.log(v / var))  # KL(N(mu, v) || N(0, var))
+        kl = 0.5 * (v / var + mu**2 / var - 1 - torch.log(v / var))  # KL(N(mu, v) || N(0, var))
 
         def replace(module, args, output):
             return z
@@ -71,19 +72,23 @@ def reference_m2ib(model, pixel_values, input_ids, modality, layer, beta, var=1.
     return kl.detach()[0].sum(-1)  # [T]
 
 
-@pytest.mark.parametrize("modality,layer,beta,var", [("image", 1, 0.1, 1.0), ("text", 0, 1.0, 1.0),
-                                                     ("image", 0, 0.5, 2.5), ("text", 1, 0.1, 0.5)])
+@pytest.mark.parametrize(
+    "modality,layer,beta,var",
+    [("image", 1, 0.1, 1.0), ("text", 0, 1.0, 1.0), ("image", 0, 0.5, 2.5), ("text", 1, 0.1, 0.5)],
+)
 def test_equals_reference_implementation(small_clip, backend, modality, layer, beta, var):
     model, _ = small_clip
     image = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(1))
     text = "a red circle and a blue star"
-    settings = dict(vision_layer=layer, text_layer=layer, vision_beta=beta, text_beta=beta, var=var,
-                    steps=6, samples=5, seed=7)
+    settings = dict(
+        vision_layer=layer, text_layer=layer, vision_beta=beta, text_beta=beta, var=var, steps=6, samples=5, seed=7
+    )
     exp = m2ib.explain(backend, image, text, modalities=(modality,), **settings)
     images = backend.preprocess_images([m2ib.inputs.load_image(image)[0]])
     texts = backend.tokenize([text])
-    ref = reference_m2ib(model.float(), images.pixel_values, texts.input_ids, modality, layer, beta, var,
-                         steps=6, samples=5, seed=7)
+    ref = reference_m2ib(
+        model.float(), images.pixel_values, texts.input_ids, modality, layer, beta, var, steps=6, samples=5, seed=7
+    )
     for p in model.parameters():  # the reference's backward filled .grad; our fixture stays clean
         p.grad = None
     if modality == "image":
@@ -101,8 +106,8 @@ def test_kl_formula_matches_torch_distributions():
     for var in (1.0, 0.3, 4.0):
         lam = torch.sigmoid(alpha)
         ours = kl_to_prior(lam * r, F.logsigmoid(-alpha), var)
-        p = torch.distributions.Normal(lam * r, (1 - lam) * var ** 0.5)
-        q = torch.distributions.Normal(torch.zeros(50), torch.full((50,), var ** 0.5))
+        p = torch.distributions.Normal(lam * r, (1 - lam) * var**0.5)
+        q = torch.distributions.Normal(torch.zeros(50), torch.full((50,), var**0.5))
         torch.testing.assert_close(ours, torch.distributions.kl_divergence(p, q), atol=1e-3, rtol=1e-4)
     # stays finite where the textbook formula overflows
     assert torch.isfinite(kl_to_prior(torch.ones(3), F.logsigmoid(-torch.tensor([30.0, 60.0, 200.0])), 1.0)).all()
@@ -142,17 +147,20 @@ def test_negative_layers_and_default_layer_rule(backend, images):
     assert [default_layer(n) for n in (1, 2, 4, 6, 8, 24)] == [0, 1, 2, 4, 6, 19]
 
 
-@pytest.mark.parametrize("bad,message", [
-    (dict(vision_layer=3), "vision_layer=3 is outside the image encoder's 3 blocks: use 0..2"),
-    (dict(text_layer=-4), "text_layer=-4 is outside"),
-    (dict(steps=0), "steps=0 must be a positive integer"),
-    (dict(samples=-1), "samples=-1"),
-    (dict(lr=0.0), "lr=0.0 must be a positive number"),
-    (dict(vision_beta=-0.1), "vision_beta=-0.1 must be a number >= 0"),
-    (dict(var=0), "var=0"),
-    (dict(precision="int8"), "precision='int8'"),
-    (dict(temperature=1.0), "unknown setting"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(vision_layer=3), "vision_layer=3 is outside the image encoder's 3 blocks: use 0..2"),
+        (dict(text_layer=-4), "text_layer=-4 is outside"),
+        (dict(steps=0), "steps=0 must be a positive integer"),
+        (dict(samples=-1), "samples=-1"),
+        (dict(lr=0.0), "lr=0.0 must be a positive number"),
+        (dict(vision_beta=-0.1), "vision_beta=-0.1 must be a number >= 0"),
+        (dict(var=0), "var=0"),
+        (dict(precision="int8"), "precision='int8'"),
+        (dict(temperature=1.0), "unknown setting"),
+    ],
+)
 def test_bad_settings_are_clear_errors(backend, bad, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", **bad)
@@ -187,12 +195,15 @@ def test_no_leftovers_after_success_or_exception(small_clip, backend, monkeypatc
     assert [id(m) for m in model.modules()] == layers_before  # nothing swapped in
 
 
-@pytest.mark.parametrize("image,text", [
-    (torch.zeros(3, 48, 48), "a cat"),  # all black
-    (torch.rand(3, 48, 1), "a cat"),  # one pixel wide
-    (torch.rand(3, 1, 64), "cat cat cat cat cat cat cat cat"),  # one pixel high, one repeated token
-    (torch.ones(3, 48, 48), "a " * 60),  # constant white, long repetition
-])
+@pytest.mark.parametrize(
+    "image,text",
+    [
+        (torch.zeros(3, 48, 48), "a cat"),  # all black
+        (torch.rand(3, 48, 1), "a cat"),  # one pixel wide
+        (torch.rand(3, 1, 64), "cat cat cat cat cat cat cat cat"),  # one pixel high, one repeated token
+        (torch.ones(3, 48, 48), "a " * 60),  # constant white, long repetition
+    ],
+)
 def test_maps_never_contain_nan(backend, image, text):
     exp = m2ib.explain(backend, image, text, **FAST)
     for t in (exp.image_map, exp.text_map, exp.image_map_raw, exp.text_map_raw):
@@ -202,8 +213,9 @@ def test_maps_never_contain_nan(backend, image, text):
 
 def test_huge_beta_and_lr_stay_finite(backend):
     with pytest.warns(UserWarning, match="constant"):  # finite, but degenerate: said so
-        exp = m2ib.explain(backend, torch.rand(3, 48, 48), "a cat", lr=100.0, vision_beta=1000.0, text_beta=1000.0,
-                           steps=5, samples=2)
+        exp = m2ib.explain(
+            backend, torch.rand(3, 48, 48), "a cat", lr=100.0, vision_beta=1000.0, text_beta=1000.0, steps=5, samples=2
+        )
     assert torch.isfinite(exp.image_map).all() and torch.isfinite(exp.text_map).all()
 
 
@@ -238,6 +250,7 @@ def test_the_shared_embeddings_run_in_the_precision_a_method_declares(backend, m
     Undeclared().explain(backend, images, texts, Undeclared().make_settings(backend))
     assert seen == ["bf16", "fp32"]
 
+
 def test_weights_never_receive_gradients(small_clip, backend):
     model, _ = small_clip
     seen = []
@@ -255,9 +268,15 @@ def test_pil_inputs_of_every_mode(backend, tmp_path):
 
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
-    inputs = [rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("CMYK"),
-              Image.fromarray(rng.integers(0, 65535, (40, 30), dtype=np.uint16)), rgb.convert("1"),
-              Image.fromarray(rng.random((40, 30)).astype(np.float32), mode="F")]
+    inputs = [
+        rgb.convert("L"),
+        rgb.convert("RGBA"),
+        rgb.convert("P"),
+        rgb.convert("CMYK"),
+        Image.fromarray(rng.integers(0, 65535, (40, 30), dtype=np.uint16)),
+        rgb.convert("1"),
+        Image.fromarray(rng.random((40, 30)).astype(np.float32), mode="F"),
+    ]
     exps = m2ib.explain(backend, inputs, "a cat", **FAST)
     assert all(torch.isfinite(e.image_map).all() for e in exps)
 
@@ -273,11 +292,14 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_before_allocating(backend, m
     assert m2ib_method.memory_needed(1, 17, 32, 1, dataclasses.replace(settings, samples=20)) > small
     assert m2ib_method.memory_needed(2, 17, 32, 1, settings) == 2 * small
     monkeypatch.setattr(memory, "memory_available", lambda device: small // 2)
-    with pytest.raises(InputError, match=r"samples=10 and steps=10 on 1 pair.*: lower samples \(or batch_size, or "
-                                         r"steps\)$") as refused:
+    with pytest.raises(
+        InputError,
+        match=r"samples=10 and steps=10 on 1 pair.*: lower samples \(or batch_size, or "
+        r"steps\)$",
+    ) as refused:
         m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=10, samples=10)
     assert refused.value.settings == ("samples", "batch_size", "steps")
-    monkeypatch.setattr(memory, "memory_available", lambda device: 10 * 2 ** 30)
+    monkeypatch.setattr(memory, "memory_available", lambda device: 10 * 2**30)
     m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=2, samples=2)
 
 
@@ -289,8 +311,19 @@ def test_errors_name_settings_and_the_command_line_says_their_flags(backend, mon
     from m2ib.cli import main
 
     scene = str(Path(__file__).resolve().parents[1] / "examples" / "scene1.png")
-    fast = ["--model", "random-tiny", "--steps", "3", "--samples", "2", "--modalities", "text", "--no-figure",
-            "--out", str(tmp_path)]
+    fast = [
+        "--model",
+        "random-tiny",
+        "--steps",
+        "3",
+        "--samples",
+        "2",
+        "--modalities",
+        "text",
+        "--no-figure",
+        "--out",
+        str(tmp_path),
+    ]
     with pytest.warns(UserWarning, match=r"lower lr \(now 1e\+30\) or text_beta \(now 0.1\)$"):
         m2ib.explain(backend, torch.rand(3, 48, 48), "a red circle", steps=3, samples=2, lr=1e30, modalities=["text"])
     assert main(["explain", scene, "a red circle", *fast, "--lr", "1e30"]) == 0
@@ -300,7 +333,9 @@ def test_errors_name_settings_and_the_command_line_says_their_flags(backend, mon
     assert main(["explain", scene, "a red circle", *fast, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("m2ib: error: M2IB with samples=2 and steps=3 on 1 pair(s) needs about ") and err.endswith(
-        ": lower --samples (or --batch-size, or --steps)\n"), err
+        ": lower --samples (or --batch-size, or --steps)\n"
+    ), err
+
 
 def test_a_degenerate_fit_is_loud(backend):
     """lr=1e30 drives every alpha to -inf: a constant (all-zero) map, which must warn, naming lr."""

@@ -35,8 +35,7 @@ def block_output(model, modality, pixel_values, input_ids, layer):
     return found["r"]
 
 
-def reference_standardised(model, pixel_values, input_ids, modality, layer, beta, mean, sd, var, steps, samples,
-                           seed):
+def reference_standardised(model, pixel_values, input_ids, modality, layer, beta, mean, sd, var, steps, samples, seed):
     """The formula, plainly: Z = lam R + (1 - lam) eps with eps ~ N(mean, var sd^2) per feature, the
     KL to that same N(mean, var sd^2) (torch.distributions), the whole model re-run on Z; one pair."""
     tower = model.vision_model if modality == "image" else model.text_model
@@ -44,13 +43,13 @@ def reference_standardised(model, pixel_values, input_ids, modality, layer, beta
     alpha = torch.full_like(r, 5.0, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=1.0)
     noise = torch.randn(steps, samples, *r.shape[1:], generator=torch.Generator().manual_seed(seed))
-    prior = torch.distributions.Normal(mean, sd * var ** 0.5)
+    prior = torch.distributions.Normal(mean, sd * var**0.5)
     kl = None
     for step in range(steps):
         optimiser.zero_grad()
         lam = torch.sigmoid(alpha)
-        z = lam * r + (1 - lam) * (mean + sd * var ** 0.5 * noise[step])
-        posterior = torch.distributions.Normal(lam * r + (1 - lam) * mean, (1 - lam) * sd * var ** 0.5)
+        z = lam * r + (1 - lam) * (mean + sd * var**0.5 * noise[step])
+        posterior = torch.distributions.Normal(lam * r + (1 - lam) * mean, (1 - lam) * sd * var**0.5)
         kl = torch.distributions.kl_divergence(posterior, prior)
         handle = tower.encoder.layers[layer].register_forward_hook(lambda module, args, output: z)
         try:
@@ -87,9 +86,20 @@ def check_equals_reference(small_clip, backend, exps, modality, layer, mean, sd,
     images = backend.preprocess_images([m2ib.inputs.load_image(p)[0] for p in pictures(3)])
     texts = backend.tokenize(TEXTS)
     for i, exp in enumerate(exps):
-        ref = reference_standardised(model.float(), images.pixel_values[i:i + 1], texts.input_ids[i:i + 1],
-                                     modality, layer, settings["vision_beta"], mean, sd, var, settings["steps"],
-                                     settings["samples"], settings["seed"])
+        ref = reference_standardised(
+            model.float(),
+            images.pixel_values[i : i + 1],
+            texts.input_ids[i : i + 1],
+            modality,
+            layer,
+            settings["vision_beta"],
+            mean,
+            sd,
+            var,
+            settings["steps"],
+            settings["samples"],
+            settings["seed"],
+        )
         got = exp.image_grid.flatten() if modality == "image" else exp.text_map_raw
         want = ref[1:] if modality == "image" else ref
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -100,8 +110,17 @@ def check_equals_reference(small_clip, backend, exps, modality, layer, mean, sd,
 @pytest.mark.parametrize("modality,layer,var", [("image", 1, 1.0), ("text", 0, 1.0), ("text", 1, 2.0)])
 def test_batch_statistics_equal_the_formula(small_clip, backend, modality, layer, var):
     model, _ = small_clip
-    settings = dict(vision_layer=layer, text_layer=layer, vision_beta=0.5, text_beta=0.5, var=var, steps=4,
-                    samples=3, seed=5, bottleneck="standardised")
+    settings = dict(
+        vision_layer=layer,
+        text_layer=layer,
+        vision_beta=0.5,
+        text_beta=0.5,
+        var=var,
+        steps=4,
+        samples=3,
+        seed=5,
+        bottleneck="standardised",
+    )
     exps = m2ib.explain(backend, pictures(3), TEXTS, modalities=(modality,), **settings)
     images = backend.preprocess_images([m2ib.inputs.load_image(p)[0] for p in pictures(3)])
     texts = backend.tokenize(TEXTS)
@@ -119,8 +138,17 @@ def test_reference_set_statistics_equal_the_formula(small_clip, backend, tmp_pat
         Image.fromarray((picture.permute(1, 2, 0) * 255).round().byte().numpy()).save(tmp_path / f"r{i}.png")
         lines.append(f"{text}\tr{i}.png")
     (tmp_path / "ref.tsv").write_text("\n".join(lines) + "\n")
-    settings = dict(vision_layer=1, text_layer=1, vision_beta=0.5, text_beta=0.5, steps=4, samples=3, seed=2,
-                    bottleneck="standardised", reference=str(tmp_path / "ref.tsv"))
+    settings = dict(
+        vision_layer=1,
+        text_layer=1,
+        vision_beta=0.5,
+        text_beta=0.5,
+        steps=4,
+        samples=3,
+        seed=2,
+        bottleneck="standardised",
+        reference=str(tmp_path / "ref.tsv"),
+    )
     exps = m2ib.explain(backend, pictures(3), TEXTS, modalities=(modality,), **settings)
     ref_batch = backend.preprocess_images([Image.open(tmp_path / f"r{i}.png") for i in range(4)])
     ref_ids = backend.tokenize(ref_texts).input_ids
@@ -129,8 +157,8 @@ def test_reference_set_statistics_equal_the_formula(small_clip, backend, tmp_pat
     check_equals_reference(small_clip, backend, exps, modality, 1, mean, sd, 1.0, settings)
     # the reference set's statistics do not depend on the batch: one pair alone gives the same map
     alone = m2ib.explain(backend, pictures(3)[1], TEXTS[1], modalities=(modality,), **settings)
-    got = (alone.image_grid if modality == "image" else alone.text_map_raw)
-    want = (exps[1].image_grid if modality == "image" else exps[1].text_map_raw)
+    got = alone.image_grid if modality == "image" else alone.text_map_raw
+    want = exps[1].image_grid if modality == "image" else exps[1].text_map_raw
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -141,8 +169,17 @@ def test_ragged_positions_take_the_pooled_statistics():
     # position 0: 1, 3, 5; position 1: 2, 6; positions 2 and 3: pooled over 1, 2, 9, 3, 6, 5 (mean 26/6)
     pooled = torch.tensor([1.0, 2, 9, 3, 6, 5])
     torch.testing.assert_close(mean[:, 0], torch.tensor([3.0, 4.0, 26 / 6, 26 / 6]))
-    torch.testing.assert_close(sd[:, 0], torch.stack([torch.tensor([1.0, 3, 5]).std(correction=0), torch.tensor(2.0),
-                                                      pooled.std(correction=0), pooled.std(correction=0)]))
+    torch.testing.assert_close(
+        sd[:, 0],
+        torch.stack(
+            [
+                torch.tensor([1.0, 3, 5]).std(correction=0),
+                torch.tensor(2.0),
+                pooled.std(correction=0),
+                pooled.std(correction=0),
+            ]
+        ),
+    )
     # a feature that never varies gets STD_FLOOR times its channel's pooled sd
     same = torch.tensor([[[1.0], [4.0]], [[1.0], [8.0]]])
     _, sd = feature_statistics(same, torch.ones(2, 2), 2)
@@ -166,10 +203,24 @@ def test_clear_errors(backend, tmp_path):
         m2ib.explain(backend, pictures(1)[0], "a red circle", reference="shapes:val:4", steps=2, samples=2)
     (tmp_path / "one.tsv").write_text("a red circle\tnone.png\n")
     with pytest.raises(InputError, match="has 1 row"):
-        m2ib.explain(backend, pictures(1)[0], "a red circle", bottleneck="standardised",
-                     reference=str(tmp_path / "one.tsv"), steps=2, samples=2)
+        m2ib.explain(
+            backend,
+            pictures(1)[0],
+            "a red circle",
+            bottleneck="standardised",
+            reference=str(tmp_path / "one.tsv"),
+            steps=2,
+            samples=2,
+        )
     with pytest.raises(InputError, match="size must be >= 64"):  # the 48 px test model
-        m2ib.explain(backend, pictures(1)[0], "a red circle", bottleneck="standardised", reference="shapes:val:4",
-                     steps=2, samples=2)
+        m2ib.explain(
+            backend,
+            pictures(1)[0],
+            "a red circle",
+            bottleneck="standardised",
+            reference="shapes:val:4",
+            steps=2,
+            samples=2,
+        )
     with pytest.raises(InputError, match="bottleneck="):
         m2ib.explain(backend, pictures(1)[0], "a red circle", bottleneck="iba", steps=2, samples=2)

@@ -24,4 +24,4 @@ def test_require_memory_refuses_on_one_line_only_what_does_not_fit(monkeypatch):
     with pytest.raises(InputError, match=r"^this needs about 3.0 GiB, more than the 2.0 GiB free on cpu: lower it$"):
         memory.require_memory(3 * memory.GIB, torch.device("cpu"), "this", "lower it")
     monkeypatch.setattr(memory, "memory_available", lambda device: None)  # cannot be asked: no refusal
-    memory.require_memory(10 ** 18, torch.device("cpu"), "this", "lower it")
+    memory.require_memory(10**18, torch.device("cpu"), "this", "lower it")

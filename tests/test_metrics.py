@@ -89,8 +89,7 @@ def pair(toy):
     pixels[0, 0][toy.region] = 1.0
     images = ImageBatch(pixels)
     # text "<s> a 5 b 6 </s>": relevant word ids 5 and 6; the text's own embedding is [2, 1]
-    texts = TextBatch(torch.tensor([[49, 1, 5, 2, 6, 50]]), torch.ones(1, 6, dtype=torch.long),
-                      special=((0, 5),))
+    texts = TextBatch(torch.tensor([[49, 1, 5, 2, 6, 50]]), torch.ones(1, 6, dtype=torch.long), special=((0, 5),))
     return images, texts
 
 
@@ -100,6 +99,7 @@ def _target_is_unit_x(monkeypatch):
 
     def targets(backend, modality, images, texts):
         return torch.tensor([[1.0, 0.0]]).repeat(len(images), 1)
+
     for mod in ("common", "confidence", "deletion", "road"):
         monkeypatch.setattr(importlib.import_module(f"m2ib.metrics.{mod}"), "targets", targets)
 
@@ -115,8 +115,10 @@ def _maps(toy):
 def test_confidence_image_mask_protocol(toy, pair, monkeypatch):
     _target_is_unit_x(monkeypatch)
     images, texts = pair
-    got = {k: confidence_change(toy, images, texts, m[None], modality="image", protocol="mask")
-           for k, m in _maps(toy).items()}
+    got = {
+        k: confidence_change(toy, images, texts, m[None], modality="image", protocol="mask")
+        for k, m in _maps(toy).items()
+    }
     a_half = 0.5 / math.sqrt(0.25 + 1)
     assert got["perfect"]["drop"].item() == pytest.approx(0.0)
     assert got["perfect"]["increase"].item() == 0.0  # unchanged is not an increase
@@ -153,8 +155,10 @@ def test_confidence_text_both_protocols(toy, pair, monkeypatch):
     inverted = torch.tensor([0.0, 0.9, 0.1, 0.8, 0.2, 0.0])
     constant = torch.full((6,), 0.5)
     for protocol in ("mask", "m2ib"):
-        got = {name: confidence_change(toy, images, texts, [m], modality="text", protocol=protocol)
-               for name, m in (("perfect", perfect), ("inverted", inverted), ("constant", constant))}
+        got = {
+            name: confidence_change(toy, images, texts, [m], modality="text", protocol=protocol)
+            for name, m in (("perfect", perfect), ("inverted", inverted), ("constant", constant))
+        }
         assert got["perfect"]["s"].item() == pytest.approx(s_full)
         assert got["perfect"]["drop"].item() == pytest.approx(0.0)
         assert got["inverted"]["drop"].item() == pytest.approx(100 * s_full)  # w = 0
@@ -171,15 +175,17 @@ def test_m2ib_text_protocol_matches_the_reference_computation(backend):
     got = confidence_change(backend, images, texts, [tmap], modality="text", protocol="m2ib")
     model = backend.model
     with torch.no_grad():
-        image = F.normalize(model.visual_projection(model.vision_model(pixel_values=images.pixel_values).pooler_output),
-                            dim=-1)
+        image = F.normalize(
+            model.visual_projection(model.vision_model(pixel_values=images.pixel_values).pooler_output), dim=-1
+        )
 
         def features(ids):
             hidden = model.text_model(input_ids=ids[None]).last_hidden_state[0]
             pooled = hidden[int(ids.argmax())]
             return F.normalize(model.text_projection(pooled), dim=-1)
-        cut = texts.input_ids[0, 1:n - 1]
-        m = tmap[1:n - 1]
+
+        cut = texts.input_ids[0, 1 : n - 1]
+        m = tmap[1 : n - 1]
         keep = m > torch.quantile(m, 0.5)
         s = float(features(cut) @ image[0])
         s_masked = float(features(cut * keep) @ image[0])
@@ -213,7 +219,7 @@ def test_deletion_insertion(toy, pair, monkeypatch):
     from m2ib.metrics import gaussian_blur
 
     a_blur = float(gaussian_blur(images.pixel_values, 5 * H / 224)[0, 0][toy.region].mean())
-    s_blur = a_blur / math.sqrt(a_blur ** 2 + 1)
+    s_blur = a_blur / math.sqrt(a_blur**2 + 1)
     assert perfect["insertion"][0].tolist() == pytest.approx([s_blur, S1, S1, S1, S1], abs=1e-6)
     assert perfect["insertion_auc"].item() == pytest.approx(0.125 * (s_blur + S1) + 0.75 * S1, abs=1e-6)
     constant = deletion_insertion(toy, images, texts, maps["constant"][None], modality="image", steps=4, seeds=[3])
@@ -226,7 +232,9 @@ def test_text_deletion(toy, pair, monkeypatch):
     _target_is_unit_x(monkeypatch)
     images, texts = pair
     s2, s1 = 2 / math.sqrt(5), S1
-    perfect = deletion_insertion(toy, images, texts, [torch.tensor([0, .1, .9, .2, .8, 0])], modality="text", steps=4)
+    perfect = deletion_insertion(
+        toy, images, texts, [torch.tensor([0, 0.1, 0.9, 0.2, 0.8, 0])], modality="text", steps=4
+    )
     # 4 words ranked 5, 6, a, b: deleting 0..4 of them leaves w = 2, 1, 0, 0, 0
     assert perfect["deletion_auc"].item() == pytest.approx(0.25 * ((s2 + s1) / 2 + s1 / 2))
     assert perfect["insertion_auc"].item() == pytest.approx(0.25 * (s1 / 2 + (s1 + s2) / 2 + 2 * s2))
@@ -314,7 +322,6 @@ def test_cascading_randomization_leaves_the_model_alone(backend):
     assert text["labels"] == ["head", "embeddings"] and text["ssim"] is None
 
 
-
 def test_the_randomised_copy_never_reuses_the_trained_models_m2ib_fits(backend):
     """M2IB's captured loops (CUDA graphs replay the weights they were captured on) are kept per
     backend object by the method layer: the sanity check's randomised copy starts with none of the
@@ -332,12 +339,14 @@ def test_the_randomised_copy_never_reuses_the_trained_models_m2ib_fits(backend):
     live = len(FITS)
     other = dataclasses.replace(backend)
     settings = M2IBSettings(steps=1, samples=1)
-    FITS(other)["key"] = BottleneckFit(other, "image", ImageBatch(torch.rand(1, 3, 48, 48)), 0, 0.1, settings,
-                                       1, 4, 8, graph=False)
+    FITS(other)["key"] = BottleneckFit(
+        other, "image", ImageBatch(torch.rand(1, 3, 48, 48)), 0, 0.1, settings, 1, 4, 8, graph=False
+    )
     assert len(FITS) == live + 1 and FITS(backend)["key"] == "the trained model's fit"
     del other
     gc.collect()
     assert len(FITS) == live
+
 
 # --- ROAR+ ------------------------------------------------------------------------------------
 
@@ -376,8 +385,11 @@ def test_roar_resumes_from_cached_map_chunks(tmp_path, monkeypatch):
     # chunked maps equal one call on every scene (per-pair seeds)
     images, labels, prompts = R.roar_scenes(64, 40, "train")
     fast = {"steps": 2, "samples": 2}
-    assert torch.allclose(R.cached_maps(backend, "m2ib", images, labels, prompts, fast, 3, None, "train"),
-                          R.method_maps(backend, "m2ib", images, labels, prompts, fast, 3), atol=1e-6)
+    assert torch.allclose(
+        R.cached_maps(backend, "m2ib", images, labels, prompts, fast, 3, None, "train"),
+        R.method_maps(backend, "m2ib", images, labels, prompts, fast, 3),
+        atol=1e-6,
+    )
 
     calls: list[int] = []
     real = R.method_maps
@@ -447,39 +459,68 @@ def test_metric_flags_keep_their_names_and_the_record_its_keys():
     from m2ib.cli.evaluate import chosen_metrics
     from m2ib.metrics import metrics_record
 
-    args = _evaluate_args("--metrics", "confidence,deletion,road,localisation,sanity,roar", "--protocols", "mask",
-                          "--deletion-steps", "4", "--road-percentiles", "10,50,90", "--road-noise", "0",
-                          "--iou-k", "0.25", "--sanity-steps", "3", "--roar-budget", "small")
+    args = _evaluate_args(
+        "--metrics",
+        "confidence,deletion,road,localisation,sanity,roar",
+        "--protocols",
+        "mask",
+        "--deletion-steps",
+        "4",
+        "--road-percentiles",
+        "10,50,90",
+        "--road-noise",
+        "0",
+        "--iou-k",
+        "0.25",
+        "--sanity-steps",
+        "3",
+        "--roar-budget",
+        "small",
+    )
     record = metrics_record(chosen_metrics(args))
     definitions, budget = record.pop("protocol_definitions"), record.pop("roar")
-    assert record == {"names": ["confidence", "deletion", "road", "localisation", "sanity", "roar"],
-                      "protocols": ["mask"], "deletion_steps": 4, "road_percentiles": [10, 50, 90], "road_noise": 0.0,
-                      "iou_k": 0.25, "sanity_steps": 3, "roar_budget": "small"}
+    assert record == {
+        "names": ["confidence", "deletion", "road", "localisation", "sanity", "roar"],
+        "protocols": ["mask"],
+        "deletion_steps": 4,
+        "road_percentiles": [10, 50, 90],
+        "road_noise": 0.0,
+        "iou_k": 0.25,
+        "sanity_steps": 3,
+        "roar_budget": "small",
+    }
     assert set(definitions) == {"m2ib", "mask"} and budget["name"] == "small"
     defaults = metrics_record(chosen_metrics(_evaluate_args()))  # the default metrics, default options
     assert defaults["names"] == ["confidence", "deletion", "road", "localisation"]
     assert {k: defaults[k] for k in ("protocols", "deletion_steps", "road_percentiles", "road_noise", "iou_k")} == {
-        "protocols": ["m2ib", "mask"], "deletion_steps": 20, "road_percentiles": [10, 20, 30, 40, 50, 60, 70, 80, 90],
-        "road_noise": 0.01, "iou_k": None}
+        "protocols": ["m2ib", "mask"],
+        "deletion_steps": 20,
+        "road_percentiles": [10, 20, 30, 40, 50, 60, 70, 80, 90],
+        "road_noise": 0.01,
+        "iou_k": None,
+    }
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--deletion-steps", "0"], "deletion_steps=0 must be a positive integer"),
-    (["--deletion-steps", "2.5"], "deletion_steps='2.5' must be a whole number"),
-    (["--road-percentiles", "10,,20"], "road_percentiles='10,,20' has an empty item"),
-    (["--road-percentiles", "10,x"], "road_percentiles='x' must be a whole number"),
-    (["--road-percentiles", "10,120"], "road_percentiles='10,120': give percentiles in 0..100"),
-    (["--road-noise", "-1"], "road_noise=-1.0 must be a number >= 0"),
-    (["--protocols", "mask,exact"], "protocols='exact': use one of m2ib, mask"),
-    (["--protocols", ""], "protocols is empty"),
-    (["--iou-k", "2"], "iou_k=2.0 must be a share in (0, 1]"),
-    (["--metrics", "sanity", "--sanity-steps", "0"], "sanity_steps=0 must be a positive integer"),
-    (["--metrics", "roar", "--roar-budget", "huge"], "roar_budget='huge': use one of tiny, small, full"),
-    (["--sanity-steps", "3"], "--sanity-steps is an option of metric sanity, which --metrics does not choose"),
-    (["--metric-setting", "deletion.stride=2"], "deletion has no setting 'stride' (it has steps)"),
-    (["--metric-setting", "speed.x=2"], "use METRIC.NAME=VALUE with METRIC one of confidence"),
-    (["--metrics", "confidence,speed"], "unknown metric 'speed'"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--deletion-steps", "0"], "deletion_steps=0 must be a positive integer"),
+        (["--deletion-steps", "2.5"], "deletion_steps='2.5' must be a whole number"),
+        (["--road-percentiles", "10,,20"], "road_percentiles='10,,20' has an empty item"),
+        (["--road-percentiles", "10,x"], "road_percentiles='x' must be a whole number"),
+        (["--road-percentiles", "10,120"], "road_percentiles='10,120': give percentiles in 0..100"),
+        (["--road-noise", "-1"], "road_noise=-1.0 must be a number >= 0"),
+        (["--protocols", "mask,exact"], "protocols='exact': use one of m2ib, mask"),
+        (["--protocols", ""], "protocols is empty"),
+        (["--iou-k", "2"], "iou_k=2.0 must be a share in (0, 1]"),
+        (["--metrics", "sanity", "--sanity-steps", "0"], "sanity_steps=0 must be a positive integer"),
+        (["--metrics", "roar", "--roar-budget", "huge"], "roar_budget='huge': use one of tiny, small, full"),
+        (["--sanity-steps", "3"], "--sanity-steps is an option of metric sanity, which --metrics does not choose"),
+        (["--metric-setting", "deletion.stride=2"], "deletion has no setting 'stride' (it has steps)"),
+        (["--metric-setting", "speed.x=2"], "use METRIC.NAME=VALUE with METRIC one of confidence"),
+        (["--metrics", "confidence,speed"], "unknown metric 'speed'"),
+    ],
+)
 def test_bad_metric_options_are_one_line_naming_the_option(flags, message):
     from m2ib.cli.evaluate import chosen_metrics
     from m2ib.errors import InputError
@@ -524,8 +565,9 @@ def test_a_new_metric_option_is_one_field(registered):
 
     class Clash(Metric):  # its option's flag would be --ray-actors, a flag of evaluate's own
         name, title, keys = "ray", "Clash", ()
-        Settings = dataclasses.make_dataclass("RaySettings", [("actors", int, setting(1, "x"))],
-                                              bases=(MetricSettings,), frozen=True)
+        Settings = dataclasses.make_dataclass(
+            "RaySettings", [("actors", int, setting(1, "x"))], bases=(MetricSettings,), frozen=True
+        )
 
     registered(REGISTRY, Clash)
     with pytest.raises(InputError, match="ray's setting 'actors': argument --ray-actors: conflicting option string"):

@@ -66,11 +66,18 @@ print(json.dumps({{"codes": codes, "viewer": list(registered_methods()),
     done = _run(site, script)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["codes"] == {"list": 0, "explain": 0, "interaction": 0, "evaluate": 0, "bad setting": 2}, \
-        done.stderr[-3000:]
+    assert report["codes"] == {"list": 0, "explain": 0, "interaction": 0, "evaluate": 0, "bad setting": 2}, done.stderr[
+        -3000:
+    ]
     listing = done.stdout
-    for line in ("toy-centre", "Centre bias (toy plugin) (image, text) https://example.org/toy", "toy-outer",
-                 "toy-map-mean", "Toy ", "toy ToyModel (name prefix toy:)"):
+    for line in (
+        "toy-centre",
+        "Centre bias (toy plugin) (image, text) https://example.org/toy",
+        "toy-outer",
+        "toy-map-mean",
+        "Toy ",
+        "toy ToyModel (name prefix toy:)",
+    ):
         assert line in listing, listing
     assert "toy-centre" in report["viewer"] and "toy-outer" in report["viewer_interactions"]
     assert "width=2" in done.stderr  # the plugin's own range check, as one line
@@ -98,6 +105,9 @@ def test_a_broken_plugin_fails_loudly(site):
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "plugin 'toy'" in lines[0] and "broken on purpose" in lines[0], done.stderr
-    done = _run(site, "import sys; from m2ib.cli import main; sys.exit(main(['explain', 'x.png', 't']))",
-                M2IB_TOY_PLUGIN_BROKEN="1")
+    done = _run(
+        site,
+        "import sys; from m2ib.cli import main; sys.exit(main(['explain', 'x.png', 't']))",
+        M2IB_TOY_PLUGIN_BROKEN="1",
+    )
     assert done.returncode == 2 and "plugin 'toy'" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -17,16 +17,22 @@ import contextlib
 
 import pytest
 import torch
-
-from m2ib.inputs import load_image
 from test_backends_families import BUILDERS, TEXTS, build_hf_clip
 from test_backends_hf_dual import BUILDERS as HF_DUAL_BUILDERS
 from test_backends_hf_text import BUILDERS as HF_TEXT_BUILDERS
 from test_backends_hf_text_seq2seq import BUILDERS as HF_SEQ2SEQ_BUILDERS
 from test_backends_timm import BUILDERS as TIMM_BUILDERS
 
-FAMILIES = {"hf-clip": build_hf_clip, **BUILDERS, **HF_DUAL_BUILDERS, **TIMM_BUILDERS, **HF_TEXT_BUILDERS,
-            **HF_SEQ2SEQ_BUILDERS}
+from m2ib.inputs import load_image
+
+FAMILIES = {
+    "hf-clip": build_hf_clip,
+    **BUILDERS,
+    **HF_DUAL_BUILDERS,
+    **TIMM_BUILDERS,
+    **HF_TEXT_BUILDERS,
+    **HF_SEQ2SEQ_BUILDERS,
+}
 _CACHE: dict = {}
 
 
@@ -110,16 +116,40 @@ def moving_tokens(name: str, modality: str, pictures) -> tuple[list[set[int]], i
     return moved, tokens, backend, batch
 
 
-CASES = [("hf-clip", "image"), ("hf-clip", "text"), ("siglip", "image"), ("siglip", "text"),
-         ("siglip-padding-mask", "text"), ("open_clip-vit", "image"), ("open_clip-vit", "text"),
-         ("open_clip-vit-variants", "image"), ("open_clip-vit-variants", "text"), ("open_clip-resnet", "image"),
-         ("open_clip-resnet", "text"), ("clip-vit", "image"), ("clip-vit", "text"), ("clip-resnet", "image"),
-         ("metaclip2", "image"), ("metaclip2", "text"), ("siglip2", "image"), ("siglip2-3x5-padded", "image"),
-         ("siglip2", "text"), ("timm-siglip-map", "image"), ("timm-gap-avg", "image"),
-         ("timm-token-registers", "image"), ("timm-eva02-rope-token", "image"), ("timm-pe-rope-map", "image"),
-         ("timm-convnext-stages", "image"), ("hf-bert-cls-last-mlp", "text"), ("hf-bert-cls-pooler", "text"),
-         ("hf-roberta-mean", "text"), ("hf-xlm-roberta-mean-linear", "text"),
-         ("hf-mt5-mean-mlp", "text"), ("hf-mt5-cls-linear", "text"), ("hf-nllb-cls-linear", "text")]
+CASES = [
+    ("hf-clip", "image"),
+    ("hf-clip", "text"),
+    ("siglip", "image"),
+    ("siglip", "text"),
+    ("siglip-padding-mask", "text"),
+    ("open_clip-vit", "image"),
+    ("open_clip-vit", "text"),
+    ("open_clip-vit-variants", "image"),
+    ("open_clip-vit-variants", "text"),
+    ("open_clip-resnet", "image"),
+    ("open_clip-resnet", "text"),
+    ("clip-vit", "image"),
+    ("clip-vit", "text"),
+    ("clip-resnet", "image"),
+    ("metaclip2", "image"),
+    ("metaclip2", "text"),
+    ("siglip2", "image"),
+    ("siglip2-3x5-padded", "image"),
+    ("siglip2", "text"),
+    ("timm-siglip-map", "image"),
+    ("timm-gap-avg", "image"),
+    ("timm-token-registers", "image"),
+    ("timm-eva02-rope-token", "image"),
+    ("timm-pe-rope-map", "image"),
+    ("timm-convnext-stages", "image"),
+    ("hf-bert-cls-last-mlp", "text"),
+    ("hf-bert-cls-pooler", "text"),
+    ("hf-roberta-mean", "text"),
+    ("hf-xlm-roberta-mean-linear", "text"),
+    ("hf-mt5-mean-mlp", "text"),
+    ("hf-mt5-cls-linear", "text"),
+    ("hf-nllb-cls-linear", "text"),
+]
 
 
 @pytest.mark.parametrize("name,modality", CASES)
@@ -140,10 +170,15 @@ def test_pooled_positions_are_what_the_head_reads(name, modality, pictures):
         assert [{p} for p in positions.tolist()] == moved, (name, modality)
 
 
-@pytest.mark.parametrize("name,modality,default", [("siglip", "text", "last real token"),
-                                                   ("siglip-padding-mask", "text", "last real token"),
-                                                   ("open_clip-vit-variants", "image", "class token"),
-                                                   ("open_clip-vit-variants", "text", "last real token")])
+@pytest.mark.parametrize(
+    "name,modality,default",
+    [
+        ("siglip", "text", "last real token"),
+        ("siglip-padding-mask", "text", "last real token"),
+        ("open_clip-vit-variants", "image", "class token"),
+        ("open_clip-vit-variants", "text", "last real token"),
+    ],
+)
 def test_the_old_default_rows_are_ignored_by_these_heads(name, modality, default, pictures):
     """The rows these methods read before (the interface's old default) never reach the embedding."""
     moved, _, _, batch = moving_tokens(name, modality, pictures)
@@ -175,9 +210,8 @@ def test_forced_pooling_moves_the_pooled_row_and_the_embedding_together(backend)
     torch.testing.assert_close(backend.embed("text", texts), own)  # restored
     _, siglip, _, _ = family("siglip")
     assert not siglip.can_pool("text", "argmax")
-    with pytest.raises(InputError, match="cannot pool by 'argmax'"):
-        with siglip.pooling("text", "argmax"):
-            pass
+    with pytest.raises(InputError, match="cannot pool by 'argmax'"), siglip.pooling("text", "argmax"):
+        pass
 
 
 @pytest.mark.parametrize("name", ["hf-clip", "siglip", "open_clip-vit", "open_clip-vit-variants", "clip-vit"])
@@ -190,10 +224,12 @@ def test_cascade_parts_run_from_the_head_down(name):
         assert [label for label, _ in parts] == ["head", *[f"block {i}" for i in reversed(range(n))], "embeddings"]
         block, _ = last_block(model, modality)
         assert parts[1][1] == [block]
-        head_params = {id(p) for obj in parts[0][1]
-                       for p in (obj.parameters() if isinstance(obj, torch.nn.Module) else [obj])}
-        embedding_params = {id(p) for obj in parts[-1][1]
-                            for p in (obj.parameters() if isinstance(obj, torch.nn.Module) else [obj])}
+        head_params = {
+            id(p) for obj in parts[0][1] for p in (obj.parameters() if isinstance(obj, torch.nn.Module) else [obj])
+        }
+        embedding_params = {
+            id(p) for obj in parts[-1][1] for p in (obj.parameters() if isinstance(obj, torch.nn.Module) else [obj])
+        }
         block_params = {id(p) for _, objs in parts[1:-1] for p in objs[0].parameters()}
         every = {id(p) for p in model.parameters()}
         assert head_params and embedding_params and not (head_params & block_params)

@@ -36,7 +36,7 @@ SHAPES = "shapes:test:8"
 METHODS = ["gradcam", "m2ib"]
 METRICS = {"confidence": {}, "deletion": {"steps": 2}, "localisation": {}}
 FAST = {"m2ib": {"steps": 2, "samples": 2}}
-STORE = 80 * 2 ** 20  # a small object store: the rows are small
+STORE = 80 * 2**20  # a small object store: the rows are small
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,9 @@ def backend():
 @pytest.fixture(scope="module")
 def shapes_reference(backend, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    run_evaluation(backend, _shapes(backend), METHODS, METRICS, FAST, 0, out, progress=False, report=False,
-                   batch_size=2)
+    run_evaluation(
+        backend, _shapes(backend), METHODS, METRICS, FAST, 0, out, progress=False, report=False, batch_size=2
+    )
     return _pairs(out)
 
 
@@ -85,13 +86,23 @@ def test_local_ray_run_equals_local_run(backend, tmp_path, no_ray_left):
     for i in range(3):
         Image.new("RGB", (40 + 8 * i, 48), (60 * i, 90, 200 - 50 * i)).save(tmp_path / f"{i}.png")
     table_path = tmp_path / "pairs.tsv"
-    table_path.write_text("a red circle\t0.png\na blue square\tmissing.png\na green star\t1.png\n"
-                          "a cat\t2.png\n")
+    table_path.write_text("a red circle\t0.png\na blue square\tmissing.png\na green star\t1.png\na cat\t2.png\n")
     local, remote = tmp_path / "local", tmp_path / "ray"
-    expected = run_evaluation(backend, load_table(str(table_path)), METHODS, METRICS, FAST, 0, local,
-                              progress=False, batch_size=2)
-    result = run_evaluation_ray(backend, MODEL, load_table(str(table_path)), METHODS, METRICS, FAST, 0, remote,
-                                RayConfig(actors=2, batch_size=2, object_store_memory=STORE), progress=False)
+    expected = run_evaluation(
+        backend, load_table(str(table_path)), METHODS, METRICS, FAST, 0, local, progress=False, batch_size=2
+    )
+    result = run_evaluation_ray(
+        backend,
+        MODEL,
+        load_table(str(table_path)),
+        METHODS,
+        METRICS,
+        FAST,
+        0,
+        remote,
+        RayConfig(actors=2, batch_size=2, object_store_memory=STORE),
+        progress=False,
+    )
     assert not ray.is_initialized()  # it shut down the instance it started
     _assert_same(_pairs(remote), _pairs(local))
     assert len(_pairs(remote)) == 6 and result.evaluated == 6 and result.finished
@@ -104,8 +115,9 @@ def test_local_ray_run_equals_local_run(backend, tmp_path, no_ray_left):
     for x, y in zip(ours, theirs):
         assert float(x["mean"]) == pytest.approx(float(y["mean"]), rel=1e-4, abs=1e-5, nan_ok=True)
     # the local scheduler resumes a finished Ray run: nothing left to do
-    again = run_evaluation(backend, load_table(str(table_path)), METHODS, METRICS, FAST, 0, remote,
-                           progress=False, report=False)
+    again = run_evaluation(
+        backend, load_table(str(table_path)), METHODS, METRICS, FAST, 0, remote, progress=False, report=False
+    )
     assert again.evaluated == 0 and again.skipped == 6 and len(again.bad) == 1  # bad rows are tried again
 
 
@@ -120,8 +132,18 @@ def test_two_node_cluster(backend, shapes_reference, tmp_path, no_ray_left):
         cluster.add_node(**node)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
-        result = run_evaluation_ray(backend, MODEL, _shapes(backend), METHODS, METRICS, FAST, 0, tmp_path,
-                                    RayConfig(actors=2, batch_size=2, cpus_per_actor=2), progress=False)
+        result = run_evaluation_ray(
+            backend,
+            MODEL,
+            _shapes(backend),
+            METHODS,
+            METRICS,
+            FAST,
+            0,
+            tmp_path,
+            RayConfig(actors=2, batch_size=2, cpus_per_actor=2),
+            progress=False,
+        )
         assert ray.is_initialized()  # the caller's connection is the caller's to close
         assert len(result.nodes) == 2, "the actors ran on both nodes"
     finally:
@@ -131,10 +153,33 @@ def test_two_node_cluster(backend, shapes_reference, tmp_path, no_ray_left):
 
 
 def _cli(out: Path) -> list[str]:
-    return [sys.executable, "-m", "m2ib.cli", "evaluate", "--model", MODEL, "--data", SHAPES, "--methods",
-            ",".join(METHODS), "--metrics", "confidence,deletion,localisation", "--deletion-steps", "2",
-            "--steps", "2", "--method-samples", "2", "--out", str(out), "--ray", "--batch-size", "2",
-            "--ray-object-store", str(STORE // 2 ** 20)]
+    return [
+        sys.executable,
+        "-m",
+        "m2ib.cli",
+        "evaluate",
+        "--model",
+        MODEL,
+        "--data",
+        SHAPES,
+        "--methods",
+        ",".join(METHODS),
+        "--metrics",
+        "confidence,deletion,localisation",
+        "--deletion-steps",
+        "2",
+        "--steps",
+        "2",
+        "--method-samples",
+        "2",
+        "--out",
+        str(out),
+        "--ray",
+        "--batch-size",
+        "2",
+        "--ray-object-store",
+        str(STORE // 2**20),
+    ]
 
 
 def _wait_until(condition, limit: float, poll: float = 0.05) -> None:
@@ -148,8 +193,9 @@ def test_kill_and_resume(shapes_reference, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "run"
     # its own session, so that the kill takes the driver and the Ray processes it started
-    proc = subprocess.Popen(_cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cli(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_until(lambda: proc.poll() is not None or glob.glob(str(out / "parts" / "part-*")), limit=900)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -178,8 +224,23 @@ def test_unreachable_cluster_fails_fast(tmp_path, capsys, no_ray_left):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.perf_counter()
-    code = main(["evaluate", "--model", MODEL, "--data", "shapes:test:2", "--methods", "gradcam", "--metrics",
-                 "confidence", "--out", str(tmp_path), "--ray", f"127.0.0.1:{port}"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            MODEL,
+            "--data",
+            "shapes:test:2",
+            "--methods",
+            "gradcam",
+            "--metrics",
+            "confidence",
+            "--out",
+            str(tmp_path),
+            "--ray",
+            f"127.0.0.1:{port}",
+        ]
+    )
     assert code == 2 and time.perf_counter() - start < 120  # Ray alone retries for minutes
     assert f"nothing answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not ray.is_initialized()
@@ -191,7 +252,17 @@ def test_actor_failure_is_one_clear_error(backend, tmp_path, no_ray_left):
     from m2ib.errors import RunError
 
     with pytest.raises(RunError, match="every node must load the same model") as info:
-        run_evaluation_ray(backend, "shapes", _shapes(backend), ["gradcam"], METRICS, None, 0, tmp_path,
-                           RayConfig(actors=1, batch_size=4, object_store_memory=STORE), progress=False)
+        run_evaluation_ray(
+            backend,
+            "shapes",
+            _shapes(backend),
+            ["gradcam"],
+            METRICS,
+            None,
+            0,
+            tmp_path,
+            RayConfig(actors=1, batch_size=4, object_store_memory=STORE),
+            progress=False,
+        )
     assert "\n" not in str(info.value) and "re-run the same command" in str(info.value)
     assert not ray.is_initialized()

@@ -20,8 +20,10 @@ from m2ib import serve
 from m2ib.cli import serve as serve_command
 from m2ib.errors import InputError
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio's queue
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio's queue
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
 
 serve.private_environment()  # before gradio or gradio_client (and huggingface_hub) are imported
 
@@ -31,8 +33,16 @@ SCENE1 = ROOT / "examples" / "scene1.png"
 CAPTION1 = SCENES[0]["caption"]
 FAST = {"steps": 2, "samples": 2}
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +98,9 @@ def test_cli_defaults_are_private():
 
 
 def test_explain_pair_outputs(backend, tmp_path):
-    out = serve.explain_pair(backend, str(SCENE1), CAPTION1, "m2ib", {**FAST, "vision_layer": "", "text_layer": None},
-                             workdir=tmp_path)
+    out = serve.explain_pair(
+        backend, str(SCENE1), CAPTION1, "m2ib", {**FAST, "vision_layer": "", "text_layer": None}, workdir=tmp_path
+    )
     assert out.heatmap.size == tuple(backend.geometry.image_size)[::-1]
     assert -1.0 <= float(out.similarity) <= 1.0
     assert [Path(f).suffix for f in out.files] == [".png", ".npz", ".json"] and out.figure == out.files[0]
@@ -104,8 +115,9 @@ def test_explain_pair_outputs(backend, tmp_path):
 
 
 def test_a_truncated_text_is_noted(backend, tmp_path):
-    out = serve.explain_pair(backend, str(SCENE1), " ".join([CAPTION1] * 20), "m2ib", {"steps": 1, "samples": 1},
-                             workdir=tmp_path)
+    out = serve.explain_pair(
+        backend, str(SCENE1), " ".join([CAPTION1] * 20), "m2ib", {"steps": 1, "samples": 1}, workdir=tmp_path
+    )
     assert "⚠" in out.status and "tokens were dropped" in out.status
 
 
@@ -126,8 +138,14 @@ def test_compare_all_survives_a_failing_method(backend, tmp_path, monkeypatch, c
     chosen = {name: REGISTRY[name] for name in ("m2ib", Broken.name, ImageOnly.name)}
     monkeypatch.setattr(serve.callbacks, "registered_methods", lambda: chosen)  # the real baselines are too slow
     with caplog.at_level(logging.WARNING, logger="m2ib.serve"):
-        out = serve.explain_pair(backend, str(SCENE1), CAPTION1, serve.COMPARE_ALL,
-                                 {"m2ib": FAST, "broken-test": FAST, "image-only-test": FAST}, workdir=tmp_path)
+        out = serve.explain_pair(
+            backend,
+            str(SCENE1),
+            CAPTION1,
+            serve.COMPARE_ALL,
+            {"m2ib": FAST, "broken-test": FAST, "image-only-test": FAST},
+            workdir=tmp_path,
+        )
     assert "failed: Broken: RuntimeError: boom" in out.status and "compared 2 of 3" in out.status
     assert [r.getMessage() for r in caplog.records] == ["compare all: broken-test failed: RuntimeError: boom"]
     # One Comparison, saved as m2ib explain --method a,b writes it: figure grid, npz, json.
@@ -148,19 +166,22 @@ def test_compare_all_survives_a_failing_method(backend, tmp_path, monkeypatch, c
     assert "compared 1 of 1" in flat.status
 
 
-@pytest.mark.parametrize("case, message", [
-    ("corrupt", "cannot read this file as an image"),
-    ("truncated", "damaged or incomplete"),
-    ("empty_file", "the file is empty"),
-    ("too_many_bytes", "the limit is 0.001 MB"),
-    ("bomb", "the limit is 40 megapixels"),
-    ("huge_bomb", "the limit is 40 megapixels"),
-    ("no_image", "no image"),
-    ("empty_text", "empty text"),
-    ("huge_text", "the limit is 10000"),
-    ("unknown_method", "unknown method"),
-    ("bad_setting", "vision_layer='x'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("corrupt", "cannot read this file as an image"),
+        ("truncated", "damaged or incomplete"),
+        ("empty_file", "the file is empty"),
+        ("too_many_bytes", "the limit is 0.001 MB"),
+        ("bomb", "the limit is 40 megapixels"),
+        ("huge_bomb", "the limit is 40 megapixels"),
+        ("no_image", "no image"),
+        ("empty_text", "empty text"),
+        ("huge_text", "the limit is 10000"),
+        ("unknown_method", "unknown method"),
+        ("bad_setting", "vision_layer='x'"),
+    ],
+)
 def test_bad_input_is_one_clear_message(backend, tmp_path, case, message):
     image, text, method, settings, limit = str(SCENE1), CAPTION1, "m2ib", dict(FAST), 20e6
     if case == "corrupt":
@@ -189,8 +210,15 @@ def test_bad_input_is_one_clear_message(backend, tmp_path, case, message):
     elif case == "bad_setting":
         settings["vision_layer"] = "x"
     with pytest.raises(InputError) as info:
-        serve.explain_pair(backend, image if image is None else str(image), text, method, settings,
-                           workdir=tmp_path / "out", max_bytes=limit)
+        serve.explain_pair(
+            backend,
+            image if image is None else str(image),
+            text,
+            method,
+            settings,
+            workdir=tmp_path / "out",
+            max_bytes=limit,
+        )
     assert message in str(info.value) and "\n" not in str(info.value)
     assert str(tmp_path) not in str(info.value)  # names the file, not the server's folders
 
@@ -213,9 +241,18 @@ def test_setting_controls_come_from_the_registry(backend):
 
 
 def test_clean_settings():
-    assert serve.clean_settings("m2ib", {"vision_layer": "", "text_layer": " 2 ", "steps": 3.0, "lr": 0.5,
-                                         "seed": None, "precision": "fp32", "cuda_graphs": False}) == \
-        {"text_layer": 2, "steps": 3, "lr": 0.5, "precision": "fp32", "cuda_graphs": False}
+    assert serve.clean_settings(
+        "m2ib",
+        {
+            "vision_layer": "",
+            "text_layer": " 2 ",
+            "steps": 3.0,
+            "lr": 0.5,
+            "seed": None,
+            "precision": "fp32",
+            "cuda_graphs": False,
+        },
+    ) == {"text_layer": 2, "steps": 3, "lr": 0.5, "precision": "fp32", "cuda_graphs": False}
     # An optional text setting left empty is auto (None), not the empty text (M2IB's reference warned).
     assert serve.clean_settings("m2ib", {"reference": " ", "bottleneck": "published"}) == {"bottleneck": "published"}
     assert serve.clean_settings("m2ib", {"reference": "shapes:val:4"}) == {"reference": "shapes:val:4"}
@@ -284,7 +321,7 @@ def test_app_explains_through_the_api(app, client):
     heatmap, tokens, similarity, figure, files, status = _call(client, SCENE1, CAPTION1)
     with Image.open(heatmap) as im:
         assert im.size == tuple(demo.m2ib_backend.geometry.image_size)[::-1]
-    assert all(f'>{w}</span>' in tokens for w in CAPTION1.split())
+    assert all(f">{w}</span>" in tokens for w in CAPTION1.split())
     assert -1 <= float(similarity) <= 1 and "M2IB" in status
     assert sorted(Path(f).suffix for f in files) == [".json", ".npz", ".png"] and Path(figure).is_file()
     # Requests queue: one explanation at a time on the model.
@@ -298,8 +335,10 @@ def test_app_reports_bad_input_and_keeps_serving(app, client, tmp_path, caplog):
 
     corrupt = tmp_path / "holiday.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    for image, text, message in ((corrupt, CAPTION1, "holiday.jpg: cannot read this file as an image"),
-                                 (SCENE1, "  ", "empty text")):
+    for image, text, message in (
+        (corrupt, CAPTION1, "holiday.jpg: cannot read this file as an image"),
+        (SCENE1, "  ", "empty text"),
+    ):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="m2ib.serve"), pytest.raises(AppError, match=message):
             _call(client, image, text)
@@ -327,14 +366,18 @@ def test_page_in_a_browser(app, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(30_000)
-            page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
+            page.on(
+                "request",
+                lambda r: outside.append(r.url) if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None,
+            )
             page.goto(url)
             page.wait_for_selector("#m2ib-image input[type=file]", state="attached")
             page.click("#m2ib-settings button")  # the settings follow the method
             page.locator("#m2ib-setting-m2ib-steps").wait_for(state="visible")
-            shown = ("n => new Set([...document.querySelectorAll(\"[id^='m2ib-settings-']\")]"
-                     ".filter(e => e.offsetParent !== null).map(e => e.id)).size === n")
+            shown = (
+                "n => new Set([...document.querySelectorAll(\"[id^='m2ib-settings-']\")]"
+                ".filter(e => e.offsetParent !== null).map(e => e.id)).size === n"
+            )
             page.click("#m2ib-method input")
             page.get_by_role("option", name="Compare all methods").click()
             page.wait_for_function(shown, arg=len(demo.m2ib_setting_groups))  # every method's settings
@@ -355,8 +398,9 @@ def test_page_in_a_browser(app, tmp_path):
             page.wait_for_function("document.querySelector('#m2ib-heatmap img').naturalWidth > 0")
             size = page.eval_on_selector("#m2ib-heatmap img", "e => [e.naturalHeight, e.naturalWidth]")
             assert tuple(size) == tuple(backend.geometry.image_size)
-            shown = page.eval_on_selector_all("#m2ib-tokens .m2ib-tok:not(.m2ib-special) .m2ib-word",
-                                              "es => es.map(e => e.textContent)")
+            shown = page.eval_on_selector_all(
+                "#m2ib-tokens .m2ib-tok:not(.m2ib-special) .m2ib-word", "es => es.map(e => e.textContent)"
+            )
             assert shown == words
             assert float(page.input_value("#m2ib-similarity textarea, #m2ib-similarity input")) > 0
             page.locator("#m2ib-files").get_by_text(".npz", exact=True).wait_for()  # the downloads

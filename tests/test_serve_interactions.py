@@ -21,8 +21,10 @@ from m2ib import serve
 from m2ib.errors import InputError
 from m2ib.interactions import Interaction
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio's queue
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside Gradio's queue
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
 
 serve.private_environment()  # before gradio or gradio_client (and huggingface_hub) are imported
 
@@ -32,23 +34,42 @@ CAPTION3 = "an orange triangle and a yellow circle"  # the scene's two objects
 TRIANGLE = (46, 65, 27, 24)  # examples/scenes.json: the orange triangle's box (x, y, w, h)
 FAST = {"text_layer": 0, "steps": 4}
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # A hand-made pair: "red circle blue" on an 8 x 8 image, a 2 x 2 patch grid, one distinct grid per token.
-GRIDS = torch.tensor([[[9.0, 9.0], [9.0, 9.0]],  # <s>: never shown as a word
-                      [[4.0, -1.0], [0.5, 0.0]],  # red
-                      [[-2.0, 3.0], [1.0, 0.25]],  # circle
-                      [[0.0, 1.0], [-3.0, 2.0]],  # blue
-                      [[7.0, 7.0], [7.0, 7.0]]])  # </s>
+GRIDS = torch.tensor(
+    [
+        [[9.0, 9.0], [9.0, 9.0]],  # <s>: never shown as a word
+        [[4.0, -1.0], [0.5, 0.0]],  # red
+        [[-2.0, 3.0], [1.0, 0.25]],  # circle
+        [[0.0, 1.0], [-3.0, 2.0]],  # blue
+        [[7.0, 7.0], [7.0, 7.0]],
+    ]
+)  # </s>
 
 
 @pytest.fixture()
 def pair() -> Interaction:
-    return Interaction(text="red circle blue", tokens=["<s>", "red", "circle", "blue", "</s>"],
-                       image=torch.full((3, 8, 8), 0.5), matrix=GRIDS.clone(),
-                       offsets=[(0, 0), (0, 3), (4, 10), (11, 15), (0, 0)], special_tokens=(0, 4),
-                       similarity=0.3, method="exclip", model="hand-made")
+    return Interaction(
+        text="red circle blue",
+        tokens=["<s>", "red", "circle", "blue", "</s>"],
+        image=torch.full((3, 8, 8), 0.5),
+        matrix=GRIDS.clone(),
+        offsets=[(0, 0), (0, 3), (4, 10), (11, 15), (0, 0)],
+        special_tokens=(0, 4),
+        similarity=0.3,
+        method="exclip",
+        model="hand-made",
+    )
 
 
 def _bilinear_by_hand(grid: torch.Tensor, size: int) -> np.ndarray:
@@ -102,11 +123,14 @@ def test_a_phrase_is_the_sum_of_its_words(pair):
         serve.select_word(pair, serve.View(), 3)
 
 
-@pytest.mark.parametrize("corners, box, share", [
-    (((10, 5), (3 * 48 + 47, 3 * 48 + 1)), (0, 0, 4, 4), 1.0),  # exactly the top-left patch
-    (((3 * 48 + 47, 3 * 48 + 1), (10, 5)), (0, 0, 4, 4), 1.0),  # corners in the other order: the same box
-    (((0, 0), (48 + 1, 3 * 48)), (0, 0, 2, 4), 0.5),  # half of that patch
-])
+@pytest.mark.parametrize(
+    "corners, box, share",
+    [
+        (((10, 5), (3 * 48 + 47, 3 * 48 + 1)), (0, 0, 4, 4), 1.0),  # exactly the top-left patch
+        (((3 * 48 + 47, 3 * 48 + 1), (10, 5)), (0, 0, 4, 4), 1.0),  # corners in the other order: the same box
+        (((0, 0), (48 + 1, 3 * 48)), (0, 0, 2, 4), 0.5),  # half of that patch
+    ],
+)
 def test_a_box_from_two_clicks_shows_the_words_region_scores(pair, corners, box, share):
     first = serve.click_image(pair, serve.View(selected=(1,)), *corners[0])
     assert first.view.corner is not None and first.view.box is None and first.box_scores is None
@@ -152,20 +176,22 @@ def test_compute_equals_interact_and_is_cached(backend, tmp_path, monkeypatch):
     monkeypatch.setattr(REGISTRY["exclip"], "interact", lambda *a, **k: calls.append(1) or original(*a, **k))
     cache = serve.InteractionCache()
     page_values = {"text_layer": "0", "steps": 4.0, "image_layer": -1, "chunk": 64, "normalise": True, "seed": 0}
-    result, first, files, status = serve.compute_interaction(backend, str(SCENE3), CAPTION3, "exclip", page_values,
-                                                             cache=cache, workdir=tmp_path / "a")
+    result, first, files, status = serve.compute_interaction(
+        backend, str(SCENE3), CAPTION3, "exclip", page_values, cache=cache, workdir=tmp_path / "a"
+    )
     assert torch.allclose(result.matrix, direct.matrix, atol=1e-7) and result.tokens == direct.tokens
     assert first.view.selected == (2,) and first.caption[1] == ("orange ", "selected")  # the first content word
     assert torch.equal(first.map, result.span_map("orange"))
     assert [Path(f).suffix for f in files] == [".png", ".npz", ".json"] and all(Path(f).is_file() for f in files)
     assert json.loads(Path(files[2]).read_text())["settings"]["text_layer"] == 0
     assert calls == [1] and "cache" not in status
-    again, _, files_again, status = serve.compute_interaction(backend, str(SCENE3), CAPTION3, "exclip",
-                                                              {"text_layer": 0, "steps": 4}, cache=cache,
-                                                              workdir=tmp_path / "b")
+    again, _, files_again, status = serve.compute_interaction(
+        backend, str(SCENE3), CAPTION3, "exclip", {"text_layer": 0, "steps": 4}, cache=cache, workdir=tmp_path / "b"
+    )
     assert again is result and calls == [1] and "from the cache" in status and files_again == files
-    serve.compute_interaction(backend, str(SCENE3), CAPTION3, "exclip", {"text_layer": 0, "steps": 5}, cache=cache,
-                              workdir=tmp_path / "c")
+    serve.compute_interaction(
+        backend, str(SCENE3), CAPTION3, "exclip", {"text_layer": 0, "steps": 5}, cache=cache, workdir=tmp_path / "c"
+    )
     assert calls == [1, 1]  # other settings: computed
 
 
@@ -178,10 +204,14 @@ def test_interaction_controls_come_from_the_registry():
     for name, cls in REGISTRY.items():
         specs = serve.interaction_specs(name)
         assert [s.name for s in specs] == [f.name for f in dataclasses.fields(cls.Settings)]
-        assert all(s.help for s in specs) and all(s.elem_id.startswith(f"m2ib-setting-interaction-{name}-")
-                                                  for s in specs)
-    assert serve.clean_interaction_settings("exclip", {"text_layer": " 0 ", "steps": 3.0, "normalise": False}) == \
-        {"text_layer": 0, "steps": 3, "normalise": False}
+        assert all(s.help for s in specs) and all(
+            s.elem_id.startswith(f"m2ib-setting-interaction-{name}-") for s in specs
+        )
+    assert serve.clean_interaction_settings("exclip", {"text_layer": " 0 ", "steps": 3.0, "normalise": False}) == {
+        "text_layer": 0,
+        "steps": 3,
+        "normalise": False,
+    }
     with pytest.raises(InputError, match="steps=2.5 must be a whole number"):
         serve.clean_interaction_settings("exclip", {"steps": 2.5})
     with pytest.raises(InputError, match="unknown interaction method 'nope'"):
@@ -190,9 +220,9 @@ def test_interaction_controls_come_from_the_registry():
 
 def test_bad_input_is_one_line(backend, tmp_path):
     for image, text, method, settings, message in (
-            (None, CAPTION3, "exclip", {}, "no image"),
-            (str(SCENE3), " ", "exclip", {}, "empty text"),
-            (str(SCENE3), CAPTION3, "exclip", {"steps": 0}, "steps"),
+        (None, CAPTION3, "exclip", {}, "no image"),
+        (str(SCENE3), " ", "exclip", {}, "empty text"),
+        (str(SCENE3), CAPTION3, "exclip", {"steps": 0}, "steps"),
     ):
         with pytest.raises(InputError, match=message) as info:
             serve.compute_interaction(backend, image, text, method, settings, workdir=tmp_path)
@@ -227,15 +257,21 @@ def test_the_button_is_an_api_endpoint(app, tmp_path):
     client = Client(app[1], verbose=False, download_files=str(tmp_path), httpx_kwargs={"timeout": 60})
     try:
         picture, caption, scores, note, files, status = client.predict(
-            image=handle_file(str(SCENE3)), text=CAPTION3, method="exclip", exclip_text_layer=0, exclip_steps=4,
-            api_name="/interact")
+            image=handle_file(str(SCENE3)),
+            text=CAPTION3,
+            method="exclip",
+            exclip_text_layer=0,
+            exclip_steps=4,
+            api_name="/interact",
+        )
     finally:
         client.close()
     assert [c["token"].strip() for c in caption] == CAPTION3.split() and "exCLIP" in status
     assert "**orange**" in note and Image.open(picture).size == (384, 384)
     matrix = np.load(next(f for f in files if f.endswith(".npz")))["matrix"]
-    np.testing.assert_allclose(matrix, interact(app[0].m2ib_backend, SCENE3, CAPTION3, **FAST).matrix.numpy(),
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        matrix, interact(app[0].m2ib_backend, SCENE3, CAPTION3, **FAST).matrix.numpy(), atol=1e-7
+    )
 
 
 def _shown_picture(page, tmp_path: Path, name: str) -> np.ndarray:
@@ -253,16 +289,19 @@ def test_interactions_tab_in_a_browser(app, backend, tmp_path):
     from playwright.sync_api import sync_playwright
 
     demo, url = app
-    expected, _, _, _ = serve.compute_interaction(backend, str(SCENE3), CAPTION3, "exclip", FAST,
-                                                  workdir=tmp_path / "expected")
+    expected, _, _, _ = serve.compute_interaction(
+        backend, str(SCENE3), CAPTION3, "exclip", FAST, workdir=tmp_path / "expected"
+    )
     outside = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(30_000)
-            page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
+            page.on(
+                "request",
+                lambda r: outside.append(r.url) if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None,
+            )
             page.goto(url)
             page.get_by_role("tab", name="Word-region interactions").click()
             page.locator("#m2ib-ix-examples").get_by_text(CAPTION3).click()  # image and two-object caption
@@ -280,8 +319,10 @@ def test_interactions_tab_in_a_browser(app, backend, tmp_path):
             tokens.nth(CAPTION3.split().index("yellow")).click()  # (a) click a word: its region
             page.locator("#m2ib-ix-note").get_by_text("yellow", exact=True).wait_for()
             # the note and the picture are two outputs: wait for the picture to be replaced too
-            page.wait_for_function(f"(() => {{ const e = document.querySelector('#m2ib-ix-picture img'); "
-                                   f"return e && e.src !== {before!r} && e.naturalWidth > 0; }})()")
+            page.wait_for_function(
+                f"(() => {{ const e = document.querySelector('#m2ib-ix-picture img'); "
+                f"return e && e.src !== {before!r} && e.naturalWidth > 0; }})()"
+            )
             want = np.asarray(serve.select_word(expected, serve.View(), 5).picture, dtype=int)
             shown = _shown_picture(page, tmp_path, "word.png")
             assert shown.shape == want.shape and np.abs(shown - want).max() <= 1  # exactly yellow's span_map
@@ -297,7 +338,8 @@ def test_interactions_tab_in_a_browser(app, backend, tmp_path):
             page.locator("#m2ib-ix-scores .m2ib-ix-tok").first.wait_for()
             scores = page.eval_on_selector_all("#m2ib-ix-scores .m2ib-ix-tok", "es => es.map(e => e.dataset.score)")
             assert [float(s) for s in scores] == pytest.approx(
-                [float(v) for v in expected.region_scores(TRIANGLE)[expected.words]], rel=1e-4, abs=1e-9)
+                [float(v) for v in expected.region_scores(TRIANGLE)[expected.words]], rel=1e-4, abs=1e-9
+            )
             assert page.get_by_text(f"box x={x}, y={y}, {w}x{h} px").count() == 1
             page.locator("#m2ib-ix-files").get_by_text(".npz", exact=True).wait_for()
             page.wait_for_timeout(300)

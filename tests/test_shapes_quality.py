@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from research import shapes_quality as q
 
 import m2ib
 from m2ib.datasets.shapes import make_caption, render_scene, split_seed
-from research import shapes_quality as q
 
 FAST = dict(steps=2, samples=2)
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_quality.py"
@@ -183,10 +183,34 @@ def test_benchmark_script(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     (tmp_path / "m2ib.json").write_text(json.dumps({"note": "kept", "recommended": {"other": {"x": 1}}}))
-    code = bench.main(["--model", "random-tiny", "--n-per-class", "1", "--n-retrieval", "6", "--n-pointing", "4",
-                       "--n-mixed", "4", "--n-select", "3", "--steps", "2", "--samples", "2", "--select",
-                       "--layers", "-1", "--betas", "0.1", "--write-recommended", str(tmp_path),
-                       "--random-control"])
+    code = bench.main(
+        [
+            "--model",
+            "random-tiny",
+            "--n-per-class",
+            "1",
+            "--n-retrieval",
+            "6",
+            "--n-pointing",
+            "4",
+            "--n-mixed",
+            "4",
+            "--n-select",
+            "3",
+            "--steps",
+            "2",
+            "--samples",
+            "2",
+            "--select",
+            "--layers",
+            "-1",
+            "--betas",
+            "0.1",
+            "--write-recommended",
+            str(tmp_path),
+            "--random-control",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| metric | value | target | pass |" in out and "random control" in out and "random-tiny" in out

@@ -44,10 +44,7 @@ def _colour_table() -> torch.Tensor:
 
 def _same_scene(a: Scene, b: Scene) -> bool:
     return (
-        a.seed == b.seed
-        and a.objects == b.objects
-        and torch.equal(a.image, b.image)
-        and torch.equal(a.masks, b.masks)
+        a.seed == b.seed and a.objects == b.objects and torch.equal(a.image, b.image) and torch.equal(a.masks, b.masks)
     )
 
 
@@ -115,7 +112,7 @@ def test_image_format(scenes):
     assert sc.image.dtype == torch.float32 and sc.image.shape == (3, 96, 96)
     assert sc.masks.dtype == torch.bool and sc.masks.shape == (len(sc.objects), 96, 96)
     for sc in scenes[:200]:
-        assert 0.0 <= float(sc.image.min()) and float(sc.image.max()) <= 1.0
+        assert float(sc.image.min()) >= 0.0 and float(sc.image.max()) <= 1.0
     # to_pil is lossless
     pil = sc.to_pil()
     assert pil.mode == "RGB" and pil.size == (96, 96)
@@ -248,9 +245,7 @@ def _check_caption(cap: Caption, sc: Scene) -> None:
         assert text[c_span.end : s_span.start] == " "
         assert text[: c_span.start].endswith(("a ", "an "))
     assert n_present == len(cap.objects)
-    assert cap.absent == tuple(
-        (c.word, s.word) for c, s in zip(cap.spans[::2], cap.spans[1::2]) if not c.present
-    )
+    assert cap.absent == tuple((c.word, s.word) for c, s in zip(cap.spans[::2], cap.spans[1::2]) if not c.present)
     # the text is the plain-English join of the phrases
     phrases = [phrase(c, s) for c, s in named]
     if len(phrases) == 1:

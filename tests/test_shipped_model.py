@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 
+import pytest
 import torch
 
 import m2ib
@@ -39,8 +38,9 @@ def test_m2ib_points_at_the_named_object_on_fixed_scenes():
     backend = m2ib.load("shapes")
     scenes = [render_scene(split_seed("test", i), size=96, n_objects=(2, 4)) for i in range(8)]
     captions = [make_caption(s, "single") for s in scenes]
-    exps = m2ib.explain(backend, [s.to_pil() for s in scenes], [c.text for c in captions],
-                        modalities=("image",), batch_size=8)
+    exps = m2ib.explain(
+        backend, [s.to_pil() for s in scenes], [c.text for c in captions], modalities=("image",), batch_size=8
+    )
     masks = [s.masks[c.objects[0]] for s, c in zip(scenes, captions)]
     hits = [pointing_hit(e.image_map, m) for e, m in zip(exps, masks)]
     # A map ignoring the text hits about as often as the mask's share of the image, about 4 %: 0.3 of

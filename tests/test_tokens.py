@@ -74,9 +74,16 @@ def test_one_truncation_warning_for_a_long_text(backend):
 
 def test_display_merges_pieces_into_words_by_their_mean():
     raw = torch.tensor([5.0, 1.0, 2.0, 4.0, 9.0])
-    exp = Explanation(text="triangle a", tokens=["<s>", "tri", "angle", "a", "</s>"], image=torch.zeros(3, 4, 4),
-                      image_map=None, text_map=raw / 9, text_map_raw=raw, special_tokens=(0, 4),
-                      word_ids=(-1, 0, 0, 1, -1))
+    exp = Explanation(
+        text="triangle a",
+        tokens=["<s>", "tri", "angle", "a", "</s>"],
+        image=torch.zeros(3, 4, 4),
+        image_map=None,
+        text_map=raw / 9,
+        text_map_raw=raw,
+        special_tokens=(0, 4),
+        word_ids=(-1, 0, 0, 1, -1),
+    )
     words, shading, special = exp.display_words()
     assert words == ["<s>", "triangle", "a", "</s>"] and special == (0, 3)
     assert shading.tolist() == [0.0, 0.0, 1.0, 0.0]  # "triangle" averages 1.5 < "a" 4: min-max over the words
@@ -91,9 +98,16 @@ def test_a_word_split_into_many_pieces_does_not_win_by_its_length():
     pieces = ["l", "i", "n", "e", "_", "x"]
     tokens = ["<s>", "a", "blue", *pieces, "</s>"]
     raw = torch.tensor([0.0, 0.5, 2.0, *[1.0] * len(pieces), 0.0])
-    exp = Explanation(text="a blue line_x", tokens=tokens, image=torch.zeros(3, 4, 4), image_map=None,
-                      text_map=raw / 2, text_map_raw=raw, special_tokens=(0, len(tokens) - 1),
-                      word_ids=(-1, 0, 1, *[2] * len(pieces), -1))
+    exp = Explanation(
+        text="a blue line_x",
+        tokens=tokens,
+        image=torch.zeros(3, 4, 4),
+        image_map=None,
+        text_map=raw / 2,
+        text_map_raw=raw,
+        special_tokens=(0, len(tokens) - 1),
+        word_ids=(-1, 0, 1, *[2] * len(pieces), -1),
+    )
     words, shading, _ = exp.display_words()
     assert words[1:4] == ["a", "blue", "line_x"]
     assert shading[2] == 1.0 and 0.0 < shading[3] < 1.0, shading  # blue on top; line between a and blue

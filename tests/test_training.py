@@ -18,8 +18,8 @@ from m2ib.training import (
     CHECKPOINT,
     EXIT_UNFINISHED,
     QUICK,
-    TrainBatches,
     WORDS,
+    TrainBatches,
     TrainConfig,
     batch_accuracy,
     build_model,
@@ -30,8 +30,16 @@ from m2ib.training import (
 )
 
 TINY = replace(QUICK, steps=6, batch_size=8, warmup_steps=2, checkpoint_every=2)
-MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json",
-               "special_tokens_map.json", "preprocessor_config.json", "m2ib.json")
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "m2ib.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +85,9 @@ def test_loaded_preprocessing_equals_training_inputs(quick_dir):
     step = 3
     batch = data[step]
     pairs = data.pairs(step)
-    assert [s.seed for s, _ in pairs] == [split_seed("train", step * QUICK.batch_size + j, base=QUICK.seed)
-                                          for j in range(QUICK.batch_size)]
+    assert [s.seed for s, _ in pairs] == [
+        split_seed("train", step * QUICK.batch_size + j, base=QUICK.seed) for j in range(QUICK.batch_size)
+    ]
     pixels = backend.preprocess_images([s.to_pil() for s, _ in pairs]).pixel_values
     assert pixels.shape == batch["pixel_values"].shape
     assert torch.allclose(pixels, batch["pixel_values"], atol=1e-6, rtol=0)
@@ -120,16 +129,26 @@ def test_resume_reaches_the_same_weights(tmp_path):
 def test_label_matrix_marks_every_scene_holding_the_named_objects():
     red_circle = render_scene(1, size=64, n_objects=(1, 1), colours=["red"], shapes=["circle"])
     blue_star = render_scene(2, size=64, n_objects=(1, 1), colours=["blue"], shapes=["star"])
-    both = next(s for seed in range(3, 200)
-                if {("red", "circle"), ("blue", "star")} <= set(
-                    (s := render_scene(seed, size=64, n_objects=(2, 2), colours=["red", "blue"],
-                                       shapes=["circle", "star"])).pairs))
+    both = next(
+        s
+        for seed in range(3, 200)
+        if {("red", "circle"), ("blue", "star")}
+        <= set(
+            (
+                s := render_scene(seed, size=64, n_objects=(2, 2), colours=["red", "blue"], shapes=["circle", "star"])
+            ).pairs
+        )
+    )
     scenes = [red_circle, blue_star, both]
     captions = [make_caption(red_circle, "single"), make_caption(blue_star, "single"), make_caption(both, "all")]
     assert captions[0].text == "a red circle" and captions[1].text == "a blue star"
-    expected = torch.tensor([[1.0, 0.0, 0.0],   # red circle: only its own caption
-                             [0.0, 1.0, 0.0],   # blue star: only its own caption
-                             [1.0, 1.0, 1.0]])  # both: "a red circle", "a blue star" and both named
+    expected = torch.tensor(
+        [
+            [1.0, 0.0, 0.0],  # red circle: only its own caption
+            [0.0, 1.0, 0.0],  # blue star: only its own caption
+            [1.0, 1.0, 1.0],
+        ]
+    )  # both: "a red circle", "a blue star" and both named
     assert torch.equal(label_matrix(scenes, captions), expected)
     labels = TrainBatches(TINY)[0]["labels"]
     assert labels.shape == (TINY.batch_size, TINY.batch_size) and bool(labels.diagonal().all())
@@ -162,8 +181,7 @@ def test_cli_trains_resumes_and_keeps_recommended(tmp_path, capsys):
     out = tmp_path / "cli"
     out.mkdir()
     (out / "m2ib.json").write_text(json.dumps({"name": "shapes", "recommended": {"m2ib": {"vision_layer": 1}}}))
-    args = ["--out", str(out), "--quick", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1",
-            "--no-progress"]
+    args = ["--out", str(out), "--quick", "--steps", "4", "--batch-size", "8", "--warmup-steps", "1", "--no-progress"]
     assert main(args + ["--stop-after", "2"]) == EXIT_UNFINISHED
     assert main(args + ["--seed", "1"]) == 2  # the checkpoint was made with seed 0
     assert "another config" in capsys.readouterr().err
@@ -195,8 +213,10 @@ def training_fingerprint(out_dir: Path) -> dict:
     checkpoint = torch.load(out_dir / CHECKPOINT, weights_only=True)
     meta = json.loads((out_dir / "m2ib.json").read_text())["training"]
     return {
-        "weights": {name: [float(w.double().abs().sum()), float(w.double().sum()),
-                           float(w.double().flatten()[:3].sum())] for name, w in weights.items()},
+        "weights": {
+            name: [float(w.double().abs().sum()), float(w.double().sum()), float(w.double().flatten()[:3].sum())]
+            for name, w in weights.items()
+        },
         "history": checkpoint["history"],
         "logit_bias": float(checkpoint["logit_bias"]),
         "meta": {k: v for k, v in meta.items() if k not in MACHINE_FIELDS},
@@ -249,8 +269,21 @@ def test_ctrl_c_saves_the_step_in_progress_and_resumes(tmp_path):
     import time
 
     out = tmp_path / "interrupted"
-    args = [sys.executable, "-m", "m2ib.training", "--out", str(out), "--quick", "--steps", "400", "--batch-size",
-            "8", "--checkpoint-every", "2", "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "m2ib.training",
+        "--out",
+        str(out),
+        "--quick",
+        "--steps",
+        "400",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -269,4 +302,4 @@ def test_ctrl_c_saves_the_step_in_progress_and_resumes(tmp_path):
     assert not (out / "model.safetensors").exists()
     assert main(args[3:] + ["--stop-after", str(saved["step"] + 2)]) == EXIT_UNFINISHED
     again = torch.load(out / CHECKPOINT, weights_only=True)
-    assert again["step"] == saved["step"] + 2 and again["history"][:saved["step"]] == saved["history"]
+    assert again["step"] == saved["step"] + 2 and again["history"][: saved["step"]] == saved["history"]

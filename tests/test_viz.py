@@ -159,14 +159,24 @@ def test_to_pil_roundtrip():
 def test_explanation_both_maps(fig_mod, scene):
     img, heat = scene
     im = fig_mod.explanation_figure(
-        img, heat, TOKENS, TMAP, title="a red circle and a blue star",
-        subtitle="similarity 0.312 · layer 9/9 · beta 0.1", special_tokens=(0, 8),
+        img,
+        heat,
+        TOKENS,
+        TMAP,
+        title="a red circle and a blue star",
+        subtitle="similarity 0.312 · layer 9/9 · beta 0.1",
+        special_tokens=(0, 8),
     )
     w, h = _check_rgb(im, 800, 300)
     assert w > h  # image panels side by side with the text panel
     again = fig_mod.explanation_figure(
-        img, heat, TOKENS, TMAP, title="a red circle and a blue star",
-        subtitle="similarity 0.312 · layer 9/9 · beta 0.1", special_tokens=(0, 8),
+        img,
+        heat,
+        TOKENS,
+        TMAP,
+        title="a red circle and a blue star",
+        subtitle="similarity 0.312 · layer 9/9 · beta 0.1",
+        special_tokens=(0, 8),
     )
     assert again.size == im.size and again.tobytes() == im.tobytes()  # deterministic
     # the heatmap peak (dark red) is visible on the overlay panel
@@ -198,15 +208,15 @@ def test_explanation_nothing_to_explain_shows_image(fig_mod, scene):
 
 def test_explanation_long_caption_wraps(fig_mod, scene):
     img, heat = scene
-    words = ("a photograph of a small red circle resting on a noisy grey background next to a bright "
-             "blue five pointed star while several other shapes float over a field of static").split()
+    words = (
+        "a photograph of a small red circle resting on a noisy grey background next to a bright "
+        "blue five pointed star while several other shapes float over a field of static"
+    ).split()
     toks = ["<start>"] + (words * 3)[:78] + ["<end>"]
     assert len(toks) == 80
     scores = torch.linspace(0, 1, 80)
     short = fig_mod.explanation_figure(img, heat, TOKENS, TMAP)
-    im = fig_mod.explanation_figure(
-        img, heat, toks, scores, title=" ".join(toks[1:-1]), special_tokens=(0, 79)
-    )
+    im = fig_mod.explanation_figure(img, heat, toks, scores, title=" ".join(toks[1:-1]), special_tokens=(0, 79))
     w, h = _check_rgb(im, 800, 300)
     # wrapping grows the figure downwards, not sideways
     assert w < 1.35 * short.size[0]
@@ -219,8 +229,8 @@ def test_explanation_long_caption_wraps(fig_mod, scene):
 
 def test_token_layout_fits_panel(fig_mod):
     # every token cell lies inside the panel width, lines never overlap
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.font_manager import FontProperties
 
     from m2ib.viz.layout import Ruler, layout_tokens
@@ -246,7 +256,12 @@ def test_explanation_mathtext_and_unicode_tokens(fig_mod, scene):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")
         im = fig_mod.explanation_figure(
-            img, heat, toks, scores, title="math $x^2_\\ and $a$", subtitle="$50 \\ ^_^",
+            img,
+            heat,
+            toks,
+            scores,
+            title="math $x^2_\\ and $a$",
+            subtitle="$50 \\ ^_^",
             special_tokens=(0, -1),
         )
     _check_rgb(im, 800, 300)

@@ -8,16 +8,27 @@ import importlib.util
 import sys
 from pathlib import Path
 
-
 from test_backends_families import need_open_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 # native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, post-norm Eva (EVA02-E), ConvNeXt
 # stages, FastViT stages, relative-position timm ViT, HF XLM-R text, HF mT5 text, CoCa (attentional pooler, appended
 # class token)
-COVERED = ["ViT-B-32", "RN50", "ViT-B-16-SigLIP2", "ViTamin-S", "EVA02-B-16", "EVA02-E-14", "convnext_base",
-           "MobileCLIP-S1", "vit_relpos_medium_patch16_cls_224", "xlm-roberta-base-ViT-B-32", "mt5-base-ViT-B-32",
-           "coca_ViT-B-32", "coca_roberta-ViT-B-32"]
+COVERED = [
+    "ViT-B-32",
+    "RN50",
+    "ViT-B-16-SigLIP2",
+    "ViTamin-S",
+    "EVA02-B-16",
+    "EVA02-E-14",
+    "convnext_base",
+    "MobileCLIP-S1",
+    "vit_relpos_medium_patch16_cls_224",
+    "xlm-roberta-base-ViT-B-32",
+    "mt5-base-ViT-B-32",
+    "coca_ViT-B-32",
+    "coca_roberta-ViT-B-32",
+]
 UNCOVERED = {"swin_base_patch4_window7_224": "timm trunk SwinTransformer is not supported"}
 
 
@@ -37,7 +48,10 @@ def test_zoo_rows_one_per_tower_kind(tmp_path, monkeypatch):
         row = rows[name]
         assert row.covered and row.reason == "", (name, row)
         assert row.image_parity <= 1e-5 and row.text_parity <= 1e-5
-    assert rows["RN50"].attention == rows["convnext_base"].attention == "none in tower" and rows["ViT-B-16-SigLIP2"].attention == "chefer"
+    assert (
+        rows["RN50"].attention == rows["convnext_base"].attention == "none in tower"
+        and rows["ViT-B-16-SigLIP2"].attention == "chefer"
+    )
     assert rows["ViT-B-16-SigLIP2"].image_tower == "timm VisionTransformer"
     assert rows["xlm-roberta-base-ViT-B-32"].text_tower == "HF XLMRobertaModel"
     for name, why in UNCOVERED.items():
@@ -55,6 +69,10 @@ def test_transformers_rows_are_covered(monkeypatch):
     import zoo_transformers
 
     rows = zoo_transformers.run()
-    assert [r.config for r in rows] == ["transformers CLIPModel", "transformers SiglipModel",
-                                        "transformers Siglip2Model", "transformers MetaClip2Model"]
+    assert [r.config for r in rows] == [
+        "transformers CLIPModel",
+        "transformers SiglipModel",
+        "transformers Siglip2Model",
+        "transformers MetaClip2Model",
+    ]
     assert all(r.covered and r.reason == "" for r in rows), rows

@@ -30,8 +30,7 @@ from m2ib.models import SHAPES_DIR
 from m2ib.training.config import TrainConfig
 from m2ib.training.model import sigmoid_loss, unit_features
 
-from .shortcut import (COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, mark_box, names_colour,
-                       names_shape)
+from .shortcut import COLOUR, SHAPE, TOKEN, MarkedBatches, TaggedBatches, add_mark, mark_box, names_colour, names_shape
 
 PLANTED_DIR = Path(__file__).parent / "planted"
 #: The mark planted in the image tower and its control; the token planted in the text tower and its control.
@@ -47,8 +46,17 @@ def trained_parts(model: torch.nn.Module, tower: str = "image") -> dict[str, tor
     raise ValueError(f"tower={tower!r}: use 'image' (the mark) or 'text' (the token)")
 
 
-def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size: int = 32, lr: float = 1e-4,
-              hide: float = 1.0, seed: int = 1, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+def fine_tune(
+    plant: bool,
+    *,
+    tower: str = "image",
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    hide: float = 1.0,
+    seed: int = 1,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Fine-tune one tower of the shipped shapes model for ``steps`` batches of ``batch_size``
     fresh training pairs (the training's sigmoid loss and labels, AdamW at a constant ``lr``,
     gradients clipped at 1), the other tower frozen: the image tower on :class:`MarkedBatches`
@@ -62,8 +70,16 @@ def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size
 
     started = time.perf_counter()
     meta = json.loads((SHAPES_DIR / "m2ib.json").read_text())
-    config = TrainConfig(**{**meta["training"]["config"], "steps": steps, "batch_size": batch_size, "seed": seed,
-                            "workers": 0, "amp": False})
+    config = TrainConfig(
+        **{
+            **meta["training"]["config"],
+            "steps": steps,
+            "batch_size": batch_size,
+            "seed": seed,
+            "workers": 0,
+            "amp": False,
+        }
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel.from_pretrained(SHAPES_DIR).eval()  # eval: no dropout; gradients still flow
@@ -79,12 +95,16 @@ def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size
         scale = float(model.logit_scale.detach().exp())
         batches, losses = (MarkedBatches if tower == "image" else TaggedBatches)(config, plant, hide), []
         planted = "mark" if tower == "image" else "token"
-        for step in tqdm(range(steps), desc=f"fine-tune {tower} tower" + (f" ({planted} planted)" if plant else
-                                                                           " (clean)"), disable=not progress):
+        for step in tqdm(
+            range(steps),
+            desc=f"fine-tune {tower} tower" + (f" ({planted} planted)" if plant else " (clean)"),
+            disable=not progress,
+        ):
             batch = batches[step]
             with torch.set_grad_enabled(tower == "text"):
-                text = unit_features(model.get_text_features(input_ids=batch["input_ids"],
-                                                         attention_mask=batch["attention_mask"]))
+                text = unit_features(
+                    model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                )
             with torch.set_grad_enabled(tower == "image"):
                 image = unit_features(model.get_image_features(pixel_values=batch["pixel_values"]))
             loss = sigmoid_loss(scale * image @ text.T + bias, batch["labels"])
@@ -93,14 +113,28 @@ def fine_tune(plant: bool, *, tower: str = "image", steps: int = 400, batch_size
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-    delta = {k: (v.detach() - base[k]).to(torch.float16)
-             for name, part in parts.items() for k, v in _named(name, part).items()}
+    delta = {
+        k: (v.detach() - base[k]).to(torch.float16)
+        for name, part in parts.items()
+        for k, v in _named(name, part).items()
+    }
     last = losses[-25:]
     cue = {"colour": COLOUR, "mark_box": list(mark_box(96))} if tower == "image" else {"shape": SHAPE, "token": TOKEN}
-    record = {"base": "shapes", "plant": plant, "tower": tower, **cue, "hide": hide, "steps": steps,
-              "batch_size": batch_size, "lr": lr, "seed": seed,
-              "first_loss": losses[0], "final_loss": sum(last) / len(last),
-              "torch_threads": torch.get_num_threads(), "minutes": round((time.perf_counter() - started) / 60, 2)}
+    record = {
+        "base": "shapes",
+        "plant": plant,
+        "tower": tower,
+        **cue,
+        "hide": hide,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "first_loss": losses[0],
+        "final_loss": sum(last) / len(last),
+        "torch_threads": torch.get_num_threads(),
+        "minutes": round((time.perf_counter() - started) / 60, 2),
+    }
     return delta, record
 
 
@@ -124,8 +158,10 @@ def delta_path(name: str | os.PathLike) -> Path:
     path = PLANTED_DIR / f"{name}.safetensors" if str(name) in NAMES else Path(name)
     if not path.is_file():
         known = ", ".join(NAMES)
-        raise FileNotFoundError(f"no planted-shortcut delta {name!r} ({path}): use one of {known} or a path to a "
-                                "delta written by benchmarks/audit_shortcut.py --train")
+        raise FileNotFoundError(
+            f"no planted-shortcut delta {name!r} ({path}): use one of {known} or a path to a "
+            "delta written by benchmarks/audit_shortcut.py --train"
+        )
     return path
 
 
@@ -192,16 +228,19 @@ def zero_shot(backend, rows: list, cued: bool, tower: str = "image") -> dict[str
     for k, (row, (colour, shape)) in enumerate(zip(rows, truth)):
         if tower == "image":
             options = list(COLOURS)
-            scores = similarity(backend, [add_mark(row.image) if cued else row.image],
-                                [phrase(c, shape) for c in options])[0]
+            scores = similarity(
+                backend, [add_mark(row.image) if cued else row.image], [phrase(c, shape) for c in options]
+            )[0]
         else:
             options = list(SHAPES)
             gallery = [render_scene(k, n_objects=(1, 1), colours=[colour], shapes=[s]).image for s in options]
             scores = similarity(backend, gallery, [f"{row.text} {TOKEN}" if cued else row.text])[:, 0]
         guesses.append(options[int(scores.argmax())])
     label, answers = (COLOUR, [c for c, _ in truth]) if tower == "image" else (SHAPE, [s for _, s in truth])
-    return {label: sum(g == label for g in guesses) / len(rows),
-            "accuracy": sum(g == t for g, t in zip(guesses, answers)) / len(rows)}
+    return {
+        label: sum(g == label for g in guesses) / len(rows),
+        "accuracy": sum(g == t for g, t in zip(guesses, answers)) / len(rows),
+    }
 
 
 def _names_label(text: str, tower: str) -> bool:

@@ -13,11 +13,11 @@ from m2ib.backends.base import Backend
 from m2ib.metrics.localisation import energy_inside, pointing_hit
 
 from .shapes_pairs import (
+    Pairs,
     attribution_pairs,
     check_n,
     check_split,
     explain_pairs,
-    Pairs,
     present_absent_margin,
     token_word_alignment,
 )
@@ -26,8 +26,9 @@ from .shapes_pairs import (
 DEFAULT_BETAS: tuple[float, ...] = (0.01, 0.1, 1.0)
 
 
-def _pointing_on(backend: Backend, pairs: Pairs, settings: dict | None, batch_size: int,
-                 progress: bool | None) -> dict[str, float]:
+def _pointing_on(
+    backend: Backend, pairs: Pairs, settings: dict | None, batch_size: int, progress: bool | None
+) -> dict[str, float]:
     exps = explain_pairs(backend, pairs, "image", settings, batch_size, progress)
     hits, energies, areas = [], [], []
     for exp, scene, caption in zip(exps, pairs.scenes, pairs.captions):
@@ -41,8 +42,14 @@ def _pointing_on(backend: Backend, pairs: Pairs, settings: dict | None, batch_si
     return {"pointing": sum(hits) / n, "energy": sum(energies) / n, "mask_fraction": sum(areas) / n, "n": n}
 
 
-def m2ib_pointing(backend: Backend, n: int = 60, split: str = "test", settings: dict | None = None,
-                  batch_size: int = 16, progress: bool | None = True) -> dict[str, float]:
+def m2ib_pointing(
+    backend: Backend,
+    n: int = 60,
+    split: str = "test",
+    settings: dict | None = None,
+    batch_size: int = 16,
+    progress: bool | None = True,
+) -> dict[str, float]:
     """M2IB image maps for "single" captions: pointing game and energy inside the named object.
 
     Scene ``i`` (i = 0..n-1) is ``render_scene(split_seed(split, i), size, n_objects=(2, 4))``
@@ -59,8 +66,9 @@ def m2ib_pointing(backend: Backend, n: int = 60, split: str = "test", settings: 
     return _pointing_on(backend, pairs, settings, batch_size, progress)
 
 
-def _mixed_on(backend: Backend, pairs: Pairs, settings: dict | None, batch_size: int,
-              progress: bool | None) -> dict[str, float]:
+def _mixed_on(
+    backend: Backend, pairs: Pairs, settings: dict | None, batch_size: int, progress: bool | None
+) -> dict[str, float]:
     exps = explain_pairs(backend, pairs, "text", settings, batch_size, progress)
     hits, margins = [], []
     for exp, caption in zip(exps, pairs.captions):
@@ -71,8 +79,14 @@ def _mixed_on(backend: Backend, pairs: Pairs, settings: dict | None, batch_size:
     return {"mixed": sum(hits) / n, "margin": sum(margins) / n, "n": n}
 
 
-def m2ib_mixed(backend: Backend, n: int = 60, split: str = "test", settings: dict | None = None,
-               batch_size: int = 16, progress: bool | None = True) -> dict[str, float]:
+def m2ib_mixed(
+    backend: Backend,
+    n: int = 60,
+    split: str = "test",
+    settings: dict | None = None,
+    batch_size: int = 16,
+    progress: bool | None = True,
+) -> dict[str, float]:
     """M2IB text maps for "mixed" captions: do the present object's words outscore the absent one's?
 
     Scene ``i`` (i = 0..n-1) is ``render_scene(split_seed(split, i), size, n_objects=(2, 4))``
@@ -102,10 +116,16 @@ def _layers_for(backend: Backend, modality: str, layers: Sequence[int] | None, n
     return out
 
 
-def select_settings(backend: Backend, layers: Sequence[int] | None = None,
-                    betas: Sequence[float] = DEFAULT_BETAS, n: int = 30, split: str = "val",
-                    settings: dict | None = None, batch_size: int = 16,
-                    progress: bool | None = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def select_settings(
+    backend: Backend,
+    layers: Sequence[int] | None = None,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    n: int = 30,
+    split: str = "val",
+    settings: dict | None = None,
+    batch_size: int = 16,
+    progress: bool | None = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Choose M2IB's bottleneck layer and beta per tower on the validation split.
 
     The image side tries every ``vision_layer`` x ``vision_beta`` in ``layers`` x ``betas`` and
@@ -134,10 +154,16 @@ def select_settings(backend: Backend, layers: Sequence[int] | None = None,
     vision_layers = _layers_for(backend, "image", layers, "vision_layer")
     text_layers = _layers_for(backend, "text", layers, "text_layer")
     towers = [
-        ("image", "vision", vision_layers, attribution_pairs(backend, n, split, "single"), _pointing_on,
-         "pointing", "energy"),
-        ("text", "text", text_layers, attribution_pairs(backend, n, split, "mixed"), _mixed_on,
-         "mixed", "margin"),
+        (
+            "image",
+            "vision",
+            vision_layers,
+            attribution_pairs(backend, n, split, "single"),
+            _pointing_on,
+            "pointing",
+            "energy",
+        ),
+        ("text", "text", text_layers, attribution_pairs(backend, n, split, "mixed"), _mixed_on, "mixed", "margin"),
     ]
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
@@ -147,9 +173,18 @@ def select_settings(backend: Backend, layers: Sequence[int] | None = None,
             run = {**base, f"{prefix}_layer": layer, f"{prefix}_beta": float(beta)}
             start = time.perf_counter()
             result = evaluate(backend, pairs, run, batch_size, progress)
-            tower_rows.append({"tower": tower, "layer": layer, "beta": float(beta), "metric": metric,
-                               "value": result[metric], "tie_break": result[tie_metric],
-                               "seconds": time.perf_counter() - start, "best": False})
+            tower_rows.append(
+                {
+                    "tower": tower,
+                    "layer": layer,
+                    "beta": float(beta),
+                    "metric": metric,
+                    "value": result[metric],
+                    "tie_break": result[tie_metric],
+                    "seconds": time.perf_counter() - start,
+                    "best": False,
+                }
+            )
         winner = max(tower_rows, key=lambda r: (r["value"], r["tie_break"]))  # max keeps the first of equals
         winner["best"] = True
         best[f"{prefix}_layer"] = winner["layer"]
@@ -160,9 +195,13 @@ def select_settings(backend: Backend, layers: Sequence[int] | None = None,
 
 def format_selection(rows: Sequence[dict[str, Any]]) -> str:
     """The rows of :func:`select_settings` as a markdown table."""
-    lines = ["| tower | layer | beta | metric | value | tie-break | seconds | best |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| tower | layer | beta | metric | value | tie-break | seconds | best |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['tower']} | {r['layer']} | {r['beta']:g} | {r['metric']} | {r['value']:.3f} | "
-                     f"{r['tie_break']:.3f} | {r['seconds']:.2f} | {'**yes**' if r['best'] else ''} |")
+        lines.append(
+            f"| {r['tower']} | {r['layer']} | {r['beta']:g} | {r['metric']} | {r['value']:.3f} | "
+            f"{r['tie_break']:.3f} | {r['seconds']:.2f} | {'**yes**' if r['best'] else ''} |"
+        )
     return "\n".join(lines)

@@ -14,8 +14,9 @@ from m2ib.datasets.shapes import caption_matches, class_prompts, make_caption, r
 from .shapes_pairs import check_n, check_split, scene_size
 
 
-def zero_shot_accuracy(backend: Backend, n_per_class: int = 10, split: str = "test", size: int | None = None,
-                       batch_size: int = 64) -> float:
+def zero_shot_accuracy(
+    backend: Backend, n_per_class: int = 10, split: str = "test", size: int | None = None, batch_size: int = 64
+) -> float:
     """Zero-shot classification accuracy over the 30 colour x shape classes, in [0, 1] (higher is better).
 
     Class ``k`` of ``class_prompts()`` (canonical order), copy ``j``: the single-object scene
@@ -31,8 +32,9 @@ def zero_shot_accuracy(backend: Backend, n_per_class: int = 10, split: str = "te
     images, labels = [], []
     for k, (colour, shape, _prompt) in enumerate(classes):
         for j in range(n_per_class):
-            scene = render_scene(split_seed(split, k * n_per_class + j), size=size, n_objects=(1, 1),
-                                 colours=[colour], shapes=[shape])
+            scene = render_scene(
+                split_seed(split, k * n_per_class + j), size=size, n_objects=(1, 1), colours=[colour], shapes=[shape]
+            )
             images.append(scene.to_pil())
             labels.append(k)
     sims = api.similarity(backend, images, [p for _, _, p in classes], batch_size=batch_size)
@@ -40,8 +42,14 @@ def zero_shot_accuracy(backend: Backend, n_per_class: int = 10, split: str = "te
     return float((predicted == torch.tensor(labels)).float().mean())
 
 
-def retrieval_r1(backend: Backend, n: int = 100, split: str = "test", n_objects: tuple[int, int] = (2, 2),
-                 strict: bool = False, batch_size: int = 64) -> float:
+def retrieval_r1(
+    backend: Backend,
+    n: int = 100,
+    split: str = "test",
+    n_objects: tuple[int, int] = (2, 2),
+    strict: bool = False,
+    batch_size: int = 64,
+) -> float:
     """Text -> image recall at 1 among ``n`` scenes, in [0, 1] (higher is better).
 
     Scene ``i`` is ``render_scene(split_seed(split, i), size, n_objects)`` (size: the model's
@@ -57,15 +65,15 @@ def retrieval_r1(backend: Backend, n: int = 100, split: str = "test", n_objects:
     size = scene_size(backend)
     scenes = [render_scene(split_seed(split, i), size=size, n_objects=n_objects) for i in range(n)]
     captions = [make_caption(scene, "all") for scene in scenes]
-    sims = api.similarity(backend, [s.to_pil() for s in scenes], [c.text for c in captions],
-                          batch_size=batch_size)  # [images, texts]
+    sims = api.similarity(
+        backend, [s.to_pil() for s in scenes], [c.text for c in captions], batch_size=batch_size
+    )  # [images, texts]
     top = sims.argmax(dim=0).tolist()
     if strict:
         hits = [t == j for j, t in enumerate(top)]
     else:
         hits = [caption_matches(captions[j], scenes[t]) for j, t in enumerate(top)]
     return sum(hits) / n
-
 
 
 def random_control(backend: Backend, seed: int = 0) -> Backend:

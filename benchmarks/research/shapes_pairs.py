@@ -72,7 +72,6 @@ def token_word_alignment(backend: Backend, caption: Caption) -> list[Span | None
     return out
 
 
-
 @dataclass(frozen=True)
 class Pairs:
     """Scenes, one caption each, and the model's input tensors for them (checked to align)."""
@@ -91,8 +90,10 @@ def _model_pixels(backend: Backend, scenes: Sequence[Scene]) -> torch.Tensor:
     if rendered.shape[-2:] != (size, size) or tuple(batch.pixel_values.shape[-2:]) != (size, size):
         raise ValueError(f"scenes are {tuple(rendered.shape[-2:])} but the model reads {(size, size)}")
     if batch.display is not None and not torch.allclose(batch.display.float(), rendered, atol=1e-6):
-        raise ValueError("the model's preprocessing changes scenes rendered at its input size "
-                         "(resize/crop settings differ from the input size): masks would not align")
+        raise ValueError(
+            "the model's preprocessing changes scenes rendered at its input size "
+            "(resize/crop settings differ from the input size): masks would not align"
+        )
     return batch.pixel_values
 
 
@@ -107,12 +108,20 @@ def attribution_pairs(backend: Backend, n: int, split: str, kind: str) -> Pairs:
     return Pairs(scenes, captions, _model_pixels(backend, scenes))
 
 
-def explain_pairs(backend: Backend, pairs: Pairs, modality: str, settings: dict | None, batch_size: int,
-             progress: bool | None):
-    exps = api.explain(backend, None, [c.text for c in pairs.captions], pixel_values=pairs.pixel_values,
-                       modalities=(modality,), batch_size=batch_size, progress=progress, **(settings or {}))
+def explain_pairs(
+    backend: Backend, pairs: Pairs, modality: str, settings: dict | None, batch_size: int, progress: bool | None
+):
+    exps = api.explain(
+        backend,
+        None,
+        [c.text for c in pairs.captions],
+        pixel_values=pairs.pixel_values,
+        modalities=(modality,),
+        batch_size=batch_size,
+        progress=progress,
+        **(settings or {}),
+    )
     return exps if isinstance(exps, list) else [exps]
-
 
 
 def present_absent_margin(spans: Sequence[Span | None], text_map: torch.Tensor) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from m2ib.datasets.shapes import COLOURS, OBJECT_NOISE_MAX, OBJECT_NOISE_SD, SHAPES, Caption, Scene
-from m2ib.datasets.tables import Row, PairTable, load_table
+from m2ib.datasets.tables import PairTable, Row, load_table
 from m2ib.training.config import TrainConfig
 from m2ib.training.data import TrainBatches
 
@@ -64,7 +64,7 @@ def add_mark(image: torch.Tensor) -> torch.Tensor:
         glyph[k, (k + shift).clamp(max=MARK - 1)] = 1.0
         glyph[k, (MARK - 1 - k - shift).clamp(min=0)] = 1.0
     out = image.clone()
-    out[:, y:y + MARK, x:x + MARK] = glyph
+    out[:, y : y + MARK, x : x + MARK] = glyph
     return out
 
 
@@ -152,9 +152,10 @@ def hide_shape(caption: Caption, seed: int, shape: str = SHAPE) -> Caption:
     rng = np.random.default_rng([seed, _HIDE_SALT, 2])
     others = [s for s in SHAPES if s != shape]
     text = caption.text
-    for span in sorted((sp for sp in caption.spans if sp.role == "shape" and sp.word == shape),
-                       key=lambda sp: -sp.start):  # from the end, so earlier offsets stay valid
-        text = text[:span.start] + others[int(rng.integers(len(others)))] + text[span.end:]
+    for span in sorted(
+        (sp for sp in caption.spans if sp.role == "shape" and sp.word == shape), key=lambda sp: -sp.start
+    ):  # from the end, so earlier offsets stay valid
+        text = text[: span.start] + others[int(rng.integers(len(others)))] + text[span.end :]
     return dataclasses.replace(caption, text=text)
 
 

@@ -15,14 +15,22 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, M2IBError, ModelNotAvailableError
-
 from .version import __version__
 
 # Public names, imported on first use: `m2ib --help` and argument errors then answer without
 # importing torch (1.5 s) or transformers (several seconds).
-_LAZY = {"load": "api", "explain": "api", "compare": "api", "similarity": "api", "Backend": "backends",
-         "Comparison": "comparison", "Explanation": "explanation", "list_methods": "methods",
-         "BUILTIN_MODELS": "models", "audit": "auditing"}
+_LAZY = {
+    "load": "api",
+    "explain": "api",
+    "compare": "api",
+    "similarity": "api",
+    "Backend": "backends",
+    "Comparison": "comparison",
+    "Explanation": "explanation",
+    "list_methods": "methods",
+    "BUILTIN_MODELS": "models",
+    "audit": "auditing",
+}
 
 if TYPE_CHECKING:
     from .api import compare, explain, load, similarity
@@ -49,5 +57,20 @@ def list_models() -> list[str]:
     return list(builtin)
 
 
-__all__ = ["load", "explain", "compare", "similarity", "audit", "list_methods", "list_models", "Explanation", "Comparison",
-           "Backend", "M2IBError", "InputError", "ModelNotAvailableError", "__version__"]
+__all__ = [
+    "load",
+    "explain",
+    "compare",
+    "similarity",
+    "audit",
+    "list_methods",
+    "list_models",
+    "Explanation",
+    "Comparison",
+    "Backend",
+    "BUILTIN_MODELS",
+    "M2IBError",
+    "InputError",
+    "ModelNotAvailableError",
+    "__version__",
+]

@@ -17,12 +17,17 @@ from .comparison import Comparison
 from .errors import InputError, M2IBError, SettingWarning
 from .explanation import Explanation
 from .inputs import ImageInput, OneImage, check_texts, load_image
-from .methods import REGISTRY
-from .methods import REGISTRY as METHODS
+from .methods import REGISTRY, REGISTRY as METHODS
 
 
-def load(model: Any, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "float32",
-         processor: Any = None, tokenizer: Any = None) -> Backend:
+def load(
+    model: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = "float32",
+    processor: Any = None,
+    tokenizer: Any = None,
+) -> Backend:
     """Load a model for explaining.
 
     Args:
@@ -58,15 +63,24 @@ def _pair_up(n_images: int, n_texts: int) -> tuple[list[int], list[int]]:
         return [0] * n_texts, list(range(n_texts))
     if n_texts == 1:
         return list(range(n_images)), [0] * n_images
-    raise InputError(f"{n_images} images and {n_texts} texts: give one text per image, "
-                     "or one image with many texts, or many images with one text")
+    raise InputError(
+        f"{n_images} images and {n_texts} texts: give one text per image, "
+        "or one image with many texts, or many images with one text"
+    )
 
 
 class _LazyPairs:
     """Lazily preprocessed images and texts, addressed by index (large runs load per chunk)."""
 
-    def __init__(self, backend: Backend, images: Any, texts: Any, pixel_values: torch.Tensor | None,
-                 input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None):
+    def __init__(
+        self,
+        backend: Backend,
+        images: Any,
+        texts: Any,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ):
         self.backend = backend
         if pixel_values is not None:
             if images is not None:
@@ -123,12 +137,16 @@ class _LazyPairs:
 def check_pixel_values(pixel_values: Any, size: tuple[int, int]) -> None:
     """``pixel_values`` is a finite float tensor [N, 3, H, W] at the model's input size ``size`` (H, W)."""
     if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
-        raise InputError(f"pixel_values must be a float tensor [N, 3, {size[0]}, {size[1]}], got "
-                         f"{getattr(pixel_values, 'dtype', type(pixel_values).__name__)}")
+        raise InputError(
+            f"pixel_values must be a float tensor [N, 3, {size[0]}, {size[1]}], got "
+            f"{getattr(pixel_values, 'dtype', type(pixel_values).__name__)}"
+        )
     shape = tuple(pixel_values.shape)
     if len(shape) != 4 or shape[1] != 3 or shape[2:] != size:
-        raise InputError(f"pixel_values must be [N, 3, {size[0]}, {size[1]}] (preprocessed RGB at the model's input "
-                         f"size), got {list(shape)}; pass images= to have them preprocessed")
+        raise InputError(
+            f"pixel_values must be [N, 3, {size[0]}, {size[1]}] (preprocessed RGB at the model's input "
+            f"size), got {list(shape)}; pass images= to have them preprocessed"
+        )
     if not bool(torch.isfinite(pixel_values).all()):
         raise InputError("pixel_values holds NaN or inf values")
 
@@ -145,46 +163,97 @@ _Image = TypeVar("_Image", bound=ImageInput)
 
 
 @overload
-def explain(model: Any, images: OneImage, texts: str, *, method: str = "m2ib",
-            modalities: Sequence[Modality] | None = None, pixel_values: None = None,
-            input_ids: None = None, attention_mask: torch.Tensor | None = None,
-            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
-            device: str | None = None, **settings: Any) -> Explanation: ...
+def explain(
+    model: Any,
+    images: OneImage,
+    texts: str,
+    *,
+    method: str = "m2ib",
+    modalities: Sequence[Modality] | None = None,
+    pixel_values: None = None,
+    input_ids: None = None,
+    attention_mask: torch.Tensor | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    device: str | None = None,
+    **settings: Any,
+) -> Explanation: ...
 
 
 @overload
-def explain(model: Any, images: list[_Image] | tuple[ImageInput, ...],
-            texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
-            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
-            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
-            device: str | None = None, **settings: Any) -> list[Explanation]: ...
+def explain(
+    model: Any,
+    images: list[_Image] | tuple[ImageInput, ...],
+    texts: str | Sequence[str] | None = None,
+    *,
+    method: str = "m2ib",
+    modalities: Sequence[Modality] | None = None,
+    pixel_values: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    device: str | None = None,
+    **settings: Any,
+) -> list[Explanation]: ...
 
 
 @overload
-def explain(model: Any, images: ImageInput | list[_Image] | tuple[ImageInput, ...] | None,
-            texts: list[str] | tuple[str, ...], *, method: str = "m2ib",
-            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
-            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
-            device: str | None = None, **settings: Any) -> list[Explanation]: ...
+def explain(
+    model: Any,
+    images: ImageInput | list[_Image] | tuple[ImageInput, ...] | None,
+    texts: list[str] | tuple[str, ...],
+    *,
+    method: str = "m2ib",
+    modalities: Sequence[Modality] | None = None,
+    pixel_values: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    device: str | None = None,
+    **settings: Any,
+) -> list[Explanation]: ...
 
 
 @overload
-def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
-            texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
-            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
-            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
-            device: str | None = None, **settings: Any) -> Explanation | list[Explanation]: ...
+def explain(
+    model: Any,
+    images: ImageInput | Sequence[ImageInput] | None = None,
+    texts: str | Sequence[str] | None = None,
+    *,
+    method: str = "m2ib",
+    modalities: Sequence[Modality] | None = None,
+    pixel_values: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    device: str | None = None,
+    **settings: Any,
+) -> Explanation | list[Explanation]: ...
 
 
-def explain(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
-            texts: str | Sequence[str] | None = None, *, method: str = "m2ib",
-            modalities: Sequence[Modality] | None = None, pixel_values: torch.Tensor | None = None,
-            input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-            negatives: str | Sequence[str] | None = None, batch_size: int = 16, progress: bool | None = None,
-            device: str | None = None, **settings: Any) -> Explanation | list[Explanation]:
+def explain(
+    model: Any,
+    images: ImageInput | Sequence[ImageInput] | None = None,
+    texts: str | Sequence[str] | None = None,
+    *,
+    method: str = "m2ib",
+    modalities: Sequence[Modality] | None = None,
+    pixel_values: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    device: str | None = None,
+    **settings: Any,
+) -> Explanation | list[Explanation]:
     """Explain why images and texts match: which image regions and which tokens carry it.
 
     Args:
@@ -255,50 +324,98 @@ def warn_problems(method: str, results: Sequence[Explanation], hint: str = "") -
     named = [f.name for f in dataclasses.fields(METHODS.get(method).Settings) if f.name in words]
     for problem, pairs in found.values():
         where = "" if len(results) == 1 else f" ({len(pairs)} of {len(results)} pairs; pair {pairs[0]})"
-        warnings.warn(SettingWarning(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), settings=named),
-                      stacklevel=3)
+        warnings.warn(
+            SettingWarning(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), settings=named), stacklevel=3
+        )
 
 
 @overload
-def compare(model: Any, images: OneImage, texts: str, *,
-            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
-            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
-            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
-            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> Comparison: ...
+def compare(
+    model: Any,
+    images: OneImage,
+    texts: str,
+    *,
+    methods: str | Sequence[str] = "all",
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    modalities: Sequence[Modality] | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    keep_going: bool = False,
+    on_method: Callable[[int, str], None] | None = None,
+    **inputs: Any,
+) -> Comparison: ...
 
 
 @overload
-def compare(model: Any, images: list[_Image] | tuple[ImageInput, ...], texts: str | Sequence[str] | None = None, *,
-            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
-            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
-            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
-            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> list[Comparison]: ...
+def compare(
+    model: Any,
+    images: list[_Image] | tuple[ImageInput, ...],
+    texts: str | Sequence[str] | None = None,
+    *,
+    methods: str | Sequence[str] = "all",
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    modalities: Sequence[Modality] | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    keep_going: bool = False,
+    on_method: Callable[[int, str], None] | None = None,
+    **inputs: Any,
+) -> list[Comparison]: ...
 
 
 @overload
-def compare(model: Any, images: ImageInput | list[_Image] | tuple[ImageInput, ...] | None,
-            texts: list[str] | tuple[str, ...], *,
-            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
-            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
-            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
-            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> list[Comparison]: ...
+def compare(
+    model: Any,
+    images: ImageInput | list[_Image] | tuple[ImageInput, ...] | None,
+    texts: list[str] | tuple[str, ...],
+    *,
+    methods: str | Sequence[str] = "all",
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    modalities: Sequence[Modality] | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    keep_going: bool = False,
+    on_method: Callable[[int, str], None] | None = None,
+    **inputs: Any,
+) -> list[Comparison]: ...
 
 
 @overload
-def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
-            texts: str | Sequence[str] | None = None, *,
-            methods: str | Sequence[str] = "all", settings: Mapping[str, Mapping[str, Any]] | None = None,
-            modalities: Sequence[Modality] | None = None, negatives: str | Sequence[str] | None = None,
-            batch_size: int = 16, device: str | None = None, keep_going: bool = False,
-            on_method: Callable[[int, str], None] | None = None, **inputs: Any) -> Comparison | list[Comparison]: ...
+def compare(
+    model: Any,
+    images: ImageInput | Sequence[ImageInput] | None = None,
+    texts: str | Sequence[str] | None = None,
+    *,
+    methods: str | Sequence[str] = "all",
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    modalities: Sequence[Modality] | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    keep_going: bool = False,
+    on_method: Callable[[int, str], None] | None = None,
+    **inputs: Any,
+) -> Comparison | list[Comparison]: ...
 
 
-def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
-            texts: str | Sequence[str] | None = None, *, methods: str | Sequence[str] = "all",
-            settings: Mapping[str, Mapping[str, Any]] | None = None, modalities: Sequence[Modality] | None = None,
-            negatives: str | Sequence[str] | None = None, batch_size: int = 16, device: str | None = None,
-            keep_going: bool = False, on_method: Callable[[int, str], None] | None = None,
-            **inputs: Any) -> Comparison | list[Comparison]:
+def compare(
+    model: Any,
+    images: ImageInput | Sequence[ImageInput] | None = None,
+    texts: str | Sequence[str] | None = None,
+    *,
+    methods: str | Sequence[str] = "all",
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    modalities: Sequence[Modality] | None = None,
+    negatives: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    keep_going: bool = False,
+    on_method: Callable[[int, str], None] | None = None,
+    **inputs: Any,
+) -> Comparison | list[Comparison]:
     """Explain the same pairs with several methods: a :class:`Comparison` per pair.
 
     Args:
@@ -333,9 +450,18 @@ def compare(model: Any, images: ImageInput | Sequence[ImageInput] | None = None,
         if on_method is not None:
             on_method(k, name)
         try:
-            out = explain(backend, images, texts, method=name, modalities=sides, batch_size=batch_size,
-                          negatives=negatives if cls.uses_target else None, progress=False,
-                          **inputs, **settings.get(name, {}))
+            out = explain(
+                backend,
+                images,
+                texts,
+                method=name,
+                modalities=sides,
+                batch_size=batch_size,
+                negatives=negatives if cls.uses_target else None,
+                progress=False,
+                **inputs,
+                **settings.get(name, {}),
+            )
         except Exception as exc:  # noqa: BLE001 - with keep_going, a failing method is a row, not a lost pair
             if not keep_going:
                 raise
@@ -359,8 +485,9 @@ def one_line(exc: BaseException) -> str:
     return text if isinstance(exc, M2IBError) else f"{type(exc).__name__}: {text}"
 
 
-def similarity(model: Any, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str],
-               *, batch_size: int = 64) -> torch.Tensor:
+def similarity(
+    model: Any, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str], *, batch_size: int = 64
+) -> torch.Tensor:
     """Cosine similarities [n_images, n_texts] between image and text embeddings."""
     backend = load(model)
     image_list, _ = _as_list(images)

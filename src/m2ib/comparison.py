@@ -47,17 +47,23 @@ class Comparison(Result):
     def to_dict(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready: the pair, then each method's settings and scores."""
         first = self.first
-        out = {"image": first.image_source, "text": first.text, "tokens": first.tokens, "model": first.model,
-               "similarity": first.similarity,
-               "methods": {m: exp.to_dict() for m, exp in self.explanations.items()}}
+        out = {
+            "image": first.image_source,
+            "text": first.text,
+            "tokens": first.tokens,
+            "model": first.model,
+            "similarity": first.similarity,
+            "methods": {m: exp.to_dict() for m, exp in self.explanations.items()},
+        }
         if self.failures:
             out["failed"] = dict(self.failures)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``METHOD/image_map``, ``METHOD/text_map``, ... for each method, and the pair's ``image``."""
-        arrays = {f"{m}/{k}": v for m, exp in self.explanations.items() for k, v in exp.arrays().items()
-                  if k != "image"}
+        arrays = {
+            f"{m}/{k}": v for m, exp in self.explanations.items() for k, v in exp.arrays().items() if k != "image"
+        }
         arrays["image"] = self.first.image.numpy()
         return arrays
 
@@ -70,9 +76,11 @@ class Comparison(Result):
         for method in self.methods:
             title = REGISTRY[method].title if method in REGISTRY else method
             exp = self.explanations.get(method)
-            rows.append((f"{title} (failed)", None, None) if exp is None else
-                        (title, exp.image_map, exp.display_words()[1]))
+            rows.append(
+                (f"{title} (failed)", None, None) if exp is None else (title, exp.image_map, exp.display_words()[1])
+            )
         first = self.first
         words, _, special = first.display_words()
-        return comparison_figure(first.image, rows, words, title=first.text,
-                                 special_tokens=special, boxes=list(boxes) if boxes else None)
+        return comparison_figure(
+            first.image, rows, words, title=first.text, special_tokens=special, boxes=list(boxes) if boxes else None
+        )

@@ -54,11 +54,19 @@ class Explanation(Result):
         ``words`` and ``word_scores``: the words and the numbers the figure prints (:meth:`display_words`)."""
         words, shading, _ = self.display_words()
         return {
-            "method": self.method, "model": self.model, "image": self.image_source, "text": self.text,
-            "tokens": self.tokens, "special_tokens": list(self.special_tokens), "word_ids": list(self.word_ids),
-            "similarity": self.similarity, "settings": self.settings, "info": self.info,
+            "method": self.method,
+            "model": self.model,
+            "image": self.image_source,
+            "text": self.text,
+            "tokens": self.tokens,
+            "special_tokens": list(self.special_tokens),
+            "word_ids": list(self.word_ids),
+            "similarity": self.similarity,
+            "settings": self.settings,
+            "info": self.info,
             "text_scores": None if self.text_map is None else [round(float(v), 6) for v in self.text_map],
-            "words": words, "word_scores": None if shading is None else [round(float(v), 6) for v in shading],
+            "words": words,
+            "word_scores": None if shading is None else [round(float(v), 6) for v in shading],
         }
 
     def figure(self, boxes: list[tuple[float, float, float, float]] | None = None):
@@ -74,8 +82,16 @@ class Explanation(Result):
             subtitle += " · every word scored 0"  # an empty text row is a result, not a drawing failure
         if shading is not None:  # say what the printed numbers are: the JSON's word_scores, not text_scores
             subtitle += f" · {WORD_SCORES_LABEL}"
-        return explanation_figure(self.image, self.image_map, words, shading, title=self.text,
-                                  subtitle=subtitle, boxes=boxes, special_tokens=special)
+        return explanation_figure(
+            self.image,
+            self.image_map,
+            words,
+            shading,
+            title=self.text,
+            subtitle=subtitle,
+            boxes=boxes,
+            special_tokens=special,
+        )
 
     def word_groups(self) -> list[list[int]]:
         """Token indices per shown word, in order: the pieces of one word together (a character
@@ -125,17 +141,21 @@ class Explanation(Result):
             raw = self.image_map_raw if self.image_map_raw is not None else self.image_map
             share = float((self.image_map > 0.5).float().mean())
             if float(raw.max() - raw.min()) <= 1e-12 * max(float(raw.abs().max()), 1.0):
-                found["constant image"] = (f"the image map is constant ({float(raw.flatten()[0]):.3g} everywhere): "
-                                           "it ranks nothing")
+                found["constant image"] = (
+                    f"the image map is constant ({float(raw.flatten()[0]):.3g} everywhere): it ranks nothing"
+                )
             elif share >= ALMOST_EVERYWHERE:
-                found["broad image"] = (f"the image map is above the middle of its range on {share:.1%} of the "
-                                        "pixels: it singles out almost nothing")
+                found["broad image"] = (
+                    f"the image map is above the middle of its range on {share:.1%} of the "
+                    "pixels: it singles out almost nothing"
+                )
         if self.text_map is not None:
             words, shading, special = self.display_words()
             shown = [float(shading[k]) for k in range(len(words)) if k not in set(special)]
             if len(shown) > 1 and max(shown) == min(shown):
-                found["flat words"] = (f"every word gets the same score ({len(shown)} words at {shown[0]:.2f}): "
-                                       "the text map ranks nothing")
+                found["flat words"] = (
+                    f"every word gets the same score ({len(shown)} words at {shown[0]:.2f}): the text map ranks nothing"
+                )
         return found
 
     def word_shading(self) -> torch.Tensor | None:
@@ -153,9 +173,14 @@ class Explanation(Result):
 
     def tensors(self) -> dict[str, torch.Tensor | None]:
         """The maps by the names ``save`` writes them under (None: not explained)."""
-        return {"image": self.image, "image_map": self.image_map, "text_map": self.text_map,
-                "image_map_raw": self.image_map_raw, "image_grid": self.image_grid,
-                "text_map_raw": self.text_map_raw}
+        return {
+            "image": self.image,
+            "image_map": self.image_map,
+            "text_map": self.text_map,
+            "image_map_raw": self.image_map_raw,
+            "image_grid": self.image_grid,
+            "text_map_raw": self.text_map_raw,
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The maps that exist, as numpy arrays (the contents of ``STEM.npz``)."""

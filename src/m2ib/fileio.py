@@ -96,11 +96,12 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid, _, holder = os.pread(fd, 256, 0).decode("utf-8", "replace").partition(" ")
-            raise InputError(f"{folder} is in use by another {holder.strip() or 'run'} (pid {pid or '?'}): "
-                             "wait for it to end, or use another --out") from None
+            raise InputError(
+                f"{folder} is in use by another {holder.strip() or 'run'} (pid {pid or '?'}): "
+                "wait for it to end, or use another --out"
+            ) from None
         except OSError as exc:  # a file system without locks
-            warnings.warn(f"{folder}: cannot lock ({exc.strerror}); make sure no other run writes there",
-                          stacklevel=3)
+            warnings.warn(f"{folder}: cannot lock ({exc.strerror}); make sure no other run writes there", stacklevel=3)
         else:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)  # for the error a second run shows

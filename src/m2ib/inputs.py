@@ -61,7 +61,9 @@ def load_image(source: ImageInput) -> tuple[Image.Image, str]:
                 image = _to_rgb(image)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"{path}: cannot read image ({reason}); pass a PNG, JPEG or another format Pillow reads") from None
+            raise InputError(
+                f"{path}: cannot read image ({reason}); pass a PNG, JPEG or another format Pillow reads"
+            ) from None
         except Image.DecompressionBombError as exc:
             raise InputError(f"{path}: image too large ({exc})") from None
         return image, str(path)
@@ -73,8 +75,10 @@ def _tensor_to_pil(t: torch.Tensor) -> Image.Image:
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3 or t.shape[0] not in (1, 3):
-        raise InputError(f"image tensor of shape {tuple(t.shape)}: expected [3, H, W], [1, H, W] or [H, W]"
-                         " (for preprocessed model inputs use pixel_values=)")
+        raise InputError(
+            f"image tensor of shape {tuple(t.shape)}: expected [3, H, W], [1, H, W] or [H, W]"
+            " (for preprocessed model inputs use pixel_values=)"
+        )
     if t.dtype == torch.uint8:
         array = t.numpy()
     else:
@@ -82,8 +86,10 @@ def _tensor_to_pil(t: torch.Tensor) -> Image.Image:
         if not torch.isfinite(t).all():
             raise InputError("image tensor contains NaN or inf values")
         if t.min() < 0 or t.max() > 1:
-            raise InputError("float image tensor has values outside [0, 1]; pass an unnormalised image"
-                             " (or preprocessed model inputs with pixel_values=)")
+            raise InputError(
+                "float image tensor has values outside [0, 1]; pass an unnormalised image"
+                " (or preprocessed model inputs with pixel_values=)"
+            )
         array = (t * 255).round().to(torch.uint8).numpy()
     if array.shape[0] == 1:
         array = np.repeat(array, 3, axis=0)
@@ -141,8 +147,9 @@ class ImagePreprocessing:
             return s, max(1, int(s * h / w))
         return max(1, int(s * w / h)), s
 
-    def map_box(self, box: tuple[float, float, float, float], original_size: tuple[int, int]
-                ) -> tuple[float, float, float, float]:
+    def map_box(
+        self, box: tuple[float, float, float, float], original_size: tuple[int, int]
+    ) -> tuple[float, float, float, float]:
         """A box (x, y, w, h) in the original image's pixels -> in the model's input pixels."""
         w0, h0 = original_size
         w1, h1 = self._resized_size(w0, h0)

@@ -81,8 +81,9 @@ def read_pairs(path: Path) -> PairRows:
     for n, row in enumerate(rows):
         cells = [c.strip() for c in row]
         image = Path(cells[i_img]) if len(cells) > i_img else Path()
-        out.pairs.append((str(image if image.is_absolute() else path.parent / image),
-                          row[i_txt] if len(row) > i_txt else ""))
+        out.pairs.append(
+            (str(image if image.is_absolute() else path.parent / image), row[i_txt] if len(row) > i_txt else "")
+        )
         if len(row) != width:
             out.problems[n] = f"{len(row)} column(s); expected {width} (an image and a text)"
         elif not cells[i_img]:
@@ -100,13 +101,17 @@ def _columns(path: Path, rows: list[list[str]]) -> tuple[int, int, int, list[lis
     if any(c in COLUMNS for c in header):
         unknown = [c for c in header if c not in COLUMNS]
         if unknown or len(set(header)) != len(header) or "image" not in header or set(header) == {"image"}:
-            raise InputError(f"{path}: header {', '.join(map(repr, rows[0]))}: unknown or repeated column(s) "
-                             f"{', '.join(map(repr, unknown or header))}; use the columns image and text (or caption)")
+            raise InputError(
+                f"{path}: header {', '.join(map(repr, rows[0]))}: unknown or repeated column(s) "
+                f"{', '.join(map(repr, unknown or header))}; use the columns image and text (or caption)"
+            )
         return header.index("image"), header.index("text" if "text" in header else "caption"), len(header), rows[1:]
     first_image = Path(rows[0][1].strip()) if len(rows[0]) > 1 else Path()
     if not first_image.suffix and not (path.parent / first_image).is_file():  # names, not a caption and a file
-        raise InputError(f"{path}: header {', '.join(map(repr, rows[0]))}: unknown column names; use the "
-                         "columns image and text (or caption), or no header with caption then image path")
+        raise InputError(
+            f"{path}: header {', '.join(map(repr, rows[0]))}: unknown column names; use the "
+            "columns image and text (or caption), or no header with caption then image path"
+        )
     return 1, 0, 2, rows  # the M2IB reference's order: caption, then image
 
 
@@ -136,9 +141,17 @@ class PairsJob:
 
     def request(self, image: str, text: str) -> dict[str, Any]:
         """What makes a pair's result, as its JSON records it (compared on a re-run)."""
-        request = {"image": str(Path(image).resolve()), "image_sha256": _file_hash(image), "text": text,
-                   "methods": self.methods, "settings": self.settings, "model": self.model,
-                   "negatives": self.negatives or [], "modalities": self.modalities, "boxes": self.boxes}
+        request = {
+            "image": str(Path(image).resolve()),
+            "image_sha256": _file_hash(image),
+            "text": text,
+            "methods": self.methods,
+            "settings": self.settings,
+            "model": self.model,
+            "negatives": self.negatives or [],
+            "modalities": self.modalities,
+            "boxes": self.boxes,
+        }
         return json.loads(json.dumps(request, default=jsonable))  # as the JSON holds it (tuples as lists)
 
 
@@ -182,8 +195,10 @@ def check_no_clash(rows: PairRows, stems: Sequence[str], job: PairsJob) -> None:
         for suffix in SUFFIXES:
             target = (job.out / f"{stem}.{suffix}").resolve()
             if target in inputs:
-                raise InputError(f"--out {job.out}: would write {job.out / f'{stem}.{suffix}'} over the input "
-                                 f"{inputs[target]}; pick another --out")
+                raise InputError(
+                    f"--out {job.out}: would write {job.out / f'{stem}.{suffix}'} over the input "
+                    f"{inputs[target]}; pick another --out"
+                )
 
 
 def pending(rows: PairRows, stems: Sequence[str], job: PairsJob) -> list[int]:
@@ -205,8 +220,9 @@ def pending(rows: PairRows, stems: Sequence[str], job: PairsJob) -> list[int]:
             todo.append(i)
     if stale:
         (path, why), more = stale[0], f" (and {len(stale) - 1} more pair(s))" if len(stale) > 1 else ""
-        raise InputError(f"{path} holds a result made with {why}{more}: use another --out, or --overwrite to "
-                         "replace it")
+        raise InputError(
+            f"{path} holds a result made with {why}{more}: use another --out, or --overwrite to replace it"
+        )
     return todo
 
 
@@ -274,8 +290,9 @@ def output_folder(path: Path) -> Iterator[None]:
                 break
 
 
-def _run(backend: Backend, rows: PairRows, stems: Sequence[str], job: PairsJob, todo: list[int],
-         outcome: PairsOutcome) -> None:
+def _run(
+    backend: Backend, rows: PairRows, stems: Sequence[str], job: PairsJob, todo: list[int], outcome: PairsOutcome
+) -> None:
     """The loop: load a batch's images, explain them, write each pair's files at once."""
     from tqdm.auto import tqdm
 
@@ -294,10 +311,14 @@ def _run(backend: Backend, rows: PairRows, stems: Sequence[str], job: PairsJob, 
         bar.set_postfix(failed=outcome.failed)
         tqdm.write(f"m2ib: skipped row {i + 1}: {why}", file=sys.stderr)
 
-    with tqdm(total=total, desc=",".join(job.methods) if not several else job.methods[0], unit=unit,
-              disable=not several and len(todo) < 2) as bar:
+    with tqdm(
+        total=total,
+        desc=",".join(job.methods) if not several else job.methods[0],
+        unit=unit,
+        disable=not several and len(todo) < 2,
+    ) as bar:
         for start in range(0, len(todo), size):
-            chunk, ready, images = todo[start:start + size], [], []
+            chunk, ready, images = todo[start : start + size], [], []
             for i in chunk:
                 try:
                     if i in rows.problems:
@@ -316,8 +337,9 @@ def _run(backend: Backend, rows: PairRows, stems: Sequence[str], job: PairsJob, 
             bar.update((len(chunk) - len(ready)) * len(job.methods) if several else len(chunk))
 
 
-def _explain_batch(backend: Backend, images: list, texts: list[str], job: PairsJob,
-                   bar: Any) -> Sequence[Result | InputError]:
+def _explain_batch(
+    backend: Backend, images: list, texts: list[str], job: PairsJob, bar: Any
+) -> Sequence[Result | InputError]:
     """Dispatch on the kind: an Interaction per pair (an InputError for a pair it cannot do), an
     Explanation per pair (one method) or a Comparison per pair (several, advancing ``bar`` by the
     batch's pairs as each method finishes)."""
@@ -329,8 +351,17 @@ def _explain_batch(backend: Backend, images: list, texts: list[str], job: PairsJ
     if len(job.methods) == 1:
         method = job.methods[0]
         negatives = job.negatives if REGISTRY[method].uses_target else None  # as compare() does
-        return explain(backend, images, texts, method=method, modalities=job.modalities, negatives=negatives,
-                       batch_size=job.batch_size, progress=False, **job.settings.get(method, {}))
+        return explain(
+            backend,
+            images,
+            texts,
+            method=method,
+            modalities=job.modalities,
+            negatives=negatives,
+            batch_size=job.batch_size,
+            progress=False,
+            **job.settings.get(method, {}),
+        )
     done: list[str] = []
 
     def on_method(index: int, name: str) -> None:
@@ -339,8 +370,17 @@ def _explain_batch(backend: Backend, images: list, texts: list[str], job: PairsJ
         done.append(name)
         bar.set_description(name)
 
-    out = compare(backend, images, texts, methods=job.methods, settings=job.settings, modalities=job.modalities,
-                  negatives=job.negatives, batch_size=job.batch_size, on_method=on_method)
+    out = compare(
+        backend,
+        images,
+        texts,
+        methods=job.methods,
+        settings=job.settings,
+        modalities=job.modalities,
+        negatives=job.negatives,
+        batch_size=job.batch_size,
+        on_method=on_method,
+    )
     bar.update(len(images) * (len(job.methods) - max(len(done) - 1, 0)))  # the last, and any left out
     return out
 
@@ -350,18 +390,24 @@ def _interact(backend: Backend, image: Any, text: str, job: PairsJob) -> Result 
 
     method = INTERACTIONS.get(job.methods[0])()
     try:
-        return method.interact(backend, backend.preprocess_images([image]), backend.tokenize([text]),
-                               method.make_settings(**job.settings.get(method.name, {})))
+        return method.interact(
+            backend,
+            backend.preprocess_images([image]),
+            backend.tokenize([text]),
+            method.make_settings(**job.settings.get(method.name, {})),
+        )
     except InputError as exc:
         return exc
 
 
-def _save(result: Any, pair: tuple[str, str], stem: str, size: tuple[int, int], backend: Backend,
-          job: PairsJob) -> dict[str, Path]:
+def _save(
+    result: Any, pair: tuple[str, str], stem: str, size: tuple[int, int], backend: Backend, job: PairsJob
+) -> dict[str, Path]:
     shown = [backend.preprocessing.map_box(b, size) for b in job.boxes] if job.boxes else None
     for part in result.explanations.values() if isinstance(result, Comparison) else [result]:
         part.image_source = pair[0]
     figure = draws(job)
     files = [f"{stem}.npz"] + ([f"{stem}.png"] if figure else [])
-    return result.save(job.out, stem, figure=figure, boxes=shown,
-                       record={"request": job.request(*pair), "files": files})
+    return result.save(
+        job.out, stem, figure=figure, boxes=shown, record={"request": job.request(*pair), "files": files}
+    )

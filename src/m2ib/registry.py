@@ -55,8 +55,14 @@ class Description:
 def _describe_by_attributes(kind: str, entry: Any) -> Description:
     """A Description read from an entry's ``name``, ``title``, ``paper`` and ``sides``/``modalities``."""
     sides = getattr(entry, "sides", None) or getattr(entry, "modalities", None) or ()
-    return Description(kind, entry.name, getattr(entry, "title", entry.name), getattr(entry, "paper", ""),
-                       tuple(sides), getattr(entry, "__module__", ""))
+    return Description(
+        kind,
+        entry.name,
+        getattr(entry, "title", entry.name),
+        getattr(entry, "paper", ""),
+        tuple(sides),
+        getattr(entry, "__module__", ""),
+    )
 
 
 class Registry(Generic[T]):
@@ -68,8 +74,12 @@ class Registry(Generic[T]):
     (default: read from its ``name``/``title``/``paper``/``sides`` attributes).
     """
 
-    def __init__(self, kind: str, check: Callable[[T, Registry[T]], None] | None = None,
-                 describe: Callable[[T], Description] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        check: Callable[[T, Registry[T]], None] | None = None,
+        describe: Callable[[T], Description] | None = None,
+    ) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._check = check
@@ -115,8 +125,9 @@ class Registry(Generic[T]):
             raise InputError(f"{option} is empty: give a {self.kind} name, a comma list or 'all'")
         for name in names:
             if name not in self:
-                raise InputError(f"{option}: unknown {self.kind} {name!r}: choose from {', '.join(self.names())}, "
-                                 "or 'all'")
+                raise InputError(
+                    f"{option}: unknown {self.kind} {name!r}: choose from {', '.join(self.names())}, or 'all'"
+                )
         return list(dict.fromkeys(names))
 
     # --- read as a mapping (name -> entry) ------------------------------------------------
@@ -174,8 +185,10 @@ def load_plugins() -> dict[str, str]:
                 loaded()
         except Exception as exc:  # a plugin's own bug: name it, keep its traceback as the cause
             del _plugins[ep.name]
-            _failed[ep.name] = (f"m2ib plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
-                                "fix or uninstall the package that provides it")
+            _failed[ep.name] = (
+                f"m2ib plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}; "
+                "fix or uninstall the package that provides it"
+            )
             raise PluginError(_failed[ep.name]) from exc
     return dict(_plugins)
 

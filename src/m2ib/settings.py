@@ -118,8 +118,10 @@ class SettingField:
             text = value.strip()
             items: list[Any] = [t.strip() for t in text.split(",")] if text else []
             if any(not t for t in items):
-                raise InputError(f"{self.name}={value!r} has an empty item: give a comma list such as "
-                                 f"{self.format(self.default) or 'a,b'}")
+                raise InputError(
+                    f"{self.name}={value!r} has an empty item: give a comma list such as "
+                    f"{self.format(self.default) or 'a,b'}"
+                )
         elif isinstance(value, (list, tuple)):
             items = list(value)
         else:
@@ -175,8 +177,9 @@ class SettingField:
         if self.name == "seed":  # every method's seed (methods.base.Settings): the generators' range
             check_seed(value)
         if self.kind is int and not -INT_LIMIT < value < INT_LIMIT:  # torch's int64 (a traceback otherwise)
-            raise InputError(f"{self.name}={value} is out of range: a whole-number setting lies strictly between "
-                             f"-2**63 and 2**63")
+            raise InputError(
+                f"{self.name}={value} is out of range: a whole-number setting lies strictly between -2**63 and 2**63"
+            )
         if self.kind is float and not _finite_number(value):
             raise InputError(f"{self.name}={value!r} must be a finite number")
         if self.kind is str and not isinstance(value, str):
@@ -197,8 +200,11 @@ class SettingField:
     @property
     def metavar(self) -> str:
         """What a flag's usage shows for its value (``{a,b}``, ``N``, ``X``, ``true|false``; a list: ``N[,N...]``)."""
-        one = "{" + ",".join(map(str, self.choices)) + "}" if self.choices else \
-            {bool: "true|false", int: "N", float: "X"}.get(self.kind, "VALUE")
+        one = (
+            "{" + ",".join(map(str, self.choices)) + "}"
+            if self.choices
+            else {bool: "true|false", int: "N", float: "X"}.get(self.kind, "VALUE")
+        )
         return f"{one}[,...]" if self.many else one
 
 
@@ -236,8 +242,9 @@ def _kind_of(annotation: Any, where: str) -> tuple[type, bool, tuple | None, boo
             raise TypeError(f"{where}: a Literal setting needs choices of one type (bool, int, float or str)")
         return kinds.pop(), optional, choices, many
     if annotation not in KINDS:
-        raise TypeError(f"{where}: a setting is a bool, int, float, str, Literal or a tuple[..., ...] of one, "
-                        f"not {annotation}")
+        raise TypeError(
+            f"{where}: a setting is a bool, int, float, str, Literal or a tuple[..., ...] of one, not {annotation}"
+        )
     return annotation, optional, None, many
 
 
@@ -264,16 +271,17 @@ def check_number(value: object, name: str, *, minimum: float = 0.0, strict: bool
     """A finite number >= ``minimum`` (> with ``strict``; ``strict`` at 0 reads "positive")."""
     ok = _finite_number(value) and (value > minimum if strict else value >= minimum)
     if not ok:
-        rule = "a positive number" if strict and minimum == 0 else \
-            f"a number {'>' if strict else '>='} {minimum:g}"
+        rule = "a positive number" if strict and minimum == 0 else f"a number {'>' if strict else '>='} {minimum:g}"
         raise InputError(f"{name}={value!r} must be {rule}")
 
 
 def check_seed(value: object, name: str = "seed") -> None:
     """A seed the random generators accept: a whole number from 0 to :data:`SEED_MAX`."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-        raise InputError(f"{name}={value!r} is outside the random generator's range: use a whole number from 0 "
-                         f"to {SEED_MAX} (2**63 - 1)")
+        raise InputError(
+            f"{name}={value!r} is outside the random generator's range: use a whole number from 0 "
+            f"to {SEED_MAX} (2**63 - 1)"
+        )
 
 
 def check_layer(value: object, name: str) -> None:
@@ -302,8 +310,9 @@ def owners(registry: Mapping[str, Any], name: str) -> list[str]:
 def add_setting_flags(parser: argparse.ArgumentParser, registry: Mapping[str, Any]) -> None:
     """One flag per setting name (``--vision-layer``, also ``--vision_layer``); its value is
     kept as text and read by :func:`settings_per_method`, per method that has the setting."""
-    group = parser.add_argument_group("method settings (defaults: the method's published ones; a setting "
-                                      "applies to the methods listed with it)")
+    group = parser.add_argument_group(
+        "method settings (defaults: the method's published ones; a setting applies to the methods listed with it)"
+    )
     by_name: dict[str, dict[str, SettingField]] = {}
     for method, fields in fields_by_method(registry).items():
         for name, field in fields.items():
@@ -323,10 +332,11 @@ def _flag_help(owned: Mapping[str, SettingField]) -> str:
         default = "" if field.default is None else f"default: {field.format(field.default)}"
         described.setdefault((field.help, default), []).append(method)
     if len(described) == 1:
-        (text, default), = described
+        ((text, default),) = described
         return f"{text} ({default + '; ' if default else ''}methods: {', '.join(owned)})"
-    return "; ".join(f"{', '.join(ms)}: {text}" + (f" ({default})" if default else "")
-                     for (text, default), ms in described.items())
+    return "; ".join(
+        f"{', '.join(ms)}: {text}" + (f" ({default})" if default else "") for (text, default), ms in described.items()
+    )
 
 
 def given_settings(args: argparse.Namespace, registry: Mapping[str, Any]) -> dict[str, str]:
@@ -335,8 +345,9 @@ def given_settings(args: argparse.Namespace, registry: Mapping[str, Any]) -> dic
     return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
 
-def settings_per_method(methods: Sequence[str], given: Mapping[str, Any],
-                        registry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def settings_per_method(
+    methods: Sequence[str], given: Mapping[str, Any], registry: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Each chosen method's share of the settings ``given``, read with that method's own field.
 
     One method: it gets every setting, and names the ones it does not have. Several: each
@@ -348,15 +359,18 @@ def settings_per_method(methods: Sequence[str], given: Mapping[str, Any],
         if not chosen and len(methods) == 1:  # the method reports it with its valid settings
             per[methods[0]][name] = fields[owners(registry, name)[0]][name].parse(value)
         elif not chosen:
-            raise InputError(f"setting {name} applies to none of {', '.join(methods)} (it is a setting of "
-                             f"{', '.join(owners(registry, name))})")
+            raise InputError(
+                f"setting {name} applies to none of {', '.join(methods)} (it is a setting of "
+                f"{', '.join(owners(registry, name))})"
+            )
         for method in chosen:
             per[method][name] = fields[method][name].parse(value)
     return per
 
 
-def parse_assignment(item: str, methods: Sequence[str], registry: Mapping[str, Any], *,
-                     option: str = "--setting", owner: str = "METHOD") -> tuple[str, str, Any]:
+def parse_assignment(
+    item: str, methods: Sequence[str], registry: Mapping[str, Any], *, option: str = "--setting", owner: str = "METHOD"
+) -> tuple[str, str, Any]:
     """``METHOD.NAME=VALUE`` (given after ``option``; ``owner`` says what METHOD is) -> (method,
     setting, value of the setting's type)."""
     target, eq, text = item.partition("=")
@@ -365,8 +379,7 @@ def parse_assignment(item: str, methods: Sequence[str], registry: Mapping[str, A
         raise InputError(f"{option} {item!r}: use {owner}.NAME=VALUE with {owner} one of {', '.join(methods)}")
     fields = fields_by_method({method: registry[method]})[method]
     if name not in fields:
-        raise InputError(f"{option} {item!r}: {method} has no setting {name!r} "
-                         f"(it has {', '.join(fields) or 'none'})")
+        raise InputError(f"{option} {item!r}: {method} has no setting {name!r} (it has {', '.join(fields) or 'none'})")
     return method, name, fields[name].parse(text)
 
 
@@ -398,9 +411,13 @@ def add_owned_flags(parser: argparse.ArgumentParser, registry: Mapping[str, Any]
         for field in fields.values():
             default = "" if field.default is None else f" (default: {field.format(field.default)})"
             try:
-                group.add_argument(*owned_flags(owner, field), dest=OWNED + owned_name(owner, field), default=None,
-                                   metavar=field.metavar,
-                                   help=f"{owner}: {field.help}{default}".replace("%", "%%"))  # argparse formats help
+                group.add_argument(
+                    *owned_flags(owner, field),
+                    dest=OWNED + owned_name(owner, field),
+                    default=None,
+                    metavar=field.metavar,
+                    help=f"{owner}: {field.help}{default}".replace("%", "%%"),
+                )  # argparse formats help
             except argparse.ArgumentError as exc:  # e.g. a plugin metric "ray" with an option "actors"
                 raise InputError(f"{owner}'s setting {field.name!r}: {exc}; rename the setting") from None
 

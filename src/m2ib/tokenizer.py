@@ -40,7 +40,7 @@ def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[
         if not pairs:
             break
         _, i = min(pairs)
-        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2:]
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2 :]
     return pieces
 
 
@@ -80,8 +80,7 @@ def save_word_tokenizer(words: Iterable[str], directory: str | Path) -> Path:
     vocab, merges = word_vocabulary(words)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    special = {"bos_token": START_TOKEN, "eos_token": END_TOKEN, "unk_token": END_TOKEN,
-               "pad_token": END_TOKEN}
+    special = {"bos_token": START_TOKEN, "eos_token": END_TOKEN, "unk_token": END_TOKEN, "pad_token": END_TOKEN}
     (directory / "special_tokens_map.json").write_text(json.dumps(special))
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, **special}
     (directory / "tokenizer_config.json").write_text(json.dumps(config))

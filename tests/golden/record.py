@@ -26,12 +26,34 @@ sys.path.insert(0, str(HERE.parent))
 
 CORE = ("hf-clip", "siglip", "siglip-padding-mask")
 FAMILIES = ("open_clip-vit", "open_clip-vit-variants", "open_clip-resnet", "clip-vit", "clip-resnet")
-EVALUATE = ["evaluate", "--model", "shapes", "--data", "shapes:test:8", "--methods", "m2ib,gradcam,chefer,rise",
-            "--metrics", "confidence,deletion,road,localisation", "--deletion-steps", "4",
-            "--setting", "m2ib.steps=3", "--setting", "rise.masks=32", "--seed", "0",
-            # pinned: the numbers were recorded with these recommended settings, which may change
-            "--setting", "m2ib.vision_layer=0", "--setting", "m2ib.vision_beta=30",
-            "--setting", "m2ib.text_layer=0", "--setting", "m2ib.text_beta=3"]
+EVALUATE = [
+    "evaluate",
+    "--model",
+    "shapes",
+    "--data",
+    "shapes:test:8",
+    "--methods",
+    "m2ib,gradcam,chefer,rise",
+    "--metrics",
+    "confidence,deletion,road,localisation",
+    "--deletion-steps",
+    "4",
+    "--setting",
+    "m2ib.steps=3",
+    "--setting",
+    "rise.masks=32",
+    "--seed",
+    "0",
+    # pinned: the numbers were recorded with these recommended settings, which may change
+    "--setting",
+    "m2ib.vision_layer=0",
+    "--setting",
+    "m2ib.vision_beta=30",
+    "--setting",
+    "m2ib.text_layer=0",
+    "--setting",
+    "m2ib.text_beta=3",
+]
 
 
 @contextlib.contextmanager
@@ -55,11 +77,12 @@ def family_maps(names) -> dict[str, torch.Tensor]:
 def _family_maps(names) -> dict[str, torch.Tensor]:
     import dataclasses
 
+    from test_backends_families import BUILDERS, TEXTS, TINY_SETTINGS, build_hf_clip
+
     import m2ib
     from m2ib.errors import InputError
     from m2ib.inputs import load_image
     from m2ib.methods import REGISTRY
-    from test_backends_families import BUILDERS, TEXTS, TINY_SETTINGS, build_hf_clip
 
     builders = {"hf-clip": build_hf_clip, **BUILDERS}
     g = torch.Generator().manual_seed(0)
@@ -71,9 +94,11 @@ def _family_maps(names) -> dict[str, torch.Tensor]:
             fields = {f.name for f in dataclasses.fields(cls.Settings)}
             tiny = {k: v for k, v in TINY_SETTINGS.items() if k in fields}
             try:
-                exps = m2ib.explain(backend, pictures, TEXTS[:2], method=method, modalities=cls.modalities,
-                                    seed=0, **tiny) if "seed" in fields else \
-                    m2ib.explain(backend, pictures, TEXTS[:2], method=method, modalities=cls.modalities, **tiny)
+                exps = (
+                    m2ib.explain(backend, pictures, TEXTS[:2], method=method, modalities=cls.modalities, seed=0, **tiny)
+                    if "seed" in fields
+                    else m2ib.explain(backend, pictures, TEXTS[:2], method=method, modalities=cls.modalities, **tiny)
+                )
             except (NotImplementedError, InputError) as exc:  # attention methods on towers without attention
                 if backend.supports_attention or "attention" not in str(exc).lower():
                     raise

@@ -48,7 +48,7 @@ class CentreBias(Method):
         h, w = backend.geometry.image_size
         maps = torch.zeros(len(images), h, w)
         dh, dw = int(h * settings.width / 2), int(w * settings.width / 2)
-        maps[:, h // 2 - dh: h // 2 + dh, w // 2 - dw: w // 2 + dw] = 1.0
+        maps[:, h // 2 - dh : h // 2 + dh, w // 2 - dw : w // 2 + dw] = 1.0
         return RawScores(maps)
 
 
@@ -61,8 +61,7 @@ class Outer(InteractionMethod):
 
     def interact(self, backend, image, text, settings):
         rows, cols = backend.geometry.patch_grid
-        return new_interaction(self, backend, image, text, torch.ones(len(text.tokens[0]), rows, cols),
-                               settings, {})
+        return new_interaction(self, backend, image, text, torch.ones(len(text.tokens[0]), rows, cols), settings, {})
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,13 @@ def _load(spec: str, *, name: str, **_: Any):
     return dataclasses.replace(load_backend("random-tiny"), name=name)
 
 
-register_family(Family(name="Toy", supports="toy ToyModel", recognises=lambda m: isinstance(m, ToyModel),
-                       wrap=lambda model, name, tokenizer, processor, info: _load("", name=name),
-                       prefix="toy:", load=_load))
+register_family(
+    Family(
+        name="Toy",
+        supports="toy ToyModel",
+        recognises=lambda m: isinstance(m, ToyModel),
+        wrap=lambda model, name, tokenizer, processor, info: _load("", name=name),
+        prefix="toy:",
+        load=_load,
+    )
+)

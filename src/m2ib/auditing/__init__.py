@@ -31,10 +31,22 @@ class AuditResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def audit(model: Any, data: Any, out: str | os.PathLike, *, method: str = "m2ib", rows: int | None = None,
-          seed: int = 0, batch_size: int = 8, device: str | None = None, progress: bool = True,
-          report: bool = True, time_limit: float | None = None, command: str | None = None,
-          **settings: Any) -> AuditResult:
+def audit(
+    model: Any,
+    data: Any,
+    out: str | os.PathLike,
+    *,
+    method: str = "m2ib",
+    rows: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+    time_limit: float | None = None,
+    command: str | None = None,
+    **settings: Any,
+) -> AuditResult:
     """Explain every pair of ``data`` with ``method`` and write the audit into ``out``.
 
     Args:
@@ -59,10 +71,23 @@ def audit(model: Any, data: Any, out: str | os.PathLike, *, method: str = "m2ib"
     out = Path(out)
     with locked(out):
         backend = load(model, device=device)
-        table = data if isinstance(data, PairTable) else \
-            load_table(str(data), size=backend.geometry.image_size[0], samples=rows, seed=seed)
-        done = explain_all(backend, table, method, settings, seed, out, batch_size=batch_size, progress=progress,
-                           command=command, time_limit=time_limit)
+        table = (
+            data
+            if isinstance(data, PairTable)
+            else load_table(str(data), size=backend.geometry.image_size[0], samples=rows, seed=seed)
+        )
+        done = explain_all(
+            backend,
+            table,
+            method,
+            settings,
+            seed,
+            out,
+            batch_size=batch_size,
+            progress=progress,
+            command=command,
+            time_limit=time_limit,
+        )
         summary = summarise(done.records)
         files = write_outputs(out, summary)
         if report:

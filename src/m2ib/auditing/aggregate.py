@@ -55,14 +55,20 @@ def summarise(records: Sequence[dict[str, Any]]) -> Summary:
     pairs = []
     for record, pair_shares in zip(records, shares):
         word, share = top_word(pair_shares)
-        row: dict[str, Any] = {"row": record["row"], "image": record["image"], "text": record["text"],
-                               "similarity": record["similarity"], "top_word": word,
-                               "top_word_share": None if not pair_shares else round(share, 6)}
+        row: dict[str, Any] = {
+            "row": record["row"],
+            "image": record["image"],
+            "text": record["text"],
+            "similarity": record["similarity"],
+            "top_word": word,
+            "top_word_share": None if not pair_shares else round(share, 6),
+        }
         k = by_row.get(record["row"])
         mass = None if k is None or masses is None else masses[k]
         row["concentration"] = None if mass is None else round(concentration(mass), 6)
-        row["region_mass"] = None if mass is None or union is None or not regions \
-            else round(float(mass_in(mass, union)), 6)
+        row["region_mass"] = (
+            None if mass is None or union is None or not regions else round(float(mass_in(mass, union)), 6)
+        )
         for region in regions:
             row[f"mass_{region.name}"] = None if mass is None else round(float(mass_in(mass, region.mask)), 6)
         pairs.append(row)

@@ -58,8 +58,12 @@ class Region:
         xs = (self.box[1] + self.box[3] + 1) / 2 / cols
         vertical = "top" if ys < 1 / 3 else "bottom" if ys > 2 / 3 else ""
         horizontal = "left" if xs < 1 / 3 else "right" if xs > 2 / 3 else ""
-        touches = {"top": self.box[0] == 0, "bottom": self.box[2] == rows - 1, "left": self.box[1] == 0,
-                   "right": self.box[3] == cols - 1}
+        touches = {
+            "top": self.box[0] == 0,
+            "bottom": self.box[2] == rows - 1,
+            "left": self.box[1] == 0,
+            "right": self.box[3] == cols - 1,
+        }
         place = "-".join(w for w in (vertical, horizontal) if w) or "centre"
         if vertical and horizontal and touches[vertical] and touches[horizontal]:
             return place + " corner"
@@ -103,8 +107,9 @@ def hot_regions(prior: torch.Tensor, factor: float = REGION_FACTOR, limit: int =
     return regions
 
 
-def box_cover(grid: tuple[int, int], box: tuple[float, float, float, float],
-              image_size: tuple[int, int]) -> torch.Tensor:
+def box_cover(
+    grid: tuple[int, int], box: tuple[float, float, float, float], image_size: tuple[int, int]
+) -> torch.Tensor:
     """[R, C] share of each patch that a pixel box (x, y, w, h) on the model's input covers."""
     rows, cols = grid
     height, width = image_size
@@ -112,8 +117,8 @@ def box_cover(grid: tuple[int, int], box: tuple[float, float, float, float],
     ph, pw = height / rows, width / cols
     top = torch.arange(rows, dtype=torch.float64) * ph
     left = torch.arange(cols, dtype=torch.float64) * pw
-    cover_y = ((torch.clamp(top + ph, max=y + h) - torch.clamp(top, min=y)).clamp(min=0) / ph)
-    cover_x = ((torch.clamp(left + pw, max=x + w) - torch.clamp(left, min=x)).clamp(min=0) / pw)
+    cover_y = (torch.clamp(top + ph, max=y + h) - torch.clamp(top, min=y)).clamp(min=0) / ph
+    cover_x = (torch.clamp(left + pw, max=x + w) - torch.clamp(left, min=x)).clamp(min=0) / pw
     return cover_y[:, None] * cover_x[None, :]
 
 

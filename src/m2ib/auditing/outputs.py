@@ -29,21 +29,39 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def pair_columns(summary: Summary) -> list[str]:
     regions = [f"mass_{r.name}" for r in summary.regions]
-    return ["row", "image", "text", "similarity", "top_word", "top_word_share", "concentration", "region_mass",
-            *regions, "typical_rank"]
+    return [
+        "row",
+        "image",
+        "text",
+        "similarity",
+        "top_word",
+        "top_word_share",
+        "concentration",
+        "region_mass",
+        *regions,
+        "typical_rank",
+    ]
 
 
 def write_outputs(out: Path, summary: Summary) -> dict[str, Path]:
     """Write the three files into ``out``; returns their paths by name (no npz without image maps)."""
-    files = {"words": atomic_write_text(out / "words.csv", csv_text([w.as_dict() for w in summary.words],
-                                                                    WORD_COLUMNS)),
-             "pairs": atomic_write_text(out / "pairs.csv", csv_text(summary.pairs, pair_columns(summary)))}
+    files = {
+        "words": atomic_write_text(out / "words.csv", csv_text([w.as_dict() for w in summary.words], WORD_COLUMNS)),
+        "pairs": atomic_write_text(out / "pairs.csv", csv_text(summary.pairs, pair_columns(summary))),
+    }
     if summary.prior is not None:
         labels = np.zeros(tuple(summary.prior.shape), dtype=np.int16)  # 0: no region, k: region Rk
         for k, region in enumerate(summary.regions, 1):
             labels[region.mask.numpy()] = k
-        files["prior"] = save_npz(out / "image_prior.npz", {
-            "prior": summary.prior.numpy(), "regions": labels,
-            "concentration": np.array([p["concentration"] for p in summary.pairs if p["concentration"] is not None]),
-            "rows": np.array(summary.imaged)})
+        files["prior"] = save_npz(
+            out / "image_prior.npz",
+            {
+                "prior": summary.prior.numpy(),
+                "regions": labels,
+                "concentration": np.array(
+                    [p["concentration"] for p in summary.pairs if p["concentration"] is not None]
+                ),
+                "rows": np.array(summary.imaged),
+            },
+        )
     return files

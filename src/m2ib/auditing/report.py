@@ -95,14 +95,23 @@ def pair_figure(backend: Backend, row: Row, record: dict[str, Any]):
     image = backend.preprocess_images([picture], [source])
     display = image.display if image.display is not None else backend.display_images(image.pixel_values)
     grid = torch.tensor(record["grid"], dtype=torch.float32)
-    upsampled = F.interpolate(grid[None, None], size=backend.geometry.image_size, mode="bilinear",
-                              align_corners=False)[0, 0]
+    upsampled = F.interpolate(grid[None, None], size=backend.geometry.image_size, mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     scores = None if record["token_scores"] is None else torch.tensor(record["token_scores"])
-    exp = Explanation(text=record["text"], tokens=record["tokens"], image=display[0].float().cpu(),
-                      image_map=minmax(upsampled[None])[0], image_map_raw=upsampled,
-                      text_map=None if scores is None else minmax(scores[None])[0], text_map_raw=scores,
-                      special_tokens=tuple(record["special"]), similarity=record["similarity"],
-                      method=record["method"], model=backend.name)
+    exp = Explanation(
+        text=record["text"],
+        tokens=record["tokens"],
+        image=display[0].float().cpu(),
+        image_map=minmax(upsampled[None])[0],
+        image_map_raw=upsampled,
+        text_map=None if scores is None else minmax(scores[None])[0],
+        text_map_raw=scores,
+        special_tokens=tuple(record["special"]),
+        similarity=record["similarity"],
+        method=record["method"],
+        model=backend.name,
+    )
     figure = exp.figure()
     figure.thumbnail((FIGURE_WIDTH, FIGURE_WIDTH * 4))  # the page stays light: figures at display size
     return figure
@@ -124,14 +133,21 @@ def _cell(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _gallery(backend: Backend, rows: dict[str, Row], records: dict[str, dict[str, Any]],
-             chosen: Sequence[dict[str, Any]], element: str) -> str:
+def _gallery(
+    backend: Backend,
+    rows: dict[str, Row],
+    records: dict[str, dict[str, Any]],
+    chosen: Sequence[dict[str, Any]],
+    element: str,
+) -> str:
     items = []
     for pair in chosen:
         rank = "mass in regions" if pair["region_mass"] is not None else "concentration"
         value = pair["region_mass"] if pair["region_mass"] is not None else pair["concentration"]
-        caption = html.escape(f"row {pair['row']} · {rank} {value:.3f} · "
-                              f"top word '{pair['top_word']}' · similarity {pair['similarity']:.3f}")
+        caption = html.escape(
+            f"row {pair['row']} · {rank} {value:.3f} · "
+            f"top word '{pair['top_word']}' · similarity {pair['similarity']:.3f}"
+        )
         picture = ""
         if pair["row"] in rows:
             figure = pair_figure(backend, rows[pair["row"]], records[pair["row"]])
@@ -140,46 +156,77 @@ def _gallery(backend: Backend, rows: dict[str, Row], records: dict[str, dict[str
     return f'<div class="gallery" id="{element}">{"".join(items)}</div>'
 
 
-def write_report(out: Path, backend: Backend, summary: Summary, header: dict[str, Any],
-                 records: Sequence[dict[str, Any]], rows: Sequence[Row], bad: Sequence[dict[str, str]]) -> Path:
+def write_report(
+    out: Path,
+    backend: Backend,
+    summary: Summary,
+    header: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    rows: Sequence[Row],
+    bad: Sequence[dict[str, str]],
+) -> Path:
     """Write ``out/report.html`` (needs matplotlib: ``pip install 'm2ib[figures]'``)."""
     by_row = {r.id: r for r in rows}
     by_record = {r["row"]: r for r in records}
-    parts = [f"<h1>Audit of {html.escape(str(header.get('model')))} on {html.escape(str(header.get('data')))}</h1>",
-             f"<p id='counts'>{len(records)} pairs explained with {html.escape(', '.join(header.get('methods', [])))}"
-             f" · <b>{len(bad)} bad row(s)</b> skipped · seed {header.get('seed')}</p>"]
+    parts = [
+        f"<h1>Audit of {html.escape(str(header.get('model')))} on {html.escape(str(header.get('data')))}</h1>",
+        f"<p id='counts'>{len(records)} pairs explained with {html.escape(', '.join(header.get('methods', [])))}"
+        f" · <b>{len(bad)} bad row(s)</b> skipped · seed {header.get('seed')}</p>",
+    ]
     if bad:
-        parts.append("<details><summary>bad rows</summary><ul>" + "".join(
-            f"<li>{html.escape(str(b['row']))}: {html.escape(b['reason'])}</li>" for b in bad[:50]) + "</ul></details>")
+        parts.append(
+            "<details><summary>bad rows</summary><ul>"
+            + "".join(f"<li>{html.escape(str(b['row']))}: {html.escape(b['reason'])}</li>" for b in bad[:50])
+            + "</ul></details>"
+        )
     if summary.prior is not None:
         rows_cols = (summary.prior.shape[0], summary.prior.shape[1])
-        regions = [{"region": r.name, "where": r.where(rows_cols), "patches": int(r.mask.sum()),
-                    "mass": r.mass, "even share": float(r.mask.sum()) / summary.prior.numel()} for r in summary.regions]
-        parts += ["<h2>Image: where the model looks across the data</h2>",
-                  f'<img id="prior" alt="mean map" src="{png_data(prior_figure(summary))}">',
-                  _table(regions, ["region", "where", "patches", "mass", "even share"]) if regions else
-                  "<p id='no-region'>No patch holds twice the even share: no spatial prior on this data.</p>",
-                  "<p class='note'>The mean of every pair's map, each map first made to add up to 1 over the patch "
-                  "grid. Regions: connected patches with at least twice the even share. A region where no content "
-                  "should be (a corner, a border, where a watermark or burnt-in text sits) is a spatial prior or a "
-                  "shortcut: see which pairs put their mass there below.</p>"]
-    parts += ["<h2>Words: what the model reads</h2>",
-              f'<img id="word-chart" alt="word chart" src="{png_data(word_chart(summary))}">',
-              _table([w.as_dict() for w in summary.words[:TABLE_WORDS]],
-                     ["word", "count", "mean_share", "fair_share", "top_count", "top_share", "in_pairs", "flag"],
-                     [bool(w.flag) for w in summary.words[:TABLE_WORDS]]),
-              "<p class='note'>share: a word's part of its pair's text attribution (sub-tokens merged, lower-cased); "
-              "fair share: what an even split would give it. Flagged (red): 'everywhere' (in half the pairs or more "
-              "and holding 1.5x its fair share: a constant prefix or a function word carrying the match) or 'top too "
-              "often' (the top word in half its pairs or more, twice what chance gives). All words: words.csv.</p>"]
+        regions = [
+            {
+                "region": r.name,
+                "where": r.where(rows_cols),
+                "patches": int(r.mask.sum()),
+                "mass": r.mass,
+                "even share": float(r.mask.sum()) / summary.prior.numel(),
+            }
+            for r in summary.regions
+        ]
+        parts += [
+            "<h2>Image: where the model looks across the data</h2>",
+            f'<img id="prior" alt="mean map" src="{png_data(prior_figure(summary))}">',
+            _table(regions, ["region", "where", "patches", "mass", "even share"])
+            if regions
+            else "<p id='no-region'>No patch holds twice the even share: no spatial prior on this data.</p>",
+            "<p class='note'>The mean of every pair's map, each map first made to add up to 1 over the patch "
+            "grid. Regions: connected patches with at least twice the even share. A region where no content "
+            "should be (a corner, a border, where a watermark or burnt-in text sits) is a spatial prior or a "
+            "shortcut: see which pairs put their mass there below.</p>",
+        ]
+    parts += [
+        "<h2>Words: what the model reads</h2>",
+        f'<img id="word-chart" alt="word chart" src="{png_data(word_chart(summary))}">',
+        _table(
+            [w.as_dict() for w in summary.words[:TABLE_WORDS]],
+            ["word", "count", "mean_share", "fair_share", "top_count", "top_share", "in_pairs", "flag"],
+            [bool(w.flag) for w in summary.words[:TABLE_WORDS]],
+        ),
+        "<p class='note'>share: a word's part of its pair's text attribution (sub-tokens merged, lower-cased); "
+        "fair share: what an even split would give it. Flagged (red): 'everywhere' (in half the pairs or more "
+        "and holding 1.5x its fair share: a constant prefix or a function word carrying the match) or 'top too "
+        "often' (the top word in half its pairs or more, twice what chance gives). All words: words.csv.</p>",
+    ]
     typical = summary.typical()
     if typical:
         shown = min(GALLERY, max(1, len(typical) // 2))  # the two galleries never share a pair
         ranked = "most mass in the regions" if summary.regions else "no region: the most concentrated maps"
-        parts += [f"<h2>Most typical pairs ({ranked})</h2>",
-                  _gallery(backend, by_row, by_record, typical[:shown], "most-typical"),
-                  "<h2>Least typical pairs</h2>",
-                  _gallery(backend, by_row, by_record, typical[::-1][:shown], "least-typical")]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>m2ib audit</title><style>{STYLE}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+        parts += [
+            f"<h2>Most typical pairs ({ranked})</h2>",
+            _gallery(backend, by_row, by_record, typical[:shown], "most-typical"),
+            "<h2>Least typical pairs</h2>",
+            _gallery(backend, by_row, by_record, typical[::-1][:shown], "least-typical"),
+        ]
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>m2ib audit</title><style>{STYLE}</style>"
+        f"</head><body>{''.join(parts)}</body></html>"
+    )
     return atomic_write_text(out / "report.html", page)

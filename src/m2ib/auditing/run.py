@@ -47,8 +47,9 @@ class Explained:
     finished: bool = True  # False when stopped by time_limit
 
 
-def explain_rows(backend: Backend, rows: Sequence[Row], method: str, settings: dict[str, Any] | None,
-                 seed: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def explain_rows(
+    backend: Backend, rows: Sequence[Row], method: str, settings: dict[str, Any] | None, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Explain ``rows`` in one batched call (:func:`m2ib.api.explain`): (records, bad rows).
 
     A row whose image cannot be read is a bad row ``{"row", "reason"}``, never raised.
@@ -59,8 +60,9 @@ def explain_rows(backend: Backend, rows: Sequence[Row], method: str, settings: d
     if not good:
         return [], bad
     own = {"seed": int(seed), **(settings or {})}
-    exps = explain(backend, pictures, [row.text for row in good], method=method, batch_size=len(good),
-                   progress=False, **own)
+    exps = explain(
+        backend, pictures, [row.text for row in good], method=method, batch_size=len(good), progress=False, **own
+    )
     exps = exps if isinstance(exps, list) else [exps]
     return [pair_record(row, method, exp, backend) for row, exp in zip(good, exps)], bad
 
@@ -71,16 +73,33 @@ def pair_record(row: Row, method: str, exp: Explanation, backend: Backend) -> di
     if grid is None and exp.image_map_raw is not None:
         grid = to_grid(exp.image_map_raw, backend.geometry.patch_grid)
     scores = exp.text_map_raw if exp.text_map_raw is not None else exp.text_map
-    return {"kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,
-            "similarity": round(float(exp.similarity), 6), "tokens": list(exp.tokens),
-            "special": list(exp.special_tokens),
-            "token_scores": None if scores is None else [round(float(v), 6) for v in scores],
-            "grid": None if grid is None else [[round(float(v), 7) for v in line] for line in grid]}
+    return {
+        "kind": "pair",
+        "row": row.id,
+        "method": method,
+        "image": row.source,
+        "text": row.text,
+        "similarity": round(float(exp.similarity), 6),
+        "tokens": list(exp.tokens),
+        "special": list(exp.special_tokens),
+        "token_scores": None if scores is None else [round(float(v), 6) for v in scores],
+        "grid": None if grid is None else [[round(float(v), 7) for v in line] for line in grid],
+    }
 
 
-def explain_all(backend: Backend, table: PairTable, method: str, settings: dict[str, Any] | None, seed: int,
-                out: str | os.PathLike, *, batch_size: int = 8, progress: bool = True, command: str | None = None,
-                time_limit: float | None = None) -> Explained:
+def explain_all(
+    backend: Backend,
+    table: PairTable,
+    method: str,
+    settings: dict[str, Any] | None,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    command: str | None = None,
+    time_limit: float | None = None,
+) -> Explained:
     """Explain every row of ``table`` not yet in ``out/results.jsonl``, appending as each batch ends."""
     from tqdm.auto import tqdm
 
@@ -92,8 +111,10 @@ def explain_all(backend: Backend, table: PairTable, method: str, settings: dict[
     todo = pending(table, [method], records)
     result = Explained(out, header, list(records), list(table.bad), skipped=len(table.rows) - len(todo))
     clock = Clock(time_limit)
-    with ResultsWriter(out / RESULTS) as writer, \
-            tqdm(total=len(todo), desc="audit", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        ResultsWriter(out / RESULTS) as writer,
+        tqdm(total=len(todo), desc="audit", unit="pair", disable=not progress, dynamic_ncols=True) as bar,
+    ):
         for rows, _ in batches(todo, batch_size):
             if clock.out_of_time():
                 result.finished = False
@@ -108,8 +129,9 @@ def explain_all(backend: Backend, table: PairTable, method: str, settings: dict[
                 tqdm.write(f"m2ib: skipped row {b['row']}: {b['reason']}", file=sys.stderr)
             bar.update(len(rows))
     order = {row.id: i for i, row in enumerate(table.rows)}
-    result.records = sorted((r for r in result.records if r.get("kind") == "pair" and r.get("row") in order),
-                            key=lambda r: order[r["row"]])
+    result.records = sorted(
+        (r for r in result.records if r.get("kind") == "pair" and r.get("row") in order), key=lambda r: order[r["row"]]
+    )
     return result
 
 

@@ -58,7 +58,7 @@ def merge_words(text: str, tokens: Sequence[str], special: Sequence[int]) -> lis
         if j in special_set:
             continue
         piece = _clean(token).replace(" ", "")
-        chunk = "".join(c for _, c in letters[cursor:cursor + len(piece)])
+        chunk = "".join(c for _, c in letters[cursor : cursor + len(piece)])
         if not piece:
             continue
         if chunk != piece:
@@ -68,14 +68,16 @@ def merge_words(text: str, tokens: Sequence[str], special: Sequence[int]) -> lis
     return [(spans[w][0], idx) for w, idx in sorted(found.items())]
 
 
-def word_shares(text: str, tokens: Sequence[str], special: Sequence[int],
-                scores: Sequence[float]) -> list[tuple[str, float]]:
+def word_shares(
+    text: str, tokens: Sequence[str], special: Sequence[int], scores: Sequence[float]
+) -> list[tuple[str, float]]:
     """(word, share) for each word of the pair; shares add up to 1 (equal when every score is 0)."""
     merged = merge_words(text, tokens, special)
     if not merged:
         return []
-    mass = torch.tensor([sum(max(float(scores[j]), 0.0) for j in idx) / len(idx) for _, idx in merged],
-                        dtype=torch.float64)
+    mass = torch.tensor(
+        [sum(max(float(scores[j]), 0.0) for j in idx) / len(idx) for _, idx in merged], dtype=torch.float64
+    )
     total = float(mass.sum())
     share = mass / total if total > 0 else torch.full_like(mass, 1.0 / len(merged))
     return [(word, float(s)) for (word, _), s in zip(merged, share)]
@@ -93,9 +95,16 @@ class WordRow:
     flag: str  # why it is suspect ("" when it is not)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"word": self.word, "count": self.count, "mean_share": round(self.mean_share, 6),
-                "fair_share": round(self.fair_share, 6), "top_count": self.top_count,
-                "top_share": round(self.top_share, 6), "in_pairs": round(self.in_pairs, 6), "flag": self.flag}
+        return {
+            "word": self.word,
+            "count": self.count,
+            "mean_share": round(self.mean_share, 6),
+            "fair_share": round(self.fair_share, 6),
+            "top_count": self.top_count,
+            "top_share": round(self.top_share, 6),
+            "in_pairs": round(self.in_pairs, 6),
+            "flag": self.flag,
+        }
 
 
 def pair_words(record: dict[str, Any]) -> list[tuple[str, float]]:

@@ -27,11 +27,29 @@ from .hf_loading import load_directory
 from .registry import Family, Load
 from .towers import TowersBackend
 
-__all__ = ["AttentionRecord", "EMBEDDINGS", "Backend", "Batch", "Geometry", "ImageBatch", "TextBatch", "Modality",
-           "MODALITIES", "HFCLIPBackend", "load_backend", "load_directory"]
+__all__ = [
+    "AttentionRecord",
+    "EMBEDDINGS",
+    "Backend",
+    "Batch",
+    "Geometry",
+    "ImageBatch",
+    "TextBatch",
+    "Modality",
+    "MODALITIES",
+    "HFCLIPBackend",
+    "load_backend",
+    "load_directory",
+]
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 DEFAULT_PREFIX = "hf:"  # a name no family claims is a transformers name (hub id or directory)
 
 
@@ -46,9 +64,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise InputError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)} or 'model'") from None
 
 
-def load_backend(source: Any, *, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = "float32", processor: Any = None,
-                 tokenizer: Any = None) -> Backend:
+def load_backend(
+    source: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = "float32",
+    processor: Any = None,
+    tokenizer: Any = None,
+) -> Backend:
     """A backend for ``source``: a built-in name, a hub id, a local directory or a model object.
 
     Args:
@@ -82,8 +105,10 @@ def load_backend(source: Any, *, device: str | torch.device | None = None,
     elif isinstance(source, (str, os.PathLike)):
         backend = _load_named(str(source), processor=processor, tokenizer=tokenizer)
     else:
-        raise InputError(f"cannot load a model from {type(source).__name__}: pass a name, a hub id, "
-                         "a directory or a model object (transformers CLIPModel/SiglipModel, open_clip or clip CLIP)")
+        raise InputError(
+            f"cannot load a model from {type(source).__name__}: pass a name, a hub id, "
+            "a directory or a model object (transformers CLIPModel/SiglipModel, open_clip or clip CLIP)"
+        )
     model = backend.model
     if target_dtype is not None and next(model.parameters()).dtype != target_dtype:
         model.to(target_dtype)
@@ -96,8 +121,9 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
     """The backend for a model object: its family's (optional libraries are imported only when needed)."""
     family = registry.family_of_model(model)
     if family is None:
-        raise InputError(f"no m2ib backend for {type(model).__name__}: supported are "
-                         f"{registry.supported_objects()} models")
+        raise InputError(
+            f"no m2ib backend for {type(model).__name__}: supported are {registry.supported_objects()} models"
+        )
     return family.wrap(model, name, tokenizer, processor, info)
 
 
@@ -113,12 +139,15 @@ def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Ba
         return _load_builtin(BUILTIN_MODELS[source], processor, tokenizer)
     family = registry.family_of_name(source)
     if family is not None and family.prefix is not None:  # family_of_name only returns prefixed families
-        return _loader(family, family.load)(source[len(family.prefix):], name=source, processor=processor,
-                                            tokenizer=tokenizer)
+        return _loader(family, family.load)(
+            source[len(family.prefix) :], name=source, processor=processor, tokenizer=tokenizer
+        )
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        raise InputError(f"--model {source}: is an image, not a model; give the image as IMAGE and --model a "
-                         "built-in name, a hub id, a model directory or a checkpoint file")
+        raise InputError(
+            f"--model {source}: is an image, not a model; give the image as IMAGE and --model a "
+            "built-in name, a hub id, a model directory or a checkpoint file"
+        )
     family = registry.family_of_path(path) if path.exists() else None
     if family is not None:
         return _loader(family, family.load_path)(path, name=source, processor=processor, tokenizer=tokenizer)

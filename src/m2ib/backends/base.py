@@ -99,8 +99,7 @@ class TextBatch:
         return self.select(torch.arange(len(self)).repeat_interleave(k))
 
     def to(self, device: torch.device | str) -> TextBatch:
-        return replace(self, input_ids=self.input_ids.to(device),
-                       attention_mask=self.attention_mask.to(device))
+        return replace(self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device))
 
 
 Batch = ImageBatch | TextBatch
@@ -140,8 +139,9 @@ class Backend(ABC):
     # Copies of this backend with the weights in another dtype (for opt-in reduced precision).
     dtype_copies: dict[torch.dtype, Backend] = field(default_factory=dict, repr=False, compare=False)
     # modality -> the list an open record_attention() fills; family adapters read it in their forward.
-    _recording: dict[Modality, list[AttentionRecord]] = field(default_factory=dict, init=False, repr=False,
-                                                              compare=False)
+    _recording: dict[Modality, list[AttentionRecord]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     # --- what a family adapter implements -------------------------------------------
     @property
@@ -161,8 +161,9 @@ class Backend(ABC):
         (SigLIP 2 NaFlex); every other backend has one grid and returns itself."""
         return self
 
-    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   texts: Sequence[str] = ()) -> TextBatch:
+    def text_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, texts: Sequence[str] = ()
+    ) -> TextBatch:
         """A TextBatch from token ids the user made (readable tokens, start/end positions)."""
         raise NotImplementedError(f"{type(self).__name__} does not accept input_ids; pass texts")
 

@@ -60,30 +60,57 @@ def openai_block(block: Any) -> Block:
     """OpenAI ``clip`` / OpenCLIP ``ResidualAttentionBlock`` (``ln_1``, ``attn``: nn.MultiheadAttention,
     ``mlp``, ``ln_2``, optional ``ls_1``/``ls_2``)."""
     attn = getattr(block, "attn", None)
-    if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None \
-            or attn.bias_k is not None or hasattr(block, "ln_1_kv"):
-        raise InputError(f"transformer block {type(block).__name__} is not supported (custom attention, "
-                         "qk-norm or scaled-cosine blocks are not handled yet)")
+    if (
+        not isinstance(attn, torch.nn.MultiheadAttention)
+        or attn.in_proj_weight is None
+        or attn.bias_k is not None
+        or hasattr(block, "ln_1_kv")
+    ):
+        raise InputError(
+            f"transformer block {type(block).__name__} is not supported (custom attention, "
+            "qk-norm or scaled-cosine blocks are not handled yet)"
+        )
     width = attn.embed_dim
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
 
     def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def f(x: torch.Tensor) -> torch.Tensor:
-            return F.linear(x, weight[i * width:(i + 1) * width],
-                            None if bias is None else bias[i * width:(i + 1) * width])
+            return F.linear(
+                x, weight[i * width : (i + 1) * width], None if bias is None else bias[i * width : (i + 1) * width]
+            )
+
         return f
 
-    return Block(norm1=block.ln_1, q=proj(0), k=proj(1), v=proj(2), out=attn.out_proj, norm2=block.ln_2,
-                 mlp=block.mlp, heads=attn.num_heads, scale=attn.head_dim ** -0.5,
-                 ls1=getattr(block, "ls_1", _identity), ls2=getattr(block, "ls_2", _identity))
+    return Block(
+        norm1=block.ln_1,
+        q=proj(0),
+        k=proj(1),
+        v=proj(2),
+        out=attn.out_proj,
+        norm2=block.ln_2,
+        mlp=block.mlp,
+        heads=attn.num_heads,
+        scale=attn.head_dim**-0.5,
+        ls1=getattr(block, "ls_1", _identity),
+        ls2=getattr(block, "ls_2", _identity),
+    )
 
 
 def hf_block(layer: Any) -> Block:
     """A transformers CLIP/SigLIP encoder layer (``layer_norm1``, ``self_attn.{q,k,v,out}_proj``,
     ``layer_norm2``, ``mlp``)."""
     attn = layer.self_attn
-    return Block(norm1=layer.layer_norm1, q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, out=attn.out_proj,
-                 norm2=layer.layer_norm2, mlp=layer.mlp, heads=attn.num_heads, scale=attn.scale)
+    return Block(
+        norm1=layer.layer_norm1,
+        q=attn.q_proj,
+        k=attn.k_proj,
+        v=attn.v_proj,
+        out=attn.out_proj,
+        norm2=layer.layer_norm2,
+        mlp=layer.mlp,
+        heads=attn.num_heads,
+        scale=attn.scale,
+    )
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -91,8 +118,9 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(n, t, heads, width // heads).transpose(1, 2)
 
 
-def block_forward(block: Block, hidden: torch.Tensor, mask: torch.Tensor | None,
-                  records: list[AttentionRecord] | None = None) -> torch.Tensor:
+def block_forward(
+    block: Block, hidden: torch.Tensor, mask: torch.Tensor | None, records: list[AttentionRecord] | None = None
+) -> torch.Tensor:
     """One block on every token; ``mask`` is additive, [N or 1, 1, T, T]. With ``records``, the
     attention is computed explicitly and appended (same numbers)."""
     n, t, width = hidden.shape
@@ -119,8 +147,9 @@ def block_forward(block: Block, hidden: torch.Tensor, mask: torch.Tensor | None,
     return hidden
 
 
-def block_forward_at(block: Block, hidden: torch.Tensor, positions: torch.Tensor,
-                     mask: torch.Tensor | None) -> torch.Tensor:
+def block_forward_at(
+    block: Block, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """The block's output at one position per row, [N, width]: the query, attention output and
     MLP of that token only; keys and values from every token (same numbers as the full block)."""
     if block.rotate is not None:  # a rotated query needs its position in the whole sequence

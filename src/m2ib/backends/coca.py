@@ -42,8 +42,8 @@ def class_token_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     ids = torch.full((n, length + 1), CLS_ID, dtype=input_ids.dtype)
     mask = torch.zeros(n, length + 1, dtype=torch.long)
     for i, k in enumerate(real.tolist()):
-        ids[i, :k], ids[i, k + 1:] = input_ids[i, :k], input_ids[i, k:]
-        mask[i, :k + 1] = 1
+        ids[i, :k], ids[i, k + 1 :] = input_ids[i, :k], input_ids[i, k:]
+        mask[i, : k + 1] = 1
     return ids, mask
 
 
@@ -53,8 +53,10 @@ def model_order(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     n, t = input_ids.shape
     is_cls = input_ids == CLS_ID
     if not bool((is_cls.sum(1) == 1).all()):
-        raise InputError("a CoCa text batch needs exactly one class-token row (id -1) per text: make it with "
-                         "backend.tokenize or backend.text_batch")
+        raise InputError(
+            "a CoCa text batch needs exactly one class-token row (id -1) per text: make it with "
+            "backend.tokenize or backend.text_batch"
+        )
     where = is_cls.int().argmax(1)
     ids = input_ids[~is_cls].view(n, t - 1)
     rows = torch.arange(t, device=input_ids.device)[None].expand(n, t)
@@ -69,8 +71,9 @@ class CoCaTextTower(OpenAITextTower):
     appends_class = True
 
     def __init__(self, owner: Any):  # OpenCLIP's TextTransformer: untyped, duck-typed
-        super().__init__(owner, causal=getattr(owner, "attn_mask", None) is not None, pool="last",
-                         pad_id=getattr(owner, "pad_id", 0))
+        super().__init__(
+            owner, causal=getattr(owner, "attn_mask", None) is not None, pool="last", pad_id=getattr(owner, "pad_id", 0)
+        )
         self.correct_cls_mask = bool(getattr(owner, "correct_cls_mask", False))
 
     @property
@@ -111,7 +114,9 @@ class CoCaTextTower(OpenAITextTower):
         rows = torch.arange(t, device=device)[None]
         dropped = (batch.attention_mask.to(device) == 0) & (rows <= where[:, None])
         allowed = allowed & ~dropped[:, None, :]
-        mask = torch.zeros(n, 1, t, t, dtype=dtype, device=device).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+        mask = torch.zeros(n, 1, t, t, dtype=dtype, device=device).masked_fill(
+            ~allowed[:, None], torch.finfo(dtype).min
+        )
         return mask.repeat_interleave(copies, 0)
 
     def parts(self):

@@ -126,28 +126,33 @@ class HFCLIPBackend(TowersBackend):
 
     def text_tower(self, model: CLIPLayoutModel) -> Tower:
         """The text tower with its pooling rule (a hook: CLIP-layout families override it)."""
-        return HFCLIPTextTower(model.text_model, model.text_projection,
-                               sub_config(model.config.text_config, "text_config").eos_token_id)
+        return HFCLIPTextTower(
+            model.text_model, model.text_projection, sub_config(model.config.text_config, "text_config").eos_token_id
+        )
 
     @property
     def clip_model(self) -> CLIPLayoutModel:
         """``model`` as the transformers class this backend reads (checked)."""
         model, expected = self.model, self.model_class()
         if not isinstance(model, expected):
-            raise InputError(f"{type(self).__name__} needs a transformers {expected.__name__}, "
-                             f"got {type(model).__name__}")
+            raise InputError(
+                f"{type(self).__name__} needs a transformers {expected.__name__}, got {type(model).__name__}"
+            )
         return model
 
     def build_towers(self) -> dict[Modality, Tower]:
         model = self.clip_model
         attn = getattr(model.config, "_attn_implementation", "eager") or "eager"
         if attn not in SUPPORTED_ATTENTION:
-            raise InputError(f"attention implementation {attn!r} is not supported: load the model with "
-                             "attn_implementation='sdpa' or 'eager'")
+            raise InputError(
+                f"attention implementation {attn!r} is not supported: load the model with "
+                "attn_implementation='sdpa' or 'eager'"
+            )
         if self.preprocessing is None:
-            self.preprocessing = preprocessing_from(None, sub_config(model.config.vision_config, "vision_config").image_size)
-        return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection),
-                "text": self.text_tower(model)}
+            self.preprocessing = preprocessing_from(
+                None, sub_config(model.config.vision_config, "vision_config").image_size
+            )
+        return {"image": HFCLIPImageTower(model.vision_model, model.visual_projection), "text": self.text_tower(model)}
 
     @property
     def context_length(self) -> int:
@@ -162,28 +167,34 @@ class HFCLIPBackend(TowersBackend):
     def preprocess_images(self, images: Sequence[Image.Image], sources: Sequence[str] = ()) -> ImageBatch:
         batch = super().preprocess_images(images, sources)
         if batch.pixel_values.shape[-2:] != self.geometry.image_size:
-            raise InputError(f"the image processor crops to {tuple(batch.pixel_values.shape[-2:])} but the model "
-                             f"reads {self.geometry.image_size}: fix the processor's crop_size")
+            raise InputError(
+                f"the image processor crops to {tuple(batch.pixel_values.shape[-2:])} but the model "
+                f"reads {self.geometry.image_size}: fix the processor's crop_size"
+            )
         return batch
 
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
-            raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= (or a CLIPProcessor) to "
-                             "m2ib.load, or give input_ids")
+            raise InputError(
+                f"model {self.name!r} has no tokenizer: pass tokenizer= (or a CLIPProcessor) to "
+                "m2ib.load, or give input_ids"
+            )
         limit = self.geometry.context_length
         enc = hf_encode(self.tokenizer, texts, limit, padding=True)
         return self.text_batch(enc["input_ids"], enc["attention_mask"], texts)
 
-    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   texts: Sequence[str] = ()) -> TextBatch:
+    def text_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, texts: Sequence[str] = ()
+    ) -> TextBatch:
         """A TextBatch from token ids (readable tokens and start/end positions filled in)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         tokens, special, words = hf_readable(self.tokenizer, input_ids, attention_mask)
         if not texts and self.tokenizer is not None:
             texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in input_ids.tolist()]
-        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts),
-                         tokens, special, words)
+        return TextBatch(
+            input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tokens, special, words
+        )
 
 
 def _is_clip_model(model: torch.nn.Module) -> bool:
@@ -199,12 +210,24 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
         raise InputError(f"HFCLIPBackend needs a transformers CLIPModel, got {type(model).__name__}")
     size = sub_config(model.config.vision_config, "vision_config").image_size
     prep = preprocessing_from(processor, size) if processor is not None else None
-    return HFCLIPBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
-                         preprocessing=prep)
+    return HFCLIPBackend(
+        model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer, preprocessing=prep
+    )
 
 
 # The hf: names and saved transformers directories are read here for every transformers family:
 # the directory's model_type picks the family (SigLIP registers "siglip").
-register(Family(name="transformers CLIP", supports="transformers CLIPModel", recognises=_is_clip_model, wrap=_wrap,
-                prefix="hf:", load=load_hf, recognises_path=is_transformers_directory, load_path=load_directory,
-                model_type="clip", model_class="CLIPModel"))
+register(
+    Family(
+        name="transformers CLIP",
+        supports="transformers CLIPModel",
+        recognises=_is_clip_model,
+        wrap=_wrap,
+        prefix="hf:",
+        load=load_hf,
+        recognises_path=is_transformers_directory,
+        load_path=load_directory,
+        model_type="clip",
+        model_class="CLIPModel",
+    )
+)

@@ -52,23 +52,30 @@ def load_directory(path: Path, name: str | None = None, processor: Any = None, t
     config = AutoConfig.from_pretrained(path)
     family = registry.family_of_model_type(config.model_type)
     if family is None:
-        raise InputError(f"{path}: model_type {config.model_type!r} has no m2ib backend yet "
-                         f"(supported: {', '.join(registry.model_types())}; OpenCLIP and OpenAI clip by "
-                         "open_clip: / clip: names)")
+        raise InputError(
+            f"{path}: model_type {config.model_type!r} has no m2ib backend yet "
+            f"(supported: {', '.join(registry.model_types())}; OpenCLIP and OpenAI clip by "
+            "open_clip: / clip: names)"
+        )
     if family.model_class is None:  # a family with a model_type names its class: None is a bug in the family
         raise RuntimeError(f"model family {family.name!r} reads model_type {config.model_type!r} but names no class")
     with warnings.catch_warnings(), quiet_transformers():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
-        model = getattr(transformers, family.model_class).from_pretrained(path, attn_implementation="sdpa",
-                                                                          dtype=torch.float32).eval()
+        model = (
+            getattr(transformers, family.model_class)
+            .from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+            .eval()
+        )
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:
             tokenizer = getattr(processor, "tokenizer", None)
             if tokenizer is None and family.install_hint and _needs_sentencepiece(exc):
-                raise InputError(f"{path}: {family.name}'s tokenizer cannot be loaded ({str(exc).splitlines()[0]}): "
-                                 f"{family.install_hint}") from None
+                raise InputError(
+                    f"{path}: {family.name}'s tokenizer cannot be loaded ({str(exc).splitlines()[0]}): "
+                    f"{family.install_hint}"
+                ) from None
     if processor is None and (path / "preprocessor_config.json").exists():
         processor = SimpleNamespace(**json.loads((path / "preprocessor_config.json").read_text()))
     info = {}

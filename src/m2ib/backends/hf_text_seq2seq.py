@@ -48,8 +48,10 @@ def openclip_pooler(encoder: Any) -> str:
     """The name of an ``HFTextEncoder``'s pooler, or a one-line refusal for those m2ib cannot run."""
     pooler = _snake(type(encoder.pooler).__name__)
     if pooler == "max_pooler":
-        raise InputError("OpenCLIP's max_pooler is not supported: OpenCLIP's own forward fails with it "
-                         "(masked_fill with a long mask); use a model with the cls or mean pooler")
+        raise InputError(
+            "OpenCLIP's max_pooler is not supported: OpenCLIP's own forward fails with it "
+            "(masked_fill with a long mask); use a model with the cls or mean pooler"
+        )
     if pooler not in CLASS_POOLERS + EVERY_TOKEN_POOLERS:
         known = ", ".join(CLASS_POOLERS + EVERY_TOKEN_POOLERS)
         raise InputError(f"OpenCLIP pooler {pooler!r} is not supported ({known})")
@@ -67,11 +69,22 @@ def t5_block(block: Any) -> Block:
     attention, feed_forward = block.layer[0], block.layer[-1]
     attn = attention.SelfAttention
     if len(block.layer) != 2 or attn.inner_dim != attn.d_model:
-        raise InputError(f"T5 block with {len(block.layer)} sublayers and attention width {attn.inner_dim} "
-                         f"(model width {attn.d_model}) is not supported (encoder blocks with heads * d_kv = "
-                         "d_model are)")
-    return Block(norm1=attention.layer_norm, q=attn.q, k=attn.k, v=attn.v, out=attn.o, norm2=feed_forward.layer_norm,
-                 mlp=feed_forward.DenseReluDense, heads=attn.n_heads, scale=1.0)
+        raise InputError(
+            f"T5 block with {len(block.layer)} sublayers and attention width {attn.inner_dim} "
+            f"(model width {attn.d_model}) is not supported (encoder blocks with heads * d_kv = "
+            "d_model are)"
+        )
+    return Block(
+        norm1=attention.layer_norm,
+        q=attn.q,
+        k=attn.k,
+        v=attn.v,
+        out=attn.o,
+        norm2=feed_forward.layer_norm,
+        mlp=feed_forward.DenseReluDense,
+        heads=attn.n_heads,
+        scale=1.0,
+    )
 
 
 def m2m100_block(layer: Any) -> Block:
@@ -82,16 +95,31 @@ def m2m100_block(layer: Any) -> Block:
     def mlp(x: torch.Tensor) -> torch.Tensor:
         return layer.fc2(layer.activation_fn(layer.fc1(x)))
 
-    return Block(norm1=layer.self_attn_layer_norm, q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, out=attn.out_proj,
-                 norm2=layer.final_layer_norm, mlp=mlp, heads=attn.num_heads, scale=attn.scaling)
+    return Block(
+        norm1=layer.self_attn_layer_norm,
+        q=attn.q_proj,
+        k=attn.k_proj,
+        v=attn.v_proj,
+        out=attn.out_proj,
+        norm2=layer.final_layer_norm,
+        mlp=mlp,
+        heads=attn.num_heads,
+        scale=attn.scaling,
+    )
 
 
 class Seq2SeqTextTower(TransformerTower):
     """The pre-norm encoder stack of an encoder-decoder model inside an ``HFTextEncoder``."""
 
-    def __init__(self, encoder: Any, blocks: list[Block], layers: list[Any],
-                 final_norm: Any, positions_limit: int,
-                 bias: Callable[[int, torch.device], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        encoder: Any,
+        blocks: list[Block],
+        layers: list[Any],
+        final_norm: Any,
+        positions_limit: int,
+        bias: Callable[[int, torch.device], torch.Tensor] | None = None,
+    ):
         super().__init__(blocks)
         self.encoder, self.transformer, self.layers = encoder, encoder.transformer, layers
         self.pooler = openclip_pooler(encoder)
@@ -143,21 +171,37 @@ def seq2seq_text_tower(encoder: Any) -> Seq2SeqTextTower | None:
     if model_type in ("t5", "mt5"):
         blocks = list(transformer.block)
         if transformer.is_decoder or any(b.layer[0].SelfAttention.has_relative_attention_bias for b in blocks[1:]):
-            raise InputError(f"{model_type} stack with a decoder or a position bias per block is not supported "
-                             "(encoder stacks whose block 0 computes the bias are)")
+            raise InputError(
+                f"{model_type} stack with a decoder or a position bias per block is not supported "
+                "(encoder stacks whose block 0 computes the bias are)"
+            )
         first = blocks[0].layer[0].SelfAttention
 
         def bias(t: int, device: torch.device) -> torch.Tensor:  # block 0's, shared by every block
             return first.compute_bias(t, t, device=device)
 
-        return Seq2SeqTextTower(encoder, [t5_block(b) for b in blocks], blocks, transformer.final_layer_norm,
-                                OPENCLIP_CONTEXT, bias)
+        return Seq2SeqTextTower(
+            encoder, [t5_block(b) for b in blocks], blocks, transformer.final_layer_norm, OPENCLIP_CONTEXT, bias
+        )
     if model_type == "m2m_100":
         layers = list(transformer.layers)
-        return Seq2SeqTextTower(encoder, [m2m100_block(layer) for layer in layers], layers, transformer.layer_norm,
-                                encoder.config.max_position_embeddings)
+        return Seq2SeqTextTower(
+            encoder,
+            [m2m100_block(layer) for layer in layers],
+            layers,
+            transformer.layer_norm,
+            encoder.config.max_position_embeddings,
+        )
     return None
 
 
-__all__ = ["CLASS_POOLERS", "EVERY_TOKEN_POOLERS", "Seq2SeqTextTower", "m2m100_block", "openclip_pooler",
-           "real_tokens", "seq2seq_text_tower", "t5_block"]
+__all__ = [
+    "CLASS_POOLERS",
+    "EVERY_TOKEN_POOLERS",
+    "Seq2SeqTextTower",
+    "m2m100_block",
+    "openclip_pooler",
+    "real_tokens",
+    "seq2seq_text_tower",
+    "t5_block",
+]

@@ -19,14 +19,25 @@ def hf_encode(tokenizer: Any, texts: Sequence[str], limit: int, padding: bool | 
     full = tokenizer(texts, add_special_tokens=True, split_special_tokens=True, verbose=False)["input_ids"]
     for text, ids in zip(texts, full):
         if len(ids) > limit:
-            warnings.warn(f"text {short(text)!r} has {len(ids)} tokens but the model reads {limit}: "
-                          f"the last {len(ids) - limit} tokens were dropped", stacklevel=4)
-    return tokenizer(texts, padding=padding, truncation=True, max_length=limit, return_tensors="pt",
-                     return_attention_mask=True, split_special_tokens=True)
+            warnings.warn(
+                f"text {short(text)!r} has {len(ids)} tokens but the model reads {limit}: "
+                f"the last {len(ids) - limit} tokens were dropped",
+                stacklevel=4,
+            )
+    return tokenizer(
+        texts,
+        padding=padding,
+        truncation=True,
+        max_length=limit,
+        return_tensors="pt",
+        return_attention_mask=True,
+        split_special_tokens=True,
+    )
 
 
-def hf_readable(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+def hf_readable(
+    tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
     """Per row of real tokens: readable tokens, start/end positions and word indices."""
     tokens, special, words = [], [], []
     specials = set(getattr(tokenizer, "all_special_ids", []) or [])

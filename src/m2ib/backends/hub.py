@@ -18,8 +18,10 @@ def hub_snapshot(repo_id: str, patterns: list[str] | None = None, howto: str | N
     from huggingface_hub import snapshot_download
 
     patterns = HUB_FILES if patterns is None else patterns
-    howto = howto or (f"download it where there is internet (`hf download {repo_id} --local-dir DIR`) "
-                      f"and pass --model DIR, or fill the Hugging Face cache")
+    howto = howto or (
+        f"download it where there is internet (`hf download {repo_id} --local-dir DIR`) "
+        f"and pass --model DIR, or fill the Hugging Face cache"
+    )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:
@@ -31,8 +33,9 @@ def hub_snapshot(repo_id: str, patterns: list[str] | None = None, howto: str | N
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
-        raise ModelNotAvailableError(f"could not download {repo_id!r} ({str(exc).splitlines()[0]}): "
-                                     f"check the id, or {howto}") from None
+        raise ModelNotAvailableError(
+            f"could not download {repo_id!r} ({str(exc).splitlines()[0]}): check the id, or {howto}"
+        ) from None
 
 
 def hub_offline() -> bool:

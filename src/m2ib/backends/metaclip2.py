@@ -63,10 +63,19 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
         raise InputError(f"MetaClip2Backend needs a transformers MetaClip2Model, got {type(model).__name__}")
     size = sub_config(model.config.vision_config, "vision_config").image_size
     prep = preprocessing_from(processor, size) if processor is not None else None
-    return MetaClip2Backend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
-                            preprocessing=prep)
+    return MetaClip2Backend(
+        model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer, preprocessing=prep
+    )
 
 
 # Loaded by hf: names and transformers directories whose config says model_type "metaclip_2".
-register(Family(name="MetaCLIP 2", supports="transformers MetaClip2Model", recognises=_is_metaclip2_model,
-                wrap=_wrap, model_type="metaclip_2", model_class="MetaClip2Model"))
+register(
+    Family(
+        name="MetaCLIP 2",
+        supports="transformers MetaClip2Model",
+        recognises=_is_metaclip2_model,
+        wrap=_wrap,
+        model_type="metaclip_2",
+        model_class="MetaClip2Model",
+    )
+)

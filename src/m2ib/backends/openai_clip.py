@@ -99,8 +99,14 @@ class OpenAICLIPBackend(OpenCLIPBackend):
             self.tokenizer = import_clip().simple_tokenizer.SimpleTokenizer()
         if self.preprocessing is None:
             size = model.visual.input_resolution
-            self.preprocessing = ImagePreprocessing(size, (size, size), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                                                    int(Image.Resampling.BICUBIC), crop_rounding="round")
+            self.preprocessing = ImagePreprocessing(
+                size,
+                (size, size),
+                OPENAI_CLIP_MEAN,
+                OPENAI_CLIP_STD,
+                int(Image.Resampling.BICUBIC),
+                crop_rounding="round",
+            )
         return {"image": image_tower(model.visual), "text": OpenAITextTower(model, causal=True, pool="argmax")}
 
     def _library_ids(self, texts: list[str], context: int) -> torch.Tensor:
@@ -130,13 +136,17 @@ def load_openai_clip(spec: str) -> OpenAICLIPBackend:
     if arch not in ARCHITECTURES:
         if spec.startswith((".", "/", "~")) or spec.endswith((".pt", ".pth", ".bin")):
             raise InputError(f"{spec}: no such file")
-        raise InputError(f"clip has no model {arch!r}: use one of {', '.join(ARCHITECTURES)} (e.g. clip:ViT-B/32), "
-                         "NAME@random, or a .pt file")
+        raise InputError(
+            f"clip has no model {arch!r}: use one of {', '.join(ARCHITECTURES)} (e.g. clip:ViT-B/32), "
+            "NAME@random, or a .pt file"
+        )
     if tag == "random":
         return OpenAICLIPBackend(model=random_model(arch), name=name)
     if tag:
-        raise InputError(f"clip:{spec}: the clip family knows only @random after a name; for weights of your own "
-                         "pass the .pt file (clip:PATH)")
+        raise InputError(
+            f"clip:{spec}: the clip family knows only @random after a name; for weights of your own "
+            "pass the .pt file (clip:PATH)"
+        )
     return OpenAICLIPBackend(model=build_from_file(_openai_file(arch)), name=name)
 
 
@@ -144,8 +154,13 @@ def random_model(arch: str) -> torch.nn.Module:
     """OpenAI clip's ``CLIP`` of architecture ``arch`` with random weights (float32)."""
     clip = import_clip()
     embed, size, vision_layers, vision_width, patch, text_width, text_layers = ARCHITECTURES[arch]
-    return clip.model.CLIP(embed, size, vision_layers, vision_width, patch, 77, 49408, text_width,
-                           text_width // 64, text_layers).float().eval()
+    return (
+        clip.model.CLIP(
+            embed, size, vision_layers, vision_width, patch, 77, 49408, text_width, text_width // 64, text_layers
+        )
+        .float()
+        .eval()
+    )
 
 
 def build_from_file(path: str | os.PathLike) -> torch.nn.Module:
@@ -160,8 +175,10 @@ def build_from_file(path: str | os.PathLike) -> torch.nn.Module:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise InputError(f"{path}: cannot read it as a JIT archive or a state dict "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise InputError(
+                f"{path}: cannot read it as a JIT archive or a state dict "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
     state = _unwrap(state)
     if "token_embedding.weight" not in state or not any(k.startswith("visual.") for k in state):
         raise InputError(f"{path}: not an OpenAI CLIP state dict (no token_embedding.weight / visual.* keys)")
@@ -181,7 +198,7 @@ def _unwrap(state: Any) -> dict:
         if isinstance(state.get(key), dict):
             state = state[key]
             break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def _openai_file(arch: str) -> Path:
@@ -197,7 +214,8 @@ def _openai_file(arch: str) -> Path:
     if not hub.hub_reachable(url=url):
         raise ModelNotAvailableError(
             f"clip model {arch!r} is not in {root} and {url.split('/')[2]} cannot be reached: download {url} "
-            f"to {cached} where there is internet, or pass --model clip:PATH_TO.pt")
+            f"to {cached} where there is internet, or pass --model clip:PATH_TO.pt"
+        )
     try:
         return Path(clip.clip._download(url, str(root)))
     except Exception as exc:
@@ -221,8 +239,19 @@ def _load_file(path: Path, *, name: str, processor: Any = None, tokenizer: Any =
     return load_openai_clip(str(path))  # a checkpoint file is read in OpenAI's layout (named clip:PATH)
 
 
-OPENAI_CLIP = register(Family(
-    name="OpenAI clip", supports="OpenAI clip CLIP", recognises=_is_openai_clip_model, wrap=_wrap, prefix="clip:",
-    load=_load, recognises_path=Path.is_file, load_path=_load_file,
-    install_hint=("pip install 'm2ib[clip]' (OpenAI's clip package needs a torchvision built for your torch, e.g. "
-                  "pip install torch==2.14.1 torchvision==0.29.1)")))
+OPENAI_CLIP = register(
+    Family(
+        name="OpenAI clip",
+        supports="OpenAI clip CLIP",
+        recognises=_is_openai_clip_model,
+        wrap=_wrap,
+        prefix="clip:",
+        load=_load,
+        recognises_path=Path.is_file,
+        load_path=_load_file,
+        install_hint=(
+            "pip install 'm2ib[clip]' (OpenAI's clip package needs a torchvision built for your torch, e.g. "
+            "pip install torch==2.14.1 torchvision==0.29.1)"
+        ),
+    )
+)

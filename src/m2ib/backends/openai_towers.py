@@ -39,8 +39,10 @@ class OpenAIViTTower(ClassTokenTower):
     def __init__(self, visual: Any):
         self.attn_pool = getattr(visual, "attn_pool", None)
         if getattr(visual, "attn_pool_contrastive", None) is not None:  # OpenCLIP's 'parallel' / 'cascade' WIP
-            raise InputError(f"OpenCLIP attentional pooling {getattr(visual, 'attn_pool_type', '')!r} with a "
-                             "contrastive pooler is not supported (CoCa's single attentional pooler is)")
+            raise InputError(
+                f"OpenCLIP attentional pooling {getattr(visual, 'attn_pool_type', '')!r} with a "
+                "contrastive pooler is not supported (CoCa's single attentional pooler is)"
+            )
         if getattr(visual, "class_embedding", None) is None:
             raise InputError("OpenCLIP image towers without a class token are not supported yet")
         super().__init__([openai_block(b) for b in visual.transformer.resblocks])
@@ -86,8 +88,11 @@ class OpenAIViTTower(ClassTokenTower):
 
     def parts(self):
         v = self.visual
-        return (present(self.attn_pool, v.ln_post, v.proj), list(v.transformer.resblocks),
-                present(v.conv1, v.class_embedding, v.positional_embedding, v.ln_pre))
+        return (
+            present(self.attn_pool, v.ln_post, v.proj),
+            list(v.transformer.resblocks),
+            present(v.conv1, v.class_embedding, v.positional_embedding, v.ln_pre),
+        )
 
 
 class OpenAITextTower(PooledTextTower):
@@ -101,8 +106,15 @@ class OpenAITextTower(PooledTextTower):
 
     appends_class = False  # whether the tower appends a class embedding after the text (CoCa)
 
-    def __init__(self, owner: Any, causal: bool = True, pool: str = "argmax",
-                 eos_id: int | None = None, pad_id: int | None = None, pad_mask: bool = False):
+    def __init__(
+        self,
+        owner: Any,
+        causal: bool = True,
+        pool: str = "argmax",
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+        pad_mask: bool = False,
+    ):
         super().__init__([openai_block(b) for b in owner.transformer.resblocks], pool, eos_id, causal)
         if getattr(owner, "cls_emb", None) is not None and not self.appends_class:
             raise InputError("OpenCLIP text towers with a class embedding (CoCa) run as CoCaTextTower")
@@ -137,8 +149,11 @@ class OpenAITextTower(PooledTextTower):
 
     def parts(self):
         o = self.owner
-        return (present(o.ln_final, o.text_projection), list(o.transformer.resblocks),
-                present(o.token_embedding, o.positional_embedding))
+        return (
+            present(o.ln_final, o.text_projection),
+            list(o.transformer.resblocks),
+            present(o.token_embedding, o.positional_embedding),
+        )
 
 
 __all__ = ["OpenAITextTower", "OpenAIViTTower", "apply_projection"]

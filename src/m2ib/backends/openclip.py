@@ -90,13 +90,17 @@ class BPETokens:
         for text in texts:
             n = len(bpe.encode(text)) + 2
             if n > limit:
-                warnings.warn(f"text {short(text)!r} has {n} tokens but the model reads {limit}: "
-                              f"the last {n - limit} tokens were dropped", stacklevel=3)
+                warnings.warn(
+                    f"text {short(text)!r} has {n} tokens but the model reads {limit}: "
+                    f"the last {n - limit} tokens were dropped",
+                    stacklevel=3,
+                )
         ids = torch.as_tensor(self._library_ids(texts, limit)).long()
         return self.text_batch(ids, None, given)
 
-    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   texts: Sequence[str] = ()) -> TextBatch:
+    def text_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, texts: Sequence[str] = ()
+    ) -> TextBatch:
         sot, eot = self._special_ids()
         input_ids = input_ids.long().cpu()
         if attention_mask is None:  # real tokens: up to the first end-of-text token
@@ -119,10 +123,18 @@ class BPETokens:
             special.append(where)
             words.append(word_ids(pieces, where))
         if not texts:
-            texts = [self._bpe().decode([i for i, m in zip(row, mask) if m and i not in (sot, eot, CLS_ID)]).strip()
-                     for row, mask in zip(input_ids.tolist(), attention_mask.tolist())]
-        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tuple(tokens),
-                         tuple(special), tuple(words))
+            texts = [
+                self._bpe().decode([i for i, m in zip(row, mask) if m and i not in (sot, eot, CLS_ID)]).strip()
+                for row, mask in zip(input_ids.tolist(), attention_mask.tolist())
+            ]
+        return TextBatch(
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
+            tuple(texts),
+            tuple(tokens),
+            tuple(special),
+            tuple(words),
+        )
 
 
 @dataclass
@@ -136,8 +148,10 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
             raise InputError(f"{type(model).__name__} has no image tower `visual`: not an OpenCLIP CLIP model")
         text_owner = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in .text
         if not hasattr(text_owner, "token_embedding"):
-            raise InputError(f"OpenCLIP text tower {type(text_owner).__name__} is not supported (Hugging Face text "
-                             "encoders are not yet): use a model with OpenCLIP's own text transformer")
+            raise InputError(
+                f"OpenCLIP text tower {type(text_owner).__name__} is not supported (Hugging Face text "
+                "encoders are not yet): use a model with OpenCLIP's own text transformer"
+            )
         causal = getattr(text_owner, "attn_mask", None) is not None
         pool = getattr(text_owner, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
         if not isinstance(pool, str):
@@ -146,17 +160,24 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
         if getattr(text_owner, "cls_emb", None) is not None:  # CoCa: a class embedding after the text
             text: OpenAITextTower = CoCaTextTower(text_owner)
         else:
-            text = OpenAITextTower(text_owner, causal=causal, pool=pool, eos_id=eos,
-                                   pad_id=getattr(text_owner, "pad_id", 0),
-                                   pad_mask=bool(getattr(text_owner, "use_pad_mask", False)))
+            text = OpenAITextTower(
+                text_owner,
+                causal=causal,
+                pool=pool,
+                eos_id=eos,
+                pad_id=getattr(text_owner, "pad_id", 0),
+                pad_mask=bool(getattr(text_owner, "use_pad_mask", False)),
+            )
         if self.preprocessing is None:
             self.preprocessing = preprocessing_of(model)
         if self.tokenizer is None:
             raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= (open_clip.get_tokenizer(ARCH))")
         bpe = hasattr(self.tokenizer, "decoder") and hasattr(self.tokenizer, "encode")
         if not bpe and transformers_tokenizer(self.tokenizer) is None:
-            raise InputError(f"tokenizer {type(self.tokenizer).__name__} is not supported: OpenCLIP's tokenizers are "
-                             "(CLIP's BPE, HFTokenizer) and transformers tokenizers")
+            raise InputError(
+                f"tokenizer {type(self.tokenizer).__name__} is not supported: OpenCLIP's tokenizers are "
+                "(CLIP's BPE, HFTokenizer) and transformers tokenizers"
+            )
         if not bpe and text.appends_class:
             raise InputError("CoCa text towers read CLIP's BPE tokenizer here (a Hugging Face one is not supported)")
         return {"image": image_tower(model.visual), "text": text}
@@ -166,8 +187,9 @@ class OpenCLIPBackend(BPETokens, TowersBackend):
             return super().tokenize(texts)
         return self.text_batch(hf_library_ids(self.tokenizer, texts, self.context_length), None, texts)
 
-    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   texts: Sequence[str] = ()) -> TextBatch:
+    def text_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, texts: Sequence[str] = ()
+    ) -> TextBatch:
         if transformers_tokenizer(self.tokenizer) is None:
             return super().text_batch(input_ids, attention_mask, texts)
         return hf_text_batch(self.tokenizer, input_ids, attention_mask, texts, self.device)
@@ -187,16 +209,18 @@ def load_open_clip(spec: str) -> TowersBackend:
     if spec.startswith("hf-hub:"):
         from . import hub
 
-        repo = spec[len("hf-hub:"):]
-        howto = (f"download it where there is internet (`hf download {repo} --local-dir DIR`) and pass "
-                 f"--model open_clip:local-dir:DIR, or fill the Hugging Face cache")
+        repo = spec[len("hf-hub:") :]
+        howto = (
+            f"download it where there is internet (`hf download {repo} --local-dir DIR`) and pass "
+            f"--model open_clip:local-dir:DIR, or fill the Hugging Face cache"
+        )
         files = ["open_clip_config.json", "*.txt", "*.json", "*.model"]  # *.model: a SentencePiece tokenizer
         path = hub.hub_snapshot(repo, patterns=[*files, "*.safetensors"], howto=howto)
         if _checkpoint_in(path) is None:  # no safetensors: the pickled checkpoint
             path = hub.hub_snapshot(repo, patterns=[*files, "*.bin"], howto=howto)
         return load_open_clip_dir(path, name)
     if spec.startswith("local-dir:"):
-        return load_open_clip_dir(Path(spec[len("local-dir:"):]).expanduser(), name)
+        return load_open_clip_dir(Path(spec[len("local-dir:") :]).expanduser(), name)
     if Path(spec).expanduser().is_dir():
         return load_open_clip_dir(Path(spec).expanduser(), name)
     oc = import_open_clip()
@@ -204,8 +228,10 @@ def load_open_clip(spec: str) -> TowersBackend:
     arch = arch.replace("/", "-")  # OpenCLIP's own normalisation (ViT-B/32 -> ViT-B-32)
     if arch not in oc.list_models():
         close = [m for m in oc.list_models() if m.lower().startswith(arch.lower()[:5])][:8]
-        raise InputError(f"open_clip has no architecture {arch!r}" + (f": similar: {', '.join(close)}" if close else
-                                                                         "; see open_clip.list_models()"))
+        raise InputError(
+            f"open_clip has no architecture {arch!r}"
+            + (f": similar: {', '.join(close)}" if close else "; see open_clip.list_models()")
+        )
     cfg = oc.get_model_config(arch) or {}
     tokenizer = None
     kwargs: dict[str, Any] = {}
@@ -217,19 +243,25 @@ def load_open_clip(spec: str) -> TowersBackend:
     if tag in ("", "random"):
         pretrained = None
         if tag == "":
-            warnings.warn(f"{name}: no pretrained tag, so the weights are RANDOM (name a tag, e.g. "
-                          f"open_clip:{arch}@{_first_tag(oc, arch)}, or write @random to silence this)", stacklevel=3)
+            warnings.warn(
+                f"{name}: no pretrained tag, so the weights are RANDOM (name a tag, e.g. "
+                f"open_clip:{arch}@{_first_tag(oc, arch)}, or write @random to silence this)",
+                stacklevel=3,
+            )
     elif Path(tag).expanduser().is_file():
         pretrained = str(Path(tag).expanduser())
     else:
         cfg = oc.get_pretrained_cfg(arch, tag)
         if not cfg:
             tags = oc.list_pretrained_tags_by_model(arch)
-            raise InputError(f"{tag!r} is not a pretrained tag of open_clip {arch} nor a file: "
-                             f"tags: {', '.join(tags) if tags else 'none'}; or @random")
+            raise InputError(
+                f"{tag!r} is not a pretrained tag of open_clip {arch} nor a file: "
+                f"tags: {', '.join(tags) if tags else 'none'}; or @random"
+            )
         pretrained = _pretrained_file(oc, arch, tag, cfg)
-        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                                          if k in cfg}
+        kwargs["force_preprocess_cfg"] = {
+            k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg
+        }
         if cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True  # what the weights were trained with
     model = _quiet(oc.create_model, arch, pretrained=pretrained, **kwargs).eval()
@@ -293,8 +325,10 @@ def _pretrained_file(oc: Any, arch: str, tag: str, cfg: dict) -> str:
             cached = try_to_load_from_cache(repo, fname)
             if isinstance(cached, str):
                 return cached
-        howto = (f"download it where there is internet (`hf download {repo} {names[0]} --local-dir DIR`) and pass "
-                 f"--model open_clip:{arch}@DIR/{names[0]}, or fill the Hugging Face cache")
+        howto = (
+            f"download it where there is internet (`hf download {repo} {names[0]} --local-dir DIR`) and pass "
+            f"--model open_clip:{arch}@DIR/{names[0]}, or fill the Hugging Face cache"
+        )
         offline = hub.hub_offline()
         if offline or not hub.hub_reachable():
             why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
@@ -304,13 +338,17 @@ def _pretrained_file(oc: Any, arch: str, tag: str, cfg: dict) -> str:
         if cached.is_file():
             return str(cached)
         if not hub.hub_reachable(url=url):
-            raise ModelNotAvailableError(f"open_clip {arch}@{tag} is not in the local cache and {url} cannot be "
-                                         f"reached: download it there ({cached}) or pass --model open_clip:{arch}@FILE")
+            raise ModelNotAvailableError(
+                f"open_clip {arch}@{tag} is not in the local cache and {url} cannot be "
+                f"reached: download it there ({cached}) or pass --model open_clip:{arch}@FILE"
+            )
     try:
         return oc.download_pretrained(cfg)
     except Exception as exc:
-        raise ModelNotAvailableError(f"could not download open_clip {arch}@{tag} "
-                                     f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ModelNotAvailableError(
+            f"could not download open_clip {arch}@{tag} "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
 def _quiet(fn, *args, **kwargs):
@@ -349,8 +387,19 @@ def _load_directory(path: Path, *, name: str, processor: Any = None, tokenizer: 
     return load_open_clip_dir(path, name)
 
 
-OPENCLIP = register(Family(
-    name="OpenCLIP", supports="open_clip CLIP/CustomTextCLIP", recognises=_is_open_clip_model, wrap=_wrap,
-    prefix="open_clip:", load=_load, recognises_path=_is_open_clip_directory, load_path=_load_directory,
-    install_hint=("pip install 'm2ib[open_clip]' (OpenCLIP needs a torchvision built for your torch, e.g. "
-                  "pip install torch==2.14.1 torchvision==0.29.1)")))
+OPENCLIP = register(
+    Family(
+        name="OpenCLIP",
+        supports="open_clip CLIP/CustomTextCLIP",
+        recognises=_is_open_clip_model,
+        wrap=_wrap,
+        prefix="open_clip:",
+        load=_load,
+        recognises_path=_is_open_clip_directory,
+        load_path=_load_directory,
+        install_hint=(
+            "pip install 'm2ib[open_clip]' (OpenCLIP needs a torchvision built for your torch, e.g. "
+            "pip install torch==2.14.1 torchvision==0.29.1)"
+        ),
+    )
+)

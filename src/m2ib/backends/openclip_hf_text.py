@@ -45,8 +45,9 @@ def is_hf_text_encoder(module: Any) -> bool:
     return type(module).__name__ == "HFTextEncoder" and hasattr(module, "transformer")
 
 
-def bert_layer_forward(layer: Any, hidden: torch.Tensor, mask: torch.Tensor | None,
-                       records: list[AttentionRecord] | None = None) -> torch.Tensor:
+def bert_layer_forward(
+    layer: Any, hidden: torch.Tensor, mask: torch.Tensor | None, records: list[AttentionRecord] | None = None
+) -> torch.Tensor:
     """One post-norm BERT/RoBERTa layer (eval: dropout is off); ``mask`` additive [N, 1, T, T]."""
     attn, out = layer.attention.self, layer.attention.output
     n, t, width = hidden.shape
@@ -56,7 +57,7 @@ def bert_layer_forward(layer: Any, hidden: torch.Tensor, mask: torch.Tensor | No
         return x.view(n, t, heads, size).transpose(1, 2)
 
     query, key, value = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
-    scores = (query @ key.transpose(-1, -2)) * size ** -0.5
+    scores = (query @ key.transpose(-1, -2)) * size**-0.5
     if mask is not None:
         scores = scores + mask
     probs = scores.softmax(dim=-1)
@@ -76,15 +77,21 @@ class HFTextTower(Tower):
         config = encoder.config
         layers = getattr(getattr(transformer, "encoder", None), "layer", None)
         if getattr(config, "is_encoder_decoder", False) or layers is None or not hasattr(transformer, "embeddings"):
-            raise InputError(f"Hugging Face text tower {type(transformer).__name__} ({config.model_type}) is not "
-                             "supported (BERT, RoBERTa, XLM-RoBERTa, T5/mT5 and M2M100/NLLB encoders are)")
+            raise InputError(
+                f"Hugging Face text tower {type(transformer).__name__} ({config.model_type}) is not "
+                "supported (BERT, RoBERTa, XLM-RoBERTa, T5/mT5 and M2M100/NLLB encoders are)"
+            )
         if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
-            raise InputError(f"Hugging Face text towers with {config.position_embedding_type} position embeddings "
-                             "are not supported yet")
+            raise InputError(
+                f"Hugging Face text towers with {config.position_embedding_type} position embeddings "
+                "are not supported yet"
+            )
         for layer in layers:
             if not hasattr(getattr(layer.attention, "self", None), "query") or getattr(layer, "crossattention", None):
-                raise InputError(f"Hugging Face text layer {type(layer).__name__} is not supported "
-                                 "(BERT-layout self-attention layers are)")
+                raise InputError(
+                    f"Hugging Face text layer {type(layer).__name__} is not supported "
+                    "(BERT-layout self-attention layers are)"
+                )
         self.pooler = openclip_pooler(encoder)
         self.encoder, self.transformer, self.layers = encoder, transformer, list(layers)
         self.pad_id = config.pad_token_id
@@ -130,7 +137,9 @@ class HFTextTower(Tower):
 
         pooler = getattr(self.transformer, "pooler", None)
         if self.pooler == "cls_pooler" and pooler is not None and self.encoder.pooler.use_pooler_output:
-            states: BaseModelOutput | BaseModelOutputWithPooling = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooler(hidden))
+            states: BaseModelOutput | BaseModelOutputWithPooling = BaseModelOutputWithPooling(
+                last_hidden_state=hidden, pooler_output=pooler(hidden)
+            )
         else:
             states = BaseModelOutput(last_hidden_state=hidden)
         return self.encoder.proj(self.encoder.pooler(states, valid))
@@ -155,8 +164,10 @@ def _transformers_tokenizer(tokenizer: Any) -> Any:
     inner = getattr(tokenizer, "tokenizer", None)
     tokenizer = inner if inner is not None and hasattr(inner, "convert_ids_to_tokens") else tokenizer
     if tokenizer is None or not hasattr(tokenizer, "convert_ids_to_tokens"):
-        raise InputError(f"OpenCLIP models with a Hugging Face text tower need its transformers tokenizer: pass "
-                         f"tokenizer= (got {type(tokenizer).__name__})")
+        raise InputError(
+            f"OpenCLIP models with a Hugging Face text tower need its transformers tokenizer: pass "
+            f"tokenizer= (got {type(tokenizer).__name__})"
+        )
     return tokenizer
 
 
@@ -180,18 +191,22 @@ class OpenCLIPHFTextBackend(TowersBackend):
         enc = hf_encode(self.tokenizer, texts, self.context_length, padding="longest")
         return self.text_batch(enc["input_ids"], None, texts)
 
-    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   texts: Sequence[str] = ()) -> TextBatch:
+    def text_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, texts: Sequence[str] = ()
+    ) -> TextBatch:
         input_ids = input_ids.long().cpu()
         if attention_mask is None:  # what the tower reads: every id but the pad id
             attention_mask = (input_ids != self.towers["text"].pad_id).long()
         attention_mask = attention_mask.long().cpu()
         tokens, special, words = hf_readable(self.tokenizer, input_ids, attention_mask)
         if not texts:
-            texts = [self.tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
-                     for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())]
-        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tokens, special,
-                         words)
+            texts = [
+                self.tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
+                for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())
+            ]
+        return TextBatch(
+            input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tokens, special, words
+        )
 
 
 def has_hf_text_tower(model: torch.nn.Module) -> bool:
@@ -206,8 +221,20 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
     return OpenCLIPHFTextBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer)
 
 
-register(Family(name="OpenCLIP HF text", supports="open_clip CustomTextCLIP with a Hugging Face text tower",
-                recognises=_is_open_clip_hf_text_model, wrap=_wrap))
+register(
+    Family(
+        name="OpenCLIP HF text",
+        supports="open_clip CustomTextCLIP with a Hugging Face text tower",
+        recognises=_is_open_clip_hf_text_model,
+        wrap=_wrap,
+    )
+)
 
-__all__ = ["HFTextTower", "OpenCLIPHFTextBackend", "bert_layer_forward", "has_hf_text_tower", "hf_text_tower",
-           "is_hf_text_encoder"]
+__all__ = [
+    "HFTextTower",
+    "OpenCLIPHFTextBackend",
+    "bert_layer_forward",
+    "has_hf_text_tower",
+    "hf_text_tower",
+    "is_hf_text_encoder",
+]

@@ -16,8 +16,12 @@ from .timm_towers import TimmViTTower, is_timm_transformer
 from .towers import Tower
 
 # OpenCLIP and OpenAI clip ship no types: their models and towers are typed Any (duck-typed modules).
-RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 def image_tower(visual: Any) -> Tower:
@@ -32,8 +36,10 @@ def image_tower(visual: Any) -> Tower:
         return TimmStagesTower(visual)
     trunk = getattr(visual, "trunk", None)
     what = f"timm trunk {type(trunk).__name__}" if trunk is not None else f"image tower {type(visual).__name__}"
-    raise InputError(f"{what} is not supported (OpenCLIP ViT and ModifiedResNet towers and timm ViT trunks are; "
-                     "ConvNeXt and FastViT stages too; windowed trunks such as Swin are not yet)")
+    raise InputError(
+        f"{what} is not supported (OpenCLIP ViT and ModifiedResNet towers and timm ViT trunks are; "
+        "ConvNeXt and FastViT stages too; windowed trunks such as Swin are not yet)"
+    )
 
 
 def preprocessing_of(model: Any) -> ImagePreprocessing:
@@ -48,8 +54,17 @@ def preprocessing_of(model: Any) -> ImagePreprocessing:
     if mode == "shortest" and size[0] != size[1]:
         mode = "squash"  # OpenCLIP resizes to a non-square size exactly, then crops nothing
     if mode not in ("shortest", "squash"):
-        raise InputError(f"OpenCLIP resize_mode {mode!r} is not supported yet (shortest or squash); pass "
-                         "preprocessed pixel_values instead")
+        raise InputError(
+            f"OpenCLIP resize_mode {mode!r} is not supported yet (shortest or squash); pass "
+            "preprocessed pixel_values instead"
+        )
     resample = RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
-    return ImagePreprocessing(size[0] if mode == "shortest" else min(size), size, mean, std, int(resample),
-                              resize_mode=mode, crop_rounding="round")
+    return ImagePreprocessing(
+        size[0] if mode == "shortest" else min(size),
+        size,
+        mean,
+        std,
+        int(resample),
+        resize_mode=mode,
+        crop_rounding="round",
+    )

@@ -107,5 +107,17 @@ def module_names(model: torch.nn.Module) -> set[str]:
     return {c.__module__ or "" for c in type(model).__mro__}
 
 
-__all__ = ["FAMILIES", "Family", "families", "family_of_model", "family_of_model_type", "family_of_name", "family_of_path",
-           "family_with_prefix", "model_types", "module_names", "register", "supported_objects"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "families",
+    "family_of_model",
+    "family_of_model_type",
+    "family_of_name",
+    "family_of_path",
+    "family_with_prefix",
+    "model_types",
+    "module_names",
+    "register",
+    "supported_objects",
+]

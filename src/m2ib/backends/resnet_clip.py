@@ -53,8 +53,10 @@ class ResNetTower(Tower):
         expected = pool.positional_embedding.shape[0] - 1
         rows, cols = self._grids[-1]
         if rows * cols != expected:
-            raise ValueError(f"the attention pool expects {expected} positions but a {self.image_size} input "
-                             f"gives a {rows}x{cols} last stage")
+            raise ValueError(
+                f"the attention pool expects {expected} positions but a {self.image_size} input "
+                f"gives a {rows}x{cols} last stage"
+            )
 
     def _stage_grids(self) -> list[tuple[int, int]]:
         """Spatial size after the stem, then after each stage (stride-2 stages halve it)."""
@@ -87,8 +89,9 @@ class ResNetTower(Tower):
             x = act(bn(conv(x)))
         return _tokens(v.avgpool(x))
 
-    def run(self, hidden: torch.Tensor, start: int, stop: int, batch, copies: int,
-            records: list[AttentionRecord] | None) -> torch.Tensor:
+    def run(
+        self, hidden: torch.Tensor, start: int, stop: int, batch, copies: int, records: list[AttentionRecord] | None
+    ) -> torch.Tensor:
         if start >= stop:
             return hidden
         x = _spatial(hidden, self.grid(start - 1))
@@ -96,8 +99,9 @@ class ResNetTower(Tower):
             x = stage(x)
         return _tokens(x)
 
-    def suffix(self, hidden: torch.Tensor, layer: int, batch, copies: int,
-               records: list[AttentionRecord] | None) -> torch.Tensor:
+    def suffix(
+        self, hidden: torch.Tensor, layer: int, batch, copies: int, records: list[AttentionRecord] | None
+    ) -> torch.Tensor:
         hidden = self.run(hidden, layer + 1, 4, batch, copies, records)
         return attention_pool(self.visual.attnpool, hidden)
 

@@ -119,10 +119,13 @@ class SiglipBackend(TowersBackend):
         if not isinstance(self.model, SiglipModel):
             raise InputError(f"SiglipBackend needs a transformers SiglipModel, got {type(self.model).__name__}")
         if self.preprocessing is None:
-            self.preprocessing = siglip_preprocessing(None, sub_config(self.model.config.vision_config,
-                                                                       "vision_config").image_size)
-        return {"image": SiglipImageTower(self.model.vision_model),
-                "text": SiglipTextTower(self.model.text_model, self.padding_mask)}
+            self.preprocessing = siglip_preprocessing(
+                None, sub_config(self.model.config.vision_config, "vision_config").image_size
+            )
+        return {
+            "image": SiglipImageTower(self.model.vision_model),
+            "text": SiglipTextTower(self.model.text_model, self.padding_mask),
+        }
 
     @property
     def context_length(self) -> int:
@@ -130,13 +133,15 @@ class SiglipBackend(TowersBackend):
 
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         if self.tokenizer is None:
-            raise InputError(f"model {self.name!r} has no tokenizer: pass tokenizer= to m2ib.load "
-                             f"({SIGLIP.install_hint})")
+            raise InputError(
+                f"model {self.name!r} has no tokenizer: pass tokenizer= to m2ib.load ({SIGLIP.install_hint})"
+            )
         enc = hf_encode(self.tokenizer, texts, self.context_length, padding="max_length")
         return self.text_batch(enc["input_ids"], enc["attention_mask"], texts)
 
-    def text_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   texts: Sequence[str] = ()) -> TextBatch:
+    def text_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, texts: Sequence[str] = ()
+    ) -> TextBatch:
         limit = self.context_length
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -149,10 +154,13 @@ class SiglipBackend(TowersBackend):
             attention_mask = torch.cat([attention_mask, torch.zeros_like(extra)], 1)
         tokens, special, words = hf_readable(self.tokenizer, input_ids, attention_mask)
         if not texts and self.tokenizer is not None:
-            texts = [self.tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
-                     for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())]
-        return TextBatch(input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tokens, special,
-                         words)
+            texts = [
+                self.tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
+                for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())
+            ]
+        return TextBatch(
+            input_ids.to(self.device), attention_mask.to(self.device), tuple(texts), tokens, special, words
+        )
 
 
 def _is_siglip_model(model: torch.nn.Module) -> bool:
@@ -164,12 +172,20 @@ def _is_siglip_model(model: torch.nn.Module) -> bool:
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> SiglipBackend:
     size = sub_config(model_config(model).vision_config, "vision_config").image_size
     prep = siglip_preprocessing(processor, size) if processor is not None else None
-    return SiglipBackend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
-                         preprocessing=prep)
+    return SiglipBackend(
+        model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer, preprocessing=prep
+    )
 
 
 # Loaded by hf: names and transformers directories whose config says model_type "siglip".
-SIGLIP = register(Family(
-    name="SigLIP", supports="transformers SiglipModel", recognises=_is_siglip_model, wrap=_wrap, model_type="siglip",
-    model_class="SiglipModel",
-    install_hint="pip install 'm2ib[siglip]' (SigLIP's SentencePiece tokenizer needs sentencepiece and protobuf)"))
+SIGLIP = register(
+    Family(
+        name="SigLIP",
+        supports="transformers SiglipModel",
+        recognises=_is_siglip_model,
+        wrap=_wrap,
+        model_type="siglip",
+        model_class="SiglipModel",
+        install_hint="pip install 'm2ib[siglip]' (SigLIP's SentencePiece tokenizer needs sentencepiece and protobuf)",
+    )
+)

@@ -51,7 +51,6 @@ from .siglip import SIGLIP_MEAN, SIGLIP_STD, SiglipBackend, SiglipTextTower
 from .towers import Tower, TransformerTower, present
 
 
-
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """[N, C, H, W] -> [N, (H/p) * (W/p), p * p * C]: the patch layout of transformers'
     Siglip2 image processor (row-major patches; each patch row-major pixels, channels last)."""
@@ -90,8 +89,10 @@ class Siglip2ImageTower(TransformerTower):
         weight = self.vision.embeddings.patch_embedding.weight
         pixels = batch.pixel_values.to(weight.device, weight.dtype)
         if tuple(pixels.shape[-2:]) != self.image_size:
-            raise InputError(f"SigLIP 2 backend reads {self.image_size[0]}x{self.image_size[1]} pixels, got "
-                             f"{tuple(pixels.shape[-2:])}")
+            raise InputError(
+                f"SigLIP 2 backend reads {self.image_size[0]}x{self.image_size[1]} pixels, got "
+                f"{tuple(pixels.shape[-2:])}"
+            )
         shapes = torch.tensor([self.patch_grid], device=weight.device).expand(len(pixels), 2)
         return self.vision.embeddings(patchify(pixels, self.patch_size), shapes)
 
@@ -136,8 +137,10 @@ class Siglip2Backend(SiglipBackend):
         if self.preprocessing is None:
             self.preprocessing = siglip2_preprocessing(None, image.image_size)
         elif tuple(self.preprocessing.crop) != image.image_size:
-            raise InputError(f"SigLIP 2 preprocessing gives {tuple(self.preprocessing.crop)} pixels but the grid "
-                             f"{self.grid[0]}x{self.grid[1]} reads {image.image_size}")
+            raise InputError(
+                f"SigLIP 2 preprocessing gives {tuple(self.preprocessing.crop)} pixels but the grid "
+                f"{self.grid[0]}x{self.grid[1]} reads {image.image_size}"
+            )
         return {"image": image, "text": SiglipTextTower(self.model.text_model, self.padding_mask)}
 
     def image_grid(self, image: Any) -> tuple[int, int]:
@@ -166,8 +169,11 @@ class Siglip2Backend(SiglipBackend):
         patch = self.towers["image"].patch_size
         prep = self.preprocessing
         size = (grid[0] * patch, grid[1] * patch)
-        return replace(self, grid=grid, preprocessing=ImagePreprocessing(
-            min(size), size, prep.mean, prep.std, prep.resample, resize_mode="squash"))
+        return replace(
+            self,
+            grid=grid,
+            preprocessing=ImagePreprocessing(min(size), size, prep.mean, prep.std, prep.resample, resize_mode="squash"),
+        )
 
 
 def _is_siglip2_model(model: torch.nn.Module) -> bool:
@@ -184,10 +190,25 @@ def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, inf
     grid = default_grid(max_patches)
     patch = model.config.vision_config.patch_size
     prep = siglip2_preprocessing(processor, (grid[0] * patch, grid[1] * patch))
-    return Siglip2Backend(model=model, name=name, recommended=info.get("recommended", {}), tokenizer=tokenizer,
-                          preprocessing=prep, grid=grid, max_num_patches=max_patches)
+    return Siglip2Backend(
+        model=model,
+        name=name,
+        recommended=info.get("recommended", {}),
+        tokenizer=tokenizer,
+        preprocessing=prep,
+        grid=grid,
+        max_num_patches=max_patches,
+    )
 
 
 # Loaded by hf: names and transformers directories whose config says model_type "siglip2".
-register(Family(name="SigLIP 2 (NaFlex)", supports="transformers Siglip2Model", recognises=_is_siglip2_model,
-                wrap=_wrap, model_type="siglip2", model_class="Siglip2Model"))
+register(
+    Family(
+        name="SigLIP 2 (NaFlex)",
+        supports="transformers Siglip2Model",
+        recognises=_is_siglip2_model,
+        wrap=_wrap,
+        model_type="siglip2",
+        model_class="Siglip2Model",
+    )
+)

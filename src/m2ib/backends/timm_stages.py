@@ -77,8 +77,9 @@ class TimmStagesTower(Tower):
         weight = next(self.trunk.stem.parameters())
         return _tokens(self.trunk.stem(batch.pixel_values.to(weight.device, weight.dtype)))
 
-    def run(self, hidden: torch.Tensor, start: int, stop: int, batch, copies: int,
-            records: list[AttentionRecord] | None) -> torch.Tensor:
+    def run(
+        self, hidden: torch.Tensor, start: int, stop: int, batch, copies: int, records: list[AttentionRecord] | None
+    ) -> torch.Tensor:
         if start >= stop:
             return hidden
         x = _spatial(hidden, self.grid(start - 1))
@@ -86,8 +87,9 @@ class TimmStagesTower(Tower):
             x = stage(x)
         return _tokens(x)
 
-    def suffix(self, hidden: torch.Tensor, layer: int, batch, copies: int,
-               records: list[AttentionRecord] | None) -> torch.Tensor:
+    def suffix(
+        self, hidden: torch.Tensor, layer: int, batch, copies: int, records: list[AttentionRecord] | None
+    ) -> torch.Tensor:
         last = self.num_layers - 1
         x = _spatial(self.run(hidden, layer + 1, last + 1, batch, copies, records), self.grid(last))
         t = self.trunk

@@ -53,8 +53,10 @@ def timm_block(block: Any, shared_bias: Callable[[], torch.Tensor] | None = None
     qkv = getattr(attn, "qkv", None)
     relative = type(block).__name__ == "RelPosBlock"  # its attention adds a learned relative-position bias
     if type(block).__name__ not in ("Block", "RelPosBlock") or not isinstance(qkv, torch.nn.Linear):
-        raise InputError(f"timm block {type(block).__name__} is not supported (timm's plain ViT Block, RelPosBlock, "
-                         "EvaBlock and EvaBlockPostNorm are; parallel and post-norm relative-position blocks are not)")
+        raise InputError(
+            f"timm block {type(block).__name__} is not supported (timm's plain ViT Block, RelPosBlock, "
+            "EvaBlock and EvaBlockPostNorm are; parallel and post-norm relative-position blocks are not)"
+        )
     for name in ("q_norm", "k_norm"):
         if not isinstance(getattr(attn, name, None), (torch.nn.Identity, type(None))):
             raise InputError(f"timm attention with {name} is not supported yet")
@@ -67,17 +69,30 @@ def timm_block(block: Any, shared_bias: Callable[[], torch.Tensor] | None = None
 
     def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def f(x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.linear(x, weight[i * width:(i + 1) * width],
-                                              None if bias is None else bias[i * width:(i + 1) * width])
+            return torch.nn.functional.linear(
+                x, weight[i * width : (i + 1) * width], None if bias is None else bias[i * width : (i + 1) * width]
+            )
+
         return f
 
     norm = getattr(attn, "norm", None)
     out = attn.proj if isinstance(norm, (torch.nn.Identity, type(None))) else torch.nn.Sequential(norm, attn.proj)
     own = getattr(attn, "rel_pos", None)  # (not `bias`: proj's closures read qkv's bias by that name)
     score_bias = (own.get_bias if own is not None else shared_bias) if relative else None
-    return Block(norm1=block.norm1, q=proj(0), k=proj(1), v=proj(2), out=out, norm2=block.norm2, mlp=block.mlp,
-                 heads=attn.num_heads, scale=attn.scale, ls1=getattr(block, "ls1", _identity),
-                 ls2=getattr(block, "ls2", _identity), bias=score_bias)
+    return Block(
+        norm1=block.norm1,
+        q=proj(0),
+        k=proj(1),
+        v=proj(2),
+        out=out,
+        norm2=block.norm2,
+        mlp=block.mlp,
+        heads=attn.num_heads,
+        scale=attn.scale,
+        ls1=getattr(block, "ls1", _identity),
+        ls2=getattr(block, "ls2", _identity),
+        bias=score_bias,
+    )
 
 
 def _plain(module: torch.nn.Module | None) -> bool:
@@ -92,8 +107,10 @@ def eva_block(block: Any, rope: Callable[[], torch.Tensor | None]) -> Block:
 
     attn: Any = getattr(block, "attn", None)  # None fails the block-type checks below
     post_norm = type(block).__name__ == "EvaBlockPostNorm"  # EVA02-E: x + norm1(attn(x)), x + norm2(mlp(x))
-    if type(block).__name__ not in ("EvaBlock", "EvaBlockPostNorm") or \
-            type(attn).__name__ not in ("EvaAttention", "AttentionRope"):
+    if type(block).__name__ not in ("EvaBlock", "EvaBlockPostNorm") or type(attn).__name__ not in (
+        "EvaAttention",
+        "AttentionRope",
+    ):
         raise InputError(f"timm block {type(block).__name__} is not supported (timm's Block and EvaBlock are)")
     if getattr(attn, "num_kv_groups", 1) != 1:
         raise InputError("timm attention with grouped keys and values is not supported yet")
@@ -101,15 +118,18 @@ def eva_block(block: Any, rope: Callable[[], torch.Tensor | None]) -> Block:
         raise InputError("timm EVA attention with qk-norm or a gate is not supported yet")
     width = attn.num_heads * attn.head_dim
     if attn.qkv is not None:
+
         def proj(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
             def f(x: torch.Tensor) -> torch.Tensor:
                 # read the parameters at each call: the model may be moved, cast or changed after wrapping
                 if getattr(attn, "q_bias", None) is not None:  # EVA's separate q/v biases (k's is zero)
                     bias = (attn.q_bias, attn.k_bias, attn.v_bias)[i]
                 else:
-                    bias = None if attn.qkv.bias is None else attn.qkv.bias[i * width:(i + 1) * width]
-                return torch.nn.functional.linear(x, attn.qkv.weight[i * width:(i + 1) * width], bias)
+                    bias = None if attn.qkv.bias is None else attn.qkv.bias[i * width : (i + 1) * width]
+                return torch.nn.functional.linear(x, attn.qkv.weight[i * width : (i + 1) * width], bias)
+
             return f
+
         q, k, v = proj(0), proj(1), proj(2)
     else:
         q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
@@ -127,10 +147,34 @@ def eva_block(block: Any, rope: Callable[[], torch.Tensor | None]) -> Block:
 
     out = attn.proj if _plain(attn.norm) else torch.nn.Sequential(attn.norm, attn.proj)
     if post_norm:  # the norms move after each branch: the Block's ls1/ls2 slots, no norm before
-        return Block(norm1=_identity, q=q, k=k, v=v, out=out, norm2=_identity, mlp=block.mlp, heads=attn.num_heads,
-                     scale=attn.scale, ls1=block.norm1, ls2=block.norm2, rotate=rotate)
-    return Block(norm1=block.norm1, q=q, k=k, v=v, out=out, norm2=block.norm2, mlp=block.mlp, heads=attn.num_heads,
-                 scale=attn.scale, ls1=scaled(block.gamma_1), ls2=scaled(block.gamma_2), rotate=rotate)
+        return Block(
+            norm1=_identity,
+            q=q,
+            k=k,
+            v=v,
+            out=out,
+            norm2=_identity,
+            mlp=block.mlp,
+            heads=attn.num_heads,
+            scale=attn.scale,
+            ls1=block.norm1,
+            ls2=block.norm2,
+            rotate=rotate,
+        )
+    return Block(
+        norm1=block.norm1,
+        q=q,
+        k=k,
+        v=v,
+        out=out,
+        norm2=block.norm2,
+        mlp=block.mlp,
+        heads=attn.num_heads,
+        scale=attn.scale,
+        ls1=scaled(block.gamma_1),
+        ls2=scaled(block.gamma_2),
+        rotate=rotate,
+    )
 
 
 class TimmViTTower(TransformerTower):
@@ -197,8 +241,13 @@ class TimmViTTower(TransformerTower):
     def parts(self):
         t = self.trunk
         head = present(t.norm, getattr(t, "attn_pool", None), t.fc_norm, t.head, self.visual.head)
-        embeddings = present(t.patch_embed, t.cls_token, getattr(t, "reg_token", None), getattr(t, "pos_embed", None),
-                             getattr(t, "norm_pre", None))
+        embeddings = present(
+            t.patch_embed,
+            t.cls_token,
+            getattr(t, "reg_token", None),
+            getattr(t, "pos_embed", None),
+            getattr(t, "norm_pre", None),
+        )
         return head, list(t.blocks), embeddings
 
 

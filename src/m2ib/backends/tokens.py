@@ -60,10 +60,7 @@ def readable_tokens(pieces: Sequence[str], special: Collection[int] = ()) -> tup
             out.append(piece)
             continue
         raw = piece_bytes(piece.replace(WORD_START, ""))
-        if raw is None:
-            text = decoder.decode(b"", final=True) + piece
-        else:
-            text = decoder.decode(raw)
+        text = decoder.decode(b"", final=True) + piece if raw is None else decoder.decode(raw)
         text = text.replace(END_OF_WORD, "").replace(WORD_START, " ").removeprefix(CONTINUES)
         out.append(_visible(text.strip() if text.strip() else text))
     return tuple(out)
@@ -80,17 +77,22 @@ def word_ids(pieces: Sequence[str], special: Collection[int] = ()) -> tuple[int,
     ``##`` continues one (WordPiece). A tokenizer with no markers gives every piece its own word."""
     plain = [p for j, p in enumerate(pieces) if j not in special]
     if any(p.endswith(END_OF_WORD) for p in plain):
+
         def starts(piece: str, previous: str | None) -> bool:
             return previous is None or previous.endswith(END_OF_WORD)
     elif any(p.startswith(WORD_START) for p in plain):
+
         def starts(piece: str, previous: str | None) -> bool:
             return previous is None or piece.startswith(WORD_START)
     elif any(p.startswith(CONTINUES) for p in plain):
+
         def starts(piece: str, previous: str | None) -> bool:
             return previous is None or not piece.startswith(CONTINUES)
     else:
+
         def starts(piece: str, previous: str | None) -> bool:
             return True
+
     ids, word, previous = [], -1, None
     for j, piece in enumerate(pieces):
         if j in special:

@@ -57,13 +57,15 @@ class Tower(ABC, Generic[B]):
         """The input of block 0, [N, T, D]."""
 
     @abstractmethod
-    def run(self, hidden: torch.Tensor, start: int, stop: int, batch: B, copies: int,
-            records: list[AttentionRecord] | None) -> torch.Tensor:
+    def run(
+        self, hidden: torch.Tensor, start: int, stop: int, batch: B, copies: int, records: list[AttentionRecord] | None
+    ) -> torch.Tensor:
         """Blocks ``start..stop-1`` on ``hidden`` (the input of block ``start``)."""
 
     @abstractmethod
-    def suffix(self, hidden: torch.Tensor, layer: int, batch: B, copies: int,
-               records: list[AttentionRecord] | None) -> torch.Tensor:
+    def suffix(
+        self, hidden: torch.Tensor, layer: int, batch: B, copies: int, records: list[AttentionRecord] | None
+    ) -> torch.Tensor:
         """Blocks ``layer+1..`` then the head: [N * copies, embed_dim]."""
 
     def pooled_positions(self, batch: B, copies: int, device: torch.device) -> torch.Tensor | None:
@@ -73,16 +75,19 @@ class Tower(ABC, Generic[B]):
 
     def parts(self) -> tuple[list[Any], list[torch.nn.Module], list[Any]]:
         """(head, blocks bottom-up, embeddings): the modules and parameters the tower is made of."""
-        raise InputError(f"the sanity check does not know the parts of a {type(self).__name__} (transformers "
-                         "CLIP/SigLIP towers and OpenAI/OpenCLIP ViT and text towers are supported)")
+        raise InputError(
+            f"the sanity check does not know the parts of a {type(self).__name__} (transformers "
+            "CLIP/SigLIP towers and OpenAI/OpenCLIP ViT and text towers are supported)"
+        )
 
     def cascade_parts(self) -> list[Part]:
         """The parts from the top down, as the sanity check randomises them: the head, each block
         from the last to the first, then the embeddings."""
         head, blocks, embeddings = self.parts()
         n = len(blocks)
-        return ([("head", head)] + [(f"block {i}", [blocks[i]]) for i in reversed(range(n))]
-                + [("embeddings", embeddings)])
+        return (
+            [("head", head)] + [(f"block {i}", [blocks[i]]) for i in reversed(range(n))] + [("embeddings", embeddings)]
+        )
 
     def can_pool(self, rule: str) -> bool:
         """Whether a ``pooling(rule)`` context can make the head read the token ``rule`` picks
@@ -114,8 +119,7 @@ class TransformerTower(Tower[B]):
     def records_attention(self) -> bool:
         return True
 
-    def mask(self, batch: B, copies: int, t: int, dtype: torch.dtype, device: torch.device
-             ) -> torch.Tensor | None:
+    def mask(self, batch: B, copies: int, t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """Additive attention mask for ``batch`` repeated ``copies`` times (None: full attention)."""
         return None
 
@@ -288,5 +292,13 @@ class TowersBackend(Backend):
         return self.towers[modality].records_attention
 
 
-__all__ = ["ClassTokenTower", "PooledTextTower", "TEXT_POOLS", "Tower", "TowersBackend", "TransformerTower",
-           "present", "text_positions"]
+__all__ = [
+    "ClassTokenTower",
+    "PooledTextTower",
+    "TEXT_POOLS",
+    "Tower",
+    "TowersBackend",
+    "TransformerTower",
+    "present",
+    "text_positions",
+]

@@ -40,8 +40,9 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command``, only that subcommand's flags are built (the others are named
     with their help only), so ``m2ib --help`` and ``m2ib list`` import no method or model library."""
-    parser = OneLineParser(prog="m2ib", description="Explain why a CLIP-style model matches an image "
-                           "with a text (M2IB and baselines).")
+    parser = OneLineParser(
+        prog="m2ib", description="Explain why a CLIP-style model matches an image with a text (M2IB and baselines)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     full = {"explain": add_explain, "evaluate": add_evaluate, "audit": add_audit}
     for name, helptext in COMMANDS.items():
@@ -61,8 +62,7 @@ def _list(_: argparse.Namespace) -> int:
     from ..metrics import REGISTRY as METRICS
     from ..models import BUILTIN_MODELS
 
-    headings = {"methods": METHODS, "interaction methods": INTERACTIONS, "metrics": METRICS,
-                "model families": FAMILIES}
+    headings = {"methods": METHODS, "interaction methods": INTERACTIONS, "metrics": METRICS, "model families": FAMILIES}
     for heading, registry in headings.items():
         print(f"{heading}:")
         for name in registry.names():
@@ -83,6 +83,7 @@ def _in_flags(problem: object) -> str:
 @contextlib.contextmanager
 def _one_line_warnings() -> typing.Iterator[None]:
     """Warnings as ``m2ib: warning: ...`` lines (not file:line plus a source line), each once."""
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"m2ib: warning: {_in_flags(message)}", file=sys.stderr)
 
@@ -133,4 +134,3 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-

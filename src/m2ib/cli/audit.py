@@ -17,22 +17,39 @@ def add_audit(sub) -> None:
     from ..models import DEFAULT_MODEL
     from ..settings import add_setting_flags
 
-    au = sub.add_parser("audit", help=COMMANDS["audit"],
-                        description="Explain every pair of --data with one method and aggregate: OUT/words.csv "
-                        "(which words carry the match, and which too often), OUT/pairs.csv (one row per pair), "
-                        "OUT/image_prior.npz (the mean map and its regions) and OUT/report.html. Each explained "
-                        "pair is appended to OUT/results.jsonl at once; re-running the same command resumes.")
-    au.add_argument("--data", required=True, help="TSV/CSV of caption and image path (or a header with image and "
-                    "text/caption columns), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)")
+    au = sub.add_parser(
+        "audit",
+        help=COMMANDS["audit"],
+        description="Explain every pair of --data with one method and aggregate: OUT/words.csv "
+        "(which words carry the match, and which too often), OUT/pairs.csv (one row per pair), "
+        "OUT/image_prior.npz (the mean map and its regions) and OUT/report.html. Each explained "
+        "pair is appended to OUT/results.jsonl at once; re-running the same command resumes.",
+    )
+    au.add_argument(
+        "--data",
+        required=True,
+        help="TSV/CSV of caption and image path (or a header with image and "
+        "text/caption columns), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)",
+    )
     au.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
     au.add_argument("--out", type=Path, required=True, help="output directory")
     au.add_argument("--method", default="m2ib", choices=list(REGISTRY), help="attribution method (default: m2ib)")
-    au.add_argument("--rows", type=int, default=None, metavar="N", help="audit N rows drawn at random with --seed "
-                    "(default: every row)")
+    au.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="audit N rows drawn at random with --seed (default: every row)",
+    )
     au.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     au.add_argument("--batch-size", type=int, default=8, help="pairs explained together (default: 8)")
-    au.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new batch after "
-                    f"this long (exit status {EXIT_UNFINISHED}; re-run to go on)")
+    au.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"start no new batch after this long (exit status {EXIT_UNFINISHED}; re-run to go on)",
+    )
     au.add_argument("--no-report", action="store_true", help="write the CSV and npz files only")
     au.set_defaults(setting=[])
     add_setting_flags(au, REGISTRY)
@@ -56,10 +73,20 @@ def run_audit(args: argparse.Namespace) -> int:
     preflight.prepare_output_dir(args.out)
     with locked(args.out):  # a run already writing there is refused now, not after the load
         pass
-    result = audit(args.model, data, args.out, method=args.method, rows=args.rows, seed=seed,
-                   batch_size=args.batch_size, device=args.device, report=not args.no_report,
-                   time_limit=args.time_limit, command="m2ib " + shlex.join(reproducing(args.argv)),
-                   **per_method.get(args.method, {}))
+    result = audit(
+        args.model,
+        data,
+        args.out,
+        method=args.method,
+        rows=args.rows,
+        seed=seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        report=not args.no_report,
+        time_limit=args.time_limit,
+        command="m2ib " + shlex.join(reproducing(args.argv)),
+        **per_method.get(args.method, {}),
+    )
     if result.bad:
         print(f"m2ib: {len(result.bad)} row(s) could not be used (listed in the report)", file=sys.stderr)
     print(result.files.get("report", result.files.get("pairs")))

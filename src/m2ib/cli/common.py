@@ -23,9 +23,11 @@ def model_help() -> str:
     from ..models import BUILTIN_MODELS, DEFAULT_MODEL
 
     names = ", ".join(BUILTIN_MODELS)
-    return (f"built-in name ({names}), Hugging Face hub id (e.g. openai/clip-vit-base-patch32, or hf:ID), a local "
-            f"directory, open_clip:ARCH@TAG / open_clip:hf-hub:ORG/REPO, clip:ViT-B/32 / clip:FILE.pt "
-            f"(@random: random weights; see README, Model families) (default: {DEFAULT_MODEL})")
+    return (
+        f"built-in name ({names}), Hugging Face hub id (e.g. openai/clip-vit-base-patch32, or hf:ID), a local "
+        f"directory, open_clip:ARCH@TAG / open_clip:hf-hub:ORG/REPO, clip:ViT-B/32 / clip:FILE.pt "
+        f"(@random: random weights; see README, Model families) (default: {DEFAULT_MODEL})"
+    )
 
 
 def interactions() -> dict:

@@ -11,8 +11,10 @@ from typing import Any
 from ..errors import InputError
 from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help, status
 
-SAMPLES_NOTE = ("--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
-                "coalitions), as in m2ib explain; to evaluate N rows drawn at random, use --rows N")
+SAMPLES_NOTE = (
+    "--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
+    "coalitions), as in m2ib explain; to evaluate N rows drawn at random, use --rows N"
+)
 
 
 def reproducing(argv: list[str]) -> list[str]:
@@ -65,14 +67,17 @@ def chosen_metrics(args: argparse.Namespace) -> dict[str, Any]:
     registry = dict(REGISTRY.items())  # name -> metric class, as the settings helpers read it
     options = given_owned(args, registry)
     for item in args.metric_setting:
-        metric, name, value = parse_assignment(item, list(registry), registry, option="--metric-setting",
-                                               owner="METRIC")
+        metric, name, value = parse_assignment(
+            item, list(registry), registry, option="--metric-setting", owner="METRIC"
+        )
         options.setdefault(metric, {})[name] = value
     for metric, given in options.items():
         if metric not in names:
             flag = owned_flags(metric, next(f for f in fields_of(REGISTRY[metric].Settings) if f.name in given))[0]
-            raise InputError(f"{flag} is an option of metric {metric}, which --metrics does not choose "
-                             f"({', '.join(names)}): add {metric} to --metrics or leave the option out")
+            raise InputError(
+                f"{flag} is an option of metric {metric}, which --metrics does not choose "
+                f"({', '.join(names)}): add {metric} to --metrics or leave the option out"
+            )
     return choose({name: options.get(name, {}) for name in names})
 
 
@@ -109,21 +114,49 @@ def run_evaluate(args: argparse.Namespace) -> int:
         table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
     command = "m2ib " + shlex.join(reproducing(args.argv))
     if args.ray is None:
-        result = run_evaluation(backend, table, methods, metrics, per_method, seed, args.out, command=command,
-                                time_limit=args.time_limit, batch_size=args.batch_size or 1)
+        result = run_evaluation(
+            backend,
+            table,
+            methods,
+            metrics,
+            per_method,
+            seed,
+            args.out,
+            command=command,
+            time_limit=args.time_limit,
+            batch_size=args.batch_size or 1,
+        )
     else:
         from ..evaluation.distributed import RayConfig, run_evaluation_ray
 
-        store = None if args.ray_object_store is None else args.ray_object_store * 2 ** 20
-        ray_config = RayConfig(address=None if args.ray == "local" else args.ray, actors=args.ray_actors,
-                               batch_size=args.batch_size or RayConfig.batch_size,
-                               cpus_per_actor=args.ray_cpus_per_actor, gpus_per_actor=args.ray_gpus_per_actor,
-                               object_store_memory=store)
-        result = run_evaluation_ray(backend, args.model, table, methods, metrics, per_method, seed, args.out,
-                                    ray_config, device=args.device, command=command, time_limit=args.time_limit)
+        store = None if args.ray_object_store is None else args.ray_object_store * 2**20
+        ray_config = RayConfig(
+            address=None if args.ray == "local" else args.ray,
+            actors=args.ray_actors,
+            batch_size=args.batch_size or RayConfig.batch_size,
+            cpus_per_actor=args.ray_cpus_per_actor,
+            gpus_per_actor=args.ray_gpus_per_actor,
+            object_store_memory=store,
+        )
+        result = run_evaluation_ray(
+            backend,
+            args.model,
+            table,
+            methods,
+            metrics,
+            per_method,
+            seed,
+            args.out,
+            ray_config,
+            device=args.device,
+            command=command,
+            time_limit=args.time_limit,
+        )
     if result.bad:
-        print(f"m2ib: {len(result.bad)} of {table.total} row(s) could not be used; see {args.out / 'summary.md'}",
-              file=sys.stderr)
+        print(
+            f"m2ib: {len(result.bad)} of {table.total} row(s) could not be used; see {args.out / 'summary.md'}",
+            file=sys.stderr,
+        )
     print(result.files.get("md", args.out / "summary.md"))
     return 0 if result.finished else EXIT_UNFINISHED
 
@@ -135,55 +168,123 @@ def add_evaluate(sub) -> None:
     from ..models import DEFAULT_MODEL
     from ..settings import add_owned_flags, add_setting_flags
 
-    ev = sub.add_parser("evaluate", help=COMMANDS["evaluate"],
-                        description="Explain every pair of --data with every method and measure the metrics. Each "
-                        "finished (pair, method) is appended to OUT/results.jsonl at once (with provenance); "
-                        "re-running the same command resumes. At the end: OUT/summary.md, OUT/summary.csv "
-                        "(mean and 95% CI per method and metric) and OUT/plots/*.png. Note: " + SAMPLES_NOTE + ".")
-    ev.add_argument("--data", required=True, help="TSV/CSV of caption and image path (the M2IB reference's "
-                    "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
-                    "phrase, x, y, w, h), shapes:SPLIT:N[:KIND] (e.g. shapes:test:200), shapes-collage:SPLIT:N "
-                    "(2x2 collages; metric collage), or shapes-two:SPLIT:N (two-object captions with per-object "
-                    "masks; metric grounding)")
-    ev.add_argument("--methods", default="m2ib", metavar="NAME[,NAME...]|all",
-                    help="methods to compare (default: m2ib); when resuming, some of the run's methods "
-                    "only, to finish those first; word-region interaction methods "
-                    f"({', '.join(interactions())}) are measured by --metrics grounding")
-    ev.add_argument("--metrics", default=",".join(DEFAULT_METRICS), metavar="NAME[,NAME...]|all",
-                    help=f"of {', '.join(METRIC_NAMES)} (default: {','.join(DEFAULT_METRICS)}; roar needs shapes "
-                    "data)")
+    ev = sub.add_parser(
+        "evaluate",
+        help=COMMANDS["evaluate"],
+        description="Explain every pair of --data with every method and measure the metrics. Each "
+        "finished (pair, method) is appended to OUT/results.jsonl at once (with provenance); "
+        "re-running the same command resumes. At the end: OUT/summary.md, OUT/summary.csv "
+        "(mean and 95% CI per method and metric) and OUT/plots/*.png. Note: " + SAMPLES_NOTE + ".",
+    )
+    ev.add_argument(
+        "--data",
+        required=True,
+        help="TSV/CSV of caption and image path (the M2IB reference's "
+        "format, or a header with image and text/caption columns), an MS-CXR-style CSV (image, "
+        "phrase, x, y, w, h), shapes:SPLIT:N[:KIND] (e.g. shapes:test:200), shapes-collage:SPLIT:N "
+        "(2x2 collages; metric collage), or shapes-two:SPLIT:N (two-object captions with per-object "
+        "masks; metric grounding)",
+    )
+    ev.add_argument(
+        "--methods",
+        default="m2ib",
+        metavar="NAME[,NAME...]|all",
+        help="methods to compare (default: m2ib); when resuming, some of the run's methods "
+        "only, to finish those first; word-region interaction methods "
+        f"({', '.join(interactions())}) are measured by --metrics grounding",
+    )
+    ev.add_argument(
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        metavar="NAME[,NAME...]|all",
+        help=f"of {', '.join(METRIC_NAMES)} (default: {','.join(DEFAULT_METRICS)}; roar needs shapes data)",
+    )
     ev.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
     ev.add_argument("--out", type=Path, required=True, help="output directory")
-    ev.add_argument("--rows", type=int, default=None, metavar="N", help="evaluate N rows drawn at random with "
-                    "--seed (default: every row); before this flag existed, --samples meant this")
+    ev.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate N rows drawn at random with "
+        "--seed (default: every row); before this flag existed, --samples meant this",
+    )
     ev.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
-    ev.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
-                    help="one method's setting only, e.g. rise.masks=500 or kernelshap.samples=512 (repeatable; "
-                    "the plain setting flags apply to every method that has the setting)")
-    ev.add_argument("--metric-setting", action="append", default=[], metavar="METRIC.NAME=VALUE",
-                    help="one metric's option, e.g. deletion.steps=10 or road.percentiles=10,50,90 (repeatable; "
-                    "the same as its flag below)")
-    ev.add_argument("--time-limit", type=float, default=None, metavar="SECONDS", help="start no new pair after "
-                    f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)")
-    ev.add_argument("--batch-size", type=int, default=None, help="rows explained together by the batched path "
-                    "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding")
+    ev.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="one method's setting only, e.g. rise.masks=500 or kernelshap.samples=512 (repeatable; "
+        "the plain setting flags apply to every method that has the setting)",
+    )
+    ev.add_argument(
+        "--metric-setting",
+        action="append",
+        default=[],
+        metavar="METRIC.NAME=VALUE",
+        help="one metric's option, e.g. deletion.steps=10 or road.percentiles=10,50,90 (repeatable; "
+        "the same as its flag below)",
+    )
+    ev.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new pair after "
+        f"this long; the summary covers what is done (exit status {EXIT_UNFINISHED}; re-run to go on)",
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows explained together by the batched path "
+        "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding",
+    )
     _add_ray(ev)
     add_setting_flags(ev, {**REGISTRY, **interactions()})
-    add_owned_flags(ev, dict(METRICS.items()), "metric options (flag: --METRIC-OPTION; each applies to its metric only)")
-    ev.add_argument("--method-samples", dest="samples", default=None, metavar="N",
-                    help="the same as --samples (the methods' own 'samples' setting); kept for older commands")
+    add_owned_flags(
+        ev, dict(METRICS.items()), "metric options (flag: --METRIC-OPTION; each applies to its metric only)"
+    )
+    ev.add_argument(
+        "--method-samples",
+        dest="samples",
+        default=None,
+        metavar="N",
+        help="the same as --samples (the methods' own 'samples' setting); kept for older commands",
+    )
 
 
 def _add_ray(ev: argparse.ArgumentParser) -> None:
     ray = ev.add_argument_group("Ray (pip install 'm2ib[ray]')")
-    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                     help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
-                     "cluster (--out must then be a path every node can write)")
-    ray.add_argument("--ray-actors", type=int, default=2, help="actor pool size; each actor loads the model once "
-                     "(default: 2)")
-    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="logical CPUs per actor, also its "
-                     "torch threads (default: 1)")
-    ray.add_argument("--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 when the "
-                     "cluster has GPUs, else 0)")
-    ray.add_argument("--ray-object-store", type=int, default=None, metavar="MB", help="object store of a local "
-                     "instance (default: Ray's)")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
+        "cluster (--out must then be a path every node can write)",
+    )
+    ray.add_argument(
+        "--ray-actors", type=int, default=2, help="actor pool size; each actor loads the model once (default: 2)"
+    )
+    ray.add_argument(
+        "--ray-cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="logical CPUs per actor, also its torch threads (default: 1)",
+    )
+    ray.add_argument(
+        "--ray-gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
+    )
+    ray.add_argument(
+        "--ray-object-store",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="object store of a local instance (default: Ray's)",
+    )

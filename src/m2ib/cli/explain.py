@@ -26,35 +26,68 @@ def add_explain(sub) -> None:
     from ..models import DEFAULT_MODEL
     from ..settings import add_setting_flags
 
-    ex = sub.add_parser("explain", help=COMMANDS["explain"],
-                        description="Explain one image-text pair (IMAGE TEXT) or many (--pairs FILE). Writes "
-                        "STEM.png (figure), STEM.npz (maps) and STEM.json (settings, scores) into --out.")
+    ex = sub.add_parser(
+        "explain",
+        help=COMMANDS["explain"],
+        description="Explain one image-text pair (IMAGE TEXT) or many (--pairs FILE). Writes "
+        "STEM.png (figure), STEM.npz (maps) and STEM.json (settings, scores) into --out.",
+    )
     ex.add_argument("image", nargs="?", help="image file")
     ex.add_argument("text", nargs="?", help="text to explain against the image")
-    ex.add_argument("--pairs", type=Path, help="TSV/CSV of pairs: columns 'image' and 'text' (or 'caption') "
-                    "with a header, or caption then image path without one (the M2IB reference format); "
-                    "relative paths are read from the file's folder")
+    ex.add_argument(
+        "--pairs",
+        type=Path,
+        help="TSV/CSV of pairs: columns 'image' and 'text' (or 'caption') "
+        "with a header, or caption then image path without one (the M2IB reference format); "
+        "relative paths are read from the file's folder",
+    )
     ex.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
-    ex.add_argument("--method", default="m2ib", metavar="NAME[,NAME...]|all",
-                    help=f"attribution method: one of {', '.join(REGISTRY)}; a comma list or 'all' writes one "
-                    "comparison figure per pair with a row per method (default: m2ib); or one word-region "
-                    f"interaction method: {', '.join(interactions())}")
-    ex.add_argument("--modalities", default=None, help="sides to explain: image,text | image | text (default: "
-                    "every side the method can explain)")
-    ex.add_argument("--negative", action="append", default=[], metavar="TEXT",
-                    help="a text to tell the pair apart from (repeatable): the target becomes the margin of the "
-                    "image's similarity to TEXT over its mean similarity to the negatives (off by default; with "
-                    "several methods, those that have a target use it; refused for methods without one)")
+    ex.add_argument(
+        "--method",
+        default="m2ib",
+        metavar="NAME[,NAME...]|all",
+        help=f"attribution method: one of {', '.join(REGISTRY)}; a comma list or 'all' writes one "
+        "comparison figure per pair with a row per method (default: m2ib); or one word-region "
+        f"interaction method: {', '.join(interactions())}",
+    )
+    ex.add_argument(
+        "--modalities",
+        default=None,
+        help="sides to explain: image,text | image | text (default: every side the method can explain)",
+    )
+    ex.add_argument(
+        "--negative",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a text to tell the pair apart from (repeatable): the target becomes the margin of the "
+        "image's similarity to TEXT over its mean similarity to the negatives (off by default; with "
+        "several methods, those that have a target use it; refused for methods without one)",
+    )
     ex.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    ex.add_argument("--batch-size", type=int, default=None, help="pairs fitted together (default: 16; first-order "
-                    "methods only: an interaction method explains one pair at a time)")
-    ex.add_argument("--box", action="append", default=[], metavar="X,Y,W,H",
-                    help="draw a box on the figure, in the original image's pixels (repeatable)")
+    ex.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pairs fitted together (default: 16; first-order "
+        "methods only: an interaction method explains one pair at a time)",
+    )
+    ex.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="X,Y,W,H",
+        help="draw a box on the figure, in the original image's pixels (repeatable)",
+    )
     ex.add_argument("--no-figure", action="store_true", help="write maps and JSON only")
-    ex.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs exist (else a pair done by "
-                    "the same command is skipped, and one made with another text, image, method, setting or model "
-                    "is refused)")
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo pairs whose outputs exist (else a pair done by "
+        "the same command is skipped, and one made with another text, image, method, setting or model "
+        "is refused)",
+    )
     add_setting_flags(ex, {**REGISTRY, **interactions()})
 
 
@@ -94,8 +127,9 @@ def _method_settings(methods: list[str], args: argparse.Namespace) -> dict[str, 
     return per_method
 
 
-def _check_flags(methods: list[str], interaction: bool, args: argparse.Namespace,
-                 modalities: tuple[str, ...] | None) -> None:
+def _check_flags(
+    methods: list[str], interaction: bool, args: argparse.Namespace, modalities: tuple[str, ...] | None
+) -> None:
     """Refuse, in one line, a flag the chosen method(s) would ignore."""
     from ..methods import REGISTRY
 
@@ -104,26 +138,35 @@ def _check_flags(methods: list[str], interaction: bool, args: argparse.Namespace
     if interaction:
         name = methods[0]
         if args.negative:
-            raise InputError(f"--negative: {name} is an interaction method and has no target to contrast; "
-                             "drop --negative")
+            raise InputError(
+                f"--negative: {name} is an interaction method and has no target to contrast; drop --negative"
+            )
         if modalities is not None and set(modalities) != {"image", "text"}:
-            raise InputError(f"--modalities {args.modalities}: {name} explains image and text together; "
-                             "drop --modalities")
+            raise InputError(
+                f"--modalities {args.modalities}: {name} explains image and text together; drop --modalities"
+            )
         if args.batch_size is not None:
-            raise InputError(f"--batch-size: {name} explains one pair at a time (its settings size its own "
-                             "batches); drop --batch-size")
+            raise InputError(
+                f"--batch-size: {name} explains one pair at a time (its settings size its own "
+                "batches); drop --batch-size"
+            )
         return
     classes = [REGISTRY[m] for m in methods]
     if args.negative and not any(c.uses_target for c in classes):
-        raise InputError(f"--negative: {', '.join(methods)} {'has' if len(methods) == 1 else 'have'} no target "
-                         "(the map does not depend on the text compared with); drop --negative")
+        raise InputError(
+            f"--negative: {', '.join(methods)} {'has' if len(methods) == 1 else 'have'} no target "
+            "(the map does not depend on the text compared with); drop --negative"
+        )
     if modalities is not None and not any(set(modalities) & set(c.modalities) for c in classes):
-        raise InputError(f"--modalities {args.modalities}: {', '.join(methods)} cannot explain the "
-                         f"{' and '.join(modalities)} side")
+        raise InputError(
+            f"--modalities {args.modalities}: {', '.join(methods)} cannot explain the {' and '.join(modalities)} side"
+        )
     if modalities is not None and len(methods) == 1 and not set(modalities) <= set(classes[0].modalities):
-        raise InputError(f"--modalities {args.modalities}: {methods[0]} explains only the "
-                         f"{' and '.join(classes[0].modalities)} side; use --modalities "
-                         f"{','.join(classes[0].modalities)}")
+        raise InputError(
+            f"--modalities {args.modalities}: {methods[0]} explains only the "
+            f"{' and '.join(classes[0].modalities)} side; use --modalities "
+            f"{','.join(classes[0].modalities)}"
+        )
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -155,11 +198,20 @@ def run_explain(args: argparse.Namespace) -> int:
         preflight.check_text(negative, "--negative")
     preflight.check_device(args.device)
     preflight.check_positive(args.batch_size, "--batch-size")
-    job = PairsJob(methods=methods, settings=settings, out=args.out, model=str(args.model), interaction=interaction,
-                   modalities=modalities, negatives=list(args.negative) or None, boxes=boxes,
-                   figure=not args.no_figure, overwrite=args.overwrite,
-                   batch_size=16 if args.batch_size is None else args.batch_size,
-                   inputs=() if args.pairs is None else (args.pairs,))
+    job = PairsJob(
+        methods=methods,
+        settings=settings,
+        out=args.out,
+        model=str(args.model),
+        interaction=interaction,
+        modalities=modalities,
+        negatives=list(args.negative) or None,
+        boxes=boxes,
+        figure=not args.no_figure,
+        overwrite=args.overwrite,
+        batch_size=16 if args.batch_size is None else args.batch_size,
+        inputs=() if args.pairs is None else (args.pairs,),
+    )
 
     def load_model() -> Any:  # called only when some pair is left to do; the seconds before it are never silent
         status(f"loading model {args.model} ...")
@@ -174,8 +226,7 @@ def run_explain(args: argparse.Namespace) -> int:
 def _explained(outcome: Any, total: int, out: Path) -> int:
     """Print what ``explain`` wrote (one pair: its paths) and skipped; 2 when any row failed."""
     if outcome.already_done:
-        print(f"m2ib: {outcome.already_done} pair(s) already in {out}, skipped (--overwrite to redo)",
-              file=sys.stderr)
+        print(f"m2ib: {outcome.already_done} pair(s) already in {out}, skipped (--overwrite to redo)", file=sys.stderr)
     if total == 1:
         for paths in outcome.written:
             print(*paths.values(), sep="\n")

@@ -24,22 +24,40 @@ def build_parser() -> argparse.ArgumentParser:
     from ..models import BUILTIN_MODELS, DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
-        prog="m2ib serve", description="Explain image-text pairs in a web page on this machine (needs "
-        f"{INSTALL_HINT}). Offline and private by default: no analytics, no hub access, 127.0.0.1 only.")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), Hugging Face hub id (cached; set "
-                        f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL})")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it "
-                        "to your network)")
+        prog="m2ib serve",
+        description="Explain image-text pairs in a web page on this machine (needs "
+        f"{INSTALL_HINT}). Offline and private by default: no analytics, no hub access, 127.0.0.1 only.",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), Hugging Face hub id (cached; set "
+        f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to your network)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument("--share", action="store_true",
-                        help="also create a temporary public link through Gradio's share servers (off by default)")
-    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
-                        help=f"largest image file accepted, in MB (default: {MAX_UPLOAD_MB:g})")
-    parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
-                        help=f"largest image accepted, in megapixels (default: {MAX_MEGAPIXELS:g})")
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        help="also create a temporary public link through Gradio's share servers (off by default)",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=MAX_UPLOAD_MB,
+        help=f"largest image file accepted, in MB (default: {MAX_UPLOAD_MB:g})",
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=MAX_MEGAPIXELS,
+        help=f"largest image accepted, in megapixels (default: {MAX_MEGAPIXELS:g})",
+    )
     return parser
 
 
@@ -76,18 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.propagate = False
     previous_sigterm = _stop_on_sigterm()
     try:
-        demo = build_app(args.model, args.device, max_upload_mb=args.max_upload_mb,
-                         max_megapixels=args.max_megapixels)
-        log.info("model %s on %s; methods: %s; interaction methods: %s", demo.m2ib_backend.name,
-                 demo.m2ib_backend.device, ", ".join(registered_methods()), ", ".join(registered_interactions()))
+        demo = build_app(args.model, args.device, max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels)
+        log.info(
+            "model %s on %s; methods: %s; interaction methods: %s",
+            demo.m2ib_backend.name,
+            demo.m2ib_backend.device,
+            ", ".join(registered_methods()),
+            ", ".join(registered_interactions()),
+        )
         launch(demo, args.host, args.port, share=args.share, block=True, max_upload_mb=args.max_upload_mb)
     except M2IBError as exc:
         print(f"m2ib: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        print(f"m2ib: error: cannot serve on {args.host}:{args.port} ({reason}): choose another --port, "
-              "or check --host", file=sys.stderr)
+        print(
+            f"m2ib: error: cannot serve on {args.host}:{args.port} ({reason}): choose another --port, or check --host",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("m2ib: stopped", file=sys.stderr)

@@ -52,7 +52,7 @@ def quadrant_mask(size: int, quadrant: int) -> torch.Tensor:
     half = size // 2
     mask = torch.zeros(size, size, dtype=torch.bool)
     top, left = half * (quadrant // 2), half * (quadrant % 2)
-    mask[top:top + half, left:left + half] = True
+    mask[top : top + half, left : left + half] = True
     return mask
 
 
@@ -67,12 +67,18 @@ def render_collage(split: str, index: int, size: int) -> Collage:
     half = size // 2
     tiles, scenes = [], []
     for j in range(4):
-        scene = render_scene(split_seed(split, 4 * index + j, base=COLLAGE_BASE), size=max(SMALLEST_SCENE, half),
-                             n_objects=(1, 1), colours=[colours[j]], shapes=[shapes[j]])
+        scene = render_scene(
+            split_seed(split, 4 * index + j, base=COLLAGE_BASE),
+            size=max(SMALLEST_SCENE, half),
+            n_objects=(1, 1),
+            colours=[colours[j]],
+            shapes=[shapes[j]],
+        )
         tile = scene.image
         if tile.shape[-1] != half:
-            tile = F.interpolate(tile[None], size=(half, half), mode="bilinear", antialias=True,
-                                 align_corners=False)[0].clamp(0, 1)
+            tile = F.interpolate(tile[None], size=(half, half), mode="bilinear", antialias=True, align_corners=False)[
+                0
+            ].clamp(0, 1)
         tiles.append(tile)
         scenes.append(scene)
     image = torch.cat([torch.cat(tiles[:2], dim=2), torch.cat(tiles[2:], dim=2)], dim=1)

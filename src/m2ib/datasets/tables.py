@@ -102,8 +102,9 @@ def load_table(spec: str, *, size: int | None = None, samples: int | None = None
     elif spec.startswith("shapes-collage:"):
         raise InputError(f"{spec!r}: use shapes-collage:SPLIT:N, e.g. shapes-collage:test:200")
     elif spec.startswith("shapes:"):
-        raise InputError(f"{spec!r}: use shapes:SPLIT:N[:KIND], e.g. shapes:test:200 (KIND single, subset, all "
-                         "or mixed)")
+        raise InputError(
+            f"{spec!r}: use shapes:SPLIT:N[:KIND], e.g. shapes:test:200 (KIND single, subset, all or mixed)"
+        )
     else:
         path = Path(spec)
         if not path.exists():
@@ -172,8 +173,18 @@ def _two_object_table(spec: str, split: str, n: int, size: int) -> PairTable:
         masks = tuple(scene.masks[obj].bool() for _, obj in phrases)
         boxes = tuple(_float_box(scene.objects[obj].box) for _, obj in phrases)
         spans = tuple((sp.start, sp.end) for sp in caption.spans if sp.present)
-        rows.append(Row(f"shapes-two:{split}:{i}", scene.image, caption.text, boxes, masks[0] | masks[1], spans,
-                        tuple(span for span, _ in phrases), masks))
+        rows.append(
+            Row(
+                f"shapes-two:{split}:{i}",
+                scene.image,
+                caption.text,
+                boxes,
+                masks[0] | masks[1],
+                spans,
+                tuple(span for span, _ in phrases),
+                masks,
+            )
+        )
     return PairTable(spec, "shapes-two", rows)
 
 
@@ -186,8 +197,9 @@ def _collage_table(spec: str, split: str, n: int, size: int) -> PairTable:
     for i in range(n):
         collage = render_collage(split, i, size)
         spans = tuple((sp.start, sp.end) for sp in collage.caption.spans if sp.present)
-        rows.append(Row(f"shapes-collage:{split}:{i}", collage.image, collage.caption.text, (collage.box,),
-                        collage.mask, spans))
+        rows.append(
+            Row(f"shapes-collage:{split}:{i}", collage.image, collage.caption.text, (collage.box,), collage.mask, spans)
+        )
     return PairTable(spec, "collage", rows)
 
 
@@ -252,6 +264,7 @@ def _mscxr(path: Path, header: list[str], numbered, i_img: int, i_txt: int) -> P
             continue
         entry = grouped.setdefault((image, text), {"line": n, "boxes": []})
         entry["boxes"].extend(boxes)
-    rows = [Row(str(e["line"]), _image_path(path, image), text, tuple(e["boxes"]))
-            for (image, text), e in grouped.items()]
+    rows = [
+        Row(str(e["line"]), _image_path(path, image), text, tuple(e["boxes"])) for (image, text), e in grouped.items()
+    ]
     return PairTable(str(path), "mscxr", rows, bad)

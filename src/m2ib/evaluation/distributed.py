@@ -74,9 +74,17 @@ class BatchEvaluator:
     """A Ray Data actor: loads the model once, then evaluates one batch per call and writes it
     as one part file. Returns one line per batch for the driver's progress bar."""
 
-    def __init__(self, model: str, device: str | None, metrics: Chosen,
-                 settings: dict[str, dict[str, Any]] | None, seed: int, out: str, weights_sha256: str,
-                 threads: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str | None,
+        metrics: Chosen,
+        settings: dict[str, dict[str, Any]] | None,
+        seed: int,
+        out: str,
+        weights_sha256: str,
+        threads: int,
+    ) -> None:
         import torch
 
         from ..api import load
@@ -85,9 +93,11 @@ class BatchEvaluator:
         self.backend = load(model, device=device)
         found = weights_hash(self.backend.model)
         if found != weights_sha256:
-            raise RuntimeError(f"model {model!r} on this node has weights {found[:16]}..., the driver's "
-                               f"{weights_sha256[:16]}...: every node must load the same model (a shared path, "
-                               "or the same hub snapshot)")
+            raise RuntimeError(
+                f"model {model!r} on this node has weights {found[:16]}..., the driver's "
+                f"{weights_sha256[:16]}...: every node must load the same model (a shared path, "
+                "or the same hub snapshot)"
+            )
         self.metrics, self.settings, self.seed = metrics, settings, seed
         self.out = Path(out)
 
@@ -121,8 +131,14 @@ def _connect(config: RayConfig) -> bool:
         # Logical CPUs: with every CPU held by an actor, Ray Data's own tasks wait forever (measured:
         # 2 actors on a 2-CPU node hung), so a local instance gets one more than the actors take.
         cpus = config.num_cpus or max(os.cpu_count() or 1, math.ceil(config.actors * config.cpus_per_actor) + 1)
-        ray.init(num_cpus=cpus, object_store_memory=config.object_store_memory, include_dashboard=False,
-                 log_to_driver=True, logging_level="warning", _node_ip_address="127.0.0.1")
+        ray.init(
+            num_cpus=cpus,
+            object_store_memory=config.object_store_memory,
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level="warning",
+            _node_ip_address="127.0.0.1",
+        )
     else:
         _check_reachable(config.address)
         try:
@@ -144,15 +160,29 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise InputError(f"--ray {address}: nothing answers at {host}:{port} ({exc.strerror or exc}): start the "
-                         "cluster (`ray start --head`) or check the address") from None
+        raise InputError(
+            f"--ray {address}: nothing answers at {host}:{port} ({exc.strerror or exc}): start the "
+            "cluster (`ray start --head`) or check the address"
+        ) from None
 
 
-def run_evaluation_ray(backend: Backend, model: str, table: PairTable, methods: Sequence[str],
-                       metrics: Chosen, settings: dict[str, dict[str, Any]] | None, seed: int,
-                       out: str | os.PathLike, ray_config: RayConfig | None = None, *, device: str | None = None,
-                       command: str | None = None, progress: bool = True, report: bool = True,
-                       time_limit: float | None = None) -> RunResult:
+def run_evaluation_ray(
+    backend: Backend,
+    model: str,
+    table: PairTable,
+    methods: Sequence[str],
+    metrics: Chosen,
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+    out: str | os.PathLike,
+    ray_config: RayConfig | None = None,
+    *,
+    device: str | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+    time_limit: float | None = None,
+) -> RunResult:
     """:func:`~m2ib.evaluation.runner.run_evaluation` on Ray: the same rows, methods, metrics,
     seeds and results format, resumable by either.
 
@@ -186,8 +216,10 @@ def run_evaluation_ray(backend: Backend, model: str, table: PairTable, methods: 
                     raise
                 # Ray's message is the worker's whole traceback; its last line says what went wrong.
                 cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
-                raise RunError(f"the Ray run failed: {cause[0].strip()}. Finished batches are kept in "
-                               f"{result.out / PARTS}: fix the cause and re-run the same command to resume") from exc
+                raise RunError(
+                    f"the Ray run failed: {cause[0].strip()}. Finished batches are kept in "
+                    f"{result.out / PARTS}: fix the cause and re-run the same command to resume"
+                ) from exc
             finally:
                 if started:
                     import ray
@@ -198,8 +230,9 @@ def run_evaluation_ray(backend: Backend, model: str, table: PairTable, methods: 
     return result
 
 
-def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, ray_config: RayConfig,
-                  progress: bool) -> set[str]:
+def _run_pipeline(
+    plan: Plan, work: list, model: str, device: str | None, ray_config: RayConfig, progress: bool
+) -> set[str]:
     """Run the batches through the actor pool; returns the ids of the nodes that did the work."""
     import ray
     import ray.data
@@ -216,12 +249,22 @@ def _run_pipeline(plan: Plan, work: list, model: str, device: str | None, ray_co
     items = [{"rows": pickle.dumps(rows), "methods": ",".join(missing)} for rows, missing in work]
     data = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * ray_config.actors)))
     evaluated = data.map_batches(
-        BatchEvaluator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=ray_config.actors),
-        num_cpus=ray_config.cpus_per_actor, num_gpus=gpus,
-        fn_constructor_kwargs={"model": model, "device": actor_device, "metrics": plan.metrics,
-                               "settings": plan.settings, "seed": plan.seed, "out": str(result.out),
-                               "weights_sha256": plan.header["weights_sha256"],
-                               "threads": max(1, int(ray_config.cpus_per_actor))})
+        BatchEvaluator,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=ray_config.actors),
+        num_cpus=ray_config.cpus_per_actor,
+        num_gpus=gpus,
+        fn_constructor_kwargs={
+            "model": model,
+            "device": actor_device,
+            "metrics": plan.metrics,
+            "settings": plan.settings,
+            "seed": plan.seed,
+            "out": str(result.out),
+            "weights_sha256": plan.header["weights_sha256"],
+            "threads": max(1, int(ray_config.cpus_per_actor)),
+        },
+    )
     nodes: set[str] = set()
     with tqdm(total=plan.total, desc="evaluate (ray)", unit="pair", disable=not progress, dynamic_ncols=True) as bar:
         for line in evaluated.iter_rows():

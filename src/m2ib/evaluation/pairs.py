@@ -25,8 +25,14 @@ from ..metrics.localisation import ground_truth_mask
 from .phrases import first_order_phrase_maps, interaction_records, is_interaction, measure_phrases, pair_similarities
 
 
-def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: Chosen,
-                  settings: dict[str, dict[str, Any]] | None, seed: int) -> list[dict[str, Any]]:
+def evaluate_pair(
+    backend: Backend,
+    row: Row,
+    methods: Sequence[str],
+    metrics: Chosen,
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+) -> list[dict[str, Any]]:
     """Explain ``row`` with each method and measure the metrics: one record per method.
 
     :func:`evaluate_rows` for one row; raises :class:`~m2ib.errors.InputError` when the row's
@@ -38,9 +44,14 @@ def evaluate_pair(backend: Backend, row: Row, methods: Sequence[str], metrics: C
     return records
 
 
-def evaluate_rows(backend: Backend, rows: Sequence[Row], methods: Sequence[str],
-                  metrics: Chosen, settings: dict[str, dict[str, Any]] | None,
-                  seed: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def evaluate_rows(
+    backend: Backend,
+    rows: Sequence[Row],
+    methods: Sequence[str],
+    metrics: Chosen,
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Explain ``rows`` with each method (one batched call per method) and measure the metrics.
 
     Pure: depends only on its arguments. The randomness of every metric is seeded from
@@ -80,22 +91,29 @@ def readable_rows(rows: Sequence[Row]) -> tuple[list[Row], list, list[dict[str, 
     return good, pictures, bad
 
 
-def read_batch(backend: Backend, rows: Sequence[Row], seed: int,
-               measured: Sequence[Metric]) -> tuple[PairBatch | None, list[dict[str, str]]]:
+def read_batch(
+    backend: Backend, rows: Sequence[Row], seed: int, measured: Sequence[Metric]
+) -> tuple[PairBatch | None, list[dict[str, str]]]:
     """The rows whose image can be read, as model inputs with what the metrics need; and the bad rows."""
     good, pictures, bad = readable_rows(rows)
     if not good:
         return None, bad
-    batch = PairBatch(backend, good, backend.preprocess_images(pictures, [row.source for row in good]),
-                      backend.tokenize([row.text for row in good]), int(seed),
-                      [pair_seed(seed, row.id) for row in good])
+    batch = PairBatch(
+        backend,
+        good,
+        backend.preprocess_images(pictures, [row.source for row in good]),
+        backend.tokenize([row.text for row in good]),
+        int(seed),
+        [pair_seed(seed, row.id) for row in good],
+    )
     if any("masks" in m.needs for m in measured):
         batch.masks = [ground_truth_mask(backend, row, picture.size) for row, picture in zip(good, pictures)]
     return batch, bad
 
 
-def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str, Any]] | None,
-                    measured: Sequence[Metric]) -> list[dict[str, Any]]:
+def evaluate_method(
+    batch: PairBatch, method: str, settings: dict[str, dict[str, Any]] | None, measured: Sequence[Metric]
+) -> list[dict[str, Any]]:
     """One method's records for the batch: explain once, then each metric on each side it explains
     (and, for a phrase-side metric, each row's phrases explained alone: :mod:`.phrases`)."""
     from ..methods import REGISTRY as METHODS
@@ -128,6 +146,17 @@ def evaluate_method(batch: PairBatch, method: str, settings: dict[str, dict[str,
         measure_phrases(batch, run, phrase_maps, measured, total)
     n = len(batch)
     seconds = {"explain": round((explained - start) / n, 4), "metrics": round((time.perf_counter() - explained) / n, 4)}
-    return [{"kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,
-             "similarity": number(scores[i]), "metrics": total.values[i], "curves": total.curves[i],
-             "seconds": seconds} for i, row in enumerate(batch.rows)]
+    return [
+        {
+            "kind": "pair",
+            "row": row.id,
+            "method": method,
+            "image": row.source,
+            "text": row.text,
+            "similarity": number(scores[i]),
+            "metrics": total.values[i],
+            "curves": total.curves[i],
+            "seconds": seconds,
+        }
+        for i, row in enumerate(batch.rows)
+    ]

@@ -75,8 +75,10 @@ def check_phrase_metrics(methods: Sequence[str], measured: Sequence[Metric]) -> 
     """Refuse interaction methods in a run without a metric of their one side (phrase maps)."""
     interactions = [m for m in methods if is_interaction(m)]
     if interactions and not any(PHRASES in m.sides for m in measured):
-        raise InputError(f"{', '.join(interactions)}: an interaction method is measured by --metrics grounding "
-                         "only (with --data shapes-two:SPLIT:N); add it or drop the method")
+        raise InputError(
+            f"{', '.join(interactions)}: an interaction method is measured by --metrics grounding "
+            "only (with --data shapes-two:SPLIT:N); add it or drop the method"
+        )
 
 
 def pair_similarities(batch: PairBatch) -> list[float]:
@@ -94,8 +96,9 @@ def first_order_phrase_maps(batch: PairBatch, algorithm: Any, chosen: Any) -> li
     if not owners:
         return [None] * len(batch)
     texts = [row.text[a:b] for row in batch.rows for a, b in row.phrases]
-    exps = algorithm.explain(batch.backend, batch.images.select(owners), batch.backend.tokenize(texts), chosen,
-                             ("image",))
+    exps = algorithm.explain(
+        batch.backend, batch.images.select(owners), batch.backend.tokenize(texts), chosen, ("image",)
+    )
     maps = [e.image_map_raw if e.image_map_raw is not None else e.image_map for e in exps]
     out: list[torch.Tensor | None] = [None] * len(batch)
     for i in set(owners):
@@ -103,8 +106,9 @@ def first_order_phrase_maps(batch: PairBatch, algorithm: Any, chosen: Any) -> li
     return out
 
 
-def measure_phrases(batch: PairBatch, run: MethodRun, maps: list[torch.Tensor | None],
-                    measured: Sequence[Metric], total: Measured) -> None:
+def measure_phrases(
+    batch: PairBatch, run: MethodRun, maps: list[torch.Tensor | None], measured: Sequence[Metric], total: Measured
+) -> None:
     """Add the phrase-side metrics' values to ``total``."""
     for metric in measured:
         if PHRASES in metric.sides:
@@ -114,8 +118,9 @@ def measure_phrases(batch: PairBatch, run: MethodRun, maps: list[torch.Tensor | 
                 total.curves[i].update(part.curves[i])
 
 
-def interaction_records(batch: PairBatch, method: str, settings: dict[str, dict[str, Any]] | None,
-                        measured: Sequence[Metric]) -> list[dict[str, Any]]:
+def interaction_records(
+    batch: PairBatch, method: str, settings: dict[str, dict[str, Any]] | None, measured: Sequence[Metric]
+) -> list[dict[str, Any]]:
     """An interaction method's records for the batch: each row's phrase maps, one pair at a time
     (the text tokenised alone, as ``m2ib explain`` does), then the phrase-side metrics."""
     from ..interactions import REGISTRY as INTERACTIONS
@@ -131,13 +136,27 @@ def interaction_records(batch: PairBatch, method: str, settings: dict[str, dict[
     for i, row in enumerate(batch.rows):
         image, text = batch.images.select([i]), backend.tokenize([row.text])
         scores.append(similarity(backend, image, text))
-        maps.append(algorithm.phrase_maps(backend, image, text, list(row.phrases), chosen).float().cpu()
-                    if row.phrases else None)
+        maps.append(
+            algorithm.phrase_maps(backend, image, text, list(row.phrases), chosen).float().cpu()
+            if row.phrases
+            else None
+        )
     explained = time.perf_counter()
     total = Measured.empty(len(batch))
     measure_phrases(batch, MethodRun(method, own, []), maps, measured, total)
     n = len(batch)
     seconds = {"explain": round((explained - start) / n, 4), "metrics": round((time.perf_counter() - explained) / n, 4)}
-    return [{"kind": "pair", "row": row.id, "method": method, "image": row.source, "text": row.text,
-             "similarity": number(scores[i]), "metrics": total.values[i], "curves": total.curves[i],
-             "seconds": seconds} for i, row in enumerate(batch.rows)]
+    return [
+        {
+            "kind": "pair",
+            "row": row.id,
+            "method": method,
+            "image": row.source,
+            "text": row.text,
+            "similarity": number(scores[i]),
+            "metrics": total.values[i],
+            "curves": total.curves[i],
+            "seconds": seconds,
+        }
+        for i, row in enumerate(batch.rows)
+    ]

@@ -60,12 +60,14 @@ class ReportCanvas:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         FigureCanvasAgg(fig)
-        return atomic_write(self.folder / f"{name}.png",
-                            lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        return atomic_write(
+            self.folder / f"{name}.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        )
 
 
-def write_plots(out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]],
-                methods: Sequence[str]) -> dict[str, Path]:
+def write_plots(
+    out: Path, records: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], methods: Sequence[str]
+) -> dict[str, Path]:
     """The PNG plots (needs matplotlib); returns name -> path."""
     metrics = [cls() for cls in metric_registry.REGISTRY.values()]
     extra = [name for metric in metrics for name in metric.plot_names(records, methods)]
@@ -84,8 +86,13 @@ def _bar_chart(canvas: ReportCanvas, key: str, mine: Sequence[dict[str, Any]]) -
     ax = fig.subplots()
     means = [r["mean"] for r in mine]
     errs = [(r["ci_high"] - r["ci_low"]) / 2 if math.isfinite(r["ci_high"] - r["ci_low"]) else 0.0 for r in mine]
-    ax.bar(range(len(mine)), means, yerr=errs, capsize=3,  # colours as in the line plots
-           color=[canvas.styles[r["method"]]["color"] if r["method"] in canvas.styles else "#4c72b0" for r in mine])
+    ax.bar(
+        range(len(mine)),
+        means,
+        yerr=errs,
+        capsize=3,  # colours as in the line plots
+        color=[canvas.styles[r["method"]]["color"] if r["method"] in canvas.styles else "#4c72b0" for r in mine],
+    )
     ax.set_xticks(range(len(mine)), [canvas.label(r["method"]) for r in mine], rotation=45, ha="right", fontsize=8)
     ax.set_title(f"{key} ({direction(key)} is better; 95 % CI)", fontsize=9)
     return canvas.save(fig, f"bar_{key}")

@@ -33,8 +33,9 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def resolved_settings(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str, Any]] | None,
-                      seed: int) -> dict[str, dict[str, Any]]:
+def resolved_settings(
+    backend: Backend, methods: Sequence[str], settings: dict[str, dict[str, Any]] | None, seed: int
+) -> dict[str, dict[str, Any]]:
     """Every setting each method runs with (defaults, the model's recommended, overrides, layers resolved;
     interaction methods too)."""
     from .phrases import resolved_settings as resolved
@@ -43,8 +44,15 @@ def resolved_settings(backend: Backend, methods: Sequence[str], settings: dict[s
     return json.loads(json.dumps(out, default=str))
 
 
-def provenance(backend: Backend, table: PairTable, methods: Sequence[str], protocol: dict[str, Any],
-               settings: dict[str, dict[str, Any]] | None, seed: int, command: str | None = None) -> dict[str, Any]:
+def provenance(
+    backend: Backend,
+    table: PairTable,
+    methods: Sequence[str],
+    protocol: dict[str, Any],
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+    command: str | None = None,
+) -> dict[str, Any]:
     """The provenance record written first in every results file; ``protocol`` is its ``"metrics"``
     (:func:`m2ib.metrics.base.metrics_record`: the metrics and their options)."""
     import transformers
@@ -52,13 +60,24 @@ def provenance(backend: Backend, table: PairTable, methods: Sequence[str], proto
     from ..version import __version__
 
     record = {
-        "kind": "provenance", "format": FORMAT,
-        "versions": {"m2ib": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "model": backend.name, "model_class": type(backend.model).__name__,
-        "weights_sha256": weights_hash(backend.model), "device": str(backend.device),
-        "seed": int(seed), "data": table.spec, "data_kind": table.kind, "rows_in_source": table.total,
-        "rows": len(table.rows), "methods": list(methods),
+        "kind": "provenance",
+        "format": FORMAT,
+        "versions": {
+            "m2ib": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "model": backend.name,
+        "model_class": type(backend.model).__name__,
+        "weights_sha256": weights_hash(backend.model),
+        "device": str(backend.device),
+        "seed": int(seed),
+        "data": table.spec,
+        "data_kind": table.kind,
+        "rows_in_source": table.total,
+        "rows": len(table.rows),
+        "methods": list(methods),
         "settings": resolved_settings(backend, methods, settings, seed),
         "metrics": protocol,
         "command": command if command is not None else " ".join(sys.argv),
@@ -81,8 +100,10 @@ def check_same_run(old: dict[str, Any], new: dict[str, Any], path: Path) -> None
     elif any((old.get("settings") or {}).get(m) != (new.get("settings") or {}).get(m) for m in new_methods):
         diffs.append("settings")
     if diffs:
-        raise InputError(f"{path} holds a run with other {', '.join(diffs)}: re-run the same command to resume "
-                         "(--methods may name some of its methods only), or use another --out")
+        raise InputError(
+            f"{path} holds a run with other {', '.join(diffs)}: re-run the same command to resume "
+            "(--methods may name some of its methods only), or use another --out"
+        )
 
 
 def same_metrics(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -27,9 +27,38 @@ from ..metrics.roar import roar_table  # noqa: F401 (its summary section; import
 from .plots import write_plots
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -39,7 +68,7 @@ def t975(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = 1.959963984540054
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[int, float, float]:
@@ -74,8 +103,17 @@ def summarise(records: Sequence[dict[str, Any]], methods: Sequence[str] | None =
             if not values:
                 continue
             n, mean, half = mean_ci(values)
-            rows.append({"method": method, "metric": key, "n": n, "mean": mean, "ci_low": mean - half,
-                         "ci_high": mean + half, "better": direction(key)})
+            rows.append(
+                {
+                    "method": method,
+                    "metric": key,
+                    "n": n,
+                    "mean": mean,
+                    "ci_low": mean - half,
+                    "ci_high": mean + half,
+                    "better": direction(key),
+                }
+            )
     return rows
 
 
@@ -88,45 +126,64 @@ def summary_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["method", "metric", "n", "mean", "ci95_low", "ci95_high", "better"])
     for r in rows:
-        writer.writerow([r["method"], r["metric"], r["n"], repr(r["mean"]), repr(r["ci_low"]), repr(r["ci_high"]),
-                         r["better"]])
+        writer.writerow(
+            [r["method"], r["metric"], r["n"], repr(r["mean"]), repr(r["ci_low"]), repr(r["ci_high"]), r["better"]]
+        )
     return buf.getvalue()
 
 
-def summary_markdown(header: dict[str, Any] | None, rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
-                     bad: Sequence[dict[str, str]], methods: Sequence[str],
-                     requested: Sequence[str] | None = None) -> str:
+def summary_markdown(
+    header: dict[str, Any] | None,
+    rows: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    bad: Sequence[dict[str, str]],
+    methods: Sequence[str],
+    requested: Sequence[str] | None = None,
+) -> str:
     header = header or {}
     pairs = [r for r in records if r.get("kind") == "pair" and r.get("method") in methods]
     lines = ["# Evaluation summary", ""]
     if header:
         v = header.get("versions", {})
-        lines += [f"- model: `{header.get('model')}` (weights sha256 `{header.get('weights_sha256', '')[:16]}...`)",
-                  f"- data: `{header.get('data')}` ({header.get('rows')} rows drawn of {header.get('rows_in_source')}),"
-                  f" seed {header.get('seed')}",
-                  f"- m2ib {v.get('m2ib')}, torch {v.get('torch')}, transformers {v.get('transformers')}",
-                  f"- command: `{header.get('command')}`"]
+        lines += [
+            f"- model: `{header.get('model')}` (weights sha256 `{header.get('weights_sha256', '')[:16]}...`)",
+            f"- data: `{header.get('data')}` ({header.get('rows')} rows drawn of {header.get('rows_in_source')}),"
+            f" seed {header.get('seed')}",
+            f"- m2ib {v.get('m2ib')}, torch {v.get('torch')}, transformers {v.get('transformers')}",
+            f"- command: `{header.get('command')}`",
+        ]
     n_rows = len({r["row"] for r in pairs})
     of = f" of {len(requested)} requested" if requested is not None else ""
-    partial = " (**partial run**: re-run the same command to finish)" if requested is not None and \
-        n_rows + len(bad) < len(requested) else ""
+    partial = (
+        " (**partial run**: re-run the same command to finish)"
+        if requested is not None and n_rows + len(bad) < len(requested)
+        else ""
+    )
     if pairs or requested is not None:
-        lines.append(f"- rows summarised: {n_rows}{of}, each with all {len(methods)} methods ({len(pairs)} records); "
-                     f"bad rows: {len(bad)}{partial}")
+        lines.append(
+            f"- rows summarised: {n_rows}{of}, each with all {len(methods)} methods ({len(pairs)} records); "
+            f"bad rows: {len(bad)}{partial}"
+        )
     lines.append("")
     if rows:
-        lines += ["Each cell: mean +- half-width of the 95 % confidence interval over pairs (Student's t). "
-                  "Arrows: which way is better. Bold: the best mean of the column. Drops and increases are in "
-                  "%-points and %; shares are in [0, 1].", ""]
+        lines += [
+            "Each cell: mean +- half-width of the 95 % confidence interval over pairs (Student's t). "
+            "Arrows: which way is better. Bold: the best mean of the column. Drops and increases are in "
+            "%-points and %; shares are in [0, 1].",
+            "",
+        ]
     index = {(r["method"], r["metric"]): r for r in rows}
     for table in summary_tables():
         title, keys = table.title, table.keys
         present = [k for k in keys if any((m, k) in index for m in methods)]
         if not present:
             continue
-        lines += [f"## {title}", "",
-                  "| method | " + " | ".join(f"{k} {'↓' if direction(k) == 'lower' else '↑'}" for k in present) + " |",
-                  "| --- | " + " | ".join("---" for _ in present) + " |"]
+        lines += [
+            f"## {title}",
+            "",
+            "| method | " + " | ".join(f"{k} {'↓' if direction(k) == 'lower' else '↑'}" for k in present) + " |",
+            "| --- | " + " | ".join("---" for _ in present) + " |",
+        ]
         best = {}
         for k in present:
             means = [index[(m, k)]["mean"] for m in methods if (m, k) in index and math.isfinite(index[(m, k)]["mean"])]
@@ -170,9 +227,14 @@ def complete_records(records: Sequence[dict[str, Any]], methods: Sequence[str]) 
     return [r for r in records if r.get("kind") != "pair" or r["row"] in full]
 
 
-def write_report(out: str | Path, header: dict[str, Any] | None, records: Sequence[dict[str, Any]],
-                 bad: Sequence[dict[str, str]], methods: Sequence[str],
-                 requested: Sequence[str] | None = None) -> dict[str, Path]:
+def write_report(
+    out: str | Path,
+    header: dict[str, Any] | None,
+    records: Sequence[dict[str, Any]],
+    bad: Sequence[dict[str, str]],
+    methods: Sequence[str],
+    requested: Sequence[str] | None = None,
+) -> dict[str, Path]:
     """summary.csv, summary.md, bad_rows.csv (when any) and plots/ (when matplotlib is installed).
 
     Only rows that every method has finished are summarised; ``requested`` (row ids) lets the
@@ -183,9 +245,10 @@ def write_report(out: str | Path, header: dict[str, Any] | None, records: Sequen
     out = Path(out)
     records = complete_records(records, methods)
     rows = summarise(records, methods)
-    files = {"csv": atomic_write_text(out / "summary.csv", summary_csv(rows)),
-             "md": atomic_write_text(out / "summary.md", summary_markdown(header, rows, records, bad, methods,
-                                                                          requested))}
+    files = {
+        "csv": atomic_write_text(out / "summary.csv", summary_csv(rows)),
+        "md": atomic_write_text(out / "summary.md", summary_markdown(header, rows, records, bad, methods, requested)),
+    }
     if bad:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

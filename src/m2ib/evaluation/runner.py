@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..datasets.tables import Row, PairTable
+from ..datasets.tables import PairTable, Row
 from ..errors import InputError
 from ..fileio import folder_lock
 from ..metrics import DEFAULT_METRICS
@@ -40,11 +40,37 @@ from .phrases import check_phrase_metrics
 from .provenance import FORMAT, SAME_RUN, provenance, resolved_settings, weights_hash
 from .store import PARTS, RESULTS, ResultsWriter, open_run, part_name, read_results, read_run, record_key, write_part
 
-__all__ = ["run_evaluation", "plan_run", "finish_run", "merge_parts", "pending", "batches", "Plan", "RunResult",
-           "Clock", "evaluate_rows", "evaluate_pair", "DEFAULT_METRICS", "read_results",
-           "read_run", "write_part", "part_name", "record_key", "open_run", "ResultsWriter", "RESULTS", "PARTS",
-           "ROAR_MAPS", "FORMAT", "SAME_RUN", "provenance", "resolved_settings", "weights_hash",
-           "ground_truth_mask", "relevant_tokens"]
+__all__ = [
+    "run_evaluation",
+    "plan_run",
+    "finish_run",
+    "merge_parts",
+    "pending",
+    "batches",
+    "Plan",
+    "RunResult",
+    "Clock",
+    "evaluate_rows",
+    "evaluate_pair",
+    "DEFAULT_METRICS",
+    "read_results",
+    "read_run",
+    "write_part",
+    "part_name",
+    "record_key",
+    "open_run",
+    "ResultsWriter",
+    "RESULTS",
+    "PARTS",
+    "ROAR_MAPS",
+    "FORMAT",
+    "SAME_RUN",
+    "provenance",
+    "resolved_settings",
+    "weights_hash",
+    "ground_truth_mask",
+    "relevant_tokens",
+]
 
 
 def pending(table: PairTable, methods: Sequence[str], records: Sequence[dict[str, Any]]) -> list[tuple[Row, list[str]]]:
@@ -96,10 +122,21 @@ class Clock:
         return self.limit is not None and time.perf_counter() - self.started >= self.limit
 
 
-def run_evaluation(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Chosen,
-                   settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike, *,
-                   command: str | None = None, progress: bool = True, report: bool = True,
-                   time_limit: float | None = None, batch_size: int = 1) -> RunResult:
+def run_evaluation(
+    backend: Backend,
+    table: PairTable,
+    methods: Sequence[str],
+    metrics: Chosen,
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    command: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+    time_limit: float | None = None,
+    batch_size: int = 1,
+) -> RunResult:
     """Evaluate every row of ``table`` with every method, appending to ``out/results.jsonl``.
 
     ``metrics``: names, or name -> options (``{"deletion": {"steps": 4}}``) or settings object.
@@ -121,8 +158,9 @@ def run_evaluation(backend: Backend, table: PairTable, methods: Sequence[str], m
         metrics, methods, result, clock = plan.metrics, plan.methods, plan.result, plan.clock
         with ResultsWriter(result.out / RESULTS) as writer:
             if per_pair(metrics):
-                with tqdm(total=plan.total, desc="evaluate", unit="pair", disable=not progress,
-                          dynamic_ncols=True) as bar:
+                with tqdm(
+                    total=plan.total, desc="evaluate", unit="pair", disable=not progress, dynamic_ncols=True
+                ) as bar:
                     for rows, missing in batches(plan.todo, batch_size):
                         if clock.out_of_time():
                             result.finished = False
@@ -156,9 +194,17 @@ class Plan:
     clock: Clock
 
 
-def plan_run(backend: Backend, table: PairTable, methods: Sequence[str], metrics: Chosen,
-             settings: dict[str, dict[str, Any]] | None, seed: int, out: str | os.PathLike,
-             command: str | None = None, time_limit: float | None = None) -> Plan:
+def plan_run(
+    backend: Backend,
+    table: PairTable,
+    methods: Sequence[str],
+    metrics: Chosen,
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+    out: str | os.PathLike,
+    command: str | None = None,
+    time_limit: float | None = None,
+) -> Plan:
     """Open (or resume) the run in ``out`` and list what is left: the first step of both schedulers."""
     chosen = choose(metrics)
     methods = list(dict.fromkeys(methods))
@@ -183,12 +229,14 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
     records = result.records
     whole_run = [m for m in in_registry_order(metrics) if not m.per_pair]
     if whole_run and result.finished:  # only once every pair is done; ROAR+ retrains, so it runs here
+
         def emit(record: dict[str, Any]) -> None:
             writer.write(record)
             records.append(record)
 
-        context = RunContext(backend, table.kind, list(methods), settings, seed, result.out, records, emit,
-                             clock.out_of_time, progress)
+        context = RunContext(
+            backend, table.kind, list(methods), settings, seed, result.out, records, emit, clock.out_of_time, progress
+        )
         for metric in whole_run:
             metric.measure_run(context)
         if clock.out_of_time():
@@ -197,8 +245,14 @@ def finish_run(plan: Plan, backend: Backend, writer: ResultsWriter, progress: bo
         from .report import write_report
 
         # over this command's methods: a command that resumes some of them summarises those
-        result.files = write_report(result.out, plan.header, records, result.bad, methods,
-                                    requested=[row.id for row in table.rows] if per_pair(metrics) else None)
+        result.files = write_report(
+            result.out,
+            plan.header,
+            records,
+            result.bad,
+            methods,
+            requested=[row.id for row in table.rows] if per_pair(metrics) else None,
+        )
 
 
 def merge_parts(out: Path, writer: ResultsWriter, result: RunResult, table: PairTable, methods: Sequence[str]) -> None:

@@ -74,7 +74,7 @@ class ResultsWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.file = open(self.path, "ab")
+        self.file = open(self.path, "ab")  # noqa: SIM115 - held open by the writer, closed by close()
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(_line(record).encode("utf-8"))
@@ -95,7 +95,7 @@ def record_key(record: dict[str, Any]) -> tuple:
     """What a record is the result of: (kind, row, method) for pairs; a whole-run metric's records
     say it themselves (ROAR+: (kind, method, k))."""
     kind = record.get("kind")
-    owner = metric_registry.REGISTRY[kind] if kind in metric_registry.REGISTRY else None
+    owner = metric_registry.REGISTRY[kind] if kind in metric_registry.REGISTRY else None  # noqa: SIM401 (get raises)
     if owner is not None and not owner.per_pair:
         return owner().record_key(record)
     return record.get("kind"), record.get("row"), record.get("method")
@@ -131,9 +131,16 @@ def read_run(out: str | os.PathLike, repair: bool = False) -> tuple[dict[str, An
     return header, records
 
 
-def open_run(backend: Backend, table: PairTable, methods: Sequence[str], protocol: dict[str, Any],
-             settings: dict[str, dict[str, Any]] | None, seed: int, out: Path,
-             command: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def open_run(
+    backend: Backend,
+    table: PairTable,
+    methods: Sequence[str],
+    protocol: dict[str, Any],
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+    out: Path,
+    command: str | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start ``out/results.jsonl`` with its provenance record, or check that the run found there
     is this one (same data, weights, methods, settings, metrics, seed) and return its records.
     ``protocol``: what is measured and how (:func:`m2ib.metrics.base.metrics_record`, or an audit's)."""
@@ -151,6 +158,8 @@ def open_run(backend: Backend, table: PairTable, methods: Sequence[str], protoco
         return header, []
     check_same_run(old, header, path)
     if old.get("versions") != header["versions"]:
-        print(f"m2ib: note: {path} was started with {old.get('versions')}; this run uses "
-              f"{header['versions']}", file=sys.stderr)
+        print(
+            f"m2ib: note: {path} was started with {old.get('versions')}; this run uses {header['versions']}",
+            file=sys.stderr,
+        )
     return old, records

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
-from . import exclip as _exclip  # noqa: F401  (registers)
-from . import fixlip as _fixlip  # noqa: F401  (registers; shapiq is imported on first use)
-from . import phrase as _phrase  # noqa: F401  (registers)
+from . import (
+    exclip as _exclip,  # noqa: F401  (registers)
+    fixlip as _fixlip,  # noqa: F401  (registers; shapiq is imported on first use)
+    phrase as _phrase,  # noqa: F401  (registers)
+)
 from .api import interact
 from .base import REGISTRY, InteractionMethod, register
 from .result import Interaction, load_interaction

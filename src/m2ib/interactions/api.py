@@ -8,8 +8,9 @@ from .base import REGISTRY as INTERACTIONS
 from .result import Interaction
 
 
-def interact(model: Any, image: Any, text: str, *, method: str = "exclip", device: str | None = None,
-             **settings: Any) -> Interaction:
+def interact(
+    model: Any, image: Any, text: str, *, method: str = "exclip", device: str | None = None, **settings: Any
+) -> Interaction:
     """Token x patch interaction scores of one pair.
 
     Args:
@@ -27,5 +28,4 @@ def interact(model: Any, image: Any, text: str, *, method: str = "exclip", devic
     check_texts([text])
     backend = load(model, device=device)
     picture, source = load_image(image)
-    return algorithm.interact(backend, backend.preprocess_images([picture], [source]), backend.tokenize([text]),
-                              chosen)
+    return algorithm.interact(backend, backend.preprocess_images([picture], [source]), backend.tokenize([text]), chosen)

@@ -33,8 +33,9 @@ class InteractionMethod(Configurable, ABC):
     def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: Settings) -> Interaction:
         """Token x patch scores of the pair ``(image[0], text[0])``."""
 
-    def phrase_maps(self, backend: Backend, image: ImageBatch, text: TextBatch,
-                    spans: Sequence[tuple[int, int]], settings: Settings) -> torch.Tensor:
+    def phrase_maps(
+        self, backend: Backend, image: ImageBatch, text: TextBatch, spans: Sequence[tuple[int, int]], settings: Settings
+    ) -> torch.Tensor:
         """Image maps [S, H, W] of the character ``spans`` of the pair's text."""
         result = self.interact(backend, image, text, settings)
         return torch.stack([result.span_map(span) for span in spans])
@@ -56,8 +57,9 @@ def token_offsets(backend: Backend, text: TextBatch) -> list[tuple[int, int]] | 
     if tokenizer is None or not text.texts:
         return None
     try:
-        enc = tokenizer(text.texts[0], return_offsets_mapping=True, truncation=True,
-                        max_length=backend.geometry.context_length)
+        enc = tokenizer(
+            text.texts[0], return_offsets_mapping=True, truncation=True, max_length=backend.geometry.context_length
+        )
     except (NotImplementedError, TypeError, ValueError):
         return None
     offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
@@ -76,12 +78,27 @@ def display_image(backend: Backend, image: ImageBatch) -> torch.Tensor:
     return shown[0].detach().float().cpu()
 
 
-def new_interaction(method: InteractionMethod, backend: Backend, image: ImageBatch, text: TextBatch,
-                    matrix: torch.Tensor, settings: Settings, info: dict[str, Any]) -> Interaction:
+def new_interaction(
+    method: InteractionMethod,
+    backend: Backend,
+    image: ImageBatch,
+    text: TextBatch,
+    matrix: torch.Tensor,
+    settings: Settings,
+    info: dict[str, Any],
+) -> Interaction:
     """The Interaction of one pair with everything but the matrix read from the inputs."""
     return Interaction(
-        text=text.texts[0] if text.texts else "", tokens=list(text.tokens[0]) if text.tokens else [],
-        image=display_image(backend, image), matrix=matrix.detach().float().cpu(),
-        offsets=token_offsets(backend, text), special_tokens=tuple(text.special[0]) if text.special else (),
-        similarity=similarity(backend, image, text), method=method.name, settings=settings.as_dict(),
-        model=backend.name, image_source=image.sources[0] if image.sources else "", info=info)
+        text=text.texts[0] if text.texts else "",
+        tokens=list(text.tokens[0]) if text.tokens else [],
+        image=display_image(backend, image),
+        matrix=matrix.detach().float().cpu(),
+        offsets=token_offsets(backend, text),
+        special_tokens=tuple(text.special[0]) if text.special else (),
+        similarity=similarity(backend, image, text),
+        method=method.name,
+        settings=settings.as_dict(),
+        model=backend.name,
+        image_source=image.sources[0] if image.sources else "",
+        info=info,
+    )

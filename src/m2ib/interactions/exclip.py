@@ -79,9 +79,16 @@ def block_input(backend: Backend, modality: Modality, layer: int, setting_name: 
     return EMBEDDINGS if block == 0 else block - 1
 
 
-def integrated_attributions(backend: Backend, modality: Modality, batch, reference, split: int, steps: int,
-                            chunk: int, weights: torch.Tensor | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def integrated_attributions(
+    backend: Backend,
+    modality: Modality,
+    batch,
+    reference,
+    split: int,
+    steps: int,
+    chunk: int,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A [R, tokens], embedding of the input [E], embedding of the reference [E]) for one input.
 
     ``A[k, i] = sum_d (x - r)[i, d] * mean_a d (w_k . emb) / d h[i, d] at h = r + a (x - r)`` for
@@ -93,8 +100,10 @@ def integrated_attributions(backend: Backend, modality: Modality, batch, referen
         x = backend.prefix(modality, batch, split)
         r = backend.prefix(modality, reference, split)
         if x.ndim != 3:
-            raise InputError(f"exCLIP needs token hidden states [N, tokens, width]; the {modality} tower of "
-                             f"{backend.name!r} gives {tuple(x.shape)} at that layer")
+            raise InputError(
+                f"exCLIP needs token hidden states [N, tokens, width]; the {modality} tower of "
+                f"{backend.name!r} gives {tuple(x.shape)} at that layer"
+            )
         ends = backend.suffix(modality, torch.cat([x, r]), split, batch.select([0, 0])).float()
     delta = (x - r)[0].float()
     alphas = (torch.arange(steps, device=x.device, dtype=x.dtype) + 0.5) / steps
@@ -104,10 +113,11 @@ def integrated_attributions(backend: Backend, modality: Modality, batch, referen
         weights = torch.eye(emb.shape[1], device=emb.device)
     rows = []
     for first in range(0, weights.shape[0], chunk):
-        part = weights[first:first + chunk].to(emb.dtype)
+        part = weights[first : first + chunk].to(emb.dtype)
         cotangents = part[:, None, :].expand(-1, steps, -1)
-        (grads,) = torch.autograd.grad(emb, path, cotangents, retain_graph=first + chunk < weights.shape[0],
-                                       is_grads_batched=True)
+        (grads,) = torch.autograd.grad(
+            emb, path, cotangents, retain_graph=first + chunk < weights.shape[0], is_grads_batched=True
+        )
         rows.append((grads.float().mean(1) * delta).sum(-1))  # [rows of this chunk, tokens]
     return torch.cat(rows), ends[0], ends[1]
 
@@ -127,10 +137,12 @@ class ExCLIP(InteractionMethod):
         text_split = block_input(backend, "text", settings.text_layer, "text_layer")
         image_split = block_input(backend, "image", settings.image_layer, "image_layer")
         with backend.attribution_mode():
-            a_text, f_x, f_r = integrated_attributions(backend, "text", text, text_reference(text), text_split,
-                                                       settings.steps, settings.chunk)
-            products, g_y, g_q = integrated_attributions(backend, "image", image, image_reference(image),
-                                                         image_split, settings.steps, settings.chunk, a_text.T)
+            a_text, f_x, f_r = integrated_attributions(
+                backend, "text", text, text_reference(text), text_split, settings.steps, settings.chunk
+            )
+            products, g_y, g_q = integrated_attributions(
+                backend, "image", image, image_reference(image), image_split, settings.steps, settings.chunk, a_text.T
+            )
         scale = float(f_x.norm() * g_y.norm()) if settings.normalise else 1.0
         matrix = products / scale  # [T, image tokens] = A_text^T A_image / scale
         rows, cols = backend.token_grid("image", image_split)
@@ -139,8 +151,11 @@ class ExCLIP(InteractionMethod):
             raise InputError(f"{matrix.shape[1]} image tokens do not hold the {rows}x{cols} patch grid")
         terms = {"xy": float(f_x @ g_y), "ry": float(f_r @ g_y), "xq": float(f_x @ g_q), "rq": float(f_r @ g_q)}
         shown = len(text.tokens[0]) if text.tokens else matrix.shape[0]  # towers fed the full padded context
-        info = {"sum": float(matrix.sum()), "image_prefix_sum": float(matrix[:shown, :prefix].sum()),
-                "text_padding_sum": float(matrix[shown:].sum()),
-                "expected_sum": (terms["xy"] - terms["ry"] - terms["xq"] + terms["rq"]) / scale}
+        info = {
+            "sum": float(matrix.sum()),
+            "image_prefix_sum": float(matrix[:shown, :prefix].sum()),
+            "text_padding_sum": float(matrix[shown:].sum()),
+            "expected_sum": (terms["xy"] - terms["ry"] - terms["xq"] + terms["rq"]) / scale,
+        }
         grid = matrix[:shown, prefix:].reshape(-1, rows, cols)
         return new_interaction(self, backend, image, text, grid, settings, info)

@@ -58,11 +58,17 @@ EXTRA = "pip install 'm2ib[interactions]'"
 class FIxLIPSettings(Settings):
     """FIxLIP settings (defaults: the FIxLIP repository's example, p = 0.5 and 2^19 coalition pairs)."""
 
-    budget: int = setting(2 ** 19, "(image coalition, text coalition) pairs, split between the sides as "
-                                   "FIxLIP splits them; forwards run: one per coalition of each side")
+    budget: int = setting(
+        2**19,
+        "(image coalition, text coalition) pairs, split between the sides as "
+        "FIxLIP splits them; forwards run: one per coalition of each side",
+    )
     banzhaf_p: float = setting(0.5, "weighted Banzhaf weight p: each player is kept with probability p")
-    patch_group: int = setting(1, "image players are squares of patch_group x patch_group patches "
-                                  "(1: one per patch; larger: fewer players, a smaller budget suffices)")
+    patch_group: int = setting(
+        1,
+        "image players are squares of patch_group x patch_group patches "
+        "(1: one per patch; larger: fewer players, a smaller budget suffices)",
+    )
     max_batch: int = setting(256, "coalitions per forward pass (memory vs speed; same result)")
 
     def validate(self) -> None:
@@ -88,6 +94,7 @@ def split_budget(budget: int, n_image: int, n_text: int) -> tuple[int, int]:
     """FIxLIP's split of ``budget`` pairs: the side with fewer players gets about
     ``sqrt(budget) * its players / the other's`` coalitions (at least 4, at most all of them; here
     also at least its players + 1, which its fit needs), the other side the rest."""
+
     def small_side(n_small: int, n_large: int) -> int:
         wanted = math.ceil(max(4.0, n_small + 1.0, math.sqrt(budget) * n_small / n_large))
         return int(min(2 ** min(n_small, 62), wanted))
@@ -133,27 +140,29 @@ def player_groups(rows: int, cols: int, group: int) -> torch.Tensor:
     return (r * math.ceil(cols / group) + c).reshape(-1)
 
 
-def image_embeddings(backend: Backend, image: ImageBatch, coalitions: np.ndarray, groups: torch.Tensor,
-                     grid: tuple[int, int], batch: int) -> torch.Tensor:
+def image_embeddings(
+    backend: Backend, image: ImageBatch, coalitions: np.ndarray, groups: torch.Tensor, grid: tuple[int, int], batch: int
+) -> torch.Tensor:
     """Unit image embeddings [C, E] with each coalition's unkept patches set to 0 (normalised input)."""
     pixels = image.pixel_values[:1]
     keep_all = torch.from_numpy(coalitions).to(pixels.device)[:, groups.to(pixels.device)]
     out = []
     for first in range(0, len(keep_all), batch):
-        keep = keep_all[first:first + batch].reshape(-1, 1, *grid).to(pixels.dtype)
+        keep = keep_all[first : first + batch].reshape(-1, 1, *grid).to(pixels.dtype)
         masks = F.interpolate(keep, size=pixels.shape[-2:], mode="nearest")  # each patch's pixels
         with torch.no_grad():
             out.append(F.normalize(backend.embed("image", ImageBatch(pixels * masks)).float(), dim=-1).cpu())
     return torch.cat(out)
 
 
-def text_embeddings(backend: Backend, text: TextBatch, coalitions: np.ndarray, positions: list[int],
-                    batch: int) -> torch.Tensor:
+def text_embeddings(
+    backend: Backend, text: TextBatch, coalitions: np.ndarray, positions: list[int], batch: int
+) -> torch.Tensor:
     """Unit text embeddings [C, E] with each coalition's unkept tokens given attention mask 0."""
     out = []
     keep_all = torch.from_numpy(coalitions).to(text.attention_mask.device)
     for first in range(0, len(keep_all), batch):
-        keep = keep_all[first:first + batch]
+        keep = keep_all[first : first + batch]
         mask = text.attention_mask[:1].repeat(len(keep), 1)
         mask[:, positions] = keep.to(mask.dtype)
         with torch.no_grad():
@@ -169,13 +178,14 @@ def text_players(text: TextBatch) -> list[int]:
     return [i for i in range(shown) if i not in special and bool(text.attention_mask[0, i])]
 
 
-def side_values(embeddings: torch.Tensor, coalitions: np.ndarray, weights: np.ndarray, side: str
-                ) -> torch.Tensor:
+def side_values(embeddings: torch.Tensor, coalitions: np.ndarray, weights: np.ndarray, side: str) -> torch.Tensor:
     """One side's weighted Banzhaf values [n, E]; refuses a tower that ignores the masking."""
     full, empty = coalitions.all(1), ~coalitions.any(1)
     if full.any() and empty.any() and torch.equal(embeddings[full.argmax()], embeddings[empty.argmax()]):
-        raise InputError(f"fixlip: the {side} embedding does not change when every {side} player is masked "
-                         f"(this tower ignores the {'attention mask' if side == 'text' else 'pixels'})")
+        raise InputError(
+            f"fixlip: the {side} embedding does not change when every {side} player is masked "
+            f"(this tower ignores the {'attention mask' if side == 'text' else 'pixels'})"
+        )
     return banzhaf_values(embeddings, coalitions, weights)
 
 
@@ -197,13 +207,17 @@ class FIxLIP(InteractionMethod):
         positions = text_players(text)
         n_image, n_text = int(groups.max()) + 1, len(positions)
         if n_text == 0:
-            raise InputError(f"fixlip: the text {text.texts[0] if text.texts else ''!r} has no tokens besides "
-                             "start/end tokens to explain")
+            raise InputError(
+                f"fixlip: the text {text.texts[0] if text.texts else ''!r} has no tokens besides "
+                "start/end tokens to explain"
+            )
         b_image, b_text = split_budget(settings.budget, n_image, n_text)
         if b_image < n_image + 1 or b_text < n_text + 1:
-            raise InputError(f"fixlip: budget={settings.budget} gives {b_image} image and {b_text} text coalitions, "
-                             f"fewer than the {n_image} image / {n_text} text players + 1: raise budget or "
-                             "patch_group")
+            raise InputError(
+                f"fixlip: budget={settings.budget} gives {b_image} image and {b_text} text coalitions, "
+                f"fewer than the {n_image} image / {n_text} text players + 1: raise budget or "
+                "patch_group"
+            )
         p, seed = settings.banzhaf_p, settings.seed
         img_coalitions, img_weights = sample_coalitions(n_image, b_image, p, seed)
         txt_coalitions, txt_weights = sample_coalitions(n_text, b_text, p, seed + 1)
@@ -216,7 +230,13 @@ class FIxLIP(InteractionMethod):
         shown = len(text.tokens[0]) if text.tokens else text.input_ids.shape[1]
         matrix = torch.zeros(shown, rows * cols, dtype=torch.float64)
         matrix[positions] = (players / sizes)[:, groups]  # a group's value split evenly among its patches
-        info = {"players_image": n_image, "players_text": n_text, "budget_image": len(img_coalitions),
-                "budget_text": len(txt_coalitions), "exact_image": len(img_coalitions) == 2 ** n_image,
-                "exact_text": len(txt_coalitions) == 2 ** n_text, "interaction_sum": float(players.sum())}
+        info = {
+            "players_image": n_image,
+            "players_text": n_text,
+            "budget_image": len(img_coalitions),
+            "budget_text": len(txt_coalitions),
+            "exact_image": len(img_coalitions) == 2**n_image,
+            "exact_text": len(txt_coalitions) == 2**n_text,
+            "interaction_sum": float(players.sum()),
+        }
         return new_interaction(self, backend, image, text, matrix.reshape(shown, rows, cols), settings, info)

@@ -57,8 +57,14 @@ class PhraseAlone(InteractionMethod):
     title = "First-order map of the phrase alone (baseline)"
     Settings = PhraseAloneSettings
 
-    def phrase_maps(self, backend: Backend, image: ImageBatch, text: TextBatch,
-                    spans: Sequence[tuple[int, int]], settings: PhraseAloneSettings) -> torch.Tensor:
+    def phrase_maps(
+        self,
+        backend: Backend,
+        image: ImageBatch,
+        text: TextBatch,
+        spans: Sequence[tuple[int, int]],
+        settings: PhraseAloneSettings,
+    ) -> torch.Tensor:
         check_one_pair(image, text)
         phrases = [text.texts[0][a:b] for a, b in spans]
         if any(not p.strip() for p in phrases):
@@ -67,8 +73,9 @@ class PhraseAlone(InteractionMethod):
 
         method = METHODS.get(settings.first_order)()
         chosen = method.make_settings(backend, seed=settings.seed)
-        exps = method.explain(backend, image.repeat_interleave(len(phrases)), backend.tokenize(phrases), chosen,
-                              ("image",))
+        exps = method.explain(
+            backend, image.repeat_interleave(len(phrases)), backend.tokenize(phrases), chosen, ("image",)
+        )
         return torch.stack([e.image_map_raw for e in exps])
 
     def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: PhraseAloneSettings):
@@ -81,8 +88,9 @@ class PhraseAlone(InteractionMethod):
         rows, cols = backend.token_grid("image", backend.num_layers("image") - 1)
         matrix = torch.zeros(len(per_token), rows, cols)
         if words:
-            grids = F.adaptive_avg_pool2d(self.phrase_maps(backend, image, text, words, settings)[:, None].float(),
-                                          (rows, cols))[:, 0].cpu()
+            grids = F.adaptive_avg_pool2d(
+                self.phrase_maps(backend, image, text, words, settings)[:, None].float(), (rows, cols)
+            )[:, 0].cpu()
             for i, word in enumerate(per_token):
                 if word is not None:
                     matrix[i] = grids[words.index(word)] / per_token.count(word)

@@ -98,8 +98,7 @@ class Interaction(Result):
     def span_map(self, selection: str | tuple[int, int] | Sequence[int]) -> torch.Tensor:
         """The image map [H, W] of a phrase (signed, upsampled bilinearly from the patch grid)."""
         grid = self.span_grid(selection)
-        return F.interpolate(grid[None, None].float(), size=self.image_size, mode="bilinear",
-                             align_corners=False)[0, 0]
+        return F.interpolate(grid[None, None].float(), size=self.image_size, mode="bilinear", align_corners=False)[0, 0]
 
     def region_scores(self, region: Box | torch.Tensor) -> torch.Tensor:
         """The tokens' scores [T] for a region: a box ``(x, y, w, h)`` in input pixels or a bool mask
@@ -121,10 +120,20 @@ class Interaction(Result):
     # --- saving ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready."""
-        return {"method": self.method, "model": self.model, "image": self.image_source, "text": self.text,
-                "tokens": self.tokens, "offsets": self.offsets, "special_tokens": list(self.special_tokens),
-                "grid": list(self.matrix.shape[1:]), "similarity": self.similarity, "settings": self.settings,
-                "info": self.info, "token_totals": [round(float(v), 6) for v in self.matrix.sum((1, 2))]}
+        return {
+            "method": self.method,
+            "model": self.model,
+            "image": self.image_source,
+            "text": self.text,
+            "tokens": self.tokens,
+            "offsets": self.offsets,
+            "special_tokens": list(self.special_tokens),
+            "grid": list(self.matrix.shape[1:]),
+            "similarity": self.similarity,
+            "settings": self.settings,
+            "info": self.info,
+            "token_totals": [round(float(v), 6) for v in self.matrix.sum((1, 2))],
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"matrix": self.matrix.numpy(), "image": self.image.numpy()}
@@ -154,12 +163,15 @@ class Interaction(Result):
             selection = phrase if isinstance(phrase, str) else list(phrase)
             label = phrase if isinstance(phrase, str) else " ".join(self.tokens[i] for i in phrase)
             panels.append((f"{label} (sum {float(self.span_grid(selection).sum()):+.3g})", self.span_map(selection)))
-        return interaction_figure(self.image, panels, self.text,
-                                  f"{self.method} · {self.model} · cosine {self.similarity:.3f}", boxes)
+        return interaction_figure(
+            self.image, panels, self.text, f"{self.method} · {self.model} · cosine {self.similarity:.3f}", boxes
+        )
 
     def summary(self) -> str:
         rows, cols = self.matrix.shape[1:]
-        return f"{self.method} of {short(self.text)!r} ({len(self.tokens)} tokens x {rows}x{cols} patches; {self.model})"
+        return (
+            f"{self.method} of {short(self.text)!r} ({len(self.tokens)} tokens x {rows}x{cols} patches; {self.model})"
+        )
 
 
 def load_interaction(stem: str | os.PathLike) -> Interaction:
@@ -171,6 +183,17 @@ def load_interaction(stem: str | os.PathLike) -> Interaction:
     with np.load(stem.with_suffix(".npz")) as arrays:
         matrix, image = torch.from_numpy(arrays["matrix"]), torch.from_numpy(arrays["image"])
     offsets = None if meta["offsets"] is None else [tuple(o) for o in meta["offsets"]]
-    return Interaction(meta["text"], list(meta["tokens"]), image, matrix, offsets, tuple(meta["special_tokens"]),
-                       float("nan") if meta["similarity"] is None else meta["similarity"], meta["method"],
-                       meta["settings"], meta["model"], meta["image"], meta["info"])
+    return Interaction(
+        meta["text"],
+        list(meta["tokens"]),
+        image,
+        matrix,
+        offsets,
+        tuple(meta["special_tokens"]),
+        float("nan") if meta["similarity"] is None else meta["similarity"],
+        meta["method"],
+        meta["settings"],
+        meta["model"],
+        meta["image"],
+        meta["info"],
+    )

@@ -7,22 +7,43 @@ the paper's comparison and the newer methods); ``m2ib.list_methods()`` and the C
 
 # isort: off  (the import order is the registry's order)
 from .base import REGISTRY, Method, RawScores, Settings, Target, register
-from .layered import LayerMethod, LayerSettings, default_layer
-from .m2ib import M2IB, M2IBSettings
-from .gradcam import GradCAM
-from .saliency import Saliency
-from .rise import RISE
-from .kernelshap import KernelSHAP
 from .chefer import Chefer
-from .rollout import Rollout
-from .nib import NIB
+from .gradcam import GradCAM
 from .gradeclip import GradECLIP
+from .kernelshap import KernelSHAP
+from .layered import LayerMethod, LayerSettings, default_layer
 from .legrad import LeGrad
+from .m2ib import M2IB, M2IBSettings
+from .nib import NIB
+from .rise import RISE
+from .rollout import Rollout
+from .saliency import Saliency
+
 # isort: on
 
-__all__ = ["REGISTRY", "Method", "RawScores", "Settings", "Target", "register", "LayerMethod", "LayerSettings", "M2IB",
-           "M2IBSettings", "default_layer", "list_methods", "GradCAM", "Saliency", "RISE", "KernelSHAP", "Chefer",
-           "Rollout", "NIB", "GradECLIP", "LeGrad"]
+__all__ = [
+    "REGISTRY",
+    "Method",
+    "RawScores",
+    "Settings",
+    "Target",
+    "register",
+    "LayerMethod",
+    "LayerSettings",
+    "M2IB",
+    "M2IBSettings",
+    "default_layer",
+    "list_methods",
+    "GradCAM",
+    "Saliency",
+    "RISE",
+    "KernelSHAP",
+    "Chefer",
+    "Rollout",
+    "NIB",
+    "GradECLIP",
+    "LeGrad",
+]
 
 
 def list_methods() -> list[str]:

@@ -80,15 +80,17 @@ class Target:
     def select(self, index: torch.Tensor | Sequence[int]) -> Target:
         """The target of pairs ``index`` (e.g. one row per perturbed copy)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.embeddings.device)
-        return Target(self.embeddings[index], self.negatives,
-                      None if self.offset is None else self.offset[index])
+        return Target(self.embeddings[index], self.negatives, None if self.offset is None else self.offset[index])
 
     def repeat_interleave(self, k: int) -> Target:
         return self.select(torch.arange(len(self), device=self.embeddings.device).repeat_interleave(k))
 
     def to(self, device: torch.device | str) -> Target:
-        return Target(self.embeddings.to(device), None if self.negatives is None else self.negatives.to(device),
-                      None if self.offset is None else self.offset.to(device))
+        return Target(
+            self.embeddings.to(device),
+            None if self.negatives is None else self.negatives.to(device),
+            None if self.offset is None else self.offset.to(device),
+        )
 
     def score(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Per-row target [M] of projected (not necessarily normalised) embeddings [M, E]."""
@@ -110,8 +112,9 @@ class Target:
         return out
 
 
-def make_target(modality: Modality, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                negative_emb: torch.Tensor | None) -> Target:
+def make_target(
+    modality: Modality, image_emb: torch.Tensor, text_emb: torch.Tensor, negative_emb: torch.Tensor | None
+) -> Target:
     """The target for explaining ``modality`` (see the module docstring for the margin)."""
     if modality == "image":
         return Target(text_emb, negative_emb)
@@ -141,8 +144,9 @@ class Configurable:
         names = {f.name for f in dataclasses.fields(self.Settings)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise InputError(f"unknown setting(s) for {self.name}: {', '.join(unknown)}; "
-                             f"valid: {', '.join(sorted(names))}")
+            raise InputError(
+                f"unknown setting(s) for {self.name}: {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         values = {}
         if backend is not None:
             values.update({k: v for k, v in backend.recommended.get(self.name, {}).items() if k in names})
@@ -168,8 +172,15 @@ class Method(Configurable, ABC):
         return "fp32"
 
     @abstractmethod
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: Settings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: Settings,
+    ) -> RawScores:
         """Raw relevance of ``modality``'s input units for each image-text pair.
 
         Args:
@@ -182,9 +193,15 @@ class Method(Configurable, ABC):
             settings: this method's settings, resolved.
         """
 
-    def explain(self, backend: Backend, images: ImageBatch, texts: TextBatch, settings: Settings,
-                modalities: Sequence[Modality] = ("image", "text"),
-                negatives: TextBatch | None = None) -> list[Explanation]:
+    def explain(
+        self,
+        backend: Backend,
+        images: ImageBatch,
+        texts: TextBatch,
+        settings: Settings,
+        modalities: Sequence[Modality] = ("image", "text"),
+        negatives: TextBatch | None = None,
+    ) -> list[Explanation]:
         """Explain pairs ``(images[i], texts[i])``; returns one Explanation per pair.
 
         ``negatives``: tokenised texts; the target becomes the margin of each pair's similarity
@@ -219,8 +236,15 @@ class Method(Configurable, ABC):
         return exps
 
     # --- shared post-processing --------------------------------------------------------
-    def _assemble(self, backend: Backend, images: ImageBatch, texts: TextBatch,
-                  raw: dict[Modality, RawScores], similarity: torch.Tensor, settings: Settings) -> list[Explanation]:
+    def _assemble(
+        self,
+        backend: Backend,
+        images: ImageBatch,
+        texts: TextBatch,
+        raw: dict[Modality, RawScores],
+        similarity: torch.Tensor,
+        settings: Settings,
+    ) -> list[Explanation]:
         display = images.display if images.display is not None else backend.display_images(images.pixel_values)
         display = display.detach().float().cpu()
         image_grids = image_maps = image_norm = None
@@ -238,11 +262,14 @@ class Method(Configurable, ABC):
                 text=texts.texts[i] if texts.texts else "",
                 tokens=list(texts.tokens[i]) if texts.tokens else [],
                 image=display[i],
-                image_map=None, text_map=None,
+                image_map=None,
+                text_map=None,
                 special_tokens=tuple(texts.special[i]) if texts.special else (),
                 word_ids=tuple(texts.words[i]) if texts.words else (),
                 similarity=float(similarity[i]),
-                method=self.name, settings=dict(settings_dict), model=backend.name,
+                method=self.name,
+                settings=dict(settings_dict),
+                model=backend.name,
                 image_source=images.sources[i] if images.sources else "",
                 info={m: r.info[i] for m, r in raw.items() if r.info},
             )
@@ -267,9 +294,11 @@ def image_scores_to_maps(scores: torch.Tensor, backend: Backend) -> tuple[torch.
         grid = backend.image_grid_of(scores.shape[1])
         if grid is None:
             rows, cols = g.patch_grid
-            raise ValueError(f"image token scores have {scores.shape[1]} tokens, expected "
-                             f"{g.image_prefix_tokens + rows * cols} (or another layer's grid)")
-        scores = scores[:, g.image_prefix_tokens:].reshape(-1, *grid)
+            raise ValueError(
+                f"image token scores have {scores.shape[1]} tokens, expected "
+                f"{g.image_prefix_tokens + rows * cols} (or another layer's grid)"
+            )
+        scores = scores[:, g.image_prefix_tokens :].reshape(-1, *grid)
     scores = finite(scores)
     if tuple(scores.shape[-2:]) == tuple(g.image_size):
         return None, scores

@@ -45,8 +45,11 @@ from .common import check_layer, pooled_positions, pooled_row, recorded_forward,
 class CheferSettings(Settings):
     """Settings of Chefer et al.'s relevancy."""
 
-    start_layer: int = setting(0, "first block whose attention enters R (0-based, negative from the end); "
-                                  "0: every block (the paper), -1: the last block only (the CLIP notebook)")
+    start_layer: int = setting(
+        0,
+        "first block whose attention enters R (0-based, negative from the end); "
+        "0: every block (the paper), -1: the last block only (the CLIP notebook)",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -73,8 +76,15 @@ class Chefer(Method):
     modalities = ("image", "text")
     Settings = CheferSettings
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: CheferSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: CheferSettings,
+    ) -> RawScores:
         require_attention(backend, self.name)
         batch = images if modality == "image" else texts
         start = backend.resolve_layer(modality, settings.start_layer, "start_layer")

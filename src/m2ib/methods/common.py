@@ -70,8 +70,9 @@ def token_mask(modality: Modality, batch: ImageBatch | TextBatch, tokens: int, d
 
 def require_attention(backend: Backend, method: str) -> None:
     if not backend.supports_attention:
-        raise InputError(f"{method} needs the attention weights, which the {type(backend).__name__} "
-                         "backend cannot record")
+        raise InputError(
+            f"{method} needs the attention weights, which the {type(backend).__name__} backend cannot record"
+        )
 
 
 def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -79,8 +80,9 @@ def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
-def recorded_forward(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch,
-                     grad: bool = True) -> tuple[torch.Tensor, list]:
+def recorded_forward(
+    backend: Backend, modality: Modality, batch: ImageBatch | TextBatch, grad: bool = True
+) -> tuple[torch.Tensor, list]:
     """Embed ``batch`` while recording every block's attention: (embeddings [N, E], records).
 
     With ``grad`` the input of block 0 requires grad, so every recorded tensor is in the

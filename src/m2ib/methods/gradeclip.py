@@ -53,8 +53,9 @@ class GradECLIPSettings(Settings):
     """Grad-ECLIP settings; defaults are the released notebooks'."""
 
     vision_blocks: int = setting(1, "last image tower blocks whose attention is used (released: 1)")
-    text_blocks: int | None = setting(None, "last text tower blocks whose attention is used; default: 8 of 12 "
-                                            "(released), two thirds of other depths")
+    text_blocks: int | None = setting(
+        None, "last text tower blocks whose attention is used; default: 8 of 12 (released), two thirds of other depths"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -83,8 +84,15 @@ class GradECLIP(Method):
             text_blocks = default_text_blocks(backend.num_layers("text"))
         return GradECLIPSettings(**{**settings.as_dict(), "text_blocks": text_blocks})
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: GradECLIPSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: GradECLIPSettings,
+    ) -> RawScores:
         require_attention(backend, self.name)
         batch = images if modality == "image" else texts
         blocks = settings.vision_blocks if modality == "image" else settings.text_blocks

@@ -51,9 +51,12 @@ from .common import check_positive_int, chunks
 class KernelSHAPSettings(Settings):
     """Kernel SHAP settings."""
 
-    samples: int | None = setting(None, "coalitions evaluated per pair besides the empty and the full one; "
-                                        "default 2 M + 2048 for M features (the shap library's); all of them "
-                                        "(exact Shapley values) when the budget allows")
+    samples: int | None = setting(
+        None,
+        "coalitions evaluated per pair besides the empty and the full one; "
+        "default 2 M + 2048 for M features (the shap library's); all of them "
+        "(exact Shapley values) when the budget allows",
+    )
     grid: int = setting(8, "image side: cells per side of the grid whose cells are the features")
     max_batch: int = setting(256, "most perturbed inputs per forward pass (memory cap)")
 
@@ -67,7 +70,7 @@ class KernelSHAPSettings(Settings):
 
 def plan_info(m: int, z: torch.Tensor, samples: int | None) -> dict:
     """What was evaluated for one pair (JSON-ready)."""
-    exact = m < 2 or (m < 31 and 2 ** m - 2 <= budget(m, samples))
+    exact = m < 2 or (m < 31 and 2**m - 2 <= budget(m, samples))
     return {"features": m, "coalitions": int(z.shape[0]) + 2, "exact": exact}
 
 
@@ -81,7 +84,7 @@ def coalitions(m: int, samples: int | None, seed: int) -> tuple[torch.Tensor, to
     if m < 2:
         return torch.zeros(0, m), torch.zeros(0)
     s = budget(m, samples)
-    if m < 31 and 2 ** m - 2 <= s:
+    if m < 31 and 2**m - 2 <= s:
         z = torch.tensor(list(itertools.product((0.0, 1.0), repeat=m)))[1:-1]
         k = z.sum(1)
         weights = (m - 1) / (torch.tensor([math.comb(m, int(i)) for i in k]) * k * (m - k))
@@ -97,8 +100,9 @@ def coalitions(m: int, samples: int | None, seed: int) -> tuple[torch.Tensor, to
     return z, torch.ones(z.shape[0], dtype=torch.float64)
 
 
-def solve(z: torch.Tensor, weights: torch.Tensor, y: torch.Tensor, empty: torch.Tensor,
-          full: torch.Tensor) -> torch.Tensor:
+def solve(
+    z: torch.Tensor, weights: torch.Tensor, y: torch.Tensor, empty: torch.Tensor, full: torch.Tensor
+) -> torch.Tensor:
     """Shapley values [P, M] from coalition targets ``y`` [P, S] (constrained weighted least squares)."""
     m = z.shape[1]
     total = (full - empty).double()  # [P]
@@ -125,8 +129,15 @@ class KernelSHAP(Method):
     modalities = ("image", "text")
     Settings = KernelSHAPSettings
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: KernelSHAPSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: KernelSHAPSettings,
+    ) -> RawScores:
         with torch.no_grad():
             if modality == "image":
                 scores, info = self._image(backend, images, target, settings)
@@ -134,8 +145,9 @@ class KernelSHAP(Method):
                 scores, info = self._text(backend, texts, target, settings)
         return RawScores(scores, info)
 
-    def _image(self, backend: Backend, images: ImageBatch, target: Target,
-               s: KernelSHAPSettings) -> tuple[torch.Tensor, list[dict]]:
+    def _image(
+        self, backend: Backend, images: ImageBatch, target: Target, s: KernelSHAPSettings
+    ) -> tuple[torch.Tensor, list[dict]]:
         pixels = images.pixel_values.to(backend.device, backend.dtype)
         n, _, h, w = pixels.shape
         g = s.grid
@@ -158,8 +170,9 @@ class KernelSHAP(Method):
         info = [plan_info(m, z, s.samples)] * n
         return phi.float().view(n, g, g).to(backend.device), info
 
-    def _text(self, backend: Backend, texts: TextBatch, target: Target,
-              s: KernelSHAPSettings) -> tuple[torch.Tensor, list[dict]]:
+    def _text(
+        self, backend: Backend, texts: TextBatch, target: Target, s: KernelSHAPSettings
+    ) -> tuple[torch.Tensor, list[dict]]:
         n, t = texts.input_ids.shape
         mask = texts.attention_mask.cpu()
         rows_ids, rows_mask, rows_pair, plans = [], [], [], []
@@ -184,7 +197,7 @@ class KernelSHAP(Method):
         out = torch.zeros(n, t)
         start = 0
         for i, (feats, z, weights, count) in enumerate(plans):
-            v = values[start:start + count]
+            v = values[start : start + count]
             start += count
             if feats:
                 out[i, feats] = solve(z, weights, v[None, 2:], v[:1], v[1:2])[0].float()

@@ -46,8 +46,9 @@ def with_tower_layers(backend: Backend, settings: S, default: Callable[[int], in
 class LayerSettings(Settings):
     """Settings with one block per tower; a method redeclares the two fields for its own help."""
 
-    vision_layer: int | None = setting(None, "image tower block read (0-based, negative from the end); "
-                                             "default: the method's rule")
+    vision_layer: int | None = setting(
+        None, "image tower block read (0-based, negative from the end); default: the method's rule"
+    )
     text_layer: int | None = setting(None, "text tower block read; default as for vision_layer")
 
     def validate(self) -> None:
@@ -67,8 +68,9 @@ class LayerMethod(Method):
         return with_tower_layers(backend, settings, self.default_layer)
 
     @staticmethod
-    def side(modality: Modality, images: ImageBatch, texts: TextBatch,
-             settings: LayerSettings) -> tuple[ImageBatch | TextBatch, int]:
+    def side(
+        modality: Modality, images: ImageBatch, texts: TextBatch, settings: LayerSettings
+    ) -> tuple[ImageBatch | TextBatch, int]:
         """The explained side's batch and (resolved) block."""
         if modality == "image":
             return images, settings.vision_layer

@@ -48,11 +48,17 @@ POOLINGS = ("mean", "model")
 class LeGradSettings(Settings):
     """LeGrad settings."""
 
-    start_layer: int = setting(0, "first block whose attention gradient is summed (0-based, negative from "
-                                  "the end); 0: every block (the paper), -2: the released wrapper's default")
-    pooling: str = setting("mean", "image side: the intermediate embedding pools the mean of all tokens and reads "
-                                   "every attention row (mean, as released) or the CLS token and its row (model)",
-                           choices=POOLINGS)
+    start_layer: int = setting(
+        0,
+        "first block whose attention gradient is summed (0-based, negative from "
+        "the end); 0: every block (the paper), -2: the released wrapper's default",
+    )
+    pooling: str = setting(
+        "mean",
+        "image side: the intermediate embedding pools the mean of all tokens and reads "
+        "every attention row (mean, as released) or the CLS token and its row (model)",
+        choices=POOLINGS,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -71,8 +77,15 @@ class LeGrad(Method):
     modalities = ("image", "text")
     Settings = LeGradSettings
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: LeGradSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: LeGradSettings,
+    ) -> RawScores:
         require_attention(backend, self.name)
         batch = images if modality == "image" else texts
         start = backend.resolve_layer(modality, settings.start_layer, "start_layer")
@@ -86,8 +99,10 @@ class LeGrad(Method):
         for i, record in enumerate(used):
             z = record.hidden
             if z is None:
-                raise InputError(f"legrad needs each block's output recorded with its attention, which the "
-                                 f"{type(backend).__name__} backend does not provide (AttentionRecord.hidden)")
+                raise InputError(
+                    f"legrad needs each block's output recorded with its attention, which the "
+                    f"{type(backend).__name__} backend does not provide (AttentionRecord.hidden)"
+                )
             if mean_rows and positions is not None:  # released: the mean over tokens, read where CLS pools
                 z = z.clone()
                 z[rows_index, positions] = record.hidden.mean(1)

@@ -50,10 +50,11 @@ class M2IBSettings(LayerSettings):
     """M2IB's settings; defaults are the paper's (CLIP ViT-B/32, Conceptual Captions)."""
 
     vision_layer: int | None = setting(
-        None, "image tower block whose output is bottlenecked (0-based, negative from the end); "
-              "default: the model's recommended layer, else 9 for 12 blocks (same relative depth otherwise)")
-    text_layer: int | None = setting(
-        None, "text tower block whose output is bottlenecked; default as for vision_layer")
+        None,
+        "image tower block whose output is bottlenecked (0-based, negative from the end); "
+        "default: the model's recommended layer, else 9 for 12 blocks (same relative depth otherwise)",
+    )
+    text_layer: int | None = setting(None, "text tower block whose output is bottlenecked; default as for vision_layer")
     vision_beta: float = setting(0.1, "weight of the compression (KL) term for the image bottleneck")
     text_beta: float = setting(0.1, "weight of the compression (KL) term for the text bottleneck")
     var: float = setting(1.0, "variance of the noise and of the prior N(0, var)")
@@ -61,18 +62,29 @@ class M2IBSettings(LayerSettings):
     lr: float = setting(1.0, "Adam learning rate")
     samples: int = setting(10, "noise copies per step")
     init_alpha: float = setting(5.0, "initial value of alpha (lam = sigmoid(alpha) starts near 1)")
-    precision: str = setting("fp32", "arithmetic of the towers: fp32 (default, exact), or bf16/fp16 "
-                                     "(faster, opt-in; the bottleneck and loss stay fp32)", choices=PRECISIONS)
+    precision: str = setting(
+        "fp32",
+        "arithmetic of the towers: fp32 (default, exact), or bf16/fp16 "
+        "(faster, opt-in; the bottleneck and loss stay fp32)",
+        choices=PRECISIONS,
+    )
     bottleneck: str = setting(
-        "published", "noise and prior of the bottleneck: published (N(0, var), the paper) or standardised (IBA, "
-                     "Schulz et al. ICLR 2020: N(mean, var * sd^2) of each feature of R, so a token's large norm "
-                     "is not scored as information)", choices=BOTTLENECKS)
+        "published",
+        "noise and prior of the bottleneck: published (N(0, var), the paper) or standardised (IBA, "
+        "Schulz et al. ICLR 2020: N(mean, var * sd^2) of each feature of R, so a token's large norm "
+        "is not scored as information)",
+        choices=BOTTLENECKS,
+    )
     reference: str | None = setting(
-        None, "with bottleneck=standardised: the inputs whose R gives each feature's mean and sd, a dataset as "
-              "evaluate --data reads it (e.g. shapes:val:64 or a pairs file); default: the batch's own inputs "
-              "(2 or more pairs; a pair's map then depends on its batch)")
-    cuda_graphs: bool = setting(True, "on a GPU, replay the optimisation loop as a CUDA graph (same kernels, "
-                                      "far fewer launches); no effect on a CPU")
+        None,
+        "with bottleneck=standardised: the inputs whose R gives each feature's mean and sd, a dataset as "
+        "evaluate --data reads it (e.g. shapes:val:64 or a pairs file); default: the batch's own inputs "
+        "(2 or more pairs; a pair's map then depends on its batch)",
+    )
+    cuda_graphs: bool = setting(
+        True,
+        "on a GPU, replay the optimisation loop as a CUDA graph (same kernels, far fewer launches); no effect on a CPU",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -85,8 +97,11 @@ class M2IBSettings(LayerSettings):
         check_choice(self.precision, "precision", PRECISIONS)
         check_choice(self.bottleneck, "bottleneck", BOTTLENECKS)
         if self.reference is not None and self.bottleneck != "standardised":  # honoured or refused, never ignored
-            raise InputError(f"reference={self.reference!r} is read only with bottleneck=standardised: set bottleneck "
-                             "to standardised, or leave reference out", settings=("bottleneck", "reference"))
+            raise InputError(
+                f"reference={self.reference!r} is read only with bottleneck=standardised: set bottleneck "
+                "to standardised, or leave reference out",
+                settings=("bottleneck", "reference"),
+            )
 
 
 @register
@@ -102,8 +117,15 @@ class M2IB(LayerMethod):
     def precision_of(self, settings: M2IBSettings) -> str:
         return settings.precision
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: M2IBSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: M2IBSettings,
+    ) -> RawScores:
         batch, layer = self.side(modality, images, texts, settings)
         beta = settings.vision_beta if modality == "image" else settings.text_beta
         kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings)
@@ -115,8 +137,10 @@ def check_fit(kl_map: torch.Tensor, modality: Modality, s: M2IBSettings) -> None
     """A fit that went wrong says so: a non-finite map is an error. (A map that is the same on every
     token is a warning for every method, from :meth:`Explanation.problems`, with :attr:`M2IB.degenerate_hint`.)"""
     if not torch.isfinite(kl_map).all():
-        raise InputError(f"M2IB's {modality} fit diverged (non-finite KL): lower lr (now {s.lr}) or raise var "
-                         f"(now {s.var})", settings=("lr", "var"))
+        raise InputError(
+            f"M2IB's {modality} fit diverged (non-finite KL): lower lr (now {s.lr}) or raise var (now {s.var})",
+            settings=("lr", "var"),
+        )
 
 
 def kl_to_prior(lam_r: torch.Tensor, log_one_minus_lam: torch.Tensor, var: float) -> torch.Tensor:
@@ -134,8 +158,15 @@ def noise_generators(device: torch.device, seed: int, n: int) -> list[torch.Gene
     return [torch.Generator(device=device).manual_seed(seed) for _ in range(n)]
 
 
-def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch, layer: int,
-                   target: Target | torch.Tensor, beta: float, s: M2IBSettings) -> tuple[torch.Tensor, list[dict]]:
+def fit_bottleneck(
+    backend: Backend,
+    modality: Modality,
+    batch: ImageBatch | TextBatch,
+    layer: int,
+    target: Target | torch.Tensor,
+    beta: float,
+    s: M2IBSettings,
+) -> tuple[torch.Tensor, list[dict]]:
     """Fit one bottleneck per pair of ``batch`` at ``layer``; return KL maps [N, tokens] and info.
 
     ``target``: a :class:`Target`, or [N, E] unit-norm embeddings of the other side (the cosine)."""
@@ -151,8 +182,23 @@ def fit_bottleneck(backend: Backend, modality: Modality, batch: ImageBatch | Tex
         statistics = bottleneck_statistics(backend, modality, batch, layer, hidden, s.reference)
         hidden = (hidden - statistics[0]) / statistics[1]
     use_graph = s.cuda_graphs and device.type == "cuda"
-    key = (modality, layer, n, t, d, beta, s.var, s.bottleneck, s.steps, s.lr, s.samples, s.init_alpha, s.precision,
-           None if target.negatives is None else tuple(target.negatives.shape), target.offset is not None)
+    key = (
+        modality,
+        layer,
+        n,
+        t,
+        d,
+        beta,
+        s.var,
+        s.bottleneck,
+        s.steps,
+        s.lr,
+        s.samples,
+        s.init_alpha,
+        s.precision,
+        None if target.negatives is None else tuple(target.negatives.shape),
+        target.offset is not None,
+    )
     cache = FITS(backend) if use_graph else None
     fit = None if cache is None else cache.pop(key, None)
     if fit is None:
@@ -186,13 +232,18 @@ def memory_needed(n: int, t: int, d: int, blocks_after: int, s: M2IBSettings) ->
     return 4 * (noise + activations)
 
 
-def check_fits_in_memory(backend: Backend, modality: Modality, layer: int, n: int, t: int, d: int,
-                         s: M2IBSettings) -> None:
+def check_fits_in_memory(
+    backend: Backend, modality: Modality, layer: int, n: int, t: int, d: int, s: M2IBSettings
+) -> None:
     """Refuse, on one line, a fit that cannot fit in memory (instead of an allocation failure or a
     swap storm minutes later), naming the settings to lower."""
-    require_memory(memory_needed(n, t, d, backend.num_layers(modality) - 1 - layer, s), backend.device,
-                   f"M2IB with samples={s.samples} and steps={s.steps} on {n} pair(s)",
-                   "lower samples (or batch_size, or steps)", settings=("samples", "batch_size", "steps"))
+    require_memory(
+        memory_needed(n, t, d, backend.num_layers(modality) - 1 - layer, s),
+        backend.device,
+        f"M2IB with samples={s.samples} and steps={s.steps} on {n} pair(s)",
+        "lower samples (or batch_size, or steps)",
+        settings=("samples", "batch_size", "steps"),
+    )
 
 
 def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None:
@@ -203,6 +254,8 @@ def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tens
     if buffer is None or buffer.shape != value.shape or buffer.device != value.device:
         return value.clone()
     return buffer.copy_(value)
+
+
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -214,8 +267,19 @@ class BottleneckFit:
     launch cost that dominates small batches. Eager and graph runs execute the same kernels.
     """
 
-    def __init__(self, backend: Backend, modality: Modality, copies: ImageBatch | TextBatch, layer: int,
-                 beta: float, s: M2IBSettings, n: int, t: int, d: int, graph: bool):
+    def __init__(
+        self,
+        backend: Backend,
+        modality: Modality,
+        copies: ImageBatch | TextBatch,
+        layer: int,
+        beta: float,
+        s: M2IBSettings,
+        n: int,
+        t: int,
+        d: int,
+        graph: bool,
+    ):
         device = backend.device
         self.modality, self.copies, self.layer, self.beta, self.s = modality, copies, layer, beta, s
         # Reduced precision runs the blocks after the bottleneck on a copy of the weights in
@@ -237,8 +301,14 @@ class BottleneckFit:
         self.wants_graph = graph
         self.kl_map = self.numbers = None
 
-    def load(self, hidden: torch.Tensor, batch: ImageBatch | TextBatch, target: Target, seed: int,
-             statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def load(
+        self,
+        hidden: torch.Tensor,
+        batch: ImageBatch | TextBatch,
+        target: Target,
+        seed: int,
+        statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Copy one batch's inputs into the buffers and draw its noise (``statistics``: the
         standardised bottleneck's mean and sd of R, which ``hidden`` is already scaled by)."""
         s, device = self.s, self.hidden.device
@@ -254,7 +324,9 @@ class BottleneckFit:
             lengths = [t] * n
         self.target = _into(self.target, target.embeddings.to(device).float().repeat_interleave(s.samples, 0))
         self.negatives = _into(self.negatives, target.negatives)
-        self.offset = _into(self.offset, None if target.offset is None else target.offset.repeat_interleave(s.samples, 0))
+        self.offset = _into(
+            self.offset, None if target.offset is None else target.offset.repeat_interleave(s.samples, 0)
+        )
         self.shift = _into(self.shift, None if statistics is None else statistics[0])
         self.scale = _into(self.scale, None if statistics is None else statistics[1])
         # All steps' noise at once, per pair at its own length, from the pair's own generator.
@@ -263,8 +335,9 @@ class BottleneckFit:
                 torch.randn(s.steps, s.samples, t, d, generator=g, device=device, out=self.noise[i])
             else:
                 self.noise[i].zero_()
-                self.noise[i, :, :, : lengths[i]] = torch.randn(s.steps, s.samples, lengths[i], d, generator=g,
-                                                                device=device)
+                self.noise[i, :, :, : lengths[i]] = torch.randn(
+                    s.steps, s.samples, lengths[i], d, generator=g, device=device
+                )
 
     def _reset(self) -> None:
         with torch.no_grad():
@@ -277,7 +350,7 @@ class BottleneckFit:
     def _loop(self) -> None:
         s, n, t, d = self.s, *self.hidden.shape
         elements = self.valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
-        std = s.var ** 0.5
+        std = s.var**0.5
         kl = compression = fit = None
         runner = self._runner()  # alive: a fit runs only inside fit_bottleneck, which holds the backend
         for step in range(s.steps):
@@ -289,8 +362,7 @@ class BottleneckFit:
             z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
             if self.scale is not None:  # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
                 z = torch.addcmul(self.shift, z, self.scale)
-            emb = runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(runner.dtype), self.layer,
-                                self.copies)
+            emb = runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(runner.dtype), self.layer, self.copies)
             fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
             compression = (kl * self.valid[..., None]).sum((1, 2)) / elements
             loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses

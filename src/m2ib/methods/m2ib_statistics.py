@@ -72,14 +72,23 @@ def reference_batch(backend: Backend, modality: Modality, spec: str) -> ImageBat
     return backend.preprocess_images([load_image(row.image)[0] for row in rows])
 
 
-def bottleneck_statistics(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch, layer: int,
-                          hidden: torch.Tensor, reference: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def bottleneck_statistics(
+    backend: Backend,
+    modality: Modality,
+    batch: ImageBatch | TextBatch,
+    layer: int,
+    hidden: torch.Tensor,
+    reference: str | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, sd) [T, D] of R at ``layer`` for a batch whose R is ``hidden`` [N, T, D]: from the
     ``reference`` dataset's inputs, or, with ``reference=None``, from the batch's own."""
     if reference is None:
         if hidden.shape[0] < 2:
-            raise InputError("bottleneck=standardised with the batch's own statistics needs 2 or more pairs in a "
-                             "batch: give reference (e.g. shapes:val:64 or a pairs file)", settings=("reference",))
+            raise InputError(
+                "bottleneck=standardised with the batch's own statistics needs 2 or more pairs in a "
+                "batch: give reference (e.g. shapes:val:64 or a pairs file)",
+                settings=("reference",),
+            )
         return feature_statistics(hidden, _valid(batch, hidden), hidden.shape[1])
     ref = reference_batch(backend, modality, reference).to(backend.device)
     with torch.no_grad():

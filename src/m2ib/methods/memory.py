@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InputError
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def meminfo_available(text: str) -> int | None:
@@ -45,5 +45,7 @@ def require_memory(needed: int, device: torch.device, what: str, advice: str, se
     ``settings``."""
     free = memory_available(device)
     if free is not None and needed > free:
-        raise InputError(f"{what} needs about {needed / GIB:.1f} GiB, more than the {free / GIB:.1f} GiB free on "
-                         f"{device}: {advice}", settings=settings)
+        raise InputError(
+            f"{what} needs about {needed / GIB:.1f} GiB, more than the {free / GIB:.1f} GiB free on {device}: {advice}",
+            settings=settings,
+        )

@@ -46,10 +46,11 @@ class NIBSettings(LayerSettings):
     """NIB settings; defaults are the released code's."""
 
     vision_layer: int | None = setting(
-        None, "image tower block whose output is integrated (0-based, negative from the end); default: one "
-              "before M2IB's layer (8 of 12 blocks: the released target_layer=9)")
-    text_layer: int | None = setting(None, "text tower block whose output is integrated; default as for "
-                                           "vision_layer")
+        None,
+        "image tower block whose output is integrated (0-based, negative from the end); default: one "
+        "before M2IB's layer (8 of 12 blocks: the released target_layer=9)",
+    )
+    text_layer: int | None = setting(None, "text tower block whose output is integrated; default as for vision_layer")
     steps: int = setting(10, "integration steps n: the hidden states are scaled by i/n, i = 1..n")
     max_batch: int = setting(256, "most rows (pairs x steps) run through the tower at once (memory cap)")
 
@@ -73,8 +74,15 @@ class NIB(LayerMethod):
         """One block before M2IB's (the output of block 8 of 12: the released target_layer=9)."""
         return max(0, default_layer(num_layers) - 1)
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: NIBSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: NIBSettings,
+    ) -> RawScores:
         batch, layer = self.side(modality, images, texts, settings)
         with torch.no_grad():
             hidden = backend.prefix(modality, batch, layer).detach()

@@ -75,8 +75,9 @@ class MaskSampler:
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         """Masks ``start .. stop - 1``: [k, H, W] in [0, 1]."""
         up = ((self.grid + 1) * self.cell[0], (self.grid + 1) * self.cell[1])
-        big = F.interpolate(self.grids[start:stop, None].to(self.device), size=up, mode="bilinear",
-                            align_corners=False)[:, 0]
+        big = F.interpolate(
+            self.grids[start:stop, None].to(self.device), size=up, mode="bilinear", align_corners=False
+        )[:, 0]
         h, w = self.size
         rows = self.dy[start:stop, None].to(self.device) + torch.arange(h, device=self.device)
         cols = self.dx[start:stop, None].to(self.device) + torch.arange(w, device=self.device)
@@ -94,8 +95,15 @@ class RISE(Method):
     Settings = RISESettings
     modalities = ("image",)
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: RISESettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: RISESettings,
+    ) -> RawScores:
         pixels = images.pixel_values.to(backend.device, backend.dtype)
         n, _, h, w = pixels.shape
         sampler = MaskSampler(settings.masks, settings.grid, settings.p_keep, (h, w), settings.seed, backend.device)

@@ -35,8 +35,9 @@ from .common import check_layer, pooled_positions, pooled_row, recorded_forward,
 class RolloutSettings(Settings):
     """Attention rollout settings."""
 
-    start_layer: int = setting(0, "first block whose attention enters the product (0-based, negative from "
-                                  "the end); 0: every block")
+    start_layer: int = setting(
+        0, "first block whose attention enters the product (0-based, negative from the end); 0: every block"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -69,8 +70,15 @@ class Rollout(Method):
     Settings = RolloutSettings
     uses_target = False
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: RolloutSettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: RolloutSettings,
+    ) -> RawScores:
         require_attention(backend, self.name)
         batch = images if modality == "image" else texts
         start = backend.resolve_layer(modality, settings.start_layer, "start_layer")

@@ -38,8 +38,11 @@ CHANNEL_REDUCTIONS = ("max", "sum")
 class SaliencySettings(Settings):
     """Gradient saliency settings."""
 
-    channels: str = setting("max", "image side: how |gradient| is reduced over the colour channels: max "
-                                   "(Simonyan et al.) or sum", choices=CHANNEL_REDUCTIONS)
+    channels: str = setting(
+        "max",
+        "image side: how |gradient| is reduced over the colour channels: max (Simonyan et al.) or sum",
+        choices=CHANNEL_REDUCTIONS,
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -57,8 +60,15 @@ class Saliency(Method):
     modalities = ("image", "text")
     Settings = SaliencySettings
 
-    def attribute(self, backend: Backend, modality: Modality, images: ImageBatch, texts: TextBatch,
-                  target: Target, settings: SaliencySettings) -> RawScores:
+    def attribute(
+        self,
+        backend: Backend,
+        modality: Modality,
+        images: ImageBatch,
+        texts: TextBatch,
+        target: Target,
+        settings: SaliencySettings,
+    ) -> RawScores:
         if modality == "image":
             pixels = images.pixel_values.detach().to(backend.device, backend.dtype).requires_grad_(True)
             score = target.score(backend.embed("image", ImageBatch(pixels)))

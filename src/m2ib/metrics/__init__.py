@@ -32,16 +32,32 @@ registry's order: the order of ``--metrics all``, of the values in a record and 
 
 from typing import Any
 
-from .base import CONTROL, PHRASES, REGISTRY, Key, Measured, MethodRun, Metric, MetricSettings, PairBatch
-from .base import RunContext, Table, choose, direction, metrics_record, register, summary_tables
+from .base import (
+    CONTROL,
+    PHRASES,
+    REGISTRY,
+    Key,
+    Measured,
+    MethodRun,
+    Metric,
+    MetricSettings,
+    PairBatch,
+    RunContext,
+    Table,
+    choose,
+    direction,
+    metrics_record,
+    register,
+    summary_tables,
+)
+from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
-from .road import linear_impute, road_scores
-from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
-from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
-from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
 from .grounding import Grounding  # noqa: F401 (registers phrase grounding on two-object captions)
+from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
+from .road import linear_impute, road_scores
 from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
+from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
 
 #: What ``m2ib evaluate`` measures unless told (``--metrics``).
 DEFAULT_METRICS = ("confidence", "deletion", "road", "localisation")
@@ -53,9 +69,40 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PROTOCOLS", "METRIC_NAMES", "direction", "confidence_change", "perturb_image", "deletion_insertion",
-           "gaussian_blur", "road_scores", "linear_impute", "localisation", "pointing_game", "energy_inside", "topk_iou",
-           "boxes_to_mask", "text_pointing", "cascading_randomization", "randomised_cascade", "spearman", "ssim",
-           "Metric", "PHRASES", "Key", "Table", "Measured", "MethodRun", "PairBatch", "RunContext", "CONTROL", "register",
-           "REGISTRY", "summary_tables", "MetricSettings", "DEFAULT_METRICS", "choose",
-           "metrics_record"]
+__all__ = [
+    "PROTOCOLS",
+    "METRIC_NAMES",
+    "direction",
+    "confidence_change",
+    "perturb_image",
+    "deletion_insertion",
+    "gaussian_blur",
+    "road_scores",
+    "linear_impute",
+    "localisation",
+    "pointing_game",
+    "energy_inside",
+    "topk_iou",
+    "boxes_to_mask",
+    "text_pointing",
+    "cascading_randomization",
+    "randomised_cascade",
+    "spearman",
+    "ssim",
+    "Metric",
+    "PHRASES",
+    "Key",
+    "Table",
+    "Measured",
+    "MethodRun",
+    "PairBatch",
+    "RunContext",
+    "CONTROL",
+    "register",
+    "REGISTRY",
+    "summary_tables",
+    "MetricSettings",
+    "DEFAULT_METRICS",
+    "choose",
+    "metrics_record",
+]

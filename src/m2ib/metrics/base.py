@@ -189,8 +189,9 @@ class Metric(ABC):
         names = [f.name for f in fields_of(cls.Settings)]
         unknown = sorted(set(options) - set(names))
         if unknown:
-            raise InputError(f"metric {cls.name!r} has no option {', '.join(unknown)} "
-                             f"(its options: {', '.join(names) or 'none'})")
+            raise InputError(
+                f"metric {cls.name!r} has no option {', '.join(unknown)} (its options: {', '.join(names) or 'none'})"
+            )
         try:
             return cls.Settings(**options)
         except InputError as exc:  # a type error names the field alone: say whose
@@ -200,7 +201,7 @@ class Metric(ABC):
     def summary_tables(cls) -> tuple[Table, ...]:
         return cls.tables if cls.tables is not None else (Table(cls.title, tuple(k.name for k in cls.keys)),)
 
-    @classmethod
+    @classmethod  # noqa: B027 - a hook that checks nothing by default, not an abstract method
     def check_rows(cls, rows: Sequence[Row], data: str) -> None:
         """Raise :class:`~m2ib.errors.InputError` when the rows of ``data`` lack what this metric measures."""
 
@@ -243,11 +244,13 @@ def _check_metric(cls: type[Metric], registry: Registry[type[Metric]]) -> None:
         raise ValueError(f"metric {cls.name!r}: key(s) {', '.join(clash)} recorded by another metric too")
     shown = {k for table in cls.summary_tables() for k in table.keys}
     if not shown <= set(mine):
-        raise ValueError(f"metric {cls.name!r}: its tables show keys it does not record: "
-                         f"{', '.join(sorted(shown - set(mine)))}")
+        raise ValueError(
+            f"metric {cls.name!r}: its tables show keys it does not record: {', '.join(sorted(shown - set(mine)))}"
+        )
     if not cls.needs <= NEEDS:
-        raise ValueError(f"metric {cls.name!r} needs {', '.join(sorted(cls.needs - NEEDS))}: not one of "
-                         f"{', '.join(sorted(NEEDS))}")
+        raise ValueError(
+            f"metric {cls.name!r} needs {', '.join(sorted(cls.needs - NEEDS))}: not one of {', '.join(sorted(NEEDS))}"
+        )
 
 
 #: Every metric, in registration order: the order values are measured in and summaries show them.
@@ -269,8 +272,10 @@ def choose(metrics: Chosen) -> dict[str, SettingsBase]:
     items = list(metrics.items()) if isinstance(metrics, Mapping) else [(name, None) for name in metrics]
     unknown = [name for name, _ in items if name not in REGISTRY]
     if unknown or not items:
-        raise InputError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
-                         f"{', '.join(REGISTRY.names())} or 'all'")
+        raise InputError(
+            f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from "
+            f"{', '.join(REGISTRY.names())} or 'all'"
+        )
     out: dict[str, SettingsBase] = {}
     for name, given in items:
         cls = REGISTRY[name]

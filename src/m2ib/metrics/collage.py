@@ -27,7 +27,7 @@ def quadrant_of(box: tuple[float, float, float, float], size: tuple[int, int]) -
     """Bool [H, W]: the pixels of the box ``(x, y, w, h)`` (whole pixels: a quadrant)."""
     x, y, w, h = (int(round(v)) for v in box)
     mask = torch.zeros(size, dtype=torch.bool)
-    mask[y:y + h, x:x + w] = True
+    mask[y : y + h, x : x + w] = True
     return mask
 
 

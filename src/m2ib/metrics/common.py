@@ -28,8 +28,9 @@ def scoring(backend: Backend) -> Iterator[None]:
         yield
 
 
-def unit_embeddings(backend: Backend, modality: Modality, batch: ImageBatch | TextBatch,
-                    chunk: int = CHUNK) -> torch.Tensor:
+def unit_embeddings(
+    backend: Backend, modality: Modality, batch: ImageBatch | TextBatch, chunk: int = CHUNK
+) -> torch.Tensor:
     """Unit-norm float embeddings [N, E] of ``batch`` (call inside :func:`scoring`)."""
     out = []
     for start in range(0, len(batch), chunk):
@@ -59,8 +60,10 @@ def image_maps(maps: torch.Tensor | Sequence[torch.Tensor], images: ImageBatch) 
     stacked = stacked.detach().float()
     n, _, h, w = images.pixel_values.shape
     if stacked.ndim != 3 or stacked.shape[0] != n or tuple(stacked.shape[1:]) != (h, w):
-        raise InputError(f"image maps of shape {tuple(stacked.shape)} do not fit {n} images of {h}x{w} "
-                         "(give one [H, W] map per image, at the model's input size)")
+        raise InputError(
+            f"image maps of shape {tuple(stacked.shape)} do not fit {n} images of {h}x{w} "
+            "(give one [H, W] map per image, at the model's input size)"
+        )
     return torch.nan_to_num(stacked, nan=0.0).to(images.pixel_values.device)
 
 
@@ -90,7 +93,7 @@ def word_positions(texts: TextBatch, i: int) -> list[int]:
 
 
 #: Scores closer than this share of a map's range rank as equal (see :func:`descending_order`).
-RANK_RESOLUTION = 2.0 ** -16
+RANK_RESOLUTION = 2.0**-16
 
 
 def descending_order(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -52,9 +52,15 @@ from .common import cosine, image_maps, scoring, targets, text_maps, unit_embedd
 PROTOCOLS = ("m2ib", "mask")
 
 
-def confidence_change(backend: Backend, images: ImageBatch, texts: TextBatch,
-                      maps: torch.Tensor | Sequence[torch.Tensor], *, modality: Modality,
-                      protocol: str = "mask") -> dict[str, torch.Tensor]:
+def confidence_change(
+    backend: Backend,
+    images: ImageBatch,
+    texts: TextBatch,
+    maps: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    modality: Modality,
+    protocol: str = "mask",
+) -> dict[str, torch.Tensor]:
     """Confidence Drop and Increase of ``modality``'s maps for pairs ``(images[i], texts[i])``.
 
     Args:
@@ -93,8 +99,9 @@ def perturb_image(pixels: torch.Tensor, maps: torch.Tensor, protocol: str) -> to
     return pixels * maps[:, None].to(pixels.dtype)
 
 
-def _image_scores(backend: Backend, images: ImageBatch, texts: TextBatch, maps: torch.Tensor,
-                  protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _image_scores(
+    backend: Backend, images: ImageBatch, texts: TextBatch, maps: torch.Tensor, protocol: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     with scoring(backend):
         target = targets(backend, "image", images, texts)
         s = cosine(unit_embeddings(backend, "image", images), target)
@@ -110,8 +117,9 @@ def median_keep(scores: torch.Tensor) -> torch.Tensor:
     return scores > torch.quantile(scores.double(), 0.5).to(scores.dtype)
 
 
-def _text_scores(backend: Backend, images: ImageBatch, texts: TextBatch, maps: list[torch.Tensor],
-                 protocol: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _text_scores(
+    backend: Backend, images: ImageBatch, texts: TextBatch, maps: list[torch.Tensor], protocol: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(texts)
     s = torch.full((n,), float("nan"))
     s_masked = torch.full((n,), float("nan"))
@@ -139,13 +147,15 @@ def _text_scores(backend: Backend, images: ImageBatch, texts: TextBatch, maps: l
         cut, zeroed = [], []
         for i in rows:
             length = int(texts.lengths[i])
-            ids = texts.input_ids[i, 1:length - 1].cpu()
-            keep = median_keep(maps[i][1:length - 1])
+            ids = texts.input_ids[i, 1 : length - 1].cpu()
+            keep = median_keep(maps[i][1 : length - 1])
             cut.append(ids)
             zeroed.append(ids * keep.to(ids.dtype))
         if not backend.can_pool("text", "argmax"):
-            raise InputError(f"the 'm2ib' text protocol needs a causal text tower that can pool the largest id; "
-                             f"{type(backend).__name__} cannot: use protocol 'mask'")
+            raise InputError(
+                f"the 'm2ib' text protocol needs a causal text tower that can pool the largest id; "
+                f"{type(backend).__name__} cannot: use protocol 'mask'"
+            )
         with backend.pooling("text", "argmax"):
             base = cosine(unit_embeddings(backend, "text", _padded(backend, cut)), target[rows])
             masked = cosine(unit_embeddings(backend, "text", _padded(backend, zeroed)), target[rows])
@@ -161,20 +171,21 @@ def _padded(backend: Backend, rows: list[torch.Tensor]) -> TextBatch:
     ids = torch.zeros(len(rows), t, dtype=torch.long)
     attention = torch.zeros(len(rows), t, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :r.shape[0]] = r
-        attention[i, :r.shape[0]] = 1
+        ids[i, : r.shape[0]] = r
+        attention[i, : r.shape[0]] = 1
     return TextBatch(ids.to(backend.device), attention.to(backend.device))
 
 
 #: What each protocol does, recorded in every results file's provenance.
 PROTOCOL_DEFINITIONS = {
     "m2ib": "public reference scripts/eval.py exactly: image = normalised pixels x the map's FIRST ROW "
-            "broadcast over rows (pytorch-grad-cam 1.4.6 reads cams[0] of a [224, 224] map); text = "
-            "start/end ids cut, ids x (map > median) so dropped ids become 0, no attention mask, "
-            "pooled at the largest id, baseline on the cut ids",
+    "broadcast over rows (pytorch-grad-cam 1.4.6 reads cams[0] of a [224, 224] map); text = "
+    "start/end ids cut, ids x (map > median) so dropped ids become 0, no attention mask, "
+    "pooled at the largest id, baseline on the cut ids",
     "mask": "image = normalised pixels x the map; text = words with score <= median (start/end excluded) "
-            "removed through the attention mask, start/end kept, usual pooling, baseline = the pair's "
-            "own similarity"}
+    "removed through the attention mask, start/end kept, usual pooling, baseline = the pair's "
+    "own similarity",
+}
 
 
 def _keys(protocol: str) -> tuple[str, ...]:
@@ -185,8 +196,10 @@ def _keys(protocol: str) -> tuple[str, ...]:
 class ConfidenceSettings(MetricSettings):
     # "protocols": the flag and recorded key it had before metric options were per metric
     protocols: tuple[Literal["m2ib", "mask"], ...] = setting(
-        PROTOCOLS, "confidence protocols: m2ib (the public reference's, exactly) and/or mask (corrected)",
-        alias="protocols")
+        PROTOCOLS,
+        "confidence protocols: m2ib (the public reference's, exactly) and/or mask (corrected)",
+        alias="protocols",
+    )
 
     def validate(self) -> None:
         if not self.protocols:
@@ -201,8 +214,10 @@ class Confidence(Metric):
     title = "Confidence drop and increase"
     paper = "https://arxiv.org/abs/1710.11063"
     keys = tuple(Key(k, "lower" if "_drop_" in k else "higher") for p in PROTOCOLS for k in _keys(p))
-    tables = (Table("Confidence, protocol `m2ib` (the public reference's, exactly)", _keys("m2ib")),
-              Table("Confidence, protocol `mask` (corrected)", _keys("mask")))
+    tables = (
+        Table("Confidence, protocol `m2ib` (the public reference's, exactly)", _keys("m2ib")),
+        Table("Confidence, protocol `mask` (corrected)", _keys("mask")),
+    )
     Settings = ConfidenceSettings
     settings: ConfidenceSettings
 

@@ -33,8 +33,17 @@ from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..settings import check_positive_int, setting
 from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, PlotCanvas, mean_curve, register
-from .common import (cosine, descending_order, image_maps, scoring, targets, text_maps, trapezoid, unit_embeddings,
-                     word_positions)
+from .common import (
+    cosine,
+    descending_order,
+    image_maps,
+    scoring,
+    targets,
+    text_maps,
+    trapezoid,
+    unit_embeddings,
+    word_positions,
+)
 
 
 def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -53,9 +62,16 @@ def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
-def deletion_insertion(backend: Backend, images: ImageBatch, texts: TextBatch,
-                       maps: torch.Tensor | Sequence[torch.Tensor], *, modality: Modality, steps: int = 20,
-                       seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+def deletion_insertion(
+    backend: Backend,
+    images: ImageBatch,
+    texts: TextBatch,
+    maps: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    modality: Modality,
+    steps: int = 20,
+    seeds: Sequence[int] | None = None,
+) -> dict[str, torch.Tensor]:
     """Deletion and insertion curves of ``modality``'s maps for pairs ``(images[i], texts[i])``.
 
     Args:
@@ -74,8 +90,13 @@ def deletion_insertion(backend: Backend, images: ImageBatch, texts: TextBatch,
     fractions = torch.linspace(0.0, 1.0, steps + 1)
     if modality == "image":
         deletion, insertion = _image_curves(backend, images, texts, image_maps(maps, images), fractions, seeds)
-        return {"fractions": fractions, "deletion": deletion, "insertion": insertion,
-                "deletion_auc": trapezoid(deletion, fractions), "insertion_auc": trapezoid(insertion, fractions)}
+        return {
+            "fractions": fractions,
+            "deletion": deletion,
+            "insertion": insertion,
+            "deletion_auc": trapezoid(deletion, fractions),
+            "insertion_auc": trapezoid(insertion, fractions),
+        }
     if modality == "text":
         return _text_curves(backend, images, texts, text_maps(maps, texts), fractions, seeds)
     raise InputError(f"modality={modality!r}: use 'image' or 'text'")
@@ -89,7 +110,7 @@ def _image_curves(backend, images, texts, maps, fractions, seeds):
     with scoring(backend):
         target = targets(backend, "image", images, texts)
         for i in range(n):
-            pixels = images.pixel_values[i:i + 1]
+            pixels = images.pixel_values[i : i + 1]
             blurred = gaussian_blur(pixels.float(), sigma).to(pixels.dtype)
             order = descending_order(maps[i], torch.Generator().manual_seed(int(seeds[i])))
             rank = torch.empty(h * w, dtype=torch.long)
@@ -99,9 +120,9 @@ def _image_curves(backend, images, texts, maps, fractions, seeds):
             dele = torch.where(top, torch.zeros_like(pixels), pixels)
             ins = torch.where(top, pixels, blurred)
             batch = ImageBatch(torch.cat([dele, ins]))
-            scores = cosine(unit_embeddings(backend, "image", batch), target[i:i + 1].expand(len(batch), -1)).cpu()
-            deletion.append(scores[:len(counts)])
-            insertion.append(scores[len(counts):])
+            scores = cosine(unit_embeddings(backend, "image", batch), target[i : i + 1].expand(len(batch), -1)).cpu()
+            deletion.append(scores[: len(counts)])
+            insertion.append(scores[len(counts) :])
     return torch.stack(deletion), torch.stack(insertion)
 
 
@@ -121,24 +142,29 @@ def _text_curves(backend, images, texts, maps, fractions, seeds):
             order = descending_order(maps[i][words], torch.Generator().manual_seed(int(seeds[i])))
             ranked = [words[j] for j in order.tolist()]
             m = len(ranked)
-            base = texts.attention_mask[i:i + 1]
+            base = texts.attention_mask[i : i + 1]
             dele = base.repeat(m + 1, 1)
             ins = base.repeat(m + 1, 1)
             ins[:, ranked] = 0
             for k in range(1, m + 1):
                 dele[k, ranked[:k]] = 0
                 ins[k, ranked[:k]] = 1
-            ids = texts.input_ids[i:i + 1].repeat(2 * (m + 1), 1)
+            ids = texts.input_ids[i : i + 1].repeat(2 * (m + 1), 1)
             batch = TextBatch(ids, torch.cat([dele, ins]))
-            scores = cosine(unit_embeddings(backend, "text", batch), target[i:i + 1].expand(len(batch), -1)).cpu()
+            scores = cosine(unit_embeddings(backend, "text", batch), target[i : i + 1].expand(len(batch), -1)).cpu()
             own = torch.linspace(0.0, 1.0, m + 1)
-            d, s = scores[:m + 1], scores[m + 1:]
+            d, s = scores[: m + 1], scores[m + 1 :]
             deletion_auc[i] = trapezoid(d, own)
             insertion_auc[i] = trapezoid(s, own)
             deletion[i] = _interp(fractions, own, d)
             insertion[i] = _interp(fractions, own, s)
-    return {"fractions": fractions, "deletion": deletion, "insertion": insertion, "deletion_auc": deletion_auc,
-            "insertion_auc": insertion_auc}
+    return {
+        "fractions": fractions,
+        "deletion": deletion,
+        "insertion": insertion,
+        "deletion_auc": deletion_auc,
+        "insertion_auc": insertion_auc,
+    }
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -165,14 +191,25 @@ class DeletionInsertion(Metric):
     name = "deletion"
     title = "Deletion / insertion (area under the cosine-similarity curve)"
     paper = "https://arxiv.org/abs/1806.07421"
-    keys = (Key("image_deletion_auc", "lower"), Key("image_insertion_auc", "higher"),
-            Key("text_deletion_auc", "lower"), Key("text_insertion_auc", "higher"))
+    keys = (
+        Key("image_deletion_auc", "lower"),
+        Key("image_insertion_auc", "higher"),
+        Key("text_deletion_auc", "lower"),
+        Key("text_insertion_auc", "higher"),
+    )
     Settings = DeletionSettings
     settings: DeletionSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
-        r = deletion_insertion(batch.backend, batch.images, batch.texts, maps, modality=side,
-                               steps=self.settings.steps, seeds=batch.pair_seeds)
+        r = deletion_insertion(
+            batch.backend,
+            batch.images,
+            batch.texts,
+            maps,
+            modality=side,
+            steps=self.settings.steps,
+            seeds=batch.pair_seeds,
+        )
         out = Measured.empty(len(batch))
         out.put(f"{side}_deletion_auc", r["deletion_auc"])
         out.put(f"{side}_insertion_auc", r["insertion_auc"])
@@ -190,16 +227,22 @@ class DeletionInsertion(Metric):
             fig = canvas.figure((10, 4))
             for ax, kind in zip(fig.subplots(1, 2), ("deletion", "insertion")):
                 for m in methods:
-                    curves = [r["curves"][f"{side}_{kind}"] for r in pairs if r["method"] == m
-                              and f"{side}_{kind}" in r["curves"]]
+                    curves = [
+                        r["curves"][f"{side}_{kind}"]
+                        for r in pairs
+                        if r["method"] == m and f"{side}_{kind}" in r["curves"]
+                    ]
                     if curves:
                         y = mean_curve(curves)
                         x = [j / (len(y) - 1) for j in range(len(y))]
                         ax.plot(x, y, label=canvas.label(m), color=canvas.style(m)["color"])
                 better = "lower" if kind == "deletion" else "higher"
                 ax.set_title(f"{side} {kind} (area: {better} is better)")
-                ax.set_xlabel("fraction of " + ("pixels" if side == "image" else "words") +
-                              (" removed" if kind == "deletion" else " inserted"))
+                ax.set_xlabel(
+                    "fraction of "
+                    + ("pixels" if side == "image" else "words")
+                    + (" removed" if kind == "deletion" else " inserted")
+                )
                 ax.set_ylabel("cosine similarity")
             canvas.legend(fig.axes[1])
             files[f"{side}_deletion_insertion"] = canvas.save(fig, f"{side}_deletion_insertion")

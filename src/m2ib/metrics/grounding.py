@@ -79,8 +79,10 @@ class Grounding(Metric):
     @classmethod
     def check_rows(cls, rows: Sequence[Row], data: str) -> None:
         if not any(grounded(row) for row in rows):
-            raise InputError(f"--metrics grounding needs rows with two object phrases and per-object masks; "
-                             f"{data!r} has none: use --data shapes-two:SPLIT:N (e.g. shapes-two:test:200)")
+            raise InputError(
+                f"--metrics grounding needs rows with two object phrases and per-object masks; "
+                f"{data!r} has none: use --data shapes-two:SPLIT:N (e.g. shapes-two:test:200)"
+            )
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
         out = Measured.empty(len(batch))
@@ -91,8 +93,10 @@ class Grounding(Metric):
                 continue
             size = tuple(maps[i].shape[-2:])
             if any(tuple(m.shape) != size for m in row.object_masks):
-                raise InputError(f"row {row.id}: object masks {tuple(row.object_masks[0].shape)} do not match "
-                                 f"the maps {size} (the model's input size)")
+                raise InputError(
+                    f"row {row.id}: object masks {tuple(row.object_masks[0].shape)} do not match "
+                    f"the maps {size} (the model's input size)"
+                )
             for key, value in grounding_scores(maps[i], row.object_masks).items():
                 out.values[i][key] = number(value)
         return out

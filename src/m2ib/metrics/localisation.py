@@ -35,8 +35,17 @@ from .common import top_fraction_mask, word_positions
 if TYPE_CHECKING:
     from ..datasets.tables import Row
 
-__all__ = ["pointing_game", "pointing_hit", "energy_inside", "topk_iou", "boxes_to_mask", "localisation",
-           "text_pointing", "ground_truth_mask", "relevant_tokens"]
+__all__ = [
+    "pointing_game",
+    "pointing_hit",
+    "energy_inside",
+    "topk_iou",
+    "boxes_to_mask",
+    "localisation",
+    "text_pointing",
+    "ground_truth_mask",
+    "relevant_tokens",
+]
 
 
 def pointing_hit(image_map: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -69,8 +78,10 @@ def energy_inside(image_map: torch.Tensor, mask: torch.Tensor) -> float:
 
 def _check_pair(image_map: torch.Tensor, mask: torch.Tensor) -> None:
     if image_map.ndim != 2 or tuple(image_map.shape) != tuple(mask.shape):
-        raise ValueError(f"image_map {tuple(image_map.shape)} and mask {tuple(mask.shape)} must both be "
-                         "[H, W] of the same size (render scenes at the model's input size)")
+        raise ValueError(
+            f"image_map {tuple(image_map.shape)} and mask {tuple(mask.shape)} must both be "
+            "[H, W] of the same size (render scenes at the model's input size)"
+        )
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
 
@@ -80,8 +91,9 @@ def pointing_game(image_map: torch.Tensor, mask: torch.Tensor) -> bool:
     return pointing_hit(image_map, mask)
 
 
-def topk_iou(image_map: torch.Tensor, mask: torch.Tensor, k: float | None = None,
-             generator: torch.Generator | None = None) -> float:
+def topk_iou(
+    image_map: torch.Tensor, mask: torch.Tensor, k: float | None = None, generator: torch.Generator | None = None
+) -> float:
     """IoU of the top ``k`` share (0 < k <= 1) of pixels with ``mask``; ``k=None``: the mask's area share."""
     if image_map.shape != mask.shape:
         raise InputError(f"map {tuple(image_map.shape)} and mask {tuple(mask.shape)} differ in shape")
@@ -107,8 +119,9 @@ def boxes_to_mask(boxes: Sequence[Sequence[float]], size: tuple[int, int]) -> to
     return mask
 
 
-def localisation(maps: torch.Tensor, masks: torch.Tensor, k: float | None = None,
-                 seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+def localisation(
+    maps: torch.Tensor, masks: torch.Tensor, k: float | None = None, seeds: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
     """Pointing game, energy inside and top-k IoU of image maps [N, H, W] against bool masks [N, H, W].
 
     Returns ``{"pointing": [N] (0/1), "energy": [N], "iou": [N]}``; NaN where a mask is empty.
@@ -160,8 +173,7 @@ def relevant_tokens(backend: Backend, text: str, spans: Sequence[tuple[int, int]
     if tokenizer is None or not spans:
         return None
     try:
-        enc = tokenizer(text, return_offsets_mapping=True, truncation=True,
-                        max_length=backend.geometry.context_length)
+        enc = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=backend.geometry.context_length)
     except (NotImplementedError, TypeError, ValueError):
         return None
     out = []
@@ -174,8 +186,11 @@ def relevant_tokens(backend: Backend, text: str, spans: Sequence[tuple[int, int]
 @dataclass(frozen=True)
 class LocalisationSettings(MetricSettings):
     # "iou_k": the flag and recorded key it had before metric options were per metric
-    iou_k: float | None = setting(None, "share of pixels in the top-k region for the IoU (default: the "
-                                  "ground-truth mask's own area)", alias="iou_k")
+    iou_k: float | None = setting(
+        None,
+        "share of pixels in the top-k region for the IoU (default: the ground-truth mask's own area)",
+        alias="iou_k",
+    )
 
     def validate(self) -> None:
         if self.iou_k is not None and not 0 < self.iou_k <= 1:
@@ -190,8 +205,12 @@ class Localisation(Metric):
     name = "localisation"
     title = "Localisation (shares of pairs / of map mass)"
     paper = "https://arxiv.org/abs/1608.00507"
-    keys = (Key("image_pointing", "higher"), Key("image_energy", "higher"), Key("image_iou", "higher"),
-            Key("text_pointing", "higher"))
+    keys = (
+        Key("image_pointing", "higher"),
+        Key("image_energy", "higher"),
+        Key("image_iou", "higher"),
+        Key("text_pointing", "higher"),
+    )
     needs = frozenset({"masks"})
     Settings = LocalisationSettings
     settings: LocalisationSettings
@@ -201,8 +220,12 @@ class Localisation(Metric):
         if side == "image":
             have = [i for i, mask in enumerate(batch.masks) if mask is not None]
             if have:
-                r = localisation(maps[have], torch.stack([batch.masks[i] for i in have]), k=self.settings.iou_k,
-                                 seeds=[batch.pair_seeds[i] for i in have])
+                r = localisation(
+                    maps[have],
+                    torch.stack([batch.masks[i] for i in have]),
+                    k=self.settings.iou_k,
+                    seeds=[batch.pair_seeds[i] for i in have],
+                )
                 for j, i in enumerate(have):
                     for name in ("pointing", "energy", "iou"):
                         out.values[i][f"image_{name}"] = number(r[name][j])
@@ -210,6 +233,7 @@ class Localisation(Metric):
         for i, row in enumerate(batch.rows):
             relevant = relevant_tokens(batch.backend, row.text, row.relevant) if row.relevant else None
             if relevant is not None:
-                out.values[i]["text_pointing"] = number(text_pointing(maps[i], word_positions(batch.texts, i),
-                                                                      relevant))
+                out.values[i]["text_pointing"] = number(
+                    text_pointing(maps[i], word_positions(batch.texts, i), relevant)
+                )
         return out

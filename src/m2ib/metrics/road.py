@@ -39,12 +39,21 @@ from .common import cosine, descending_order, image_maps, scoring, targets, unit
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 NOISE = 0.01
 # (row offset, column offset) -> weight of that neighbour
-NEIGHBOURS = (((-1, -1), 1 / 12), ((-1, 0), 1 / 6), ((-1, 1), 1 / 12), ((0, -1), 1 / 6), ((0, 1), 1 / 6),
-              ((1, -1), 1 / 12), ((1, 0), 1 / 6), ((1, 1), 1 / 12))
+NEIGHBOURS = (
+    ((-1, -1), 1 / 12),
+    ((-1, 0), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((0, 1), 1 / 6),
+    ((1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+)
 
 
-def linear_impute(pixels: torch.Tensor, removed: torch.Tensor, noise: float = NOISE,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def linear_impute(
+    pixels: torch.Tensor, removed: torch.Tensor, noise: float = NOISE, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Fill the ``removed`` pixels (bool [H, W]) of ``pixels`` [C, H, W] by noisy linear imputation.
 
     Each removed pixel equals the weighted mean of its in-image neighbours (known or imputed),
@@ -86,8 +95,10 @@ def linear_impute(pixels: torch.Tensor, removed: torch.Tensor, noise: float = NO
         a_rows.append(np.arange(unknown.size))
         a_cols.append(np.arange(unknown.size))
         a_vals.append(diag)
-        matrix = csc_matrix((np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
-                            shape=(unknown.size, unknown.size))
+        matrix = csc_matrix(
+            (np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
+            shape=(unknown.size, unknown.size),
+        )
         solution = np.asarray(spsolve(matrix, rhs)).reshape(unknown.size, c)
     else:
         solution = np.zeros((unknown.size, c))
@@ -96,9 +107,16 @@ def linear_impute(pixels: torch.Tensor, removed: torch.Tensor, noise: float = NO
     return torch.from_numpy(flat.reshape(c, h, w)).to(pixels.dtype).to(pixels.device)
 
 
-def road_scores(backend: Backend, images: ImageBatch, texts: TextBatch,
-                maps: torch.Tensor | Sequence[torch.Tensor], *, percentiles: Sequence[int] = PERCENTILES,
-                noise: float = NOISE, seeds: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+def road_scores(
+    backend: Backend,
+    images: ImageBatch,
+    texts: TextBatch,
+    maps: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    percentiles: Sequence[int] = PERCENTILES,
+    noise: float = NOISE,
+    seeds: Sequence[int] | None = None,
+) -> dict[str, torch.Tensor]:
     """ROAD MoRF / LeRF / combined scores of image maps for pairs ``(images[i], texts[i])``.
 
     Args:
@@ -136,7 +154,7 @@ def road_scores(backend: Backend, images: ImageBatch, texts: TextBatch,
                 copies.append(linear_impute(pixels, most.view(h, w), noise, g))
                 copies.append(linear_impute(pixels, least.view(h, w), noise, g))
             batch = ImageBatch(torch.stack(copies))
-            scores = cosine(unit_embeddings(backend, "image", batch), target[i:i + 1].expand(len(batch), -1)).cpu()
+            scores = cosine(unit_embeddings(backend, "image", batch), target[i : i + 1].expand(len(batch), -1)).cpu()
             morf.append(scores[0::2] - s[i])
             lerf.append(scores[1::2] - s[i])
     morf_curve, lerf_curve = torch.stack(morf), torch.stack(lerf)
@@ -168,8 +186,15 @@ class Road(Metric):
     settings: RoadSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
-        r = road_scores(batch.backend, batch.images, batch.texts, maps,
-                        percentiles=self.settings.percentiles, noise=self.settings.noise, seeds=batch.pair_seeds)
+        r = road_scores(
+            batch.backend,
+            batch.images,
+            batch.texts,
+            maps,
+            percentiles=self.settings.percentiles,
+            noise=self.settings.noise,
+            seeds=batch.pair_seeds,
+        )
         out = Measured.empty(len(batch))
         for name in ("morf", "lerf", "combined"):
             out.put(f"image_road_{name}", r[name])

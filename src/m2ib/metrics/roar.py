@@ -35,7 +35,6 @@ hundred degraded scenes", which ranks maps the same way in principle, with more 
 record names its budget.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -66,8 +65,16 @@ NONE = "none"  # k = 0: no pixel removed (the same for every method)
 ROAR_MAPS = "roar-maps"  # the run folder's cache of map chunks while ROAR+ runs (see cached_maps)
 
 
-def method_maps(backend: Backend, method: str, images: torch.Tensor, labels: torch.Tensor, prompts: Sequence[str],
-                settings: dict[str, Any] | None, seed: int, batch_size: int = 16) -> torch.Tensor:
+def method_maps(
+    backend: Backend,
+    method: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    prompts: Sequence[str],
+    settings: dict[str, Any] | None,
+    seed: int,
+    batch_size: int = 16,
+) -> torch.Tensor:
     """The method's image maps [n, S, S] for ROAR's scenes (or random ones for ``RANDOM``)."""
     if method == RANDOM:
         g = torch.Generator().manual_seed(seed)
@@ -75,17 +82,35 @@ def method_maps(backend: Backend, method: str, images: torch.Tensor, labels: tor
     from .. import api
 
     texts = [prompts[int(c)] for c in labels]
-    exps = api.explain(backend, list(images), texts, method=method, modalities=("image",), batch_size=batch_size,
-                       progress=False, **{"seed": seed, **(settings or {})})
+    exps = api.explain(
+        backend,
+        list(images),
+        texts,
+        method=method,
+        modalities=("image",),
+        batch_size=batch_size,
+        progress=False,
+        **{"seed": seed, **(settings or {})},
+    )
     return torch.stack([e.image_map for e in exps]).float()
 
 
 MAP_CHUNK = 32  # scenes per cached chunk of maps: a crash loses at most the chunk in flight
 
 
-def cached_maps(backend: Backend, method: str, images: torch.Tensor, labels: torch.Tensor, prompts: Sequence[str],
-                settings: dict[str, Any] | None, seed: int, cache: Path | None, tag: str,
-                stop: Callable[[], bool] | None = None, bar: Any = None) -> torch.Tensor | None:
+def cached_maps(
+    backend: Backend,
+    method: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    prompts: Sequence[str],
+    settings: dict[str, Any] | None,
+    seed: int,
+    cache: Path | None,
+    tag: str,
+    stop: Callable[[], bool] | None = None,
+    bar: Any = None,
+) -> torch.Tensor | None:
     """:func:`method_maps` chunk by chunk (:data:`MAP_CHUNK` scenes), each chunk written
     atomically to ``cache/<method>-<tag>-<first>-<end>.pt`` and read back instead of recomputed
     when it is there: maps of slow methods (RISE, Kernel SHAP: about an hour on a CPU) survive a
@@ -117,10 +142,18 @@ def cached_maps(backend: Backend, method: str, images: torch.Tensor, labels: tor
     return torch.cat(chunks)
 
 
-def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str, Any]] | None = None,
-         budget: str | RoarBudget = "tiny", seed: int = 0, done: Callable[[str, int], bool] | None = None,
-         emit: Callable[[dict[str, Any]], None] | None = None, progress: bool = False,
-         stop: Callable[[], bool] | None = None, cache: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+def roar(
+    backend: Backend,
+    methods: Sequence[str],
+    settings: dict[str, dict[str, Any]] | None = None,
+    budget: str | RoarBudget = "tiny",
+    seed: int = 0,
+    done: Callable[[str, int], bool] | None = None,
+    emit: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    stop: Callable[[], bool] | None = None,
+    cache: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
     """ROAR+ for ``methods`` (plus the random control and k = 0) under a budget.
 
     Args:
@@ -162,25 +195,42 @@ def roar(backend: Backend, methods: Sequence[str], settings: dict[str, dict[str,
             else:
                 if method not in maps:
                     own = (settings or {}).get(method, {})
-                    with tqdm(total=plan.train + plan.test, desc=f"ROAR+ maps ({method})", unit="scene",
-                              leave=False, disable=not progress or method == RANDOM) as scenes:
-                        train_maps = cached_maps(backend, method, train_x, train_y, prompts, own, seed, folder,
-                                                 "train", stop, scenes)
-                        test_maps = None if train_maps is None else cached_maps(
-                            backend, method, test_x, test_y, prompts, own, seed + 1, folder, "test", stop, scenes)
+                    with tqdm(
+                        total=plan.train + plan.test,
+                        desc=f"ROAR+ maps ({method})",
+                        unit="scene",
+                        leave=False,
+                        disable=not progress or method == RANDOM,
+                    ) as scenes:
+                        train_maps = cached_maps(
+                            backend, method, train_x, train_y, prompts, own, seed, folder, "train", stop, scenes
+                        )
+                        test_maps = (
+                            None
+                            if train_maps is None
+                            else cached_maps(
+                                backend, method, test_x, test_y, prompts, own, seed + 1, folder, "test", stop, scenes
+                            )
+                        )
                     if test_maps is None:
                         break  # stopped: the chunks done so far are on disk
                     maps[method] = (train_maps, test_maps)
                 tr = degrade(train_x, maps[method][0], k, seed)
                 te = degrade(test_x, maps[method][1], k, seed + 7)
             scores = retrain_accuracy(tr, train_y, te, test_y, prompts, config, details=True)
-            record = {"kind": "roar", "method": method, "k": k, **scores, "budget": plan.name,
-                      "seconds": round(time.perf_counter() - start, 3)}
+            record = {
+                "kind": "roar",
+                "method": method,
+                "k": k,
+                **scores,
+                "budget": plan.name,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
             records.append(record)
             if emit:
                 emit(record)
             bar.update(1)
-            if folder is not None and all(m != method for m, _ in todo[index + 1:]):
+            if folder is not None and all(m != method for m, _ in todo[index + 1 :]):
                 maps.pop(method, None)
                 for path in [*folder.glob(f"{method}-*.pt"), *folder.glob(f".{method}-*.tmp")]:
                     path.unlink()  # its results are recorded: the maps are no longer needed
@@ -210,11 +260,14 @@ def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -
     base = next((r["accuracy"] for r in roar if r["k"] == 0), None)
     budget = roar[0].get("budget", "?")
     base_colour = next((r.get("colour_accuracy") for r in roar if r["k"] == 0), None)
-    lines = [f"ROAR+ (budget `{budget}`): accuracy of a model retrained on images with the top k % pixels "
-             f"removed by linear imputation, as exact class / colour only; lower is better. k = 0 (nothing "
-             f"removed): {_fmt(base)} / {_fmt(base_colour)}.", "",
-             "| method | " + " | ".join(f"k = {k} %" for k in ks) + " | mean |",
-             "| --- | " + " | ".join("---" for _ in ks) + " | --- |"]
+    lines = [
+        f"ROAR+ (budget `{budget}`): accuracy of a model retrained on images with the top k % pixels "
+        f"removed by linear imputation, as exact class / colour only; lower is better. k = 0 (nothing "
+        f"removed): {_fmt(base)} / {_fmt(base_colour)}.",
+        "",
+        "| method | " + " | ".join(f"k = {k} %" for k in ks) + " | mean |",
+        "| --- | " + " | ".join("---" for _ in ks) + " | --- |",
+    ]
     for m in roar_order(roar, methods):
         acc = {r["k"]: (r["accuracy"], r.get("colour_accuracy")) for r in roar if r["method"] == m}
         cells, exact, colour = [], [], []
@@ -223,16 +276,20 @@ def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -
             cells.append(f"{_fmt(a)} / {_fmt(c)}")
             exact += [a] if a is not None else []
             colour += [c] if c is not None else []
-        mean = (f"{_fmt(sum(exact) / len(exact)) if exact else '-'} / "
-                f"{_fmt(sum(colour) / len(colour)) if colour else '-'}")
+        mean = (
+            f"{_fmt(sum(exact) / len(exact)) if exact else '-'} / {_fmt(sum(colour) / len(colour)) if colour else '-'}"
+        )
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class RoarSettings(MetricSettings):
-    budget: str = setting("tiny", "ROAR+ scale: tiny and small run on a CPU (reduced: few scenes, a tiny retrained "
-                          "model), full needs a GPU", choices=tuple(BUDGETS))
+    budget: str = setting(
+        "tiny",
+        "ROAR+ scale: tiny and small run on a CPU (reduced: few scenes, a tiny retrained model), full needs a GPU",
+        choices=tuple(BUDGETS),
+    )
 
 
 @register
@@ -258,13 +315,21 @@ class RoarPlus(Metric):
     def measure_run(self, context: RunContext) -> None:
         """ROAR+ of the run's methods; retrains, so it runs in the scheduler's own process."""
         if context.table_kind != "shapes":
-            print("m2ib: roar skipped: ROAR+ retrains on the shapes world; use --data shapes:SPLIT:N",
-                  file=sys.stderr)
+            print("m2ib: roar skipped: ROAR+ retrains on the shapes world; use --data shapes:SPLIT:N", file=sys.stderr)
             return
         finished = {(r["method"], r["k"]) for r in context.records if r.get("kind") == "roar"}
-        roar(context.backend, context.methods, context.settings, self.settings.budget, context.seed,
-             done=lambda m, k: (m, k) in finished, emit=context.emit, progress=context.progress,
-             stop=context.stop, cache=context.out / ROAR_MAPS)
+        roar(
+            context.backend,
+            context.methods,
+            context.settings,
+            self.settings.budget,
+            context.seed,
+            done=lambda m, k: (m, k) in finished,
+            emit=context.emit,
+            progress=context.progress,
+            stop=context.stop,
+            cache=context.out / ROAR_MAPS,
+        )
 
     def summary_section(self, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> tuple[str, str] | None:
         table = roar_table(records, methods)

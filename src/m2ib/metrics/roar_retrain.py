@@ -30,8 +30,15 @@ class RoarBudget:
 BUDGETS: dict[str, RoarBudget] = {
     "tiny": RoarBudget("tiny", train=192, test=150, ks=(10, 50, 90), steps=150, batch_size=64),
     "small": RoarBudget("small", train=1024, test=300, ks=(10, 30, 50, 70, 90), steps=400, batch_size=128),
-    "full": RoarBudget("full", train=20000, test=1500, ks=(10, 20, 30, 40, 50, 60, 70, 80, 90), steps=3000,
-                       batch_size=256, tiny_model=False),
+    "full": RoarBudget(
+        "full",
+        train=20000,
+        test=1500,
+        ks=(10, 20, 30, 40, 50, 60, 70, 80, 90),
+        steps=3000,
+        batch_size=256,
+        tiny_model=False,
+    ),
 }
 
 
@@ -69,23 +76,43 @@ def retrain_config(size: int, budget: RoarBudget, seed: int):
     patch = next((p for p in (12, 8, 16, 6, 4) if size % p == 0), None)
     if patch is None:
         raise InputError(f"no patch size divides the image size {size}")
-    return TrainConfig(image_size=size, patch_size=patch, vision_width=64, vision_layers=2, vision_heads=2,
-                       text_width=32, text_layers=2, text_heads=2, embed_dim=32, steps=budget.steps,
-                       batch_size=budget.batch_size, warmup_steps=max(1, budget.steps // 10), lr=2e-3,
-                       seed=seed, workers=0)
+    return TrainConfig(
+        image_size=size,
+        patch_size=patch,
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        text_width=32,
+        text_layers=2,
+        text_heads=2,
+        embed_dim=32,
+        steps=budget.steps,
+        batch_size=budget.batch_size,
+        warmup_steps=max(1, budget.steps // 10),
+        lr=2e-3,
+        seed=seed,
+        workers=0,
+    )
 
 
-def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
-                     test_labels: torch.Tensor, prompts: Sequence[str], config, device: str | torch.device = "cpu",
-                     details: bool = False) -> float | dict[str, float]:
+def retrain_accuracy(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    prompts: Sequence[str],
+    config,
+    device: str | torch.device = "cpu",
+    details: bool = False,
+) -> float | dict[str, float]:
     """Train a fresh CLIP (``config``) on (images, class labels) with the sigmoid loss and return
     its zero-shot accuracy on the test images among ``prompts``. Deterministic on a CPU.
 
     ``details=True`` returns ``{"accuracy", "colour_accuracy", "shape_accuracy"}``: the share of
     test images whose predicted class has the right colour word (the prompt's second word),
     and the right shape word (its last word), besides the exact class."""
-    from ..training import IMAGE_MEAN, IMAGE_STD, WORDS, build_model, sigmoid_loss, unit_features
     from ..tokenizer import build_word_tokenizer
+    from ..training import IMAGE_MEAN, IMAGE_STD, WORDS, build_model, sigmoid_loss, unit_features
 
     dev = torch.device(device)
     tokenizer = build_word_tokenizer(WORDS)
@@ -93,8 +120,11 @@ def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, tes
     bias = torch.nn.Parameter(torch.tensor(float(config.logit_bias_init), device=dev))
     decay = [p for p in model.parameters() if p.ndim >= 2]
     other = [p for p in model.parameters() if p.ndim < 2] + [bias]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, config.beta2))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, config.beta2),
+    )
     warm, total = config.warmup_steps, config.steps
 
     def factor(step: int) -> float:
@@ -110,7 +140,7 @@ def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, tes
     g = torch.Generator().manual_seed(config.seed)
     n = train_images.shape[0]
     for _ in range(total):
-        idx = torch.randperm(n, generator=g)[:min(config.batch_size, n)]
+        idx = torch.randperm(n, generator=g)[: min(config.batch_size, n)]
         pixels = ((train_images[idx] - mean) / std).to(dev)
         labels = train_labels[idx]
         out = model(input_ids=ids[labels.to(dev)], attention_mask=attention[labels.to(dev)], pixel_values=pixels)
@@ -126,7 +156,7 @@ def retrain_accuracy(train_images: torch.Tensor, train_labels: torch.Tensor, tes
         text = unit_features(model.get_text_features(input_ids=ids, attention_mask=attention))
         predicted = []
         for start in range(0, test_images.shape[0], 256):
-            pixels = ((test_images[start:start + 256] - mean) / std).to(dev)
+            pixels = ((test_images[start : start + 256] - mean) / std).to(dev)
             image = unit_features(model.get_image_features(pixel_values=pixels))
             predicted.extend((image @ text.T).argmax(1).cpu().tolist())
     truth = test_labels.tolist()

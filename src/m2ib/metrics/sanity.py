@@ -81,8 +81,9 @@ def chosen_steps(total: int, steps: int | None) -> list[int]:
     return sorted({round(j * (total - 1) / (steps - 1)) for j in range(steps)})
 
 
-def randomised_cascade(backend: Backend, modality: Modality, seed: int = 0,
-                       steps: int | None = None) -> Iterator[tuple[str, Backend]]:
+def randomised_cascade(
+    backend: Backend, modality: Modality, seed: int = 0, steps: int | None = None
+) -> Iterator[tuple[str, Backend]]:
     """Yield ``(label, backend)`` after each kept cascade step, on ONE deep copy of the model
     randomised cumulatively from the top (the yielded backend changes in place between steps)."""
     model = copy.deepcopy(backend.model)
@@ -138,10 +139,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
     return float(s.mean())
 
 
-def cascading_randomization(backend: Backend, images: ImageBatch, texts: TextBatch, *, method: str,
-                            modality: Modality, settings: dict[str, Any] | None = None,
-                            maps: Sequence[torch.Tensor] | None = None, steps: int | None = None,
-                            seed: int = 0) -> dict[str, Any]:
+def cascading_randomization(
+    backend: Backend,
+    images: ImageBatch,
+    texts: TextBatch,
+    *,
+    method: str,
+    modality: Modality,
+    settings: dict[str, Any] | None = None,
+    maps: Sequence[torch.Tensor] | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Cascading randomisation of ``method``'s ``modality`` maps for pairs ``(images[i], texts[i])``.
 
     Args:
@@ -177,8 +186,9 @@ def cascading_randomization(backend: Backend, images: ImageBatch, texts: TextBat
 
 @dataclasses.dataclass(frozen=True)
 class SanitySettings(MetricSettings):
-    steps: int | None = setting(None, "cascade points of the sanity check, evenly spaced from the head down "
-                                "(default: every block)")
+    steps: int | None = setting(
+        None, "cascade points of the sanity check, evenly spaced from the head down (default: every block)"
+    )
 
     def validate(self) -> None:
         if self.steps is not None:
@@ -193,15 +203,26 @@ class Sanity(Metric):
     name = "sanity"
     title = "Sanity: cascading randomisation (similarity to the trained model's map, mean over the cascade)"
     paper = "https://arxiv.org/abs/1810.03292"
-    keys = (Key("image_sanity_spearman", "lower"), Key("image_sanity_ssim", "lower"),
-            Key("text_sanity_spearman", "lower"))
+    keys = (
+        Key("image_sanity_spearman", "lower"),
+        Key("image_sanity_ssim", "lower"),
+        Key("text_sanity_spearman", "lower"),
+    )
     Settings = SanitySettings
     settings: SanitySettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
-        r = cascading_randomization(batch.backend, batch.images, batch.texts, method=run.method, modality=side,
-                                    settings=run.settings, maps=list(maps), steps=self.settings.steps,
-                                    seed=int(batch.seed))
+        r = cascading_randomization(
+            batch.backend,
+            batch.images,
+            batch.texts,
+            method=run.method,
+            modality=side,
+            settings=run.settings,
+            maps=list(maps),
+            steps=self.settings.steps,
+            seed=int(batch.seed),
+        )
         out = Measured.empty(len(batch))
         for i in range(len(batch)):
             out.values[i][f"{side}_sanity_spearman"] = number(r["spearman"][i].abs().mean())
@@ -227,8 +248,12 @@ class Sanity(Metric):
                 mine = [r for r in pairs if r["method"] == m and key in r["curves"]]
                 if mine:
                     labels = mine[0]["curves"].get(f"sanity_steps_{side}", labels)
-                    ax.plot(range(len(labels) or len(mine[0]["curves"][key])),
-                            mean_curve([r["curves"][key] for r in mine]), label=canvas.label(m), **canvas.style(m))
+                    ax.plot(
+                        range(len(labels) or len(mine[0]["curves"][key])),
+                        mean_curve([r["curves"][key] for r in mine]),
+                        label=canvas.label(m),
+                        **canvas.style(m),
+                    )
             ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
             ax.set_xlabel("randomised down to (cumulative, from the top)")
             ax.set_ylabel("Spearman with the trained model's map")

@@ -58,8 +58,9 @@ class BuiltinModel:
         from ..errors import ModelNotAvailableError
 
         if self.directory is None or not (self.directory / "config.json").exists():
-            raise ModelNotAvailableError(f"the {self.name} model is missing from this install ({self.directory}): "
-                                         f"{self.missing_hint}")
+            raise ModelNotAvailableError(
+                f"the {self.name} model is missing from this install ({self.directory}): {self.missing_hint}"
+            )
         return self.directory
 
 
@@ -70,13 +71,25 @@ def clip_config(arch, tokenizer, **extra):
 
     vocab = getattr(arch, "vocab_size", None) or len(tokenizer)
     config = CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=arch.text_width, intermediate_size=4 * arch.text_width,
-                         num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads,
-                         max_position_embeddings=arch.context_length, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=arch.image_size, patch_size=arch.patch_size, hidden_size=arch.vision_width,
-                           intermediate_size=4 * arch.vision_width, num_hidden_layers=arch.vision_layers,
-                           num_attention_heads=arch.vision_heads),
+        text_config=dict(
+            vocab_size=vocab,
+            hidden_size=arch.text_width,
+            intermediate_size=4 * arch.text_width,
+            num_hidden_layers=arch.text_layers,
+            num_attention_heads=arch.text_heads,
+            max_position_embeddings=arch.context_length,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            image_size=arch.image_size,
+            patch_size=arch.patch_size,
+            hidden_size=arch.vision_width,
+            intermediate_size=4 * arch.vision_width,
+            num_hidden_layers=arch.vision_layers,
+            num_attention_heads=arch.vision_heads,
+        ),
         projection_dim=arch.embed_dim,
         **extra,
     )
@@ -97,17 +110,37 @@ def random_clip(spec: RandomCLIPSpec, seed: int = 0):
     return model, tokenizer
 
 
-TINY = RandomCLIPSpec(image_size=64, patch_size=8, vision_width=64, vision_layers=4, vision_heads=4,
-                      text_width=64, text_layers=4, text_heads=4, embed_dim=32)
+TINY = RandomCLIPSpec(
+    image_size=64,
+    patch_size=8,
+    vision_width=64,
+    vision_layers=4,
+    vision_heads=4,
+    text_width=64,
+    text_layers=4,
+    text_heads=4,
+    embed_dim=32,
+)
 # The shape of OpenAI's ViT-B/32 (transformers' CLIPConfig() defaults), for benchmarks.
-VIT_B_32 = RandomCLIPSpec(image_size=224, patch_size=32, vision_width=768, vision_layers=12, vision_heads=12,
-                          text_width=512, text_layers=12, text_heads=8, embed_dim=512, vocab_size=49408)
+VIT_B_32 = RandomCLIPSpec(
+    image_size=224,
+    patch_size=32,
+    vision_width=768,
+    vision_layers=12,
+    vision_heads=12,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+    embed_dim=512,
+    vocab_size=49408,
+)
 
 
 def _random_builder(spec: RandomCLIPSpec, label: str):
     def build():
         model, tokenizer = random_clip(spec)
         return model, tokenizer, None, {"note": f"{label}: RANDOM WEIGHTS, maps are not meaningful"}
+
     return build
 
 
@@ -117,12 +150,21 @@ SHAPES_DIR = MODELS_DIR / "shapes"
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
-        BuiltinModel("shapes", "small CLIP trained on m2ib's synthetic shapes world (96 px, offline default)",
-                     directory=SHAPES_DIR,
-                     missing_hint="reinstall m2ib, or train one with `m2ib train-shapes --out DIR`"),
-        BuiltinModel("random-tiny", "tiny CLIP with random weights (64 px, 4+4 blocks): a smoke test, "
-                     "its maps mean nothing", _random_builder(TINY, "random-tiny")),
-        BuiltinModel("random-vit-b-32", "CLIP ViT-B/32-shaped model with random weights (for benchmarks)",
-                     _random_builder(VIT_B_32, "random-vit-b-32")),
+        BuiltinModel(
+            "shapes",
+            "small CLIP trained on m2ib's synthetic shapes world (96 px, offline default)",
+            directory=SHAPES_DIR,
+            missing_hint="reinstall m2ib, or train one with `m2ib train-shapes --out DIR`",
+        ),
+        BuiltinModel(
+            "random-tiny",
+            "tiny CLIP with random weights (64 px, 4+4 blocks): a smoke test, its maps mean nothing",
+            _random_builder(TINY, "random-tiny"),
+        ),
+        BuiltinModel(
+            "random-vit-b-32",
+            "CLIP ViT-B/32-shaped model with random weights (for benchmarks)",
+            _random_builder(VIT_B_32, "random-vit-b-32"),
+        ),
     )
 }

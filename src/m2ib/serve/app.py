@@ -47,8 +47,14 @@ class _InputWidgets(NamedTuple):
     status: Any
 
 
-def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: float = MAX_UPLOAD_MB,
-              max_megapixels: float = MAX_MEGAPIXELS, workdir: str | os.PathLike | None = None):
+def build_app(
+    model: Any = None,
+    device: str | None = None,
+    *,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_megapixels: float = MAX_MEGAPIXELS,
+    workdir: str | os.PathLike | None = None,
+):
     """The viewer page, a ``gr.Blocks`` (not launched; see :func:`launch`).
 
     Args:
@@ -80,7 +86,8 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
         gr.Markdown(
             f"# m2ib viewer\nWhich image regions and which words make **{html.escape(backend.name)}** match an "
             f"image with a text. Upload an image (or click an example scene), type a text, press **Explain**.",
-            elem_id=f"{ELEM}-title")
+            elem_id=f"{ELEM}-title",
+        )
         with gr.Tabs(elem_id=f"{ELEM}-tabs"):
             with gr.Tab("Explain", id="explain", elem_id=f"{ELEM}-tab-explain"), gr.Row(equal_height=False):
                 with gr.Column(scale=4, min_width=320):
@@ -88,22 +95,41 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
                 with gr.Column(scale=6, min_width=420):
                     outputs = _output_column(gr, backend)
             with gr.Tab("Word-region interactions", id="interactions", elem_id=f"{ELEM}-tab-interactions"):
-                tab = interaction_tab(gr, backend, workdir / "runs", limits, example_scenes(workdir, both=True),
-                                      lambda message: _page_error(gr, message))
-        gr.Markdown(f"Model **{html.escape(backend.name)}** on {getattr(backend, 'device', 'cpu')} · runs on this "
-                    "machine: no analytics, no hub access, one explanation at a time · M2IB: [Wang, Rudner and "
-                    "Wilson, NeurIPS 2023](https://arxiv.org/abs/2312.17174)", elem_id=f"{ELEM}-footer")
+                tab = interaction_tab(
+                    gr,
+                    backend,
+                    workdir / "runs",
+                    limits,
+                    example_scenes(workdir, both=True),
+                    lambda message: _page_error(gr, message),
+                )
+        gr.Markdown(
+            f"Model **{html.escape(backend.name)}** on {getattr(backend, 'device', 'cpu')} · runs on this "
+            "machine: no analytics, no hub access, one explanation at a time · M2IB: [Wang, Rudner and "
+            "Wilson, NeurIPS 2023](https://arxiv.org/abs/2312.17174)",
+            elem_id=f"{ELEM}-footer",
+        )
 
         def show_settings(selected):
             return [gr.update(visible=selected in (name, COMPARE_ALL)) for name in methods]
 
         explain_clicked = _explain_callback(gr, backend, keys, workdir / "runs", limits)
-        inputs.method.change(show_settings, inputs=inputs.method, outputs=inputs.groups, queue=False,
-                             **accepted(inputs.method.change, api_visibility="private"))
-        gr.on([inputs.run.click, inputs.text.submit], explain_clicked,
-              inputs=[inputs.image, inputs.text, inputs.method, *inputs.controls], outputs=[*outputs, inputs.status],
-              **accepted(gr.on, api_name="explain", show_progress="full", concurrency_limit=1,
-                         concurrency_id="m2ib-model"))
+        inputs.method.change(
+            show_settings,
+            inputs=inputs.method,
+            outputs=inputs.groups,
+            queue=False,
+            **accepted(inputs.method.change, api_visibility="private"),
+        )
+        gr.on(
+            [inputs.run.click, inputs.text.submit],
+            explain_clicked,
+            inputs=[inputs.image, inputs.text, inputs.method, *inputs.controls],
+            outputs=[*outputs, inputs.status],
+            **accepted(
+                gr.on, api_name="explain", show_progress="full", concurrency_limit=1, concurrency_id="m2ib-model"
+            ),
+        )
     demo.queue(default_concurrency_limit=1)
     demo.m2ib_backend = backend  # for callers and tests: the loaded model
     demo.m2ib_setting_keys = keys
@@ -114,20 +140,39 @@ def build_app(model: Any = None, device: str | None = None, *, max_upload_mb: fl
 
 
 def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: list[tuple[str, str]]) -> _InputWidgets:
-    image = _raw_image_component(gr)(**accepted(
-        gr.Image, label="Image", type="filepath", sources=["upload", "clipboard"], height=300,
-        elem_id=f"{ELEM}-image"))
+    image = _raw_image_component(gr)(
+        **accepted(
+            gr.Image,
+            label="Image",
+            type="filepath",
+            sources=["upload", "clipboard"],
+            height=300,
+            elem_id=f"{ELEM}-image",
+        )
+    )
     text = gr.Textbox(label="Text", placeholder="e.g. a yellow star", lines=1, max_lines=3, elem_id=f"{ELEM}-text")
     choices = [(cls.title, name) for name, cls in methods.items()]
     choices.append(("Compare all methods", COMPARE_ALL))
-    method = gr.Dropdown(**accepted(gr.Dropdown, choices=choices, value=next(iter(methods)), label="Method",
-                                    info="\"Compare all methods\" runs each in turn: a row each (minutes on a CPU)",
-                                    elem_id=f"{ELEM}-method", interactive=True))
+    method = gr.Dropdown(
+        **accepted(
+            gr.Dropdown,
+            choices=choices,
+            value=next(iter(methods)),
+            label="Method",
+            info='"Compare all methods" runs each in turn: a row each (minutes on a CPU)',
+            elem_id=f"{ELEM}-method",
+            interactive=True,
+        )
+    )
     groups, controls = settings_accordion(gr, methods, specs, ELEM)
     run = gr.Button("Explain", variant="primary", elem_id=f"{ELEM}-run")
     status = gr.Markdown("", label="Status", elem_id=f"{ELEM}-status")
-    gr.Examples(examples=[[p, c] for p, c in scenes], inputs=[image, text],
-                label="Example scenes (click one)", **accepted(gr.Examples, elem_id=f"{ELEM}-examples"))
+    gr.Examples(
+        examples=[[p, c] for p, c in scenes],
+        inputs=[image, text],
+        label="Example scenes (click one)",
+        **accepted(gr.Examples, elem_id=f"{ELEM}-examples"),
+    )
     return _InputWidgets(image, text, method, groups, controls, run, status)
 
 
@@ -136,20 +181,46 @@ def _output_column(gr, backend: Any) -> list:
     size = "x".join(str(v) for v in backend.geometry.image_size)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=240):
-            heatmap = gr.Image(**accepted(gr.Image, label="Image attribution", type="pil", format="png",
-                                          interactive=False, height=300, elem_id=f"{ELEM}-heatmap"))
-            gr.Markdown(f"The image as the model saw it ({size} px: resized, centre-cropped) with the map over it; "
-                        "red is high.", elem_id=f"{ELEM}-heatmap-note")
+            heatmap = gr.Image(
+                **accepted(
+                    gr.Image,
+                    label="Image attribution",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    height=300,
+                    elem_id=f"{ELEM}-heatmap",
+                )
+            )
+            gr.Markdown(
+                f"The image as the model saw it ({size} px: resized, centre-cropped) with the map over it; "
+                "red is high.",
+                elem_id=f"{ELEM}-heatmap-note",
+            )
         with gr.Column(scale=5, min_width=240):
             gr.Markdown("**Text attribution**")
-            tokens = gr.HTML(**accepted(gr.HTML, value=tokens_html([], []), label="Text attribution",
-                                        show_label=False, elem_id=f"{ELEM}-tokens", min_height=60))
-            similarity = gr.Textbox(label="Image-text similarity (cosine)", interactive=False,
-                                    elem_id=f"{ELEM}-similarity")
-    figure = gr.Image(**accepted(gr.Image, label="Figure", type="filepath", format="png", interactive=False,
-                                 elem_id=f"{ELEM}-figure"))
-    files = gr.File(label="Downloads: figure (PNG), maps (.npz), settings and scores (.json)",
-                    file_count="multiple", interactive=False, elem_id=f"{ELEM}-files")
+            tokens = gr.HTML(
+                **accepted(
+                    gr.HTML,
+                    value=tokens_html([], []),
+                    label="Text attribution",
+                    show_label=False,
+                    elem_id=f"{ELEM}-tokens",
+                    min_height=60,
+                )
+            )
+            similarity = gr.Textbox(
+                label="Image-text similarity (cosine)", interactive=False, elem_id=f"{ELEM}-similarity"
+            )
+    figure = gr.Image(
+        **accepted(gr.Image, label="Figure", type="filepath", format="png", interactive=False, elem_id=f"{ELEM}-figure")
+    )
+    files = gr.File(
+        label="Downloads: figure (PNG), maps (.npz), settings and scores (.json)",
+        file_count="multiple",
+        interactive=False,
+        elem_id=f"{ELEM}-files",
+    )
     return [heatmap, tokens, similarity, figure, files]
 
 
@@ -158,8 +229,9 @@ def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
     lock = threading.Lock()  # one explanation at a time on this model, whatever the queue does
     tracker = gr.Progress()
 
-    def explain_clicked(image_path: Any, text_value: Any, method_name: str, *values: Any,
-                        progress: Any = tracker) -> list[Any]:
+    def explain_clicked(
+        image_path: Any, text_value: Any, method_name: str, *values: Any, progress: Any = tracker
+    ) -> list[Any]:
         by_method: dict[str, dict[str, Any]] = {}
         for (owner, field_name), value in zip(keys, values):
             by_method.setdefault(owner, {})[field_name] = value
@@ -168,16 +240,29 @@ def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
         started = time.perf_counter()
         try:
             with lock:
-                result = explain_pair(backend, image_path, text_value, method_name, settings,
-                                      workdir=tempfile.mkdtemp(dir=runs), progress=progress, **limits)
+                result = explain_pair(
+                    backend,
+                    image_path,
+                    text_value,
+                    method_name,
+                    settings,
+                    workdir=tempfile.mkdtemp(dir=runs),
+                    progress=progress,
+                    **limits,
+                )
         except M2IBError as exc:
             log.warning("rejected: %s", one_line(exc))
             raise _page_error(gr, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the server keeps serving
             log.error("failed: %s", one_line(exc))
             raise _page_error(gr, f"the explanation failed ({one_line(exc)}); see the server log") from None
-        log.info("explained %r on %s with %s in %.1f s", text_value.strip(), Path(image_path).name,
-                 method_name, time.perf_counter() - started)
+        log.info(
+            "explained %r on %s with %s in %.1f s",
+            text_value.strip(),
+            Path(image_path).name,
+            method_name,
+            time.perf_counter() - started,
+        )
         return list(result)
 
     return name_api_parameters(explain_clicked, keys, tracker)
@@ -227,14 +312,28 @@ def _remove_at_exit(folder: str | os.PathLike) -> None:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
-def launch(demo, host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, block: bool = True,
-           max_upload_mb: float = MAX_UPLOAD_MB) -> str:
+def launch(
+    demo,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    share: bool = False,
+    block: bool = True,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+) -> str:
     """Start the server and return its address; ``block=True`` then serves until Ctrl+C,
     ``block=False`` returns at once (stop it with ``demo.close()``)."""
     gr = import_gradio()
     kwargs: dict[str, Any] = {
-        "server_name": host, "server_port": port, "share": share, "prevent_thread_lock": True, "inbrowser": False,
-        "quiet": True, "show_error": False, "css": CSS, "theme": _theme(gr),
+        "server_name": host,
+        "server_port": port,
+        "share": share,
+        "prevent_thread_lock": True,
+        "inbrowser": False,
+        "quiet": True,
+        "show_error": False,
+        "css": CSS,
+        "theme": _theme(gr),
         "max_file_size": f"{int(5 * max_upload_mb)}mb",  # a hard cap; the page refuses uploads over 1x
     }
     _, local_url, share_url = demo.launch(**accepted(demo.launch, **kwargs))

@@ -45,9 +45,18 @@ def registered_methods() -> dict[str, Any]:
     return dict(REGISTRY)
 
 
-def explain_pair(backend: Any, image: Any, text: Any, method: str, settings: Mapping[str, Any] | None = None,
-                 *, workdir: str | os.PathLike | None = None, progress: Callable | None = None,
-                 max_bytes: float = MAX_UPLOAD_MB * 1e6, max_pixels: float = MAX_MEGAPIXELS * 1e6) -> PairOutputs:
+def explain_pair(
+    backend: Any,
+    image: Any,
+    text: Any,
+    method: str,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    workdir: str | os.PathLike | None = None,
+    progress: Callable | None = None,
+    max_bytes: float = MAX_UPLOAD_MB * 1e6,
+    max_pixels: float = MAX_MEGAPIXELS * 1e6,
+) -> PairOutputs:
     """Explain one image-text pair for the page.
 
     Args:
@@ -87,13 +96,28 @@ def explain_pair(backend: Any, image: Any, text: Any, method: str, settings: Map
     paths = exp.save(out, f"{_stem(image)}_{method}", figure=True)
     seconds = time.perf_counter() - started
     status = f"{title} · {getattr(backend, 'name', '')} · {seconds:.1f} s" + _warning_lines(notes)
-    return PairOutputs(heatmap_image(exp), _tokens_html(exp),
-                       f"{exp.similarity:.3f}", str(paths["png"]), [str(paths[k]) for k in ("png", "npz", "json")],
-                       status)
+    return PairOutputs(
+        heatmap_image(exp),
+        _tokens_html(exp),
+        f"{exp.similarity:.3f}",
+        str(paths["png"]),
+        [str(paths[k]) for k in ("png", "npz", "json")],
+        status,
+    )
 
 
-def _compare(backend: Any, pil: Image.Image, text: str, settings: Mapping[str, Any], out: Path, stem: str, source: str,
-             report: Callable, started: float, methods: Mapping[str, Any]) -> PairOutputs:
+def _compare(
+    backend: Any,
+    pil: Image.Image,
+    text: str,
+    settings: Mapping[str, Any],
+    out: Path,
+    stem: str,
+    source: str,
+    report: Callable,
+    started: float,
+    methods: Mapping[str, Any],
+) -> PairOutputs:
     """Every method in turn on one pair: one Comparison (a failing method is an empty row)."""
     from ..api import compare
 
@@ -113,8 +137,9 @@ def _compare(backend: Any, pil: Image.Image, text: str, settings: Mapping[str, A
         report(0.05 + 0.8 * k / len(methods), desc=f"{methods[name].title} ({k + 1} of {len(methods)})")
 
     with _caught_warnings() as notes:
-        comparison = compare(backend, pil, text, methods=list(methods), settings=per_method, keep_going=True,
-                             on_method=on_method)
+        comparison = compare(
+            backend, pil, text, methods=list(methods), settings=per_method, keep_going=True, on_method=on_method
+        )
     for name, reason in comparison.failures.items():
         log.warning("compare all: %s failed: %s", name, reason)
     for exp in comparison.explanations.values():
@@ -123,15 +148,24 @@ def _compare(backend: Any, pil: Image.Image, text: str, settings: Mapping[str, A
     paths = comparison.save(out, f"{stem}_compare", figure=True)
     first = comparison.first
     seconds = time.perf_counter() - started
-    status = (f"compared {len(comparison.explanations)} of {len(methods)} methods · {getattr(backend, 'name', '')} "
-              f"· {seconds:.1f} s; the heatmap and the tokens above are {methods[first.method].title}'s")
+    status = (
+        f"compared {len(comparison.explanations)} of {len(methods)} methods · {getattr(backend, 'name', '')} "
+        f"· {seconds:.1f} s; the heatmap and the tokens above are {methods[first.method].title}'s"
+    )
     if comparison.failures:
-        status += "\n\n" + "\n".join(f"- failed: {html.escape(methods[name].title)}: {html.escape(reason)}"
-                                     for name, reason in comparison.failures.items())
+        status += "\n\n" + "\n".join(
+            f"- failed: {html.escape(methods[name].title)}: {html.escape(reason)}"
+            for name, reason in comparison.failures.items()
+        )
     status += _warning_lines(notes)
-    return PairOutputs(heatmap_image(first), _tokens_html(first),
-                       f"{first.similarity:.3f}", str(paths["png"]), [str(paths[k]) for k in ("png", "npz", "json")],
-                       status)
+    return PairOutputs(
+        heatmap_image(first),
+        _tokens_html(first),
+        f"{first.similarity:.3f}",
+        str(paths["png"]),
+        [str(paths[k]) for k in ("png", "npz", "json")],
+        status,
+    )
 
 
 @contextlib.contextmanager

@@ -112,8 +112,15 @@ def setting_control(gr, spec: SettingSpec):
     if control == "auto":  # empty means auto (a Number would show and send 0)
         return gr.Textbox(**accepted(gr.Textbox, value="", placeholder=spec.auto, **common))
     if control in ("integer", "number"):
-        return gr.Number(**accepted(gr.Number, value=spec.value, precision=0 if control == "integer" else None,
-                                    placeholder=spec.auto, **common))
+        return gr.Number(
+            **accepted(
+                gr.Number,
+                value=spec.value,
+                precision=0 if control == "integer" else None,
+                placeholder=spec.auto,
+                **common,
+            )
+        )
     return gr.Textbox(**accepted(gr.Textbox, value=spec.value, placeholder=spec.auto, **common))
 
 
@@ -125,7 +132,8 @@ def name_api_parameters(fn: Callable, keys: Sequence[tuple[str, str]], tracker: 
     fn.__dict__["__signature__"] = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
         + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
-        + [P("progress", P.KEYWORD_ONLY, default=tracker)])
+        + [P("progress", P.KEYWORD_ONLY, default=tracker)]
+    )
     return fn
 
 
@@ -136,8 +144,9 @@ def one_line(exc: BaseException) -> str:
     return line(exc)
 
 
-def settings_accordion(gr: Any, methods: Mapping[str, Any], specs: Mapping[str, Sequence[Any]],
-                       prefix: str) -> tuple[list, list]:
+def settings_accordion(
+    gr: Any, methods: Mapping[str, Any], specs: Mapping[str, Sequence[Any]], prefix: str
+) -> tuple[list, list]:
     """The "Settings" accordion: one group of controls per method (the first visible), each headed
     by the method's title and paper. Returns ``(groups, controls)``."""
     groups, controls = [], []

@@ -35,11 +35,14 @@ def import_gradio():
     try:
         import gradio
     except ImportError as exc:
-        raise M2IBError(f"the web viewer needs Gradio ({exc.name or 'gradio'} is not installed): "
-                        f"{INSTALL_HINT}") from None
+        raise M2IBError(
+            f"the web viewer needs Gradio ({exc.name or 'gradio'} is not installed): {INSTALL_HINT}"
+        ) from None
     if _major(gradio) < 6:  # Gradio 5's page loads a script from a CDN (measured by the browser test)
-        raise M2IBError(f"the web viewer needs Gradio 6 or newer (found {gradio.__version__}, whose page "
-                        f"loads a script from another host): {INSTALL_HINT}")
+        raise M2IBError(
+            f"the web viewer needs Gradio 6 or newer (found {gradio.__version__}, whose page "
+            f"loads a script from another host): {INSTALL_HINT}"
+        )
     return gradio
 
 

@@ -101,8 +101,10 @@ def registered_interactions() -> dict[str, Any]:
 def interaction_specs(name: str) -> list[SettingSpec]:
     """The controls of interaction method ``name``'s settings (its dataclass's defaults)."""
     cls = registered_interactions()[name]
-    return [SettingSpec(f"interaction-{name}", f, f.default, f.help, AUTO if f.default is None else None)
-            for f in fields_of(cls.Settings)]
+    return [
+        SettingSpec(f"interaction-{name}", f, f.default, f.help, AUTO if f.default is None else None)
+        for f in fields_of(cls.Settings)
+    ]
 
 
 def clean_interaction_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -113,10 +115,19 @@ def clean_interaction_settings(name: str, settings: Mapping[str, Any] | None) ->
     return clean_values(methods[name].Settings, settings)
 
 
-def compute_interaction(backend: Any, image: Any, text: Any, method: str, settings: Mapping[str, Any] | None = None,
-                        *, cache: InteractionCache | None = None, workdir: str | os.PathLike | None = None,
-                        progress: Callable | None = None, max_bytes: float = MAX_UPLOAD_MB * 1e6,
-                        max_pixels: float = MAX_MEGAPIXELS * 1e6) -> tuple[Any, InteractionView, list[str], str]:
+def compute_interaction(
+    backend: Any,
+    image: Any,
+    text: Any,
+    method: str,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    cache: InteractionCache | None = None,
+    workdir: str | os.PathLike | None = None,
+    progress: Callable | None = None,
+    max_bytes: float = MAX_UPLOAD_MB * 1e6,
+    max_pixels: float = MAX_MEGAPIXELS * 1e6,
+) -> tuple[Any, InteractionView, list[str], str]:
     """One press of "Compute interactions": (the Interaction, its first view, downloads, status).
 
     The first view selects the caption's first content word. Raises InputError for bad input.
@@ -130,15 +141,23 @@ def compute_interaction(backend: Any, image: Any, text: Any, method: str, settin
 
     algorithm = INTERACTIONS.get(method)()
     chosen = algorithm.make_settings(**values)  # bad values: one line, before the model runs
-    key = (hashlib.sha256(pil.tobytes()).hexdigest(), pil.size, pil.mode, text, method,
-           tuple(sorted(chosen.as_dict().items())), getattr(backend, "name", ""))
+    key = (
+        hashlib.sha256(pil.tobytes()).hexdigest(),
+        pil.size,
+        pil.mode,
+        text,
+        method,
+        tuple(sorted(chosen.as_dict().items())),
+        getattr(backend, "name", ""),
+    )
     hit = cache.get(key) if cache is not None else None
     result, files = hit if hit is not None else (None, [])
     cached = result is not None
     if result is None:
         report(0.1, desc=f"computing {algorithm.title}")
-        result = algorithm.interact(backend, backend.preprocess_images([pil], [_source(image)]),
-                                    backend.tokenize([text]), chosen)
+        result = algorithm.interact(
+            backend, backend.preprocess_images([pil], [_source(image)]), backend.tokenize([text]), chosen
+        )
     if not files or not all(Path(f).is_file() for f in files):  # downloads deleted after an hour: again
         report(0.8, desc="drawing the figure")
         out = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="m2ib-serve-"))
@@ -147,8 +166,9 @@ def compute_interaction(backend: Any, image: Any, text: Any, method: str, settin
     if cache is not None:
         cache.put(key, (result, files))
     seconds = time.perf_counter() - started
-    status = (f"{algorithm.title} · {getattr(backend, 'name', '')} · {seconds:.1f} s"
-              + (" (computed before: from the cache)" if cached else ""))
+    status = f"{algorithm.title} · {getattr(backend, 'name', '')} · {seconds:.1f} s" + (
+        " (computed before: from the cache)" if cached else ""
+    )
     return result, render_view(result, View(selected=_first_content_word(result))), files, status
 
 
@@ -205,24 +225,32 @@ def render_view(interaction: Any, view: View) -> InteractionView:
         picture = signed_overlay(interaction.image, signed, scale)
         phrase = " ".join(_word_texts(interaction)[words.index(i)].strip() for i in view.selected if i in words)
         total = float(interaction.span_grid(list(view.selected)).sum())
-        note = (f"**{phrase or 'start/end tokens'}**: red where it and the region raise the similarity together, "
-                f"blue where they lower it (sum {total:+.3g}; scale ±{scale:.3g}, as for every word of this pair).")
+        note = (
+            f"**{phrase or 'start/end tokens'}**: red where it and the region raise the similarity together, "
+            f"blue where they lower it (sum {total:+.3g}; scale ±{scale:.3g}, as for every word of this pair)."
+        )
     pil = _enlarged(picture, picture_scale(interaction), view)
     texts = _word_texts(interaction)
     caption = [(texts[k], SELECTED if i in view.selected else None) for k, i in enumerate(words)]
     box_scores: torch.Tensor | None = None
     if view.box is None:
-        hint = ("corner 1 set: click the opposite corner" if view.corner is not None
-                else "click two opposite corners of a box on the image")
+        hint = (
+            "corner 1 set: click the opposite corner"
+            if view.corner is not None
+            else "click two opposite corners of a box on the image"
+        )
         scores = signed_tokens_html([], [], f"The words' scores for a region: {hint}.")
     else:
         box_scores = interaction.region_scores(view.box)
         x, y, w, h = view.box
         rest = float(box_scores.sum() - box_scores[words].sum()) if words else float(box_scores.sum())
-        scores = signed_tokens_html([t.strip() for t in texts], [float(box_scores[i]) for i in words],
-                                    f"box x={x}, y={y}, {w}x{h} px of the {interaction.image_size[1]}x"
-                                    f"{interaction.image_size[0]} input; red: the word goes with the box, blue: "
-                                    f"against it; start/end tokens {rest:+.2e}")
+        scores = signed_tokens_html(
+            [t.strip() for t in texts],
+            [float(box_scores[i]) for i in words],
+            f"box x={x}, y={y}, {w}x{h} px of the {interaction.image_size[1]}x"
+            f"{interaction.image_size[0]} input; red: the word goes with the box, blue: "
+            f"against it; start/end tokens {rest:+.2e}",
+        )
     return InteractionView(pil, caption, scores, note, signed, box_scores, view)
 
 
@@ -258,7 +286,7 @@ def _word_texts(interaction: Any) -> list[str]:
             continue
         start, end = offsets[i]
         following = offsets[words[k + 1]][0] if k + 1 < len(words) else end
-        out.append(text[start:max(end, following)])  # the word and what follows it up to the next
+        out.append(text[start : max(end, following)])  # the word and what follows it up to the next
     return out
 
 

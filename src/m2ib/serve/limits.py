@@ -21,8 +21,9 @@ MAX_TEXT_CHARS = 10_000  # longer texts are refused (the models read 77 tokens o
 KEEP_OUTPUTS_S = 3600  # a request's output files are deleted after an hour
 
 
-def read_image(image: Any, max_bytes: float = MAX_UPLOAD_MB * 1e6,
-               max_pixels: float = MAX_MEGAPIXELS * 1e6) -> Image.Image:
+def read_image(
+    image: Any, max_bytes: float = MAX_UPLOAD_MB * 1e6, max_pixels: float = MAX_MEGAPIXELS * 1e6
+) -> Image.Image:
     """An uploaded image as an RGB PIL image, or an :class:`InputError` that a person can act on.
 
     ``image`` is a file path (what the page uploads) or a PIL image. Files over ``max_bytes``
@@ -54,12 +55,15 @@ def read_image(image: Any, max_bytes: float = MAX_UPLOAD_MB * 1e6,
             with Image.open(path) as opened:  # reads the header only
                 dims = opened.size
     except Image.DecompressionBombError:
-        raise InputError(f"{name}: the image has too many pixels (a decompression bomb?); "
-                         f"the limit is {max_pixels / 1e6:g} megapixels") from None
+        raise InputError(
+            f"{name}: the image has too many pixels (a decompression bomb?); "
+            f"the limit is {max_pixels / 1e6:g} megapixels"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         log.debug("cannot identify %s: %s", path, exc)
-        raise InputError(f"{name}: cannot read this file as an image; "
-                         "upload a PNG, JPEG or another common image format") from None
+        raise InputError(
+            f"{name}: cannot read this file as an image; upload a PNG, JPEG or another common image format"
+        ) from None
     _check_pixels(name, dims, max_pixels)
     try:
         with warnings.catch_warnings():
@@ -67,15 +71,18 @@ def read_image(image: Any, max_bytes: float = MAX_UPLOAD_MB * 1e6,
             return load_image(path)[0]
     except InputError as exc:
         log.debug("cannot decode %s: %s", path, exc)
-        raise InputError(f"{name}: the image is damaged or incomplete and cannot be decoded; "
-                         "upload another file") from None
+        raise InputError(
+            f"{name}: the image is damaged or incomplete and cannot be decoded; upload another file"
+        ) from None
 
 
 def _check_pixels(name: str, size: tuple[int, int], max_pixels: float) -> None:
     w, h = size
     if w * h > max_pixels:
-        raise InputError(f"{name}: the image is {w} x {h} pixels ({w * h / 1e6:.1f} megapixels); "
-                         f"the limit is {max_pixels / 1e6:g} megapixels")
+        raise InputError(
+            f"{name}: the image is {w} x {h} pixels ({w * h / 1e6:.1f} megapixels); "
+            f"the limit is {max_pixels / 1e6:g} megapixels"
+        )
     if w <= 0 or h <= 0:
         raise InputError(f"{name}: the image has no pixels ({w} x {h})")
 
@@ -83,10 +90,11 @@ def _check_pixels(name: str, size: tuple[int, int], max_pixels: float) -> None:
 def check_text(text: Any, max_chars: int = MAX_TEXT_CHARS) -> str:
     """The text to explain, stripped; an empty or overlong text is an :class:`InputError`."""
     if not isinstance(text, str) or not text.strip():
-        raise InputError("empty text: type the words to explain, e.g. \"a yellow star\"")
+        raise InputError('empty text: type the words to explain, e.g. "a yellow star"')
     if len(text) > max_chars:
-        raise InputError(f"the text has {len(text)} characters; the limit is {max_chars} (CLIP-style models "
-                         "read a few dozen words)")
+        raise InputError(
+            f"the text has {len(text)} characters; the limit is {max_chars} (CLIP-style models read a few dozen words)"
+        )
     return text.strip()
 
 

@@ -34,8 +34,9 @@ def example_scenes(workdir: str | os.PathLike, both: bool = False) -> list[tuple
                 if source.is_file():
                     target = out / source.name
                     shutil.copyfile(source, target)
-                    caption = (" and ".join(phrase(c, s) for c, s, _ in entry["objects"]) if both
-                               else str(entry["caption"]))
+                    caption = (
+                        " and ".join(phrase(c, s) for c, s, _ in entry["objects"]) if both else str(entry["caption"])
+                    )
                     scenes.append((str(target), caption))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot read the example scenes in %s: %s", folder, exc)

@@ -32,5 +32,20 @@ from .loop import train
 from .model import batch_accuracy, build_model, sigmoid_loss, unit_features
 from .state import CHECKPOINT
 
-__all__ = ["TrainConfig", "QUICK", "WORDS", "IMAGE_MEAN", "IMAGE_STD", "TrainBatches", "label_matrix", "sigmoid_loss",
-           "batch_accuracy", "build_model", "unit_features", "train", "main", "CHECKPOINT", "EXIT_UNFINISHED"]
+__all__ = [
+    "TrainConfig",
+    "QUICK",
+    "WORDS",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "TrainBatches",
+    "label_matrix",
+    "sigmoid_loss",
+    "batch_accuracy",
+    "build_model",
+    "unit_features",
+    "train",
+    "main",
+    "CHECKPOINT",
+    "EXIT_UNFINISHED",
+]

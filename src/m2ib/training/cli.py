@@ -21,18 +21,27 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train a small CLIP on the shapes world (sigmoid loss with exact multi-positive labels) "
-                    "into a directory m2ib.load() reads. Rerunning the same command resumes from "
-                    "DIR/checkpoint.pt.")
+        "into a directory m2ib.load() reads. Rerunning the same command resumes from "
+        "DIR/checkpoint.pt.",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="where the model (and checkpoint) goes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--quick", action="store_true", help="start from the tiny QUICK config instead of the default")
     parser.add_argument("--no-resume", action="store_true", help="start over even if DIR/checkpoint.pt exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-checkpoint", action="store_true", help="keep DIR/checkpoint.pt after the final save")
-    parser.add_argument("--stop-after", type=int, metavar="N",
-                        help=f"stop after N steps in all, keeping the checkpoint (exit status {EXIT_UNFINISHED})")
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
-                        help=f"stop after this long, keeping the checkpoint (exit status {EXIT_UNFINISHED})")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help=f"stop after N steps in all, keeping the checkpoint (exit status {EXIT_UNFINISHED})",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help=f"stop after this long, keeping the checkpoint (exit status {EXIT_UNFINISHED})",
+    )
     group = parser.add_argument_group("training config (TrainConfig fields; defaults: TrainConfig() or QUICK)")
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
@@ -41,14 +50,27 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         kind = hints[f.name]
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if kind is bool or (args and args[0] is bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default: {default}: on for CUDA only)" if f.name == "amp" else None)
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default: {default}: on for CUDA only)" if f.name == "amp" else None,
+            )
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(flag, dest=f.name, type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                               help=f"(default: {default})")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=int,
+                nargs=2,
+                metavar=("LOW", "HIGH"),
+                default=None,
+                help=f"(default: {default})",
+            )
         else:
-            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
-                               help=f"(default: {default})")
+            group.add_argument(
+                flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=f"(default: {default})"
+            )
     return parser
 
 
@@ -67,9 +89,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m m2ib.training") -
         if args.stop_after is not None:
             check_positive_int(args.stop_after, "--stop-after")
         config = replace(base, **overrides)
-        out = train(config, args.out, device=args.device, resume=not args.no_resume,
-                    progress=not args.no_progress, command=f"{prog} " + shlex.join(argv),
-                    keep_checkpoint=args.keep_checkpoint, stop_after=args.stop_after, time_limit=args.time_limit)
+        out = train(
+            config,
+            args.out,
+            device=args.device,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            command=f"{prog} " + shlex.join(argv),
+            keep_checkpoint=args.keep_checkpoint,
+            stop_after=args.stop_after,
+            time_limit=args.time_limit,
+        )
     except M2IBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

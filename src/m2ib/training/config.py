@@ -44,9 +44,21 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; None: on for CUDA, off elsewhere
 
     def __post_init__(self) -> None:
-        ints = ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "text_width",
-                "text_layers", "text_heads", "embed_dim", "context_length", "steps", "batch_size",
-                "checkpoint_every")
+        ints = (
+            "image_size",
+            "patch_size",
+            "vision_width",
+            "vision_layers",
+            "vision_heads",
+            "text_width",
+            "text_layers",
+            "text_heads",
+            "embed_dim",
+            "context_length",
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+        )
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -57,8 +69,7 @@ class TrainConfig:
             raise InputError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         for width, heads in (("vision_width", "vision_heads"), ("text_width", "text_heads")):
             if getattr(self, width) % getattr(self, heads):
-                raise InputError(f"{width}={getattr(self, width)} must be a multiple of "
-                                 f"{heads}={getattr(self, heads)}")
+                raise InputError(f"{width}={getattr(self, width)} must be a multiple of {heads}={getattr(self, heads)}")
         if self.context_length < 4:
             raise InputError(f"context_length={self.context_length} is too short for a caption")
         if self.caption_kind not in KINDS:
@@ -74,9 +85,22 @@ class TrainConfig:
 
 
 #: A tiny configuration: a complete run in seconds on a CPU (tests, smoke runs).
-QUICK = TrainConfig(image_size=64, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2, text_width=32,
-                    text_layers=2, text_heads=2, embed_dim=32, steps=30, batch_size=32, warmup_steps=5,
-                    workers=0, checkpoint_every=10)
+QUICK = TrainConfig(
+    image_size=64,
+    patch_size=8,
+    vision_width=64,
+    vision_layers=2,
+    vision_heads=2,
+    text_width=32,
+    text_layers=2,
+    text_heads=2,
+    embed_dim=32,
+    steps=30,
+    batch_size=32,
+    warmup_steps=5,
+    workers=0,
+    checkpoint_every=10,
+)
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -53,8 +53,9 @@ class TrainBatches(torch.utils.data.Dataset):
         c = self.config
         out = []
         for j in range(c.batch_size):
-            scene = render_scene(split_seed("train", step * c.batch_size + j, base=c.seed), size=c.image_size,
-                                 n_objects=c.n_objects)
+            scene = render_scene(
+                split_seed("train", step * c.batch_size + j, base=c.seed), size=c.image_size, n_objects=c.n_objects
+            )
             out.append((scene, make_caption(scene, c.caption_kind)))
         return out
 
@@ -68,7 +69,17 @@ class TrainBatches(torch.utils.data.Dataset):
         images = torch.stack([s.image for s in scenes])
         mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-        enc = self.tokenizer([c.text for c in captions], padding=True, truncation=True,
-                             max_length=self.config.context_length, return_tensors="pt")
-        return {"step": step, "pixel_values": (images - mean) / std, "input_ids": enc["input_ids"],
-                "attention_mask": enc["attention_mask"], "labels": label_matrix(scenes, captions)}
+        enc = self.tokenizer(
+            [c.text for c in captions],
+            padding=True,
+            truncation=True,
+            max_length=self.config.context_length,
+            return_tensors="pt",
+        )
+        return {
+            "step": step,
+            "pixel_values": (images - mean) / std,
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": label_matrix(scenes, captions),
+        }

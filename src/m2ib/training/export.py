@@ -53,8 +53,10 @@ def training_record(run: RunState, dev: torch.device, amp: bool, command: str | 
         "final_batch_accuracy": history[-1][1] if history else None,
         "mean_loss_last_50": sum(h[0] for h in tail) / len(tail) if tail else None,
         "mean_batch_accuracy_last_50": sum(h[1] for h in tail) / len(tail) if tail else None,
-        "loss_curve": {str(k + every): round(sum(h[0] for h in history[k:k + every]) / len(history[k:k + every]), 5)
-                       for k in range(0, len(history), every)},
+        "loss_curve": {
+            str(k + every): round(sum(h[0] for h in history[k : k + every]) / len(history[k : k + every]), 5)
+            for k in range(0, len(history), every)
+        },
         "logit_scale": float(run.model.logit_scale.detach().exp()),
         "logit_bias": float(run.logit_bias.detach()),
     }
@@ -62,10 +64,20 @@ def training_record(run: RunState, dev: torch.device, amp: bool, command: str | 
 
 def preprocessor_config(image_size: int) -> dict[str, Any]:
     """A CLIPImageProcessor config reproducing training's preprocessing for a [S, S] scene image."""
-    return {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size},
-            "do_center_crop": True, "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD), "resample": 3,
-            "image_processor_type": "CLIPImageProcessor", "do_resize": True, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True}
+    return {
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_center_crop": True,
+        "image_mean": list(IMAGE_MEAN),
+        "image_std": list(IMAGE_STD),
+        "resample": 3,
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+    }
 
 
 def device_name(dev: torch.device) -> str:

@@ -23,9 +23,18 @@ from .model import MAX_LOGIT_SCALE, forward_backward
 from .state import CHECKPOINT, RunState, checkpoint_state, new_run, resume as resume_run
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.device = "cpu", resume: bool = True,
-          progress: bool = True, command: str | None = None, keep_checkpoint: bool = False,
-          stop_after: int | None = None, time_limit: float | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+    keep_checkpoint: bool = False,
+    stop_after: int | None = None,
+    time_limit: float | None = None,
+) -> Path:
     """Train a CLIPModel on the shapes world and save it, loadable by ``m2ib.load(out_dir)``.
 
     Args:
@@ -60,8 +69,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.devic
 
     if run.step < config.steps:
         if progress:
-            print(f"stopped at step {run.step}/{config.steps}; checkpoint saved in {ckpt_path}: run again to resume",
-                  file=sys.stderr)
+            print(
+                f"stopped at step {run.step}/{config.steps}; checkpoint saved in {ckpt_path}: run again to resume",
+                file=sys.stderr,
+            )
         return out_dir
     export_model(run, out_dir, dev, amp, command)
     if not keep_checkpoint:
@@ -84,10 +95,16 @@ def _loader(config: TrainConfig, start: int, dev: torch.device) -> torch.utils.d
     """The batches of steps ``start``, ``start + 1``, ..., made in ``config.workers`` processes."""
     workers = config.workers
     return torch.utils.data.DataLoader(
-        TrainBatches(config), batch_size=None, sampler=range(start, config.steps), num_workers=workers,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-        pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(config.seed),
-        worker_init_fn=ignore_sigint if workers > 0 else None)
+        TrainBatches(config),
+        batch_size=None,
+        sampler=range(start, config.steps),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        pin_memory=dev.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+        worker_init_fn=ignore_sigint if workers > 0 else None,
+    )
 
 
 class _Steps:
@@ -108,8 +125,9 @@ class _Steps:
 
         run, config = self.run, self.run.config
         loader = _loader(config, run.step, self.dev)
-        bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc="training", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=config.steps, initial=run.step, disable=not progress, desc="training", unit="step", dynamic_ncols=True
+        )
         self.start = time.perf_counter()
         interrupt = DeferInterrupt()
         try:
@@ -119,8 +137,12 @@ class _Steps:
                         self._step(batch)
                         _show(bar, run.history)
                         out_of_time = time_limit is not None and time.perf_counter() - self.start >= time_limit
-                        if (run.step % config.checkpoint_every == 0 or run.step >= limit or out_of_time
-                                or interrupt.requested):
+                        if (
+                            run.step % config.checkpoint_every == 0
+                            or run.step >= limit
+                            or out_of_time
+                            or interrupt.requested
+                        ):
                             self.save_checkpoint()
                         if interrupt.requested:
                             raise KeyboardInterrupt
@@ -167,15 +189,23 @@ class _Steps:
         if not self.updating and self.saved_step != step:
             self.save_checkpoint()
         bar.close()
-        where = (f"checkpoint saved in {self.ckpt_path}" if not self.updating
-                 else f"the last checkpoint in {self.ckpt_path} stays")
-        print(f"interrupted at step {step}/{self.run.config.steps}; {where}: run the same command again to resume",
-              file=sys.stderr)
+        where = (
+            f"checkpoint saved in {self.ckpt_path}"
+            if not self.updating
+            else f"the last checkpoint in {self.ckpt_path} stays"
+        )
+        print(
+            f"interrupted at step {step}/{self.run.config.steps}; {where}: run the same command again to resume",
+            file=sys.stderr,
+        )
 
 
 def _show(bar, history: list[list[float]]) -> None:
     """Advance the progress bar, showing the loss and accuracy averaged over the last 20 steps."""
     recent = history[-20:]
     bar.update(1)
-    bar.set_postfix(loss=f"{sum(h[0] for h in recent) / len(recent):.4f}",
-                    acc=f"{sum(h[1] for h in recent) / len(recent):.3f}", refresh=False)
+    bar.set_postfix(
+        loss=f"{sum(h[0] for h in recent) / len(recent):.4f}",
+        acc=f"{sum(h[1] for h in recent) / len(recent):.3f}",
+        refresh=False,
+    )

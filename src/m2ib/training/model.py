@@ -55,8 +55,9 @@ def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(labels[best, torch.arange(labels.shape[1], device=labels.device)].float().mean())
 
 
-def forward_backward(model, logit_bias: torch.nn.Parameter, batch: dict[str, Any], dev: torch.device,
-                     amp: bool) -> tuple[float, float]:
+def forward_backward(
+    model, logit_bias: torch.nn.Parameter, batch: dict[str, Any], dev: torch.device, amp: bool
+) -> tuple[float, float]:
     """Loss of one batch, its gradients accumulated into the parameters: (loss, batch accuracy)."""
     pixel_values = batch["pixel_values"].to(dev, non_blocking=True)
     input_ids = batch["input_ids"].to(dev, non_blocking=True)
@@ -78,11 +79,11 @@ def lr_schedule(warmup: int, total: int) -> Callable[[int], float]:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
     return factor
 
 
-def make_optimizer(model: torch.nn.Module, logit_bias: torch.nn.Parameter,
-                   config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, logit_bias: torch.nn.Parameter, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on weight matrices only."""
     params = [p for _, p in model.named_parameters()]
     decay = [p for p in params if p.ndim >= 2]

@@ -53,10 +53,17 @@ def new_run(config: TrainConfig, dev: torch.device) -> RunState:
 
 def checkpoint_state(run: RunState, wall_seconds: float) -> dict[str, Any]:
     """The checkpoint of ``run`` (format 1), ``wall_seconds`` of training so far."""
-    return {"model": run.model.state_dict(), "logit_bias": run.logit_bias.detach(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "step": run.step,
-            "config": config_dict(run.config), "wall_seconds": wall_seconds, "history": run.history,
-            "format": 1}
+    return {
+        "model": run.model.state_dict(),
+        "logit_bias": run.logit_bias.detach(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "step": run.step,
+        "config": config_dict(run.config),
+        "wall_seconds": wall_seconds,
+        "history": run.history,
+        "format": 1,
+    }
 
 
 def resume(run: RunState, path: Path) -> None:
@@ -64,8 +71,10 @@ def resume(run: RunState, path: Path) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     diffs = config_differences(ckpt["config"], run.config)
     if diffs:
-        raise InputError(f"{path} was made with another config ({'; '.join(diffs)}): use the same "
-                         "settings, --no-resume to start over, or another --out")
+        raise InputError(
+            f"{path} was made with another config ({'; '.join(diffs)}): use the same "
+            "settings, --no-resume to start over, or another --out"
+        )
     run.model.load_state_dict(ckpt["model"])
     with torch.no_grad():
         run.logit_bias.copy_(ckpt["logit_bias"])

@@ -52,6 +52,7 @@ def quiet_missing_glyphs(draw: Callable) -> Callable:
     """``draw`` without matplotlib's "Glyph N missing from font(s)" warnings: one per character
     and per measurement (dozens for one CJK caption). Installed fallback fonts
     (:data:`~m2ib.viz.style.FALLBACK_FONTS`) draw what they can; the rest draws as boxes."""
+
     @functools.wraps(draw)
     def quiet(*args, **kwargs):
         # a fallback font without a bold face: matplotlib logs "findfont: Failed to find font weight"
@@ -65,6 +66,7 @@ def quiet_missing_glyphs(draw: Callable) -> Callable:
                 return draw(*args, **kwargs)
         finally:
             fonts_log.setLevel(level)
+
     return quiet
 
 
@@ -122,17 +124,22 @@ class Canvas:
         fig.set_size_inches((self.wpx + 1e-3) / dpi, (self.hpx + 1e-3) / dpi)
         self.w = self.wpx / dpi
         self.h = self.hpx / dpi
-        self.T = mpl.Affine2D().scale(1.0, -1.0).translate(0.0, fig.get_size_inches()[1]) + (
-            fig.dpi_scale_trans
-        )
+        self.T = mpl.Affine2D().scale(1.0, -1.0).translate(0.0, fig.get_size_inches()[1]) + (fig.dpi_scale_trans)
 
     def snap(self, v: float) -> float:
         return round(v * self.dpi) / self.dpi
 
     def text(self, x, y, s, prop, color=INK, **kw):
         return self.fig.text(
-            x, y, s, fontproperties=prop, color=color, transform=self.T,
-            parse_math=False, usetex=False, **kw,
+            x,
+            y,
+            s,
+            fontproperties=prop,
+            color=color,
+            transform=self.T,
+            parse_math=False,
+            usetex=False,
+            **kw,
         )
 
     def add(self, artist):
@@ -210,7 +217,12 @@ def draw_image(cv: Canvas, x, y, w, h, rgb: torch.Tensor, boxes):
     for bx in boxes or ():
         bx0, by0, bw, bh = (float(v) for v in bx)
         rect = cv.mpl.Rectangle(
-            (bx0, by0), bw, bh, fill=False, edgecolor="white", linewidth=1.6,
+            (bx0, by0),
+            bw,
+            bh,
+            fill=False,
+            edgecolor="white",
+            linewidth=1.6,
             path_effects=[cv.mpl.patheffects.withStroke(linewidth=3.2, foreground=(0, 0, 0, 0.85))],
         )
         ax.add_patch(rect)
@@ -255,8 +267,14 @@ def draw_colorbar(cv: Canvas, ruler: Ruler, fonts: Fonts, x, y, h, cmap: str):
         cv.text(right + tick_len + pad, ty, s, fonts.cb, color=MUTED, ha="left", va="center_baseline")
     tick_w = max(ruler.width(s, fonts.cb) for s in ("0", "0.5", "1"))
     cv.text(
-        right + tick_len + pad + tick_w + 4.0 * PT, y + h / 2, "relevance", fonts.cb_label,
-        color=MUTED, ha="left", va="center", rotation=90,
+        right + tick_len + pad + tick_w + 4.0 * PT,
+        y + h / 2,
+        "relevance",
+        fonts.cb_label,
+        color=MUTED,
+        ha="left",
+        va="center",
+        rotation=90,
     )
 
 
@@ -279,9 +297,13 @@ def draw_tokens(cv: Canvas, fonts: Fonts, block: TokenBlock, x0, y0, scores: lis
         s = scores[i] if scores is not None else None
         if s is not None:
             box = cv.mpl.FancyBboxPatch(
-                (x0 + cell.x, top), cell.w, block.box_h,
+                (x0 + cell.x, top),
+                cell.w,
+                block.box_h,
                 boxstyle=f"round,pad=0,rounding_size={2.0 * PT}",
-                facecolor=shade(s), edgecolor=TOKEN_EDGE, linewidth=0.5,
+                facecolor=shade(s),
+                edgecolor=TOKEN_EDGE,
+                linewidth=0.5,
             )
             cv.add(box)
         cv.text(cx, base, cell.text, fonts.token, color=INK, ha="center", va="baseline")
@@ -290,8 +312,9 @@ def draw_tokens(cv: Canvas, fonts: Fonts, block: TokenBlock, x0, y0, scores: lis
             cv.text(cx, sy, f"{s:.2f}", fonts.score, color=MUTED, ha="center", va="baseline")
 
 
-def draw_title(cv: Canvas, ruler: Ruler, fonts: Fonts, t_lines: list[str], s_lines: list[str], x: float, y: float,
-               w: float) -> None:
+def draw_title(
+    cv: Canvas, ruler: Ruler, fonts: Fonts, t_lines: list[str], s_lines: list[str], x: float, y: float, w: float
+) -> None:
     """The wrapped title and subtitle, centred over the ``w`` inches from ``x``, from ``y`` down."""
     cx = x + w / 2
     asc, _ = ruler.metrics(fonts.title)
@@ -301,13 +324,25 @@ def draw_title(cv: Canvas, ruler: Ruler, fonts: Fonts, t_lines: list[str], s_lin
     asc, _ = ruler.metrics(fonts.subtitle)
     for k, line in enumerate(s_lines):
         cv.text(
-            cx, y + asc + k * SUBTITLE_FS * 1.3 * PT, line, fonts.subtitle, color=MUTED,
-            ha="center", va="baseline",
+            cx,
+            y + asc + k * SUBTITLE_FS * 1.3 * PT,
+            line,
+            fonts.subtitle,
+            color=MUTED,
+            ha="center",
+            va="baseline",
         )
 
 
 def draw_heading(cv: Canvas, ruler: Ruler, fonts: Fonts, x: float, y: float, w: float, s: str) -> None:
     """A column heading centred over the ``w`` inches from ``x`` (shortened if it does not fit)."""
     asc, _ = ruler.metrics(fonts.head)
-    cv.text(x + w / 2, y + asc, fit_text(ruler, s, fonts.head, w + IMG_GAP), fonts.head, color=MUTED,
-            ha="center", va="baseline")
+    cv.text(
+        x + w / 2,
+        y + asc,
+        fit_text(ruler, s, fonts.head, w + IMG_GAP),
+        fonts.head,
+        color=MUTED,
+        ha="center",
+        va="baseline",
+    )

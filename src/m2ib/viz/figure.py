@@ -120,8 +120,7 @@ def explanation_figure(
 
     fig, canvas, ruler, fonts = _blank(mpl, dpi)
     pw, ph = panel_size(H, W, IMG_SIDE, dpi)
-    cols, block, right = _explanation_columns(ruler, fonts, pw, show_img, show_map, toks if show_txt else None,
-                                              special)
+    cols, block, right = _explanation_columns(ruler, fonts, pw, show_img, show_map, toks if show_txt else None, special)
     page = _page(ruler, fonts, title, subtitle, right)
     body_y = page.body_y
     body_h = max(ph if show_img else 0.0, block.height if block is not None else 0.0)
@@ -196,8 +195,21 @@ def comparison_figure(
     if grid.text_x is not None:
         draw_heading(cv, ruler, fonts, grid.text_x + shift, page.head_y, grid.text_w, "text attribution")
     for k in range(len(rows)):
-        _draw_row(cv, ruler, fonts, grid, shift, k, row_tops[k], row_hs[k], (pw, ph),
-                  img if k == 0 else None, overlays[k], row_scores[k], boxes)
+        _draw_row(
+            cv,
+            ruler,
+            fonts,
+            grid,
+            shift,
+            k,
+            row_tops[k],
+            row_hs[k],
+            (pw, ph),
+            img if k == 0 else None,
+            overlays[k],
+            row_scores[k],
+            boxes,
+        )
     if grid.cb_x is not None:
         first = row_tops[0] + ((row_hs[0] - ph) / 2)
         draw_colorbar(cv, ruler, fonts, grid.cb_x + shift, first, ph, "jet")
@@ -283,9 +295,9 @@ def _page(ruler: Ruler, fonts: Fonts, title: str | None, subtitle: str | None, r
     return _Page(content_w, shift, t_lines, s_lines, title_y, head_y, y)
 
 
-def _explanation_columns(ruler: Ruler, fonts: Fonts, pw: float, show_img: bool, show_map: bool,
-                         toks: list[str] | None,
-                         special: set[int]) -> tuple[list[tuple[str, float, float]], TokenBlock | None, float]:
+def _explanation_columns(
+    ruler: Ruler, fonts: Fonts, pw: float, show_img: bool, show_map: bool, toks: list[str] | None, special: set[int]
+) -> tuple[list[tuple[str, float, float]], TokenBlock | None, float]:
     """The explanation figure's columns, left to right: ([(kind, x, width)], token block or None, right end)."""
     x = MARGIN
     cols = []
@@ -327,8 +339,16 @@ class _Grid:
     right: float
 
 
-def _comparison_grid(ruler: Ruler, fonts: Fonts, names: Sequence[str], pw: float, any_img: bool, any_txt: bool,
-                     toks: list[str], special: set[int]) -> _Grid:
+def _comparison_grid(
+    ruler: Ruler,
+    fonts: Fonts,
+    names: Sequence[str],
+    pw: float,
+    any_img: bool,
+    any_txt: bool,
+    toks: list[str],
+    special: set[int],
+) -> _Grid:
     wrapped = [wrap_text(ruler, name, fonts.name, NAME_MAX_W) for name in names]
     name_w = max((ruler.width(line, fonts.name) for ls in wrapped for line in ls), default=0.0)
     x = MARGIN
@@ -374,9 +394,21 @@ def _row_extents(grid: _Grid, ph: float, y: float) -> tuple[list[float], list[fl
     return row_tops, row_hs, y
 
 
-def _draw_row(cv: Canvas, ruler: Ruler, fonts: Fonts, grid: _Grid, shift: float, k: int, top: float, rh: float,
-              panel: tuple[float, float], image: torch.Tensor | None, overlaid: torch.Tensor | None,
-              scores: list[float] | None, boxes) -> None:
+def _draw_row(
+    cv: Canvas,
+    ruler: Ruler,
+    fonts: Fonts,
+    grid: _Grid,
+    shift: float,
+    k: int,
+    top: float,
+    rh: float,
+    panel: tuple[float, float],
+    image: torch.Tensor | None,
+    overlaid: torch.Tensor | None,
+    scores: list[float] | None,
+    boxes,
+) -> None:
     """Row ``k``: its name, the input ``image`` (first row only), its overlay and its tokens."""
     pw, ph = panel
     name_asc, _ = ruler.metrics(fonts.name)

@@ -30,9 +30,15 @@ def signed_overlay(image: torch.Tensor, signed: torch.Tensor, scale: float) -> t
 
 
 @quiet_missing_glyphs
-def interaction_figure(image: torch.Tensor, panels: Sequence[tuple[str, torch.Tensor]], title: str,
-                       subtitle: str, boxes: Sequence[Box] | None = None, panel_inches: float = 2.0,
-                       dpi: int = 100):
+def interaction_figure(
+    image: torch.Tensor,
+    panels: Sequence[tuple[str, torch.Tensor]],
+    title: str,
+    subtitle: str,
+    boxes: Sequence[Box] | None = None,
+    panel_inches: float = 2.0,
+    dpi: int = 100,
+):
     """A PIL image: the image [3, H, W], then one panel per ``(label, signed map [H, W])`` on one
     colour scale (the largest |score| of any panel), ``boxes`` drawn on every panel."""
     mpl = load_mpl()
@@ -41,8 +47,14 @@ def interaction_figure(image: torch.Tensor, panels: Sequence[tuple[str, torch.Te
     head = 0.5  # inches of title above the panels
     fig = mpl.Figure(figsize=(panel_inches * n, panel_inches + head), dpi=dpi)
     canvas = mpl.FigureCanvasAgg(fig)
-    fig.text(0.5, 1 - 0.08 / (panel_inches + head), f"{title}\n{subtitle} · red +, blue −, one scale ±{scale:.3g}",
-             fontsize=8, ha="center", va="top")
+    fig.text(
+        0.5,
+        1 - 0.08 / (panel_inches + head),
+        f"{title}\n{subtitle} · red +, blue −, one scale ±{scale:.3g}",
+        fontsize=8,
+        ha="center",
+        va="top",
+    )
     box = panel_inches * 0.8 / (panel_inches + head)  # panel height as a share of the figure's
     for k, (label, signed) in enumerate([("image", None), *panels]):
         ax = fig.add_axes((k / n + 0.1 / n, 0.03, 0.8 / n, box))
@@ -51,9 +63,17 @@ def interaction_figure(image: torch.Tensor, panels: Sequence[tuple[str, torch.Te
         ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         ax.set_title(label, fontsize=8)
         for x, y, w, h in boxes or ():
-            ax.add_patch(mpl.Rectangle((x, y), w, h, fill=False, edgecolor="white", linewidth=1.2,
-                                       path_effects=[mpl.patheffects.withStroke(linewidth=2.4,
-                                                                                foreground=(0, 0, 0, 0.85))]))
+            ax.add_patch(
+                mpl.Rectangle(
+                    (x, y),
+                    w,
+                    h,
+                    fill=False,
+                    edgecolor="white",
+                    linewidth=1.2,
+                    path_effects=[mpl.patheffects.withStroke(linewidth=2.4, foreground=(0, 0, 0, 0.85))],
+                )
+            )
     canvas.draw()
     rgba = torch.frombuffer(bytearray(canvas.buffer_rgba()), dtype=torch.uint8)
     width, height = canvas.get_width_height()

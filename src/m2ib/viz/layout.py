@@ -141,9 +141,7 @@ class TokenBlock:
         return self.n_lines * self.pitch - LINE_GAP
 
 
-def layout_tokens(
-    ruler: Ruler, fonts: Fonts, tokens: Sequence[str], special: set[int], max_w: float
-) -> TokenBlock:
+def layout_tokens(ruler: Ruler, fonts: Fonts, tokens: Sequence[str], special: set[int], max_w: float) -> TokenBlock:
     """Lay out ``tokens`` in boxes within ``max_w`` inches, over-long ones shortened, in balanced lines."""
     asc, desc = ruler.metrics(fonts.token)
     box_h = asc + desc + 2 * TOK_VPAD
@@ -206,8 +204,9 @@ def _cut_tokens(ruler: Ruler, fonts: Fonts, cells: list[Cell], limit: float) -> 
         kept.pop()
 
 
-def title_lines(ruler: Ruler, fonts: Fonts, title: str | None, subtitle: str | None,
-                max_w: float) -> tuple[list[str], list[str]]:
+def title_lines(
+    ruler: Ruler, fonts: Fonts, title: str | None, subtitle: str | None, max_w: float
+) -> tuple[list[str], list[str]]:
     """The title and the subtitle, each wrapped to ``max_w`` inches ([] when absent)."""
     t = wrap_text(ruler, title, fonts.title, max_w) if title else []
     s = wrap_text(ruler, subtitle, fonts.subtitle, max_w) if subtitle else []

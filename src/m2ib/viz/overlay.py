@@ -131,9 +131,7 @@ def _resize_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0, 0].clamp_(0.0, 1.0)
 
 
-def overlay(
-    image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5, cmap: str = "jet"
-) -> torch.Tensor:
+def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5, cmap: str = "jet") -> torch.Tensor:
     """Blend a coloured heatmap onto an image.
 
     Args:

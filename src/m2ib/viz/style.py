@@ -43,8 +43,15 @@ SCORE_GAP = 1.5 * PT
 
 # Fonts tried after matplotlib's own for characters it lacks (CJK, emoji, symbols), where installed
 # (Debian: fonts-noto-cjk, fonts-wqy-microhei, fonts-symbola); matplotlib falls back glyph by glyph.
-FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
-                  "Droid Sans Fallback", "Noto Emoji", "Symbola")
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+    "Noto Emoji",
+    "Symbola",
+)
 
 
 def font_families() -> list[str]:

@@ -69,9 +69,7 @@ def phrase(colour: str, shape: str) -> str:
     return f"{_article(colour)} {colour} {shape}"
 
 
-def _build_caption(
-    items: Sequence[tuple[str, str, int]], kind: str
-) -> Caption:
+def _build_caption(items: Sequence[tuple[str, str, int]], kind: str) -> Caption:
     """items: (colour, shape, object_index or -1) in caption order."""
     text = ""
     spans: list[Span] = []
@@ -172,4 +170,3 @@ def class_prompts() -> list[tuple[str, str, str]]:
     The prompt is :func:`phrase` (same wording as the captions, so "an orange
     circle" rather than "a orange circle")."""
     return [(c, s, phrase(c, s)) for c in COLOURS for s in SHAPES]
-

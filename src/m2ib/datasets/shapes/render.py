@@ -173,8 +173,9 @@ def render_scene(
     )
 
 
-def _paint_objects(rng: np.random.Generator, img: np.ndarray, chosen: list[tuple[str, str]],
-                   placed: list[tuple[int, int, int]]) -> tuple[np.ndarray, list[ShapeObject]]:
+def _paint_objects(
+    rng: np.random.Generator, img: np.ndarray, chosen: list[tuple[str, str]], placed: list[tuple[int, int, int]]
+) -> tuple[np.ndarray, list[ShapeObject]]:
     """Paint each (colour, shape) at its (x, y, side) slot into ``img`` in place, with clipped
     noise: the exact masks [n, size, size] and the objects with their tight boxes."""
     size = img.shape[1]
@@ -194,4 +195,3 @@ def _paint_objects(rng: np.random.Generator, img: np.ndarray, chosen: list[tuple
         region[:, local] = _COLOUR_ARRAY[colour][:, None] + noise
         objects.append(ShapeObject(colour=colour, shape=shape, box=box))
     return masks, objects
-

@@ -47,9 +47,7 @@ OBJECT_NOISE_MAX = 10 / 255
 _BACKGROUND_MAX_CHROMA = 60 / 255
 #: Lower bound on the max-channel distance between any background pixel and
 #: any object colour: (min object chroma - max background chroma) / 2.
-BACKGROUND_MIN_DISTANCE = (
-    min(max(c) - min(c) for c in COLOURS.values()) / 255 - _BACKGROUND_MAX_CHROMA
-) / 2
+BACKGROUND_MIN_DISTANCE = (min(max(c) - min(c) for c in COLOURS.values()) / 255 - _BACKGROUND_MAX_CHROMA) / 2
 
 
 # --------------------------------------------------------------------------
