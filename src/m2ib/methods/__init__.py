@@ -5,19 +5,20 @@ the paper's comparison and the newer methods); ``m2ib.list_methods()`` and the C
 ``--method`` choices read it.
 """
 
-# isort: off  (the import order is the registry's order)
+# The import order below is the registry's order; isort must not sort it.
+# isort: off
 from .base import REGISTRY, Method, RawScores, Settings, Target, register
-from .chefer import Chefer
-from .gradcam import GradCAM
-from .gradeclip import GradECLIP
-from .kernelshap import KernelSHAP
 from .layered import LayerMethod, LayerSettings, default_layer
-from .legrad import LeGrad
 from .m2ib import M2IB, M2IBSettings
-from .nib import NIB
-from .rise import RISE
-from .rollout import Rollout
+from .gradcam import GradCAM
 from .saliency import Saliency
+from .rise import RISE
+from .kernelshap import KernelSHAP
+from .chefer import Chefer
+from .rollout import Rollout
+from .nib import NIB
+from .gradeclip import GradECLIP
+from .legrad import LeGrad
 
 # isort: on
 

@@ -50,14 +50,18 @@ from .base import (
     register,
     summary_tables,
 )
-from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
+
+# The import order below is the registry's order; isort must not sort it.
+# isort: off
 from .confidence import PROTOCOLS, confidence_change, perturb_image
 from .deletion import deletion_insertion, gaussian_blur
-from .grounding import Grounding  # noqa: F401 (registers phrase grounding on two-object captions)
-from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .road import linear_impute, road_scores
-from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
+from .localisation import boxes_to_mask, energy_inside, localisation, pointing_game, text_pointing, topk_iou
 from .sanity import cascading_randomization, randomised_cascade, spearman, ssim
+from .collage import CollagePointing  # noqa: F401 (registers the collage pointing game)
+from .grounding import Grounding  # noqa: F401 (registers phrase grounding on two-object captions)
+from .roar import RoarPlus  # noqa: F401 (registers ROAR+, the whole-run metric, last)
+# isort: on
 
 #: What ``m2ib evaluate`` measures unless told (``--metrics``).
 DEFAULT_METRICS = ("confidence", "deletion", "road", "localisation")
