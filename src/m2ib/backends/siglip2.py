@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -46,9 +46,13 @@ from ..errors import InputError
 from ..inputs import ImagePreprocessing, load_image
 from .base import ImageBatch, Modality
 from .blocks import hf_block
+from .hf_loading import config_int
 from .registry import Family, register
 from .siglip import SIGLIP_MEAN, SIGLIP_STD, SiglipBackend, SiglipTextTower
 from .towers import Tower, TransformerTower, present
+
+if TYPE_CHECKING:  # transformers ships types
+    from transformers import Siglip2VisionModel
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -73,14 +77,14 @@ class Siglip2ImageTower(TransformerTower):
 
     prefix_tokens = 0
 
-    def __init__(self, vision: torch.nn.Module, grid: tuple[int, int]):
+    def __init__(self, vision: Siglip2VisionModel, grid: tuple[int, int]):
         if getattr(vision, "head", None) is None or not getattr(vision, "use_head", True):
             raise InputError("SigLIP 2 image towers without the attention-pooling head are not supported")
         if grid[0] < 1 or grid[1] < 1:
             raise InputError(f"SigLIP 2 grid {grid[0]}x{grid[1]}: needs at least one patch a side")
         super().__init__([hf_block(layer) for layer in vision.encoder.layers])
-        self.vision, self.patch_grid = vision, tuple(grid)
-        self.patch_size = vision.config.patch_size
+        self.vision, self.patch_grid = vision, (grid[0], grid[1])
+        self.patch_size = config_int(vision.config.patch_size, "patch_size")
 
     def grid(self, layer: int) -> tuple[int, int]:
         return self.patch_grid
@@ -115,7 +119,7 @@ def siglip2_preprocessing(processor: Any, size: tuple[int, int]) -> ImagePreproc
     std = tuple(getattr(ip, "image_std", None) or SIGLIP_STD)
     resample = getattr(ip, "resample", Image.Resampling.BILINEAR)
     resample = int(getattr(resample, "value", resample))
-    return ImagePreprocessing(min(size), tuple(size), mean, std, resample, resize_mode="squash")
+    return ImagePreprocessing(min(size), (size[0], size[1]), mean, std, resample, resize_mode="squash")
 
 
 @dataclass
@@ -153,7 +157,7 @@ class Siglip2Backend(SiglipBackend):
 
         picture, _ = load_image(image)
         patch = self.towers["image"].patch_size
-        limit = self.max_num_patches or self.model.vision_model.embeddings.num_patches
+        limit = self.max_num_patches or _vision_model(self.model).embeddings.num_patches
         height, width = get_image_size_for_max_num_patches(picture.height, picture.width, patch, limit)
         return height // patch, width // patch
 
@@ -168,12 +172,23 @@ class Siglip2Backend(SiglipBackend):
         grid = self.image_grid(image)
         patch = self.towers["image"].patch_size
         prep = self.preprocessing
+        if prep is None:  # build_towers sets it
+            raise InputError("Siglip2Backend.for_image needs the backend's preprocessing: build its towers first")
         size = (grid[0] * patch, grid[1] * patch)
         return replace(
             self,
             grid=grid,
             preprocessing=ImagePreprocessing(min(size), size, prep.mean, prep.std, prep.resample, resize_mode="squash"),
         )
+
+
+def _vision_model(model: torch.nn.Module) -> Siglip2VisionModel:
+    """A ``Siglip2Model``'s image tower."""
+    from transformers import Siglip2Model
+
+    if not isinstance(model, Siglip2Model):
+        raise InputError(f"Siglip2Backend needs a transformers Siglip2Model, got {type(model).__name__}")
+    return model.vision_model
 
 
 def _is_siglip2_model(model: torch.nn.Module) -> bool:
@@ -186,9 +201,10 @@ def _is_siglip2_model(model: torch.nn.Module) -> bool:
 
 def _wrap(model: torch.nn.Module, name: str, tokenizer: Any, processor: Any, info: dict) -> Siglip2Backend:
     ip = getattr(processor, "image_processor", processor)
-    max_patches = int(getattr(ip, "max_num_patches", None) or model.vision_model.embeddings.num_patches)
+    vision = _vision_model(model)
+    max_patches = int(getattr(ip, "max_num_patches", None) or vision.embeddings.num_patches)
     grid = default_grid(max_patches)
-    patch = model.config.vision_config.patch_size
+    patch = config_int(vision.config.patch_size, "patch_size")
     prep = siglip2_preprocessing(processor, (grid[0] * patch, grid[1] * patch))
     return Siglip2Backend(
         model=model,

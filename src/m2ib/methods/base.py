@@ -25,7 +25,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,11 @@ class Settings(SettingsBase):
     def __post_init__(self) -> None:
         check_seed(self.seed)  # the generators' range, named as such (before the general int64 check)
         super().__post_init__()
+
+
+# The class bodies below shadow the name ``Settings`` with their ``Settings`` ClassVar (each method's
+# own class, a value to mypy, not a type): their annotations name the base class by this alias.
+AnySettings: TypeAlias = Settings
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class Configurable:
     paper: ClassVar[str] = ""  # link to the paper
     Settings: ClassVar[type[Settings]] = Settings
 
-    def make_settings(self, backend: Backend | None = None, **overrides: Any) -> Settings:
+    def make_settings(self, backend: Backend | None = None, **overrides: Any) -> AnySettings:
         """Defaults, then the model's recommended values for this method, then ``overrides``."""
         names = {f.name for f in dataclasses.fields(self.Settings)}
         unknown = sorted(set(overrides) - names)
@@ -162,11 +167,13 @@ class Method(Configurable, ABC):
     uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
     degenerate_hint: ClassVar[str] = ""  # what to change when its map ranks nothing (Explanation.problems)
 
-    def resolved(self, backend: Backend, settings: Settings) -> Settings:
+    # The hooks' ``settings`` is typed Any: each method narrows it to its own class, which a
+    # parameter typed with the base class would forbid (mypy's override rule).
+    def resolved(self, backend: Backend, settings: Any) -> AnySettings:
         """Settings with model-dependent defaults filled in (e.g. ``None`` layers). Hook."""
         return settings
 
-    def precision_of(self, settings: Settings) -> str:
+    def precision_of(self, settings: Any) -> str:
         """The towers' arithmetic under ``settings``, one of :data:`PRECISIONS`: the embeddings
         that define the target are computed in it. Hook for methods with a precision setting."""
         return "fp32"
@@ -179,7 +186,7 @@ class Method(Configurable, ABC):
         images: ImageBatch,
         texts: TextBatch,
         target: Target,
-        settings: Settings,
+        settings: Any,
     ) -> RawScores:
         """Raw relevance of ``modality``'s input units for each image-text pair.
 
@@ -198,7 +205,7 @@ class Method(Configurable, ABC):
         backend: Backend,
         images: ImageBatch,
         texts: TextBatch,
-        settings: Settings,
+        settings: AnySettings,
         modalities: Sequence[Modality] = ("image", "text"),
         negatives: TextBatch | None = None,
     ) -> list[Explanation]:
@@ -228,7 +235,7 @@ class Method(Configurable, ABC):
                 target = make_target(m, image_emb, text_emb, negative_emb)
                 raw[m] = self.attribute(backend, m, images, texts, target, settings)
         exps = self._assemble(backend, images, texts, raw, similarity, settings)
-        if negative_emb is not None:
+        if negatives is not None and negative_emb is not None:
             margins = make_target("image", image_emb, text_emb, negative_emb).score(image_emb).tolist()
             for exp, margin in zip(exps, margins):
                 exp.settings["negatives"] = list(negatives.texts)
@@ -243,7 +250,7 @@ class Method(Configurable, ABC):
         texts: TextBatch,
         raw: dict[Modality, RawScores],
         similarity: torch.Tensor,
-        settings: Settings,
+        settings: AnySettings,
     ) -> list[Explanation]:
         display = images.display if images.display is not None else backend.display_images(images.pixel_values)
         display = display.detach().float().cpu()
@@ -273,7 +280,7 @@ class Method(Configurable, ABC):
                 image_source=images.sources[i] if images.sources else "",
                 info={m: r.info[i] for m, r in raw.items() if r.info},
             )
-            if image_maps is not None:
+            if image_maps is not None and image_norm is not None:  # set together
                 exp.image_map_raw, exp.image_map = image_maps[i], image_norm[i]
                 exp.image_grid = None if image_grids is None else image_grids[i]
             if text_scores is not None:

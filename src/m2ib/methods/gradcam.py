@@ -48,7 +48,7 @@ import torch
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from .base import RawScores, Settings, Target, register, setting
 from .common import check_layer, token_mask
-from .layered import LayerMethod, default_layer, with_tower_layers
+from .layered import LayerMethod
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,6 @@ class GradCAM(LayerMethod):
     modalities = ("image", "text")
     Settings = GradCAMSettings
 
-    def resolved(self, backend: Backend, settings: GradCAMSettings) -> GradCAMSettings:
-        return with_tower_layers(backend, settings, default_layer)
-
     def attribute(
         self,
         backend: Backend,
@@ -98,8 +95,7 @@ class GradCAM(LayerMethod):
         target: Target,
         settings: GradCAMSettings,
     ) -> RawScores:
-        batch = images if modality == "image" else texts
-        layer = settings.vision_layer if modality == "image" else settings.text_layer
+        batch, layer = self.side(modality, images, texts, settings)
         with torch.no_grad():
             hidden = backend.prefix(modality, batch, layer)
         hidden = hidden.detach().requires_grad_(True)

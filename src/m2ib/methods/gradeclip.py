@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
 from .base import Method, RawScores, Settings, Target, minmax, register, setting
 from .common import check_positive_int, pooled_positions, pooled_rows, recorded_forward, require_attention
 
@@ -96,6 +97,8 @@ class GradECLIP(Method):
         require_attention(backend, self.name)
         batch = images if modality == "image" else texts
         blocks = settings.vision_blocks if modality == "image" else settings.text_blocks
+        if blocks is None:
+            raise InputError("gradeclip's text_blocks is unset: resolve the settings first (Method.resolved)")
         blocks = min(blocks, backend.num_layers(modality))
         embedding, records = recorded_forward(backend, modality, batch)
         used = records[-blocks:]

@@ -11,13 +11,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..errors import InputError
 from ..settings import check_layer
 from .base import Method, Settings, setting
 
-S = TypeVar("S")
+S = TypeVar("S", bound=Settings)
+
+
+class TowerLayers(Protocol):
+    """Settings naming one block per tower (a :class:`LayerSettings` or a method's own fields)."""
+
+    @property
+    def vision_layer(self) -> int | None: ...
+
+    @property
+    def text_layer(self) -> int | None: ...
 
 
 def default_layer(num_layers: int) -> int:
@@ -34,7 +45,8 @@ def with_tower_layers(backend: Backend, settings: S, default: Callable[[int], in
     ``None`` becomes ``default(number of blocks)``, negatives count from the end, and an index
     outside the tower is an error giving the valid range."""
     layers = {}
-    for modality, name in (("image", "vision_layer"), ("text", "text_layer")):
+    towers: tuple[tuple[Modality, str], ...] = (("image", "vision_layer"), ("text", "text_layer"))
+    for modality, name in towers:
         value = getattr(settings, name)
         if value is None:
             value = default(backend.num_layers(modality))
@@ -69,9 +81,10 @@ class LayerMethod(Method):
 
     @staticmethod
     def side(
-        modality: Modality, images: ImageBatch, texts: TextBatch, settings: LayerSettings
+        modality: Modality, images: ImageBatch, texts: TextBatch, settings: TowerLayers
     ) -> tuple[ImageBatch | TextBatch, int]:
         """The explained side's batch and (resolved) block."""
-        if modality == "image":
-            return images, settings.vision_layer
-        return texts, settings.text_layer
+        layer = settings.vision_layer if modality == "image" else settings.text_layer
+        if layer is None:
+            raise InputError(f"the {modality} tower's block is unset: resolve the settings first (Method.resolved)")
+        return (images if modality == "image" else texts), layer

@@ -111,6 +111,11 @@ class LeGrad(Method):
             g = grad.float().clamp(min=0).mean(1)  # [N, T, T]
             rows = g.mean(1) if mean_rows else pooled_row(g, positions)
             total = rows if total is None else total + rows
+        if total is None:
+            raise InputError(
+                f"legrad: the {type(backend).__name__} backend recorded no block from start_layer="
+                f"{settings.start_layer} on"
+            )
         if modality == "text":
             total = total * texts.attention_mask.to(total.device)
         return RawScores(total)

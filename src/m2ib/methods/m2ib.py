@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -211,6 +212,8 @@ def fit_bottleneck(
         cache[key] = fit
         while len(cache) > GRAPH_CACHE_SIZE:
             cache.pop(next(iter(cache)))
+    if fit.kl_map is None or fit.numbers is None:
+        raise InputError("M2IB's bottleneck fit ran no step: steps must be positive")
     numbers = fit.numbers.tolist()  # one device sync, not 2N
     return fit.kl_map.clone(), [{"compression": c, "fit": f} for c, f in numbers]
 
@@ -246,6 +249,12 @@ def check_fits_in_memory(
     )
 
 
+@overload
+def _into(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _into(buffer: torch.Tensor | None, value: None) -> None: ...
+@overload
+def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None: ...
 def _into(buffer: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor | None:
     """Copy ``value`` into ``buffer`` (fixed storage for CUDA graphs); a new buffer if shapes differ."""
     if value is None:
@@ -299,7 +308,8 @@ class BottleneckFit:
         self.optimiser = torch.optim.Adam([self.alpha], lr=s.lr, fused=device.type == "cuda", capturable=graph)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.wants_graph = graph
-        self.kl_map = self.numbers = None
+        self.kl_map: torch.Tensor | None = None  # [N, T], set by the loop
+        self.numbers: torch.Tensor | None = None  # [N, 2]: per pair, compression and fit
 
     def load(
         self,
@@ -315,6 +325,8 @@ class BottleneckFit:
         n, t, d = hidden.shape
         self.hidden.copy_(hidden)
         if isinstance(batch, TextBatch):
+            if not isinstance(self.copies, TextBatch):
+                raise InputError(f"a text batch loaded into a bottleneck fit of the {self.modality} side")
             self.valid.copy_(batch.attention_mask)  # padding carries no information
             self.copies.input_ids.copy_(batch.input_ids.repeat_interleave(s.samples, 0))
             self.copies.attention_mask.copy_(batch.attention_mask.repeat_interleave(s.samples, 0))
@@ -353,6 +365,8 @@ class BottleneckFit:
         std = s.var**0.5
         kl = compression = fit = None
         runner = self._runner()  # alive: a fit runs only inside fit_bottleneck, which holds the backend
+        if runner is None:
+            raise InputError("M2IB's bottleneck fit outlived its backend: fit through fit_bottleneck")
         for step in range(s.steps):
             lam = torch.sigmoid(self.alpha)
             log_one_minus = F.logsigmoid(-self.alpha)
@@ -360,7 +374,9 @@ class BottleneckFit:
             kl = kl_to_prior(lam_r, log_one_minus, s.var)  # [N, T, D]
             # Z = lam R + (1 - lam) sqrt(var) eps, for every noise copy: [N, S, T, D]
             z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
-            if self.scale is not None:  # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
+            if (
+                self.shift is not None and self.scale is not None
+            ):  # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
                 z = torch.addcmul(self.shift, z, self.scale)
             emb = runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(runner.dtype), self.layer, self.copies)
             fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
@@ -369,6 +385,8 @@ class BottleneckFit:
             (grad,) = torch.autograd.grad(loss, self.alpha)
             self.alpha.grad = grad
             self.optimiser.step()
+        if kl is None or compression is None or fit is None:
+            raise InputError("M2IB's bottleneck fit ran no step: steps must be positive")
         # the attribution: the KL of the last step's forward pass, as in the paper
         self.kl_map = (kl.detach() * self.valid[..., None]).sum(-1)
         self.numbers = torch.stack([compression.detach(), fit.detach()], 1)
