@@ -85,7 +85,8 @@ class _LazyPairs:
         if pixel_values is not None:
             if images is not None:
                 raise InputError("give either images or pixel_values, not both")
-            check_pixel_values(pixel_values, tuple(backend.geometry.image_size))
+            height, width = backend.geometry.image_size
+            check_pixel_values(pixel_values, (height, width))
             self.images, single_image = None, False
             self.pixel_values = pixel_values
             self.n_images = pixel_values.shape[0]
@@ -467,8 +468,10 @@ def compare(
                 raise
             failures[name] = one_line(exc)
             continue
-        single = isinstance(out, Explanation)
-        results[name] = [out] if single else out
+        if isinstance(out, Explanation):
+            single, results[name] = True, [out]
+        else:
+            single, results[name] = False, out
     compared = [n for n in names if n in results or n in failures]
     if not compared:
         raise InputError(f"none of {', '.join(names)} can explain the {' and '.join(modalities or ())} side")
@@ -497,9 +500,9 @@ def similarity(
     with backend.attribution_mode(), torch.no_grad():
         for start, stop in _chunks(len(image_list), batch_size):
             loaded = [load_image(x) for x in image_list[start:stop]]
-            batch = backend.preprocess_images([x[0] for x in loaded], [x[1] for x in loaded])
-            image_embs.append(F.normalize(backend.embed("image", batch).float(), dim=-1))
+            pixels = backend.preprocess_images([x[0] for x in loaded], [x[1] for x in loaded])
+            image_embs.append(F.normalize(backend.embed("image", pixels).float(), dim=-1))
         for start, stop in _chunks(len(text_list), batch_size):
-            batch = backend.tokenize(text_list[start:stop])
-            text_embs.append(F.normalize(backend.embed("text", batch).float(), dim=-1))
+            tokens = backend.tokenize(text_list[start:stop])
+            text_embs.append(F.normalize(backend.embed("text", tokens).float(), dim=-1))
     return (torch.cat(image_embs) @ torch.cat(text_embs).T).cpu()

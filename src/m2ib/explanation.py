@@ -4,11 +4,12 @@ arrays, to_dict, figure, save)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from .errors import InputError
 from .maps import minmax
 from .results import Result, short
 
@@ -44,6 +45,13 @@ class Explanation(Result):
     info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers (e.g. final loss)
 
     default_stem: ClassVar[str] = "explanation"
+
+    def map_of(self, side: Literal["image", "text"]) -> torch.Tensor:
+        """The ``side`` map; InputError when the method was not asked to explain that side."""
+        found = self.image_map if side == "image" else self.text_map
+        if found is None:
+            raise InputError(f"{self.method}: the {side} side was not explained; ask for it in the modalities")
+        return found
 
     def summary(self) -> str:
         sides = [side for side, m in (("image", self.image_map), ("text", self.text_map)) if m is not None]
@@ -149,8 +157,8 @@ class Explanation(Result):
                     f"the image map is above the middle of its range on {share:.1%} of the "
                     "pixels: it singles out almost nothing"
                 )
-        if self.text_map is not None:
-            words, shading, special = self.display_words()
+        words, shading, special = self.display_words()
+        if shading is not None:  # None: no text map
             shown = [float(shading[k]) for k in range(len(words)) if k not in set(special)]
             if len(shown) > 1 and max(shown) == min(shown):
                 found["flat words"] = (

@@ -403,7 +403,14 @@ def _interact(backend: Backend, image: Any, text: str, job: PairsJob) -> Result 
 def _save(
     result: Any, pair: tuple[str, str], stem: str, size: tuple[int, int], backend: Backend, job: PairsJob
 ) -> dict[str, Path]:
-    shown = [backend.preprocessing.map_box(b, size) for b in job.boxes] if job.boxes else None
+    shown = None
+    if job.boxes:
+        mapper = getattr(backend, "preprocessing", None)  # a towers backend's; maps input boxes to the model's
+        if mapper is None:
+            raise InputError(
+                f"boxes: {type(backend).__name__} has no image preprocessing to map them with; leave them out"
+            )
+        shown = [mapper.map_box(b, size) for b in job.boxes]
     for part in result.explanations.values() if isinstance(result, Comparison) else [result]:
         part.image_source = pair[0]
     figure = draws(job)

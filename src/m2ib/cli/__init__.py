@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import M2IBError, spelled
+from ..registry import Registry
 from .audit import add_audit, run_audit
 from .common import COMMANDS, EXIT_BAD_INPUT
 from .evaluate import add_evaluate, run_evaluate
@@ -62,7 +63,12 @@ def _list(_: argparse.Namespace) -> int:
     from ..metrics import REGISTRY as METRICS
     from ..models import BUILTIN_MODELS
 
-    headings = {"methods": METHODS, "interaction methods": INTERACTIONS, "metrics": METRICS, "model families": FAMILIES}
+    headings: dict[str, Registry[Any]] = {
+        "methods": METHODS,
+        "interaction methods": INTERACTIONS,
+        "metrics": METRICS,
+        "model families": FAMILIES,
+    }
     for heading, registry in headings.items():
         print(f"{heading}:")
         for name in registry.names():

@@ -52,7 +52,7 @@ def add_audit(sub) -> None:
     )
     au.add_argument("--no-report", action="store_true", help="write the CSV and npz files only")
     au.set_defaults(setting=[])
-    add_setting_flags(au, REGISTRY)
+    add_setting_flags(au, {**REGISTRY})
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -14,10 +14,13 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .common import COMMANDS, EXIT_BAD_INPUT, interactions, model_help
+
+if TYPE_CHECKING:
+    from ..backends.base import Modality
 
 
 def add_explain(sub) -> None:
@@ -236,11 +239,14 @@ def _explained(outcome: Any, total: int, out: Path) -> int:
     return 0
 
 
-def _modalities(text: str | None) -> tuple[str, ...] | None:
+_SIDES: dict[str, Modality] = {"image": "image", "text": "text"}
+
+
+def _modalities(text: str | None) -> tuple[Modality, ...] | None:
     if text is None:
         return None
-    sides = tuple(m.strip() for m in text.split(",") if m.strip())
-    wrong = [m for m in sides if m not in ("image", "text")]
-    if wrong or not sides:
+    words = [m.strip() for m in text.split(",") if m.strip()]
+    wrong = [m for m in words if m not in _SIDES]
+    if wrong or not words:
         raise InputError(f"--modalities {text!r}: use image,text, image or text")
-    return sides
+    return tuple(_SIDES[m] for m in words)

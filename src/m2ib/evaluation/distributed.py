@@ -136,13 +136,14 @@ def _connect(config: RayConfig) -> bool:
             object_store_memory=config.object_store_memory,
             include_dashboard=False,
             log_to_driver=True,
-            logging_level="warning",
+            logging_level="warning",  # type: ignore[arg-type]  # ray's stub says int; its own default is "info"
             _node_ip_address="127.0.0.1",
         )
     else:
         _check_reachable(config.address)
         try:
-            ray.init(address=config.address, include_dashboard=False, logging_level="warning")
+            # ray's annotation says int; its own default is the string "info" (ray_constants.LOGGER_LEVEL)
+            ray.init(address=config.address, include_dashboard=False, logging_level="warning")  # type: ignore[arg-type]
         except ConnectionError as exc:
             raise InputError(f"--ray {config.address}: {exc} (start one with `ray start --head`)") from None
     return True

@@ -135,7 +135,7 @@ def evaluate_method(
     run = MethodRun(method, own, exps)
     total = Measured.empty(len(batch))
     for side in sides:
-        maps: Any = torch.stack([e.image_map for e in exps]) if side == "image" else [e.text_map for e in exps]
+        maps: Any = torch.stack([e.map_of("image") for e in exps]) if side == "image" else [e.text_map for e in exps]
         for metric in measured:
             if side in metric.sides:
                 part = metric.measure(batch, run, side, maps)

@@ -20,7 +20,7 @@ def _styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     lines apart where colours repeat); the random control grey and dashed."""
     from matplotlib import colormaps
 
-    tab10 = colormaps["tab10"].colors
+    tab10 = [colormaps["tab10"](i)[:3] for i in range(10)]  # its 10 listed colours, RGB
     colours = [*tab10[:7], *tab10[8:], (0.1, 0.1, 0.1)]  # grey is the random control's alone
     out = {}
     for i, name in enumerate(n for n in names if n != CONTROL):

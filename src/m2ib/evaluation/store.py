@@ -95,7 +95,7 @@ def record_key(record: dict[str, Any]) -> tuple:
     """What a record is the result of: (kind, row, method) for pairs; a whole-run metric's records
     say it themselves (ROAR+: (kind, method, k))."""
     kind = record.get("kind")
-    owner = metric_registry.REGISTRY[kind] if kind in metric_registry.REGISTRY else None  # noqa: SIM401 (get raises)
+    owner = metric_registry.REGISTRY[kind] if isinstance(kind, str) and kind in metric_registry.REGISTRY else None
     if owner is not None and not owner.per_pair:
         return owner().record_key(record)
     return record.get("kind"), record.get("row"), record.get("method")

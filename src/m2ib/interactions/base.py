@@ -29,12 +29,14 @@ class InteractionMethod(Configurable, ABC):
     Settings: ClassVar[type[Settings]] = Settings  # redeclared: ``interact``'s settings are each method's own
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # both sides at once: token x patch
 
+    # The hooks' ``settings`` is typed Any: each method narrows it to its own class, which a parameter
+    # typed with the base class would forbid (mypy's override rule); in this body ``Settings`` is the ClassVar.
     @abstractmethod
-    def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: Settings) -> Interaction:
+    def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: Any) -> Interaction:
         """Token x patch scores of the pair ``(image[0], text[0])``."""
 
     def phrase_maps(
-        self, backend: Backend, image: ImageBatch, text: TextBatch, spans: Sequence[tuple[int, int]], settings: Settings
+        self, backend: Backend, image: ImageBatch, text: TextBatch, spans: Sequence[tuple[int, int]], settings: Any
     ) -> torch.Tensor:
         """Image maps [S, H, W] of the character ``spans`` of the pair's text."""
         result = self.interact(backend, image, text, settings)

@@ -76,7 +76,14 @@ class PhraseAlone(InteractionMethod):
         exps = method.explain(
             backend, image.repeat_interleave(len(phrases)), backend.tokenize(phrases), chosen, ("image",)
         )
-        return torch.stack([e.image_map_raw for e in exps])
+        maps = []
+        for e in exps:
+            if e.image_map_raw is None:
+                raise InputError(
+                    f"first_order {settings.first_order!r} gives no raw image map; choose a method that does"
+                )
+            maps.append(e.image_map_raw)
+        return torch.stack(maps)
 
     def interact(self, backend: Backend, image: ImageBatch, text: TextBatch, settings: PhraseAloneSettings):
         check_one_pair(image, text)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 
-from ..backends.base import Backend, ImageBatch, TextBatch
+from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..registry import Registry
 from ..settings import SettingsBase, fields_of, owned_name
@@ -42,6 +42,17 @@ NEEDS = frozenset({"masks"})
 #: spans; a first-order method, its image map of each phrase explained alone (the baseline).
 #: Interaction methods have this side only.
 PHRASES = "phrases"
+
+
+def modality_of(side: str) -> Modality:
+    """``side`` as a Modality, for metrics whose :attr:`Metric.sides` are image and/or text only."""
+    if side == "image":
+        return "image"
+    if side == "text":
+        return "text"
+    raise InputError(f"metric side {side!r} is not a modality; use 'image' or 'text'")
+
+
 #: The method name of a random-ranking control that a metric may measure besides the real methods
 #: (ROAR+ does); reports draw it grey and dashed, last.
 CONTROL = "random"
@@ -152,7 +163,7 @@ def mean_curve(curves: Sequence[Sequence[float | None]]) -> list[float]:
     width = max(len(c) for c in curves)
     out = []
     for j in range(width):
-        vals = [c[j] for c in curves if j < len(c) and c[j] is not None]
+        vals = [v for v in (c[j] for c in curves if j < len(c)) if v is not None]
         out.append(sum(vals) / len(vals) if vals else float("nan"))
     return out
 

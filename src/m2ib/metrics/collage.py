@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from ..backends.base import Modality
 from .base import Key, Measured, MethodRun, Metric, PairBatch, number, register
 
 COLLAGE_ROW = "shapes-collage:"
@@ -51,7 +50,7 @@ class CollagePointing(Metric):
     sides = ("image",)
     keys = (Key("collage_mass", "higher"), Key("collage_max", "higher"))
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
         out = Measured.empty(len(batch))
         if side != "image":
             return out

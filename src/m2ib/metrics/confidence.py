@@ -46,7 +46,7 @@ import torch
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..settings import setting
-from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, Table, register
+from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, Table, modality_of, register
 from .common import cosine, image_maps, scoring, targets, text_maps, unit_embeddings, word_positions
 
 PROTOCOLS = ("m2ib", "mask")
@@ -136,8 +136,8 @@ def _text_scores(
                 keep = median_keep(maps[i][words])
                 drop = [w for w, k in zip(words, keep.tolist()) if not k]
                 attention[i, drop] = 0
-            masked = TextBatch(texts.input_ids, attention)
-            s_masked = cosine(unit_embeddings(backend, "text", masked), target).cpu()
+            masked_texts = TextBatch(texts.input_ids, attention)
+            s_masked = cosine(unit_embeddings(backend, "text", masked_texts), target).cpu()
             s_masked[torch.isnan(s)] = float("nan")
             return s, s_masked
         # "m2ib": cut the first and last ids, zero the dropped ones, no attention mask, argmax pooling
@@ -224,10 +224,12 @@ class Confidence(Metric):
     def provenance(self) -> dict:
         return {"protocol_definitions": dict(PROTOCOL_DEFINITIONS)}
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps) -> Measured:
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps) -> Measured:
         out = Measured.empty(len(batch))
         for protocol in self.settings.protocols:
-            r = confidence_change(batch.backend, batch.images, batch.texts, maps, modality=side, protocol=protocol)
+            r = confidence_change(
+                batch.backend, batch.images, batch.texts, maps, modality=modality_of(side), protocol=protocol
+            )
             out.put(f"{side}_drop_{protocol}", r["drop"])
             out.put(f"{side}_increase_{protocol}", r["increase"])
         return out

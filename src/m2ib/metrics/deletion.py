@@ -32,7 +32,18 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..settings import check_positive_int, setting
-from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, PlotCanvas, mean_curve, register
+from .base import (
+    Key,
+    Measured,
+    MethodRun,
+    Metric,
+    MetricSettings,
+    PairBatch,
+    PlotCanvas,
+    mean_curve,
+    modality_of,
+    register,
+)
 from .common import (
     cosine,
     descending_order,
@@ -200,13 +211,13 @@ class DeletionInsertion(Metric):
     Settings = DeletionSettings
     settings: DeletionSettings
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
         r = deletion_insertion(
             batch.backend,
             batch.images,
             batch.texts,
             maps,
-            modality=side,
+            modality=modality_of(side),
             steps=self.settings.steps,
             seeds=batch.pair_seeds,
         )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..backends.base import Backend, Modality
+from ..backends.base import Backend
 from ..errors import InputError
 from ..settings import setting
 from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, number, register
@@ -154,7 +154,8 @@ def text_pointing(text_map: torch.Tensor, words: Sequence[int], relevant: Sequen
 
 def ground_truth_mask(backend: Backend, row: Row, original_size: tuple[int, int]) -> torch.Tensor | None:
     """The row's mask at the model's input size: its own mask, else its boxes mapped there."""
-    size = tuple(backend.geometry.image_size)
+    height, width = backend.geometry.image_size
+    size = (height, width)
     if row.mask is not None:
         if tuple(row.mask.shape) != size:
             raise InputError(f"row {row.id}: mask {tuple(row.mask.shape)} does not match the model's input {size}")
@@ -215,14 +216,15 @@ class Localisation(Metric):
     Settings = LocalisationSettings
     settings: LocalisationSettings
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
         out = Measured.empty(len(batch))
         if side == "image":
             have = [i for i, mask in enumerate(batch.masks) if mask is not None]
+            masks = [mask for mask in batch.masks if mask is not None]
             if have:
                 r = localisation(
                     maps[have],
-                    torch.stack([batch.masks[i] for i in have]),
+                    torch.stack(masks),
                     k=self.settings.iou_k,
                     seeds=[batch.pair_seeds[i] for i in have],
                 )

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends.base import Backend, ImageBatch, Modality, TextBatch
+from ..backends.base import Backend, ImageBatch, TextBatch
 from ..errors import InputError
 from ..settings import check_number, setting
 from .base import Key, Measured, MethodRun, Metric, MetricSettings, PairBatch, register
@@ -185,7 +185,7 @@ class Road(Metric):
     Settings = RoadSettings
     settings: RoadSettings
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
         r = road_scores(
             batch.backend,
             batch.images,

@@ -42,6 +42,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def cached_maps(
                 return None
             chunk = method_maps(backend, method, images[first:end], labels[first:end], prompts, settings, seed)
             if path is not None:
-                atomic_write(path, lambda f, c=chunk: torch.save(c, f))
+                atomic_write(path, partial(torch.save, chunk))
         chunks.append(chunk)
         if bar is not None:
             bar.update(end - first)
@@ -212,7 +213,7 @@ def roar(
                                 backend, method, test_x, test_y, prompts, own, seed + 1, folder, "test", stop, scenes
                             )
                         )
-                    if test_maps is None:
+                    if train_maps is None or test_maps is None:
                         break  # stopped: the chunks done so far are on disk
                     maps[method] = (train_maps, test_maps)
                 tr = degrade(train_x, maps[method][0], k, seed)

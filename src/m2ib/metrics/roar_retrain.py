@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -95,6 +95,33 @@ def retrain_config(size: int, budget: RoarBudget, seed: int):
     )
 
 
+@overload
+def retrain_accuracy(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    prompts: Sequence[str],
+    config,
+    device: str | torch.device = ...,
+    details: Literal[False] = ...,
+) -> float: ...
+
+
+@overload
+def retrain_accuracy(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    prompts: Sequence[str],
+    config,
+    device: str | torch.device = ...,
+    *,
+    details: Literal[True],
+) -> dict[str, float]: ...
+
+
 def retrain_accuracy(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -116,7 +143,8 @@ def retrain_accuracy(
 
     dev = torch.device(device)
     tokenizer = build_word_tokenizer(WORDS)
-    model = build_model(config, tokenizer).to(dev).train()
+    # functools.wraps on PreTrainedModel.to hides that it is a method from mypy: a stub limitation
+    model = build_model(config, tokenizer).to(dev).train()  # type: ignore[arg-type]
     bias = torch.nn.Parameter(torch.tensor(float(config.logit_bias_init), device=dev))
     decay = [p for p in model.parameters() if p.ndim >= 2]
     other = [p for p in model.parameters() if p.ndim < 2] + [bias]

@@ -42,6 +42,7 @@ from .base import (
     PairBatch,
     PlotCanvas,
     mean_curve,
+    modality_of,
     number,
     numbers,
     register,
@@ -170,11 +171,11 @@ def cascading_randomization(
     chosen = algorithm.make_settings(backend, **(settings or {}))
     if maps is None:
         exps = algorithm.explain(backend, images, texts, chosen, (modality,))
-        maps = [e.image_map if modality == "image" else e.text_map for e in exps]
+        maps = [e.map_of(modality) for e in exps]
     labels, rho, sim = [], [], []
     for label, randomised in randomised_cascade(backend, modality, seed, steps):
         exps = algorithm.explain(randomised, images, texts, chosen, (modality,))
-        new = [e.image_map if modality == "image" else e.text_map for e in exps]
+        new = [e.map_of(modality) for e in exps]
         labels.append(label)
         rho.append([spearman(a, b) for a, b in zip(maps, new)])
         if modality == "image":
@@ -211,13 +212,13 @@ class Sanity(Metric):
     Settings = SanitySettings
     settings: SanitySettings
 
-    def measure(self, batch: PairBatch, run: MethodRun, side: Modality, maps: Any) -> Measured:
+    def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
         r = cascading_randomization(
             batch.backend,
             batch.images,
             batch.texts,
             method=run.method,
-            modality=side,
+            modality=modality_of(side),
             settings=run.settings,
             maps=list(maps),
             steps=self.settings.steps,
