@@ -164,15 +164,17 @@ def test_staged_trunks_grids_come_from_the_model(name, pictures):
 
 def test_an_overflowing_fit_fails_on_one_line_and_never_returns_a_nan_map(pictures):
     """A FastViT trunk with weights 8x unit scale (as the zoo's full-size random copies had) gives
-    embeddings of about 1e28: finite, but M2IB's KL overflows. The explanation must then fail with
-    the one-line 'diverged' error, not come back as a NaN (or silently zero) map."""
+    embeddings of about 1e28 (finite, but M2IB's KL overflows) or, with torch 2.14.1 on the 2-core Xeon
+    of 2026-12, embeddings that overflow already. Either way the explanation must fail with the one-line
+    'diverged' error, not come back as a NaN (or silently zero) map."""
     model, backend, image_fn, _ = build_timm("timm-fastvit-stages")
     with torch.no_grad():
         for param in model.visual.trunk.parameters():
             if param.dim() > 1:
                 param.mul_(8)
         pixels = backend.preprocess_images(pictures[:1]).pixel_values
-        assert torch.isfinite(image_fn(pixels)).all() and image_fn(pixels).abs().max() > 1e20
+        embedding = image_fn(pixels)
+        assert not torch.isfinite(embedding).all() or embedding.abs().max() > 1e20
     with pytest.raises(InputError, match="image fit diverged") as info:
         m2ib.explain(backend, pictures[0], "a red circle", method="m2ib", steps=2, samples=2, modalities=("image",))
     assert "\n" not in str(info.value)
