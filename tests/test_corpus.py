@@ -331,6 +331,7 @@ EDGES = {
     "reference": ("shapes:val:4", None),  # refused without --bottleneck standardised (which it needs)
     "cuda_graphs": ("banana", "false"),
     "channels": ("nosuch", "sum"),
+    "tokens": ("cls", "all"),
     "masks": ("0", "1"),
     "grid": ("0", "1"),
     "p_keep": ("0", "1"),

@@ -75,7 +75,7 @@ def test_missing_extra_names_the_install_command(monkeypatch, capsys):
     monkeypatch.setitem(os.sys.modules, "gradio", None)  # `import gradio` now raises ImportError
     assert serve_command.main(["--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert 'pip install "m2ib[viewer]"' in err and "Traceback" not in err
+    assert "pip install 'm2ib[viewer]'" in err and "Traceback" not in err
 
 
 def test_gradio_5_is_refused(monkeypatch):

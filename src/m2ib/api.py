@@ -17,7 +17,7 @@ from .comparison import Comparison
 from .errors import InputError, M2IBError, SettingWarning
 from .explanation import Explanation
 from .inputs import ImageInput, OneImage, check_texts, load_image
-from .methods import REGISTRY, REGISTRY as METHODS
+from .methods import REGISTRY as METHODS
 
 
 def load(
@@ -310,23 +310,30 @@ def explain(
             image_batch, text_batch = inputs.chunk(start, stop)
             results.extend(algorithm.explain(backend, image_batch, text_batch, chosen, modalities, negative_batch))
             bar.update(stop - start)
-    warn_problems(method, results, algorithm.degenerate_hint)
+    warn_problems(method, results, lambda side: algorithm.degenerate_hint(chosen, side))
     return results[0] if inputs.single else results
 
 
-def warn_problems(method: str, results: Sequence[Explanation], hint: str = "") -> None:
+def warn_problems(
+    method: str, results: Sequence[Explanation], hint: Callable[[Modality], str] = lambda side: ""
+) -> None:
     """One warning per kind of :meth:`Explanation.problems` among ``results`` (every method's maps pass
-    here, so a map that ranks nothing is said), with how many pairs have it."""
+    here, so a map that ranks nothing is said), with how many pairs have it, and ``hint(side)``: what
+    to change, from the method (:meth:`~m2ib.methods.base.Method.degenerate_hint`)."""
     found: dict[str, tuple[str, list[int]]] = {}
     for i, exp in enumerate(results):
         for kind, problem in exp.problems().items():
             found.setdefault(kind, (problem, []))[1].append(i + 1)
-    words = set(re.findall(r"\w+", hint))  # the settings the hint names, for front ends to spell (--lr)
-    named = [f.name for f in dataclasses.fields(METHODS.get(method).Settings) if f.name in words]
-    for problem, pairs in found.values():
+    fields = [f.name for f in dataclasses.fields(METHODS.get(method).Settings)]
+    for kind, (problem, pairs) in found.items():
+        advice = hint("image" if kind.endswith("image") else "text")
+        words = set(re.findall(r"\w+", advice))  # the settings the hint names, for front ends to spell (--lr)
+        named = [name for name in fields if name in words]
         where = "" if len(results) == 1 else f" ({len(pairs)} of {len(results)} pairs; pair {pairs[0]})"
+        hint_text = advice
         warnings.warn(
-            SettingWarning(f"{method}{where}: {problem}" + (f"; {hint}" if hint else ""), settings=named), stacklevel=3
+            SettingWarning(f"{method}{where}: {problem}" + (f"; {hint_text}" if hint_text else ""), settings=named),
+            stacklevel=3,
         )
 
 
@@ -444,7 +451,7 @@ def compare(
     failures: dict[str, str] = {}
     single = False
     for k, name in enumerate(names):
-        cls = REGISTRY[name]
+        cls = METHODS[name]
         sides = None if modalities is None else tuple(m for m in modalities if m in cls.modalities)
         if sides is not None and not sides:
             continue

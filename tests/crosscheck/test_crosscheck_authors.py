@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from crosscheck_tools import features, max_abs, relative_error
+from .crosscheck_tools import features, max_abs, relative_error
 
 import m2ib
 

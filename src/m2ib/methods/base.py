@@ -165,13 +165,17 @@ class Method(Configurable, ABC):
     Settings: ClassVar[type[Settings]] = Settings  # redeclared: the hooks' ``settings`` are each method's own
     modalities: ClassVar[tuple[Modality, ...]] = ("image", "text")  # what it can explain
     uses_target: ClassVar[bool] = True  # False for methods that ignore the target (attention rollout)
-    degenerate_hint: ClassVar[str] = ""  # what to change when its map ranks nothing (Explanation.problems)
 
     # The hooks' ``settings`` is typed Any: each method narrows it to its own class, which a
     # parameter typed with the base class would forbid (mypy's override rule).
     def resolved(self, backend: Backend, settings: Any) -> AnySettings:
         """Settings with model-dependent defaults filled in (e.g. ``None`` layers). Hook."""
         return settings
+
+    def degenerate_hint(self, settings: Any, side: Modality) -> str:
+        """What to change when ``side``'s map ranks nothing (:meth:`Explanation.problems`), naming the
+        settings and their values; "" when the method has nothing to suggest. Hook."""
+        return ""
 
     def precision_of(self, settings: Any) -> str:
         """The towers' arithmetic under ``settings``, one of :data:`PRECISIONS`: the embeddings

@@ -113,7 +113,13 @@ class M2IB(LayerMethod):
     title = "M2IB"
     paper = "https://arxiv.org/abs/2312.17174"
     Settings = M2IBSettings
-    degenerate_hint = "the fit diverged or compressed everything: lower lr, or vision_beta / text_beta"
+
+    def degenerate_hint(self, settings: M2IBSettings, side: Modality) -> str:
+        beta = "vision_beta" if side == "image" else "text_beta"
+        return (
+            f"the fit diverged or compressed everything: lower lr (now {settings.lr:g}) "
+            f"or {beta} (now {getattr(settings, beta):g})"
+        )
 
     def precision_of(self, settings: M2IBSettings) -> str:
         return settings.precision
@@ -136,7 +142,7 @@ class M2IB(LayerMethod):
 
 def check_fit(kl_map: torch.Tensor, modality: Modality, s: M2IBSettings) -> None:
     """A fit that went wrong says so: a non-finite map is an error. (A map that is the same on every
-    token is a warning for every method, from :meth:`Explanation.problems`, with :attr:`M2IB.degenerate_hint`.)"""
+    token is a warning for every method, from :meth:`Explanation.problems`, with :meth:`M2IB.degenerate_hint`.)"""
     if not torch.isfinite(kl_map).all():
         raise InputError(
             f"M2IB's {modality} fit diverged (non-finite KL): lower lr (now {s.lr}) or raise var (now {s.var})",
