@@ -12,6 +12,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network
 # The research code the benchmarks share (benchmarks/research/, outside the package) imports as `research`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+# Tests live in one folder per room of src/m2ib (tests/backends/, tests/methods/, ...); some share helpers
+# by importing each other (the family builders of backends/test_backends_families.py), whatever folder
+# pytest happens to collect first, so every room's folder is importable.
+TESTS = Path(__file__).resolve().parent
+for _room in sorted(TESTS.iterdir()):
+    if _room.is_dir() and any(_room.glob("test_*.py")) and not (_room / "__init__.py").exists():
+        sys.path.insert(0, str(_room))
 
 from m2ib.models import RandomCLIPSpec, random_clip  # noqa: E402
 

@@ -13,7 +13,7 @@ import m2ib
 from m2ib.inputs import load_image
 from m2ib.models import RandomCLIPSpec, random_clip
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the family builders
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))  # the family builders
 
 TEXTS = ["a red circle and a blue star", "a green square"]
 # 48 px input, 12 px patches: a 4 x 4 grid; three blocks per tower.

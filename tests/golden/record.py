@@ -23,6 +23,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "backends"))  # the family builders (test_backends_families)
 
 CORE = ("hf-clip", "siglip", "siglip-padding-mask")
 FAMILIES = ("open_clip-vit", "open_clip-vit-variants", "open_clip-resnet", "clip-vit", "clip-resnet")

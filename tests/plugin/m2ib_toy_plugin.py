@@ -1,4 +1,4 @@
-"""A third-party m2ib plugin, as a user would write one (tests/test_plugins.py installs it from outside
+"""A third-party m2ib plugin, as a user would write one (tests/cli/test_plugins.py installs it from outside
 the package through the entry-point group ``m2ib.plugins``): one method, one interaction method, one
 metric and one model family, each one class or record plus one registration.
 

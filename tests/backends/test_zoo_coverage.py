@@ -10,7 +10,7 @@ from pathlib import Path
 
 from test_backends_families import need_open_clip
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # native ViT, ResNet, timm MAP head, hybrid (conv stem) timm ViT, rotary timm Eva, post-norm Eva (EVA02-E), ConvNeXt
 # stages, FastViT stages, relative-position timm ViT, HF XLM-R text, HF mT5 text, CoCa (attentional pooler, appended
 # class token)

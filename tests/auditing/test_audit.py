@@ -21,7 +21,7 @@ from m2ib.auditing.image import Region, box_cover, concentration, hot_regions, p
 from m2ib.auditing.words import merge_words, word_shares, word_table
 from m2ib.datasets.tables import load_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = {"steps": 2, "samples": 2}
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None)
 CHROMIUM_ARGS = [

@@ -1,4 +1,4 @@
-"""exCLIP on every model family built in tests/test_backends_families.py: it runs on the backend
+"""exCLIP on every model family built in tests/backends/test_backends_families.py: it runs on the backend
 interface alone, and its matrix (with the rows and columns it leaves out) sums to the similarity
 difference of the input and the references, as the integration gets fine."""
 

@@ -28,7 +28,7 @@ from m2ib.backends import EMBEDDINGS
 from m2ib.errors import InputError, M2IBError, ModelNotAvailableError
 from m2ib.inputs import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a red circle", "a photo of a cat and a dog on a green tree", "star"]
 TOL = 1e-5
 

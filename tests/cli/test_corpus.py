@@ -20,7 +20,7 @@ from m2ib.cli import main
 from m2ib.errors import InputError
 from m2ib.settings import SEED_MAX, fields_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENE = str(ROOT / "examples" / "scene1.png")
 FAST = ["--model", "random-tiny", "--steps", "2", "--samples", "2", "--no-figure"]
 EVAL = [

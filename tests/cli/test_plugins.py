@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 SCENE = str(HERE.parent / "examples" / "scene3.png")
 
 

@@ -545,7 +545,7 @@ def test_committed_runs_still_resume_and_summarise_the_same(run):
     from m2ib.evaluation.report import complete_records, summarise, summary_csv, summary_markdown
     from m2ib.metrics import metrics_record
 
-    folder = Path(__file__).resolve().parents[1] / "docs" / "evaluation" / run
+    folder = Path(__file__).resolve().parents[2] / "docs" / "evaluation" / run
     header, records = read_results(folder / "results.jsonl")
     recorded = header["metrics"]
     args = build_parser().parse_args(shlex.split(header["command"])[1:])

@@ -20,7 +20,7 @@ import m2ib
 from m2ib.datasets.shapes import make_caption, render_scene, split_seed
 
 FAST = dict(steps=2, samples=2)
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_quality.py"
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "shapes_quality.py"
 
 
 @pytest.fixture(scope="module")

@@ -456,7 +456,7 @@ def test_rise_mask_pattern_script_agrees_with_the_sanity_metric(capsys):
     from m2ib.datasets.tables import load_table
     from m2ib.metrics import cascading_randomization
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rise_mask_pattern.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "rise_mask_pattern.py"
     spec = importlib.util.spec_from_file_location("rise_mask_pattern", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -310,7 +310,7 @@ def test_errors_name_settings_and_the_command_line_says_their_flags(backend, mon
     import m2ib.methods.memory as memory
     from m2ib.cli import main
 
-    scene = str(Path(__file__).resolve().parents[1] / "examples" / "scene1.png")
+    scene = str(Path(__file__).resolve().parents[2] / "examples" / "scene1.png")
     fast = [
         "--model",
         "random-tiny",

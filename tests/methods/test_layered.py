@@ -13,7 +13,7 @@ from m2ib.backends.base import ImageBatch
 from m2ib.methods import REGISTRY
 from m2ib.methods.layered import LayerMethod, LayerSettings, default_layer
 
-METHODS = Path(__file__).resolve().parents[1] / "src" / "m2ib" / "methods"
+METHODS = Path(__file__).resolve().parents[2] / "src" / "m2ib" / "methods"
 
 
 def test_layer_methods_resolve_their_default_block_per_tower(backend):

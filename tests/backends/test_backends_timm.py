@@ -24,7 +24,7 @@ import m2ib
 from m2ib.errors import InputError, ModelNotAvailableError
 from m2ib.inputs import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_TIMM = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
 
 

@@ -308,7 +308,7 @@ def test_recorded_attention_is_the_bias_and_mask_softmax(pictures):
 
 @pytest.mark.parametrize("name", ["hf-mt5-mean-mlp", "hf-nllb-cls-linear"])
 def test_exclip_completeness(name):
-    """exCLIP (as tests/test_interactions_families.py checks it): the matrix and what it leaves out sum to the
+    """exCLIP (as tests/interactions/test_interactions_families.py checks it): the matrix and what it leaves out sum to the
     similarity difference of the input and the references."""
     from PIL import Image
 

@@ -28,7 +28,7 @@ pytestmark = [
 
 serve.private_environment()  # before gradio or gradio_client (and huggingface_hub) are imported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENE3 = ROOT / "examples" / "scene3.png"
 CAPTION3 = "an orange triangle and a yellow circle"  # the scene's two objects
 TRIANGLE = (46, 65, 27, 24)  # examples/scenes.json: the orange triangle's box (x, y, w, h)

@@ -27,7 +27,7 @@ pytestmark = [
 
 serve.private_environment()  # before gradio or gradio_client (and huggingface_hub) are imported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENES = json.loads((ROOT / "examples" / "scenes.json").read_text())
 SCENE1 = ROOT / "examples" / "scene1.png"
 CAPTION1 = SCENES[0]["caption"]

@@ -198,7 +198,7 @@ def test_cli_trains_resumes_and_keeps_recommended(tmp_path, capsys):
 # Fixed numbers (refactor guard)
 # --------------------------------------------------------------------------
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "training_tiny.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "training_tiny.json"
 # k_proj biases get an exactly zero gradient (softmax ignores a shift shared by all keys), so
 # their values are rounding noise blown up by Adam: they differ between thread counts.
 NOISE_ONLY = re.compile(r"self_attn\.k_proj\.bias$")
