@@ -12,6 +12,7 @@ what each test measures.
 from __future__ import annotations
 
 import pytest
+
 from .crosscheck_tools import ONE_HEAD, TWO_HEADS, Case, make_case
 
 

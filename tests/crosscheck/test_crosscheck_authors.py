@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from .crosscheck_tools import features, max_abs, relative_error
 
 import m2ib
+
+from .crosscheck_tools import features, max_abs, relative_error
 
 CHEFER = "hila-chefer/Transformer-MM-Explainability@58eaea85ac9c34aff052f368514b35d2e4c8dd3c"
 LEGRAD = "WalBouss/LeGrad@a9edb031422d5f5829d9e6238a1e21feb1972c92"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from .crosscheck_tools import ImageScore, features, max_abs, pearson, relative_error
 
 
