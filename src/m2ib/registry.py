@@ -166,14 +166,19 @@ class Registry(Generic[T]):
 
 _plugins: dict[str, str] = {}  # entry-point name -> "module:attr", once loaded (or while loading)
 _failed: dict[str, str] = {}  # entry-point name -> the error, raised again at every read
+_entry_points: list[importlib.metadata.EntryPoint] | None = None  # the group's entry points, read once
 
 
 def load_plugins() -> dict[str, str]:
     """Import every ``m2ib.plugins`` entry point not imported yet; returns name -> value of those loaded.
 
-    Each is loaded once per process (later calls only pick up newly installed ones). A plugin that
-    failed raises again at every read, so a broken plugin is never silently left out."""
-    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+    The installed entry points are read once per process (reading them scans every installed
+    package's metadata, milliseconds a time, and registries are read in per-record loops). A plugin
+    that failed raises again at every read, so a broken plugin is never silently left out."""
+    global _entry_points
+    if _entry_points is None:
+        _entry_points = list(importlib.metadata.entry_points(group=PLUGIN_GROUP))
+    for ep in _entry_points:
         if ep.name in _failed:
             raise PluginError(_failed[ep.name])
         if ep.name in _plugins:
