@@ -7,7 +7,7 @@ import os
 import tempfile
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -34,14 +34,13 @@ def writable_folder(path: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def writable_file(path: str | os.PathLike, name: str) -> Path:
-    """``path`` can be written as a file: its folder is writable (:func:`writable_folder`) and no folder
-    has its name."""
-    path = Path(path)
-    writable_folder(path.parent, name)
-    if path.is_dir():
-        raise InputError(f"{name} {path}: is a folder, not a file; remove it or pick another name")
-    return path
+def writable_files(folder: Path, files: Sequence[str], name: str) -> None:
+    """Each of ``files`` can be written in ``folder`` (already proven by :func:`writable_folder`): no
+    folder has its name. ``name`` is the argument an error names (``stem``)."""
+    for file in files:
+        path = folder / file
+        if path.is_dir():
+            raise InputError(f"{name} {path}: is a folder, not a file; remove it or pick another name")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:

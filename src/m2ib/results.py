@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .fileio import atomic_write, writable_file, writable_folder
+from .fileio import atomic_write, writable_files, writable_folder
 
 #: Largest side, in pixels, of the figure a notebook shows (the saved PNG is never scaled).
 REPR_MAX_SIDE = 2000
@@ -70,8 +70,7 @@ class Result(ABC):
         """
         out = writable_folder(directory, "directory")  # a file in its place: one line naming it, before any write
         stem = stem or self.default_stem
-        for suffix in ("npz", "json") + (() if figure is False else ("png",)):
-            writable_file(out / f"{stem}.{suffix}", "stem")
+        writable_files(out, [f"{stem}.{s}" for s in SUFFIXES if figure is not False or s != "png"], "stem")
         paths = {"npz": save_npz(out / f"{stem}.npz", self.arrays())}
         png = save_figure(out / f"{stem}.png", lambda: self.figure(boxes), figure)
         if png is not None:
