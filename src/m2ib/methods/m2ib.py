@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..settings import check_choice, check_number, check_positive_int
+from .adaib import COMPRESSIONS, EMBEDDINGS, OBJECTIVES, RELEVANCES, AdaIBTerms, check_settings, pair_relevance
 from .base import PRECISIONS, RawScores, Target, autocast, register, setting
 from .common import PerBackend
 from .layered import LayerMethod, LayerSettings
@@ -84,7 +85,39 @@ class M2IBSettings(LayerSettings):
     )
     cuda_graphs: bool = setting(
         True,
-        "on a GPU, replay the optimisation loop as a CUDA graph (same kernels, far fewer launches); no effect on a CPU",
+        "on a GPU, replay the optimisation loop as a CUDA graph (same kernels, far fewer launches); no effect on a CPU "
+        "(nor with objective=adaib, which runs eagerly)",
+    )
+    objective: str = setting(
+        "published",
+        "the bottleneck's loss: published (beta * KL - fit, the paper) or adaib (AdaIB, OpenReview NuYcnDYQuQ: "
+        "g(f) * KL - f * fit per pair, f the pair's relevance, g a non-increasing weight; docs/adaib.md)",
+        choices=OBJECTIVES,
+    )
+    adaib_relevance: str = setting(
+        "l2",
+        "AdaIB's f(x, y), fixed per pair from the projected embeddings of the whole image and text: l2, l1, linf "
+        "(1 / (distance + adaib_eps_f); l2 is AdaIB's default), cosine (softplus(adaib_tau * (1 + cos) / 2) "
+        "+ adaib_eps_f) or constant (adaib_constant)",
+        choices=RELEVANCES,
+    )
+    adaib_embeddings: str = setting(
+        "raw", "AdaIB's distances read the raw projected embeddings or unit-norm ones (normalised)", choices=EMBEDDINGS
+    )
+    adaib_eps_f: float = setting(1e-6, "AdaIB: eps_f > 0 added to the distance (or to the cosine form) of f")
+    adaib_tau: float = setting(1.0, "AdaIB: temperature tau > 0 of the cosine form of f")
+    adaib_constant: float = setting(1.0, "AdaIB: f of every pair with adaib_relevance=constant")
+    adaib_compression: str = setting(
+        "mlp",
+        "AdaIB's g(f): mlp (eps_g + softplus of an MLP 1 -> adaib_hidden -> 1 with ReLU, trained per pair with the "
+        "bottleneck; AdaIB's default), inverse (1 / (f + adaib_eps_g), fixed) or proportional (beta * f: with a "
+        "constant f, the published M2IB)",
+        choices=COMPRESSIONS,
+    )
+    adaib_hidden: int = setting(32, "AdaIB: hidden width of g's MLP")
+    adaib_eps_g: float = setting(1e-6, "AdaIB: eps_g > 0, the floor of g (mlp) or the shift of 1 / (f + eps_g)")
+    adaib_clip: float = setting(
+        1.0, "AdaIB: each pair's gradient (alpha and g's MLP) is clipped to this L2 norm at every step; 0: no clipping"
     )
 
     def validate(self) -> None:
@@ -97,6 +130,7 @@ class M2IBSettings(LayerSettings):
         check_number(self.text_beta, "text_beta")
         check_choice(self.precision, "precision", PRECISIONS)
         check_choice(self.bottleneck, "bottleneck", BOTTLENECKS)
+        check_settings(self)  # AdaIB's, and that no setting goes unread (beta with AdaIB's own g)
         if self.reference is not None and self.bottleneck != "standardised":  # honoured or refused, never ignored
             raise InputError(
                 f"reference={self.reference!r} is read only with bottleneck=standardised: set bottleneck "
@@ -135,7 +169,8 @@ class M2IB(LayerMethod):
     ) -> RawScores:
         batch, layer = self.side(modality, images, texts, settings)
         beta = settings.vision_beta if modality == "image" else settings.text_beta
-        kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings)
+        relevance = None if settings.objective == "published" else pair_relevance(backend, images, texts, settings)
+        kl_map, info = fit_bottleneck(backend, modality, batch, layer, target, beta, settings, relevance)
         check_fit(kl_map, modality, settings)
         return RawScores(kl_map, info)
 
@@ -173,10 +208,14 @@ def fit_bottleneck(
     target: Target | torch.Tensor,
     beta: float,
     s: M2IBSettings,
+    relevance: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Fit one bottleneck per pair of ``batch`` at ``layer``; return KL maps [N, tokens] and info.
 
-    ``target``: a :class:`Target`, or [N, E] unit-norm embeddings of the other side (the cosine)."""
+    ``target``: a :class:`Target`, or [N, E] unit-norm embeddings of the other side (the cosine).
+    ``relevance``: with ``objective="adaib"``, each pair's f [N] (:func:`.adaib.pair_relevance`)."""
+    if (relevance is None) != (s.objective == "published"):
+        raise InputError("fit_bottleneck takes each pair's relevance f with objective=adaib, and only then")
     if isinstance(target, torch.Tensor):
         target = Target(target)
     device = backend.device
@@ -188,7 +227,7 @@ def fit_bottleneck(
     if s.bottleneck == "standardised":  # fit on (R - mean) / sd; the suffix reads Z * sd + mean
         statistics = bottleneck_statistics(backend, modality, batch, layer, hidden, s.reference)
         hidden = (hidden - statistics[0]) / statistics[1]
-    use_graph = s.cuda_graphs and device.type == "cuda"
+    use_graph = s.cuda_graphs and device.type == "cuda" and relevance is None
     key = (
         modality,
         layer,
@@ -211,7 +250,8 @@ def fit_bottleneck(
     if fit is None:
         # Image towers read only the batch's length in the suffix: no per-copy pixels (or display images).
         copies = batch.repeat_interleave(s.samples) if isinstance(batch, TextBatch) else batch
-        fit = BottleneckFit(backend, modality, copies, layer, beta, s, n, t, d, graph=use_graph)
+        adaib = None if relevance is None else AdaIBTerms(relevance, beta, s, device)
+        fit = BottleneckFit(backend, modality, copies, layer, beta, s, n, t, d, graph=use_graph, adaib=adaib)
     fit.load(hidden, batch, target, s.seed, statistics)
     fit.run()
     if cache is not None:  # keep the few most recent loops (their memory stays reserved while cached)
@@ -221,7 +261,11 @@ def fit_bottleneck(
     if fit.kl_map is None or fit.numbers is None:
         raise InputError("M2IB's bottleneck fit ran no step: steps must be positive")
     numbers = fit.numbers.tolist()  # one device sync, not 2N
-    return fit.kl_map.clone(), [{"compression": c, "fit": f} for c, f in numbers]
+    return fit.kl_map.clone(), [dict(zip(INFO_KEYS, row)) for row in numbers]
+
+
+#: Per pair, the last step's numbers (AdaIB adds its f, g and g / f).
+INFO_KEYS = ("compression", "fit", "relevance", "compression_weight", "effective_beta")
 
 
 GRAPH_CACHE_SIZE = 4
@@ -294,6 +338,7 @@ class BottleneckFit:
         t: int,
         d: int,
         graph: bool,
+        adaib: AdaIBTerms | None = None,
     ):
         device = backend.device
         self.modality, self.copies, self.layer, self.beta, self.s = modality, copies, layer, beta, s
@@ -311,11 +356,13 @@ class BottleneckFit:
         self.noise = torch.zeros(n, s.steps, s.samples, t, d, device=device)
         self.alpha = torch.full((n, t, d), float(s.init_alpha), device=device, requires_grad=True)
         # fused: one kernel per step on a GPU; capturable: its step count lives on the device
-        self.optimiser = torch.optim.Adam([self.alpha], lr=s.lr, fused=device.type == "cuda", capturable=graph)
+        self.adaib = adaib  # AdaIB's f and g (its MLP trained with alpha, same Adam); None: the published loss
+        params = [self.alpha] + ([] if adaib is None else adaib.params)
+        self.optimiser = torch.optim.Adam(params, lr=s.lr, fused=device.type == "cuda", capturable=graph)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.wants_graph = graph
         self.kl_map: torch.Tensor | None = None  # [N, T], set by the loop
-        self.numbers: torch.Tensor | None = None  # [N, 2]: per pair, compression and fit
+        self.numbers: torch.Tensor | None = None  # [N, 2] (AdaIB: [N, 5]): per pair, INFO_KEYS
 
     def load(
         self,
@@ -369,7 +416,7 @@ class BottleneckFit:
         s, n, t, d = self.s, *self.hidden.shape
         elements = self.valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
         std = s.var**0.5
-        kl = compression = fit = None
+        kl = compression = fit = weight = None
         runner = self._runner()  # alive: a fit runs only inside fit_bottleneck, which holds the backend
         if runner is None:
             raise InputError("M2IB's bottleneck fit outlived its backend: fit through fit_bottleneck")
@@ -387,15 +434,21 @@ class BottleneckFit:
             emb = runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(runner.dtype), self.layer, self.copies)
             fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
             compression = (kl * self.valid[..., None]).sum((1, 2)) / elements
-            loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses
-            (grad,) = torch.autograd.grad(loss, self.alpha)
-            self.alpha.grad = grad
+            if self.adaib is None:
+                loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses
+                (grad,) = torch.autograd.grad(loss, self.alpha)
+                self.alpha.grad = grad
+            else:  # AdaIB: g(f) * KL - f * fit, per-pair clipped gradients of alpha and g's parameters
+                weight = self.adaib.backward(self.alpha, compression, fit)
             self.optimiser.step()
         if kl is None or compression is None or fit is None:
             raise InputError("M2IB's bottleneck fit ran no step: steps must be positive")
         # the attribution: the KL of the last step's forward pass, as in the paper
         self.kl_map = (kl.detach() * self.valid[..., None]).sum(-1)
-        self.numbers = torch.stack([compression.detach(), fit.detach()], 1)
+        numbers = [compression.detach(), fit.detach()]
+        if self.adaib is not None and weight is not None:
+            numbers += [self.adaib.f, weight, weight / self.adaib.f]
+        self.numbers = torch.stack(numbers, 1)
 
     def run(self) -> None:
         self._reset()
