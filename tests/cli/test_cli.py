@@ -125,6 +125,18 @@ def test_help_lists_every_setting():
 # ----------------------------------------------------------------------------------------------
 # Settings become flags and come back unchanged; strict values; python -m m2ib; evaluate --rows.
 # ----------------------------------------------------------------------------------------------
+#: Settings read only together with others (refused alone, "honoured or refused, never ignored").
+NEEDS = {
+    "reference": {"bottleneck": "standardised"},
+    **{
+        f"adaib_{name}": {"objective": "adaib"}
+        for name in ("relevance", "embeddings", "eps_f", "compression", "hidden", "eps_g", "clip")
+    },
+    "adaib_tau": {"objective": "adaib", "adaib_relevance": "cosine"},
+    "adaib_constant": {"objective": "adaib", "adaib_relevance": "constant"},
+}
+
+
 def _other_value(settings_class, field):
     """A value of ``field`` that differs from its default and that the settings accept."""
     from m2ib.errors import InputError
@@ -139,7 +151,7 @@ def _other_value(settings_class, field):
         candidates = [(field.default or 0.0) * 2 + 0.25, 0.25, 0.75]
     else:
         candidates = [f"{field.default}x"]
-    needs = {"reference": {"bottleneck": "standardised"}}.get(field.name, {})  # read only with that setting
+    needs = NEEDS.get(field.name, {})  # read only with those settings
     for value in candidates:
         try:
             settings_class(**{field.name: value}, **needs)
@@ -162,15 +174,17 @@ def test_settings_round_trip_through_flags(method):
     from m2ib.settings import fields_of, given_settings, settings_per_method
 
     cls = REGISTRY[method].Settings
-    fields = fields_of(cls)
-    values = {f.name: _other_value(cls, f) for f in fields}
-    argv = ["explain", "scene.png", "a cat", "--method", method]
-    for f in fields:
-        argv += [f.flag, f.format(values[f.name])]
-    args = build_parser().parse_args(argv)
-    parsed = settings_per_method([method], given_settings(args, REGISTRY), REGISTRY)[method]
-    assert parsed == values and {k: type(v) for k, v in parsed.items()} == {k: type(v) for k, v in values.items()}
-    assert cls(**parsed) == cls(**values) != cls()
+    fields = {f.name: f for f in fields_of(cls)}
+    parser = build_parser()
+    # one field at a time, with the settings it needs (some exclude each other: AdaIB's tau and constant)
+    for field in fields.values():
+        values = {**NEEDS.get(field.name, {}), field.name: _other_value(cls, field)}
+        argv = ["explain", "scene.png", "a cat", "--method", method]
+        for name, value in values.items():
+            argv += [fields[name].flag, fields[name].format(value)]
+        parsed = settings_per_method([method], given_settings(parser.parse_args(argv), REGISTRY), REGISTRY)[method]
+        assert parsed == values and {k: type(v) for k, v in parsed.items()} == {k: type(v) for k, v in values.items()}
+        assert cls(**parsed) == cls(**values) != cls()
 
 
 @pytest.mark.parametrize(

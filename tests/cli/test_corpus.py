@@ -345,6 +345,23 @@ EDGES = {
     "banzhaf_p": ("1", "1e-9"),
     "patch_group": ("0", "1"),
     "first_order": ("nosuch", "rise"),
+    "objective": ("nosuch", "adaib"),
+    "adaib_relevance": ("nosuch", "constant"),
+    "adaib_embeddings": ("nosuch", "normalised"),
+    "adaib_eps_f": ("0", "1e-9"),
+    "adaib_tau": ("0", "1e-9"),
+    "adaib_constant": ("0", "1e-9"),
+    "adaib_compression": ("nosuch", "proportional"),
+    "adaib_hidden": ("0", "1"),
+    "adaib_eps_g": ("0", "1e-9"),
+    "adaib_clip": ("-0.001", "0"),
+}
+#: Settings read only together with others (refused alone): what the edge value is given with.
+NEEDS = {
+    "reference": {"bottleneck": "standardised"},
+    **{name: {"objective": "adaib"} for name in EDGES if name.startswith("adaib_")},
+    "adaib_tau": {"objective": "adaib", "adaib_relevance": "cosine"},
+    "adaib_constant": {"objective": "adaib", "adaib_relevance": "constant"},
 }
 OVERRIDES = {("kernelshap", "samples"): ("1", "2")}  # Kernel SHAP needs two coalitions at least
 
@@ -400,7 +417,7 @@ def test_every_setting_in_the_api_bad_refused_edge_accepted(method, name):
     settings = _method_class(method).Settings
     with pytest.raises(InputError, match=name):
         settings(**{name: field.parse(bad)})
-    extra = {"bottleneck": "standardised"} if name == "reference" else {}
+    extra = NEEDS.get(name, {})
     value = field.parse(edge if edge is not None else "shapes:val:4")
     assert getattr(settings(**{name: value}, **extra), name) == value
 

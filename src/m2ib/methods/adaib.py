@@ -42,7 +42,11 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: coefficient max_norm / (nor
 
 
 def _reads(s: Any) -> dict[str, bool]:
-    """Each AdaIB setting (and beta) -> whether ``s`` reads it; one read nowhere must stay at its default."""
+    """Each AdaIB setting -> whether ``s`` reads it; one read nowhere must stay at its default.
+
+    Not vision_beta / text_beta: read by AdaIB only with g = beta * f (proportional), they are not
+    refused otherwise, because a model's recommended settings set them (the shapes model's 1.0);
+    each pair's info records the g / f the fit used instead (``effective_beta``)."""
     adaib = s.objective == "adaib"
     relevance, compression = s.adaib_relevance, s.adaib_compression
     return {
@@ -55,8 +59,6 @@ def _reads(s: Any) -> dict[str, bool]:
         "adaib_constant": adaib and relevance == "constant",
         "adaib_hidden": adaib and compression == "mlp",
         "adaib_eps_g": adaib and compression in ("mlp", "inverse"),
-        "vision_beta": not adaib or compression == "proportional",
-        "text_beta": not adaib or compression == "proportional",
     }
 
 
