@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = per
     print(f"shapes model, {args.n} validation scenes, matched vs mismatched captions, image maps, seed 0\n")
     print(
-        "| variant | mass matched | mass mismatched | ratio mis/match | AUC(mass) | energy in object (matched) | f match / mis | g/f match / mis |"
+        "| variant | mass matched | mass mismatched | ratio mis/match | AUC(mass) | mean log10 KL matched / mis "
+        "| AUC(log KL) | energy in object (matched) | f match / mis | g/f match / mis |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     mean = statistics.fmean
     for name, per in results.items():
         m, x = per["matched"], per["mismatched"]
