@@ -23,7 +23,7 @@ LAYERS = [
     ("metrics",),
     ("interactions",),  # word-region interactions: below evaluation, which measures them (grounding)
     ("evaluation", "pairs"),  # pairs: the explain pipeline over both kinds of method
-    ("auditing", "serve"),
+    ("auditing", "serve", "tuning"),  # tuning: m2ib tune, over methods, metrics and evaluation
     ("cli",),
     ("m2ib", "__main__"),  # the package's namespace and `python -m m2ib`
 ]

@@ -25,6 +25,7 @@ from .audit import add_audit, run_audit
 from .common import COMMANDS, EXIT_BAD_INPUT
 from .evaluate import add_evaluate, run_evaluate
 from .explain import add_explain, run_explain
+from .tune import add_tune, run_tune
 
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT"]
 
@@ -45,7 +46,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="m2ib", description="Explain why a CLIP-style model matches an image with a text (M2IB and baselines)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    full = {"explain": add_explain, "evaluate": add_evaluate, "audit": add_audit}
+    full = {"explain": add_explain, "evaluate": add_evaluate, "audit": add_audit, "tune": add_tune}
     for name, helptext in COMMANDS.items():
         if name in full and command in (None, name):
             full[name](sub)
@@ -118,7 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"m2ib: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     args.argv = argv  # what `evaluate` records as the run's command
-    handlers: dict[str, Any] = {"explain": run_explain, "list": _list, "evaluate": run_evaluate, "audit": run_audit}
+    handlers: dict[str, Any] = {
+        "explain": run_explain,
+        "list": _list,
+        "evaluate": run_evaluate,
+        "audit": run_audit,
+        "tune": run_tune,
+    }
     try:
         with _one_line_warnings():
             code = handlers[args.command](args)

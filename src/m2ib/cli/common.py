@@ -13,6 +13,7 @@ COMMANDS = {
     "list": "list methods, interaction methods, metrics, model families and built-in models",
     "evaluate": "measure attribution metrics over a dataset (resumable)",
     "audit": "what a model looks at and reads across a dataset, no labels needed (resumable; report.html)",
+    "tune": "choose M2IB's layer, beta and bottleneck per tower on your own pairs, no labels needed (resumable)",
     "serve": "web viewer on 127.0.0.1 (pip install 'm2ib[viewer]'; see m2ib serve --help)",
     "train-shapes": "train a small CLIP on the synthetic shapes world (see m2ib train-shapes --help)",
 }

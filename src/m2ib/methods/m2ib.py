@@ -206,21 +206,26 @@ def fit_bottleneck(
     batch: ImageBatch | TextBatch,
     layer: int,
     target: Target | torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     s: M2IBSettings,
     relevance: torch.Tensor | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Fit one bottleneck per pair of ``batch`` at ``layer``; return KL maps [N, tokens] and info.
 
     ``target``: a :class:`Target`, or [N, E] unit-norm embeddings of the other side (the cosine).
-    ``relevance``: with ``objective="adaib"``, each pair's f [N] (:func:`.adaib.pair_relevance`)."""
+    ``relevance``: with ``objective="adaib"``, each pair's f [N] (:func:`.adaib.pair_relevance`).
+    ``beta``: one value, or one per pair ([N]; the pairs' losses are independent, so a pair's map
+    is the one a fit with its beta alone gives). ``hidden``: the prefix's output R for ``batch``
+    at ``layer`` when already computed (``m2ib tune`` shares it between its fits)."""
     if (relevance is None) != (s.objective == "published"):
         raise InputError("fit_bottleneck takes each pair's relevance f with objective=adaib, and only then")
     if isinstance(target, torch.Tensor):
         target = Target(target)
     device = backend.device
-    with torch.no_grad(), autocast(device, s.precision):
-        hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
+    if hidden is None:
+        with torch.no_grad(), autocast(device, s.precision):
+            hidden = backend.prefix(modality, batch, layer).float()  # [N, T, D]
     n, t, d = hidden.shape
     check_fits_in_memory(backend, modality, layer, n, t, d, s)
     statistics = None
@@ -234,7 +239,7 @@ def fit_bottleneck(
         n,
         t,
         d,
-        beta,
+        tuple(beta.tolist()) if isinstance(beta, torch.Tensor) else beta,
         s.var,
         s.bottleneck,
         s.steps,
@@ -332,7 +337,7 @@ class BottleneckFit:
         modality: Modality,
         copies: ImageBatch | TextBatch,
         layer: int,
-        beta: float,
+        beta: float | torch.Tensor,
         s: M2IBSettings,
         n: int,
         t: int,
@@ -341,7 +346,9 @@ class BottleneckFit:
         adaib: AdaIBTerms | None = None,
     ):
         device = backend.device
-        self.modality, self.copies, self.layer, self.beta, self.s = modality, copies, layer, beta, s
+        self.modality, self.copies, self.layer, self.s = modality, copies, layer, s
+        # one beta, or one per pair [N]: each pair's loss term is weighted by its own
+        self.beta = beta.to(device=device, dtype=torch.float32) if isinstance(beta, torch.Tensor) else beta
         # Reduced precision runs the blocks after the bottleneck on a copy of the weights in
         # that dtype (activations stay in it, no per-op casts); the bottleneck itself stays fp32.
         # Held weakly: a cached fit (FITS) must not keep its backend alive.

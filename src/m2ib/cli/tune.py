@@ -1,0 +1,92 @@
+"""``m2ib tune``: its parser and handler (logic: :mod:`m2ib.tuning`). The grid flags are parsed and
+checked before the model loads; layers against the towers' depths after the load, before any fit."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .common import COMMANDS, model_help, status
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from ..tuning.grid import parse_betas, parse_layers, parse_towers, parse_variants
+    from ..tuning.tune import TuneRequest, tune
+
+    towers = parse_towers(args.towers)
+    layers, flags = {}, {}
+    common = parse_layers(args.layers, "--layers")
+    for tower in towers:
+        own = parse_layers(getattr(args, f"{tower}_layers"), f"--{tower}-layers")
+        chosen = own if own is not None else common
+        if chosen is not None:
+            layers[tower] = chosen
+            flags[tower] = f"--{tower}-layers" if own is not None else "--layers"
+    if args.ray:
+        print("m2ib: error: --ray is not implemented for tune yet; run without it", file=sys.stderr)
+        return 2
+    request = TuneRequest(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        towers=towers,
+        layers=layers,
+        layer_flags=flags,
+        betas=parse_betas(args.betas),
+        variants=parse_variants(args.bottlenecks),
+        rows=args.rows,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        command="m2ib " + shlex.join(getattr(args, "argv", [])),
+        progress=not args.no_progress,
+    )
+    status(f"tuning M2IB on {args.data} with {args.model} ...")
+    outcome = tune(request)
+    for line in outcome.lines:
+        print(line)
+    print(outcome.files["settings"])
+    print(outcome.files["report"])
+    return 0
+
+
+def add_tune(sub) -> None:
+    """The ``tune`` subcommand's parser."""
+    from ..models import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "tune",
+        help=COMMANDS["tune"],
+        description="Search each tower's M2IB layer, beta and bottleneck on your own pairs (no labels "
+        "needed; ground-truth criteria are added when the data has masks, boxes or shapes captions). "
+        "Each finished point is appended to OUT/points.jsonl; re-running the same command resumes. "
+        "Writes OUT/m2ib.json (the recommended settings, in the shipped models' format) and "
+        "OUT/report.html. The rule: docs/tune.md.",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
+    p.add_argument("--data", required=True, help="pairs as m2ib evaluate --data reads them (a TSV/CSV, a box CSV, shapes:SPLIT:N)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one grid per folder)")
+    p.add_argument("--towers", default="image,text", help="image, text or image,text (default)")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="blocks to try in every tower, e.g. 0,3,6,9 (negative: from the end); default: 0, the "
+        "middle block, the published layer and the model's recommended one",
+    )
+    p.add_argument("--image-layers", default=None, help="the image tower's blocks (overrides --layers)")
+    p.add_argument("--text-layers", default=None, help="the text tower's blocks (overrides --layers)")
+    p.add_argument("--betas", default=None, help="betas to try, e.g. 0.1,1,10 (default; plus the model's recommended)")
+    p.add_argument(
+        "--bottlenecks",
+        default="published,standardised",
+        help="bottleneck variants to try (default: published,standardised; standardised takes its "
+        "statistics from the data's first 64 rows)",
+    )
+    p.add_argument("--rows", type=int, default=None, metavar="N", help="use N rows drawn at random with --seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rows drawn and of the fits (the second seed is SEED+1)")
+    p.add_argument("--batch-size", type=int, default=16, help="bottleneck fits run together (default 16)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
