@@ -66,7 +66,9 @@ def add_tune(sub) -> None:
         "OUT/report.html. The rule: docs/tune.md.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
-    p.add_argument("--data", required=True, help="pairs as m2ib evaluate --data reads them (a TSV/CSV, a box CSV, shapes:SPLIT:N)")
+    p.add_argument(
+        "--data", required=True, help="pairs as m2ib evaluate --data reads them (a TSV/CSV, a box CSV, shapes:SPLIT:N)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (one grid per folder)")
     p.add_argument("--towers", default="image,text", help="image, text or image,text (default)")
     p.add_argument(
@@ -85,7 +87,9 @@ def add_tune(sub) -> None:
         "statistics from the data's first 64 rows)",
     )
     p.add_argument("--rows", type=int, default=None, metavar="N", help="use N rows drawn at random with --seed")
-    p.add_argument("--seed", type=int, default=0, help="seed of the rows drawn and of the fits (the second seed is SEED+1)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the rows drawn and of the fits (the second seed is SEED+1)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="bottleneck fits run together (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -23,7 +23,6 @@ from ..methods.m2ib import M2IBSettings, check_fit, fit_bottleneck
 from ..metrics.sanity import randomised_cascade
 from .data import TuneData
 
-
 Maps = list[torch.Tensor]  # per pair: image [H, W] or text [tokens], scaled to [0, 1] as explain does
 
 
@@ -102,4 +101,3 @@ def point_settings(values: dict[str, Any], seed: int) -> M2IBSettings:
 
 def with_seed(s: M2IBSettings, seed: int) -> M2IBSettings:
     return dataclasses.replace(s, seed=seed)
-

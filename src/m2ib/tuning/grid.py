@@ -76,7 +76,9 @@ def parse_layers(text: str | None, flag: str) -> tuple[int, ...] | None:
         try:
             out.append(int(item))
         except ValueError:
-            raise InputError(f"{flag}: {item!r} is not a block index (an integer; negative counts from the end)") from None
+            raise InputError(
+                f"{flag}: {item!r} is not a block index (an integer; negative counts from the end)"
+            ) from None
     return tuple(out)
 
 

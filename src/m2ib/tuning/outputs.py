@@ -45,9 +45,7 @@ def tower_entry(c: TowerChoice) -> dict[str, Any]:
         "qualifying": [keys[i] for i in c.choice.qualifying],
         "not_qualifying": {keys[i]: why for i, why in c.choice.reasons.items()},
         "mean_ranks": {keys[i]: r for i, r in c.choice.mean_ranks.items()},
-        "points": [
-            {k: r[k] for k in ("key", "variant", "layer", "beta", "settings", "criteria")} for r in c.records
-        ],
+        "points": [{k: r[k] for k in ("key", "variant", "layer", "beta", "settings", "criteria")} for r in c.records],
     }
 
 
@@ -73,7 +71,9 @@ def summary_lines(choices: list[TowerChoice]) -> list[str]:
             lines.append(f"{c.tower}: no recommendation ({c.choice.why})")
         else:
             r = c.chosen
-            lines.append(f"{c.tower}: {r['variant']} bottleneck, layer {r['layer']}, beta {r['beta']:g} ({c.choice.why})")
+            lines.append(
+                f"{c.tower}: {r['variant']} bottleneck, layer {r['layer']}, beta {r['beta']:g} ({c.choice.why})"
+            )
         if c.note:
             lines.append(f"  note: {c.note}")
     return lines

@@ -91,8 +91,9 @@ def front_plot(c: TowerChoice, published: str | None) -> str:
 
 def image_maps(c: TowerChoice, published: str | None, pictures: Any) -> str:
     pub = next((r for r in c.records if r["key"] == published), None)
-    columns = [("published", pub), ("chosen", c.chosen)]
-    columns = [(name, r) for name, r in columns if r is not None]
+    columns: list[tuple[str, dict[str, Any]]] = [
+        (name, r) for name, r in (("published", pub), ("chosen", c.chosen)) if r is not None
+    ]
     n = min(len(pictures), *(len(r["preview"]) for _, r in columns)) if columns else 0
     if not n:
         return "<p>(no maps to show)</p>"
@@ -132,8 +133,10 @@ def write_report(
     out: Path, choices: list[TowerChoice], run: dict[str, Any], published: dict[str, str], pictures: Any, tokens: Any
 ) -> Path:
     body = [f"<h1>m2ib tune</h1><p><code>{html.escape(run.get('command', ''))}</code></p>"]
-    body.append(f"<p>model {html.escape(str(run.get('model')))}, data {html.escape(str(run.get('data')))}, "
-                f"{run.get('pairs')} pairs, seed {run.get('seed')}. Rule: docs/tune.md.</p>")
+    body.append(
+        f"<p>model {html.escape(str(run.get('model')))}, data {html.escape(str(run.get('data')))}, "
+        f"{run.get('pairs')} pairs, seed {run.get('seed')}. Rule: docs/tune.md.</p>"
+    )
     for c in choices:
         verdict = (
             "no recommendation: the defaults stay"

@@ -135,4 +135,3 @@ def _score_layer(
                 }
             )
             bar.update(1, f"{tower} {variant} layer {layer} beta {p.beta:g}")
-

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .grid import PUBLISHED_BETA, DEFAULT_BETAS, PREFIX, Point, default_layers, points_of, resolve_layers
+from .grid import DEFAULT_BETAS, PREFIX, PUBLISHED_BETA, Point, default_layers, points_of, resolve_layers
 
 OUTPUTS = ("points.jsonl", "m2ib.json", "report.html", "reference.tsv")
 _SHAPES_N = re.compile(r"^shapes(?:-collage|-two)?:(?:train|val|test):(\d+)")
@@ -135,7 +135,9 @@ def tune(req: TuneRequest) -> TuneOutcome:
         run = {"command": req.command, **identity}
         files = {"settings": write_settings(out, choices, run), "records": store.path}
         published = {t: published_key(backend, t) for t in grid.towers}
-        display = data.images.display if data.images.display is not None else backend.display_images(data.images.pixel_values)
+        display = (
+            data.images.display if data.images.display is not None else backend.display_images(data.images.pixel_values)
+        )
         tokens = [list(t) for t in data.texts.tokens] if data.texts.tokens else []
         files["report"] = write_report(out, choices, run, published, display.detach().float().cpu(), tokens)
         from .choice import recommended as recommended_settings
