@@ -79,17 +79,19 @@ def front_plot(c: TowerChoice, published: str | None) -> str:
     pub = next((r for r in c.records if r["key"] == published), None)
     if pub is not None:
         pc = pub["criteria"]
-        ax.scatter([pc.get("sanity")], [pc.get("faithfulness")], marker="x", s=120, c="k", label="published", zorder=3)
+        label = "M2IB with no setting (published)"
+        ax.scatter([pc.get("sanity")], [pc.get("faithfulness")], marker="x", s=120, c="k", label=label, zorder=3)
     ax.axvline(SANITY_LIMIT, color="grey", ls="--", lw=1)
     ax.axhline(0.0, color="grey", ls=":", lw=1)
     ax.set_xlabel("sanity: |Spearman| with the randomised-above map (lower is better)")
     ax.set_ylabel("faithfulness: insertion - deletion AUC (higher)")
-    ax.set_title(f"{c.tower} tower: filled = Pareto front (all criteria)")
+    verdict = "no recommendation" if c.chosen is None else "star = chosen"
+    ax.set_title(f"{c.tower} tower: filled = Pareto front (all criteria); {verdict}", fontsize=10)
     ax.legend(fontsize=7)
     return _png(fig)
 
 
-def image_maps(c: TowerChoice, published: str | None, pictures: Any) -> str:
+def image_maps(c: TowerChoice, published: str | None, pictures: Any, captions: list[str]) -> str:
     pub = next((r for r in c.records if r["key"] == published), None)
     columns: list[tuple[str, dict[str, Any]]] = [
         (name, r) for name, r in (("published", pub), ("chosen", c.chosen)) if r is not None
@@ -102,12 +104,13 @@ def image_maps(c: TowerChoice, published: str | None, pictures: Any) -> str:
     for i in range(n):
         picture = pictures[i].permute(1, 2, 0).clamp(0, 1).numpy()
         axes[i][0].imshow(picture)
+        axes[i][0].set_title(captions[i] if i < len(captions) else "", fontsize=8)
         for j, (name, r) in enumerate(columns, 1):
             axes[i][j].imshow(picture)
             extent = (-0.5, picture.shape[1] - 0.5, picture.shape[0] - 0.5, -0.5)
             axes[i][j].imshow(r["preview"][i], cmap="jet", alpha=0.5, extent=extent, interpolation="bilinear")
             if i == 0:
-                axes[i][j].set_title(f"{name}: {r['variant']} L{r['layer']} b{r['beta']:g}", fontsize=8)
+                axes[i][j].set_title(f"{name}: {r['variant']}\nlayer {r['layer']}, beta {r['beta']:g}", fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
     return _png(fig)
@@ -130,7 +133,13 @@ def text_maps(c: TowerChoice, published: str | None, tokens: list[list[str]]) ->
 
 
 def write_report(
-    out: Path, choices: list[TowerChoice], run: dict[str, Any], published: dict[str, str], pictures: Any, tokens: Any
+    out: Path,
+    choices: list[TowerChoice],
+    run: dict[str, Any],
+    published: dict[str, str],
+    pictures: Any,
+    tokens: Any,
+    captions: list[str],
 ) -> Path:
     body = [f"<h1>m2ib tune</h1><p><code>{html.escape(run.get('command', ''))}</code></p>"]
     body.append(
@@ -151,7 +160,7 @@ def write_report(
         body.append(table(c))
         body.append(front_plot(c, published.get(c.tower)))
         body.append(
-            image_maps(c, published.get(c.tower), pictures)
+            image_maps(c, published.get(c.tower), pictures, captions)
             if c.tower == "image"
             else text_maps(c, published.get(c.tower), tokens)
         )

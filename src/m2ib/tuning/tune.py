@@ -139,7 +139,9 @@ def tune(req: TuneRequest) -> TuneOutcome:
             data.images.display if data.images.display is not None else backend.display_images(data.images.pixel_values)
         )
         tokens = [list(t) for t in data.texts.tokens] if data.texts.tokens else []
-        files["report"] = write_report(out, choices, run, published, display.detach().float().cpu(), tokens)
+        files["report"] = write_report(
+            out, choices, run, published, display.detach().float().cpu(), tokens, [r.text for r in data.rows]
+        )
         from .choice import recommended as recommended_settings
 
         return TuneOutcome(files, summary_lines(choices), recommended_settings(choices))
