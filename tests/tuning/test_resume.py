@@ -31,7 +31,7 @@ def _env() -> dict[str, str]:
 
 def _points(out: Path) -> dict[str, dict]:
     lines = [json.loads(x) for x in (out / "points.jsonl").read_text().splitlines()[1:]]
-    return {r["key"]: {k: v for k, v in r.items() if k != "seconds"} for r in lines}
+    return {r["key"]: {k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in lines}
 
 
 def _settings(out: Path) -> dict:

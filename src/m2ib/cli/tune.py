@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from .common import COMMANDS, model_help, status
@@ -24,9 +23,6 @@ def run_tune(args: argparse.Namespace) -> int:
         if chosen is not None:
             layers[tower] = chosen
             flags[tower] = f"--{tower}-layers" if own is not None else "--layers"
-    if args.ray:
-        print("m2ib: error: --ray is not implemented for tune yet; run without it", file=sys.stderr)
-        return 2
     request = TuneRequest(
         model=args.model,
         data=args.data,
@@ -93,4 +89,3 @@ def add_tune(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="bottleneck fits run together (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)

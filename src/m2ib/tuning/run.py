@@ -112,14 +112,14 @@ def _score_layer(
     for variant in dict.fromkeys(p.variant for p in todo):
         points = [p for p in todo if p.variant == variant]
         betas = [p.beta for p in points]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         s = point_settings(points[0].settings(grid.reference), seed)
         maps = fit_maps(backend, data, tower, layer, betas, s, hidden, batch_size)
         second = fit_maps(backend, data, tower, layer, betas, with_seed(s, seed + 1), hidden, batch_size)
         rand = fit_maps(randomised, data, tower, layer, betas, s, hidden, batch_size)
-        fitted = time.perf_counter() - start
+        fitted, fitted_cpu = time.perf_counter() - start, time.process_time() - cpu
         for p, m, m2, mr in zip(points, maps, second, rand):
-            begin = time.perf_counter()
+            begin, begin_cpu = time.perf_counter(), time.process_time()
             values = criteria(backend, data, tower, m, m2, mr)
             store.append(
                 {
@@ -132,6 +132,7 @@ def _score_layer(
                     "criteria": values,
                     "preview": preview(m, tower),
                     "seconds": round(fitted / len(points) + time.perf_counter() - begin, 3),
+                    "cpu_seconds": round(fitted_cpu / len(points) + time.process_time() - begin_cpu, 3),
                 }
             )
             bar.update(1, f"{tower} {variant} layer {layer} beta {p.beta:g}")
