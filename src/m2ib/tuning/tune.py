@@ -144,4 +144,7 @@ def tune(req: TuneRequest) -> TuneOutcome:
         )
         from .choice import recommended as recommended_settings
 
-        return TuneOutcome(files, summary_lines(choices), recommended_settings(choices))
+        lines = summary_lines(choices)
+        if data.bad:
+            lines.append(f"{len(data.bad)} row(s) left out, their image unreadable: {data.bad[0]['reason']}")
+        return TuneOutcome(files, lines, recommended_settings(choices))
