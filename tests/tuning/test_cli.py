@@ -59,3 +59,12 @@ def test_layer_out_of_range_once_the_depth_is_known(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--layers" in err and "4 blocks" in err and len(err.splitlines()) == 1
     assert not (out / "points.jsonl").exists()  # refused before any fit
+
+
+def test_out_is_the_model_folder(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "m2ib.json").write_text("{}")
+    assert main(["tune", "--model", str(model), "--data", "shapes:val:2", "--out", str(model)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out" in err and "input" in err and len(err.splitlines()) == 1

@@ -46,11 +46,9 @@ def check_request(req: TuneRequest) -> None:
         raise InputError(f"--data {req.data}: {match.group(1)} pair(s); tune needs 2 or more")
     out = req.out.resolve()
     inputs = [Path(p).resolve() for p in (req.data, req.model) if Path(p).exists()]
-    for path in inputs:
-        if out == path or any((out / name) == path for name in OUTPUTS) or (path.is_dir() and out == path):
+    for path in inputs:  # the data file, or the model's folder (its own m2ib.json)
+        if out == path or any((out / name) == path for name in OUTPUTS):
             raise InputError(f"--out {req.out}: would write over the input {path}; pick another folder")
-        if path.is_dir() and (path / "m2ib.json").exists() and out == path:
-            raise InputError(f"--out {req.out}: is the model's folder; pick another folder")
 
 
 def build_points(backend: Any, req: TuneRequest, recommended: dict[str, Any]) -> dict[str, list[Point]]:
