@@ -94,7 +94,7 @@ def front_plot(c: TowerChoice, published: str | None) -> str:
 def image_maps(c: TowerChoice, published: str | None, pictures: Any, captions: list[str]) -> str:
     pub = next((r for r in c.records if r["key"] == published), None)
     columns: list[tuple[str, dict[str, Any]]] = [
-        (name, r) for name, r in (("published", pub), ("chosen", c.chosen)) if r is not None
+        (name, r) for name, r in (("no setting", pub), ("chosen", c.chosen)) if r is not None
     ]
     n = min(len(pictures), *(len(r["preview"]) for _, r in columns)) if columns else 0
     if not n:
@@ -119,7 +119,7 @@ def image_maps(c: TowerChoice, published: str | None, pictures: Any, captions: l
 def text_maps(c: TowerChoice, published: str | None, tokens: list[list[str]]) -> str:
     pub = next((r for r in c.records if r["key"] == published), None)
     parts = []
-    for name, r in (("published", pub), ("chosen", c.chosen)):
+    for name, r in (("M2IB with no setting", pub), ("chosen", c.chosen)):
         if r is None:
             continue
         parts.append(f"<p><b>{name}</b>: {r['variant']}, layer {r['layer']}, beta {r['beta']:g}</p>")
