@@ -123,9 +123,11 @@ def mlp_init(n: int, hidden: int, seed: int, device: torch.device) -> list[torch
 class AdaIBTerms:
     """A batch's f (fixed) and g (fixed, or an MLP per pair trained with the bottleneck)."""
 
-    def __init__(self, relevance: torch.Tensor, beta: float, s: Any, device: torch.device):
+    def __init__(self, relevance: torch.Tensor, beta: float | torch.Tensor, s: Any, device: torch.device):
         self.f = relevance.to(device).float()  # [N]
-        self.beta, self.s = beta, s
+        # one beta, or one per pair [N] (m2ib tune fits several betas in one batch)
+        self.beta = beta.to(device=device, dtype=torch.float32) if isinstance(beta, torch.Tensor) else beta
+        self.s = s
         n = len(self.f)
         self.params = mlp_init(n, s.adaib_hidden, s.seed, device) if s.adaib_compression == "mlp" else []
 

@@ -66,14 +66,20 @@ def fit_maps(
     target = make_target(tower, data.image_emb, data.text_emb, None)
     n = len(data)
     items = [(b, i) for b in range(len(betas)) for i in range(n)]
+    relevance = None  # AdaIB's per-pair f (objective="adaib"), fixed: computed once for the rows
+    if settings.objective != "published":
+        from ..methods.adaib import pair_relevance
+
+        relevance = pair_relevance(backend, data.images, data.texts, settings)
     raw = []
     with backend.attribution_mode():
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             rows = [i for _, i in chunk]
             beta = torch.tensor([float(betas[b]) for b, _ in chunk])
+            f = None if relevance is None else relevance[rows]
             kl, _ = fit_bottleneck(
-                backend, tower, batch.select(rows), layer, target.select(rows), beta, settings, hidden=hidden[rows]
+                backend, tower, batch.select(rows), layer, target.select(rows), beta, settings, f, hidden=hidden[rows]
             )
             check_fit(kl, tower, settings)
             raw.append(kl.detach().float())

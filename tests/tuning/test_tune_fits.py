@@ -32,7 +32,14 @@ def test_batched_betas_equal_separate_fits(tiny, tower):
 
 
 @pytest.mark.parametrize("tower", ["image", "text"])
-@pytest.mark.parametrize("variant", [{}, {"bottleneck": "standardised", "reference": "shapes:val:3"}])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"bottleneck": "standardised", "reference": "shapes:val:3"},
+        {"objective": "adaib", "adaib_compression": "proportional"},
+    ],
+)
 def test_fit_maps_equal_explain(tiny, tower, variant):
     """The maps a grid point is scored on are explain's maps with the point's settings (prefix shared,
     betas batched, chunks of 4 fits crossing the beta boundary)."""
