@@ -56,7 +56,10 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert not (killed / "m2ib.json").exists()
     done = len(_points(killed))
     assert 1 <= done < 8
+    before = records.read_text().splitlines()
     subprocess.run(_command(killed), env=_env(), check=True, capture_output=True, timeout=300)
+    after = records.read_text().splitlines()
+    assert after[: len(before)] == before and len(after) == 1 + 8  # finished points kept, none recomputed
     assert _points(killed) == _points(whole)
     assert _settings(killed) == _settings(whole)
     assert (killed / "report.html").stat().st_size > 1000
