@@ -23,6 +23,8 @@ NO_MODEL = ["--model", "/nonexistent/model"]
         (["--bottlenecks", "published,fancy"], "--bottlenecks"),
         (["--towers", "audio"], "--towers"),
         (["--rows", "1"], "--rows"),
+        (["--seed", "-1"], "--seed"),
+        (["--batch-size", "0"], "--batch-size"),
         (["--data", "shapes:val:1"], "--data"),
     ],
 )

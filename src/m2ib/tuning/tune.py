@@ -37,6 +37,10 @@ class TuneRequest:
 
 def check_request(req: TuneRequest) -> None:
     """Every check that needs no model: sizes, the data's pair count where known, --out over an input."""
+    from ..settings import check_seed
+
+    check_seed(req.seed, "--seed")
+    check_seed(req.seed + 1, "--seed")  # the agreement criterion's second seed
     if req.rows is not None and req.rows < 2:
         raise InputError(f"--rows {req.rows}: tune needs 2 or more pairs")
     if req.batch_size < 1:
