@@ -44,7 +44,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> Summary:
     summary = _summarise(records)
     if records and all(r.get("control") is not None for r in records):
         summary.control = _summarise([{**r, **r["control"]} for r in records])
-        judge(summary, summary.control)
+        judge(summary.words, summary.regions, summary.control.words, summary.control.prior)
     return summary
 
 

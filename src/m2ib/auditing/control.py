@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .image import REGION_FACTOR, mass_in
+from .image import REGION_FACTOR, Region, mass_in
+from .words import WordRow
 
 if TYPE_CHECKING:
+    import torch
+
     from ..backends.base import Backend
-    from .aggregate import Summary
 
 RANDOMISED = "randomised"
 NONE = "none"
@@ -126,10 +129,16 @@ def load_control(
     return loaded
 
 
-def judge(summary: Summary, control: Summary) -> None:
-    """Mark, in ``summary``, what ``control`` flags as much (the rule: this module's docstring)."""
-    theirs = {w.word: w for w in control.words}
-    for row in summary.words:
+def judge(
+    words: list[WordRow],
+    regions: Sequence[Region],
+    control_words: Sequence[WordRow],
+    control_prior: torch.Tensor | None,
+) -> None:
+    """Mark, in the audited model's ``words`` (re-sorted) and ``regions``, what the control (its word
+    table and mean map) flags as much: the rule of this module's docstring."""
+    theirs = {w.word: w for w in control_words}
+    for row in words:
         other = theirs.get(row.word)
         if other is None:
             continue  # the control's tokenizer left the word out: nothing measured, nothing called an artefact
@@ -141,11 +150,11 @@ def judge(summary: Summary, control: Summary) -> None:
         reasons, shared = _reasons(row.flag), set(_reasons(other.flag))
         row.artefact = "; ".join(r for r in reasons if r in shared)
         row.flag = "; ".join(r for r in reasons if r not in shared)
-    summary.words.sort(key=lambda r: (r.flag == "", r.artefact == "", -r.mean_share * r.count, r.word))
-    if control.prior is None:
+    words.sort(key=lambda r: (r.flag == "", r.artefact == "", -r.mean_share * r.count, r.word))
+    if control_prior is None:
         return
-    for region in summary.regions:
-        region.control_mass = float(mass_in(control.prior, region.mask))
+    for region in regions:
+        region.control_mass = float(mass_in(control_prior, region.mask))
         even = float(region.mask.sum()) / region.mask.numel()
         region.artefact = region.control_mass >= REGION_FACTOR * even
 
