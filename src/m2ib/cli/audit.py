@@ -21,9 +21,11 @@ def add_audit(sub) -> None:
         "audit",
         help=COMMANDS["audit"],
         description="Explain every pair of --data with one method and aggregate: OUT/words.csv "
-        "(which words carry the match, and which too often), OUT/pairs.csv (one row per pair), "
-        "OUT/image_prior.npz (the mean map and its regions) and OUT/report.html. Each explained "
-        "pair is appended to OUT/results.jsonl at once; re-running the same command resumes.",
+        "(which words carry the match, and which too often), OUT/regions.csv (where the mean map "
+        "singles out patches), OUT/pairs.csv (one row per pair), OUT/image_prior.npz (the mean map "
+        "and its regions) and OUT/report.html; a flag the --control shares is a 'method artefact' "
+        "(docs/auditing.md). Each explained pair is appended to OUT/results.jsonl at once; re-running "
+        "the same command resumes.",
     )
     au.add_argument(
         "--data",
