@@ -19,7 +19,9 @@
    every caption carrying the token.
 4. Prints the targets: the share of the dataset-level map mass on the mark's box under the shortcut
    model over the share under the control (target: >= 5x), how many of the most typical pairs name
-   red, and the token's row of the word table under both text models (flagged or not); writes
+   red, and the token's and the article's rows of the word table under both text models, each audited
+   under the default control (the model randomised above the method's layers) and the shortcut model
+   also under the clean model as its control (flagged, method artefact or neither); writes
    OUT/result.json and the side-by-side figure OUT/shortcut_vs_clean.png.
 Every step resumes: deltas already in OUT/deltas are kept, and audits resume.
 """
@@ -181,8 +183,12 @@ def image_audits(args, loaded: dict) -> dict:
                     if not names_colour(p["text"])
                 ]
             ),
-            "regions": [(r.name, r.where(grid), round(r.mass, 4)) for r in summary.regions],
-            "flagged_words": [(w.word, w.flag) for w in summary.words if w.flag],
+            "regions": [
+                (r.name, r.where(grid), round(r.mass, 4), round(r.control_mass or 0.0, 4), r.artefact)
+                for r in summary.regions
+            ],
+            "mark_share_control": float(mass_in(summary.control.prior, cover)) if summary.control else None,
+            "flagged_words": [(w.word, w.flag, w.artefact) for w in summary.words if w.flag or w.artefact],
         }
     result["ratio"] = result["shortcut"]["mark_share"] / max(result["clean"]["mark_share"], 1e-12)
     result["met"] = result["ratio"] >= TARGET
@@ -200,24 +206,34 @@ TEXT_SETTINGS = {
 }
 
 
+#: The text audits: each model under the default control (randomised above the method's layers), and the
+#: shortcut model under the clean model as its control.
+TEXT_RUNS = {"text-shortcut": "randomised", "text-clean": "randomised", "text-shortcut/clean": "text-clean"}
+
+
 def text_audits(args, loaded: dict) -> dict:
     """Step 3 and 4 for the token: both text models audited on held-out captions that all end with it,
-    with each of :data:`TEXT_SETTINGS`."""
+    with each of :data:`TEXT_SETTINGS`, under each control of :data:`TEXT_RUNS`."""
     table = tagged_table(120, 96, per_shape=args.per_colour)
     result = {"shape": SHAPE, "token": TOKEN, "pairs": len(table.rows)}
     for setting, extra in TEXT_SETTINGS.items():
         result[setting] = {"settings": extra}
-        for name in ("text-shortcut", "text-clean"):
-            folder = args.out / f"audit-{name}" if setting == "m2ib" else args.out / f"audit-{name}-{setting}"
-            audited = m2ib.audit(loaded[name], table, folder, batch_size=10, **extra)
+        for run, control in TEXT_RUNS.items():
+            name = run.split("/")[0]
+            folder = args.out / (
+                "audit-" + run.replace("/", "-control-") + ("" if setting == "m2ib" else f"-{setting}")
+            )
+            control = loaded.get(control, control)
+            audited = m2ib.audit(loaded[name], table, folder, batch_size=10, control=control, **extra)
             words = {w.word: w for w in audited.summary.words}
             shares = {r["row"]: dict(pair_words(r)) for r in audited.records}
             star = {r["row"]: names_shape(r["text"]) for r in audited.records}
-            result[setting][name] = {
+            result[setting][run] = {
                 "token_row": dataclasses.asdict(words[TOKEN]) if TOKEN in words else None,
+                "article_row": dataclasses.asdict(words["a"]) if "a" in words else None,
                 "token_share_star": _mean([v.get(TOKEN, 0.0) for k, v in shares.items() if star[k]]),
                 "token_share_other": _mean([v.get(TOKEN, 0.0) for k, v in shares.items() if not star[k]]),
-                "flagged_words": [(w.word, w.flag) for w in audited.summary.words if w.flag],
+                "flagged_words": [(w.word, w.flag, w.artefact) for w in audited.summary.words if w.flag or w.artefact],
             }
     return result
 
@@ -273,17 +289,27 @@ def main() -> None:
     print(
         f"\nratio shortcut / clean: {image['ratio']:.2f}x (target >= {TARGET}x): {'MET' if image['met'] else 'NOT MET'}"
     )
-    print(f"\n| method | model | {TOKEN!r}: mean share (fair) | top word in | flag | share in {SHAPE} pairs / others |")
-    print("|---|---|---|---|---|---|")
+    for name in ("shortcut", "clean"):
+        print(
+            f"{name} regions (name, where, mass, control mass, method artefact): {image[name]['regions']}; "
+            f"mark box share under the control {image[name]['mark_share_control']:.4f}; "
+            f"words (word, flag, method artefact): {image[name]['flagged_words']}"
+        )
+    print(
+        "\n| method | model / control | word | mean share (fair) / control | top-word share / control | "
+        "model flag | method artefact |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for setting in TEXT_SETTINGS:
-        for name in ("text-shortcut", "text-clean"):
-            r = text[setting][name]
-            row = r["token_row"] or {}
-            print(
-                f"| {setting} | {name} | {row.get('mean_share', 0):.3f} ({row.get('fair_share', 0):.3f}) | "
-                f"{row.get('top_count', 0)} / {row.get('count', 0)} | {row.get('flag') or '-'} | "
-                f"{r['token_share_star']:.3f} / {r['token_share_other']:.3f} |"
-            )
+        for run, control in TEXT_RUNS.items():
+            for key in ("token_row", "article_row"):
+                row = text[setting][run][key] or {}
+                print(
+                    f"| {setting} | {run.split('/')[0]} / {control} | {row.get('word')} | "
+                    f"{row.get('mean_share', 0):.3f} ({row.get('fair_share', 0):.3f}) / "
+                    f"{row.get('control_mean_share') or 0:.3f} | {row.get('top_share', 0):.2f} / "
+                    f"{row.get('control_top_share') or 0:.2f} | {row.get('flag') or '-'} | {row.get('artefact') or '-'} |"
+                )
 
 
 def _mean(values: list[float]) -> float:

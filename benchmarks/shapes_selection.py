@@ -44,7 +44,7 @@ import m2ib
 from m2ib.datasets.tables import load_table
 from m2ib.metrics.collage import quadrant_scores
 from m2ib.metrics.localisation import energy_inside, pointing_hit
-from m2ib.metrics.sanity import randomised_cascade, spearman
+from m2ib.metrics.sanity import randomised_above as randomised_above_layers, spearman
 
 REFERENCE = "shapes:train:64"
 SANITY_LIMIT = 0.5
@@ -77,14 +77,8 @@ def parse_point(text: str) -> tuple[str, dict]:
 
 
 def randomised_above(backend, tower: str, layer: int):
-    """A copy of ``backend`` whose head and blocks above ``layer`` are randomised."""
-    labels = [label for label, _ in backend.cascade_parts(tower)]
-    n_blocks = sum(label.startswith("block ") for label in labels)
-    target = "head" if layer == n_blocks - 1 else f"block {layer + 1}"
-    for label, randomised in randomised_cascade(backend, tower, seed=0):
-        if label == target:
-            return randomised
-    raise ValueError(f"no cascade point {target!r} in {labels}")
+    """A copy of ``backend`` whose head and blocks above ``layer`` are randomised (the audit's control)."""
+    return randomised_above_layers(backend, {tower: layer}, seed=0)
 
 
 def maps_of(exps, tower: str) -> list[torch.Tensor]:

@@ -210,3 +210,27 @@ def test_an_audit_of_the_shipped_shortcut_model_singles_out_the_mark(tmp_path):
         shares[name] = float(mass_in(summary.prior, cover))
     assert shares["shortcut"] >= 5 * shares["clean"], shares
     assert (summaries["shortcut"].regions[0].mask & (cover > 0)).any()  # its heaviest region is on the mark
+
+
+@pytest.mark.slow
+def test_the_audits_control_tells_the_planted_token_from_the_methods_article(tmp_path):
+    """Issue 29's targets on 10 held-out captions ending with the token (2 per shape), each audit under
+    its default control (the model randomised above the method's layers): gradient saliency flags the
+    token under the text-shortcut model as a model finding (the control does not flag it), and M2IB
+    at the recommended settings does not call the article a model finding (the control flags it too).
+    M2IB's own word table does not flag the token at all (docs/auditing.md)."""
+    from research.planted import materialise
+    from research.shortcut import tagged_table
+
+    import m2ib
+
+    table = tagged_table(60, 96, per_shape=2)
+    backend = m2ib.load(materialise("text-shortcut", tmp_path / "model"))
+    words = {}
+    for method in ("saliency", "m2ib"):
+        audited = m2ib.audit(backend, table, tmp_path / method, method=method, progress=False, report=False)
+        words[method] = {w.word: w for w in audited.summary.words}
+    token = words["saliency"][TOKEN]
+    assert token.flag and not token.artefact and not token.control_flag, token
+    article = words["m2ib"]["a"]
+    assert article.flag == "", article

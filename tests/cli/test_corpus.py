@@ -459,6 +459,7 @@ CORPUS = [
     ("au-data-missing", ["audit", "--data", "{dir}/none.tsv", "--out", "{dir}/au"], 2, "none.tsv"),
     ("au-method-unknown", [*AU, "--method", "nosuch"], 2, "nosuch"),
     ("au-steps-zero", [*AU, "--steps", "0"], 2, "steps"),
+    ("au-control-unknown", [*AU, "--control", "nosuch"], 2, "--control nosuch"),
     ("ex-seed-huge", [*EX, "--seed", HUGE], 2, "generator"),
     ("ex-seed-negative", [*EX, "--seed", "-1"], 2, "generator"),
     ("ex-seed-float", [*EX, "--seed", "1.5"], 2, "seed"),

@@ -45,6 +45,7 @@ def audit(
     report: bool = True,
     time_limit: float | None = None,
     command: str | None = None,
+    control: Any = "randomised",
     **settings: Any,
 ) -> AuditResult:
     """Explain every pair of ``data`` with ``method`` and write the audit into ``out``.
@@ -57,6 +58,10 @@ def audit(
         rows: audit N rows drawn at random with ``seed`` (default: all).
         batch_size: pairs explained together (the maps do not depend on it).
         time_limit: seconds after which no new batch starts (``finished`` is then False).
+        control: what each pair is explained again under, to tell method artefacts from findings
+            (:mod:`m2ib.auditing.control`): ``"randomised"`` (default: the model randomised above
+            the method's layers), a model (what :func:`m2ib.load` accepts) or ``"none"``. A folder is
+            resumed only with the control it was started with.
         **settings: the method's settings (e.g. ``steps=10``).
 
     Returns:
@@ -65,17 +70,22 @@ def audit(
     """
     from ..api import load
     from ..datasets.tables import PairTable, load_table
+    from .control import check_control, check_same_control, load_control
     from .outputs import write_outputs
     from .run import explain_all, locked
 
     out = Path(out)
+    spec = check_control(control)
     with locked(out):
+        check_same_control(out, spec)  # before the model loads
         backend = load(model, device=device)
         table = (
             data
             if isinstance(data, PairTable)
             else load_table(str(data), size=backend.geometry.image_size[0], samples=rows, seed=seed)
         )
+        own = dict(settings)
+        checked = load_control(control, backend, method, own, seed, device)
         done = explain_all(
             backend,
             table,
@@ -87,6 +97,8 @@ def audit(
             progress=progress,
             command=command,
             time_limit=time_limit,
+            control=checked,
+            control_spec=spec,
         )
         summary = summarise(done.records)
         files = write_outputs(out, summary)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .control import judge
 from .image import Region, concentration, dataset_prior, hot_regions, mass_in, patch_mass
 from .words import WordRow, pair_words, top_word, word_table
 
@@ -23,6 +24,7 @@ class Summary:
     regions: list[Region]
     masses: torch.Tensor | None  # [N_image, R, C] each explained pair's mass, in the order of ``imaged``
     imaged: list[str]  # row ids that have a mass, in order
+    control: Summary | None = None  # the same pairs under the control (m2ib.auditing.control); None: no control
 
     @property
     def rank_by(self) -> str:
@@ -36,7 +38,17 @@ class Summary:
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> Summary:
-    """Aggregate the pair records of one audit (see :mod:`m2ib.auditing.words` and :mod:`m2ib.auditing.image`)."""
+    """Aggregate the pair records of one audit (see :mod:`m2ib.auditing.words` and :mod:`m2ib.auditing.image`);
+    when the records carry the control's maps (``"control"``), the same under the control, and the
+    findings the control shares marked as method artefacts (:func:`m2ib.auditing.control.judge`)."""
+    summary = _summarise(records)
+    if records and all(r.get("control") is not None for r in records):
+        summary.control = _summarise([{**r, **r["control"]} for r in records])
+        judge(summary.words, summary.regions, summary.control.words, summary.control.prior)
+    return summary
+
+
+def _summarise(records: Sequence[dict[str, Any]]) -> Summary:
     shares = [pair_words(r) for r in records]
     words = word_table(shares)
     imaged = [r for r in records if r.get("grid") is not None]

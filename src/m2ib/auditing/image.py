@@ -49,6 +49,8 @@ class Region:
     mask: torch.Tensor = field(repr=False)  # [R, C] bool: its patches
     mass: float  # its share of the prior's mass
     box: tuple[int, int, int, int]  # (row0, col0, row1, col1) of its patches, inclusive
+    control_mass: float | None = None  # its share of the control's mean map (None: no control measured)
+    artefact: bool = False  # the control's mean map singles it out too (m2ib.auditing.control.judge)
 
     def where(self, grid: tuple[int, int]) -> str:
         """Which third of the image its centre falls in, in words: 'top-left', 'left', 'centre', ...;

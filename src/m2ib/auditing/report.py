@@ -21,7 +21,9 @@ from ..fileio import atomic_write_text
 from ..inputs import load_image
 from ..methods.base import minmax
 from .aggregate import Summary
+from .control import ARTEFACT, NONE, RANDOMISED
 from .image import REGION_FACTOR
+from .outputs import REGION_COLUMNS, WORD_COLUMNS, region_rows
 
 GALLERY = 6  # pairs in each gallery
 CHART_WORDS = 15  # words in the chart
@@ -30,7 +32,7 @@ FIGURE_WIDTH = 560  # pixels of a gallery figure
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#1a1a1a}
 h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}
-tr.flag td{background:#fde2e2}.note{color:#555;font-size:.92em;max-width:900px}
+tr.flag td{background:#fde2e2}tr.artefact td{background:#eeeeee;color:#666}.note{color:#555;font-size:.92em;max-width:900px}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;border:1px solid #ddd;padding:4px}
 .gallery img{max-width:560px}figcaption{font-size:.85em;color:#444}img{max-width:100%}"""
 
@@ -78,13 +80,14 @@ def word_chart(summary: Summary):
     fig = Figure(figsize=(6.4, 0.32 * len(words) + 1.0))
     ax = fig.add_subplot()
     y = torch.arange(len(words)).numpy()
-    colours = ["#d62728" if w.flag else "#1f77b4" for w in words]
+    colours = ["#d62728" if w.flag else "#999999" if w.artefact else "#1f77b4" for w in words]
     ax.barh(y + 0.2, [w.mean_share for w in words], height=0.4, color=colours, label="mean share")
     ax.barh(y - 0.2, [w.top_share for w in words], height=0.4, color="#bbbbbb", label="top-word share")
     ax.set_yticks(y, [f"{w.word} ({w.count})" for w in words])
     ax.set_xlim(0, 1)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("words by total attribution (red: flagged; count in brackets)", fontsize=10)
+    title = "red: flagged" + ("; grey: method artefact" if summary.control is not None else "")
+    ax.set_title(f"words by total attribution ({title}; count in brackets)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -117,11 +120,12 @@ def pair_figure(backend: Backend, row: Row, record: dict[str, Any]):
     return figure
 
 
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], flagged: Sequence[bool] = ()) -> str:
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A table; a row with a ``flag`` is shown red, one with a ``method_artefact`` only grey."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
-    for k, row in enumerate(rows):
-        cls = ' class="flag"' if k < len(flagged) and flagged[k] else ""
+    for row in rows:
+        cls = ' class="flag"' if row.get("flag") else ' class="artefact"' if row.get("method_artefact") else ""
         cells = "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns)
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -156,6 +160,27 @@ def _gallery(
     return f'<div class="gallery" id="{element}">{"".join(items)}</div>'
 
 
+def _control_note(control: str, summary: Summary) -> str:
+    """Which control the flags were checked against, and what came out a method artefact."""
+    if control == NONE or summary.control is None:
+        return (
+            "<p id='control'>No control measured (<code>--control none</code>): a flag below may be the "
+            "method's, not the model's.</p>"
+        )
+    what = (
+        "the model with its head and every block above the method's layers randomised"
+        if control == RANDOMISED
+        else f"the model {html.escape(control)}"
+    )
+    words = [w.word for w in summary.words if w.artefact]
+    regions = [r.name for r in summary.regions if r.artefact]
+    found = ", ".join([*(f"'{html.escape(w)}'" for w in words), *regions]) or "nothing"
+    return (
+        f"<p id='control'>Control: every pair explained again under {what}. {ARTEFACT.capitalize()} "
+        f"(flagged as much under the control, so not a finding about the model): <b>{found}</b>.</p>"
+    )
+
+
 def write_report(
     out: Path,
     backend: Backend,
@@ -179,41 +204,32 @@ def write_report(
             + "".join(f"<li>{html.escape(str(b['row']))}: {html.escape(b['reason'])}</li>" for b in bad[:50])
             + "</ul></details>"
         )
+    control = (header.get("metrics") or {}).get("control", "none")
+    parts.append(_control_note(control, summary))
     if summary.prior is not None:
-        rows_cols = (summary.prior.shape[0], summary.prior.shape[1])
-        regions = [
-            {
-                "region": r.name,
-                "where": r.where(rows_cols),
-                "patches": int(r.mask.sum()),
-                "mass": r.mass,
-                "even share": float(r.mask.sum()) / summary.prior.numel(),
-            }
-            for r in summary.regions
-        ]
+        regions = region_rows(summary)
         parts += [
             "<h2>Image: where the model looks across the data</h2>",
             f'<img id="prior" alt="mean map" src="{png_data(prior_figure(summary))}">',
-            _table(regions, ["region", "where", "patches", "mass", "even share"])
+            _table(regions, [c for c in REGION_COLUMNS if c not in ("row0", "col0", "row1", "col1")])
             if regions
             else "<p id='no-region'>No patch holds twice the even share: no spatial prior on this data.</p>",
             "<p class='note'>The mean of every pair's map, each map first made to add up to 1 over the patch "
             "grid. Regions: connected patches with at least twice the even share. A region where no content "
             "should be (a corner, a border, where a watermark or burnt-in text sits) is a spatial prior or a "
-            "shortcut: see which pairs put their mass there below.</p>",
+            "shortcut: see which pairs put their mass there below. control_mass: the region's share of the "
+            "control's mean map; a region it also gives twice the even share is a method artefact (grey).</p>",
         ]
     parts += [
         "<h2>Words: what the model reads</h2>",
         f'<img id="word-chart" alt="word chart" src="{png_data(word_chart(summary))}">',
-        _table(
-            [w.as_dict() for w in summary.words[:TABLE_WORDS]],
-            ["word", "count", "mean_share", "fair_share", "top_count", "top_share", "in_pairs", "flag"],
-            [bool(w.flag) for w in summary.words[:TABLE_WORDS]],
-        ),
+        _table([w.as_dict() for w in summary.words[:TABLE_WORDS]], WORD_COLUMNS),
         "<p class='note'>share: a word's part of its pair's text attribution (sub-tokens merged, lower-cased); "
         "fair share: what an even split would give it. Flagged (red): 'everywhere' (in half the pairs or more "
         "and holding 1.5x its fair share: a constant prefix or a function word carrying the match) or 'top too "
-        "often' (the top word in half its pairs or more, twice what chance gives). All words: words.csv.</p>",
+        "often' (the top word in half its pairs or more, twice what chance gives). A reason the control's own "
+        "word table flags the word for too moves to method_artefact (grey): the method, not the model, puts "
+        "the word there. All words: words.csv.</p>",
     ]
     typical = summary.typical()
     if typical:

@@ -4,7 +4,10 @@ The run folder is an evaluation run folder (:mod:`m2ib.evaluation.store`): ``res
 with the provenance record, then one ``"kind": "pair"`` line per explained row, appended with flush
 and fsync, so a killed run loses at most the batch in flight and the same call resumes it. Each
 line keeps the maps compactly: the raw patch grid (``grid``, [rows][cols]) and the raw token scores
-(``token_scores``, with ``tokens`` and the start/end positions ``special``), never full-size images.
+(``token_scores``, with ``tokens`` and the start/end positions ``special``), never full-size images,
+and the same maps of the pair under the audit's control (``"control"``: similarity, tokens, special,
+token_scores, grid; absent with no control), written in the same line, so a resumed run is the
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from ..explanation import Explanation
 from ..fileio import folder_lock
 from .image import to_grid
 
-AUDIT_FORMAT = 1
+AUDIT_FORMAT = 2  # 2: each record carries the control's maps (m2ib.auditing.control)
 
 
-#: What stands in a results file's ``metrics`` field for an audit: no metric, the record format.
-#: An evaluation folder is thus never resumed as an audit, nor the other way round.
-AUDIT_PROTOCOL = {"audit": AUDIT_FORMAT, "names": [], "maps": "patch grid + token scores"}
+def audit_protocol(control: str) -> dict[str, Any]:
+    """What stands in a results file's ``metrics`` field for an audit: no metric, the record format
+    and the control (:mod:`m2ib.auditing.control`). An evaluation folder is thus never resumed as an
+    audit, nor an audit with another control."""
+    return {"audit": AUDIT_FORMAT, "names": [], "maps": "patch grid + token scores", "control": control}
 
 
 @dataclass
@@ -48,9 +53,15 @@ class Explained:
 
 
 def explain_rows(
-    backend: Backend, rows: Sequence[Row], method: str, settings: dict[str, Any] | None, seed: int
+    backend: Backend,
+    rows: Sequence[Row],
+    method: str,
+    settings: dict[str, Any] | None,
+    seed: int,
+    control: Backend | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Explain ``rows`` in one batched call (:func:`m2ib.api.explain`): (records, bad rows).
+    """Explain ``rows`` in one batched call (:func:`m2ib.api.explain`), and again under ``control``:
+    (records, bad rows).
 
     A row whose image cannot be read is a bad row ``{"row", "reason"}``, never raised.
     """
@@ -64,7 +75,16 @@ def explain_rows(
         backend, pictures, [row.text for row in good], method=method, batch_size=len(good), progress=False, **own
     )
     exps = exps if isinstance(exps, list) else [exps]
-    return [pair_record(row, method, exp, backend) for row, exp in zip(good, exps)], bad
+    records = [pair_record(row, method, exp, backend) for row, exp in zip(good, exps)]
+    if control is not None:
+        again = explain(
+            control, pictures, [row.text for row in good], method=method, batch_size=len(good), progress=False, **own
+        )
+        again = again if isinstance(again, list) else [again]
+        for record, row, exp in zip(records, good, again):
+            mine = pair_record(row, method, exp, control)
+            record["control"] = {k: mine[k] for k in ("similarity", "tokens", "special", "token_scores", "grid")}
+    return records, bad
 
 
 def pair_record(row: Row, method: str, exp: Explanation, backend: Backend) -> dict[str, Any]:
@@ -99,15 +119,23 @@ def explain_all(
     progress: bool = True,
     command: str | None = None,
     time_limit: float | None = None,
+    control: Backend | None = None,
+    control_spec: str = "none",
 ) -> Explained:
-    """Explain every row of ``table`` not yet in ``out/results.jsonl``, appending as each batch ends."""
+    """Explain every row of ``table`` not yet in ``out/results.jsonl`` (and under ``control``, recorded
+    as ``control_spec``), appending as each batch ends."""
     from tqdm.auto import tqdm
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size {batch_size!r} must be a positive integer")
     out = Path(out)
     settings = dict(settings or {})
-    header, records = open_run(backend, table, [method], AUDIT_PROTOCOL, {method: settings}, seed, out, command)
+    protocol = audit_protocol(control_spec)
+    if control is not None and control_spec != "randomised":  # a named control: resumed only with its weights
+        from ..evaluation.provenance import weights_hash
+
+        protocol["control_weights_sha256"] = weights_hash(control.model)
+    header, records = open_run(backend, table, [method], protocol, {method: settings}, seed, out, command)
     todo = pending(table, [method], records)
     result = Explained(out, header, list(records), list(table.bad), skipped=len(table.rows) - len(todo))
     clock = Clock(time_limit)
@@ -119,7 +147,7 @@ def explain_all(
             if clock.out_of_time():
                 result.finished = False
                 break
-            new, bad = explain_rows(backend, rows, method, settings, seed)
+            new, bad = explain_rows(backend, rows, method, settings, seed, control)
             for record in new:
                 writer.write(record)
             result.records.extend(new)

@@ -92,7 +92,11 @@ class WordRow:
     top_count: int  # pairs where it is the top word
     top_share: float  # top_count / count
     in_pairs: float  # count / pairs with a text map
-    flag: str  # why it is suspect ("" when it is not)
+    flag: str  # why it is suspect ("" when it is not): reasons the control does not share (m2ib.auditing.control)
+    control_mean_share: float | None = None  # its mean share under the control (None: no control measured)
+    control_top_share: float | None = None
+    control_flag: str = ""  # the reasons the control's own table flags it for
+    artefact: str = ""  # the model's reasons the control flags it for too: a method artefact, not a finding
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +108,10 @@ class WordRow:
             "top_share": round(self.top_share, 6),
             "in_pairs": round(self.in_pairs, 6),
             "flag": self.flag,
+            "method_artefact": self.artefact,
+            "control_mean_share": None if self.control_mean_share is None else round(self.control_mean_share, 6),
+            "control_top_share": None if self.control_top_share is None else round(self.control_top_share, 6),
+            "control_flag": self.control_flag,
         }
 
 

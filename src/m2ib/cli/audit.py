@@ -21,9 +21,11 @@ def add_audit(sub) -> None:
         "audit",
         help=COMMANDS["audit"],
         description="Explain every pair of --data with one method and aggregate: OUT/words.csv "
-        "(which words carry the match, and which too often), OUT/pairs.csv (one row per pair), "
-        "OUT/image_prior.npz (the mean map and its regions) and OUT/report.html. Each explained "
-        "pair is appended to OUT/results.jsonl at once; re-running the same command resumes.",
+        "(which words carry the match, and which too often), OUT/regions.csv (where the mean map "
+        "singles out patches), OUT/pairs.csv (one row per pair), OUT/image_prior.npz (the mean map "
+        "and its regions) and OUT/report.html; a flag the --control shares is a 'method artefact' "
+        "(docs/auditing.md). Each explained pair is appended to OUT/results.jsonl at once; re-running "
+        "the same command resumes.",
     )
     au.add_argument(
         "--data",
@@ -50,6 +52,14 @@ def add_audit(sub) -> None:
         metavar="SECONDS",
         help=f"start no new batch after this long (exit status {EXIT_UNFINISHED}; re-run to go on)",
     )
+    au.add_argument(
+        "--control",
+        default="randomised",
+        metavar="MODEL",
+        help="explain every pair again under this model and call what it flags as much a 'method artefact': "
+        "'randomised' (default: the model with its head and blocks above the method's layers randomised), "
+        "a model as --model takes, or 'none'",
+    )
     au.add_argument("--no-report", action="store_true", help="write the CSV and npz files only")
     au.set_defaults(setting=[])
     add_setting_flags(au, {**REGISTRY})
@@ -61,6 +71,7 @@ def run_audit(args: argparse.Namespace) -> int:
 
     from .. import preflight
     from ..auditing import audit
+    from ..auditing.control import check_control, check_same_control
     from ..auditing.run import locked
 
     seed, per_method = evaluation_settings([args.method], args)  # checked before the model loads
@@ -70,9 +81,10 @@ def run_audit(args: argparse.Namespace) -> int:
     data = args.data.strip()
     if not data.startswith("shapes:") and not Path(data).is_file():
         raise InputError(f"--data {data}: no such file (give a TSV/CSV of pairs or shapes:SPLIT:N)")
+    control = check_control(args.control)
     preflight.prepare_output_dir(args.out)
     with locked(args.out):  # a run already writing there is refused now, not after the load
-        pass
+        check_same_control(args.out, control)
     result = audit(
         args.model,
         data,
@@ -85,6 +97,7 @@ def run_audit(args: argparse.Namespace) -> int:
         report=not args.no_report,
         time_limit=args.time_limit,
         command="m2ib " + shlex.join(reproducing(args.argv)),
+        control=control,
         **per_method.get(args.method, {}),
     )
     if result.bad:

@@ -97,6 +97,26 @@ def randomised_cascade(
             yield label, randomised
 
 
+def randomised_above(backend: Backend, layers: dict[Modality, int | None], seed: int = 0) -> Backend:
+    """A copy of ``backend`` whose towers are randomised above a block each: for ``{tower: layer}``
+    its head and every block above ``layer`` (``None``: every block, the embeddings kept), as the
+    cascade of :func:`randomised_cascade` randomises them (same seeds), so the output of block
+    ``layer`` is the trained model's and everything computed from it is random. The model given is
+    never touched."""
+    model = copy.deepcopy(backend.model)
+    randomised = dataclasses.replace(backend, model=model, dtype_copies={})
+    for modality, layer in layers.items():
+        parts = randomised.cascade_parts(modality)  # head, block L-1, ..., block 0, embeddings
+        labels = [label for label, _ in parts]
+        blocks = sum(label.startswith("block ") for label in labels)
+        if layer is not None and not 0 <= layer < blocks:
+            raise InputError(f"the {modality} tower has blocks 0..{blocks - 1}, not {layer}")
+        last = "head" if layer == blocks - 1 else f"block {0 if layer is None else layer + 1}"
+        for index in range(labels.index(last) + 1):  # the head, then the blocks above from the top
+            randomise_(parts[index][1], seed * 1009 + index)
+    return randomised
+
+
 def rankdata(x: torch.Tensor) -> torch.Tensor:
     """Ranks 1..n of the flattened ``x``, ties given their average rank."""
     x = x.detach().double().flatten().cpu()
