@@ -88,7 +88,7 @@ class GenerativeBackend(ABC):
     image_token: str = "<image>"
 
     def __init__(self, model: torch.nn.Module, processor: Any):
-        self.model = model
+        self.model: Any = model  # a transformers model: its methods are the family's to call
         self.processor = processor
 
     @property

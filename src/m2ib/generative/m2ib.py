@@ -109,7 +109,7 @@ def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) 
             f"M2IB's fit on the answer diverged (non-finite KL): lower lr (now {s.lr}) or raise var (now {s.var})"
         )
     grid_map = grid_scores(token_scores, query.cells.cpu(), query.grid)
-    image_map = upsample(grid_map, tuple(query.display.shape[-2:]))
+    image_map = upsample(grid_map, (int(query.display.shape[-2]), int(query.display.shape[-1])))
     info = {
         "log_likelihood": plain,  # the answer's log-likelihood without the bottleneck
         "log_likelihood_bottlenecked": float(fit[0]),  # at the last step, mean over the noise copies
