@@ -142,22 +142,29 @@ def test_a_tiny_fit_gives_a_finite_varied_map(llava, picture, tmp_path):
 
 
 def test_the_fit_finds_the_token_the_answer_reads(llava, picture):
-    """A planted signal: a backend whose answer likelihood reads token 5 only. M2IB must keep that
-    token (its KL is the largest) and the map's peak must be its cell (row 1, col 1)."""
+    """A planted signal: a backend whose image tokens all have the same norm and whose answer likelihood
+    reads token 6 only. M2IB must keep that token (its KL is the largest, by far; its term stays near 0) and the map's
+    peak must be its cell (row 1, col 2); the other tokens are compressed alike."""
     model, processor = llava
-    base = generative_backend(model, processor)
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(1, 16, 32, generator=g)
+    states = 3.0 * states / states.norm(dim=-1, keepdim=True)  # no token stands out by its norm
 
-    class ReadsOneToken(type(base)):
-        def rest(self, query, states):
-            return -10.0 * (states[:, 5] - reference[:, 5]).square().sum(-1)
+    class ReadsOneToken(type(generative_backend(model, processor))):
+        def image_states(self, query):
+            return states.clone()
+
+        def rest(self, query, z):
+            return -10.0 * (z[:, 6] - states[:, 6]).square().sum(-1)
 
     backend = ReadsOneToken(model, processor)
     query = backend.prepare(picture, PROMPT, ANSWER)
-    with torch.no_grad():
-        reference = backend.image_states(query)
     fit = fit_answer(backend, query, AnswerM2IBSettings(steps=10, samples=4))
-    assert int(fit.token_scores.argmax()) == 5
-    assert divmod(int(fit.grid_map.argmax()), 4) == (1, 1)
+    scores = fit.token_scores
+    assert int(scores.argmax()) == 6
+    assert scores[6] > 100 * torch.cat([scores[:6], scores[7:]]).max()  # measured: 204 against 0.06
+    assert fit.info["log_likelihood_bottlenecked"] > -0.1  # the token was kept: its term is near its maximum, 0
+    assert divmod(int(fit.grid_map.argmax()), 4) == (1, 2)
 
 
 def test_the_models_own_answer_is_recorded(llava, picture):
