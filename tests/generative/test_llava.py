@@ -205,3 +205,19 @@ def test_unsupported_models_and_missing_processors_are_refused(llava, small_clip
         generative_backend(model, None)
     with pytest.raises(InputError, match="steps"):
         m2ib.explain_answer(model, "missing.png", PROMPT, answer=ANSWER, steps=0)
+
+
+def test_a_fit_too_big_for_memory_is_refused_before_it_runs(llava, picture, monkeypatch):
+    import m2ib.methods.memory as memory
+
+    monkeypatch.setattr(memory, "memory_available", lambda device: 1024)
+    with pytest.raises(InputError, match="lower samples"):
+        m2ib.explain_answer(llava[0], picture, PROMPT, answer=ANSWER, processor=llava[1])
+
+
+def test_m2ib_list_shows_the_generative_families(capsys):
+    from m2ib.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "generative model families" in out and "LlavaForConditionalGeneration" in out

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..registry import Registry
+from ..registry import Description, Registry
 
 
 @dataclass(frozen=True)
@@ -197,11 +197,13 @@ class GenerativeFamily:
     supports: str  # what an error lists as accepted, e.g. "transformers LlavaForConditionalGeneration"
     recognises: Callable[[torch.nn.Module], bool]
     backend: Callable[[torch.nn.Module, Any], GenerativeBackend]
-    title: str = ""
 
 
 #: Every generative family, in registration order (one file each in m2ib.generative).
-GENERATIVE_FAMILIES: Registry[GenerativeFamily] = Registry("generative model family")
+GENERATIVE_FAMILIES: Registry[GenerativeFamily] = Registry(
+    "generative model family",
+    describe=lambda f: Description("generative model family", f.name, f.supports, "", (), f.backend.__module__),
+)
 register = GENERATIVE_FAMILIES.register
 
 

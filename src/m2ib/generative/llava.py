@@ -76,6 +76,5 @@ register(
         supports="transformers LlavaForConditionalGeneration (LLaVA-1.5 layout)",
         recognises=_is_llava,
         backend=LlavaBackend,
-        title="LLaVA-1.5",
     )
 )

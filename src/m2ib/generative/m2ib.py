@@ -31,6 +31,7 @@ from ..errors import InputError
 from ..maps import minmax
 from ..methods.base import Settings, setting
 from ..methods.bottleneck import Score, fit_once
+from ..methods.memory import require_memory
 from ..settings import check_number, check_positive_int
 from .base import GenerativeBackend, Query, evaluation_mode
 
@@ -86,8 +87,33 @@ def upsample(grid_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return minmax(big[None])[0]
 
 
+# Live float tensors of the language model's width per token and noise copy in one decoder block, kept
+# for the backward pass (norms, q/k/v, attention output, residuals, the gated MLP's three wide
+# tensors): a generous bound, as the CLIP path's ACTIVATIONS_PER_BLOCK.
+ACTIVATIONS_PER_BLOCK = 24
+
+
+def memory_needed(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) -> int:
+    """Bytes one fit needs at its peak, roughly: the noise of every step, and one step's activations
+    on ``samples`` copies of the whole sequence through every block of the language model."""
+    text = backend.model.config.get_text_config()
+    width, blocks = int(text.hidden_size), int(text.num_hidden_layers)
+    length, tokens = int(query.input_ids.shape[1]), int(query.image_positions.numel())
+    noise = s.steps * s.samples * tokens * width
+    activations = s.samples * length * width * (ACTIVATIONS_PER_BLOCK * blocks + 4)
+    logits = s.samples * int(query.answer_ids.numel()) * int(text.vocab_size) * 2
+    return 4 * (noise + activations + logits)
+
+
 def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) -> AnswerFit:
     """Fit M2IB's bottleneck on ``query``'s image-token states for its answer's log-likelihood."""
+    require_memory(
+        memory_needed(backend, query, s),
+        backend.device,
+        f"M2IB on an answer with samples={s.samples} ({int(query.input_ids.shape[1])} tokens a copy)",
+        "lower samples",
+        settings=("samples",),
+    )
     with evaluation_mode(backend.model):
         with torch.no_grad():
             hidden = backend.image_states(query).float()  # [1, K, D]
