@@ -221,3 +221,37 @@ def test_m2ib_list_shows_the_generative_families(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "generative model families" in out and "LlavaForConditionalGeneration" in out
+
+
+def test_the_fit_equals_a_plain_reference(llava, picture):
+    """The whole fit against the paper's loop written out plainly, where the model itself places the
+    bottlenecked states (``mm_encoder_outputs``) and scores the answer (``labels``): no part of the
+    split forward or of the shared core is used."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model, processor = llava
+    backend = generative_backend(model, processor)
+    query = backend.prepare(picture, PROMPT, ANSWER)
+    s = AnswerM2IBSettings(steps=3, samples=2, beta=0.5, var=1.0, seed=4)
+    got = fit_answer(backend, query, s)
+
+    with torch.no_grad():
+        r = model.model.get_image_features(pixel_values=query.inputs["pixel_values"]).pooler_output[0]  # [K, D]
+    eps = torch.randn(s.steps, s.samples, *r.shape, generator=torch.Generator().manual_seed(s.seed))
+    labels = torch.full_like(query.input_ids, -100)
+    labels[0, query.answer_start :] = query.answer_ids
+    copies = {k: query.inputs[k].expand(s.samples, -1) for k in ("input_ids", "attention_mask")}
+    alpha = torch.full(r.shape, s.init_alpha, requires_grad=True)
+    adam = torch.optim.Adam([alpha], lr=s.lr)
+    for step in range(s.steps):
+        lam = torch.sigmoid(alpha)
+        kl = -0.5 * (1 + torch.log((1 - lam) ** 2) - (lam * r) ** 2 - (1 - lam) ** 2)  # the paper's form, var = 1
+        z = lam * r + (1 - lam) * eps[step]  # [S, K, D]
+        image = BaseModelOutputWithPooling(pooler_output=list(z))
+        out = model(**copies, labels=labels.expand(s.samples, -1), mm_encoder_outputs={"image": image})
+        log_likelihood = -out.loss * query.answer_ids.numel()  # mean over the copies
+        loss = s.beta * kl.mean() - log_likelihood
+        (alpha.grad,) = torch.autograd.grad(loss, alpha)
+        adam.step()
+    torch.testing.assert_close(got.token_scores, kl.detach().sum(-1), rtol=1e-4, atol=1e-5)
+    assert got.info["log_likelihood_bottlenecked"] == pytest.approx(float(log_likelihood), abs=1e-4)
