@@ -197,6 +197,7 @@ class GenerativeFamily:
     supports: str  # what an error lists as accepted, e.g. "transformers LlavaForConditionalGeneration"
     recognises: Callable[[torch.nn.Module], bool]
     backend: Callable[[torch.nn.Module, Any], GenerativeBackend]
+    model_class: str | None = None  # transformers: the class a saved model's config.json names in ``architectures``
 
 
 #: Every generative family, in registration order (one file each in m2ib.generative).

@@ -76,5 +76,6 @@ register(
         supports="transformers LlavaForConditionalGeneration (LLaVA-1.5 layout)",
         recognises=_is_llava,
         backend=LlavaBackend,
+        model_class="LlavaForConditionalGeneration",
     )
 )
