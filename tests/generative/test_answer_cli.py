@@ -44,6 +44,7 @@ def test_explain_answer_from_the_command_line(saved, tmp_path, capsys):
         (["--answer", ""], "empty"),
         (["--answer", "a", "--negative", "blue"], "--negative does not apply"),
         (["--answer", "a", "--text-beta", "1"], "--text-beta does not apply"),
+        (["--answer", "a", "--image-layer", "1"], "--image-layer does not apply"),  # an interaction method's flag
         (["--answer", "a", "--steps", "0"], "steps"),
         (["--answer", "a", "--method", "gradcam"], "m2ib only"),
     ],
@@ -59,6 +60,16 @@ def test_a_model_that_is_not_generative_is_one_line(saved, tmp_path, capsys):
     folder = tmp_path / "clip"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip"}))
-    args = ["explain", str(saved / "scene.png"), PROMPT, "--answer", "a", "--model", str(folder), "--out", str(tmp_path)]
+    args = [
+        "explain",
+        str(saved / "scene.png"),
+        PROMPT,
+        "--answer",
+        "a",
+        "--model",
+        str(folder),
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 2
     assert "not a supported generative model" in capsys.readouterr().err

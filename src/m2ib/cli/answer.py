@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from .common import status
+from .common import interactions, status
 
 #: explain's setting flags that the answer's fit reads, by the name it reads them under.
 ANSWER_SETTINGS = {
@@ -33,7 +33,7 @@ def _answer_settings(args: argparse.Namespace) -> dict[str, str]:
     from ..settings import given_settings
 
     out = {}
-    for name, value in given_settings(args, REGISTRY).items():
+    for name, value in given_settings(args, {**REGISTRY, **interactions()}).items():  # every flag explain has
         if name not in ANSWER_SETTINGS:
             raise InputError(
                 f"--{name.replace('_', '-')} does not apply to --answer (M2IB on the image tokens reads "
