@@ -255,3 +255,16 @@ def test_the_fit_equals_a_plain_reference(llava, picture):
         adam.step()
     torch.testing.assert_close(got.token_scores, kl.detach().sum(-1), rtol=1e-4, atol=1e-5)
     assert got.info["log_likelihood_bottlenecked"] == pytest.approx(float(log_likelihood), abs=1e-4)
+
+
+def test_a_model_in_training_mode_is_explained_without_dropout_and_left_as_it_was(picture):
+    model, processor = tiny_llava(seed=0)
+    reference = m2ib.explain_answer(model, picture, PROMPT, answer=ANSWER, processor=processor, steps=2, samples=2)
+    model.config.text_config.attention_dropout = 0.5  # dropout would move the map if it ran
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    model.train()
+    again = m2ib.explain_answer(model, picture, PROMPT, answer=ANSWER, processor=processor, steps=2, samples=2)
+    assert model.training and all(m.training for m in model.modules())
+    torch.testing.assert_close(again.token_scores, reference.token_scores)
