@@ -18,7 +18,7 @@ LAYERS = [
     ("viz",),
     ("explanation",),
     ("methods",),
-    ("comparison",),
+    ("comparison", "generative"),  # generative: M2IB on a generative VLM's answer (its own seam)
     ("api",),
     ("metrics",),
     ("interactions",),  # word-region interactions: below evaluation, which measures them (grounding)

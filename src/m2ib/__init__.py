@@ -30,6 +30,7 @@ _LAZY = {
     "list_methods": "methods",
     "BUILTIN_MODELS": "models",
     "audit": "auditing",
+    "explain_answer": "generative",
 }
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .comparison import Comparison
     from .explanation import Explanation
+    from .generative import explain_answer
     from .methods import list_methods
     from .models import BUILTIN_MODELS
 
@@ -62,6 +64,7 @@ __all__ = [
     "explain",
     "compare",
     "similarity",
+    "explain_answer",
     "audit",
     "list_methods",
     "list_models",

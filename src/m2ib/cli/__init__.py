@@ -56,9 +56,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _list(_: argparse.Namespace) -> int:
-    """Every registered method, interaction method, metric and model family (plugins' too), then the
+    """Every registered method, interaction method, metric, model family and generative family (plugins' too), then the
     built-in models: one line each, with its sides and paper link."""
     from ..backends.registry import FAMILIES
+    from ..generative import GENERATIVE_FAMILIES
     from ..interactions import REGISTRY as INTERACTIONS
     from ..methods import REGISTRY as METHODS
     from ..metrics import REGISTRY as METRICS
@@ -69,6 +70,7 @@ def _list(_: argparse.Namespace) -> int:
         "interaction methods": INTERACTIONS,
         "metrics": METRICS,
         "model families": FAMILIES,
+        "generative model families (m2ib.explain_answer)": GENERATIVE_FAMILIES,
     }
     for heading, registry in headings.items():
         print(f"{heading}:")

@@ -67,6 +67,14 @@ def add_explain(sub) -> None:
         "image's similarity to TEXT over its mean similarity to the negatives (off by default; with "
         "several methods, those that have a target use it; refused for methods without one)",
     )
+    ex.add_argument(
+        "--answer",
+        default=None,
+        metavar="TEXT",
+        help="explain a generative VLM's answer TEXT to the prompt (TEXT is then the prompt, with the "
+        "model's image placeholder, e.g. <image>); --model: its save_pretrained folder or hub id "
+        "(supported: LlavaForConditionalGeneration); see docs/generative.md",
+    )
     ex.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     ex.add_argument(
@@ -179,6 +187,10 @@ def run_explain(args: argparse.Namespace) -> int:
     from .common import status
 
     preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
+    if args.answer is not None:  # a generative VLM's answer: its own short route
+        from .answer import run_answer
+
+        return run_answer(args)
     preflight.check_installed(preflight.command_needs(args))
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods, interaction = _methods(args.method)

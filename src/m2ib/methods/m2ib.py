@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from typing import overload
 
 import torch
-import torch.nn.functional as F
 
 from ..backends.base import Backend, ImageBatch, Modality, TextBatch
 from ..errors import InputError
 from ..settings import check_choice, check_number, check_positive_int
 from .adaib import COMPRESSIONS, EMBEDDINGS, OBJECTIVES, RELEVANCES, AdaIBTerms, check_settings, pair_relevance
 from .base import PRECISIONS, RawScores, Target, autocast, register, setting
+from .bottleneck import bottleneck_loop, kl_to_prior, noise_generators  # noqa: F401  (kl_to_prior: re-exported)
 from .common import PerBackend
 from .layered import LayerMethod, LayerSettings
 from .m2ib_statistics import bottleneck_statistics
@@ -183,21 +183,6 @@ def check_fit(kl_map: torch.Tensor, modality: Modality, s: M2IBSettings) -> None
             f"M2IB's {modality} fit diverged (non-finite KL): lower lr (now {s.lr}) or raise var (now {s.var})",
             settings=("lr", "var"),
         )
-
-
-def kl_to_prior(lam_r: torch.Tensor, log_one_minus_lam: torch.Tensor, var: float) -> torch.Tensor:
-    """Elementwise KL( N(lam R, (1-lam)^2 var) || N(0, var) ).
-
-    ``log(1 - lam)`` is passed as ``logsigmoid(-alpha)`` so it stays finite however large
-    alpha grows (the paper's ``log((1 - lam)^2)`` reaches -inf in float32 near alpha = 17).
-    """
-    one_minus_sq = torch.exp(2 * log_one_minus_lam)
-    return 0.5 * (one_minus_sq + lam_r.square() / var - 1.0 - 2.0 * log_one_minus_lam)
-
-
-def noise_generators(device: torch.device, seed: int, n: int) -> list[torch.Generator]:
-    """One generator per pair, all seeded alike: a pair's noise is the same in any batch."""
-    return [torch.Generator(device=device).manual_seed(seed) for _ in range(n)]
 
 
 def fit_bottleneck(
@@ -420,39 +405,41 @@ class BottleneckFit:
                         value.zero_()
 
     def _loop(self) -> None:
-        s, n, t, d = self.s, *self.hidden.shape
-        elements = self.valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
-        std = s.var**0.5
-        kl = compression = fit = weight = None
+        s = self.s
         runner = self._runner()  # alive: a fit runs only inside fit_bottleneck, which holds the backend
         if runner is None:
             raise InputError("M2IB's bottleneck fit outlived its backend: fit through fit_bottleneck")
-        for step in range(s.steps):
-            lam = torch.sigmoid(self.alpha)
-            log_one_minus = F.logsigmoid(-self.alpha)
-            lam_r = lam * self.hidden
-            kl = kl_to_prior(lam_r, log_one_minus, s.var)  # [N, T, D]
-            # Z = lam R + (1 - lam) sqrt(var) eps, for every noise copy: [N, S, T, D]
-            z = torch.addcmul(lam_r[:, None], (torch.exp(log_one_minus) * std)[:, None], self.noise[:, step])
-            if (
-                self.shift is not None and self.scale is not None
-            ):  # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
+
+        def score(z: torch.Tensor) -> torch.Tensor:  # z [N * samples, T, D] -> the target [N * samples]
+            if self.shift is not None and self.scale is not None:
+                # standardised: back to R's units, Z = lam R + (1 - lam)(mean + sd eps)
                 z = torch.addcmul(self.shift, z, self.scale)
-            emb = runner.suffix(self.modality, z.reshape(n * s.samples, t, d).to(runner.dtype), self.layer, self.copies)
-            fit = Target(self.target, self.negatives, self.offset).score(emb).view(n, s.samples).mean(1)
-            compression = (kl * self.valid[..., None]).sum((1, 2)) / elements
-            if self.adaib is None:
-                loss = (self.beta * compression - fit).sum()  # pairs are independent: sum of per-pair losses
-                (grad,) = torch.autograd.grad(loss, self.alpha)
-                self.alpha.grad = grad
-            else:  # AdaIB: g(f) * KL - f * fit, per-pair clipped gradients of alpha and g's parameters
+            emb = runner.suffix(self.modality, z.to(runner.dtype), self.layer, self.copies)
+            return Target(self.target, self.negatives, self.offset).score(emb)
+
+        weight: torch.Tensor | None = None  # AdaIB's g(f) of the last step
+
+        def adaib_backward(compression: torch.Tensor, fit: torch.Tensor) -> None:
+            # AdaIB: g(f) * KL - f * fit, per-pair clipped gradients of alpha and g's parameters
+            nonlocal weight
+            if self.adaib is not None:
                 weight = self.adaib.backward(self.alpha, compression, fit)
-            self.optimiser.step()
-        if kl is None or compression is None or fit is None:
+
+        if s.steps < 1:
             raise InputError("M2IB's bottleneck fit ran no step: steps must be positive")
-        # the attribution: the KL of the last step's forward pass, as in the paper
-        self.kl_map = (kl.detach() * self.valid[..., None]).sum(-1)
-        numbers = [compression.detach(), fit.detach()]
+        kl, compression, fit = bottleneck_loop(
+            self.alpha,
+            self.optimiser,
+            self.hidden,
+            self.noise,
+            self.valid,
+            s.var,
+            self.beta,
+            score,
+            backward=None if self.adaib is None else adaib_backward,
+        )
+        self.kl_map = kl.sum(-1)
+        numbers = [compression, fit]
         if self.adaib is not None and weight is not None:
             numbers += [self.adaib.f, weight, weight / self.adaib.f]
         self.numbers = torch.stack(numbers, 1)

@@ -1,0 +1,81 @@
+"""transformers ``LlavaForConditionalGeneration`` (the LLaVA-1.5 layout: one fixed-size image, no tiles).
+
+The image tokens are ``multi_modal_projector(vision_tower(pixels).hidden_states[vision_feature_layer])``,
+without the class token under the ``default`` feature-select strategy (with ``full`` the class
+token comes first and covers no pixel). ``LlavaModel.forward`` writes them, in order, at the
+positions where ``input_ids == config.image_token_id`` (``masked_scatter``): token k is patch k of
+the (H/p) x (W/p) grid, row-major. The bottleneck site is that projector output.
+
+Not covered here: LLaVA-NeXT / OneVision (``LlavaNext*``: tiles, unpadding, row newlines) and
+batches of several images; those classes are not recognised, so they are refused, not mis-mapped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+
+
+class LlavaBackend(GenerativeBackend):
+    """LLaVA-1.5: CLIP-style vision tower, MLP projector, causal language model."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any):
+        super().__init__(model, processor)
+        self.image_token = str(getattr(processor, "image_token", None) or "<image>")
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def prompt_inputs(self, image: Any, prompt: str) -> dict[str, torch.Tensor]:
+        out = self.processor(images=image, text=prompt, return_tensors="pt")
+        return {k: out[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+    def image_layout(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        positions = (inputs["input_ids"][0] == self.config.image_token_id).nonzero()[:, 0]
+        h, w = inputs["pixel_values"].shape[-2:]
+        patch = int(self.config.vision_config.patch_size)
+        rows, cols = int(h) // patch, int(w) // patch
+        cells = torch.arange(rows * cols, device=positions.device)
+        if self.config.vision_feature_select_strategy == "full":  # the class token first: no pixel
+            cells = torch.cat([cells.new_full((1,), -1), cells])
+        if positions.numel() != cells.numel():
+            raise InputError(
+                f"the prompt holds {positions.numel()} image tokens but the image gives {cells.numel()}: "
+                "use the model's own processor (its patch_size and vision_feature_select_strategy)"
+            )
+        return positions, cells, (rows, cols)
+
+    def image_states(self, query: Query) -> torch.Tensor:
+        features = self.model.model.get_image_features(
+            pixel_values=query.inputs["pixel_values"],
+            vision_feature_layer=self.config.vision_feature_layer,
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+        ).pooler_output
+        return torch.cat(list(features), 0)[None]
+
+    def display_image(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        pixels = inputs["pixel_values"][0].float().cpu()
+        images = getattr(self.processor, "image_processor", None)
+        mean = torch.tensor(getattr(images, "image_mean", None) or [0.0, 0.0, 0.0]).view(3, 1, 1)
+        std = torch.tensor(getattr(images, "image_std", None) or [1.0, 1.0, 1.0]).view(3, 1, 1)
+        return (pixels * std + mean).clamp(0, 1)
+
+
+def _is_llava(model: torch.nn.Module) -> bool:
+    return "LlavaForConditionalGeneration" in class_names(model)
+
+
+register(
+    GenerativeFamily(
+        name="llava",
+        supports="transformers LlavaForConditionalGeneration (LLaVA-1.5 layout)",
+        recognises=_is_llava,
+        backend=LlavaBackend,
+        model_class="LlavaForConditionalGeneration",
+    )
+)
