@@ -45,7 +45,7 @@ def bottleneck_loop(
     noise: torch.Tensor,
     valid: torch.Tensor,
     var: float,
-    beta: float,
+    beta: float | torch.Tensor,
     score: Score,
     backward: Backward | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,7 +53,8 @@ def bottleneck_loop(
     masked by ``valid``), and per pair its compression and score [N] (detached).
 
     ``alpha`` [N, T, D] (requires grad, ``optimiser`` owns it), ``hidden`` R [N, T, D], ``noise``
-    [N, steps, samples, T, D], ``valid`` [N, T] (1 for tokens that carry information). ``backward``:
+    [N, steps, samples, T, D], ``valid`` [N, T] (1 for tokens that carry information), ``beta`` one
+    number or one per pair [N] (the betas of a grid fitted as one batch). ``backward``:
     another loss's gradients instead of the published ``beta * compression - score`` (default)."""
     n, steps, samples, t, d = noise.shape
     elements = valid.sum(1) * d  # per pair: the mean of the KL runs over its own tokens only
