@@ -80,3 +80,14 @@ def test_build_points_default_grid_on_a_model(tiny):
         assert published_key(backend, tower) in keys  # M2IB with no setting is a grid point
         assert {p.layer for p in grid[tower]} >= {0, default_layer(backend.num_layers(tower))}
         assert {p.beta for p in grid[tower]} >= {0.1}
+
+
+def test_adaib_is_one_point_per_layer_at_the_smallest_beta():
+    # AdaIB's default g does not read beta: copies at other betas would give the same map
+    points = points_of("text", ["published", "adaib"], [2, 0], [10.0, 0.1])
+    assert [p for p in points if p.variant == "adaib"] == [
+        Point("text", "adaib", 0, 0.1),
+        Point("text", "adaib", 2, 0.1),
+    ]
+    assert len([p for p in points if p.variant == "published"]) == 4
+    assert points[-1].settings(None) == {"text_layer": 2, "text_beta": 0.1, "objective": "adaib"}

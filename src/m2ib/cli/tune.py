@@ -80,7 +80,8 @@ def add_tune(sub) -> None:
         "--bottlenecks",
         default="published,standardised",
         help="bottleneck variants to try (default: published,standardised; standardised takes its "
-        "statistics from the data's first 64 rows)",
+        "statistics from the data's first 64 rows; adaib, AdaIB's default form, does not read beta: one "
+        "point per layer)",
     )
     p.add_argument("--rows", type=int, default=None, metavar="N", help="use N rows drawn at random with --seed")
     p.add_argument(

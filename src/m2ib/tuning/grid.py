@@ -22,7 +22,12 @@ REFERENCE_ROWS = 64
 VARIANTS: dict[str, dict[str, Any]] = {
     "published": {},
     "standardised": {"bottleneck": "standardised", "reference": REFERENCE},
+    # AdaIB (docs/adaib.md) in its default form: f = 1 / L2 distance, g a learned MLP
+    "adaib": {"objective": "adaib"},
 }
+#: Variants whose fit does not read beta (AdaIB's default g): one point per layer, at the first beta
+#: of the grid, instead of copies that would give the same map.
+BETA_FREE = frozenset({"adaib"})
 TOWERS = ("image", "text")
 #: The paper's beta (M2IB's default for both towers).
 PUBLISHED_BETA = 0.1
@@ -126,5 +131,11 @@ def resolve_layers(layers: Sequence[int], depth: int, tower: str, flag: str) -> 
 
 
 def points_of(tower: str, variants: Sequence[str], layers: Sequence[int], betas: Sequence[float]) -> list[Point]:
-    """The tower's points in grid order: variant as given, then layer, then beta, ascending."""
-    return [Point(tower, v, layer, b) for v in variants for layer in sorted(layers) for b in sorted(betas)]
+    """The tower's points in grid order: variant as given, then layer, then beta, ascending (a
+    :data:`BETA_FREE` variant: the smallest beta only)."""
+    return [
+        Point(tower, v, layer, b)
+        for v in variants
+        for layer in sorted(layers)
+        for b in (sorted(betas)[:1] if v in BETA_FREE else sorted(betas))
+    ]
