@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from m2ib.tuning.grid import DEFAULT_BETAS, default_layers
+
 MODEL = "random-vit-b-32"
 DEPTH = {"image": 12, "text": 12}
-DEFAULT_LAYERS = (0, 5, 9)  # tuning.grid.default_layers(12, default_layer(12) = 9, no recommended layer)
-DEFAULT_BETAS = (0.1, 1.0, 10.0)
+DEFAULT_LAYERS = default_layers(12, 9, None)  # the published layer of 12 blocks is 9; no recommended layer
 DEFAULT_VARIANTS = ("published", "standardised")
 TARGET_PAIRS = 16
 

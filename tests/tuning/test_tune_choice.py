@@ -55,9 +55,9 @@ def test_no_recommendation_keeps_the_tower_out_and_the_format_is_the_shipped_one
     assert "not sane" in doc["tune"]["towers"]["image"]["not_qualifying"][image[0]["key"]]
 
 
-def test_default_grid_holds_block_0_the_published_layer_and_beta():
-    assert default_layers(12, 9, None) == (0, 5, 9)
-    assert default_layers(6, 4, 2) == (0, 2, 4)
+def test_default_grid_holds_the_middle_and_published_layers_and_the_published_beta():
+    assert default_layers(12, 9, None) == (5, 9)
+    assert default_layers(6, 4, 0) == (0, 2, 4)  # the model's recommended layer joins
     points = points_of("image", ["published", "standardised"], [9, 0], [10.0, 0.1])
     assert points[0] == Point("image", "published", 0, 0.1)  # grid order: variant, layer, beta
     assert points[-1].settings("R") == {

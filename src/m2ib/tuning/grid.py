@@ -111,8 +111,10 @@ def parse_variants(text: str) -> tuple[str, ...]:
 
 
 def default_layers(depth: int, published: int, recommended: int | None) -> tuple[int, ...]:
-    """The embedding side (block 0), the middle block, the published layer and the model's recommended one."""
-    layers = {0, (depth - 1) // 2, published}
+    """The middle block, the published layer and the model's recommended one. Not block 0: its fits run
+    every block of the tower, over half the default grid's cost on a 12-block tower (docs/tune.md);
+    ``--layers 0,...`` adds it."""
+    layers = {(depth - 1) // 2, published}
     if recommended is not None:
         layers.add(recommended % depth)
     return tuple(sorted(layers))
