@@ -344,3 +344,30 @@ def test_a_side_not_explained_is_left_out_not_a_crash():
     by_row = {p["row"]: p for p in s.pairs}
     assert by_row["r1"]["top_word"] == "" and by_row["r2"]["concentration"] is None
     assert "typical_rank" not in by_row["r2"] and by_row["r1"]["typical_rank"] == 1
+
+
+def test_notebook_display_is_the_reports_figures(backend, tmp_path):
+    """An AuditResult shows in a notebook (``_repr_png_``) the report's mean map above its word chart:
+    the PNG decodes, and its two parts are, pixel for pixel, the images report.html embeds."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    import m2ib
+
+    result = m2ib.audit(backend, "shapes:test:4", tmp_path / "audit", progress=False, **FAST)
+    shown = Image.open(io.BytesIO(result._repr_png_())).convert("RGB")
+    page = (tmp_path / "audit" / "report.html").read_text()
+    embedded = [
+        Image.open(io.BytesIO(base64.b64decode(re.search(f'id="{name}"[^>]*src="data:image/png;base64,([^"]+)"', page)[1])))
+        for name in ("prior", "word-chart")
+    ]
+    assert shown.height == sum(p.height for p in embedded)
+    top = 0
+    for part in embedded:
+        crop = shown.crop((0, top, part.width, top + part.height))
+        assert np.array_equal(np.asarray(crop), np.asarray(part.convert("RGB")))
+        top += part.height
+    assert "4 pairs" in repr(result)

@@ -21,14 +21,50 @@ __all__ = ["audit", "AuditResult", "Summary", "summarise"]
 
 @dataclass
 class AuditResult:
-    out: Path
-    summary: Summary
-    records: list[dict[str, Any]]
-    bad: list[dict[str, str]]
+    """What :func:`audit` found and wrote.
+
+    In a notebook it shows its overview (``_repr_png_``): the mean map with its regions above the
+    word chart, the same two figures that ``report.html`` embeds (:meth:`figure`).
+
+    Example:
+        >>> result = m2ib.audit("shapes", "shapes:test:8", "out/audit", steps=2, samples=2)  # doctest: +SKIP
+        >>> result.summary.words[0].word, [r.name for r in result.summary.regions]  # doctest: +SKIP
+    """
+
+    out: Path  #: the run folder
+    summary: Summary  #: the word table, the mean map (``prior``) and its regions, one row per pair
+    records: list[dict[str, Any]]  #: the stored pair records (raw patch grid and token scores of each pair)
+    bad: list[dict[str, str]]  #: rows skipped: ``{"row": ..., "reason": ...}``
     explained: int = 0  # pairs explained by this call
     skipped: int = 0  # pairs found done in ``out`` (a resumed run)
     finished: bool = True  # False when ``time_limit`` stopped it (the same call resumes)
     files: dict[str, Path] = field(default_factory=dict)
+
+    def figure(self) -> Any:
+        """The overview as a PIL image: the report's mean-map figure (when the image side was
+        explained) above its word chart, each rendered as ``report.html`` embeds it (needs matplotlib)."""
+        from .report import overview_figure
+
+        return overview_figure(self.summary)
+
+    def _repr_png_(self) -> bytes | None:
+        """The overview for notebooks (None without matplotlib: the notebook shows ``repr``)."""
+        import io
+
+        try:
+            picture = self.figure()
+        except ImportError:
+            return None
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        flagged = [w.word for w in self.summary.words if w.flag]
+        return (
+            f"<AuditResult {len(self.records)} pairs in {str(self.out)!r}: {len(self.summary.regions)} region(s), "
+            f"flagged words {flagged[:5]}, {len(self.bad)} bad row(s)>"
+        )
 
 
 def audit(

@@ -29,6 +29,7 @@ GALLERY = 6  # pairs in each gallery
 CHART_WORDS = 15  # words in the chart
 TABLE_WORDS = 40  # words in the table (all of them are in words.csv)
 FIGURE_WIDTH = 560  # pixels of a gallery figure
+DPI = 110  # resolution of the report's matplotlib figures
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#1a1a1a}
 h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}td:first-child,th:first-child{text-align:left}
@@ -37,14 +38,35 @@ tr.flag td{background:#fde2e2}tr.artefact td{background:#eeeeee;color:#666}.note
 .gallery img{max-width:560px}figcaption{font-size:.85em;color:#444}img{max-width:100%}"""
 
 
-def png_data(picture: Any) -> str:
-    """A PIL image or a matplotlib Figure as a data URL."""
+def png_bytes(picture: Any) -> bytes:
+    """A PIL image or a matplotlib Figure as PNG bytes (a Figure at the report's resolution)."""
     buffer = io.BytesIO()
     if hasattr(picture, "savefig"):
-        picture.savefig(buffer, format="png", dpi=110)
+        picture.savefig(buffer, format="png", dpi=DPI)
     else:
         picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def png_data(picture: Any) -> str:
+    """A PIL image or a matplotlib Figure as a data URL."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(picture)).decode("ascii")
+
+
+def overview_figure(summary: Summary) -> Any:
+    """The report's mean map (when there is one) above its word chart, as one PIL image: what an
+    :class:`~m2ib.auditing.AuditResult` shows in a notebook."""
+    from PIL import Image
+
+    parts = [prior_figure(summary)] if summary.prior is not None else []
+    parts.append(word_chart(summary))
+    pictures = [Image.open(io.BytesIO(png_bytes(p))).convert("RGB") for p in parts]
+    canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
+    top = 0
+    for picture in pictures:
+        canvas.paste(picture, (0, top))
+        top += picture.height
+    return canvas
 
 
 def prior_figure(summary: Summary):
