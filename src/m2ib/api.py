@@ -43,6 +43,12 @@ def load(
     Returns:
         A :class:`~m2ib.backends.Backend`. A model object you pass is never modified: if it
         must move or change precision, m2ib uses a copy.
+
+    Example:
+        >>> import m2ib
+        >>> model = m2ib.load("shapes")  # the shipped 3.7 M-parameter CLIP, offline
+        >>> model.geometry.image_size, model.geometry.patch_grid
+        ((96, 96), (16, 16))
     """
     return load_backend(model, device=device, dtype=dtype, processor=processor, tokenizer=tokenizer)
 
@@ -285,6 +291,22 @@ def explain(
     Returns:
         An :class:`Explanation` for a single image and a single text, else a list, one per
         pair. ``image_map`` is [H, W] and ``text_map`` [T], both in [0, 1].
+
+    M2IB is the multi-modal information bottleneck of Wang, Rudner and Wilson, "Visual
+    Explanations of Image-Text Representations via Multi-Modal Information Bottleneck
+    Attribution" (NeurIPS 2023, https://arxiv.org/abs/2312.17174); its defaults are the paper's
+    (block 9 of 12, beta 0.1, var 1, 10 Adam steps of 10 noise samples, lr 1), unless the model
+    ships recommended settings (the shapes model does). Each other method's file in
+    ``m2ib/methods/`` names its paper.
+
+    Example:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene1.png", "a yellow star")
+        >>> exp.image_map.shape, exp.tokens
+        (torch.Size([96, 96]), ['<|startoftext|>', 'a', 'yellow', 'star', '<|endoftext|>'])
+        >>> exps = m2ib.explain("shapes", "examples/scene2.png", ["an orange cross", "a yellow cross"])
+        >>> len(exps)
+        2
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f"batch_size={batch_size!r} must be a positive integer")
@@ -427,8 +449,9 @@ def compare(
     """Explain the same pairs with several methods: a :class:`Comparison` per pair.
 
     Args:
-        model, images, texts, negatives, batch_size, device: as for :func:`explain`
-            (``**inputs``: its ``pixel_values``, ``input_ids``, ``attention_mask``).
+        model: as for :func:`explain`.
+        images: as for :func:`explain`.
+        texts: as for :func:`explain`.
         methods: names, a comma list, or ``"all"`` (every registered method).
         settings: each method's settings, by method name (``{"m2ib": {"steps": 5}}``).
         modalities: the sides to explain; each method explains those of them it can (a method
@@ -436,10 +459,24 @@ def compare(
         negatives: passed to the methods that have a target (not attention rollout).
         keep_going: record a method that fails (one line, in ``Comparison.failures``) and go on
             with the others, instead of raising; it raises only when every method fails.
+        batch_size: as for :func:`explain`.
+        device: as for :func:`explain`.
         on_method: called as ``on_method(index, name)`` before each method runs (progress).
+        **inputs: :func:`explain`'s ``pixel_values``, ``input_ids`` and ``attention_mask``.
 
     Returns:
-        A Comparison for a single image and a single text, else a list, one per pair.
+        A :class:`~m2ib.comparison.Comparison` for a single image and a single text, else a list,
+        one per pair. Its figure has one row per method (image-only methods show "n/a" for the
+        text); ``save`` writes one ``.png``, one ``.npz`` (keys such as ``chefer/image_map``) and one
+        ``.json``.
+
+    Example:
+        >>> import m2ib
+        >>> cmp = m2ib.compare("shapes", "examples/scene1.png", "a yellow star", methods="m2ib,chefer")
+        >>> list(cmp.explanations)
+        ['m2ib', 'chefer']
+        >>> cmp.explanations["chefer"].image_map.shape
+        torch.Size([96, 96])
     """
     names = METHODS.select(methods if isinstance(methods, str) else ",".join(methods), "methods")
     settings = dict(settings or {})
@@ -498,7 +535,19 @@ def one_line(exc: BaseException) -> str:
 def similarity(
     model: Any, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str], *, batch_size: int = 64
 ) -> torch.Tensor:
-    """Cosine similarities [n_images, n_texts] between image and text embeddings."""
+    """Cosine similarities [n_images, n_texts] between image and text embeddings.
+
+    Args:
+        model: what :func:`load` accepts.
+        images: an image (path, PIL image or tensor [3, H, W] in [0, 1]) or a list of them.
+        texts: a string or a list of strings.
+        batch_size: inputs embedded together (64 by default).
+
+    Example:
+        >>> import m2ib
+        >>> m2ib.similarity("shapes", ["examples/scene1.png", "examples/scene2.png"], ["a yellow star", "an orange cross"]).shape
+        torch.Size([2, 2])
+    """
     backend = load(model)
     image_list, _ = _as_list(images)
     text_list, _ = _as_list(texts)

@@ -15,10 +15,23 @@ from .results import Result, short
 
 @dataclass(repr=False)
 class Comparison(Result):
-    """The Explanations of one pair by several methods, in the order compared.
+    """The Explanations of one pair by several methods, in the order compared (:func:`m2ib.compare`).
 
     ``failures`` holds the methods that failed on the pair (a one-line reason each): they get an
     empty row in the figure and a line in the JSON, so one failing method does not lose the others.
+    In a notebook it shows its figure, one row per method (the same PNG that :meth:`save` writes);
+    the ``.npz`` holds every map under ``METHOD/NAME`` keys (``chefer/image_map``).
+
+    Attributes:
+        methods: every method compared, in row order.
+        explanations: by method name, the :class:`~m2ib.explanation.Explanation` of each that succeeded.
+        failures: by method name, why each failed method failed.
+
+    Example:
+        >>> import m2ib
+        >>> cmp = m2ib.compare("shapes", "examples/scene1.png", "a yellow star", methods="chefer,saliency")
+        >>> cmp.methods, cmp.failures
+        (['chefer', 'saliency'], {})
     """
 
     methods: list[str]  # every method compared, in row order

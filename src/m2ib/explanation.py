@@ -21,10 +21,37 @@ WORD_SCORES_LABEL = "numbers: JSON word_scores (a word's pieces averaged, min-ma
 
 @dataclass(repr=False)
 class Explanation(Result):
-    """Attribution maps of one image-text pair.
+    """Attribution maps of one image-text pair, by one method (:func:`m2ib.explain` returns it).
 
     Maps are CPU float tensors. ``image_map`` is at the model's input resolution and
     ``image`` is the picture as the model saw it (resized and cropped), so they overlay.
+    In a notebook it shows its figure (``_repr_png_``: the same PNG that :meth:`save` writes).
+
+    Attributes:
+        text: the text as given.
+        tokens: readable tokens, start/end included, aligned with ``text_map`` (length T).
+        image: [3, H, W] in [0, 1], the image as the model saw it.
+        image_map: [H, W] in [0, 1] (min-max normalised); None when the image side was not explained.
+        text_map: [T] in [0, 1], one score per token; None when the text side was not explained.
+        image_map_raw: [H, W] before normalising (M2IB: the KL in nats, upsampled from the patch grid).
+        image_grid: [rows, cols] raw per-patch scores, for methods that have them (M2IB's KL per patch).
+        text_map_raw: [T] before normalising.
+        special_tokens: indices of the start/end tokens in ``tokens``.
+        word_ids: per token, the word it belongs to (-1: start/end); empty: a word per token.
+        similarity: cosine similarity of the image and text embeddings.
+        method: the method's registry name (``"m2ib"``, ``"gradcam"``, ...).
+        settings: every setting actually used (layers resolved).
+        model: the model's name.
+        image_source: the image's path, or a description.
+        info: method-specific numbers (M2IB: the final loss; with negatives: ``margin``).
+
+    Example:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle")
+        >>> exp.image_map.shape, exp.image_grid.shape, len(exp.text_map) == len(exp.tokens)
+        (torch.Size([96, 96]), torch.Size([16, 16]), True)
+        >>> sorted(exp.save("out/", "scene3"))  # doctest: +SKIP
+        ['json', 'npz', 'png']
     """
 
     text: str  # the text as given

@@ -361,7 +361,9 @@ def test_notebook_display_is_the_reports_figures(backend, tmp_path):
     shown = Image.open(io.BytesIO(result._repr_png_())).convert("RGB")
     page = (tmp_path / "audit" / "report.html").read_text()
     embedded = [
-        Image.open(io.BytesIO(base64.b64decode(re.search(f'id="{name}"[^>]*src="data:image/png;base64,([^"]+)"', page)[1])))
+        Image.open(
+            io.BytesIO(base64.b64decode(re.search(f'id="{name}"[^>]*src="data:image/png;base64,([^"]+)"', page)[1]))
+        )
         for name in ("prior", "word-chart")
     ]
     assert shown.height == sum(p.height for p in embedded)

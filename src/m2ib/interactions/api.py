@@ -17,8 +17,19 @@ def interact(
         model: what :func:`m2ib.load` accepts (a loaded backend is fastest for repeated calls).
         image: a file path, PIL image or unnormalised tensor [3, H, W] in [0, 1].
         text: the caption.
-        method: a name from :func:`m2ib.interactions.interaction_names`.
+        method: a name from ``m2ib.interactions.REGISTRY.names()``.
+        device: device for a model given by name.
         **settings: the method's settings (e.g. exCLIP's ``text_layer``, ``steps``).
+
+    Returns:
+        An :class:`~m2ib.interactions.result.Interaction`: ``matrix`` [T, rows, cols], ``span_map``
+        of a phrase [H, W], ``region_scores`` of a box [T].
+
+    Example:
+        >>> from m2ib.interactions import interact
+        >>> pair = interact("shapes", "examples/scene3.png", "an orange triangle", method="exclip")
+        >>> pair.tokens
+        ['<|startoftext|>', 'an', 'orange', 'triangle', '<|endoftext|>']
     """
     from ..api import load
     from ..inputs import check_texts, load_image

@@ -31,7 +31,31 @@ FUNCTION_WORDS = frozenset({"a", "an", "the", "and", "of", "with", "in", "on", "
 
 @dataclass(repr=False)
 class Interaction(Result):
-    """Token x patch interaction scores of one pair (CPU float tensors)."""
+    """Token x patch interaction scores of one pair (CPU float tensors), from
+    :func:`m2ib.interactions.interact`: exCLIP (Möller et al., TMLR 2025), FIxLIP (Baniecki et al.,
+    NeurIPS 2025) or the phrase-alone baseline. In a notebook it shows its figure, one panel per
+    content word (the same PNG that :meth:`save` writes).
+
+    Attributes:
+        text: the text as given.
+        tokens: readable tokens, start/end included (T of them): the rows of ``matrix``.
+        image: [3, H, W] in [0, 1], the image as the model saw it.
+        matrix: [T, rows, cols] signed scores, one grid of patches per token (positive: the token and
+            the patch raise the similarity together).
+        offsets: per token, its character span in ``text`` ((0, 0): none); None when unknown.
+        special_tokens: indices of the start/end tokens.
+        similarity: cosine similarity of the image and text embeddings.
+        method: the interaction method's registry name.
+        settings: every setting used.
+        info: method-specific numbers (exCLIP: the completeness terms the matrix sums to).
+
+    Example:
+        >>> import m2ib
+        >>> from m2ib.interactions import interact
+        >>> pair = interact("shapes", "examples/scene3.png", "an orange triangle and a yellow circle", text_layer=0)
+        >>> pair.matrix.shape, pair.span_map("orange triangle").shape, pair.region_scores((46, 65, 27, 24)).shape
+        (torch.Size([9, 16, 16]), torch.Size([96, 96]), torch.Size([9]))
+    """
 
     text: str  # the text as given
     tokens: list[str]  # readable tokens, start/end included; rows of ``matrix``
