@@ -10,6 +10,12 @@
 #
 # ## A first look at the shipped model
 
+# %% tags=["remove_cell"]
+# (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %%
 import tempfile
 from pathlib import Path

@@ -7,6 +7,12 @@
 # [Methods](../guide/methods.md); how they score on the shapes world is in
 # [the evaluation tables](../research/evaluation.md).
 
+# %% tags=["remove_cell"]
+# (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %%
 import m2ib
 

@@ -9,6 +9,12 @@
 #
 # We call the command line from Python (`m2ib.cli.main` is what the `m2ib` command runs).
 
+# %% tags=["remove_cell"]
+# (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %%
 import tempfile
 from pathlib import Path

@@ -29,6 +29,12 @@
 # downloaded. Offline, a model that is not cached fails at once with one line saying how to get it;
 # a missing extra fails with one line naming the `pip install`:
 
+# %% tags=["remove_cell"]
+# (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %%
 import os
 

@@ -7,6 +7,12 @@
 # (exCLIP, FIxLIP, and the phrase-alone baseline), their tests and their scores on the shapes world
 # are in [Interactions](../guide/interactions.md).
 
+# %% tags=["remove_cell"]
+# (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %%
 import m2ib
 from m2ib.interactions import REGISTRY, interact

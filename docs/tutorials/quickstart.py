@@ -10,10 +10,16 @@
 # the *other* modality's embedding needs, and the map is how much information each patch or token
 # lets through (a KL divergence, in nats).
 
+# %% tags=["remove_cell"]
+# (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 # %%
 import m2ib
 
-model = m2ib.load("shapes")  # the embedded 3.7 M-parameter CLIP; its recommended settings come with it
+model = m2ib.load("shapes")  # the embedded model, with its recommended settings
 exp = m2ib.explain(model, "examples/scene3.png", "an orange triangle")
 exp  # a notebook shows the same figure that exp.save(...) writes
 

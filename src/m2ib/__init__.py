@@ -53,7 +53,13 @@ def __getattr__(name: str) -> Any:
 
 
 def list_models() -> list[str]:
-    """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories."""
+    """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories.
+
+    Example:
+        >>> import m2ib
+        >>> m2ib.list_models()
+        ['shapes', 'random-tiny', 'random-vit-b-32']
+    """
     from .models import BUILTIN_MODELS as builtin
 
     return list(builtin)

@@ -10,13 +10,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["m2ib.api", "m2ib.explanation", "m2ib.comparison", "m2ib.interactions.api", "m2ib.interactions.result"]
+MODULES = [
+    "m2ib",
+    "m2ib.api",
+    "m2ib.explanation",
+    "m2ib.comparison",
+    "m2ib.methods",
+    "m2ib.interactions.api",
+    "m2ib.interactions.result",
+    "m2ib.auditing",
+]
 
 
 def test_every_public_name_has_an_example():
     import m2ib
 
-    for name in ["load", "explain", "compare", "similarity", "Explanation", "Comparison"]:
+    for name in [
+        "load",
+        "explain",
+        "compare",
+        "similarity",
+        "audit",
+        "list_methods",
+        "list_models",
+        "Explanation",
+        "Comparison",
+    ]:
         assert "Example:" in (getattr(m2ib, name).__doc__ or ""), name
 
 

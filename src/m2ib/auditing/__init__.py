@@ -27,8 +27,10 @@ class AuditResult:
     word chart, the same two figures that ``report.html`` embeds (:meth:`figure`).
 
     Example:
-        >>> result = m2ib.audit("shapes", "shapes:test:8", "out/audit", steps=2, samples=2)  # doctest: +SKIP
-        >>> result.summary.words[0].word, [r.name for r in result.summary.regions]  # doctest: +SKIP
+        >>> import tempfile, m2ib
+        >>> result = m2ib.audit("shapes", "shapes:test:4", tempfile.mkdtemp(), steps=2, samples=2, progress=False)
+        >>> result  # doctest: +ELLIPSIS
+        <AuditResult 4 pairs in ...>
     """
 
     out: Path  #: the run folder
@@ -100,9 +102,26 @@ def audit(
             resumed only with the control it was started with.
         **settings: the method's settings (e.g. ``steps=10``).
 
+        method: the attribution method (default M2IB with the model's settings: Wang, Rudner and
+            Wilson, NeurIPS 2023, https://arxiv.org/abs/2312.17174; M2IB needs no labels, the other
+            modality is the target).
+        seed: the methods' seed and the draw of ``rows``.
+        device: device for a model given by name.
+        progress: show a progress bar.
+        report: write ``report.html`` (needs matplotlib).
+        command: the command line to record in the run's provenance.
+
     Returns:
         An :class:`AuditResult`; files ``words.csv``, ``pairs.csv``, ``image_prior.npz`` and
-        (with ``report``) ``report.html`` in ``out``.
+        (with ``report``) ``report.html`` in ``out``. ``summary.prior`` is the [rows, cols] mean map
+        over the patch grid (each pair's map first made to add up to 1), ``summary.regions`` its hot
+        regions, ``summary.words`` the word table (flagged words: ``flag``).
+
+    Example:
+        >>> import tempfile, m2ib
+        >>> result = m2ib.audit("shapes", "shapes:test:4", tempfile.mkdtemp(), steps=2, samples=2, progress=False)
+        >>> result.summary.prior.shape, len(result.records), sorted(result.files)
+        (torch.Size([16, 16]), 4, ['pairs', 'prior', 'report', 'words'])
     """
     from ..api import load
     from ..datasets.tables import PairTable, load_table

@@ -48,5 +48,13 @@ __all__ = [
 
 
 def list_methods() -> list[str]:
-    """Names of the registered methods, M2IB first (plugins' methods included)."""
+    """Names of the registered methods, M2IB first (plugins' methods included).
+
+    Each method's paper is in its module's docstring and in ``m2ib list``.
+
+    Example:
+        >>> import m2ib
+        >>> m2ib.list_methods()[:3]
+        ['m2ib', 'gradcam', 'saliency']
+    """
     return list(REGISTRY.names())
