@@ -10,7 +10,7 @@
 #
 # ## A first look at the shipped model
 
-# %% tags=["remove_cell"]
+# %% tags=["remove_input"]
 # (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
 import warnings
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import m2ib
 
 work = Path(tempfile.mkdtemp())
-result = m2ib.audit("shapes", "shapes:test:12", work / "audit-shapes", progress=False)
+result = m2ib.audit("shapes", "shapes:test:8", work / "audit-shapes", progress=False)
 result  # the mean map and its regions above the word chart: the figures report.html embeds
 
 # %%
@@ -63,6 +63,8 @@ for name in ("shortcut", "clean"):
     audits[name] = m2ib.audit(model, scenes, work / f"audit-{name}", batch_size=6, progress=False)
     share = float(mass_in(audits[name].summary.prior, cover))
     print(f"{name:8s}: the mark's box holds {share:.3f} of the mean map's mass (an even map: {cover.float().mean():.3f})")
+    for region in audits[name].summary.regions[:3]:
+        print(f"    {region.name}: {region.where((16, 16))}, {region.mass:.3f} of the mass")
 
 # %%
 audits["shortcut"]
@@ -71,10 +73,12 @@ audits["shortcut"]
 audits["clean"]
 
 # %% [markdown]
-# Under the shortcut model the mean map's hottest regions sit on the mark; under the control they
-# do not. The audit found the shortcut from the maps alone. What it does not do (see the research
-# page): rank the red pairs first in the gallery, or find the planted *text* token with M2IB (gradient
-# saliency's word table does: `m2ib audit --method saliency`).
+# Read the printed shares: the mark's box holds many times more of the mean map's mass under the
+# shortcut model than under the control (on the research page's 24 scenes: 0.196 against 0.002,
+# 86x), and the regions list says where the mass sits. The audit found the shortcut from the maps
+# alone, with no labels. What it does not do (see the research page): rank the red pairs first in
+# the gallery, or find the planted *text* token with M2IB (gradient saliency's word table does:
+# `m2ib audit --method saliency`).
 #
 # The command line does the same: `m2ib audit --data pairs.tsv --model DIR --out out/audit`, and
 # writes `report.html`, a self-contained page with the galleries of the most and least typical pairs.

@@ -7,7 +7,7 @@
 # [Methods](../guide/methods.md); how they score on the shapes world is in
 # [the evaluation tables](../research/evaluation.md).
 
-# %% tags=["remove_cell"]
+# %% tags=["remove_input"]
 # (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
 import warnings
 

@@ -9,7 +9,7 @@
 #
 # We call the command line from Python (`m2ib.cli.main` is what the `m2ib` command runs).
 
-# %% tags=["remove_cell"]
+# %% tags=["remove_input"]
 # (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
 import warnings
 

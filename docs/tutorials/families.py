@@ -29,7 +29,7 @@
 # downloaded. Offline, a model that is not cached fails at once with one line saying how to get it;
 # a missing extra fails with one line naming the `pip install`:
 
-# %% tags=["remove_cell"]
+# %% tags=["remove_input"]
 # (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
 import warnings
 

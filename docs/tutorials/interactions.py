@@ -7,7 +7,7 @@
 # (exCLIP, FIxLIP, and the phrase-alone baseline), their tests and their scores on the shapes world
 # are in [Interactions](../guide/interactions.md).
 
-# %% tags=["remove_cell"]
+# %% tags=["remove_input"]
 # (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
 import warnings
 

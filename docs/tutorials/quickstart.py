@@ -10,7 +10,7 @@
 # the *other* modality's embedding needs, and the map is how much information each patch or token
 # lets through (a KL divergence, in nats).
 
-# %% tags=["remove_cell"]
+# %% tags=["remove_input"]
 # (hidden on the site) a notebook without ipywidgets: tqdm says so once; not part of the tutorial
 import warnings
 
