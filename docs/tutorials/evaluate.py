@@ -14,6 +14,7 @@
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")
+import tqdm.auto  # noqa: E402,F401  (imported once here, its notice filtered, before the CLI resets filters)
 
 # %%
 import tempfile
@@ -34,8 +35,10 @@ print(sum(1 for _ in open(out / "results.jsonl")), "lines in results.jsonl (a pr
 
 # %%
 main(command)
+from IPython.display import Markdown
+
 print(sum(1 for _ in open(out / "results.jsonl")), "lines now")
-print((out / "summary.md").read_text()[:1500])
+Markdown((out / "summary.md").read_text())
 
 # %% [markdown]
 # The run ends with `summary.md` / `summary.csv` (mean and 95 % confidence interval per method and

@@ -34,6 +34,7 @@
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")
+import tqdm.auto  # noqa: E402,F401  (imported once here, its notice filtered, before the CLI resets filters)
 
 # %%
 import os
