@@ -55,7 +55,7 @@ def __getattr__(name: str) -> Any:
 def list_models() -> list[str]:
     """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories.
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> m2ib.list_models()
         ['shapes', 'random-tiny', 'random-vit-b-32']

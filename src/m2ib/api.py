@@ -44,7 +44,7 @@ def load(
         A :class:`~m2ib.backends.Backend`. A model object you pass is never modified: if it
         must move or change precision, m2ib uses a copy.
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> model = m2ib.load("shapes")  # the shipped 3.7 M-parameter CLIP, offline
         >>> model.geometry.image_size, model.geometry.patch_grid
@@ -299,7 +299,7 @@ def explain(
     ships recommended settings (the shapes model does). Each other method's file in
     ``m2ib/methods/`` names its paper.
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> exp = m2ib.explain("shapes", "examples/scene1.png", "a yellow star")
         >>> exp.image_map.shape, exp.tokens
@@ -470,7 +470,7 @@ def compare(
         text); ``save`` writes one ``.png``, one ``.npz`` (keys such as ``chefer/image_map``) and one
         ``.json``.
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> cmp = m2ib.compare("shapes", "examples/scene1.png", "a yellow star", methods="m2ib,chefer")
         >>> list(cmp.explanations)
@@ -543,7 +543,7 @@ def similarity(
         texts: a string or a list of strings.
         batch_size: inputs embedded together (64 by default).
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> m2ib.similarity("shapes", ["examples/scene1.png", "examples/scene2.png"], ["a yellow star", "an orange cross"]).shape
         torch.Size([2, 2])

@@ -27,7 +27,7 @@ class Comparison(Result):
         explanations: by method name, the :class:`~m2ib.explanation.Explanation` of each that succeeded.
         failures: by method name, why each failed method failed.
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> cmp = m2ib.compare("shapes", "examples/scene1.png", "a yellow star", methods="chefer,saliency")
         >>> cmp.methods, cmp.failures

@@ -45,7 +45,7 @@ class Explanation(Result):
         image_source: the image's path, or a description.
         info: method-specific numbers (M2IB: the final loss; with negatives: ``margin``).
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle")
         >>> exp.image_map.shape, exp.image_grid.shape, len(exp.text_map) == len(exp.tokens)

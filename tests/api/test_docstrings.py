@@ -36,7 +36,7 @@ def test_every_public_name_has_an_example():
         "Explanation",
         "Comparison",
     ]:
-        assert "Example:" in (getattr(m2ib, name).__doc__ or ""), name
+        assert "Examples:" in (getattr(m2ib, name).__doc__ or ""), name
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ class AuditResult:
     In a notebook it shows its overview (``_repr_png_``): the mean map with its regions above the
     word chart, the same two figures that ``report.html`` embeds (:meth:`figure`).
 
-    Example:
+    Examples:
         >>> import tempfile, m2ib
         >>> result = m2ib.audit("shapes", "shapes:test:4", tempfile.mkdtemp(), steps=2, samples=2, progress=False)
         >>> result  # doctest: +ELLIPSIS
@@ -117,7 +117,7 @@ def audit(
         over the patch grid (each pair's map first made to add up to 1), ``summary.regions`` its hot
         regions, ``summary.words`` the word table (flagged words: ``flag``).
 
-    Example:
+    Examples:
         >>> import tempfile, m2ib
         >>> result = m2ib.audit("shapes", "shapes:test:4", tempfile.mkdtemp(), steps=2, samples=2, progress=False)
         >>> result.summary.prior.shape, len(result.records), sorted(result.files)

@@ -25,7 +25,7 @@ def interact(
         An :class:`~m2ib.interactions.result.Interaction`: ``matrix`` [T, rows, cols], ``span_map``
         of a phrase [H, W], ``region_scores`` of a box [T].
 
-    Example:
+    Examples:
         >>> from m2ib.interactions import interact
         >>> pair = interact("shapes", "examples/scene3.png", "an orange triangle", method="exclip")
         >>> pair.tokens

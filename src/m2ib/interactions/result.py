@@ -49,7 +49,7 @@ class Interaction(Result):
         settings: every setting used.
         info: method-specific numbers (exCLIP: the completeness terms the matrix sums to).
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> from m2ib.interactions import interact
         >>> pair = interact("shapes", "examples/scene3.png", "an orange triangle and a yellow circle", text_layer=0)

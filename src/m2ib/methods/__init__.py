@@ -52,7 +52,7 @@ def list_methods() -> list[str]:
 
     Each method's paper is in its module's docstring and in ``m2ib list``.
 
-    Example:
+    Examples:
         >>> import m2ib
         >>> m2ib.list_methods()[:3]
         ['m2ib', 'gradcam', 'saliency']
