@@ -100,8 +100,6 @@ def audit(
             (:mod:`m2ib.auditing.control`): ``"randomised"`` (default: the model randomised above
             the method's layers), a model (what :func:`m2ib.load` accepts) or ``"none"``. A folder is
             resumed only with the control it was started with.
-        **settings: the method's settings (e.g. ``steps=10``).
-
         method: the attribution method (default M2IB with the model's settings: Wang, Rudner and
             Wilson, NeurIPS 2023, https://arxiv.org/abs/2312.17174; M2IB needs no labels, the other
             modality is the target).
@@ -110,9 +108,10 @@ def audit(
         progress: show a progress bar.
         report: write ``report.html`` (needs matplotlib).
         command: the command line to record in the run's provenance.
+        **settings: the method's settings (e.g. ``steps=10``).
 
     Returns:
-        An :class:`AuditResult`; files ``words.csv``, ``pairs.csv``, ``image_prior.npz`` and
+        An :class:`AuditResult`; files ``words.csv``, ``pairs.csv``, ``regions.csv``, ``image_prior.npz`` and
         (with ``report``) ``report.html`` in ``out``. ``summary.prior`` is the [rows, cols] mean map
         over the patch grid (each pair's map first made to add up to 1), ``summary.regions`` its hot
         regions, ``summary.words`` the word table (flagged words: ``flag``).
@@ -121,7 +120,7 @@ def audit(
         >>> import tempfile, m2ib
         >>> result = m2ib.audit("shapes", "shapes:test:4", tempfile.mkdtemp(), steps=2, samples=2, progress=False)
         >>> result.summary.prior.shape, len(result.records), sorted(result.files)
-        (torch.Size([16, 16]), 4, ['pairs', 'prior', 'report', 'words'])
+        (torch.Size([16, 16]), 4, ['pairs', 'prior', 'regions', 'report', 'words'])
     """
     from ..api import load
     from ..datasets.tables import PairTable, load_table
