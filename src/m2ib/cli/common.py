@@ -67,3 +67,12 @@ def settings_file(path: str | None):
     from ..settings_file import read_settings
 
     return read_settings(path, {**REGISTRY, **INTERACTIONS})
+
+
+def freeze_startup() -> None:
+    """Once the model is loaded: what exists now (torch, transformers, the model) lives till the command
+    ends, so the collections during the work leave it out (``gc.freeze``; :func:`m2ib.cli.main`
+    unfreezes on return, so an in-process caller keeps its own collector as it was)."""
+    import gc
+
+    gc.freeze()

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_UNFINISHED, add_settings_flag, interactions, model_help, settings_file, status
+from .common import (
+    COMMANDS,
+    EXIT_UNFINISHED,
+    add_settings_flag,
+    freeze_startup,
+    interactions,
+    model_help,
+    settings_file,
+    status,
+)
 
 SAMPLES_NOTE = (
     "--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
@@ -111,6 +120,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
     status(f"loading model {args.model} ...")
     backend = load(args.model, device=args.device, settings=from_file)
+    freeze_startup()
     if table is None:
         table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
     command = "m2ib " + shlex.join(reproducing(args.argv))

@@ -185,7 +185,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .. import preflight
     from ..api import load
     from ..pairs import PairRows, PairsJob, explain_pairs, read_pairs, stems_of
-    from .common import status
+    from .common import freeze_startup, status
 
     preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
     if args.answer is not None:  # a generative VLM's answer: its own short route
@@ -234,6 +234,7 @@ def run_explain(args: argparse.Namespace) -> int:
     def load_model() -> Any:  # called only when some pair is left to do; the seconds before it are never silent
         status(f"loading model {args.model} ...")
         backend = load(args.model, device=args.device, settings=from_file)
+        freeze_startup()
         status(f"explaining {len(rows.pairs)} pair(s) with {', '.join(methods)} ...")
         return backend
 
