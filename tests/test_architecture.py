@@ -11,8 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "m2ib"
 
 # Each room may import rooms of a lower rank only (rooms of one rank do not import each other).
 LAYERS = [
-    ("errors", "version"),
-    ("fileio", "settings", "tokenizer", "maps", "registry"),
+    ("errors", "version", "collector"),
+    ("fileio", "settings", "settings_file", "tokenizer", "maps", "registry"),
     ("inputs", "models", "datasets", "results"),
     ("preflight", "backends", "training"),
     ("viz",),

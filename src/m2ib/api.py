@@ -18,6 +18,7 @@ from .errors import InputError, M2IBError, SettingWarning
 from .explanation import Explanation
 from .inputs import ImageInput, OneImage, check_texts, load_image
 from .methods import REGISTRY as METHODS
+from .settings_file import SettingsFile, SettingsSource, read_settings
 
 
 def load(
@@ -27,6 +28,7 @@ def load(
     dtype: str | torch.dtype | None = "float32",
     processor: Any = None,
     tokenizer: Any = None,
+    settings: SettingsSource | SettingsFile | None = None,
 ) -> Backend:
     """Load a model for explaining.
 
@@ -39,10 +41,16 @@ def load(
             (half-precision checkpoints are upcast); ``"model"`` keeps the model's own.
         processor: a ``CLIPProcessor`` to go with a model object.
         tokenizer: a tokenizer to go with a model object.
+        settings: a settings file (an ``m2ib.json`` with ``"recommended": {method: {setting:
+            value}}``, or a bare ``{method: {setting: value}}``), or that mapping: for the methods
+            it names, its values replace the model's recommended ones (settings given to
+            :func:`explain` still win). Checked before the model loads; the backend records where
+            they came from (``settings_source``), and so do its results.
 
     Returns:
         A :class:`~m2ib.backends.Backend`. A model object you pass is never modified: if it
-        must move or change precision, m2ib uses a copy.
+        must move or change precision, m2ib uses a copy; a backend you pass with ``settings``
+        is copied, not changed.
 
     Examples:
         >>> import m2ib
@@ -50,7 +58,11 @@ def load(
         >>> model.geometry.image_size, model.geometry.patch_grid
         ((96, 96), (16, 16))
     """
-    return load_backend(model, device=device, dtype=dtype, processor=processor, tokenizer=tokenizer)
+    chosen = (
+        settings if isinstance(settings, SettingsFile) or settings is None else read_settings(settings, dict(METHODS))
+    )
+    backend = load_backend(model, device=device, dtype=dtype, processor=processor, tokenizer=tokenizer)
+    return backend if chosen is None else backend.with_settings(chosen.values, chosen.source)
 
 
 def _as_list(x: Any) -> tuple[list, bool]:

@@ -70,6 +70,8 @@ class Explanation(Result):
     model: str = ""  # the model's name
     image_source: str = ""  # path of the image, or a description
     info: dict[str, Any] = field(default_factory=dict)  # method-specific numbers (e.g. final loss)
+    # a settings file's path ("mapping": given in code) whose values replaced the model's recommended ones
+    settings_source: str | None = None
 
     default_stem: ClassVar[str] = "explanation"
 
@@ -98,6 +100,7 @@ class Explanation(Result):
             "word_ids": list(self.word_ids),
             "similarity": self.similarity,
             "settings": self.settings,
+            **({"settings_source": self.settings_source} if self.settings_source is not None else {}),
             "info": self.info,
             "text_scores": None if self.text_map is None else [round(float(v), 6) for v in self.text_map],
             "words": words,

@@ -11,8 +11,8 @@ What the outputs promise (checked before the model loads):
 * **Outputs never touch inputs**: a run whose files would have the path of an input image or
   of the pairs file is refused.
 * **Results are keyed by what made them**: each JSON records its ``request`` (image path and
-  content hash, text, methods, settings given, model, negatives, sides, boxes). A re-run of the
-  same command skips the pairs that are done; a re-run into a folder whose results were made
+  content hash, text, methods, settings given, a settings file's values, model, negatives, sides,
+  boxes). A re-run of the same command skips the pairs that are done; a re-run into a folder whose results were made
   otherwise is refused, naming the difference and the way out (another ``--out``, or
   ``--overwrite``). Refused rather than written beside under hashed names: the file names stay
   the ones a user and their scripts expect (``x.png`` for ``x.png``), and a folder never holds
@@ -138,6 +138,8 @@ class PairsJob:
     overwrite: bool = False
     batch_size: int = 16
     inputs: tuple[Path, ...] = ()  # files besides the images that no output may replace (the pairs file)
+    # a settings file's values for these methods (replacing the model's recommended ones); None: no file
+    settings_file: Mapping[str, Mapping[str, Any]] | None = None
 
     def request(self, image: str, text: str) -> dict[str, Any]:
         """What makes a pair's result, as its JSON records it (compared on a re-run)."""
@@ -147,6 +149,7 @@ class PairsJob:
             "text": text,
             "methods": self.methods,
             "settings": self.settings,
+            "settings_file": self.settings_file,
             "model": self.model,
             "negatives": self.negatives or [],
             "modalities": self.modalities,

@@ -440,6 +440,9 @@ def test_open_clip_names_and_directories(tmp_path, pictures):
         for other in (from_file, m2ib.load(f"open_clip:local-dir:{folder}"), m2ib.load(str(folder))):
             torch.testing.assert_close(other.embed("image", images), expected[0], atol=TOL, rtol=0)
             torch.testing.assert_close(other.embed("text", texts), expected[1], atol=TOL, rtol=0)
+    recommended = {"m2ib": {"vision_layer": 1, "vision_beta": 7.0}}  # a directory's m2ib.json, as HF ones
+    (folder / "m2ib.json").write_text(json.dumps({"recommended": recommended}))
+    assert m2ib.load(str(folder)).recommended == m2ib.load(f"open_clip:local-dir:{folder}").recommended == recommended
     (folder / "open_clip_pytorch_model.bin").unlink()
     with pytest.raises(InputError, match="no checkpoint"):
         m2ib.load(str(folder))

@@ -322,3 +322,32 @@ def test_cascade_parts_run_from_the_head_down(name):
         assert [label for label, _ in parts] == ["head", *[f"block {i}" for i in reversed(range(n))], "embeddings"]
         tower = model.vision_model if modality == "image" else model.text_model
         assert parts[1][1] == [tower.encoder.layers[-1]]
+
+
+# Every transformers family saved with save_pretrained, an m2ib.json beside it: its "recommended"
+# settings are the loaded backend's, and a method run on it uses them (CLIP, SigLIP: their builders
+# in test_backends_families; SigLIP 2, MetaCLIP 2: here). OpenCLIP directories: test_backends_families.
+@pytest.mark.parametrize("name", ["clip", "siglip", "siglip2", "metaclip2"])
+def test_a_saved_directory_s_m2ib_json_gives_its_recommended_settings(name, tmp_path):
+    import json
+
+    import test_backends_families as families
+
+    model, backend, _, _ = {
+        "clip": families.build_hf_clip,
+        "siglip": lambda: families.family("siglip"),
+        "siglip2": lambda: family("siglip2"),
+        "metaclip2": lambda: family("metaclip2"),
+    }[name]()
+    model.save_pretrained(tmp_path)
+    backend.tokenizer.save_pretrained(tmp_path)
+    recommended = {"m2ib": {"vision_layer": 1, "vision_beta": 7.0}, "gradcam": {"text_layer": 0}}
+    (tmp_path / "m2ib.json").write_text(json.dumps({"name": name, "recommended": recommended}))
+    loaded = m2ib.load(str(tmp_path))
+    assert loaded.recommended == recommended
+    settings = m2ib.methods.REGISTRY["m2ib"]().make_settings(loaded)
+    assert (settings.vision_layer, settings.vision_beta) == (1, 7.0)
+    assert m2ib.load(f"hf:{tmp_path}").recommended == recommended
+    (tmp_path / "m2ib.json").write_text("{not json")
+    with pytest.raises(InputError, match="m2ib.json"):
+        m2ib.load(str(tmp_path))

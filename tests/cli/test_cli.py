@@ -369,3 +369,35 @@ def test_a_list_setting_is_a_comma_list():
     with pytest.raises(InputError, match="steps='x' must be an integer"):
         Lists(steps=("x",))
     assert Lists(steps=(1,)).as_dict() == {"steps": (1,), "modes": ("a",), "shares": None}
+
+
+def test_the_collector_is_paused_while_loading_and_left_as_found(tmp_path):
+    """Startup (imports, the model's load) runs without cyclic garbage collections, which would walk
+    every long-lived object for nothing; afterwards the collector is as the caller had it."""
+    import gc
+    from pathlib import Path
+
+    import m2ib
+
+    load = m2ib.load  # m2ib.api imported now, outside the count
+    collections: list[int] = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        load("random-tiny")  # builds a model: thousands of allocations (6 young collections unpaused)
+        assert collections in ([], [0])  # at most the one of the young objects when the collector resumes
+        gc.disable()
+        load("random-tiny")
+        assert not gc.isenabled()  # a caller's choice is kept
+        gc.enable()
+        scene = str(Path(__file__).resolve().parents[2] / "examples" / "scene1.png")
+        argv = ["explain", scene, "a red circle", "--model", "random-tiny", "--steps", "2", "--samples", "2"]
+        assert main([*argv, "--no-figure", "--out", str(tmp_path / "out")]) == 0
+        assert gc.isenabled() and gc.get_freeze_count() == 0  # what the command froze is collectable again
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()

@@ -65,7 +65,20 @@ def files(tmp_path):
     )
     made["dir"] = tmp_path / "a_dir"
     made["dir"].mkdir()
+    for name, content in SETTINGS_FILES.items():
+        made[name] = tmp_path / f"{name}.json"
+        made[name].write_text(content)
     return made
+
+
+#: Bad --settings files (name -> content): each is one line naming the file and the key.
+SETTINGS_FILES = {
+    "settings_bad_json": '{"m2ib": {"steps": 2',
+    "settings_list": "[1, 2]",
+    "settings_unknown_method": '{"nosuch": {"steps": 2}}',
+    "settings_unknown_setting": '{"recommended": {"m2ib": {"vision_bet": 1}}}',
+    "settings_bad_value": '{"m2ib": {"steps": 0}}',
+}
 
 
 # (id, argv with {placeholders}, expected exit code, text the one-line error must contain)
@@ -114,6 +127,41 @@ ERRORS = [
     ("eval-metric-unknown", [*EVAL[:-1], "nosuch", "--out", "{dir}/e5"], "nosuch"),
     ("eval-out-is-a-file", [*EVAL, "--out", "{a_file}"], "occupied"),
     ("eval-old-samples-flag", [*EVAL, "--samples", "0", "--out", "{dir}/e6"], "samples"),
+    ("settings-missing", ["explain", SCENE, "a cat", "--settings", "{dir}/none.json"], "none.json: settings file not"),
+    ("settings-bad-json", ["explain", SCENE, "a cat", "--settings", "{settings_bad_json}"], "bad_json.json: not valid"),
+    ("settings-not-an-object", ["explain", SCENE, "a cat", "--settings", "{settings_list}"], "list.json: expected"),
+    ("settings-is-a-dir", ["explain", SCENE, "a cat", "--settings", "{dir}"], "a_dir: is a folder"),
+    (
+        "settings-unknown-method",
+        ["explain", SCENE, "a cat", "--settings", "{settings_unknown_method}"],
+        "unknown_method.json: nosuch: unknown method",
+    ),
+    (
+        "settings-unknown-setting",
+        ["explain", SCENE, "a cat", "--settings", "{settings_unknown_setting}"],
+        "unknown_setting.json: recommended.m2ib.vision_bet: unknown setting",
+    ),
+    (
+        "settings-bad-value",
+        ["explain", SCENE, "a cat", "--settings", "{settings_bad_value}"],
+        "bad_value.json: m2ib: steps",
+    ),
+    (
+        "eval-settings-unknown-method",
+        [*EVAL, "--settings", "{settings_unknown_method}", "--out", "{dir}/e7"],
+        "unknown_method.json: nosuch",
+    ),
+    (
+        "audit-settings-unknown-setting",
+        ["audit", "--data", "shapes:test:2", "--out", "{dir}/a1", "--settings", "{settings_unknown_setting}"],
+        "unknown_setting.json: recommended.m2ib.vision_bet",
+    ),
+    (
+        "audit-settings-missing",
+        ["audit", "--data", "shapes:test:2", "--out", "{dir}/a2", "--settings", "x.json"],
+        "x.json",
+    ),
+    ("serve-settings-bad-json", ["serve", "--settings", "{settings_bad_json}"], "bad_json.json: not valid"),
 ]
 
 

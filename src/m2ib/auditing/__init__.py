@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings_file import SettingsFile, SettingsSource
 from .aggregate import Summary, summarise
 
 __all__ = ["audit", "AuditResult", "Summary", "summarise"]
@@ -84,6 +85,7 @@ def audit(
     time_limit: float | None = None,
     command: str | None = None,
     control: Any = "randomised",
+    settings_file: SettingsSource | SettingsFile | None = None,
     **settings: Any,
 ) -> AuditResult:
     """Explain every pair of ``data`` with ``method`` and write the audit into ``out``.
@@ -108,7 +110,9 @@ def audit(
         progress: show a progress bar.
         report: write ``report.html`` (needs matplotlib).
         command: the command line to record in the run's provenance.
-        **settings: the method's settings (e.g. ``steps=10``).
+        settings_file: a settings file (or mapping) whose values replace the model's recommended
+            ones, as :func:`m2ib.load`'s ``settings``.
+        **settings: the method's settings (e.g. ``steps=10``); they win over the file's.
 
     Returns:
         An :class:`AuditResult`; files ``words.csv``, ``pairs.csv``, ``regions.csv``, ``image_prior.npz`` and
@@ -132,7 +136,7 @@ def audit(
     spec = check_control(control)
     with locked(out):
         check_same_control(out, spec)  # before the model loads
-        backend = load(model, device=device)
+        backend = load(model, device=device, settings=settings_file)
         table = (
             data
             if isinstance(data, PairTable)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..collector import gc_paused
 from ..errors import InputError
 
 # Importing a family file registers its family (its optional library is imported only when one of
@@ -103,7 +104,8 @@ def load_backend(
         tok = tokenizer or getattr(processor, "tokenizer", None)
         backend = _wrap(model, name, tok, processor, {})
     elif isinstance(source, (str, os.PathLike)):
-        backend = _load_named(str(source), processor=processor, tokenizer=tokenizer)
+        with gc_paused():  # imports and modules that live on: no full collection walks them meanwhile
+            backend = _load_named(str(source), processor=processor, tokenizer=tokenizer)
     else:
         raise InputError(
             f"cannot load a model from {type(source).__name__}: pass a name, a hub id, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -136,6 +136,8 @@ class Backend(ABC):
     name: str = "model"  # how the model was named when loaded (hub id, directory, built-in name)
     # Settings a model ships with (e.g. the layers chosen on a validation split), per method.
     recommended: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where ``recommended`` was replaced from (:meth:`with_settings`): a settings file's path, "mapping"; None: never.
+    settings_source: str | None = None
     # Copies of this backend with the weights in another dtype (for opt-in reduced precision).
     dtype_copies: dict[torch.dtype, Backend] = field(default_factory=dict, repr=False, compare=False)
     # modality -> the list an open record_attention() fills; family adapters read it in their forward.
@@ -155,6 +157,14 @@ class Backend(ABC):
     @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         """Texts -> token ids with start/end tokens, truncated to the context length."""
+
+    def with_settings(self, values: Mapping[str, Mapping[str, Any]], source: str) -> Backend:
+        """A copy of this backend (the same model) whose recommended settings are ``values`` in place of
+        its own, setting by setting, for the methods ``values`` names (checked by the caller:
+        :func:`m2ib.settings_file.read_settings`); this backend is left as it was."""
+        from ..settings_file import overlay
+
+        return replace(self, recommended=overlay(self.recommended, values), settings_source=source, dtype_copies={})
 
     def at_grid_of(self, images: Sequence[Any]) -> Backend:
         """This backend at the patch grid of ``images``, for models whose grid follows each image

@@ -78,10 +78,7 @@ def load_directory(path: Path, name: str | None = None, processor: Any = None, t
                 ) from None
     if processor is None and (path / "preprocessor_config.json").exists():
         processor = SimpleNamespace(**json.loads((path / "preprocessor_config.json").read_text()))
-    info = {}
-    if (path / "m2ib.json").exists():
-        info = json.loads((path / "m2ib.json").read_text())
-    return family.wrap(model, name or str(path), tokenizer, processor, info)
+    return family.wrap(model, name or str(path), tokenizer, processor, registry.saved_info(path))
 
 
 @contextlib.contextmanager

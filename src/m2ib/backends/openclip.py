@@ -37,7 +37,7 @@ from .coca import CLS_ID, CLS_TOKEN, CoCaTextTower, class_token_layout
 from .openai_towers import OpenAITextTower
 from .openclip_tokens import hf_library_ids, hf_text_batch, hf_text_by_name, hub_tokenizer, transformers_tokenizer
 from .openclip_visual import image_tower, preprocessing_of
-from .registry import Family, family_of_model, module_names, register
+from .registry import Family, family_of_model, module_names, register, saved_info
 from .tokens import protect_specials, readable_tokens, short, word_ids
 from .towers import Tower, TowersBackend
 
@@ -283,15 +283,19 @@ def load_open_clip_dir(path: Path, name: str | None = None) -> TowersBackend:
     if "hf_model_name" in text_cfg:  # BiomedCLIP: its PubMedBERT's config and tokenizer from the cache
         text_cfg, tokenizer = hf_text_by_name(spec, text_cfg)
         model = _quiet(oc.create_model, spec, text_cfg=text_cfg).eval()
-        return _hf_text_backend(model, name or str(path), tokenizer)
+        return _hf_text_backend(model, name or str(path), tokenizer, saved_info(path))
     model = _quiet(oc.create_model, spec).eval()
-    return OpenCLIPBackend(model=model, name=name or str(path), tokenizer=oc.get_tokenizer(spec))
+    recommended = saved_info(path).get("recommended", {})
+    return OpenCLIPBackend(
+        model=model, name=name or str(path), tokenizer=oc.get_tokenizer(spec), recommended=recommended
+    )
 
 
-def _hf_text_backend(model: torch.nn.Module, name: str, tokenizer: Any) -> TowersBackend:
-    """The OpenCLIP HF text family's backend for a model with a Hugging Face text tower."""
+def _hf_text_backend(model: torch.nn.Module, name: str, tokenizer: Any, info: dict | None = None) -> TowersBackend:
+    """The OpenCLIP HF text family's backend for a model with a Hugging Face text tower (``info``: its
+    directory's m2ib.json)."""
     family = family_of_model(model)
-    backend = None if family is None else family.wrap(model, name, tokenizer, None, {})
+    backend = None if family is None else family.wrap(model, name, tokenizer, None, info or {})
     if not isinstance(backend, TowersBackend):  # that family registers on import of the backends package
         raise RuntimeError(f"OpenCLIP model {name!r} has a Hugging Face text tower but no family wraps it")
     return backend

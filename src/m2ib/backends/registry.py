@@ -23,6 +23,25 @@ Wrap = Callable[[torch.nn.Module, str, Any, Any, dict], Backend]
 Load = Callable[..., Backend]
 
 
+def saved_info(path: Path) -> dict[str, Any]:
+    """A saved model directory's ``m2ib.json`` (its ``"recommended"`` settings are the backend's),
+    or {} when it has none; every family's directory loader reads it here."""
+    import json
+
+    from ..errors import InputError
+
+    file = Path(path) / "m2ib.json"
+    if not file.is_file():
+        return {}
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{file}: not a readable JSON file ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("recommended", {}), dict):
+        raise InputError(f'{file}: expected a JSON object whose "recommended" is {{method: {{setting: value}}}}')
+    return info
+
+
 def _never(_: Any) -> bool:
     return False
 

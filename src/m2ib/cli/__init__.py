@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 import typing
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from ..collector import gc_paused
 from ..errors import M2IBError, spelled
 from ..registry import Registry
 from .audit import add_audit, run_audit
@@ -114,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     try:
-        args = build_parser(argv[0] if argv else "").parse_args(argv)
+        with gc_paused():  # the parser imports torch and the methods: objects that live till exit
+            args = build_parser(argv[0] if argv else "").parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
         return int(exc.code or 0)
     except M2IBError as exc:  # the flags come from the registries: a broken plugin fails here
@@ -142,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`m2ib list | head -1`): nothing left to say
         _silence_stdout()
         return 0
+    finally:
+        gc.unfreeze()  # what a handler froze after its model loaded (common.loaded) is collectable again
 
 
 def _silence_stdout() -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_UNFINISHED, model_help
+from .common import COMMANDS, EXIT_UNFINISHED, add_settings_flag, model_help, settings_file
 from .evaluate import evaluation_settings, reproducing
 
 
@@ -34,6 +34,7 @@ def add_audit(sub) -> None:
         "text/caption columns), or shapes:SPLIT:N[:KIND] (e.g. shapes:test:200)",
     )
     au.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
+    add_settings_flag(au)
     au.add_argument("--out", type=Path, required=True, help="output directory")
     au.add_argument("--method", default="m2ib", choices=list(REGISTRY), help="attribution method (default: m2ib)")
     au.add_argument(
@@ -75,6 +76,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from ..auditing.run import locked
 
     seed, per_method = evaluation_settings([args.method], args)  # checked before the model loads
+    from_file = settings_file(args.settings)
     preflight.check_device(args.device)
     preflight.check_numeric_flags(args)
     preflight.check_installed(preflight.command_needs(args))
@@ -98,6 +100,7 @@ def run_audit(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         command="m2ib " + shlex.join(reproducing(args.argv)),
         control=control,
+        settings_file=from_file,
         **per_method.get(args.method, {}),
     )
     if result.bad:

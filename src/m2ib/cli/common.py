@@ -43,3 +43,36 @@ def status(message: str) -> None:
     nothing when stderr is a file or a pipe, where an error stays the one line it promises."""
     if sys.stderr.isatty():
         print(f"m2ib: {message}", file=sys.stderr, flush=True)
+
+
+SETTINGS_HELP = (
+    'a settings file: an m2ib.json as the shipped models have ("recommended": {method: {setting: value}}) '
+    "or a bare {method: {setting: value}}; its values replace the model's recommended ones for the "
+    "methods it names (setting flags still win)"
+)
+
+
+def add_settings_flag(parser) -> None:
+    """The ``--settings FILE`` flag of explain, evaluate, audit and serve."""
+    parser.add_argument("--settings", default=None, metavar="FILE", help=SETTINGS_HELP)
+
+
+def settings_file(path: str | None):
+    """The checked ``--settings`` file (None without the flag): one line naming the file and the key
+    when it is missing, not JSON, or names an unknown method or setting; before any model loads."""
+    if path is None:
+        return None
+    from ..interactions import REGISTRY as INTERACTIONS
+    from ..methods import REGISTRY
+    from ..settings_file import read_settings
+
+    return read_settings(path, {**REGISTRY, **INTERACTIONS})
+
+
+def freeze_startup() -> None:
+    """Once the model is loaded: what exists now (torch, transformers, the model) lives till the command
+    ends, so the collections during the work leave it out (``gc.freeze``; :func:`m2ib.cli.main`
+    unfreezes on return, so an in-process caller keeps its own collector as it was)."""
+    import gc
+
+    gc.freeze()

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_UNFINISHED, interactions, model_help, status
+from .common import (
+    COMMANDS,
+    EXIT_UNFINISHED,
+    add_settings_flag,
+    freeze_startup,
+    interactions,
+    model_help,
+    settings_file,
+    status,
+)
 
 SAMPLES_NOTE = (
     "--samples sets the methods' own 'samples' setting (M2IB: noise copies per step; Kernel SHAP: "
@@ -96,6 +105,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     methods = evaluated_methods(args.methods, "--methods")
     metrics = chosen_metrics(args)
     seed, per_method = evaluation_settings(methods, args)
+    from_file = settings_file(args.settings)
     if any(a == "--samples" or a.startswith("--samples=") for a in args.argv):
         print(f"m2ib: note: {SAMPLES_NOTE}", file=sys.stderr)  # its meaning changed: never silently
     preflight.check_device(args.device)
@@ -109,7 +119,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     shapes = args.data.strip().startswith(("shapes:", "shapes-collage:", "shapes-two:"))
     table = None if shapes else load_table(args.data, samples=args.rows, seed=seed)
     status(f"loading model {args.model} ...")
-    backend = load(args.model, device=args.device)
+    backend = load(args.model, device=args.device, settings=from_file)
+    freeze_startup()
     if table is None:
         table = load_table(args.data, size=backend.geometry.image_size[0], samples=args.rows, seed=seed)
     command = "m2ib " + shlex.join(reproducing(args.argv))
@@ -200,6 +211,7 @@ def add_evaluate(sub) -> None:
         help=f"of {', '.join(METRIC_NAMES)} (default: {','.join(DEFAULT_METRICS)}; roar needs shapes data)",
     )
     ev.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
+    add_settings_flag(ev)
     ev.add_argument("--out", type=Path, required=True, help="output directory")
     ev.add_argument(
         "--rows",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .common import COMMANDS, EXIT_BAD_INPUT, interactions, model_help
+from .common import COMMANDS, EXIT_BAD_INPUT, add_settings_flag, interactions, model_help, settings_file
 
 if TYPE_CHECKING:
     from ..backends.base import Modality
@@ -45,6 +45,7 @@ def add_explain(sub) -> None:
         "relative paths are read from the file's folder",
     )
     ex.add_argument("--model", default=DEFAULT_MODEL, help=model_help())
+    add_settings_flag(ex)
     ex.add_argument(
         "--method",
         default="m2ib",
@@ -184,7 +185,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .. import preflight
     from ..api import load
     from ..pairs import PairRows, PairsJob, explain_pairs, read_pairs, stems_of
-    from .common import status
+    from .common import freeze_startup, status
 
     preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
     if args.answer is not None:  # a generative VLM's answer: its own short route
@@ -195,6 +196,7 @@ def run_explain(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods, interaction = _methods(args.method)
     settings = _method_settings(methods, args)
+    from_file = settings_file(args.settings)
     modalities = _modalities(args.modalities)
     _check_flags(methods, interaction, args, modalities)
     boxes = [_parse_box(b) for b in args.box]
@@ -226,11 +228,13 @@ def run_explain(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         batch_size=16 if args.batch_size is None else args.batch_size,
         inputs=() if args.pairs is None else (args.pairs,),
+        settings_file={m: v for m, v in from_file.values.items() if m in methods} or None if from_file else None,
     )
 
     def load_model() -> Any:  # called only when some pair is left to do; the seconds before it are never silent
         status(f"loading model {args.model} ...")
-        backend = load(args.model, device=args.device)
+        backend = load(args.model, device=args.device, settings=from_file)
+        freeze_startup()
         status(f"explaining {len(rows.pairs)} pair(s) with {', '.join(methods)} ...")
         return backend
 

@@ -16,6 +16,7 @@ from ..serve.callbacks import registered_methods
 from ..serve.environment import INSTALL_HINT
 from ..serve.interplay import registered_interactions
 from ..serve.limits import MAX_MEGAPIXELS, MAX_UPLOAD_MB
+from .common import add_settings_flag, settings_file
 
 log = logging.getLogger("m2ib.serve")
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"built-in name ({', '.join(BUILTIN_MODELS)}), Hugging Face hub id (cached; set "
         f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL})",
     )
+    add_settings_flag(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -82,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:  # every cheap check before the model loads
         preflight.check_numeric_flags(args)
+        from_file = settings_file(args.settings)
         preflight.check_installed([("gradio", "m2ib serve")])
     except M2IBError as exc:
         print(f"m2ib: error: {exc}", file=sys.stderr)
@@ -94,7 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.propagate = False
     previous_sigterm = _stop_on_sigterm()
     try:
-        demo = build_app(args.model, args.device, max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels)
+        demo = build_app(
+            args.model,
+            args.device,
+            max_upload_mb=args.max_upload_mb,
+            max_megapixels=args.max_megapixels,
+            settings=from_file,
+        )
         log.info(
             "model %s on %s; methods: %s; interaction methods: %s",
             demo.m2ib_backend.name,

@@ -84,6 +84,7 @@ class BatchEvaluator:
         out: str,
         weights_sha256: str,
         threads: int,
+        model_settings: tuple[dict[str, dict[str, Any]], str] | None = None,
     ) -> None:
         import torch
 
@@ -91,6 +92,8 @@ class BatchEvaluator:
 
         torch.set_num_threads(max(1, threads))  # this actor's process only
         self.backend = load(model, device=device)
+        if model_settings is not None:  # the driver's recommended values, a settings file's included
+            self.backend = self.backend.with_settings(*model_settings)
         found = weights_hash(self.backend.model)
         if found != weights_sha256:
             raise RuntimeError(
@@ -209,7 +212,10 @@ def run_evaluation_ray(
         if work and per_pair(plan.metrics):
             started = _connect(ray_config)
             try:
-                result.nodes = sorted(_run_pipeline(plan, work, model, device, ray_config, progress))
+                model_settings = (
+                    None if backend.settings_source is None else (backend.recommended, backend.settings_source)
+                )
+                result.nodes = sorted(_run_pipeline(plan, work, model, device, ray_config, progress, model_settings))
             except Exception as exc:
                 import ray.exceptions
 
@@ -232,7 +238,13 @@ def run_evaluation_ray(
 
 
 def _run_pipeline(
-    plan: Plan, work: list, model: str, device: str | None, ray_config: RayConfig, progress: bool
+    plan: Plan,
+    work: list,
+    model: str,
+    device: str | None,
+    ray_config: RayConfig,
+    progress: bool,
+    model_settings: tuple[dict[str, dict[str, Any]], str] | None = None,
 ) -> set[str]:
     """Run the batches through the actor pool; returns the ids of the nodes that did the work."""
     import ray
@@ -264,6 +276,7 @@ def _run_pipeline(
             "out": str(result.out),
             "weights_sha256": plan.header["weights_sha256"],
             "threads": max(1, int(ray_config.cpus_per_actor)),
+            "model_settings": model_settings,
         },
     )
     nodes: set[str] = set()

@@ -79,6 +79,7 @@ def provenance(
         "rows": len(table.rows),
         "methods": list(methods),
         "settings": resolved_settings(backend, methods, settings, seed),
+        "settings_source": backend.settings_source,  # a settings file that replaced the model's recommended values
         "metrics": protocol,
         "command": command if command is not None else " ".join(sys.argv),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -282,6 +282,7 @@ class Method(Configurable, ABC):
                 settings=dict(settings_dict),
                 model=backend.name,
                 image_source=images.sources[i] if images.sources else "",
+                settings_source=backend.settings_source,
                 info={m: r.info[i] for m, r in raw.items() if r.info},
             )
             if image_maps is not None and image_norm is not None:  # set together

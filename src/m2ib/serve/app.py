@@ -54,6 +54,7 @@ def build_app(
     max_upload_mb: float = MAX_UPLOAD_MB,
     max_megapixels: float = MAX_MEGAPIXELS,
     workdir: str | os.PathLike | None = None,
+    settings: Any = None,
 ):
     """The viewer page, a ``gr.Blocks`` (not launched; see :func:`launch`).
 
@@ -63,12 +64,13 @@ def build_app(
         max_upload_mb, max_megapixels: uploads over these limits are refused with a message.
         workdir: where example scenes and downloads are written (default: a temporary folder,
             removed when the process exits); output files older than an hour are deleted.
+        settings: a settings file or mapping replacing the model's recommended values (``m2ib.load``'s).
     """
     gr = import_gradio()
     from ..api import load
     from ..models import DEFAULT_MODEL
 
-    backend = load(DEFAULT_MODEL if model is None else model, device=device)
+    backend = load(DEFAULT_MODEL if model is None else model, device=device, settings=settings)
     methods = registered_methods()
     if not methods:
         raise M2IBError("no attribution method is registered")

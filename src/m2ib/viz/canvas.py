@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..collector import gc_paused
 from .layout import Ruler, TokenBlock, fit_text
 from .overlay import colormap, to_pil
 from .style import (
@@ -73,13 +74,14 @@ def quiet_missing_glyphs(draw: Callable) -> Callable:
 def load_mpl() -> MplNS:
     """Import the matplotlib pieces lazily (it is an optional dependency)."""
     try:
-        from matplotlib import patheffects
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.font_manager import FontProperties
-        from matplotlib.lines import Line2D
-        from matplotlib.patches import FancyBboxPatch, Rectangle
-        from matplotlib.transforms import Affine2D
+        with gc_paused():  # matplotlib's modules live on: no full collection walks them meanwhile
+            from matplotlib import patheffects
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            from matplotlib.font_manager import FontProperties
+            from matplotlib.lines import Line2D
+            from matplotlib.patches import FancyBboxPatch, Rectangle
+            from matplotlib.transforms import Affine2D
     except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
         raise ImportError(MISSING_MPL) from exc
     return MplNS(
