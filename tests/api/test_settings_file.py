@@ -25,14 +25,20 @@ def _m2ib(backend, **overrides):
 
 
 def test_precedence_defaults_recommended_file_explicit(tmp_path):
-    shapes = m2ib.load("shapes")  # recommended m2ib: vision_layer 2, vision_beta 1, text_layer 0, text_beta 3
-    assert shapes.recommended["m2ib"] == {"vision_layer": 2, "vision_beta": 1.0, "text_layer": 0, "text_beta": 3.0}
+    shapes = m2ib.load("shapes")  # recommended m2ib: vision_layer 2, vision_beta 1 (nothing for the text tower)
+    assert shapes.recommended["m2ib"] == {"vision_layer": 2, "vision_beta": 1.0}
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"recommended": {"m2ib": {"vision_beta": 10.0, "steps": 4}}, "training": {}}))
     mine = m2ib.load("shapes", settings=path)
     s = _m2ib(mine)
     # the file's values replace the model's, the model's other values stay, the defaults fill the rest
-    assert (s.vision_beta, s.steps, s.vision_layer, s.text_beta, s.lr) == (10.0, 4, 2, 3.0, _m2ib(None).lr)
+    assert (s.vision_beta, s.steps, s.vision_layer, s.text_beta, s.lr) == (
+        10.0,
+        4,
+        2,
+        _m2ib(None).text_beta,
+        _m2ib(None).lr,
+    )
     assert _m2ib(mine, vision_beta=30.0).vision_beta == 30.0  # explicit settings win over the file
     assert mine.settings_source == str(path.resolve())
     # the loaded model is not changed, nor is a backend given to load
