@@ -75,3 +75,15 @@ def images():
 def fast():
     """Settings that exercise every code path quickly."""
     return dict(steps=3, samples=4)
+
+
+@pytest.fixture(scope="session")
+def tune_tiny():
+    """m2ib tune's tests: the built-in random-tiny model (4 + 4 blocks, 64 px) and 3 shapes pairs as tune data."""
+    import m2ib
+    from m2ib.datasets.tables import load_table
+    from m2ib.tuning.data import tune_data
+
+    backend = m2ib.load("random-tiny")
+    rows = load_table("shapes:val:3", size=backend.geometry.image_size[0]).rows
+    return backend, rows, tune_data(backend, rows, 0)

@@ -69,16 +69,17 @@ def test_default_grid_holds_the_middle_and_published_layers_and_the_published_be
     assert REFERENCE not in json.dumps([p.settings("R") for p in points])
 
 
-def test_build_points_default_grid_on_a_model(tiny):
+def test_build_points_default_grid_on_a_model(tune_tiny):
     from m2ib.methods.layered import default_layer
     from m2ib.tuning.tune import TuneRequest, build_points, published_key
 
-    backend, _, _ = tiny
+    backend, _, _ = tune_tiny
     grid = build_points(backend, TuneRequest("random-tiny", "shapes:val:2", __import__("pathlib").Path("x")), {})
     for tower in ("image", "text"):
         keys = {p.key for p in grid[tower]}
         assert published_key(backend, tower) in keys  # M2IB with no setting is a grid point
-        assert {p.layer for p in grid[tower]} >= {0, default_layer(backend.num_layers(tower))}
+        depth = backend.num_layers(tower)
+        assert {p.layer for p in grid[tower]} == {(depth - 1) // 2, default_layer(depth)}  # middle, published
         assert {p.beta for p in grid[tower]} >= {0.1}
 
 

@@ -12,9 +12,9 @@ from m2ib.tuning.fits import fit_maps, point_settings, prefix_hidden, randomised
 
 
 @pytest.mark.parametrize("tower", ["image", "text"])
-def test_batched_betas_equal_separate_fits(tiny, tower):
+def test_batched_betas_equal_separate_fits(tune_tiny, tower):
     """One fit over (beta, pair) with a beta per row equals one fit per beta (the rows' losses are independent)."""
-    backend, _, data = tiny
+    backend, _, data = tune_tiny
     batch = data.images if tower == "image" else data.texts
     target = make_target(tower, data.image_emb, data.text_emb, None)
     s = point_settings({"bottleneck": "published"}, seed=0)
@@ -40,10 +40,10 @@ def test_batched_betas_equal_separate_fits(tiny, tower):
         {"objective": "adaib", "adaib_compression": "proportional"},
     ],
 )
-def test_fit_maps_equal_explain(tiny, tower, variant):
+def test_fit_maps_equal_explain(tune_tiny, tower, variant):
     """The maps a grid point is scored on are explain's maps with the point's settings (prefix shared,
     betas batched, chunks of 4 fits crossing the beta boundary)."""
-    backend, rows, data = tiny
+    backend, rows, data = tune_tiny
     layer = 1
     prefix = "vision" if tower == "image" else "text"
     s = point_settings({f"{prefix}_layer": layer, **variant}, seed=0)
@@ -58,8 +58,8 @@ def test_fit_maps_equal_explain(tiny, tower, variant):
             torch.testing.assert_close(m, e.map_of(tower), rtol=1e-5, atol=1e-5)
 
 
-def test_randomised_above_keeps_the_blocks_below_and_the_model(tiny):
-    backend, _, _ = tiny
+def test_randomised_above_keeps_the_blocks_below_and_the_model(tune_tiny):
+    backend, _, _ = tune_tiny
     before = {k: v.clone() for k, v in backend.model.state_dict().items()}
     copy = randomised_above(backend, "image", 1)
     labels = dict(copy.cascade_parts("image"))
