@@ -111,6 +111,8 @@ def command_needs(args: argparse.Namespace) -> list[tuple[str, str]]:
             needs.append(("scipy", "the road metric of m2ib evaluate"))
         if args.ray is not None:
             needs.append(("ray", "m2ib evaluate --ray"))
+    if command == "tune":
+        needs.append(("matplotlib", "the report of m2ib tune"))
     if "fixlip" in methods:
         needs.append(("shapiq", "the fixlip method"))
     return needs

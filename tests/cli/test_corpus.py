@@ -588,6 +588,7 @@ MISSING = [
         "m2ib[interactions]",
     ),
     ("gradio", ["serve"], "m2ib[viewer]"),
+    ("matplotlib", ["tune", "--data", "shapes:val:2", "--out", "{dir}/x"], "m2ib[figures]"),
 ]
 
 

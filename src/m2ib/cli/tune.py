@@ -7,12 +7,15 @@ import argparse
 import shlex
 from pathlib import Path
 
+from .. import preflight
 from .common import COMMANDS, model_help, status
 
 
 def run_tune(args: argparse.Namespace) -> int:
     from ..tuning.grid import parse_betas, parse_layers, parse_towers, parse_variants
     from ..tuning.tune import TuneRequest, tune
+
+    preflight.check_installed(preflight.command_needs(args))
 
     towers = parse_towers(args.towers)
     layers, flags = {}, {}
