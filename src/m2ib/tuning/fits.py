@@ -16,11 +16,10 @@ from typing import Any
 import torch
 
 from ..backends.base import Backend, Modality
-from ..errors import InputError
 from ..maps import finite, minmax
 from ..methods.base import autocast, image_scores_to_maps, make_target
 from ..methods.m2ib import M2IBSettings, check_fit, fit_bottleneck
-from ..metrics.sanity import randomised_cascade
+from ..metrics import sanity
 from .data import TuneData
 
 Maps = list[torch.Tensor]  # per pair: image [H, W] or text [tokens], scaled to [0, 1] as explain does
@@ -29,15 +28,7 @@ Maps = list[torch.Tensor]  # per pair: image [H, W] or text [tokens], scaled to 
 def randomised_above(backend: Backend, tower: Modality, layer: int, seed: int = 0) -> Backend:
     """A copy of ``backend`` whose ``tower`` has its head and every block above ``layer`` randomised
     (the sanity check's cascade point just above the bottleneck); the user's model is not touched."""
-    parts = [label for label, _ in backend.cascade_parts(tower)]
-    depth = backend.num_layers(tower)
-    target = "head" if layer == depth - 1 else f"block {layer + 1}"
-    if target not in parts:
-        raise InputError(f"the {tower} tower has no cascade point {target!r} (it has {', '.join(parts)})")
-    for label, randomised in randomised_cascade(backend, tower, seed=seed):
-        if label == target:
-            return randomised
-    raise InputError(f"the sanity cascade of the {tower} tower never reached {target!r}")
+    return sanity.randomised_above(backend, {tower: layer}, seed=seed)
 
 
 def prefix_hidden(backend: Backend, data: TuneData, tower: Modality, layer: int, batch_size: int) -> torch.Tensor:
