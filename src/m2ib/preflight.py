@@ -113,6 +113,8 @@ def command_needs(args: argparse.Namespace) -> list[tuple[str, str]]:
             needs.append(("ray", "m2ib evaluate --ray"))
     if command == "tune":
         needs.append(("matplotlib", "the report of m2ib tune"))
+        if args.ray is not None:
+            needs.append(("ray", "m2ib tune --ray"))
     if "fixlip" in methods:
         needs.append(("shapiq", "the fixlip method"))
     return needs

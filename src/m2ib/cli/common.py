@@ -3,7 +3,9 @@ and the interaction methods (a light module: no model or method library is impor
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_UNFINISHED = 3  # evaluate and audit --time-limit: stopped early, results kept
@@ -76,3 +78,54 @@ def freeze_startup() -> None:
     import gc
 
     gc.freeze()
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``--ray*`` flags of ``evaluate`` and ``tune``."""
+    ray = parser.add_argument_group("Ray (pip install 'm2ib[ray]')")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
+        "cluster (--out must then be a path every node can write)",
+    )
+    ray.add_argument(
+        "--ray-actors", type=int, default=2, help="actor pool size; each actor loads the model once (default: 2)"
+    )
+    ray.add_argument(
+        "--ray-cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="logical CPUs per actor, also its torch threads (default: 1)",
+    )
+    ray.add_argument(
+        "--ray-gpus-per-actor",
+        type=float,
+        default=None,
+        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
+    )
+    ray.add_argument(
+        "--ray-object-store",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="object store of a local instance (default: Ray's)",
+    )
+
+
+def ray_config_from(args: argparse.Namespace, batch_size: int) -> Any:
+    """The :class:`~m2ib.evaluation.distributed.RayConfig` of the ``--ray*`` flags."""
+    from ..evaluation.distributed import RayConfig
+
+    store = None if args.ray_object_store is None else args.ray_object_store * 2**20
+    return RayConfig(
+        address=None if args.ray == "local" else args.ray,
+        actors=args.ray_actors,
+        batch_size=batch_size,
+        cpus_per_actor=args.ray_cpus_per_actor,
+        gpus_per_actor=args.ray_gpus_per_actor,
+        object_store_memory=store,
+    )

@@ -12,10 +12,12 @@ from ..errors import InputError
 from .common import (
     COMMANDS,
     EXIT_UNFINISHED,
+    add_ray_flags,
     add_settings_flag,
     freeze_startup,
     interactions,
     model_help,
+    ray_config_from,
     settings_file,
     status,
 )
@@ -140,15 +142,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         from ..evaluation.distributed import RayConfig, run_evaluation_ray
 
-        store = None if args.ray_object_store is None else args.ray_object_store * 2**20
-        ray_config = RayConfig(
-            address=None if args.ray == "local" else args.ray,
-            actors=args.ray_actors,
-            batch_size=args.batch_size or RayConfig.batch_size,
-            cpus_per_actor=args.ray_cpus_per_actor,
-            gpus_per_actor=args.ray_gpus_per_actor,
-            object_store_memory=store,
-        )
+        ray_config = ray_config_from(args, batch_size=args.batch_size or RayConfig.batch_size)
         result = run_evaluation_ray(
             backend,
             args.model,
@@ -253,7 +247,7 @@ def add_evaluate(sub) -> None:
         help="rows explained together by the batched path "
         "(default: 1 locally, 8 with --ray); the numbers do not change beyond float rounding",
     )
-    _add_ray(ev)
+    add_ray_flags(ev)
     add_setting_flags(ev, {**REGISTRY, **interactions()})
     add_owned_flags(
         ev, dict(METRICS.items()), "metric options (flag: --METRIC-OPTION; each applies to its metric only)"
@@ -264,39 +258,4 @@ def add_evaluate(sub) -> None:
         default=None,
         metavar="N",
         help="the same as --samples (the methods' own 'samples' setting); kept for older commands",
-    )
-
-
-def _add_ray(ev: argparse.ArgumentParser) -> None:
-    ray = ev.add_argument_group("Ray (pip install 'm2ib[ray]')")
-    ray.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="run on Ray: no ADDRESS starts a local instance; 'auto' or ray://HOST:PORT joins a "
-        "cluster (--out must then be a path every node can write)",
-    )
-    ray.add_argument(
-        "--ray-actors", type=int, default=2, help="actor pool size; each actor loads the model once (default: 2)"
-    )
-    ray.add_argument(
-        "--ray-cpus-per-actor",
-        type=float,
-        default=1.0,
-        help="logical CPUs per actor, also its torch threads (default: 1)",
-    )
-    ray.add_argument(
-        "--ray-gpus-per-actor",
-        type=float,
-        default=None,
-        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
-    )
-    ray.add_argument(
-        "--ray-object-store",
-        type=int,
-        default=None,
-        metavar="MB",
-        help="object store of a local instance (default: Ray's)",
     )

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from .. import preflight
-from .common import COMMANDS, model_help, status
+from .common import COMMANDS, add_ray_flags, model_help, ray_config_from, status
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -41,6 +41,7 @@ def run_tune(args: argparse.Namespace) -> int:
         device=args.device,
         command="m2ib " + shlex.join(getattr(args, "argv", [])),
         progress=not args.no_progress,
+        ray=None if args.ray is None else ray_config_from(args, batch_size=args.batch_size),
     )
     status(f"tuning M2IB on {args.data} with {args.model} ...")
     outcome = tune(request)
@@ -73,7 +74,7 @@ def add_tune(sub) -> None:
     p.add_argument(
         "--layers",
         default=None,
-        help="blocks to try in every tower, e.g. 0,3,6,9 (negative: from the end); default: 0, the "
+        help="blocks to try in every tower, e.g. 0,3,6,9 (negative: from the end); default: the "
         "middle block, the published layer and the model's recommended one",
     )
     p.add_argument("--image-layers", default=None, help="the image tower's blocks (overrides --layers)")
@@ -93,3 +94,4 @@ def add_tune(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="bottleneck fits run together (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_flags(p)

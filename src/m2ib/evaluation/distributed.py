@@ -120,7 +120,7 @@ class BatchEvaluator:
         return out
 
 
-def _connect(config: RayConfig) -> bool:
+def connect(config: RayConfig) -> bool:
     """Initialise Ray unless it already is; True when this call started it (and must shut it down)."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -210,7 +210,7 @@ def run_evaluation_ray(
         result = plan.result
         work = batches(plan.todo, ray_config.batch_size)
         if work and per_pair(plan.metrics):
-            started = _connect(ray_config)
+            started = connect(ray_config)
             try:
                 model_settings = (
                     None if backend.settings_source is None else (backend.recommended, backend.settings_source)

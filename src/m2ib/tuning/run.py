@@ -30,6 +30,22 @@ class Grid:
     towers: dict[str, list[Point]]
     reference: str | None = None  # the standardised variant's reference spec
 
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.towers.values())
+
+    def done(self, store: Store) -> int:
+        return sum(1 for pts in self.towers.values() for p in pts if p.key in store.points)
+
+    def todo(self, store: Store) -> list[tuple[Modality, int, list[Point]]]:
+        """Per tower and layer (ascending), the points not yet in ``store``."""
+        out = []
+        for tower, points in self.towers.items():
+            for layer in sorted({p.layer for p in points}):
+                todo = [p for p in points if p.layer == layer and p.key not in store.points]
+                if todo:
+                    out.append((tower, layer, todo))
+        return out  # type: ignore[return-value]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             tower: {
@@ -83,56 +99,83 @@ def score_grid(
     backend: Backend, data: TuneData, grid: Grid, store: Store, seed: int, batch_size: int, progress: bool = True
 ) -> None:
     """Score every point of ``grid`` not yet in ``store``, recording each as it finishes."""
-    total = sum(len(p) for p in grid.towers.values())
-    bar = Progress(total, sum(1 for pts in grid.towers.values() for p in pts if p.key in store.points), progress)
+    bar = Progress(len(grid), grid.done(store), progress)
     try:
-        for tower, points in grid.towers.items():
-            for layer in sorted({p.layer for p in points}):
-                todo = [p for p in points if p.layer == layer and p.key not in store.points]
-                if todo:
-                    _score_layer(backend, data, tower, layer, todo, grid, store, seed, batch_size, bar)  # type: ignore[arg-type]
+        for tower, layer, todo in grid.todo(store):
+            shared = LayerInputs.of(backend, data, tower, layer, seed, batch_size)
+            for points in by_variant(todo):
+                for record in variant_records(
+                    backend, data, tower, layer, points, grid.reference, seed, batch_size, shared
+                ):
+                    store.append(record)
+                    bar.update(1, describe(record))
     finally:
         bar.close()
 
 
-def _score_layer(
+def by_variant(points: list[Point]) -> list[list[Point]]:
+    """``points`` grouped by variant, in grid order (each group is one batched fit)."""
+    return [[p for p in points if p.variant == v] for v in dict.fromkeys(p.variant for p in points)]
+
+
+def describe(record: dict[str, Any]) -> str:
+    return f"{record['tower']} {record['variant']} layer {record['layer']} beta {record['beta']:g}"
+
+
+@dataclass
+class LayerInputs:
+    """What every point at one tower's layer shares: the prefix's output R (the trained blocks below
+    the bottleneck; the randomised copy keeps them too) and the copy randomised above it."""
+
+    tower: str
+    layer: int
+    hidden: Any
+    randomised: Backend
+
+    @classmethod
+    def of(
+        cls, backend: Backend, data: TuneData, tower: Modality, layer: int, seed: int, batch_size: int
+    ) -> LayerInputs:
+        hidden = prefix_hidden(backend, data, tower, layer, batch_size)
+        return cls(tower, layer, hidden, randomised_above(backend, tower, layer, seed=seed))
+
+
+def variant_records(
     backend: Backend,
     data: TuneData,
     tower: Modality,
     layer: int,
-    todo: list[Point],
-    grid: Grid,
-    store: Store,
+    points: list[Point],
+    reference: str | None,
     seed: int,
     batch_size: int,
-    bar: Progress,
-) -> None:
-    hidden = prefix_hidden(backend, data, tower, layer, batch_size)
-    randomised = randomised_above(backend, tower, layer, seed=seed)
-    for variant in dict.fromkeys(p.variant for p in todo):
-        points = [p for p in todo if p.variant == variant]
-        betas = [p.beta for p in points]
-        start, cpu = time.perf_counter(), time.process_time()
-        s = point_settings(points[0].settings(grid.reference), seed)
-        maps = fit_maps(backend, data, tower, layer, betas, s, hidden, batch_size)
-        second = fit_maps(backend, data, tower, layer, betas, with_seed(s, seed + 1), hidden, batch_size)
-        rand = fit_maps(randomised, data, tower, layer, betas, s, hidden, batch_size)
-        fitted, fitted_cpu = time.perf_counter() - start, time.process_time() - cpu
-        for p, m, m2, mr in zip(points, maps, second, rand):
-            begin, begin_cpu = time.perf_counter(), time.process_time()
-            values = criteria(backend, data, tower, m, m2, mr)
-            store.append(
-                {
-                    "key": p.key,
-                    "tower": p.tower,
-                    "variant": p.variant,
-                    "layer": p.layer,
-                    "beta": p.beta,
-                    "settings": p.settings(grid.reference),
-                    "criteria": values,
-                    "preview": preview(m, tower),
-                    "seconds": round(fitted / len(points) + time.perf_counter() - begin, 3),
-                    "cpu_seconds": round(fitted_cpu / len(points) + time.process_time() - begin_cpu, 3),
-                }
-            )
-            bar.update(1, f"{tower} {variant} layer {layer} beta {p.beta:g}")
+    shared: LayerInputs,
+) -> list[dict[str, Any]]:
+    """The records of one variant's points at one layer: three batched fits over their betas (the
+    maps, the second seed's maps, the randomised copy's maps), then each point's criteria."""
+    betas = [p.beta for p in points]
+    start, cpu = time.perf_counter(), time.process_time()
+    s = point_settings(points[0].settings(reference), seed)
+    maps = fit_maps(backend, data, tower, layer, betas, s, shared.hidden, batch_size)
+    second = fit_maps(backend, data, tower, layer, betas, with_seed(s, seed + 1), shared.hidden, batch_size)
+    rand = fit_maps(shared.randomised, data, tower, layer, betas, s, shared.hidden, batch_size)
+    fitted, fitted_cpu = time.perf_counter() - start, time.process_time() - cpu
+    records = []
+    for p, m, m2, mr in zip(points, maps, second, rand):
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        values = criteria(backend, data, tower, m, m2, mr)
+        records.append(
+            {
+                "key": p.key,
+                "tower": p.tower,
+                "variant": p.variant,
+                "layer": p.layer,
+                "beta": p.beta,
+                "settings": p.settings(reference),
+                "criteria": values,
+                "preview": preview(m, tower),
+                "seconds": round(fitted / len(points) + time.perf_counter() - begin, 3),
+                "cpu_seconds": round(fitted_cpu / len(points) + time.process_time() - begin_cpu, 3),
+            }
+        )
+    return records

@@ -33,6 +33,7 @@ class TuneRequest:
     device: str | None = None
     command: str = ""
     progress: bool = True
+    ray: Any = None  # a RayConfig (m2ib.evaluation.distributed): score the grid on Ray; None: here
 
 
 def check_request(req: TuneRequest) -> None:
@@ -131,7 +132,14 @@ def tune(req: TuneRequest) -> TuneOutcome:
             "reference": grid.reference,
         }
         store = open_store(out, identity)
-        score_grid(backend, data, grid, store, req.seed, req.batch_size, req.progress)
+        if req.ray is None:
+            score_grid(backend, data, grid, store, req.seed, req.batch_size, req.progress)
+        else:
+            from .distributed import score_grid_ray
+
+            score_grid_ray(
+                backend, req.model, data.rows, grid, store, req.seed, req.batch_size, req.ray, req.device, req.progress
+            )
         per_tower = {t: [store.points[p.key] for p in pts] for t, pts in grid.towers.items()}
         choices = choose_all(per_tower, {t: chance_levels(data, t) for t in grid.towers})  # type: ignore[arg-type]
         run = {"command": req.command, **identity}
