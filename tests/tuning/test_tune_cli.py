@@ -26,6 +26,8 @@ NO_MODEL = ["--model", "/nonexistent/model"]
         (["--seed", "-1"], "--seed"),
         (["--batch-size", "0"], "--batch-size"),
         (["--data", "shapes:val:1"], "--data"),
+        (["--ray", "--ray-actors", "0"], "--ray-actors"),
+        (["--ray", "--ray-cpus-per-actor", "0"], "--ray-cpus-per-actor"),
     ],
 )
 def test_bad_flags_fail_before_the_model_loads(tmp_path, capsys, flags, flag):

@@ -118,8 +118,17 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
 
 def ray_config_from(args: argparse.Namespace, batch_size: int) -> Any:
     """The :class:`~m2ib.evaluation.distributed.RayConfig` of the ``--ray*`` flags."""
+    from ..errors import InputError
     from ..evaluation.distributed import RayConfig
 
+    if args.ray_actors < 1:
+        raise InputError(f"--ray-actors {args.ray_actors}: must be a positive integer")
+    if args.ray_cpus_per_actor <= 0:
+        raise InputError(f"--ray-cpus-per-actor {args.ray_cpus_per_actor:g}: must be positive")
+    if args.ray_gpus_per_actor is not None and args.ray_gpus_per_actor < 0:
+        raise InputError(f"--ray-gpus-per-actor {args.ray_gpus_per_actor:g}: must be 0 or more")
+    if args.ray_object_store is not None and args.ray_object_store < 1:
+        raise InputError(f"--ray-object-store {args.ray_object_store}: must be a positive number of MB")
     store = None if args.ray_object_store is None else args.ray_object_store * 2**20
     return RayConfig(
         address=None if args.ray == "local" else args.ray,
