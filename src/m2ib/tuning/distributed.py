@@ -96,7 +96,7 @@ def score_grid_ray(
         digest = weights_hash(backend.model)
         threads = max(1, int(ray_config.cpus_per_actor))
         actors = [
-            worker.remote(model, actor_device, rows_ref, seed, digest, threads)  # type: ignore[attr-defined]
+            worker.remote(model, actor_device, rows_ref, seed, digest, threads)
             for _ in range(min(ray_config.actors, len(units)))
         ]
         pool = ActorPool(actors)
