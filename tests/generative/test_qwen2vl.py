@@ -28,9 +28,9 @@ def qwen(request):
     return request.param, *tiny_qwen2vl(request.param, seed=0)
 
 
-def pixels(seed: int = 3) -> np.ndarray:
+def pixels(seed: int = 3, shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(SIZE, SIZE, 3, generator=g) * 255).byte().numpy()
+    return (torch.rand(*shape, 3, generator=g) * 255).byte().numpy()
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +118,12 @@ def test_the_display_is_the_image_the_model_reads(qwen, picture):
     torch.testing.assert_close(query.display, expected, rtol=0, atol=1e-6)
 
 
-# changing the pixels of merged cell (row 1, col 2): 4 px cells (2 px patches, 2 x 2 merged), rows 4-7, cols 8-11
-CELL_ROWS, CELL_COLS, CELL = slice(4, 8), slice(8, 12), 1 * 4 + 2
-
-
-def moved_tokens(backend) -> list[int]:
-    before = pixels()
+def moved_tokens(backend, rows: slice = slice(4, 8), cols: slice = slice(8, 12), shape=(SIZE, SIZE)) -> list[int]:
+    """The image tokens that change when the pixels ``rows, cols`` are inverted (default: merged cell (1, 2)
+    of a 4 x 4 grid of 4 px cells: 2 px patches, 2 x 2 merged)."""
+    before = pixels(shape=shape)
     after = before.copy()
-    after[CELL_ROWS, CELL_COLS] = 255 - after[CELL_ROWS, CELL_COLS]
+    after[rows, cols] = 255 - after[rows, cols]
     with torch.no_grad():
         a = backend.image_states(backend.prepare(Image.fromarray(before), PROMPT, ANSWER))[0]
         b = backend.image_states(backend.prepare(Image.fromarray(after), PROMPT, ANSWER))[0]
@@ -133,18 +131,22 @@ def moved_tokens(backend) -> list[int]:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_a_merged_cell_reaches_its_own_token(version):
+@pytest.mark.parametrize(("shape", "grid", "cell"), [((16, 16), (4, 4), (1, 2)), ((16, 24), (4, 6), (2, 4))])
+def test_a_merged_cell_reaches_its_own_token(version, shape, grid, cell):
     """With a patch-local tower (no vision blocks: patch embedding and merger only; Qwen2.5-VL's window
     permutation and its inverse still run), changing one merged cell's pixels changes exactly the token
-    the layout maps to that cell, which sits where the model writes image tokens."""
-    model, processor = tiny_qwen2vl(version, seed=1, depth=0)
+    the layout maps to that cell, which sits where the model writes image tokens. The 16 x 24 image
+    (4 x 6 tokens) tells rows from columns."""
+    model, processor = tiny_qwen2vl(version, seed=1, depth=0, pixels=shape[0] * shape[1])
     backend = generative_backend(model, processor)
-    query = backend.prepare(Image.fromarray(pixels()), PROMPT, ANSWER)
-    token = int((query.cells == CELL).nonzero()[0, 0])
-    assert moved_tokens(backend) == [token]
+    query = backend.prepare(Image.fromarray(pixels(shape=shape)), PROMPT, ANSWER)
+    assert query.grid == grid and query.display.shape == (3, *shape)
+    row, col = cell
+    token = int((query.cells == row * grid[1] + col).nonzero()[0, 0])
+    assert moved_tokens(backend, slice(4 * row, 4 * row + 4), slice(4 * col, 4 * col + 4), shape) == [token]
     ids = query.input_ids[0]
     assert (ids[query.image_positions] == model.config.image_token_id).all()
-    assert int((ids == model.config.image_token_id).sum()) == query.cells.numel() == 16
+    assert int((ids == model.config.image_token_id).sum()) == query.cells.numel() == grid[0] * grid[1]
 
 
 def test_qwen25_window_attention_mixes_tokens_within_a_window():
@@ -219,3 +221,11 @@ def test_explain_a_saved_qwen2vl_from_the_command_line(picture, tmp_path, capsys
     record = json.loads((out / "scene.json").read_text())
     assert record["answer"] == ANSWER and record["family"] == "qwen2-vl" and record["settings"]["steps"] == 2
     assert (out / "scene.npz").exists() and (out / "scene.png").exists()
+
+
+def test_m2ib_list_shows_both_families(capsys):
+    from m2ib.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen2VLForConditionalGeneration" in out and "Qwen2_5_VLForConditionalGeneration" in out

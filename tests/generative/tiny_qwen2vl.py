@@ -70,10 +70,13 @@ def images_only() -> Iterator[None]:
                 c.get_attributes = old
 
 
-def tiny_qwen2vl(version: str = "2", seed: int = 0, depth: int = 2, fullatt: tuple[int, ...] = (1,)):
+def tiny_qwen2vl(
+    version: str = "2", seed: int = 0, depth: int = 2, fullatt: tuple[int, ...] = (1,), pixels: int = SIZE * SIZE
+):
     """(model, processor) of ``Qwen2VLForConditionalGeneration`` (``version="2"``) or
-    ``Qwen2_5_VLForConditionalGeneration`` (``"2.5"``: window attention over 4 x 4 patches = 2 x 2
-    tokens, full attention in the blocks ``fullatt``), random weights from ``seed``."""
+        ``Qwen2_5_VLForConditionalGeneration`` (``"2.5"``: window attention over 4 x 4 patches = 2 x 2
+        tokens, full attention in the blocks ``fullatt``), random weights from ``seed``. The processor resizes
+    every image to ``pixels`` pixels (a 16 x 24 image with ``pixels=384`` keeps its size: a 4 x 6 grid)."""
     import transformers as tf
 
     tokenizer = tiny_tokenizer()
@@ -114,7 +117,7 @@ def tiny_qwen2vl(version: str = "2", seed: int = 0, depth: int = 2, fullatt: tup
     torch.manual_seed(seed)
     model = model_class(config).eval()
     images = tf.Qwen2VLImageProcessorPil(
-        min_pixels=SIZE * SIZE, max_pixels=SIZE * SIZE, patch_size=2, temporal_patch_size=2, merge_size=2
+        min_pixels=pixels, max_pixels=pixels, patch_size=2, temporal_patch_size=2, merge_size=2
     )
     with images_only():
         processor = processor_class(image_processor=images, tokenizer=tokenizer)
