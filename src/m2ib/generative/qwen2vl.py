@@ -38,6 +38,7 @@ Not covered: videos, several images per prompt, batches of prompts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -169,7 +170,7 @@ class Qwen2VLBackend(GenerativeBackend):
             inner.rope_deltas = saved
 
 
-def _recognises(name: str) -> Any:
+def _recognises(name: str) -> Callable[[torch.nn.Module], bool]:
     return lambda model: name in class_names(model)
 
 
