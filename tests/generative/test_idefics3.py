@@ -134,3 +134,27 @@ def test_a_foreign_image_token_count_is_one_line(tiled, picture):
     inputs["pixel_values"] = inputs["pixel_values"][:, :-1]  # one image fewer than the text's runs
     with pytest.raises(InputError, match="image tokens for 6 image"):
         backend.image_layout(inputs)
+
+
+def test_a_saved_smolvlm_loads_by_its_architecture(picture, tmp_path, monkeypatch):
+    """``--model DIR`` for SmolVLM: config.json names SmolVLMForConditionalGeneration, the smolvlm family claims
+    it; a processor that cannot be imported (SmolVLM's needs num2words) is one line, not a traceback."""
+    import transformers
+
+    from m2ib.generative.loading import load_generative
+
+    model, processor = tiny_idefics3(seed=0, split=True, smolvlm=True)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    backend = load_generative(str(tmp_path))
+    assert type(backend.model).__name__ == "SmolVLMForConditionalGeneration"
+    exp = m2ib.explain_answer(backend, picture, PROMPT, answer=ANSWER, steps=1, samples=1)
+    assert exp.family == "smolvlm" and exp.grid_map.shape == (8, 12)
+
+    def missing(*args, **kwargs):
+        raise ImportError("Package `num2words` is required to run SmolVLM processor.\nInstall it")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
+    with pytest.raises(InputError, match="num2words") as info:
+        load_generative(str(tmp_path))
+    assert "\n" not in str(info.value)

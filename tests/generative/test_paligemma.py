@@ -131,3 +131,26 @@ def test_bad_prompts_are_one_line(paligemma, picture, prompt, message):
     with pytest.raises(InputError, match=message) as info:
         m2ib.explain_answer(model, picture, prompt, answer=ANSWER, processor=processor)
     assert "\n" not in str(info.value)
+
+
+def test_explain_answer_from_the_command_line(paligemma, picture, tmp_path, capsys):
+    """``m2ib explain IMAGE PROMPT --answer TEXT --model DIR`` on a saved tiny PaliGemma: config.json's
+    ``architectures`` picks the family; the prompt is plain text; a misplaced <image> is one line, exit 2."""
+    import json
+
+    from m2ib.cli import main
+
+    model, processor = paligemma
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    picture.save(tmp_path / "scene.png")
+    args = ["explain", str(tmp_path / "scene.png"), PROMPT, "--answer", ANSWER, "--model", str(tmp_path / "model")]
+    assert main([*args, "--out", str(tmp_path / "out"), "--steps", "2", "--samples", "1"]) == 0
+    record = json.loads((tmp_path / "out" / "scene.json").read_text())
+    assert record["family"] == "paligemma" and record["answer"] == ANSWER and record["settings"]["steps"] == 2
+    assert (tmp_path / "out" / "scene.png").exists() and (tmp_path / "out" / "scene.npz").exists()
+    capsys.readouterr()
+    args[2] = "what <image> is it ?"
+    assert main([*args, "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "very start" in err and len(err.splitlines()) == 1

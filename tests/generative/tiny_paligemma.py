@@ -14,8 +14,14 @@ from tiny_llava import tiny_tokenizer
 def tiny_paligemma(seed: int = 0, vision_layers: int = 2, image_size: int = 8):
     """(model, processor): random weights from ``seed``; ``vision_layers=0`` makes the projector's
     input the patch embeddings (patch-local: a pixel reaches one token only)."""
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-    from transformers import SiglipImageProcessorPil, SiglipVisionConfig
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
 
     tokenizer = tiny_tokenizer()
     images = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})

@@ -79,7 +79,9 @@ class Idefics3Backend(GenerativeBackend):
             text = self.tokenizer.decode(ids[end:start].tolist(), skip_special_tokens=False)
             tags = list(_TAG.finditer(text))  # the last tag before the run names it
             if not tags:
-                raise InputError("a run of image tokens has no <row_r_col_c> or <global-img> tag: use the model's processor")
+                raise InputError(
+                    "a run of image tokens has no <row_r_col_c> or <global-img> tag: use the model's processor"
+                )
             tag = tags[-1]
             out.append(None if tag.group(0) == "<global-img>" else (int(tag.group(1)) - 1, int(tag.group(2)) - 1))
             end = start + per
