@@ -37,8 +37,9 @@ def processor_inputs(processor, picture):
     return {k: out[k] for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}
 
 
-def test_split_forward_matches_the_models_own_forward(paligemma, picture):
-    model, processor = paligemma
+@pytest.mark.parametrize("gemma2", [False, True], ids=["paligemma", "paligemma2"])
+def test_split_forward_matches_the_models_own_forward(picture, gemma2):
+    model, processor = tiny_paligemma(seed=0, gemma2=gemma2)
     backend = generative_backend(model, processor)
     query = backend.prepare(picture, PROMPT, ANSWER)
     own = processor_inputs(processor, picture)

@@ -11,10 +11,12 @@ import torch
 from tiny_llava import tiny_tokenizer
 
 
-def tiny_paligemma(seed: int = 0, vision_layers: int = 2, image_size: int = 8):
+def tiny_paligemma(seed: int = 0, vision_layers: int = 2, image_size: int = 8, gemma2: bool = False):
     """(model, processor): random weights from ``seed``; ``vision_layers=0`` makes the projector's
-    input the patch embeddings (patch-local: a pixel reaches one token only)."""
+    input the patch embeddings (patch-local: a pixel reaches one token only); ``gemma2``: PaliGemma 2's
+    language model (Gemma 2: logit soft-capping, a sliding window of 8 tokens on every other layer)."""
     from transformers import (
+        Gemma2Config,
         GemmaConfig,
         PaliGemmaConfig,
         PaliGemmaForConditionalGeneration,
@@ -36,7 +38,7 @@ def tiny_paligemma(seed: int = 0, vision_layers: int = 2, image_size: int = 8):
         num_attention_heads=4,
         vision_use_head=False,
     )
-    text = GemmaConfig(
+    text = (Gemma2Config if gemma2 else GemmaConfig)(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=37,
@@ -48,6 +50,7 @@ def tiny_paligemma(seed: int = 0, vision_layers: int = 2, image_size: int = 8):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **({"sliding_window": 8, "final_logit_softcapping": 3.0} if gemma2 else {}),
     )
     config = PaliGemmaConfig(
         vision_config=vision,
