@@ -52,11 +52,11 @@ class Idefics3Backend(GenerativeBackend):
     def config(self) -> Any:
         return self.model.config
 
-    @property
-    def side(self) -> int:
-        """Tokens a side of one tile (or of the global image): tile px / patch / scale factor."""
-        vision = self.config.vision_config
-        return int(vision.image_size) // int(vision.patch_size) // int(self.config.scale_factor)
+    def side(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Tokens a side of one tile (or of the global image): tile px / patch / scale factor, as the
+        connector's pixel shuffle computes it from the tile it is given."""
+        patch, scale = int(self.config.vision_config.patch_size), int(self.config.scale_factor)
+        return int(inputs["pixel_values"].shape[-1]) // patch // scale
 
     def prompt_inputs(self, image: Any, prompt: str) -> dict[str, torch.Tensor]:
         out = self.processor(images=image, text=prompt, return_tensors="pt")
@@ -67,7 +67,7 @@ class Idefics3Backend(GenerativeBackend):
         """Each run of image tokens' tile (row, col), 0-based, in sequence order; None = the global image."""
         ids = inputs["input_ids"][0]
         positions = (ids == self.config.image_token_id).nonzero()[:, 0].tolist()
-        per = self.side**2
+        per = self.side(inputs) ** 2
         if len(positions) % per or len(positions) // per != inputs["pixel_values"].shape[1]:
             raise InputError(
                 f"the prompt holds {len(positions)} image tokens for {inputs['pixel_values'].shape[1]} image(s) of "
@@ -75,7 +75,10 @@ class Idefics3Backend(GenerativeBackend):
             )
         out: list[tuple[int, int] | None] = []
         end = 0
-        for start in positions[::per]:
+        for k in range(0, len(positions), per):
+            start = positions[k]
+            if positions[k + per - 1] - start != per - 1:  # a tile's tokens are one unbroken run
+                raise InputError(f"the image tokens do not come in runs of {per}: use the model's own processor")
             text = self.tokenizer.decode(ids[end:start].tolist(), skip_special_tokens=False)
             tags = list(_TAG.finditer(text))  # the last tag before the run names it
             if not tags:
@@ -89,7 +92,7 @@ class Idefics3Backend(GenerativeBackend):
 
     def image_layout(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         positions = (inputs["input_ids"][0] == self.config.image_token_id).nonzero()[:, 0]
-        tiles, n = self.tiles(inputs), self.side
+        tiles, n = self.tiles(inputs), self.side(inputs)
         split = [t for t in tiles if t is not None]
         rows, cols = (max(r for r, _ in split) + 1, max(c for _, c in split) + 1) if split else (1, 1)
         expected = [(r, c) for r in range(rows) for c in range(cols)] if split else []
