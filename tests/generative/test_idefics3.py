@@ -158,3 +158,28 @@ def test_a_saved_smolvlm_loads_by_its_architecture(picture, tmp_path, monkeypatc
     with pytest.raises(InputError, match="num2words") as info:
         load_generative(str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_the_fit_finds_the_tile_token_the_answer_reads(tiled, picture):
+    """A planted signal on the tiled layout: a likelihood that reads only token 6 of tile (1, 2) must give that
+    token the largest KL by far and put the map's peak on its cell, (5, 10) of the 8 x 12 grid."""
+    from m2ib.generative import AnswerM2IBSettings, fit_answer
+
+    model, processor = tiled
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(1, 112, 32, generator=g)
+    states = 3.0 * states / states.norm(dim=-1, keepdim=True)
+    read = 5 * 16 + 6
+
+    class ReadsOneToken(type(generative_backend(model, processor))):
+        def image_states(self, query):
+            return states.clone()
+
+        def rest(self, query, z):
+            return -10.0 * (z[:, read] - states[:, read]).square().sum(-1)
+
+    backend = ReadsOneToken(model, processor)
+    fit = fit_answer(backend, backend.prepare(picture, PROMPT, ANSWER), AnswerM2IBSettings(steps=10, samples=4))
+    others = torch.cat([fit.token_scores[:read], fit.token_scores[read + 1 :]])
+    assert int(fit.token_scores.argmax()) == read and fit.token_scores[read] > 100 * others.max()
+    assert fit.grid_map.shape == (8, 12) and divmod(int(fit.grid_map.argmax()), 12) == (5, 10)
