@@ -63,8 +63,9 @@ class PaliGemmaBackend(GenerativeBackend):
 
     def append_answer(self, inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().append_answer(inputs, answer_ids)
-        suffix = torch.ones_like(answer_ids.to(inputs["token_type_ids"].device))[None]  # the answer: causal suffix
-        out["token_type_ids"] = torch.cat([inputs["token_type_ids"], suffix.to(inputs["token_type_ids"].dtype)], 1)
+        types = inputs["token_type_ids"]
+        suffix = types.new_ones((1, int(answer_ids.numel())))  # type 1: the answer is the causal suffix
+        out["token_type_ids"] = torch.cat([types, suffix], 1)
         return out
 
     def answer_logits(self, query: Query, embeds: torch.Tensor) -> torch.Tensor:
