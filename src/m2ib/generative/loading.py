@@ -56,7 +56,7 @@ def load_generative(spec: str, device: str | None = None) -> GenerativeBackend:
         with quiet_transformers():
             model = getattr(transformers, name).from_pretrained(directory, dtype=torch.float32).eval()
             processor = transformers.AutoProcessor.from_pretrained(directory)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # ImportError: SmolVLM's processor needs num2words
         raise InputError(f"{spec}: cannot load the model or its processor: {str(exc).splitlines()[0]}") from None
     if device is not None:
         model = model.to(device)
