@@ -34,7 +34,8 @@ def explain_answer(
     (LLaVA: ``<image>``), in the model's own chat format. ``answer``: the text to explain, teacher-
     forced after the prompt; ``None`` explains the model's own greedy answer (``max_new_tokens``
     at most), recorded as ``answer_source="generated"``. ``settings``: M2IB's
-    (:class:`AnswerM2IBSettings`: beta, var, steps, lr, samples, init_alpha, seed).
+    (:class:`AnswerM2IBSettings`: beta, var, steps, lr, samples, init_alpha, seed; per_word: one map
+    per answer word too; prompt_side, prompt_layer: a score per prompt word).
     """
     s = AnswerM2IBSettings(**settings)  # bad settings: one line, before any model work
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
@@ -65,6 +66,7 @@ def explain_answer(
         model=str(getattr(getattr(backend.model, "config", None), "_name_or_path", "") or type(backend.model).__name__),
         settings=s.as_dict(),
         info=fit.info,
+        **fit.fields(),  # the per-word maps and the prompt's word scores, when fitted
     )
 
 

@@ -22,7 +22,10 @@ yet tuned for these models.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +34,9 @@ from ..errors import InputError
 from ..maps import minmax
 from ..methods.base import Settings, setting
 from ..methods.bottleneck import Score, fit_once
-from ..methods.memory import require_memory
+from ..methods.memory import memory_available, require_memory
 from ..settings import check_number, check_positive_int
-from .base import GenerativeBackend, Query, evaluation_mode
+from .base import GenerativeBackend, Query, answer_log_likelihood, evaluation_mode
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class AnswerM2IBSettings(Settings):
     lr: float = setting(1.0, "Adam learning rate")
     samples: int = setting(10, "noise copies per step")
     init_alpha: float = setting(5.0, "initial value of alpha (lam = sigmoid(alpha) starts near 1)")
+    per_word: bool = setting(True, "also one map per answer word (its tokens' log-likelihood as the target)")
+    prompt_side: bool = setting(True, "also a bottleneck on the prompt's text tokens: a score per prompt word")
+    prompt_layer: int = setting(
+        0, "the prompt bottleneck's site: 0 = the language model's input embeddings, l = the output of its block l"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -55,6 +63,7 @@ class AnswerM2IBSettings(Settings):
         check_number(self.var, "var", strict=True)
         check_number(self.beta, "beta")
         check_number(self.init_alpha, "init_alpha")
+        check_positive_int(self.prompt_layer, "prompt_layer", minimum=0)
 
 
 def answer_score(backend: GenerativeBackend, query: Query) -> Score:
@@ -63,14 +72,128 @@ def answer_score(backend: GenerativeBackend, query: Query) -> Score:
 
 
 @dataclass(frozen=True)
+class WordMaps:
+    """The per-word fits: each answer word's text, its answer-token indices, and its maps (as AnswerFit's)."""
+
+    words: list[str]
+    tokens: list[list[int]]
+    token_scores: torch.Tensor  # [W, K]
+    grid_maps: torch.Tensor  # [W, rows, cols]
+    image_maps: torch.Tensor  # [W, H, W]
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """The prompt-side fit: each prompt word, its sequence positions, its score (mean KL of its tokens)."""
+
+    words: list[str]
+    positions: list[list[int]]
+    scores: torch.Tensor  # [P words]
+    token_scores: torch.Tensor  # [prompt text tokens]: the KL of every bottlenecked position
+
+
+@dataclass(frozen=True)
 class AnswerFit:
     """What one fit gives: per-token KL [K], the map on the grid [rows, cols], the upsampled map
-    [H, W] (min-max), and the numbers of the fit."""
+    [H, W] (min-max), the numbers of the fit, and the per-word and prompt fits when asked for."""
 
     token_scores: torch.Tensor
     grid_map: torch.Tensor
     image_map: torch.Tensor
     info: dict[str, float]
+    words: WordMaps | None = None
+    prompt: PromptScores | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The per-word and prompt fields of :class:`~m2ib.generative.result.AnswerExplanation`."""
+        out: dict[str, Any] = {}
+        if self.words is not None:
+            w = self.words
+            out.update(words=w.words, word_tokens=w.tokens, word_token_scores=w.token_scores)
+            out.update(word_grid_maps=w.grid_maps, word_maps=w.image_maps)
+        if self.prompt is not None:
+            out.update(prompt_words=self.prompt.words, prompt_scores=self.prompt.scores)
+        return out
+
+
+def word_groups(tokenizer: Any, ids: list[int], breaks: Collection[int] = ()) -> list[tuple[str, list[int]]]:
+    """Words of the token ids ``ids``: (text, indices into ``ids``) each, in order.
+
+    The leading-space rule: a token starts a new word when the text decoded up to it grows, from
+    the text decoded up to the token before, by a piece that begins with whitespace (a
+    SentencePiece "▁", a byte-level BPE "Ġ" or a word-level tokenizer's joining space all decode
+    to one); otherwise it continues the word before (sub-words, and punctuation written without
+    a space: "circle." is one word). Indices in ``breaks`` (image and special tokens) belong to no
+    word and end the one before. A word's text is its tokens decoded together, stripped; a group
+    that decodes to nothing but whitespace is dropped."""
+    groups: list[list[int]] = []
+    run: list[int] = []
+    before = ""
+    for i in range(len(ids)):
+        if i in breaks:
+            run, before = [], ""
+            continue
+        run.append(i)
+        text = str(tokenizer.decode([ids[j] for j in run], clean_up_tokenization_spaces=False))
+        piece = text[len(before) :] if text.startswith(before) else text
+        if len(run) == 1 or piece[:1].isspace():
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+        before = text
+    out = [(str(tokenizer.decode([ids[j] for j in g], clean_up_tokenization_spaces=False)).strip(), g) for g in groups]
+    return [(text, g) for text, g in out if text]
+
+
+def answer_token_log_probs(backend: GenerativeBackend, query: Query, states: torch.Tensor) -> torch.Tensor:
+    """log p(answer token a | z, prompt, answer tokens before a) [B, A] with ``states`` [B, K, D] as the
+    image tokens: :meth:`GenerativeBackend.rest` before its sum over the answer's tokens."""
+    logp = F.log_softmax(backend.answer_logits(query, backend.embeds_with(query, states)).float(), dim=-1)
+    index = query.answer_ids.to(logp.device).view(1, -1, 1).expand(logp.shape[0], -1, 1)
+    return logp.gather(-1, index)[..., 0]
+
+
+def rows_score(backend: GenerativeBackend, query: Query, weights: torch.Tensor) -> Score:
+    """z [R * copies, K, D] (row r's copies adjacent) -> row r's target [R * copies]: the answer's
+    token log-probabilities weighted by ``weights`` [R, A] (a word's row: 1 on its tokens, 0 elsewhere)."""
+
+    def score(z: torch.Tensor) -> torch.Tensor:
+        logp = answer_token_log_probs(backend, query, z)
+        return (logp.view(weights.shape[0], -1, logp.shape[-1]) * weights[:, None]).sum(-1).reshape(-1)
+
+    return score
+
+
+def fit_rows(
+    backend: GenerativeBackend, query: Query, hidden: torch.Tensor, weights: torch.Tensor, s: AnswerM2IBSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One bottleneck per row of ``weights`` [R, A] on the image states ``hidden`` [1, K, D], fitted as
+    batches of rows (as many as memory holds; all at once where it cannot be asked). Each row has
+    its own alpha, its own loss and the noise of ``seed``: a row's result is that of a fit of it alone.
+    Returns the KL maps [R, K], compressions [R] and last-step targets [R]."""
+    rows = int(weights.shape[0])
+    free = memory_available(backend.device)
+    step = rows if free is None else max(1, min(rows, free // max(1, memory_needed(backend, query, s))))
+    parts = []
+    for first in range(0, rows, step):
+        chunk = weights[first : first + step].to(hidden.device)
+        score = rows_score(backend, query, chunk)
+        parts.append(fit_once(hidden.expand(int(chunk.shape[0]), -1, -1), score, **loop_settings(s)))
+    kl, compression, fit = (torch.cat([p[i] for p in parts]) for i in range(3))
+    return kl, compression, fit
+
+
+def loop_settings(s: AnswerM2IBSettings) -> dict[str, Any]:
+    """The keyword settings of :func:`~m2ib.methods.bottleneck.fit_once`."""
+    return {
+        "beta": s.beta,
+        "var": s.var,
+        "steps": s.steps,
+        "lr": s.lr,
+        "samples": s.samples,
+        "init_alpha": s.init_alpha,
+        "seed": s.seed,
+    }
 
 
 def grid_scores(scores: torch.Tensor, cells: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -105,8 +228,146 @@ def memory_needed(backend: GenerativeBackend, query: Query, s: AnswerM2IBSetting
     return 4 * (noise + activations + logits)
 
 
+def finite(scores: torch.Tensor, s: AnswerM2IBSettings, what: str = "the answer") -> torch.Tensor:
+    """``scores``, or one line when a fit diverged."""
+    if not torch.isfinite(scores).all():
+        raise InputError(
+            f"M2IB's fit on {what} diverged (non-finite KL): lower lr (now {s.lr}) or raise var (now {s.var})"
+        )
+    return scores
+
+
+def maps_of(token_scores: torch.Tensor, query: Query) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token scores [..., K] -> (grid maps [..., rows, cols], image maps [..., H, W] min-max)."""
+    flat = token_scores.reshape(-1, token_scores.shape[-1])
+    size = (int(query.display.shape[-2]), int(query.display.shape[-1]))
+    grids = torch.stack([grid_scores(t, query.cells.cpu(), query.grid) for t in flat])
+    images = torch.stack([upsample(g, size) for g in grids])
+    return grids.view(*token_scores.shape[:-1], *query.grid), images.view(*token_scores.shape[:-1], *size)
+
+
+def fit_words(backend: GenerativeBackend, query: Query, hidden: torch.Tensor, s: AnswerM2IBSettings) -> WordMaps:
+    """One map per answer word: rows of one batched fit, each row's target its word's tokens' log-likelihood."""
+    ids = [int(i) for i in query.answer_ids.tolist()]
+    groups = word_groups(backend.tokenizer, ids, special_indices(backend, ids))
+    if not groups:  # an answer of special tokens only: no word to map
+        return _no_words(query)
+    weights = torch.zeros(len(groups), len(ids))
+    for row, (_, tokens) in enumerate(groups):
+        weights[row, tokens] = 1.0
+    kl, _, _ = fit_rows(backend, query, hidden, weights, s)
+    token_scores = finite(kl.detach().cpu(), s, "an answer word")
+    return WordMaps([t for t, _ in groups], [g for _, g in groups], token_scores, *maps_of(token_scores, query))
+
+
+def _no_words(query: Query) -> WordMaps:
+    k = int(query.image_positions.numel())
+    h, w = int(query.display.shape[-2]), int(query.display.shape[-1])
+    return WordMaps([], [], torch.zeros(0, k), torch.zeros(0, *query.grid), torch.zeros(0, h, w))
+
+
+def special_indices(backend: GenerativeBackend, ids: list[int]) -> set[int]:
+    """Indices of ``ids`` that are the tokenizer's special tokens (no word holds them)."""
+    special = {int(i) for i in (getattr(backend.tokenizer, "all_special_ids", None) or [])}
+    return {i for i, t in enumerate(ids) if t in special}
+
+
+@contextlib.contextmanager
+def block_output(block: torch.nn.Module, write: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """``block``'s output hidden states passed through ``write`` for the duration (the hook removed after)."""
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        return (write(output[0]), *output[1:]) if isinstance(output, tuple) else write(output)
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def decoder_block(backend: GenerativeBackend, layer: int) -> torch.nn.Module:
+    """Block ``layer`` (1-based) of the language model's decoder; one line when it has no such block."""
+    decoder = backend.model.get_decoder() if hasattr(backend.model, "get_decoder") else None
+    blocks = getattr(decoder, "layers", None)
+    if blocks is None:
+        raise InputError("prompt_layer > 0 needs a language model with decoder blocks (.get_decoder().layers)")
+    if layer > len(blocks):
+        raise InputError(f"prompt_layer={layer} is past the language model's {len(blocks)} blocks")
+    return blocks[layer - 1]
+
+
+def prompt_positions(query: Query) -> torch.Tensor:
+    """The prompt's text positions [P]: every position before the answer that is not an image token."""
+    keep = torch.ones(query.answer_start, dtype=torch.bool, device=query.image_positions.device)
+    keep[query.image_positions] = False
+    return keep.nonzero()[:, 0]
+
+
+def prompt_site(
+    backend: GenerativeBackend, query: Query, image: torch.Tensor, layer: int
+) -> tuple[torch.Tensor, Score]:
+    """R [1, P, D], the prompt's text-token states at ``layer`` (0: the input embeddings; l: block
+    l's output), with the image tokens as they are, and the score of z [B, P, D] in their place."""
+    pos = prompt_positions(query)
+    with torch.no_grad():
+        base = backend.embeds_with(query, image)  # [1, L, D]
+
+    def log_likelihood(embeds: torch.Tensor) -> torch.Tensor:
+        return answer_log_likelihood(backend.answer_logits(query, embeds), query.answer_ids)
+
+    if layer == 0:
+
+        def at_input(z: torch.Tensor) -> torch.Tensor:
+            embeds = base.expand(z.shape[0], -1, -1).clone()
+            embeds[:, pos] = z.to(embeds.dtype)
+            return log_likelihood(embeds)
+
+        return base[:, pos].float(), at_input
+    block, seen = decoder_block(backend, layer), []
+
+    def capture(h: torch.Tensor) -> torch.Tensor:
+        seen.append(h[:, pos].float())
+        return h
+
+    with torch.no_grad(), block_output(block, capture):
+        log_likelihood(base)
+
+    def in_block(z: torch.Tensor) -> torch.Tensor:
+        def write(h: torch.Tensor) -> torch.Tensor:
+            h = h.clone()
+            h[:, pos] = z.to(h.dtype)
+            return h
+
+        with block_output(block, write):
+            return log_likelihood(base.expand(z.shape[0], -1, -1))
+
+    return seen[0], in_block
+
+
+def fit_prompt(
+    backend: GenerativeBackend, query: Query, image: torch.Tensor, s: AnswerM2IBSettings
+) -> tuple[PromptScores, dict[str, float]]:
+    """M2IB on the prompt's text tokens (the image tokens unbottlenecked): per prompt word the mean KL
+    of its tokens, as the CLIP text side scores a word; and the fit's numbers."""
+    hidden, score = prompt_site(backend, query, image, s.prompt_layer)
+    kl, compression, fit = fit_once(hidden, score, **loop_settings(s))
+    token_scores = finite(kl[0].detach().cpu(), s, "the prompt")
+    pos = prompt_positions(query).tolist()
+    index = {p: i for i, p in enumerate(pos)}
+    ids = [int(i) for i in query.input_ids[0, : query.answer_start].tolist()]
+    breaks = {int(p) for p in query.image_positions.tolist()} | special_indices(backend, ids)
+    groups = word_groups(backend.tokenizer, ids, breaks)
+    scores = torch.stack([token_scores[[index[p] for p in g]].mean() for _, g in groups]) if groups else torch.zeros(0)
+    return PromptScores([t for t, _ in groups], [g for _, g in groups], scores, token_scores), {
+        "prompt_compression": float(compression[0]),
+        "prompt_log_likelihood_bottlenecked": float(fit[0]),
+    }
+
+
 def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) -> AnswerFit:
-    """Fit M2IB's bottleneck on ``query``'s image-token states for its answer's log-likelihood."""
+    """Fit M2IB's bottleneck on ``query``'s image-token states for its answer's log-likelihood; with
+    ``per_word``, one more per answer word (one batched fit); with ``prompt_side``, one on the prompt."""
     require_memory(
         memory_needed(backend, query, s),
         backend.device,
@@ -118,30 +379,34 @@ def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) 
         with torch.no_grad():
             hidden = backend.image_states(query).float()  # [1, K, D]
             plain = float(backend.rest(query, hidden)[0])
-        kl_map, compression, fit = fit_once(
-            hidden,
-            answer_score(backend, query),
-            beta=s.beta,
-            var=s.var,
-            steps=s.steps,
-            lr=s.lr,
-            samples=s.samples,
-            init_alpha=s.init_alpha,
-            seed=s.seed,
-        )
-    token_scores = kl_map[0].detach().cpu()
-    if not torch.isfinite(token_scores).all():
-        raise InputError(
-            f"M2IB's fit on the answer diverged (non-finite KL): lower lr (now {s.lr}) or raise var (now {s.var})"
-        )
+        kl_map, compression, fit = fit_once(hidden, answer_score(backend, query), **loop_settings(s))
+        token_scores = finite(kl_map[0].detach().cpu(), s)
+        words = fit_words(backend, query, hidden, s) if s.per_word else None
+        prompt, prompt_info = fit_prompt(backend, query, hidden, s) if s.prompt_side else (None, {})
     grid_map = grid_scores(token_scores, query.cells.cpu(), query.grid)
     image_map = upsample(grid_map, (int(query.display.shape[-2]), int(query.display.shape[-1])))
     info = {
         "log_likelihood": plain,  # the answer's log-likelihood without the bottleneck
         "log_likelihood_bottlenecked": float(fit[0]),  # at the last step, mean over the noise copies
         "compression": float(compression[0]),
+        **prompt_info,
     }
-    return AnswerFit(token_scores, grid_map, image_map, info)
+    return AnswerFit(token_scores, grid_map, image_map, info, words, prompt)
 
 
-__all__ = ["AnswerFit", "AnswerM2IBSettings", "answer_score", "fit_answer", "grid_scores", "upsample"]
+__all__ = [
+    "AnswerFit",
+    "AnswerM2IBSettings",
+    "PromptScores",
+    "WordMaps",
+    "answer_score",
+    "answer_token_log_probs",
+    "fit_answer",
+    "fit_prompt",
+    "fit_rows",
+    "fit_words",
+    "grid_scores",
+    "prompt_positions",
+    "upsample",
+    "word_groups",
+]
