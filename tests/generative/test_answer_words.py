@@ -86,7 +86,7 @@ def test_a_word_rows_target_is_its_tokens_log_likelihood(llava, query):
     torch.testing.assert_close(fit, torch.stack([plain[0], plain[1] + plain[2], plain[2]]), rtol=0, atol=1e-5)
 
 
-def test_the_batched_word_fit_equals_a_fit_per_word(llava, query):
+def test_the_batched_word_fit_equals_a_fit_per_word(llava, query, monkeypatch):
     backend = generative_backend(*llava)
     s = AnswerM2IBSettings(steps=4, samples=3, beta=0.5, seed=7)
     fit = fit_answer(backend, query, s)
@@ -99,6 +99,13 @@ def test_the_batched_word_fit_equals_a_fit_per_word(llava, query):
         alone[0, row] = 1.0
         kl, _, _ = fit_rows(backend, query, hidden, alone, s)
         torch.testing.assert_close(fit.words.token_scores[row], kl[0], rtol=0, atol=1e-5)
+    # rows fitted a batch at a time where memory holds fewer: the same maps
+    import m2ib.generative.m2ib as fits
+
+    one_row = fits.memory_needed(backend, query, s)
+    monkeypatch.setattr(fits, "memory_available", lambda device: one_row * 3 // 2)
+    chunked, _, _ = fit_rows(backend, query, hidden, torch.eye(3), s)
+    torch.testing.assert_close(chunked, fit.words.token_scores, rtol=0, atol=1e-5)
     # the words' maps differ from each other and from the whole answer's (each row has its own target)
     assert (fit.words.token_scores[0] - fit.words.token_scores[1]).abs().max() > 1e-3
     assert (fit.words.token_scores[0] - fit.token_scores).abs().max() > 1e-3
