@@ -103,6 +103,13 @@ def test_occlusion_of_one_token_is_the_drop_of_the_models_own_likelihood(llava, 
         drop = own_log_likelihood(model, query) - own_log_likelihood(model, query, corner[None])
     scores = run(llava, query, "occlusion", baseline=baseline, window=2)
     torch.testing.assert_close(scores[0], drop[0], rtol=1e-4, atol=1e-5)
+    # token 5 (row 1, col 1) is hidden by the four squares at (0, 0), (0, 1), (1, 0), (1, 1): the mean of their drops
+    squares = states.expand(4, -1, -1).clone()
+    for i, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        squares[i, [4 * r + c, 4 * r + c + 1, 4 * r + c + 4, 4 * r + c + 5]] = fill
+    with torch.no_grad():
+        drops = own_log_likelihood(model, query) - own_log_likelihood(model, query, squares)
+    torch.testing.assert_close(scores[5], drops.mean(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("score", ["probability", "log_likelihood"])
@@ -195,9 +202,14 @@ def test_every_method_gives_a_finite_map_and_leaves_the_model_as_it_was(name, pi
     with torch.no_grad():  # transformers' own hooks are installed at the first forward: count them after it
         model(**generative_backend(model, processor).prepare(picture, PROMPT, ANSWER).inputs)
     hooks = hooks_of(model)
+    for module in model.modules():  # dropout would change the map from one call to the next if it ran
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
     model.train()  # a user's model in training mode: explained in eval mode, left in training mode
     before = {k: v.clone() for k, v in model.state_dict().items()}
     exp = m2ib.explain_answer(model, picture, PROMPT, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {}))
+    again = m2ib.explain_answer(model, picture, PROMPT, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {}))
+    torch.testing.assert_close(again.token_scores, exp.token_scores, rtol=0, atol=0)
     assert exp.method == name and exp.to_dict()["method"] == name
     assert exp.token_scores.shape == (16,) and exp.grid_map.shape == (4, 4) and exp.image_map.shape == (8, 8)
     assert torch.isfinite(exp.token_scores).all() and exp.grid_map.std() > 0
