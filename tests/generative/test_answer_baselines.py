@@ -207,8 +207,12 @@ def test_every_method_gives_a_finite_map_and_leaves_the_model_as_it_was(name, pi
             module.attention_dropout = 0.5
     model.train()  # a user's model in training mode: explained in eval mode, left in training mode
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    exp = m2ib.explain_answer(model, picture, PROMPT, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {}))
-    again = m2ib.explain_answer(model, picture, PROMPT, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {}))
+    exp = m2ib.explain_answer(
+        model, picture, PROMPT, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {})
+    )
+    again = m2ib.explain_answer(
+        model, picture, PROMPT, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {})
+    )
     torch.testing.assert_close(again.token_scores, exp.token_scores, rtol=0, atol=0)
     assert exp.method == name and exp.to_dict()["method"] == name
     assert exp.token_scores.shape == (16,) and exp.grid_map.shape == (4, 4) and exp.image_map.shape == (8, 8)

@@ -47,7 +47,9 @@ def refuse_answer_flags(args: argparse.Namespace) -> None:
     clip = given_settings(args, {**REGISTRY, **interactions()})
     for name in given_settings(args, answer_flag_methods()):
         if name not in clip:
-            raise InputError(f"--{name.replace('_', '-')} is a setting of the answer methods: it applies with --answer only")
+            raise InputError(
+                f"--{name.replace('_', '-')} is a setting of the answer methods: it applies with --answer only"
+            )
 
 
 def _flags(names: Any) -> str:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import InputError
-from ...methods.base import Settings
+from ...methods.base import AnySettings, Settings
 from ...registry import Registry
 from ..base import GenerativeBackend, Query, evaluation_mode
 
@@ -49,7 +49,7 @@ class AnswerMethod(ABC):
     sides: ClassVar[tuple[str, ...]] = ("image",)
     Settings: ClassVar[type[Settings]] = Settings
 
-    def make_settings(self, **values: Any) -> Settings:
+    def make_settings(self, **values: Any) -> AnySettings:
         """This method's settings from ``values``; an unknown name or a bad value is one line."""
         names = {f.name for f in dataclasses.fields(self.Settings)}
         unknown = sorted(set(values) - names)
@@ -70,7 +70,9 @@ class AnswerMethod(ABC):
             out = self.attribute(backend, query, settings)
         scores = out.scores.detach().float().cpu()
         if scores.shape != (int(query.image_positions.numel()),):
-            raise ValueError(f"{self.name} gave scores of shape {tuple(scores.shape)} for {query.image_positions.numel()} image tokens")
+            raise ValueError(
+                f"{self.name} gave scores of shape {tuple(scores.shape)} for {query.image_positions.numel()} image tokens"
+            )
         if not torch.isfinite(scores).all():
             raise InputError(f"{self.name} gave a non-finite score on this answer (overflow?): check its settings")
         return AnswerScores(scores, dict(out.info))
@@ -96,7 +98,7 @@ def plain_states(backend: GenerativeBackend, query: Query) -> torch.Tensor:
         return backend.image_states(query).detach().float()
 
 
-def decoder_layers(backend: GenerativeBackend) -> Sequence[torch.nn.Module]:
+def decoder_layers(backend: GenerativeBackend) -> list[Any]:
     """The language model's decoder blocks, in order (transformers' ``get_decoder().layers``)."""
     decoder = backend.model.get_decoder() if hasattr(backend.model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
@@ -130,7 +132,7 @@ def captured(modules: Sequence[torch.nn.Module], pick: int = 0) -> Iterator[list
 
 
 @contextlib.contextmanager
-def eager_attention(model: torch.nn.Module) -> Iterator[None]:
+def eager_attention(model: Any) -> Iterator[None]:
     """The language model computes its attention weights explicitly (``eager``) during the block, so
     that its attention modules return them; its own implementation (``sdpa``, ...) is restored after."""
     config = model.config.get_text_config()
@@ -155,9 +157,7 @@ def mixed(states: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor) -> t
     return keep * states + (1 - keep) * baseline
 
 
-def batched_rest(
-    backend: GenerativeBackend, query: Query, make: Any, count: int, max_batch: int
-) -> torch.Tensor:
+def batched_rest(backend: GenerativeBackend, query: Query, make: Any, count: int, max_batch: int) -> torch.Tensor:
     """``backend.rest`` on ``make(start, stop)`` [stop - start, K, D] for every chunk of ``range(count)``
     (at most ``max_batch`` copies a pass), without a graph: the log-likelihoods [count]."""
     out = []

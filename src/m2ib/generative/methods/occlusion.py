@@ -36,7 +36,9 @@ class OcclusionSettings(Settings):
 
     window: int = setting(1, "side of the square of grid cells hidden at once (stride 1)")
     baseline: str = setting(
-        "zeros", "the state a hidden image token takes: zeros, or mean (of this image's token states)", choices=BASELINES
+        "zeros",
+        "the state a hidden image token takes: zeros, or mean (of this image's token states)",
+        choices=BASELINES,
     )
     max_batch: int = setting(16, "most occluded copies per forward pass of the language model (memory cap)")
 

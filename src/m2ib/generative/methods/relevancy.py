@@ -59,7 +59,8 @@ class RelevancySettings(Settings):
         choices=TARGETS,
     )
     normalize: bool = setting(
-        True, "divide each relevancy row by its sum without the identity (Chefer et al. eqs. 8-9; LVLM-Interpret's default)"
+        True,
+        "divide each relevancy row by its sum without the identity (Chefer et al. eqs. 8-9; LVLM-Interpret's default)",
     )
 
     def validate(self) -> None:
@@ -67,7 +68,9 @@ class RelevancySettings(Settings):
         check_choice(self.target, "target", TARGETS)
 
 
-def relevancy_matrix(attentions: list[torch.Tensor], grads: tuple[torch.Tensor | None, ...], normalize: bool) -> torch.Tensor:
+def relevancy_matrix(
+    attentions: list[torch.Tensor], grads: tuple[torch.Tensor | None, ...], normalize: bool
+) -> torch.Tensor:
     """R [L, L] from each block's attention [1, H, L, L] and its gradient (rules 5 and 6, eqs. 8-9)."""
     length = attentions[0].shape[-1]
     eye = torch.eye(length, device=attentions[0].device)

@@ -32,7 +32,7 @@ from ...methods.base import Settings
 from ...methods.rise import MaskSampler
 from ...settings import check_choice, check_positive_int, setting
 from ..base import GenerativeBackend, Query
-from .base import BASELINES, AnswerMethod, AnswerScores, baseline_states, batched_rest, mixed, plain_states, register
+from .base import BASELINES, AnswerMethod, AnswerScores, baseline_states, mixed, plain_states, register
 
 SCORES = ("probability", "log_likelihood")
 
@@ -45,7 +45,9 @@ class AnswerRISESettings(Settings):
     grid: int = setting(8, "mask resolution: cells per side of the random binary grid")
     p_keep: float = setting(0.5, "probability that a grid cell is kept (the paper's p1)")
     baseline: str = setting(
-        "zeros", "the state a masked image token tends to: zeros, or mean (of this image's token states)", choices=BASELINES
+        "zeros",
+        "the state a masked image token tends to: zeros, or mean (of this image's token states)",
+        choices=BASELINES,
     )
     score: str = setting(
         "probability",
@@ -94,7 +96,8 @@ class AnswerRISE(AnswerMethod):
         for start in range(0, settings.masks, settings.max_batch):
             stop = min(settings.masks, start + settings.max_batch)
             keep = token_masks(sampler, start, stop, cells)  # [n, K]
-            values = batched_rest(backend, query, lambda a, b: mixed(states, keep[a:b], base), stop - start, stop - start)
+            with torch.no_grad():
+                values = backend.rest(query, mixed(states, keep, base)).float()
             f = (values.double() - full).exp() if settings.score == "probability" else values.double() - full
             saliency += (f.to(keep.device) @ keep.double()).float()
         saliency = saliency / (settings.masks * settings.p_keep)
