@@ -275,3 +275,37 @@ def test_a_method_from_the_command_line(llava, picture, tmp_path, capsys):
     clip = ["explain", str(tmp_path / "scene.png"), "a circle", "--model", "random-tiny", "--window", "2"]
     assert main([*clip, "--out", str(tmp_path / "o3")]) == 2
     assert "applies with --answer only" in capsys.readouterr().err
+
+
+def other_family(family: str):
+    """(model, processor, prompt, image shape) of another family's tiny random model."""
+    if family == "qwen2.5-vl":
+        from tiny_qwen2vl import SIZE, tiny_qwen2vl
+
+        prompt = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>what is in the image ?<|im_end|>\n"
+        return *tiny_qwen2vl("2.5", seed=0), prompt + "<|im_start|>assistant\n", (SIZE, SIZE)
+    if family == "paligemma":
+        from tiny_paligemma import tiny_paligemma
+
+        return *tiny_paligemma(seed=0), "what is in the image ?", (8, 8)
+    from tiny_idefics3 import tiny_idefics3
+
+    return *tiny_idefics3(seed=0, split=True), PROMPT, (32, 48)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "paligemma", "idefics3"])
+def test_every_method_runs_on_every_family(family):
+    model, processor, prompt, shape = other_family(family)
+    g = torch.Generator().manual_seed(3)
+    picture = Image.fromarray((torch.rand(*shape, 3, generator=g) * 255).byte().numpy())
+    implementation = model.config.get_text_config()._attn_implementation
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name in ANSWER_METHODS:
+        exp = m2ib.explain_answer(
+            model, picture, prompt, answer=ANSWER, processor=processor, method=name, **FAST.get(name, {})
+        )
+        assert exp.family == family and exp.method == name
+        assert torch.isfinite(exp.token_scores).all() and exp.token_scores.abs().max() > 0, name
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert model.config.get_text_config()._attn_implementation == implementation
+    assert all(p.grad is None for p in model.parameters())
