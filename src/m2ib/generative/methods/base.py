@@ -157,14 +157,22 @@ def mixed(states: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor) -> t
     return keep * states + (1 - keep) * baseline
 
 
+def progress(total: int, desc: str) -> Any:
+    """A progress bar over ``total`` forward copies (shown on a terminal only: a real model's RISE runs thousands)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="copy", leave=False, disable=None, dynamic_ncols=True)
+
+
 def batched_rest(backend: GenerativeBackend, query: Query, make: Any, count: int, max_batch: int) -> torch.Tensor:
     """``backend.rest`` on ``make(start, stop)`` [stop - start, K, D] for every chunk of ``range(count)``
     (at most ``max_batch`` copies a pass), without a graph: the log-likelihoods [count]."""
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), progress(count, "occlusion") as bar:
         for start in range(0, count, max_batch):
             stop = min(count, start + max_batch)
             out.append(backend.rest(query, make(start, stop)).float())
+            bar.update(stop - start)
     return torch.cat(out)
 
 
@@ -182,5 +190,6 @@ __all__ = [
     "eager_attention",
     "mixed",
     "plain_states",
+    "progress",
     "register",
 ]

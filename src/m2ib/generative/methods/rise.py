@@ -32,7 +32,7 @@ from ...methods.base import Settings
 from ...methods.rise import MaskSampler
 from ...settings import check_choice, check_positive_int, setting
 from ..base import GenerativeBackend, Query
-from .base import BASELINES, AnswerMethod, AnswerScores, baseline_states, mixed, plain_states, register
+from .base import BASELINES, AnswerMethod, AnswerScores, baseline_states, mixed, plain_states, progress, register
 
 SCORES = ("probability", "log_likelihood")
 
@@ -93,13 +93,15 @@ class AnswerRISE(AnswerMethod):
         with torch.no_grad():
             full = float(backend.rest(query, states)[0])
         saliency = torch.zeros(cells.numel(), device=states.device)
-        for start in range(0, settings.masks, settings.max_batch):
-            stop = min(settings.masks, start + settings.max_batch)
-            keep = token_masks(sampler, start, stop, cells)  # [n, K]
-            with torch.no_grad():
-                values = backend.rest(query, mixed(states, keep, base)).float()
-            f = (values.double() - full).exp() if settings.score == "probability" else values.double() - full
-            saliency += (f.to(keep.device) @ keep.double()).float()
+        with progress(settings.masks, "rise") as bar:
+            for start in range(0, settings.masks, settings.max_batch):
+                stop = min(settings.masks, start + settings.max_batch)
+                keep = token_masks(sampler, start, stop, cells)  # [n, K]
+                with torch.no_grad():
+                    values = backend.rest(query, mixed(states, keep, base)).float()
+                f = (values.double() - full).exp() if settings.score == "probability" else values.double() - full
+                saliency += (f.to(keep.device) @ keep.double()).float()
+                bar.update(stop - start)
         saliency = saliency / (settings.masks * settings.p_keep)
         saliency[cells < 0] = 0.0
         return AnswerScores(saliency, {"log_likelihood": full, "masks": float(settings.masks)})
