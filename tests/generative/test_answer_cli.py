@@ -46,7 +46,7 @@ def test_explain_answer_from_the_command_line(saved, tmp_path, capsys):
         (["--answer", "a", "--text-beta", "1"], "--text-beta does not apply"),
         (["--answer", "a", "--image-layer", "1"], "--image-layer does not apply"),  # an interaction method's flag
         (["--answer", "a", "--steps", "0"], "steps"),
-        (["--answer", "a", "--method", "gradcam"], "m2ib only"),
+        (["--answer", "a", "--method", "gradcam"], "one answer method"),
     ],
 )
 def test_bad_flags_are_one_line_before_the_model_loads(saved, tmp_path, capsys, extra, message):

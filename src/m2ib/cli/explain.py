@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def add_explain(sub) -> None:
     """The ``explain`` subcommand's parser (logic: m2ib.pairs, m2ib.interactions)."""
+    from ..generative.methods import ANSWER_METHODS as answer_methods
     from ..methods import REGISTRY
     from ..models import DEFAULT_MODEL
     from ..settings import add_setting_flags
@@ -52,7 +53,8 @@ def add_explain(sub) -> None:
         metavar="NAME[,NAME...]|all",
         help=f"attribution method: one of {', '.join(REGISTRY)}; a comma list or 'all' writes one "
         "comparison figure per pair with a row per method (default: m2ib); or one word-region "
-        f"interaction method: {', '.join(interactions())}",
+        f"interaction method: {', '.join(interactions())}; with --answer, one answer method: "
+        f"{', '.join(answer_methods)} (docs/generative.md)",
     )
     ex.add_argument(
         "--modalities",
@@ -100,7 +102,9 @@ def add_explain(sub) -> None:
         "the same command is skipped, and one made with another text, image, method, setting or model "
         "is refused)",
     )
-    add_setting_flags(ex, {**REGISTRY, **interactions()})
+    from .answer import answer_flag_methods
+
+    add_setting_flags(ex, {**REGISTRY, **interactions(), **answer_flag_methods()})
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
@@ -192,6 +196,9 @@ def run_explain(args: argparse.Namespace) -> int:
         from .answer import run_answer
 
         return run_answer(args)
+    from .answer import refuse_answer_flags
+
+    refuse_answer_flags(args)
     preflight.check_installed(preflight.command_needs(args))
     # Everything that can be checked without the model is checked first (a load takes seconds).
     methods, interaction = _methods(args.method)

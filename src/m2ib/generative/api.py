@@ -1,4 +1,4 @@
-"""explain_answer(): M2IB's map of a generative VLM's answer, in one call."""
+"""explain_answer(): the map of a generative VLM's answer (M2IB, or another answer method), in one call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from ..errors import InputError
 from ..inputs import load_image
 from .base import GENERATIVE_FAMILIES, GenerativeBackend, generative_backend
-from .m2ib import AnswerM2IBSettings, fit_answer
+from .m2ib import grid_scores, upsample
+from .methods import answer_method
 from .result import AnswerExplanation
 
 
@@ -25,6 +26,7 @@ def explain_answer(
     *,
     processor: Any = None,
     max_new_tokens: int = 32,
+    method: str = "m2ib",
     **settings: Any,
 ) -> AnswerExplanation:
     """Which regions of ``image`` a generative VLM needs to give ``answer`` to ``prompt``.
@@ -33,11 +35,14 @@ def explain_answer(
     ``processor``, or a :class:`GenerativeBackend`. ``prompt`` holds the image placeholder once
     (LLaVA: ``<image>``), in the model's own chat format. ``answer``: the text to explain, teacher-
     forced after the prompt; ``None`` explains the model's own greedy answer (``max_new_tokens``
-    at most), recorded as ``answer_source="generated"``. ``settings``: M2IB's
-    (:class:`AnswerM2IBSettings`: beta, var, steps, lr, samples, init_alpha, seed; per_word: one map
-    per answer word too; prompt_side, prompt_layer: a score per prompt word).
+    at most), recorded as ``answer_source="generated"``. ``method``: an answer method
+    (``m2ib.generative.methods.ANSWER_METHODS``: m2ib, saliency, input_x_gradient, llava_cam,
+    relevancy, occlusion, rise); ``settings``: its settings (M2IB's :class:`AnswerM2IBSettings`:
+    beta, var, steps, lr, samples, init_alpha, seed; per_word: one map per answer word too;
+    prompt_side, prompt_layer: a score per prompt word).
     """
-    s = AnswerM2IBSettings(**settings)  # bad settings: one line, before any model work
+    explainer = answer_method(method)
+    s = explainer.make_settings(**settings)  # bad settings: one line, before any model work
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
         raise InputError(f"the answer {answer!r} is empty: give the text to explain, or None for the model's own")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -51,7 +56,9 @@ def explain_answer(
         if not answer.strip():
             raise InputError("the model's own answer is empty: pass answer=TEXT to explain a given answer")
     query = backend.prepare(picture, prompt, answer)
-    fit = fit_answer(backend, query, s)
+    fit = explainer.explain(backend, query, s)
+    grid_map = grid_scores(fit.scores, query.cells.cpu(), query.grid)
+    image_map = upsample(grid_map, (int(query.display.shape[-2]), int(query.display.shape[-1])))
     tokens = backend.tokenizer.convert_ids_to_tokens(query.answer_ids.tolist())
     return AnswerExplanation(
         prompt=prompt,
@@ -59,14 +66,15 @@ def explain_answer(
         answer_source=source,
         answer_tokens=[str(t) for t in tokens],
         image=query.display.cpu(),
-        image_map=fit.image_map,
-        grid_map=fit.grid_map,
-        token_scores=fit.token_scores,
+        image_map=image_map,
+        grid_map=grid_map,
+        token_scores=fit.scores,
+        method=explainer.name,
         family=_family_name(backend),
         model=str(getattr(getattr(backend.model, "config", None), "_name_or_path", "") or type(backend.model).__name__),
         settings=s.as_dict(),
         info=fit.info,
-        **fit.fields(),  # the per-word maps and the prompt's word scores, when fitted
+        **fit.fields,  # M2IB's per-word maps and prompt word scores, when fitted
     )
 
 

@@ -1,0 +1,88 @@
+"""Occlusion on an answer: how much the answer's log-likelihood drops when image tokens are hidden.
+
+Zeiler, Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014,
+https://arxiv.org/abs/1311.2901 (a grey square slid over the image); here the square slides over
+the image-token grid and hides tokens, not pixels.
+
+Definition implemented: for every ``window x window`` square of grid cells (stride 1), the image
+tokens of those cells take the ``baseline`` state (``zeros``, default; or ``mean``: the mean of
+this image's token states) and the answer's summed log-likelihood is recomputed:
+
+    drop(W) = logL(all states) - logL(the tokens of W hidden)
+    score_k = mean of drop(W) over the squares W that hide token k
+
+(captum's ``Occlusion`` rule: each feature's attribution is the mean over the windows covering it).
+A token that covers no pixel (cell -1, e.g. a class token) is hidden on its own once. With
+``window=1`` (default) a token's score is exactly the drop when it alone is hidden. Copies are
+batched through ``backend.rest``, at most ``max_batch`` a pass; no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import InputError
+from ...methods.base import Settings
+from ...settings import check_choice, check_positive_int, setting
+from ..base import GenerativeBackend, Query
+from .base import BASELINES, AnswerMethod, AnswerScores, baseline_states, batched_rest, mixed, plain_states, register
+
+
+@dataclass(frozen=True)
+class OcclusionSettings(Settings):
+    """Occlusion settings."""
+
+    window: int = setting(1, "side of the square of grid cells hidden at once (stride 1)")
+    baseline: str = setting(
+        "zeros",
+        "the state a hidden image token takes: zeros, or mean (of this image's token states)",
+        choices=BASELINES,
+    )
+    max_batch: int = setting(16, "most occluded copies per forward pass of the language model (memory cap)")
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_int(self.window, "window")
+        check_positive_int(self.max_batch, "max_batch")
+        check_choice(self.baseline, "baseline", BASELINES)
+
+
+def occlusion_windows(cells: torch.Tensor, grid: tuple[int, int], window: int) -> torch.Tensor:
+    """Which tokens each occlusion hides: [W, K] bool, the squares row-major, then each no-pixel token alone."""
+    rows, cols = grid
+    if window > min(rows, cols):
+        raise InputError(f"window={window} is larger than the {rows} x {cols} image-token grid")
+    r, c = cells.div(cols, rounding_mode="floor"), cells % cols
+    squares = [
+        (cells >= 0) & (r >= i) & (r < i + window) & (c >= j) & (c < j + window)
+        for i in range(rows - window + 1)
+        for j in range(cols - window + 1)
+    ]
+    alone = [torch.arange(cells.numel(), device=cells.device) == k for k in (cells < 0).nonzero()[:, 0].tolist()]
+    return torch.stack(squares + alone)
+
+
+@register
+class AnswerOcclusion(AnswerMethod):
+    """Drop of the answer's log-likelihood when a square of image tokens is hidden."""
+
+    name = "occlusion"
+    title = "Occlusion (image tokens)"
+    paper = "https://arxiv.org/abs/1311.2901"
+    Settings = OcclusionSettings
+
+    def attribute(self, backend: GenerativeBackend, query: Query, settings: OcclusionSettings) -> AnswerScores:
+        states = plain_states(backend, query)
+        hide = occlusion_windows(query.cells, query.grid, settings.window)  # [W, K]
+        base = baseline_states(states, settings.baseline)
+        with torch.no_grad():
+            full = float(backend.rest(query, states)[0])
+        values = batched_rest(
+            backend, query, lambda a, b: mixed(states, ~hide[a:b], base), hide.shape[0], settings.max_batch
+        )
+        drops = full - values  # [W]
+        covered = hide.float()
+        scores = (covered.T @ drops.to(covered.device)) / covered.sum(0)
+        return AnswerScores(scores, {"log_likelihood": full, "occlusions": float(hide.shape[0])})
