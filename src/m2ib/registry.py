@@ -112,6 +112,7 @@ class Registry(Generic[T]):
         return tuple(self._loaded())
 
     def describe(self, name: str) -> Description:
+        """What ``m2ib list`` prints of the entry ``name`` (its title, paper, sides)."""
         return self._describe(self.get(name))
 
     def select(self, spec: str, option: str) -> list[str]:

@@ -80,6 +80,7 @@ class Interaction(Result):
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(H, W) of the model's input, the size of every image map."""
         return int(self.image.shape[-2]), int(self.image.shape[-1])
 
     @property
