@@ -198,14 +198,12 @@ def run_evaluation(
         >>> from m2ib.evaluation.runner import run_evaluation
         >>> model, out = m2ib.load("shapes"), tempfile.mkdtemp()
         >>> rows = load_table("shapes:test:2", size=96)
-        >>> run = run_evaluation(
-        ...     model, rows, ["gradcam", "saliency"], {"deletion": {"steps": 4}}, None, 0, out, progress=False, report=False
-        ... )
+        >>> metrics = {"deletion": {"steps": 4}}
+        >>> methods = ["gradcam", "saliency"]
+        >>> run = run_evaluation(model, rows, methods, metrics, None, 0, out, progress=False, report=False)
         >>> run.evaluated, sorted(run.records[0]["metrics"])
         (4, ['image_deletion_auc', 'image_insertion_auc', 'text_deletion_auc', 'text_insertion_auc'])
-        >>> again = run_evaluation(  # the same call resumes: nothing left to measure
-        ...     model, rows, ["gradcam", "saliency"], {"deletion": {"steps": 4}}, None, 0, out, progress=False, report=False
-        ... )
+        >>> again = run_evaluation(model, rows, methods, metrics, None, 0, out, progress=False, report=False)  # resumes
         >>> again.evaluated, again.skipped
         (0, 4)
     """

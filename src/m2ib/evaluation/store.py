@@ -52,7 +52,8 @@ def read_results(path: str | os.PathLike, repair: bool = False) -> tuple[dict[st
         >>> from m2ib.evaluation.store import read_results
         >>> out = Path(tempfile.mkdtemp())
         >>> rows = load_table("shapes:test:2", size=96)
-        >>> _ = run_evaluation(m2ib.load("shapes"), rows, ["gradcam"], ["localisation"], None, 0, out, progress=False, report=False)
+        >>> model = m2ib.load("shapes")
+        >>> _ = run_evaluation(model, rows, ["gradcam"], ["localisation"], None, 0, out, progress=False, report=False)
         >>> header, records = read_results(out / "results.jsonl")
         >>> header["kind"], len(records), records[0]["method"], records[0]["metrics"]["text_pointing"]
         ('provenance', 2, 'gradcam', 1.0)

@@ -29,12 +29,59 @@ def explain_answer(
 ) -> AnswerExplanation:
     """Which regions of ``image`` a generative VLM needs to give ``answer`` to ``prompt``.
 
-    ``model``: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``) with its
-    ``processor``, or a :class:`GenerativeBackend`. ``prompt`` holds the image placeholder once
-    (LLaVA: ``<image>``), in the model's own chat format. ``answer``: the text to explain, teacher-
-    forced after the prompt; ``None`` explains the model's own greedy answer (``max_new_tokens``
-    at most), recorded as ``answer_source="generated"``. ``settings``: M2IB's
-    (:class:`AnswerM2IBSettings`: beta, var, steps, lr, samples, init_alpha, seed).
+    M2IB (Wang, Rudner, Wilson, NeurIPS 2023, https://arxiv.org/abs/2312.17174) moved to a
+    generative model: the bottleneck sits on the image-token states where they enter the
+    language model (LLaVA: the projector's output, [K, D] for K image tokens), and its fit term
+    is the teacher-forced answer's log-likelihood instead of a cosine (:mod:`m2ib.generative.m2ib`,
+    docs/generative.md). The model is never modified.
+
+    Args:
+        model: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA's
+            ``LlavaForConditionalGeneration``) with its ``processor``, or a
+            :class:`~m2ib.generative.base.GenerativeBackend`.
+        image: a path, a PIL image or an image tensor, as :func:`m2ib.explain` takes one.
+        prompt: the question or instruction, in the model's own chat format, with the image
+            placeholder once (LLaVA: ``<image>``).
+        answer: the text to explain, teacher-forced after the prompt; default ``None``: the
+            model's own greedy answer (``max_new_tokens`` at most), recorded as
+            ``answer_source="generated"``.
+        processor: the model's processor (needed with a transformers model); default ``None``.
+        max_new_tokens: the longest answer generated when ``answer`` is None; default ``32``.
+        **settings: M2IB's settings (:class:`~m2ib.generative.m2ib.AnswerM2IBSettings`): ``beta``
+            (default 0.1), ``var`` (1.0), ``steps`` (10), ``lr`` (1.0), ``samples`` (10),
+            ``init_alpha`` (5.0), ``seed`` (0): the paper's values. Bad settings are one line,
+            before any model work.
+
+    Returns:
+        An :class:`~m2ib.generative.result.AnswerExplanation`: ``image_map`` [H, W] at the model's
+        input size, ``grid_map`` [rows, cols] and ``token_scores`` [K] (the KL per image token).
+
+    Examples:
+        A random tiny LLaVA (the tests' builder: 8 px images, a 4 x 4 grid of image tokens),
+        three steps of two noise copies to keep it quick:
+
+        >>> import sys, m2ib
+        >>> sys.path.insert(0, "tests/generative")  # run from the repository root
+        >>> from tiny_llava import tiny_llava
+        >>> model, processor = tiny_llava()
+        >>> exp = m2ib.explain_answer(
+        ...     model, "examples/scene3.png", "<image> what is in the image ?", answer="a red circle",
+        ...     processor=processor, steps=3, samples=2,
+        ... )
+        >>> exp.grid_map.shape, exp.image_map.shape, exp.token_scores.shape, exp.answer_tokens
+        (torch.Size([4, 4]), torch.Size([8, 8]), torch.Size([16]), ['a', 'red', 'circle'])
+
+        On LLaVA-1.5 (a download of about 14 GB):
+
+        >>> from transformers import AutoProcessor, LlavaForConditionalGeneration  # doctest: +SKIP
+        >>> name = "llava-hf/llava-1.5-7b-hf"  # doctest: +SKIP
+        >>> model = LlavaForConditionalGeneration.from_pretrained(name)  # doctest: +SKIP
+        >>> exp = m2ib.explain_answer(  # doctest: +SKIP
+        ...     model, "examples/scene3.png", "USER: <image>\\nWhat shape is orange? ASSISTANT:",
+        ...     processor=AutoProcessor.from_pretrained(name),
+        ... )
+        >>> exp.answer_source  # doctest: +SKIP
+        'generated'
     """
     s = AnswerM2IBSettings(**settings)  # bad settings: one line, before any model work
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):

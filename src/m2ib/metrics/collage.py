@@ -56,7 +56,8 @@ class CollagePointing(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes-collage:test:2", size=96)
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'collage': {}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"collage": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['collage_mass', 'collage_max']

@@ -194,7 +194,8 @@ def _keys(protocol: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ConfidenceSettings(MetricSettings):
-    """Confidence's options (``m2ib evaluate --confidence-protocols mask``, ``{"confidence": {"protocols": ("mask",)}}``).
+    """Confidence's options (``m2ib evaluate --confidence-protocols mask``,
+    ``{"confidence": {"protocols": ("mask",)}}``).
 
     Attributes:
         protocols: which protocols are measured, ``"m2ib"`` (the public M2IB reference's
@@ -230,7 +231,8 @@ class Confidence(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes:test:2", size=96)
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'confidence': {}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"confidence": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['image_drop_m2ib', 'image_drop_mask', 'image_increase_m2ib', 'image_increase_mask',

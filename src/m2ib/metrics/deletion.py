@@ -189,7 +189,8 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 
 @dataclass(frozen=True)
 class DeletionSettings(MetricSettings):
-    """Deletion/insertion's options (``m2ib evaluate --deletion-steps 10``, ``{"deletion": {"steps": 10}}``).
+    """Deletion/insertion's options (``m2ib evaluate --deletion-steps 10``,
+    ``{"deletion": {"steps": 10}}``).
 
     Attributes:
         steps: steps K of the image curves (K + 1 points, fractions k / K of the pixels removed
@@ -218,7 +219,8 @@ class DeletionInsertion(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes:test:2", size=96)
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'deletion': {"steps": 4}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"deletion": {"steps": 4}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['image_deletion_auc', 'image_insertion_auc', 'text_deletion_auc', 'text_insertion_auc']

@@ -82,7 +82,8 @@ class Grounding(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes-two:test:2", size=96)  # two objects, two phrases
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'grounding': {}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"grounding": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['phrase_pointing', 'right_object_share']

@@ -222,7 +222,8 @@ class Localisation(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes:test:2", size=96)
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'localisation': {}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"localisation": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['image_energy', 'image_iou', 'image_pointing', 'text_pointing']

@@ -197,7 +197,8 @@ class Road(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes:test:2", size=96)
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'road': {"percentiles": (50,)}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"road": {"percentiles": (50,)}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['image_road_combined', 'image_road_lerf', 'image_road_morf']

@@ -240,7 +240,8 @@ class Sanity(Metric):
         >>> model = m2ib.load("shapes")
         >>> rows = load_table("shapes:test:2", size=96)
         >>> run = run_evaluation(
-        ...     model, rows, ["gradcam"], {'sanity': {"steps": 2}}, None, 0, tempfile.mkdtemp(), progress=False, report=False
+        ...     model, rows, ["gradcam"], {"sanity": {"steps": 2}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
         ... )
         >>> sorted(run.records[0]["metrics"])
         ['image_sanity_spearman', 'image_sanity_ssim', 'text_sanity_spearman']

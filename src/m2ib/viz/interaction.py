@@ -40,7 +40,31 @@ def interaction_figure(
     dpi: int = 100,
 ):
     """A PIL image: the image [3, H, W], then one panel per ``(label, signed map [H, W])`` on one
-    colour scale (the largest |score| of any panel), ``boxes`` drawn on every panel."""
+    colour scale (the largest |score| of any panel), ``boxes`` drawn on every panel.
+
+    :meth:`m2ib.interactions.Interaction.figure <m2ib.interactions.result.Interaction.figure>`
+    draws with it (one panel per phrase). Needs matplotlib.
+
+    Args:
+        image: [3, H, W] in [0, 1], the picture as the model saw it.
+        panels: ``(label, signed map [H, W])`` pairs; red is positive, blue negative.
+        title: the first line above the panels.
+        subtitle: the second line (the colour scale is appended).
+        boxes: ``(x, y, w, h)`` rectangles in the image's pixels; default ``None``.
+        panel_inches: the side of each panel in inches; default ``2.0``.
+        dpi: resolution; default ``100``.
+
+    Returns:
+        An RGB ``PIL.Image.Image``, ``len(panels) + 1`` panels wide.
+
+    Examples:
+        >>> import torch
+        >>> from m2ib.viz.interaction import interaction_figure
+        >>> signed = torch.randn(96, 96)
+        >>> picture = interaction_figure(torch.rand(3, 96, 96), [("red circle", signed)], "a red circle", "fixlip")
+        >>> picture.mode, picture.size  # 2 panels of 2 inches at 100 dpi, plus the title
+        ('RGB', (400, 250))
+    """
     mpl = load_mpl()
     scale = max((float(m.abs().max()) for _, m in panels), default=0.0)
     n = len(panels) + 1
