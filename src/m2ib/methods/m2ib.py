@@ -75,7 +75,7 @@ class M2IBSettings(LayerSettings):
         init_alpha: initial alpha, lam = sigmoid(alpha) starting near 1 (keep everything); default
             ``5.0``. Paper's code: 5.
         precision: arithmetic of the towers, ``"fp32"`` (exact) or ``"bf16"``/``"fp16"`` (faster,
-            opt-in; the bottleneck and the loss stay fp32); default ``'fp32'``. Paper: fp32.
+            opt-in; the bottleneck and the loss stay fp32); default ``'fp32'``.
         bottleneck: noise and prior, ``"published"`` (N(0, var), the paper) or ``"standardised"``
             (IBA's per-feature N(mean, var * sd^2), Schulz et al., ICLR 2020); default
             ``'published'``.

@@ -207,7 +207,7 @@ class DeletionSettings(MetricSettings):
 class DeletionInsertion(Metric):
     """Areas under the deletion (lower is better) and insertion (higher is better) curves.
 
-    Petsiuk, Das, Saenko, "RISE", BMVC 2018, https://arxiv.org/abs/1806.07421 (section 4.1).
+    Petsiuk, Das, Saenko, "RISE", BMVC 2018, https://arxiv.org/abs/1806.07421.
     Options: :class:`DeletionSettings`. Reads image maps [N, H, W] (pixels ranked) and text maps
     [T_i] (words ranked); records ``{side}_deletion_auc`` and ``{side}_insertion_auc`` per pair,
     and the curves.

@@ -55,7 +55,7 @@ def build_app(
     max_megapixels: float = MAX_MEGAPIXELS,
     workdir: str | os.PathLike | None = None,
     settings: Any = None,
-):
+) -> Any:
     """The viewer page (``m2ib serve``), a ``gr.Blocks`` (not launched; see :func:`launch`).
 
     Two tabs: "Explain" (one method, or every method compared, with each method's settings as
@@ -337,7 +337,7 @@ def _remove_at_exit(folder: str | os.PathLike) -> None:
 
 
 def launch(
-    demo,
+    demo: Any,
     host: str = "127.0.0.1",
     port: int = 7860,
     *,

@@ -128,7 +128,7 @@ class TuneOutcome:
     Attributes:
         files: the files written by name: ``settings`` (``m2ib.json``), ``records``
             (``points.jsonl``), ``report`` (``report.html``).
-        lines: the summary ``m2ib tune`` prints, one line per tower.
+        lines: the summary ``m2ib tune`` prints: one line per tower, and one about unreadable rows if any.
         recommended: the chosen M2IB settings (``{"vision_layer": 3, "vision_beta": 0.1}``), as
             ``m2ib.json`` records them under ``"recommended"``.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -65,6 +65,9 @@ from .style import (
     Fonts,
 )
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
 
 T = TypeVar("T")
@@ -89,7 +92,7 @@ def explanation_figure(
     boxes: list[tuple[float, float, float, float]] | None = None,
     special_tokens: tuple[int, ...] = (),
     dpi: int = 150,
-):
+) -> Image.Image:
     """Render one explanation: image heatmap and/or shaded tokens.
 
     Layout, left to right: the input image, the image with ``image_map``
@@ -176,9 +179,9 @@ def comparison_figure(
     *,
     title: str | None = None,
     special_tokens: tuple[int, ...] = (),
-    boxes=None,
+    boxes: list[tuple[float, float, float, float]] | None = None,
     dpi: int = 150,
-):
+) -> Image.Image:
     """Compare several attribution methods on one image-text pair.
 
     One row per method: ``[name | input image (first row only) | overlay |

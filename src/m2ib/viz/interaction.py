@@ -8,11 +8,15 @@ tensors and strings only (the result classes pick the phrases: :meth:`m2ib.inter
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .canvas import load_mpl, quiet_missing_glyphs
 from .overlay import to_pil
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) in the image's pixels
 
@@ -38,7 +42,7 @@ def interaction_figure(
     boxes: Sequence[Box] | None = None,
     panel_inches: float = 2.0,
     dpi: int = 100,
-):
+) -> Image.Image:
     """A PIL image: the image [3, H, W], then one panel per ``(label, signed map [H, W])`` on one
     colour scale (the largest |score| of any panel), ``boxes`` drawn on every panel.
 
