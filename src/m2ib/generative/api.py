@@ -36,12 +36,14 @@ def explain_answer(
     docs/generative.md). The model is never modified.
 
     Args:
-        model: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA's
-            ``LlavaForConditionalGeneration``) with its ``processor``, or a
-            :class:`~m2ib.generative.base.GenerativeBackend`.
+        model: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA-1.5,
+            PaliGemma 1 and 2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL; ``m2ib list`` prints them)
+            with its ``processor``, or a :class:`~m2ib.generative.base.GenerativeBackend`.
         image: a path, a PIL image or an image tensor, as :func:`m2ib.explain` takes one.
         prompt: the question or instruction, in the model's own chat format, with the image
-            placeholder once (LLaVA: ``<image>``).
+            placeholder once where the family asks for one (LLaVA: ``<image>``; PaliGemma takes
+            plain text; docs/generative.md gives each family's form). A prompt the family cannot
+            read is one line, before any model work.
         answer: the text to explain, teacher-forced after the prompt; default ``None``: the
             model's own greedy answer (``max_new_tokens`` at most), recorded as
             ``answer_source="generated"``.

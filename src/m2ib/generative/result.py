@@ -33,7 +33,7 @@ class AnswerExplanation(Result):
         grid_map: [rows, cols]: the KL of the image tokens on the image grid (nats).
         token_scores: [K]: the KL of each image token, in sequence order.
         method: ``"m2ib"``.
-        family: the generative family (``"llava"``).
+        family: the generative family (``"llava"``, ``"paligemma"``, ...).
         model: the model's name (its ``_name_or_path``, else its class).
         settings: every setting used (:class:`~m2ib.generative.m2ib.AnswerM2IBSettings`).
         info: the answer's log-likelihood, bottlenecked and not, and the fit's compression.
