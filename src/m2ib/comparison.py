@@ -54,6 +54,7 @@ class Comparison(Result):
         return next(iter(self.explanations.values()))
 
     def summary(self) -> str:
+        """The methods, the text, the model and any failed method, for ``repr``."""
         failed = f"; failed: {', '.join(self.failures)}" if self.failures else ""
         return f"{', '.join(self.methods)} of {short(self.first.text)!r} ({self.first.model}{failed})"
 

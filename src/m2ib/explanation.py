@@ -83,6 +83,7 @@ class Explanation(Result):
         return found
 
     def summary(self) -> str:
+        """The method, the text, the sides explained and the model, for ``repr``."""
         sides = [side for side, m in (("image", self.image_map), ("text", self.text_map)) if m is not None]
         return f"{self.method} of {short(self.text)!r} ({'+'.join(sides) or 'no side'}; {self.model})"
 

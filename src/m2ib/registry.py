@@ -112,6 +112,7 @@ class Registry(Generic[T]):
         return tuple(self._loaded())
 
     def describe(self, name: str) -> Description:
+        """What ``m2ib list`` prints of the entry ``name`` (its title, paper, sides)."""
         return self._describe(self.get(name))
 
     def select(self, spec: str, option: str) -> list[str]:
@@ -148,12 +149,15 @@ class Registry(Generic[T]):
         return len(self._loaded())
 
     def keys(self) -> tuple[str, ...]:
+        """The names, as :meth:`names`."""
         return self.names()
 
     def values(self) -> list[T]:
+        """The entries, in registration order."""
         return list(self._loaded().values())
 
     def items(self) -> list[tuple[str, T]]:
+        """(name, entry) pairs, in registration order."""
         return list(self._loaded().items())
 
     def unregister(self, name: str) -> T:

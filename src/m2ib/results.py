@@ -33,7 +33,29 @@ SUFFIXES = ("npz", "png", "json")
 
 
 class Result(ABC):
-    """What an explain result offers (implementations are dataclasses of CPU tensors)."""
+    """What an explain result offers (implementations are dataclasses of CPU tensors).
+
+    :class:`~m2ib.explanation.Explanation`, :class:`~m2ib.comparison.Comparison`,
+    :class:`~m2ib.interactions.result.Interaction` and
+    :class:`~m2ib.generative.result.AnswerExplanation` implement the four abstract methods;
+    :meth:`save`, ``_repr_png_`` (a notebook shows the figure) and ``repr`` come from here.
+
+    Attributes:
+        default_stem: the file name :meth:`save` uses when given no ``stem`` (``"explanation"``, ...).
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.results import Result
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="chefer")
+        >>> isinstance(exp, Result), sorted(exp.arrays())
+        (True, ['image', 'image_grid', 'image_map', 'image_map_raw', 'text_map', 'text_map_raw'])
+        >>> exp.to_dict()["method"], exp.figure().mode  # the figure needs matplotlib
+        ('chefer', 'RGB')
+        >>> sorted(exp.save(tempfile.mkdtemp()))  # explanation.npz, .png, then .json
+        ['json', 'npz', 'png']
+        >>> exp
+        <Explanation chefer of 'an orange triangle' (image+text; shapes)>
+    """
 
     default_stem: ClassVar[str] = "result"
 

@@ -26,7 +26,16 @@ MODALITIES: tuple[Modality, ...] = ("image", "text")
 
 @dataclass(frozen=True)
 class Geometry:
-    """Shapes a method needs to turn token scores into maps; read from the model's config."""
+    """Shapes a method needs to turn token scores into maps; read from the model's config.
+
+    Attributes:
+        image_size: (height, width) of the model's input in pixels.
+        patch_grid: (rows, cols) of image patches (ViTs; ResNet stages: that of the last stage).
+        image_prefix_tokens: tokens before the patches in the image tower (CLS, registers).
+        vision_layers: number of blocks in the image tower.
+        text_layers: number of blocks in the text tower.
+        context_length: most text tokens the text tower reads, start/end included.
+    """
 
     image_size: tuple[int, int]  # (height, width) of the model's input in pixels
     patch_grid: tuple[int, int]  # (rows, cols) of image patches
@@ -36,6 +45,7 @@ class Geometry:
     context_length: int  # most text tokens the text tower reads, start/end included
 
     def layers(self, modality: Modality) -> int:
+        """The number of blocks of ``modality``'s tower."""
         return self.vision_layers if modality == "image" else self.text_layers
 
 
@@ -125,11 +135,40 @@ class AttentionRecord:
 
 @dataclass
 class Backend(ABC):
-    """Adapter between one model family and m2ib's methods.
+    """Adapter between one model family and m2ib's methods (what :func:`m2ib.load` returns).
 
     Subclasses implement the abstract methods; everything else is shared. A backend
     never changes the model it wraps outside :meth:`attribution_mode`, which restores
     the training flags and ``requires_grad`` flags it touched.
+
+    Shapes: N inputs; images [N, 3, H, W] (``geometry.image_size``), texts [N, T] token ids;
+    hidden states [N, tokens, width] (image: ``image_prefix_tokens`` + rows * cols tokens);
+    embeddings [N, embed_dim], projected, not normalised.
+
+    Attributes:
+        model: the wrapped ``torch.nn.Module`` (never modified).
+        name: how the model was named when loaded (hub id, directory, built-in name).
+        recommended: settings the model ships with, per method (``{"m2ib": {"vision_layer": 2}}``);
+            :func:`m2ib.explain` fills the settings you do not give from them.
+        settings_source: where ``recommended`` was replaced from (:meth:`with_settings`), or None.
+        dtype_copies: copies of this backend in other dtypes (:meth:`in_dtype`).
+
+    Examples:
+        >>> import m2ib
+        >>> model = m2ib.load("shapes")
+        >>> model.geometry
+        Geometry(image_size=(96, 96), patch_grid=(16, 16), image_prefix_tokens=1, vision_layers=6,
+                 text_layers=4, context_length=32)
+        >>> texts = model.tokenize(["a red circle"])
+        >>> texts.input_ids.shape, texts.tokens[0]
+        (torch.Size([1, 5]), ('<|startoftext|>', 'a', 'red', 'circle', '<|endoftext|>'))
+        >>> hidden = model.prefix("text", texts, 2)  # the output of block 2: [N, T, width]
+        >>> hidden.shape, model.suffix("text", hidden, 2, texts).shape  # the rest: [N, embed_dim]
+        (torch.Size([1, 5, 128]), torch.Size([1, 128]))
+        >>> from PIL import Image
+        >>> images = model.preprocess_images([Image.open("examples/scene3.png").convert("RGB")])
+        >>> images.pixel_values.shape, model.prefix("image", images, 4).shape  # CLS + 16 x 16 patches
+        (torch.Size([1, 3, 96, 96]), torch.Size([1, 257, 192]))
     """
 
     model: torch.nn.Module
@@ -148,7 +187,8 @@ class Backend(ABC):
     # --- what a family adapter implements -------------------------------------------
     @property
     @abstractmethod
-    def geometry(self) -> Geometry: ...
+    def geometry(self) -> Geometry:
+        """The model's shapes: input size, patch grid, prefix tokens, blocks per tower, context length."""
 
     @abstractmethod
     def preprocess_images(self, images: Sequence[Image.Image], sources: Sequence[str] = ()) -> ImageBatch:
@@ -242,13 +282,16 @@ class Backend(ABC):
     # --- shared ------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """The device of the model's weights."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights."""
         return next(self.model.parameters()).dtype
 
     def num_layers(self, modality: Modality) -> int:
+        """The number of blocks of ``modality``'s tower (``geometry.layers``)."""
         return self.geometry.layers(modality)
 
     def token_grid(self, modality: Modality, layer: int) -> tuple[int, int]:

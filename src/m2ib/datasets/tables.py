@@ -46,7 +46,26 @@ BoxT = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class Row:
-    """One image-text pair to evaluate."""
+    """One image-text pair to evaluate, with its ground truth when the data has some.
+
+    Attributes:
+        id: stable key: the line number in the file, or ``"shapes:SPLIT:i"``.
+        image: a path, or an image tensor [3, H, W] in [0, 1] (shapes rows).
+        text: the caption or phrase.
+        boxes: ground-truth boxes (x, y, w, h) in the original image's pixels.
+        mask: ground-truth bool mask [H, W] at the model's input size (shapes rows), or None.
+        relevant: character spans of the words that name what is shown (text pointing).
+        phrases: character spans of each object's phrase ("red circle"; shapes-two rows).
+        object_masks: per phrase, its object's bool mask [H, W] at the input size.
+
+    Examples:
+        >>> from m2ib.datasets.tables import load_table
+        >>> row = load_table("shapes:test:1", size=96).rows[0]
+        >>> row.id, row.text, row.image.shape, row.mask.shape
+        ('shapes:test:0', 'a yellow star', torch.Size([3, 96, 96]), torch.Size([96, 96]))
+        >>> row.boxes, [row.text[a:b] for a, b in row.relevant]
+        (((46.0, 75.0, 19.0, 17.0),), ['yellow', 'star'])
+    """
 
     id: str  # stable key: the line number in the file, or "shapes:SPLIT:i"
     image: Any  # a path, or an image tensor [3, H, W] in [0, 1] (shapes)
@@ -59,12 +78,31 @@ class Row:
 
     @property
     def source(self) -> str:
+        """The image's path, or the row's id for an image given as a tensor."""
         return str(self.image) if isinstance(self.image, (str, Path)) else self.id
 
 
 @dataclass
 class PairTable:
-    """The image-text pairs to evaluate (rows) and the lines that could not be read."""
+    """The image-text pairs to evaluate (rows) and the lines that could not be read.
+
+    Attributes:
+        spec: the data as given (a path or ``shapes:SPLIT:N``).
+        kind: ``"pairs"``, ``"mscxr"`` (a table with boxes), ``"shapes"``, ``"collage"`` or ``"shapes-two"``.
+        rows: the :class:`Row` s, in file order (after sampling).
+        bad: the lines that could not be read, ``{"row": id, "reason": ...}`` each.
+        total: rows in the source before sampling.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from m2ib.datasets.tables import load_table
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "pairs.tsv").write_text("image\\ttext\\nscene.png\\ta red circle\\n\\tno image\\n")
+        >>> table = load_table(str(folder / "pairs.tsv"))
+        >>> table.kind, [r.text for r in table.rows], table.bad[0]["reason"]
+        ('pairs', ['a red circle'], 'line 3: expected a caption and an image path')
+    """
 
     spec: str
     kind: str  # "pairs", "mscxr", "shapes", "collage" or "shapes-two"
@@ -79,10 +117,31 @@ _TWO = re.compile(r"^shapes-two:(train|val|test):(\d+)$")
 
 
 def load_table(spec: str, *, size: int | None = None, samples: int | None = None, seed: int = 0) -> PairTable:
-    """Rows from ``spec`` (a file path or ``shapes:SPLIT:N[:KIND]``).
+    """Rows from ``spec`` (a file path or ``shapes:SPLIT:N[:KIND]``): the data of ``m2ib evaluate --data``.
 
-    ``size`` is the model's input side (needed for shapes scenes). ``samples`` draws that many
-    rows at random without replacement with ``seed`` (kept in file order); all rows otherwise.
+    Args:
+        spec: a TSV (``.tsv``, ``.txt``) or CSV file, either with a header naming an image column
+            (``image``, ``path``, ``image_path`` or ``image_id``) and a text column (``text``,
+            ``caption``, ``phrase`` or ``label_text``), plus boxes (``x, y, w, h`` or ``boxes``)
+            for a grounding table, or without a header as ``caption, image`` lines; image paths
+            relative to the file. Or generated shapes scenes: ``shapes:SPLIT:N[:KIND]`` (SPLIT
+            ``train``/``val``/``test``, KIND ``single`` by default, or ``subset``, ``all``,
+            ``mixed``), ``shapes-collage:SPLIT:N`` or ``shapes-two:SPLIT:N``.
+        size: the model's input side in pixels (``backend.geometry.image_size[0]``); needed for
+            shapes scenes, unused for files. Default ``None``.
+        samples: draw that many rows at random without replacement (kept in file order);
+            default ``None``: every row.
+        seed: the seed of that draw; default ``0``.
+
+    Returns:
+        A :class:`PairTable`. Lines that cannot be read are in its ``bad`` list, not raised;
+        a missing file or a malformed spec is an :class:`~m2ib.errors.InputError`.
+
+    Examples:
+        >>> from m2ib.datasets.tables import load_table
+        >>> table = load_table("shapes:test:10", size=96, samples=3, seed=1)
+        >>> table.kind, table.total, [row.id for row in table.rows]
+        ('shapes', 10, ['shapes:test:1', 'shapes:test:2', 'shapes:test:4'])
     """
     match = _SHAPES.match(spec.strip())
     if match:

@@ -102,6 +102,29 @@ def batches(todo: Sequence[tuple[Row, list[str]]], size: int) -> list[tuple[list
 
 @dataclass
 class RunResult:
+    """What :func:`run_evaluation` did: the records, what it measured and skipped, the files.
+
+    Attributes:
+        out: the run's folder.
+        records: every record of the run, resumed ones included (one per row and method).
+        bad: rows whose image could not be read, ``{"row": id, "reason": ...}`` each.
+        evaluated: (row, method) pairs measured by this call.
+        skipped: (row, method) pairs found done in the results file.
+        finished: False when stopped by ``time_limit`` before every pair was done.
+        files: the report's files by name (summary Markdown and CSV, plots).
+        nodes: Ray node ids that did the work (Ray runs only).
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model, out = m2ib.load("shapes"), tempfile.mkdtemp()
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> run = run_evaluation(model, rows, ["gradcam"], ["localisation"], None, 0, out, progress=False, report=False)
+        >>> run.evaluated, run.skipped, run.finished, len(run.records)
+        (2, 0, True, 2)
+    """
+
     out: Path
     records: list[dict[str, Any]]
     bad: list[dict[str, str]] = field(default_factory=list)
@@ -139,15 +162,50 @@ def run_evaluation(
 ) -> RunResult:
     """Evaluate every row of ``table`` with every method, appending to ``out/results.jsonl``.
 
-    ``metrics``: names, or name -> options (``{"deletion": {"steps": 4}}``) or settings object.
-    Resumes a run found in ``out`` (same data, model weights, methods, settings, metrics and
-    seed; from either scheduler), skipping the (row, method) pairs already there. Rows whose
-    image is missing or unreadable are counted in ``RunResult.bad`` and reported, never raised.
-    ``batch_size`` rows are explained together (the batched path: faster on a GPU, the same
-    numbers up to float rounding). With ``report``, writes the summary (Markdown, CSV) and the
-    plots at the end. ``time_limit`` (seconds): start no new batch after that long
-    (``RunResult.finished`` is then False; the summary covers what is done, and the same call
-    resumes). :func:`m2ib.evaluation.distributed.run_evaluation_ray` runs the same work on Ray.
+    ``m2ib evaluate`` as a function. Resumes a run found in ``out`` (same data, model weights,
+    methods, settings, metrics and seed; from either scheduler), skipping the (row, method) pairs
+    already there; each record is written as soon as it is measured, so a kill loses at most the
+    batch in flight. Rows whose image is missing or unreadable are counted in ``RunResult.bad``
+    and reported, never raised. :func:`m2ib.evaluation.distributed.run_evaluation_ray` runs the
+    same work on Ray.
+
+    Args:
+        backend: the model, from :func:`m2ib.load`.
+        table: the pairs, from :func:`~m2ib.datasets.tables.load_table`.
+        methods: method names (``m2ib.list_methods()``).
+        metrics: metric names (each with its default options), or name -> options
+            (``{"deletion": {"steps": 4}}``) or name -> settings object.
+        settings: per method, settings that replace the model's recommended ones
+            (``{"m2ib": {"vision_beta": 0.1}}``), or None.
+        seed: the run's seed (each pair's own seed comes from it and the row's id).
+        out: the run's folder (created; ``results.jsonl``, then the report).
+        command: the command line recorded in the provenance record; default ``None``.
+        progress: show a tqdm bar; default ``True``.
+        report: write the summary (Markdown, CSV) and the plots at the end (needs matplotlib);
+            default ``True``.
+        time_limit: seconds after which no new batch starts (``RunResult.finished`` is then
+            False; the summary covers what is done, and the same call resumes); default ``None``.
+        batch_size: rows explained together (the batched path: faster on a GPU, the same numbers
+            up to float rounding); default ``1``.
+
+    Returns:
+        A :class:`RunResult`. Each record holds the row, the method, the similarity and
+        ``"metrics"``: the metrics' per-pair values (``m2ib.metrics`` lists the keys).
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model, out = m2ib.load("shapes"), tempfile.mkdtemp()
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> metrics = {"deletion": {"steps": 4}}
+        >>> methods = ["gradcam", "saliency"]
+        >>> run = run_evaluation(model, rows, methods, metrics, None, 0, out, progress=False, report=False)
+        >>> run.evaluated, sorted(run.records[0]["metrics"])
+        (4, ['image_deletion_auc', 'image_insertion_auc', 'text_deletion_auc', 'text_insertion_auc'])
+        >>> again = run_evaluation(model, rows, methods, metrics, None, 0, out, progress=False, report=False)  # resumes
+        >>> again.evaluated, again.skipped
+        (0, 4)
     """
     from tqdm.auto import tqdm
 

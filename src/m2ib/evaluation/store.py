@@ -34,6 +34,29 @@ def read_results(path: str | os.PathLike, repair: bool = False) -> tuple[dict[st
 
     A last line with no newline, or one that is not a JSON object (a write cut short), is
     ignored; with ``repair=True`` it is also cut off the file so that appending can go on.
+
+    Args:
+        path: a ``results.jsonl`` (``m2ib evaluate``'s ``OUT/results.jsonl``); a missing file
+            reads as no records.
+        repair: cut a torn last line off the file; default ``False`` (the file is only read).
+
+    Returns:
+        ``(header, records)``: the run's provenance record (data, model, methods, settings,
+        metrics, seed) or None, and every other record as a dict, in file order.
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from pathlib import Path
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> from m2ib.evaluation.store import read_results
+        >>> out = Path(tempfile.mkdtemp())
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> model = m2ib.load("shapes")
+        >>> _ = run_evaluation(model, rows, ["gradcam"], ["localisation"], None, 0, out, progress=False, report=False)
+        >>> header, records = read_results(out / "results.jsonl")
+        >>> header["kind"], len(records), records[0]["method"], records[0]["metrics"]["text_pointing"]
+        ('provenance', 2, 'gradcam', 1.0)
     """
     path = Path(path)
     if not path.exists():

@@ -31,15 +31,66 @@ def explain_answer(
 ) -> AnswerExplanation:
     """Which regions of ``image`` a generative VLM needs to give ``answer`` to ``prompt``.
 
-    ``model``: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``) with its
-    ``processor``, or a :class:`GenerativeBackend`. ``prompt`` holds the image placeholder once
-    (LLaVA: ``<image>``), in the model's own chat format. ``answer``: the text to explain, teacher-
-    forced after the prompt; ``None`` explains the model's own greedy answer (``max_new_tokens``
-    at most), recorded as ``answer_source="generated"``. ``method``: an answer method
-    (``m2ib.generative.methods.ANSWER_METHODS``: m2ib, saliency, input_x_gradient, llava_cam,
-    relevancy, occlusion, rise); ``settings``: its settings (M2IB's :class:`AnswerM2IBSettings`:
-    beta, var, steps, lr, samples, init_alpha, seed; per_word: one map per answer word too;
-    prompt_side, prompt_layer: a score per prompt word).
+    M2IB (Wang, Rudner, Wilson, NeurIPS 2023, https://arxiv.org/abs/2312.17174) moved to a
+    generative model: the bottleneck sits on the image-token states where they enter the
+    language model (LLaVA: the projector's output, [K, D] for K image tokens), and its fit term
+    is the teacher-forced answer's log-likelihood instead of a cosine (:mod:`m2ib.generative.m2ib`,
+    docs/generative.md). The model is never modified.
+
+    Args:
+        model: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA-1.5,
+            PaliGemma 1 and 2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL; ``m2ib list`` prints them)
+            with its ``processor``, or a :class:`~m2ib.generative.base.GenerativeBackend`.
+        image: a path, a PIL image or an image tensor, as :func:`m2ib.explain` takes one.
+        prompt: the question or instruction, in the model's own chat format, with the image
+            placeholder once where the family asks for one (LLaVA: ``<image>``; PaliGemma takes
+            plain text; docs/generative.md gives each family's form). A prompt the family cannot
+            read is one line, before any model work.
+        answer: the text to explain, teacher-forced after the prompt; default ``None``: the
+            model's own greedy answer (``max_new_tokens`` at most), recorded as
+            ``answer_source="generated"``.
+        processor: the model's processor (needed with a transformers model); default ``None``.
+        max_new_tokens: the longest answer generated when ``answer`` is None; default ``32``.
+        method: the answer method, default ``"m2ib"``; the others are baselines
+            (``m2ib.generative.methods.ANSWER_METHODS``: saliency, input_x_gradient, llava_cam,
+            relevancy, occlusion, rise; docs/generative.md gives each one's source).
+        **settings: the method's settings. M2IB's (:class:`~m2ib.generative.m2ib.AnswerM2IBSettings`):
+            ``beta`` (default 0.1), ``var`` (1.0), ``steps`` (10), ``lr`` (1.0), ``samples`` (10),
+            ``init_alpha`` (5.0), ``seed`` (0): the paper's values; ``per_word`` (True: one map per
+            answer word too), ``prompt_side`` and ``prompt_layer`` (a score per prompt word). Bad
+            settings are one line, before any model work.
+
+    Returns:
+        An :class:`~m2ib.generative.result.AnswerExplanation`: ``image_map`` [H, W] at the model's
+        input size, ``grid_map`` [rows, cols] and ``token_scores`` [K] (M2IB: the KL per image
+        token); with M2IB's ``per_word``, ``words`` and ``word_maps`` [W, H, W'] too.
+
+    Examples:
+        A random tiny LLaVA (the tests' builder: 8 px images, a 4 x 4 grid of image tokens),
+        three steps of two noise copies to keep it quick:
+
+        >>> import sys, m2ib
+        >>> sys.path.insert(0, "tests/generative")  # run from the repository root
+        >>> from tiny_llava import tiny_llava
+        >>> model, processor = tiny_llava()
+        >>> exp = m2ib.explain_answer(
+        ...     model, "examples/scene3.png", "<image> what is in the image ?", answer="a red circle",
+        ...     processor=processor, steps=3, samples=2,
+        ... )
+        >>> exp.grid_map.shape, exp.image_map.shape, exp.token_scores.shape, exp.answer_tokens
+        (torch.Size([4, 4]), torch.Size([8, 8]), torch.Size([16]), ['a', 'red', 'circle'])
+
+        On LLaVA-1.5 (a download of about 14 GB):
+
+        >>> from transformers import AutoProcessor, LlavaForConditionalGeneration  # doctest: +SKIP
+        >>> name = "llava-hf/llava-1.5-7b-hf"  # doctest: +SKIP
+        >>> model = LlavaForConditionalGeneration.from_pretrained(name)  # doctest: +SKIP
+        >>> exp = m2ib.explain_answer(  # doctest: +SKIP
+        ...     model, "examples/scene3.png", "USER: <image>\\nWhat shape is orange? ASSISTANT:",
+        ...     processor=AutoProcessor.from_pretrained(name),
+        ... )
+        >>> exp.answer_source  # doctest: +SKIP
+        'generated'
     """
     explainer = answer_method(method)
     s = explainer.make_settings(**settings)  # bad settings: one line, before any model work

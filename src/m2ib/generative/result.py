@@ -16,7 +16,44 @@ ANSWER_SOURCES = ("given", "generated")
 
 @dataclass(repr=False)
 class AnswerExplanation(Result):
-    """Which image regions the answer needs (CPU float tensors)."""
+    """Which image regions the answer needs (CPU float tensors): what
+    :func:`m2ib.explain_answer <m2ib.generative.api.explain_answer>` returns.
+
+    A :class:`~m2ib.results.Result`: ``arrays()`` (``image_map``, ``grid_map``, ``token_scores``),
+    ``to_dict()``, ``figure()`` (the map over the image, the answer as the title) and
+    ``save(directory, stem="answer")``.
+
+    Attributes:
+        prompt: the prompt as given.
+        answer: the answer explained.
+        answer_source: ``"given"`` (passed as ``answer``) or ``"generated"`` (the model's own).
+        answer_tokens: the teacher-forced answer's tokens, as the tokenizer reads them.
+        image: [3, H, W] in [0, 1], the image as the model saw it.
+        image_map: [H, W] in [0, 1]: ``grid_map`` upsampled bilinearly and min-max normalised.
+        grid_map: [rows, cols]: the KL of the image tokens on the image grid (nats).
+        token_scores: [K]: the KL of each image token, in sequence order.
+        method: ``"m2ib"``.
+        family: the generative family (``"llava"``, ``"paligemma"``, ...).
+        model: the model's name (its ``_name_or_path``, else its class).
+        settings: every setting used (:class:`~m2ib.generative.m2ib.AnswerM2IBSettings`).
+        info: the answer's log-likelihood, bottlenecked and not, and the fit's compression.
+
+    Examples:
+        >>> import sys, tempfile, m2ib
+        >>> sys.path.insert(0, "tests/generative")  # a random tiny LLaVA, built offline
+        >>> from tiny_llava import tiny_llava
+        >>> model, processor = tiny_llava()
+        >>> exp = m2ib.explain_answer(
+        ...     model, "examples/scene3.png", "<image> what is in the image ?", answer="a red circle",
+        ...     processor=processor, steps=3, samples=2,
+        ... )
+        >>> exp
+        <AnswerExplanation m2ib of answer 'a red circle' to '<image> what is in the image ?'>
+        >>> exp.answer_source, exp.family, sorted(exp.info)
+        ('given', 'llava', ['compression', 'log_likelihood', 'log_likelihood_bottlenecked'])
+        >>> sorted(exp.save(tempfile.mkdtemp()))  # answer.npz, answer.png, then answer.json
+        ['json', 'npz', 'png']
+    """
 
     prompt: str
     answer: str

@@ -80,6 +80,7 @@ class Interaction(Result):
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(H, W) of the model's input, the size of every image map."""
         return int(self.image.shape[-2]), int(self.image.shape[-1])
 
     @property
@@ -160,6 +161,7 @@ class Interaction(Result):
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """``matrix`` [T, rows, cols] and ``image`` [3, H, W], as numpy arrays (the ``.npz``)."""
         return {"matrix": self.matrix.numpy(), "image": self.image.numpy()}
 
     def content_words(self) -> list[str | list[int]]:
@@ -192,6 +194,7 @@ class Interaction(Result):
         )
 
     def summary(self) -> str:
+        """The method, the text, the matrix's shape and the model, for ``repr``."""
         rows, cols = self.matrix.shape[1:]
         return (
             f"{self.method} of {short(self.text)!r} ({len(self.tokens)} tokens x {rows}x{cols} patches; {self.model})"
@@ -199,7 +202,26 @@ class Interaction(Result):
 
 
 def load_interaction(stem: str | os.PathLike) -> Interaction:
-    """Read what :meth:`Interaction.save` wrote (``STEM.npz`` and ``STEM.json``)."""
+    """Read what :meth:`Interaction.save` wrote (``STEM.npz`` and ``STEM.json``).
+
+    Args:
+        stem: the saved result's path without its suffix (``out/interaction``).
+
+    Returns:
+        The :class:`Interaction`, its matrix and image as saved.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from m2ib.interactions import interact
+        >>> from m2ib.interactions.result import load_interaction
+        >>> pair = interact("shapes", "examples/scene3.png", "an orange triangle", text_layer=0)
+        >>> out = Path(tempfile.mkdtemp())
+        >>> _ = pair.save(out, figure=False)
+        >>> again = load_interaction(out / "interaction")
+        >>> torch.equal(again.matrix, pair.matrix), again.tokens == pair.tokens
+        (True, True)
+    """
     import json
 
     stem = Path(stem)

@@ -43,7 +43,13 @@ from .common import check_layer, pooled_positions, pooled_row, recorded_forward,
 
 @dataclass(frozen=True)
 class CheferSettings(Settings):
-    """Settings of Chefer et al.'s relevancy."""
+    """Chefer et al.'s settings (``m2ib.explain(..., method="chefer", start_layer=-1)``).
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        start_layer: first block whose attention enters R (0-based, negative from the end);
+            default ``0``: every block (the paper's rule). ``-1``: the last block only (the CLIP notebook).
+    """
 
     start_layer: int = setting(
         0,
@@ -68,7 +74,21 @@ def relevancy(probs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> t
 
 @register
 class Chefer(Method):
-    """Gradient-weighted attention relevancy propagated through the blocks."""
+    """Gradient-weighted attention relevancy propagated through the blocks.
+
+    Chefer, Gur, Wolf, "Generic Attention-model Explainability for Interpreting Bi-Modal and
+    Encoder-Decoder Transformers", ICCV 2021, https://arxiv.org/abs/2103.15679. Settings:
+    :class:`CheferSettings`; needs a backend that records attention (transformer towers).
+
+    Shapes: R [T, T] per tower; image, the class token's row on the patch grid [rows, cols],
+    upsampled to [H, W]; text [T], the end token's row.
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="chefer")
+        >>> exp.image_grid.shape, exp.text_map.shape
+        (torch.Size([16, 16]), torch.Size([5]))
+    """
 
     name = "chefer"
     title = "Chefer et al."

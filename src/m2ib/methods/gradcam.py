@@ -53,7 +53,20 @@ from .layered import LayerMethod
 
 @dataclass(frozen=True)
 class GradCAMSettings(Settings):
-    """Grad-CAM settings."""
+    """Grad-CAM's settings (``m2ib.explain(..., method="gradcam", vision_layer=8)``).
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        vision_layer: image tower block whose output tokens A [T, D] are weighed (0-based, negative
+            from the end); default ``None``: M2IB's rule (9 of 12 blocks), the block whose output the
+            M2IB and NIB reference code hook for their Grad-CAM baselines. Paper (CNNs): the last
+            convolutional layer.
+        text_layer: text tower block whose output tokens are weighed; default ``None``, as for
+            ``vision_layer``.
+        tokens: image side, the tokens whose gradients are averaged into the channel weights:
+            ``"patches"`` (the prefix tokens excluded: the paper's spatial mean, pytorch-grad-cam's
+            ViT recipe) or ``"all"`` (CLS included, m2ib's earlier form); default ``'patches'``.
+    """
 
     vision_layer: int | None = setting(
         None,
@@ -78,7 +91,23 @@ class GradCAMSettings(Settings):
 
 @register
 class GradCAM(LayerMethod):
-    """Gradient-weighted activations of one block's tokens."""
+    """Gradient-weighted activations of one block's tokens.
+
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization", ICCV 2017, https://arxiv.org/abs/1610.02391. Settings:
+    :class:`GradCAMSettings`; the definition is in this module's docstring.
+
+    Shapes: the hidden states A [T, D] at the output of the block; the map ReLU(sum_c w_c A[t, c]):
+    image [rows, cols] on the patch grid (``image_grid``), upsampled to [H, W]; text [T].
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="gradcam")
+        >>> exp.image_grid.shape, exp.image_map.shape
+        (torch.Size([16, 16]), torch.Size([96, 96]))
+        >>> exp.settings["vision_layer"]  # M2IB's rule: block 4 of the shapes model's 6 (9 of CLIP's 12)
+        4
+    """
 
     name = "gradcam"
     title = "Grad-CAM"

@@ -51,7 +51,15 @@ from .common import check_positive_int, pooled_positions, pooled_rows, recorded_
 
 @dataclass(frozen=True)
 class GradECLIPSettings(Settings):
-    """Grad-ECLIP settings; defaults are the released notebooks'."""
+    """Grad-ECLIP's settings (``m2ib.explain(..., method="gradeclip", vision_blocks=2)``);
+    defaults are the released notebooks'.
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        vision_blocks: last image tower blocks whose attention is used; default ``1``. Released: 1.
+        text_blocks: last text tower blocks whose attention is used; default ``None``: 8 of 12
+            (released), two thirds of other depths.
+    """
 
     vision_blocks: int = setting(1, "last image tower blocks whose attention is used (released: 1)")
     text_blocks: int | None = setting(
@@ -59,6 +67,7 @@ class GradECLIPSettings(Settings):
     )
 
     def validate(self) -> None:
+        """The block counts are positive integers."""
         super().validate()
         check_positive_int(self.vision_blocks, "vision_blocks")
         if self.text_blocks is not None:
@@ -71,7 +80,21 @@ def default_text_blocks(num_layers: int) -> int:
 
 @register
 class GradECLIP(Method):
-    """Gradient-weighted value features with the loosened query-key attention of the pooled token."""
+    """Gradient-weighted value features with the loosened query-key attention of the pooled token.
+
+    Zhao, Wang, Zeng, Zhao, Chan, "Gradient-based Visual Explanation for Transformer-based
+    CLIP", ICML 2024, https://proceedings.mlr.press/v235/zhao24p.html (text side:
+    https://arxiv.org/abs/2502.18816). Settings: :class:`GradECLIPSettings`.
+
+    Shapes: per block, value features v [T, D] and the pooled token's loosened attention [T];
+    image, the patch tokens on the grid [rows, cols], upsampled to [H, W]; text [T].
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="gradeclip")
+        >>> exp.image_grid.shape, exp.settings["vision_blocks"]
+        (torch.Size([16, 16]), 1)
+    """
 
     name = "gradeclip"
     title = "Grad-ECLIP"

@@ -49,7 +49,18 @@ from .common import check_positive_int, chunks
 
 @dataclass(frozen=True)
 class KernelSHAPSettings(Settings):
-    """Kernel SHAP settings."""
+    """Kernel SHAP's settings (``m2ib.explain(..., method="kernelshap", grid=4)``).
+
+    Attributes:
+        seed: seed of the random draws; the same seed gives the same maps for a pair, alone or
+            in a batch; default ``0``.
+        samples: coalitions evaluated per pair besides the empty and the full one; default
+            ``None``: 2 M + 2048 for M features (the ``shap`` library's budget); all 2^M - 2 of them
+            (exact Shapley values) when the budget allows.
+        grid: image side, cells per side of the grid whose cells are the features (M = grid^2);
+            default ``8``.
+        max_batch: most perturbed inputs per forward pass (a memory cap); default ``256``.
+    """
 
     samples: int | None = setting(
         None,
@@ -121,7 +132,25 @@ def solve(
 
 @register
 class KernelSHAP(Method):
-    """Shapley values of image cells / text tokens, estimated by Kernel SHAP."""
+    """Shapley values of image cells / text tokens, estimated by Kernel SHAP.
+
+    Lundberg, Lee, "A Unified Approach to Interpreting Model Predictions", NeurIPS 2017,
+    https://arxiv.org/abs/1705.07874. Settings: :class:`KernelSHAPSettings`.
+
+    Shapes: image, one value per cell of the ``grid x grid`` partition (``image_grid`` [grid,
+    grid]), upsampled to [H, W]; text [T], 0 for the start/end tokens. ``Explanation.info[side]``
+    says how many ``features`` and ``coalitions`` were used and whether the values are ``exact``.
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain(
+        ...     "shapes", "examples/scene3.png", "an orange triangle", method="kernelshap", grid=4, samples=64
+        ... )
+        >>> exp.image_grid.shape, exp.info["image"]
+        (torch.Size([4, 4]), {'features': 16, 'coalitions': 66, 'exact': False})
+        >>> exp.info["text"]  # 3 words: all 6 proper coalitions, the exact Shapley values
+        {'features': 3, 'coalitions': 8, 'exact': True}
+    """
 
     name = "kernelshap"
     title = "Kernel SHAP"

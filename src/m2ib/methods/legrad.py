@@ -46,7 +46,16 @@ POOLINGS = ("mean", "model")
 
 @dataclass(frozen=True)
 class LeGradSettings(Settings):
-    """LeGrad settings."""
+    """LeGrad's settings (``m2ib.explain(..., method="legrad", start_layer=-2)``).
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        start_layer: first block whose attention gradient is summed (0-based, negative from the
+            end); default ``0``: every block (the paper). ``-2``: the released wrapper's default.
+        pooling: image side, the intermediate embedding pools the mean of all tokens and reads every
+            attention row (``"mean"``, as released) or the CLS token and its row (``"model"``);
+            default ``'mean'``.
+    """
 
     start_layer: int = setting(
         0,
@@ -69,7 +78,21 @@ class LeGradSettings(Settings):
 
 @register
 class LeGrad(Method):
-    """Positive gradients of per-block intermediate similarities w.r.t. that block's attention."""
+    """Positive gradients of per-block intermediate similarities w.r.t. that block's attention.
+
+    Bousselham et al., "LeGrad: An Explainability Method for Vision Transformers via Feature
+    Formation Sensitivity", ICCV 2025, https://arxiv.org/abs/2404.03214. Settings:
+    :class:`LeGradSettings`; the text side follows the same rule (LeGrad has none).
+
+    Shapes: per block, the attention gradient [heads, T, T]; image, the patch columns on the grid
+    [rows, cols], upsampled to [H, W]; text [T].
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="legrad")
+        >>> exp.image_grid.shape, exp.text_map.shape
+        (torch.Size([16, 16]), torch.Size([5]))
+    """
 
     name = "legrad"
     title = "LeGrad"

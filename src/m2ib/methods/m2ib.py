@@ -49,7 +49,59 @@ BOTTLENECKS = ("published", "standardised")
 
 @dataclass(frozen=True)
 class M2IBSettings(LayerSettings):
-    """M2IB's settings; defaults are the paper's (CLIP ViT-B/32, Conceptual Captions)."""
+    """M2IB's settings; defaults are the paper's (CLIP ViT-B/32, Conceptual Captions).
+
+    Every field is a keyword of ``m2ib.explain(..., method="m2ib")`` and a flag of ``m2ib
+    explain`` (``--vision-beta``). A model may recommend its own values (``backend.recommended``,
+    e.g. the shipped shapes model's betas); settings you pass win over them. Paper: Wang, Rudner,
+    Wilson, NeurIPS 2023, https://arxiv.org/abs/2312.17174 (the values below under "paper").
+
+    Attributes:
+        seed: seed of the random draws; the same seed gives the same maps for a pair, alone or
+            in a batch; default ``0``.
+        vision_layer: image tower block whose output R [tokens, width] is bottlenecked (0-based,
+            negative from the end); default ``None``: the model's recommended layer, else
+            :func:`~m2ib.methods.layered.default_layer` (9 of 12 blocks, the same relative depth
+            otherwise). Paper: 9 (CLIP ViT-B/32).
+        text_layer: text tower block whose output is bottlenecked; default ``None``, as for
+            ``vision_layer``. Paper: 9 (7 for the chest X-ray CLIP).
+        vision_beta: weight of the compression (KL) term of the image bottleneck; default ``0.1``.
+            Paper: 0.1 (1 for the chest X-ray CLIP).
+        text_beta: weight of the compression term of the text bottleneck; default ``0.1``. Paper: 0.1.
+        var: variance of the noise and of the prior N(0, var); default ``1.0``. Paper: 1.
+        steps: Adam steps of the fit; default ``10``. Paper: 10.
+        lr: Adam learning rate; default ``1.0``. Paper: 1.
+        samples: noise copies per step; default ``10``. Paper: 10.
+        init_alpha: initial alpha, lam = sigmoid(alpha) starting near 1 (keep everything); default
+            ``5.0``. Paper's code: 5.
+        precision: arithmetic of the towers, ``"fp32"`` (exact) or ``"bf16"``/``"fp16"`` (faster,
+            opt-in; the bottleneck and the loss stay fp32); default ``'fp32'``.
+        bottleneck: noise and prior, ``"published"`` (N(0, var), the paper) or ``"standardised"``
+            (IBA's per-feature N(mean, var * sd^2), Schulz et al., ICLR 2020); default
+            ``'published'``.
+        reference: with ``bottleneck="standardised"``, the inputs whose R gives each feature's
+            mean and sd (a dataset spec as ``m2ib evaluate --data`` reads it, e.g.
+            ``"shapes:val:64"``); default ``None``: the batch's own inputs. Not in the paper.
+        cuda_graphs: on a GPU, replay the fit as a CUDA graph (the same numbers, fewer launches);
+            no effect on a CPU or with ``objective="adaib"``; default ``True``.
+        objective: the loss, ``"published"`` (``beta * KL - fit``, the paper) or ``"adaib"``
+            (AdaIB's per-pair ``g(f) * KL - f * fit``, docs/adaib.md); default ``'published'``.
+        adaib_relevance: AdaIB's f: ``"l2"``, ``"l1"``, ``"linf"`` (1 / (distance + eps_f)),
+            ``"cosine"`` or ``"constant"``; default ``'l2'`` (AdaIB's). Read only with
+            ``objective="adaib"``, as are all ``adaib_*`` settings.
+        adaib_embeddings: f's distances read the raw projected embeddings or ``"normalised"``
+            ones; default ``'raw'``.
+        adaib_eps_f: eps_f > 0 added to f's distance (or to its cosine form); default ``1e-06``
+            (the paper says only > 0).
+        adaib_tau: temperature of f's cosine form; default ``1.0`` (the paper says only > 0).
+        adaib_constant: f of every pair with ``adaib_relevance="constant"``; default ``1.0``.
+        adaib_compression: g(f): ``"mlp"`` (learned, AdaIB's section 5.2), ``"inverse"``
+            (1 / (f + eps_g), appendix B.1) or ``"proportional"`` (beta * f); default ``'mlp'``.
+        adaib_hidden: hidden width of g's MLP; default ``32`` (AdaIB's 1 -> 32 -> 1).
+        adaib_eps_g: eps_g > 0, g's floor (mlp) or shift (inverse); default ``1e-06``.
+        adaib_clip: each pair's gradient is clipped to this L2 norm at every step (0: none);
+            default ``1.0`` (AdaIB's).
+    """
 
     vision_layer: int | None = setting(
         None,
@@ -121,6 +173,7 @@ class M2IBSettings(LayerSettings):
     )
 
     def validate(self) -> None:
+        """Ranges, choices, AdaIB's settings, and ``reference`` only with the standardised bottleneck."""
         super().validate()
         check_positive_int(self.steps, "steps")
         check_positive_int(self.samples, "samples")
@@ -141,7 +194,26 @@ class M2IBSettings(LayerSettings):
 
 @register
 class M2IB(LayerMethod):
-    """Multi-modal information bottleneck attribution (image and text)."""
+    """Multi-modal information bottleneck attribution (image and text).
+
+    Wang, Rudner, Wilson, "Visual Explanations of Image-Text Representations via Multi-Modal
+    Information Bottleneck Attribution", NeurIPS 2023, https://arxiv.org/abs/2312.17174.
+    Settings: :class:`M2IBSettings`; the definition is in this module's docstring.
+
+    Shapes: per pair and tower, alpha has the shape of the hidden states R [tokens, width] at
+    the output of block ``vision_layer`` / ``text_layer``; the map is the KL summed over the
+    width: image [rows, cols] on the patch grid (``Explanation.image_grid``, the prefix tokens
+    dropped), upsampled bilinearly to the input [H, W] (``image_map``); text [T], one score per
+    token (``text_map``). ``Explanation.info[side]`` holds the fit's last ``compression`` and ``fit``.
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="m2ib")
+        >>> exp.image_grid.shape, exp.image_map.shape, exp.text_map.shape
+        (torch.Size([16, 16]), torch.Size([96, 96]), torch.Size([5]))
+        >>> sorted(exp.info["image"])
+        ['compression', 'fit']
+    """
 
     name = "m2ib"
     title = "M2IB"
@@ -149,6 +221,7 @@ class M2IB(LayerMethod):
     Settings = M2IBSettings
 
     def degenerate_hint(self, settings: M2IBSettings, side: Modality) -> str:
+        """What to change when a side's map comes out flat: a lower ``lr`` or beta."""
         beta = "vision_beta" if side == "image" else "text_beta"
         return (
             f"the fit diverged or compressed everything: lower lr (now {settings.lr:g}) "

@@ -43,7 +43,17 @@ from .layered import LayerMethod, LayerSettings, default_layer
 
 @dataclass(frozen=True)
 class NIBSettings(LayerSettings):
-    """NIB settings; defaults are the released code's."""
+    """NIB's settings (``m2ib.explain(..., method="nib", steps=20)``); defaults are the released code's.
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        vision_layer: image tower block whose output h [T, D] is integrated (0-based, negative from
+            the end); default ``None``: one block before M2IB's (8 of 12 blocks, the released
+            ``target_layer=9``).
+        text_layer: text tower block whose output is integrated; default ``None``, as for ``vision_layer``.
+        steps: integration steps n (h scaled by i/n, i = 1..n); default ``10``. Released: 10.
+        max_batch: most rows (pairs x steps) through the tower at once (a memory cap); default ``256``.
+    """
 
     vision_layer: int | None = setting(
         None,
@@ -55,6 +65,7 @@ class NIBSettings(LayerSettings):
     max_batch: int = setting(256, "most rows (pairs x steps) run through the tower at once (memory cap)")
 
     def validate(self) -> None:
+        """``steps`` and ``max_batch`` are positive integers."""
         super().validate()
         check_positive_int(self.steps, "steps")
         check_positive_int(self.max_batch, "max_batch")
@@ -62,7 +73,23 @@ class NIBSettings(LayerSettings):
 
 @register
 class NIB(LayerMethod):
-    """Integrated gradients of the hidden states at one block, zero baseline."""
+    """Integrated gradients of the hidden states at one block, zero baseline.
+
+    Zhu et al., "Narrowing Information Bottleneck Theory for Multimodal Image-Text
+    Representations Interpretability", ICLR 2025, https://arxiv.org/abs/2502.14889, as released
+    (github.com/LMBTough/NIB). Settings: :class:`NIBSettings`.
+
+    Shapes: h [T, D] at the block's output; the map sums h * (mean gradient) over D: image, the
+    patch tokens on the grid [rows, cols], upsampled to [H, W]; text [T].
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="nib")
+        >>> exp.image_grid.shape, exp.settings["steps"]
+        (torch.Size([16, 16]), 10)
+        >>> exp.settings["vision_layer"]  # one before M2IB's rule: 3 of the shapes model's 6 blocks
+        3
+    """
 
     name = "nib"
     title = "NIB"

@@ -44,7 +44,20 @@ from .common import check_positive_int, chunks
 
 @dataclass(frozen=True)
 class RISESettings(Settings):
-    """RISE settings."""
+    """RISE's settings (``m2ib.explain(..., method="rise", masks=4000)``).
+
+    Defaults are Grad-ECLIP's RISE baseline for CLIP (NIB's code uses 6000 masks, grid 8, p 0.1).
+
+    Attributes:
+        seed: seed of the random draws; the same seed gives the same maps for a pair, alone or
+            in a batch; default ``0``.
+        masks: number of random masks K; default ``2000`` (Grad-ECLIP's baseline; NIB's: 6000).
+        grid: cells per side of the random binary grid each mask is upsampled from; default ``8``.
+        p_keep: probability that a grid cell is kept (the paper's p1); default ``0.5``
+            (Grad-ECLIP's baseline; NIB's: 0.1).
+        max_batch: most masked images per forward pass (a memory cap; no effect on the map);
+            default ``256``.
+    """
 
     masks: int = setting(2000, "number of random masks")
     grid: int = setting(8, "mask resolution: cells per side of the random binary grid")
@@ -87,7 +100,20 @@ class MaskSampler:
 
 @register
 class RISE(Method):
-    """Average of random masks weighted by the target of the masked image."""
+    """Randomised input sampling: the target averaged over random masks, weighted by each mask.
+
+    Petsiuk, Das, Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box Models",
+    BMVC 2018, https://arxiv.org/abs/1806.07421. Settings: :class:`RISESettings`. Image side only.
+
+    Shapes: ``masks`` smooth masks [K, H, W] at the input size; the map sum_k s(x * M_k) M_k / (K p)
+    is [H, W] (no grid: ``image_grid`` is None); ``text_map`` is None.
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="rise", masks=50)
+        >>> exp.image_map.shape, exp.image_grid, exp.text_map
+        (torch.Size([96, 96]), None, None)
+    """
 
     name = "rise"
     title = "RISE"

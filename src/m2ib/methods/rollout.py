@@ -33,7 +33,13 @@ from .common import check_layer, pooled_positions, pooled_row, recorded_forward,
 
 @dataclass(frozen=True)
 class RolloutSettings(Settings):
-    """Attention rollout settings."""
+    """Attention rollout's settings (``m2ib.explain(..., method="rollout", start_layer=4)``).
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        start_layer: first block whose attention enters the product (0-based, negative from the
+            end); default ``0``: every block, as the paper.
+    """
 
     start_layer: int = setting(
         0, "first block whose attention enters the product (0-based, negative from the end); 0: every block"
@@ -61,7 +67,21 @@ def rollout(probs: list[torch.Tensor]) -> torch.Tensor:
 
 @register
 class Rollout(Method):
-    """Attention rollout (Abnar & Zuidema)."""
+    """Attention rollout: what attention alone shows (no gradient, no target).
+
+    Abnar, Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020,
+    https://arxiv.org/abs/2005.00928. Settings: :class:`RolloutSettings`. The map of a side
+    depends on that side's input only (``negatives`` are refused).
+
+    Shapes: the product of [T, T] matrices; image, the class token's row on the patch grid
+    [rows, cols], upsampled to [H, W]; text [T], the end token's row.
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="rollout")
+        >>> exp.image_grid.shape, exp.text_map.shape
+        (torch.Size([16, 16]), torch.Size([5]))
+    """
 
     name = "rollout"
     title = "Attention rollout"

@@ -36,7 +36,13 @@ CHANNEL_REDUCTIONS = ("max", "sum")
 
 @dataclass(frozen=True)
 class SaliencySettings(Settings):
-    """Gradient saliency settings."""
+    """Gradient saliency's settings (``m2ib.explain(..., method="saliency", channels="sum")``).
+
+    Attributes:
+        seed: unused (the method draws nothing at random); default ``0``.
+        channels: image side, how |gradient| [3, H, W] is reduced over the colour channels:
+            ``"max"`` (the paper's) or ``"sum"``; default ``'max'``.
+    """
 
     channels: str = setting(
         "max",
@@ -52,7 +58,21 @@ class SaliencySettings(Settings):
 
 @register
 class Saliency(Method):
-    """|gradient| of the target w.r.t. the pixels / the token embeddings."""
+    """|gradient| of the target w.r.t. the pixels / the token embeddings.
+
+    Simonyan, Vedaldi, Zisserman, "Deep Inside Convolutional Networks: Visualising Image
+    Classification Models and Saliency Maps", ICLR 2014 workshop, https://arxiv.org/abs/1312.6034.
+    Settings: :class:`SaliencySettings`.
+
+    Shapes: image, one value per input pixel [H, W] (no grid: ``image_grid`` is None); text [T],
+    the L2 norm of each token embedding's gradient.
+
+    Examples:
+        >>> import m2ib
+        >>> exp = m2ib.explain("shapes", "examples/scene3.png", "an orange triangle", method="saliency")
+        >>> exp.image_map.shape, exp.image_grid, exp.text_map.shape
+        (torch.Size([96, 96]), None, torch.Size([5]))
+    """
 
     name = "saliency"
     title = "Gradient saliency"

@@ -210,6 +210,7 @@ class Metric(ABC):
 
     @classmethod
     def summary_tables(cls) -> tuple[Table, ...]:
+        """The summary's tables of this metric: ``tables``, or one titled ``title`` with every key."""
         return cls.tables if cls.tables is not None else (Table(cls.title, tuple(k.name for k in cls.keys)),)
 
     @classmethod  # noqa: B027 - a hook that checks nothing by default, not an abstract method

@@ -43,7 +43,25 @@ def quadrant_scores(image_map: torch.Tensor, quadrant: torch.Tensor) -> tuple[fl
 
 @register
 class CollagePointing(Metric):
-    """Image maps of collage rows: the named quadrant's share of the map's mass, and its maximum."""
+    """Image maps of collage rows: the named quadrant's share of the map's mass, and its maximum.
+
+    The collage pointing game of FIxLIP (Baniecki et al., NeurIPS 2025,
+    https://openreview.net/forum?id=on22Rx5A4F), on ``shapes-collage:SPLIT:N`` rows. No options.
+    Reads image maps [N, H, W]; records ``collage_mass`` and ``collage_max`` for collage rows.
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes-collage:test:2", size=96)
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"collage": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['collage_mass', 'collage_max']
+    """
 
     name = "collage"
     title = "Collage pointing game (share of map mass / of pairs in the named quadrant)"
@@ -51,6 +69,7 @@ class CollagePointing(Metric):
     keys = (Key("collage_mass", "higher"), Key("collage_max", "higher"))
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        """Quadrant mass and maximum of each collage row's image map (other rows: no value)."""
         out = Measured.empty(len(batch))
         if side != "image":
             return out

@@ -194,6 +194,15 @@ def _keys(protocol: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ConfidenceSettings(MetricSettings):
+    """Confidence's options (``m2ib evaluate --confidence-protocols mask``,
+    ``{"confidence": {"protocols": ("mask",)}}``).
+
+    Attributes:
+        protocols: which protocols are measured, ``"m2ib"`` (the public M2IB reference's
+            ``scripts/eval.py``, defects included: the paper's numbers) and/or ``"mask"``
+            (corrected); default ``('m2ib', 'mask')``.
+    """
+
     # "protocols": the flag and recorded key it had before metric options were per metric
     protocols: tuple[Literal["m2ib", "mask"], ...] = setting(
         PROTOCOLS,
@@ -208,7 +217,27 @@ class ConfidenceSettings(MetricSettings):
 
 @register
 class Confidence(Metric):
-    """Confidence Drop (lower is better) and Increase (higher is better), per protocol asked for."""
+    """Confidence Drop (lower is better) and Increase (higher is better), per protocol asked for.
+
+    Chattopadhyay et al., "Grad-CAM++", WACV 2018, https://arxiv.org/abs/1710.11063, as
+    pytorch-grad-cam defines them; the two protocols are in this module's docstring. Options:
+    :class:`ConfidenceSettings`. Reads image maps [N, H, W] and text maps [T_i]; records
+    ``{side}_drop_{protocol}`` and ``{side}_increase_{protocol}`` per pair (in %).
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"confidence": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['image_drop_m2ib', 'image_drop_mask', 'image_increase_m2ib', 'image_increase_mask',
+         'text_drop_m2ib', 'text_drop_mask', 'text_increase_m2ib', 'text_increase_mask']
+    """
 
     name = "confidence"
     title = "Confidence drop and increase"
@@ -222,6 +251,7 @@ class Confidence(Metric):
     settings: ConfidenceSettings
 
     def provenance(self) -> dict:
+        """The protocols measured, for the run's provenance record."""
         return {"protocol_definitions": dict(PROTOCOL_DEFINITIONS)}
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps) -> Measured:

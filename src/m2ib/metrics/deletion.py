@@ -189,6 +189,14 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 
 @dataclass(frozen=True)
 class DeletionSettings(MetricSettings):
+    """Deletion/insertion's options (``m2ib evaluate --deletion-steps 10``,
+    ``{"deletion": {"steps": 10}}``).
+
+    Attributes:
+        steps: steps K of the image curves (K + 1 points, fractions k / K of the pixels removed
+            or put back; text curves are interpolated to the same grid); default ``20``.
+    """
+
     steps: int = setting(20, "steps K of the deletion/insertion curves (K + 1 points)")
 
     def validate(self) -> None:
@@ -197,7 +205,26 @@ class DeletionSettings(MetricSettings):
 
 @register
 class DeletionInsertion(Metric):
-    """Areas under the deletion (lower is better) and insertion (higher is better) curves."""
+    """Areas under the deletion (lower is better) and insertion (higher is better) curves.
+
+    Petsiuk, Das, Saenko, "RISE", BMVC 2018, https://arxiv.org/abs/1806.07421.
+    Options: :class:`DeletionSettings`. Reads image maps [N, H, W] (pixels ranked) and text maps
+    [T_i] (words ranked); records ``{side}_deletion_auc`` and ``{side}_insertion_auc`` per pair,
+    and the curves.
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"deletion": {"steps": 4}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['image_deletion_auc', 'image_insertion_auc', 'text_deletion_auc', 'text_insertion_auc']
+    """
 
     name = "deletion"
     title = "Deletion / insertion (area under the cosine-similarity curve)"
@@ -212,6 +239,7 @@ class DeletionInsertion(Metric):
     settings: DeletionSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        """Both curves and their areas for each pair of ``batch`` (see the module docstring)."""
         r = deletion_insertion(
             batch.backend,
             batch.images,

@@ -69,7 +69,25 @@ def grounded(row: Row) -> bool:
 @register
 class Grounding(Metric):
     """Phrase maps of two-object rows: is each phrase's maximum on its object, and how much of the
-    two objects' positive mass is on the right one."""
+    two objects' positive mass is on the right one.
+
+    m2ib's own measure (no paper): the pointing game (Zhang et al., ECCV 2016,
+    https://arxiv.org/abs/1608.00507) per object phrase, on ``shapes-two:SPLIT:N`` rows. No
+    options. Reads the :data:`~m2ib.metrics.base.PHRASES` side: per row, phrase maps [P, H, W].
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes-two:test:2", size=96)  # two objects, two phrases
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"grounding": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['phrase_pointing', 'right_object_share']
+    """
 
     name = "grounding"
     title = "Phrase grounding on two-object captions (maximum on the phrase's object / its share of the mass)"
@@ -78,6 +96,7 @@ class Grounding(Metric):
 
     @classmethod
     def check_rows(cls, rows: Sequence[Row], data: str) -> None:
+        """One line, before any model work, when no row has two object phrases with masks."""
         if not any(grounded(row) for row in rows):
             raise InputError(
                 f"--metrics grounding needs rows with two object phrases and per-object masks; "

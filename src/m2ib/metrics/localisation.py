@@ -186,6 +186,13 @@ def relevant_tokens(backend: Backend, text: str, spans: Sequence[tuple[int, int]
 
 @dataclass(frozen=True)
 class LocalisationSettings(MetricSettings):
+    """Localisation's options (``m2ib evaluate --iou-k 0.1``, ``{"localisation": {"iou_k": 0.1}}``).
+
+    Attributes:
+        iou_k: share of the pixels in the top-k region whose IoU with the mask is measured;
+            default ``None``: each mask's own area share (a perfect map then scores 1).
+    """
+
     # "iou_k": the flag and recorded key it had before metric options were per metric
     iou_k: float | None = setting(
         None,
@@ -201,7 +208,26 @@ class LocalisationSettings(MetricSettings):
 @register
 class Localisation(Metric):
     """Image maps against the rows' ground-truth masks or boxes; text maps against the words that
-    name what is in the image (rows with ``relevant`` spans). Rows without either get no value."""
+    name what is in the image (rows with ``relevant`` spans). Rows without either get no value.
+
+    Pointing game: Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016,
+    https://arxiv.org/abs/1608.00507; energy inside and top-k IoU as in this module's docstring.
+    Options: :class:`LocalisationSettings`. Reads image maps [N, H, W] against masks [H, W] at
+    the model's input size, and text maps [T_i] against the rows' ``relevant`` character spans.
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"localisation": {}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['image_energy', 'image_iou', 'image_pointing', 'text_pointing']
+    """
 
     name = "localisation"
     title = "Localisation (shares of pairs / of map mass)"
@@ -217,6 +243,7 @@ class Localisation(Metric):
     settings: LocalisationSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        """Pointing, energy and IoU of the image maps, or text pointing, for the rows that have ground truth."""
         out = Measured.empty(len(batch))
         if side == "image":
             have = [i for i, mask in enumerate(batch.masks) if mask is not None]

@@ -164,6 +164,15 @@ def road_scores(
 
 @dataclass(frozen=True)
 class RoadSettings(MetricSettings):
+    """ROAD's options (``m2ib evaluate --road-percentiles 10,50,90``, ``{"road": {"noise": 0.02}}``).
+
+    Attributes:
+        percentiles: percentiles p at which (100 - p) % of the pixels are removed; default
+            ``(10, 20, 30, 40, 50, 60, 70, 80, 90)`` (pytorch-grad-cam's thresholds).
+        noise: sd of the noise added to the imputed pixels, in normalised units; default
+            ``0.01`` (pytorch-grad-cam's ROAD).
+    """
+
     percentiles: tuple[int, ...] = setting(PERCENTILES, "percentiles p: (100 - p)% of the pixels are removed at each")
     noise: float = setting(NOISE, "sd of the imputation noise (normalised units)")
 
@@ -175,7 +184,25 @@ class RoadSettings(MetricSettings):
 
 @register
 class Road(Metric):
-    """ROAD's MoRF (lower is better), LeRF and combined (higher is better) score changes; image side only."""
+    """ROAD's MoRF (lower is better), LeRF and combined (higher is better) score changes; image side only.
+
+    Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods"
+    (ROAD), ICML 2022, https://arxiv.org/abs/2202.00449, as pytorch-grad-cam's ``metrics/road.py``.
+    Options: :class:`RoadSettings`. Reads image maps [N, H, W]; needs scipy.
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"road": {"percentiles": (50,)}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['image_road_combined', 'image_road_lerf', 'image_road_morf']
+    """
 
     name = "road"
     title = "ROAD (noisy linear imputation; score change, mean over 10..90 %)"
@@ -186,6 +213,7 @@ class Road(Metric):
     settings: RoadSettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        """MoRF, LeRF and combined score changes of each pair's image (see the module docstring)."""
         r = road_scores(
             batch.backend,
             batch.images,

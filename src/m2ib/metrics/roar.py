@@ -286,6 +286,14 @@ def roar_table(records: Sequence[dict[str, Any]], methods: Sequence[str] = ()) -
 
 @dataclass(frozen=True)
 class RoarSettings(MetricSettings):
+    """ROAR+'s options (``m2ib evaluate --roar-budget small``, ``{"roar": {"budget": "small"}}``).
+
+    Attributes:
+        budget: the scale, one of :data:`~m2ib.metrics.roar_retrain.BUDGETS`: ``"tiny"`` and
+            ``"small"`` run on a CPU (few scenes, a tiny retrained model, few steps), ``"full"``
+            needs a GPU; default ``'tiny'``. The paper retrains at full scale.
+    """
+
     budget: str = setting(
         "tiny",
         "ROAR+ scale: tiny and small run on a CPU (reduced: few scenes, a tiny retrained model), full needs a GPU",
@@ -295,7 +303,28 @@ class RoarSettings(MetricSettings):
 
 @register
 class RoarPlus(Metric):
-    """ROAR+ (whole run, shapes data only): accuracy of models retrained on degraded images; lower is better."""
+    """ROAR+ (whole run, shapes data only): accuracy of models retrained on degraded images; lower is better.
+
+    Hooker, Erhan, Kindermans, Kim, "A Benchmark for Interpretability Methods in Deep Neural
+    Networks" (ROAR), NeurIPS 2019, https://arxiv.org/abs/1806.10758, with ROAD's imputation as
+    the fill (this module's docstring). Options: :class:`RoarSettings`. Measured once per run,
+    after the pairs: it explains its own scenes' images [N, H, W], retrains at each k, and writes
+    records of kind ``"roar"`` (``roar_accuracy``), a random ranking as the control.
+
+    Examples:
+        >>> from m2ib.metrics import REGISTRY, choose
+        >>> REGISTRY["roar"].per_pair, choose({"roar": {"budget": "small"}})["roar"]
+        (False, RoarSettings(budget='small'))
+        >>> import m2ib, tempfile  # a whole run: minutes on a CPU even at the tiny budget
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> run = run_evaluation(
+        ...     model, load_table("shapes:test:2", size=96), ["gradcam"], ["roar"], None, 0, tempfile.mkdtemp()
+        ... )  # doctest: +SKIP
+        >>> sorted({r["kind"] for r in run.records})  # doctest: +SKIP
+        ['roar']
+    """
 
     name = "roar"
     title = "ROAR+"
@@ -308,6 +337,7 @@ class RoarPlus(Metric):
     settings: RoarSettings
 
     def provenance(self) -> dict:
+        """The budget's numbers (scenes, k, steps), for the run's provenance record."""
         return {"roar": BUDGETS[self.settings.budget].as_dict()}
 
     def record_key(self, record: dict[str, Any]) -> tuple:

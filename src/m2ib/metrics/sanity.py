@@ -207,6 +207,13 @@ def cascading_randomization(
 
 @dataclasses.dataclass(frozen=True)
 class SanitySettings(MetricSettings):
+    """The sanity check's options (``m2ib evaluate --sanity-steps 4``, ``{"sanity": {"steps": 4}}``).
+
+    Attributes:
+        steps: cascade points compared, evenly spaced from the head down; default ``None``:
+            every step (head, each block, embeddings), as the paper's cascade.
+    """
+
     steps: int | None = setting(
         None, "cascade points of the sanity check, evenly spaced from the head down (default: every block)"
     )
@@ -219,7 +226,26 @@ class SanitySettings(MetricSettings):
 @register
 class Sanity(Metric):
     """Cascading randomisation: mean |Spearman| and SSIM of the randomised models' maps with the
-    trained model's (lower is better); the signed per-step values are kept as curves."""
+    trained model's (lower is better); the signed per-step values are kept as curves.
+
+    Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018,
+    https://arxiv.org/abs/1810.03292 (cascading model-parameter randomisation). Options:
+    :class:`SanitySettings`. Reads image maps [N, H, W] and text maps [T_i]; explains each pair
+    again on a randomised copy of the model (the model itself is never changed).
+
+    Examples:
+        >>> import tempfile, m2ib
+        >>> from m2ib.datasets.tables import load_table
+        >>> from m2ib.evaluation.runner import run_evaluation
+        >>> model = m2ib.load("shapes")
+        >>> rows = load_table("shapes:test:2", size=96)
+        >>> run = run_evaluation(
+        ...     model, rows, ["gradcam"], {"sanity": {"steps": 2}}, None, 0, tempfile.mkdtemp(),
+        ...     progress=False, report=False,
+        ... )
+        >>> sorted(run.records[0]["metrics"])
+        ['image_sanity_spearman', 'image_sanity_ssim', 'text_sanity_spearman']
+    """
 
     name = "sanity"
     title = "Sanity: cascading randomisation (similarity to the trained model's map, mean over the cascade)"
@@ -233,6 +259,7 @@ class Sanity(Metric):
     settings: SanitySettings
 
     def measure(self, batch: PairBatch, run: MethodRun, side: str, maps: Any) -> Measured:
+        """Explain each pair again at each cascade point and compare the maps with ``maps``."""
         r = cascading_randomization(
             batch.backend,
             batch.images,

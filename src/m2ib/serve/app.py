@@ -55,16 +55,38 @@ def build_app(
     max_megapixels: float = MAX_MEGAPIXELS,
     workdir: str | os.PathLike | None = None,
     settings: Any = None,
-):
-    """The viewer page, a ``gr.Blocks`` (not launched; see :func:`launch`).
+) -> Any:
+    """The viewer page (``m2ib serve``), a ``gr.Blocks`` (not launched; see :func:`launch`).
+
+    Two tabs: "Explain" (one method, or every method compared, with each method's settings as
+    controls) and "Word-region interactions". Needs Gradio (``pip install 'm2ib[viewer]'``).
 
     Args:
-        model: anything ``m2ib.load`` takes (default: the shipped ``shapes`` model), or a backend.
-        device: ``cpu``, ``cuda``, ...
-        max_upload_mb, max_megapixels: uploads over these limits are refused with a message.
+        model: anything ``m2ib.load`` takes (default ``None``: the shipped ``shapes`` model), or a backend.
+        device: ``cpu``, ``cuda``, ...; default ``None``: where the model loads.
+        max_upload_mb: uploads over this size are refused with a message; default
+            :data:`~m2ib.serve.limits.MAX_UPLOAD_MB` (20).
+        max_megapixels: images over this many pixels are refused with a message; default
+            :data:`~m2ib.serve.limits.MAX_MEGAPIXELS` (40).
         workdir: where example scenes and downloads are written (default: a temporary folder,
             removed when the process exits); output files older than an hour are deleted.
         settings: a settings file or mapping replacing the model's recommended values (``m2ib.load``'s).
+
+    Returns:
+        The ``gr.Blocks`` page, queued (one explanation at a time); ``demo.m2ib_backend`` is
+        the loaded model.
+
+    Examples:
+        >>> from m2ib.serve.app import build_app, launch
+        >>> demo = build_app("shapes")  # doctest: +SKIP
+        >>> demo.m2ib_backend.name  # doctest: +SKIP
+        'shapes'
+        >>> url = launch(demo, port=7860, block=False)  # doctest: +SKIP
+        >>> url  # doctest: +SKIP
+        'http://127.0.0.1:7860/'
+        >>> demo.close()  # doctest: +SKIP
+
+        Skipped here: importing Gradio takes about 15 s.
     """
     gr = import_gradio()
     from ..api import load
@@ -315,7 +337,7 @@ def _remove_at_exit(folder: str | os.PathLike) -> None:
 
 
 def launch(
-    demo,
+    demo: Any,
     host: str = "127.0.0.1",
     port: int = 7860,
     *,
@@ -324,7 +346,23 @@ def launch(
     max_upload_mb: float = MAX_UPLOAD_MB,
 ) -> str:
     """Start the server and return its address; ``block=True`` then serves until Ctrl+C,
-    ``block=False`` returns at once (stop it with ``demo.close()``)."""
+    ``block=False`` returns at once (stop it with ``demo.close()``).
+
+    Args:
+        demo: the page, from :func:`build_app`.
+        host: the address to bind; default ``"127.0.0.1"`` (this machine only).
+        port: the port; default ``7860``.
+        share: ask Gradio for a public share link; default ``False``.
+        block: serve until Ctrl+C; default ``True``.
+        max_upload_mb: the server's hard cap on a request is five times this; default
+            :data:`~m2ib.serve.limits.MAX_UPLOAD_MB` (20).
+
+    Returns:
+        The local address (``http://127.0.0.1:7860/``).
+
+    Examples:
+        See :func:`build_app`.
+    """
     gr = import_gradio()
     kwargs: dict[str, Any] = {
         "server_name": host,

@@ -17,7 +17,43 @@ _SHAPES_N = re.compile(r"^shapes(?:-collage|-two)?:(?:train|val|test):(\d+)")
 
 @dataclass(frozen=True)
 class TuneRequest:
-    """What ``m2ib tune`` was asked (the grid flags already parsed by :mod:`.grid`)."""
+    """What ``m2ib tune`` was asked (the grid flags already parsed by :mod:`.grid`).
+
+    Attributes:
+        model: anything ``m2ib.load`` takes by name: a built-in name, a hub id, a directory.
+        data: the pairs, as ``m2ib evaluate --data`` reads them (a TSV/CSV or ``shapes:SPLIT:N``);
+            2 or more.
+        out: the output folder (``points.jsonl``, ``m2ib.json``, ``report.html``); it must not be an input.
+        towers: the towers to tune, ``"image"`` and/or ``"text"``; default ``('image', 'text')``.
+        layers: tower -> the blocks to try (negative from the end); a tower not named gets the
+            middle block, the published layer and the model's recommended one. Default ``{}``.
+        layer_flags: tower -> the flag that gave its layers (``--layers``, ``--image-layers``),
+            for error messages; default ``{}``.
+        betas: the betas to try; default ``None``: 0.1, 1 and 10 (:data:`~m2ib.tuning.grid.DEFAULT_BETAS`)
+            and the model's recommended beta. The paper's: 0.1.
+        variants: the bottlenecks to try (:data:`~m2ib.tuning.grid.VARIANTS`); default
+            ``('published', 'standardised')``.
+        rows: use that many rows drawn at random with ``seed``; default ``None``: every row.
+        seed: the seed of the rows drawn and of the fits (the agreement criterion also uses
+            ``seed + 1``); default ``0``.
+        batch_size: bottleneck fits run together; default ``16``.
+        device: ``"cpu"``, ``"cuda"``, ...; default ``None``: where the model loads.
+        command: the command line recorded in the outputs; default ``''``.
+        progress: show tqdm bars; default ``True``.
+        ray: a :class:`~m2ib.evaluation.distributed.RayConfig` to score the grid on Ray; default
+            ``None``: here.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from m2ib.tuning.tune import TuneRequest, check_request
+        >>> request = TuneRequest(model="shapes", data="shapes:val:64", out=Path("tuned"), towers=("image",))
+        >>> request.variants, request.betas
+        (('published', 'standardised'), None)
+        >>> check_request(TuneRequest(model="shapes", data="shapes:val:1", out=Path("tuned")))  # before any model loads
+        Traceback (most recent call last):
+        ...
+        m2ib.errors.InputError: --data shapes:val:1: 1 pair(s); tune needs 2 or more
+    """
 
     model: str
     data: str
@@ -87,13 +123,57 @@ def published_key(backend: Any, tower: str) -> str:
 
 @dataclass
 class TuneOutcome:
+    """What :func:`tune` wrote and chose.
+
+    Attributes:
+        files: the files written by name: ``settings`` (``m2ib.json``), ``records``
+            (``points.jsonl``), ``report`` (``report.html``).
+        lines: the summary ``m2ib tune`` prints: one line per tower, and one about unreadable rows if any.
+        recommended: the chosen M2IB settings (``{"vision_layer": 3, "vision_beta": 0.1}``), as
+            ``m2ib.json`` records them under ``"recommended"``.
+
+    Examples:
+        See :func:`tune`.
+    """
+
     files: dict[str, Path]
     lines: list[str]
     recommended: dict[str, Any]
 
 
 def tune(req: TuneRequest) -> TuneOutcome:
-    """Run ``m2ib tune`` end to end (see the module docstring)."""
+    """Run ``m2ib tune`` end to end: choose M2IB's layer, beta and bottleneck per tower on your pairs.
+
+    Checks the request (:func:`check_request`, before the model loads), builds the grid (each
+    tower's layers x betas x bottleneck variants), fits M2IB at every point and scores it on the
+    label-free criteria (sanity, faithfulness, agreement across two seeds, constant maps) and,
+    where the rows carry ground truth, pointing and energy (:mod:`m2ib.tuning.criteria`),
+    resumably (``points.jsonl``: a killed run goes on where it stopped), applies
+    the selection rule and writes ``m2ib.json`` (pass it to ``m2ib.load(..., settings=...)``)
+    and ``report.html``. How it chooses: docs/tune.md. The report needs matplotlib.
+
+    Args:
+        req: the request; see :class:`TuneRequest` for each field and its default.
+
+    Returns:
+        A :class:`TuneOutcome`: the files written, the summary lines, the chosen settings.
+
+    Examples:
+        >>> import m2ib, tempfile
+        >>> from pathlib import Path
+        >>> from m2ib.tuning.tune import TuneRequest, tune
+        >>> out = Path(tempfile.mkdtemp()) / "tuned"
+        >>> request = TuneRequest(
+        ...     model="shapes", data="shapes:val:4", out=out, towers=("image",), layers={"image": (3, 4)},
+        ...     betas=(0.1, 1.0), variants=("published",), progress=False,
+        ... )
+        >>> outcome = tune(request)  # doctest: +SKIP
+        >>> sorted(outcome.files), outcome.recommended  # doctest: +SKIP
+        (['records', 'report', 'settings'], {'vision_layer': 3, 'vision_beta': 0.1})
+        >>> model = m2ib.load("shapes", settings=out / "m2ib.json")  # doctest: +SKIP
+
+        The run is skipped here: about two minutes on a CPU for these 4 grid points.
+    """
     from .. import preflight
     from ..api import load
     from ..datasets.tables import load_table

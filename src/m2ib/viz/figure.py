@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -65,6 +65,9 @@ from .style import (
     Fonts,
 )
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 __all__ = ["explanation_figure", "comparison_figure", "save_png"]
 
 T = TypeVar("T")
@@ -89,7 +92,7 @@ def explanation_figure(
     boxes: list[tuple[float, float, float, float]] | None = None,
     special_tokens: tuple[int, ...] = (),
     dpi: int = 150,
-):
+) -> Image.Image:
     """Render one explanation: image heatmap and/or shaded tokens.
 
     Layout, left to right: the input image, the image with ``image_map``
@@ -100,9 +103,32 @@ def explanation_figure(
     With ``image_map=None`` only the text panel is drawn; with
     ``text_map=None`` only the image panels.  ``boxes`` are ``(x, y, w, h)``
     rectangles in the image's pixel coordinates, outlined on both images.
+    :meth:`m2ib.Explanation.figure <m2ib.explanation.Explanation.figure>` draws with it.
+    Needs matplotlib (``pip install 'm2ib[figures]'``).
+
+    Args:
+        image: [3, H, W] in [0, 1], the picture as the model saw it.
+        image_map: [H, W] in [0, 1], or None (text panel only).
+        tokens: the readable tokens (length T), or None with ``text_map=None``.
+        text_map: [T] in [0, 1], one score per token, or None (image panels only).
+        title: the line above the panels (the text explained); default ``None``.
+        subtitle: a smaller line under it (method, model, similarity); default ``None``.
+        boxes: ``(x, y, w, h)`` rectangles in the image's pixels; default ``None``.
+        special_tokens: indices of the start/end tokens in ``tokens``; default ``()``.
+        dpi: resolution; default ``150``.
 
     Returns:
         An RGB ``PIL.Image.Image``; its size depends only on the inputs and dpi.
+
+    Examples:
+        >>> import torch
+        >>> from m2ib.viz.figure import explanation_figure
+        >>> image, image_map = torch.rand(3, 96, 96), torch.rand(96, 96)
+        >>> tokens = ["<start>", "a", "red", "circle", "<end>"]
+        >>> text_map = torch.tensor([0.0, 0.2, 1.0, 0.6, 0.0])
+        >>> picture = explanation_figure(image, image_map, tokens, text_map, title="a red", special_tokens=(0, 4))
+        >>> picture.mode
+        'RGB'
     """
     mpl = load_mpl()
     img = _as_image(image)
@@ -153,9 +179,9 @@ def comparison_figure(
     *,
     title: str | None = None,
     special_tokens: tuple[int, ...] = (),
-    boxes=None,
+    boxes: list[tuple[float, float, float, float]] | None = None,
     dpi: int = 150,
-):
+) -> Image.Image:
     """Compare several attribution methods on one image-text pair.
 
     One row per method: ``[name | input image (first row only) | overlay |
@@ -163,9 +189,30 @@ def comparison_figure(
     column (beside the first row) and the same visual language as :func:`explanation_figure`.  A row
     whose image map (or text map) is None shows a dashed "n/a" placeholder in
     that cell; a column that is None in every row is left out.
+    :meth:`m2ib.Comparison.figure <m2ib.comparison.Comparison.figure>` draws with it. Needs matplotlib.
+
+    Args:
+        image: [3, H, W] in [0, 1], the picture as the model saw it.
+        rows: one ``(name, image_map [H, W] or None, text_map [T] or None)`` per method, maps in [0, 1].
+        tokens: the readable tokens (length T) every text map scores, or None.
+        title: the line above the rows; default ``None``.
+        special_tokens: indices of the start/end tokens in ``tokens``; default ``()``.
+        boxes: ``(x, y, w, h)`` rectangles in the image's pixels; default ``None``.
+        dpi: resolution; default ``150``.
 
     Returns:
         An RGB ``PIL.Image.Image``; its size depends only on the inputs and dpi.
+
+    Examples:
+        >>> import torch
+        >>> from m2ib.viz.figure import comparison_figure
+        >>> tokens = ["<start>", "a", "red", "circle", "<end>"]
+        >>> rows = [
+        ...     ("M2IB", torch.rand(96, 96), torch.tensor([0.0, 0.1, 1.0, 0.5, 0.0])),
+        ...     ("RISE", torch.rand(96, 96), None),  # an image-only method: an "n/a" text cell
+        ... ]
+        >>> comparison_figure(torch.rand(3, 96, 96), rows, tokens, title="a red circle", special_tokens=(0, 4)).mode
+        'RGB'
     """
     mpl = load_mpl()
     rows = list(rows)

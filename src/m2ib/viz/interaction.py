@@ -8,11 +8,15 @@ tensors and strings only (the result classes pick the phrases: :meth:`m2ib.inter
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .canvas import load_mpl, quiet_missing_glyphs
 from .overlay import to_pil
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Box = tuple[float, float, float, float]  # (x, y, w, h) in the image's pixels
 
@@ -38,9 +42,33 @@ def interaction_figure(
     boxes: Sequence[Box] | None = None,
     panel_inches: float = 2.0,
     dpi: int = 100,
-):
+) -> Image.Image:
     """A PIL image: the image [3, H, W], then one panel per ``(label, signed map [H, W])`` on one
-    colour scale (the largest |score| of any panel), ``boxes`` drawn on every panel."""
+    colour scale (the largest |score| of any panel), ``boxes`` drawn on every panel.
+
+    :meth:`m2ib.interactions.Interaction.figure <m2ib.interactions.result.Interaction.figure>`
+    draws with it (one panel per phrase). Needs matplotlib.
+
+    Args:
+        image: [3, H, W] in [0, 1], the picture as the model saw it.
+        panels: ``(label, signed map [H, W])`` pairs; red is positive, blue negative.
+        title: the first line above the panels.
+        subtitle: the second line (the colour scale is appended).
+        boxes: ``(x, y, w, h)`` rectangles in the image's pixels; default ``None``.
+        panel_inches: the side of each panel in inches; default ``2.0``.
+        dpi: resolution; default ``100``.
+
+    Returns:
+        An RGB ``PIL.Image.Image``, ``len(panels) + 1`` panels wide.
+
+    Examples:
+        >>> import torch
+        >>> from m2ib.viz.interaction import interaction_figure
+        >>> signed = torch.randn(96, 96)
+        >>> picture = interaction_figure(torch.rand(3, 96, 96), [("red circle", signed)], "a red circle", "fixlip")
+        >>> picture.mode, picture.size  # 2 panels of 2 inches at 100 dpi, plus the title
+        ('RGB', (400, 250))
+    """
     mpl = load_mpl()
     scale = max((float(m.abs().max()) for _, m in panels), default=0.0)
     n = len(panels) + 1
