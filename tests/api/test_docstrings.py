@@ -71,6 +71,7 @@ NO_EXAMPLE = {
     "m2ib.metrics.base.Metric": "an abstract base; each metric class below it has an example",
     "m2ib.auditing.aggregate.Summary": "a part of AuditResult, whose example reaches it",
     "m2ib.backends.base.Geometry": "a record a backend carries; Backend's example reads it",
+    "m2ib.generative.methods.base.AnswerMethod": "an abstract base; explain_answer's example runs one",
 }
 
 _DIRECTIVE = re.compile(r"^:::\s+([\w.]+)\s*$", re.M)

@@ -41,7 +41,25 @@ from .base import GenerativeBackend, Query, answer_log_likelihood, evaluation_mo
 
 @dataclass(frozen=True)
 class AnswerM2IBSettings(Settings):
-    """M2IB's settings for an answer; defaults are the paper's (CLIP ViT-B/32)."""
+    """M2IB's settings for an answer: beta to init_alpha default to the paper's values (CLIP ViT-B/32);
+    per_word and the prompt side are this package's additions.
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+        beta: Weight of the compression (KL) term; default ``0.1``.
+        var: Variance of the noise and of the prior N(0, var); default ``1.0``.
+        steps: Optimisation steps of the bottleneck; default ``10``.
+        lr: Adam learning rate; default ``1.0``.
+        samples: Noise copies per step; default ``10``.
+        init_alpha: Initial value of alpha (lam = sigmoid(alpha) starts near 1); default ``5.0``.
+        per_word: Also one map per answer word (its tokens' log-likelihood as the target); default
+            ``True``.
+        prompt_side: Also a bottleneck on the prompt's text tokens: a score per prompt word; default
+            ``True``.
+        prompt_layer: The prompt bottleneck's site: 0 = the language model's input embeddings, l =
+            the output of its block l; default ``0``.
+    """
 
     beta: float = setting(0.1, "weight of the compression (KL) term")
     var: float = setting(1.0, "variance of the noise and of the prior N(0, var)")

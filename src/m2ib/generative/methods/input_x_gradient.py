@@ -25,7 +25,12 @@ from .common import state_gradient
 
 @dataclass(frozen=True)
 class InputXGradientSettings(Settings):
-    """Input x gradient has no setting of its own (``seed`` is unused: it is deterministic)."""
+    """Input x gradient has no setting of its own (``seed`` is unused: it is deterministic).
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+    """
 
 
 @register

@@ -36,7 +36,15 @@ from .base import AnswerMethod, AnswerScores, block_index, captured, decoder_lay
 
 @dataclass(frozen=True)
 class LlavaCAMSettings(Settings):
-    """LLaVA-CAM settings."""
+    """LLaVA-CAM settings.
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+        layer: Language-model block whose output at the image positions is weighed (0-based,
+            negative from the end; default: (blocks - 1) // 2, the middle block; the last block is
+            refused: its output there reaches no answer logit); default ``None``.
+    """
 
     layer: int | None = setting(
         None,

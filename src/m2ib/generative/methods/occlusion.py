@@ -32,7 +32,17 @@ from .base import BASELINES, AnswerMethod, AnswerScores, baseline_states, batche
 
 @dataclass(frozen=True)
 class OcclusionSettings(Settings):
-    """Occlusion settings."""
+    """Occlusion settings.
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+        window: Side of the square of grid cells hidden at once (stride 1); default ``1``.
+        baseline: The state a hidden image token takes: zeros, or mean (of this image's token
+            states); default ``'zeros'``.
+        max_batch: Most occluded copies per forward pass of the language model (memory cap); default
+            ``16``.
+    """
 
     window: int = setting(1, "side of the square of grid cells hidden at once (stride 1)")
     baseline: str = setting(

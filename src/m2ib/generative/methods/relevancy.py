@@ -50,7 +50,17 @@ TARGETS = ("token_logit", "log_likelihood")
 
 @dataclass(frozen=True)
 class RelevancySettings(Settings):
-    """Attention x gradient relevancy settings (LVLM-Interpret's defaults)."""
+    """Attention x gradient relevancy settings (LVLM-Interpret's defaults).
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+        target: What is differentiated: token_logit (LVLM-Interpret: each answer token's logit, one
+            backward per token, the rows averaged) or log_likelihood (the answer's summed log-
+            likelihood, one backward); default ``'token_logit'``.
+        normalize: Divide each relevancy row by its sum without the identity (Chefer et al. eqs.
+            8-9; LVLM-Interpret's default); default ``True``.
+    """
 
     target: str = setting(
         "token_logit",

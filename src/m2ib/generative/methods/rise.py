@@ -39,7 +39,22 @@ SCORES = ("probability", "log_likelihood")
 
 @dataclass(frozen=True)
 class AnswerRISESettings(Settings):
-    """RISE settings (on the image-token grid)."""
+    """RISE settings (on the image-token grid).
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+        masks: Number of random masks; default ``2000``.
+        grid: Mask resolution: cells per side of the random binary grid; default ``8``.
+        p_keep: Probability that a grid cell is kept (the paper's p1); default ``0.5``.
+        baseline: The state a masked image token tends to: zeros, or mean (of this image's token
+            states); default ``'zeros'``.
+        score: What weighs a mask: probability (exp(logL(masked) - logL), the paper's class
+            probability, relative) or log_likelihood (logL(masked) - logL); default
+            ``'probability'``.
+        max_batch: Most masked copies per forward pass of the language model (memory cap); default
+            ``16``.
+    """
 
     masks: int = setting(2000, "number of random masks")
     grid: int = setting(8, "mask resolution: cells per side of the random binary grid")

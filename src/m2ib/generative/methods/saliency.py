@@ -26,7 +26,12 @@ from .common import state_gradient
 
 @dataclass(frozen=True)
 class AnswerSaliencySettings(Settings):
-    """Gradient saliency has no setting of its own (``seed`` is unused: it is deterministic)."""
+    """Gradient saliency has no setting of its own (``seed`` is unused: it is deterministic).
+
+    Attributes:
+        seed: Random seed; the same seed gives the same maps for a pair, alone or in a batch;
+            default ``0``.
+    """
 
 
 @register
