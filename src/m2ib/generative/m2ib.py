@@ -5,7 +5,9 @@ run by the same core as the CLIP path (:func:`m2ib.methods.bottleneck.bottleneck
 changes of place and target that a generative model forces:
 
 * R is the image-token states where they enter the language model (LLaVA: the projector's
-  output), [K, D], one alpha per token and channel;
+  output), [K, D], one alpha per token and channel; ``image_layer=l`` (this package's setting, for
+  ``m2ib tune``) moves R to the output of the language model's decoder block l at the image
+  positions (a forward hook, removed after; the blocks below run once, unbottlenecked);
 * the fit term is the summed log-likelihood of the teacher-forced answer's tokens given the image
   and the prompt, ``log p(answer | Z, prompt)``, instead of a cosine to the other modality's
   embedding: the loss is ``beta * mean KL - mean_copies log p(answer | Z, prompt)``.
@@ -59,6 +61,10 @@ class AnswerM2IBSettings(Settings):
             ``True``.
         prompt_layer: The prompt bottleneck's site: 0 = the language model's input embeddings, l =
             the output of its block l; default ``0``.
+        image_layer: The image bottleneck's site: 0 = where the image tokens enter the language model
+            (the projector's output: the published place), l = the output of its block l at the image
+            positions (l below the last block: after it the image states reach no answer token);
+            default ``0``.
     """
 
     beta: float = setting(0.1, "weight of the compression (KL) term")
@@ -72,6 +78,11 @@ class AnswerM2IBSettings(Settings):
     prompt_layer: int = setting(
         0, "the prompt bottleneck's site: 0 = the language model's input embeddings, l = the output of its block l"
     )
+    image_layer: int = setting(
+        0,
+        "the image bottleneck's site: 0 = where the image tokens enter the language model (the projector's "
+        "output), l = the output of its block l at the image positions (l below the last block)",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,6 +93,7 @@ class AnswerM2IBSettings(Settings):
         check_number(self.beta, "beta")
         check_number(self.init_alpha, "init_alpha")
         check_positive_int(self.prompt_layer, "prompt_layer", minimum=0)
+        check_positive_int(self.image_layer, "image_layer", minimum=0)
 
 
 def answer_score(backend: GenerativeBackend, query: Query) -> Score:
@@ -163,27 +175,44 @@ def word_groups(tokenizer: Any, ids: list[int], breaks: Collection[int] = ()) ->
     return [(text, g) for text, g in out if text]
 
 
-def answer_token_log_probs(backend: GenerativeBackend, query: Query, states: torch.Tensor) -> torch.Tensor:
-    """log p(answer token a | z, prompt, answer tokens before a) [B, A] with ``states`` [B, K, D] as the
-    image tokens: :meth:`GenerativeBackend.rest` before its sum over the answer's tokens."""
-    logp = F.log_softmax(backend.answer_logits(query, backend.embeds_with(query, states)).float(), dim=-1)
-    index = query.answer_ids.to(logp.device).view(1, -1, 1).expand(logp.shape[0], -1, 1)
+def token_log_probs(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """log p(answer token a | ...) [B, A] from the answer's logits [B, A, V]."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    index = answer_ids.to(logp.device).view(1, -1, 1).expand(logp.shape[0], -1, 1)
     return logp.gather(-1, index)[..., 0]
 
 
-def rows_score(backend: GenerativeBackend, query: Query, weights: torch.Tensor) -> Score:
+def answer_token_log_probs(backend: GenerativeBackend, query: Query, states: torch.Tensor) -> torch.Tensor:
+    """log p(answer token a | z, prompt, answer tokens before a) [B, A] with ``states`` [B, K, D] as the
+    image tokens: :meth:`GenerativeBackend.rest` before its sum over the answer's tokens."""
+    return token_log_probs(backend.answer_logits(query, backend.embeds_with(query, states)), query.answer_ids)
+
+
+#: z [B, K, D] at the image bottleneck's site -> the answer's token log-probabilities [B, A].
+TokenLogProbs = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rows_score(
+    backend: GenerativeBackend, query: Query, weights: torch.Tensor, log_probs: TokenLogProbs | None = None
+) -> Score:
     """z [R * copies, K, D] (row r's copies adjacent) -> row r's target [R * copies]: the answer's
-    token log-probabilities weighted by ``weights`` [R, A] (a word's row: 1 on its tokens, 0 elsewhere)."""
+    token log-probabilities weighted by ``weights`` [R, A] (a word's row: 1 on its tokens, 0 elsewhere).
+    ``log_probs``: z -> token log-probabilities (default: z as the image tokens at the projector site)."""
 
     def score(z: torch.Tensor) -> torch.Tensor:
-        logp = answer_token_log_probs(backend, query, z)
+        logp = answer_token_log_probs(backend, query, z) if log_probs is None else log_probs(z)
         return (logp.view(weights.shape[0], -1, logp.shape[-1]) * weights[:, None]).sum(-1).reshape(-1)
 
     return score
 
 
 def fit_rows(
-    backend: GenerativeBackend, query: Query, hidden: torch.Tensor, weights: torch.Tensor, s: AnswerM2IBSettings
+    backend: GenerativeBackend,
+    query: Query,
+    hidden: torch.Tensor,
+    weights: torch.Tensor,
+    s: AnswerM2IBSettings,
+    log_probs: TokenLogProbs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One bottleneck per row of ``weights`` [R, A] on the image states ``hidden`` [1, K, D], fitted as
     batches of rows (as many as memory holds; all at once where it cannot be asked). Each row has
@@ -195,7 +224,7 @@ def fit_rows(
     parts = []
     for first in range(0, rows, step):
         chunk = weights[first : first + step].to(hidden.device)
-        score = rows_score(backend, query, chunk)
+        score = rows_score(backend, query, chunk, log_probs)
         parts.append(fit_once(hidden.expand(int(chunk.shape[0]), -1, -1), score, **loop_settings(s)))
     kl, compression, fit = (torch.cat([p[i] for p in parts]) for i in range(3))
     return kl, compression, fit
@@ -264,8 +293,15 @@ def maps_of(token_scores: torch.Tensor, query: Query) -> tuple[torch.Tensor, tor
     return grids.view(*token_scores.shape[:-1], *query.grid), images.view(*token_scores.shape[:-1], *size)
 
 
-def fit_words(backend: GenerativeBackend, query: Query, hidden: torch.Tensor, s: AnswerM2IBSettings) -> WordMaps:
-    """One map per answer word: rows of one batched fit, each row's target its word's tokens' log-likelihood."""
+def fit_words(
+    backend: GenerativeBackend,
+    query: Query,
+    hidden: torch.Tensor,
+    s: AnswerM2IBSettings,
+    log_probs: TokenLogProbs | None = None,
+) -> WordMaps:
+    """One map per answer word: rows of one batched fit, each row's target its word's tokens' log-likelihood
+    (``hidden`` and ``log_probs``: the image bottleneck's site, as :func:`image_site` gives them)."""
     ids = [int(i) for i in query.answer_ids.tolist()]
     groups = word_groups(backend.tokenizer, ids, special_indices(backend, ids))
     if not groups:  # an answer of special tokens only: no word to map
@@ -273,7 +309,7 @@ def fit_words(backend: GenerativeBackend, query: Query, hidden: torch.Tensor, s:
     weights = torch.zeros(len(groups), len(ids))
     for row, (_, tokens) in enumerate(groups):
         weights[row, tokens] = 1.0
-    kl, _, _ = fit_rows(backend, query, hidden, weights, s)
+    kl, _, _ = fit_rows(backend, query, hidden, weights, s, log_probs)
     token_scores = finite(kl.detach().cpu(), s, "an answer word")
     return WordMaps([t for t, _ in groups], [g for _, g in groups], token_scores, *maps_of(token_scores, query))
 
@@ -304,14 +340,20 @@ def block_output(block: torch.nn.Module, write: Callable[[torch.Tensor], torch.T
         handle.remove()
 
 
-def decoder_block(backend: GenerativeBackend, layer: int) -> torch.nn.Module:
-    """Block ``layer`` (1-based) of the language model's decoder; one line when it has no such block."""
+def decoder_blocks(backend: GenerativeBackend, name: str = "prompt_layer") -> Any:
+    """The language model's decoder blocks (a module list); one line when it has none."""
     decoder = backend.model.get_decoder() if hasattr(backend.model, "get_decoder") else None
     blocks = getattr(decoder, "layers", None)
     if blocks is None:
-        raise InputError("prompt_layer > 0 needs a language model with decoder blocks (.get_decoder().layers)")
-    if layer > len(blocks):
-        raise InputError(f"prompt_layer={layer} is past the language model's {len(blocks)} blocks")
+        raise InputError(f"{name} > 0 needs a language model with decoder blocks (.get_decoder().layers)")
+    return blocks
+
+
+def decoder_block(backend: GenerativeBackend, layer: int, name: str = "prompt_layer") -> torch.nn.Module:
+    """Block ``layer`` (1-based) of the language model's decoder; one line when it has no such block."""
+    blocks = decoder_blocks(backend, name)
+    if not 1 <= layer <= len(blocks):
+        raise InputError(f"{name}={layer} is past the language model's {len(blocks)} blocks")
     return blocks[layer - 1]
 
 
@@ -322,34 +364,30 @@ def prompt_positions(query: Query) -> torch.Tensor:
     return keep.nonzero()[:, 0]
 
 
-def prompt_site(
-    backend: GenerativeBackend, query: Query, image: torch.Tensor, layer: int
-) -> tuple[torch.Tensor, Score]:
-    """R [1, P, D], the prompt's text-token states at ``layer`` (0: the input embeddings; l: block
-    l's output), with the image tokens as they are, and the score of z [B, P, D] in their place."""
-    pos = prompt_positions(query)
+def states_site(
+    backend: GenerativeBackend, query: Query, image: torch.Tensor, layer: int, pos: torch.Tensor, name: str
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """R [1, P, D], the states at sequence positions ``pos`` at ``layer`` (0: the input embeddings; l:
+    block l's output, the blocks below run once on the unbottlenecked input), with ``image`` [1, K, D]
+    as the image tokens, and z [B, P, D] -> the answer's logits [B, A, V] with z in their place."""
     with torch.no_grad():
         base = backend.embeds_with(query, image)  # [1, L, D]
-
-    def log_likelihood(embeds: torch.Tensor) -> torch.Tensor:
-        return answer_log_likelihood(backend.answer_logits(query, embeds), query.answer_ids)
-
     if layer == 0:
 
         def at_input(z: torch.Tensor) -> torch.Tensor:
             embeds = base.expand(z.shape[0], -1, -1).clone()
             embeds[:, pos] = z.to(embeds.dtype)
-            return log_likelihood(embeds)
+            return backend.answer_logits(query, embeds)
 
         return base[:, pos].float(), at_input
-    block, seen = decoder_block(backend, layer), []
+    block, seen = decoder_block(backend, layer, name), []
 
     def capture(h: torch.Tensor) -> torch.Tensor:
         seen.append(h[:, pos].float())
         return h
 
     with torch.no_grad(), block_output(block, capture):
-        log_likelihood(base)
+        backend.answer_logits(query, base)
 
     def in_block(z: torch.Tensor) -> torch.Tensor:
         def write(h: torch.Tensor) -> torch.Tensor:
@@ -358,9 +396,42 @@ def prompt_site(
             return h
 
         with block_output(block, write):
-            return log_likelihood(base.expand(z.shape[0], -1, -1))
+            return backend.answer_logits(query, base.expand(z.shape[0], -1, -1))
 
     return seen[0], in_block
+
+
+def prompt_site(
+    backend: GenerativeBackend, query: Query, image: torch.Tensor, layer: int
+) -> tuple[torch.Tensor, Score]:
+    """R [1, P, D], the prompt's text-token states at ``layer`` (0: the input embeddings; l: block
+    l's output), with the image tokens as they are, and the score of z [B, P, D] in their place."""
+    hidden, logits = states_site(backend, query, image, layer, prompt_positions(query), "prompt_layer")
+    return hidden, lambda z: answer_log_likelihood(logits(z), query.answer_ids)
+
+
+def image_site(
+    backend: GenerativeBackend, query: Query, image: torch.Tensor, layer: int
+) -> tuple[torch.Tensor, Score, TokenLogProbs | None]:
+    """The image bottleneck's site: R [1, K, D], the score z -> log p(answer | z, prompt) [B], and z ->
+    the answer's token log-probabilities [B, A] (None: at the projector site, the default of
+    :func:`rows_score`). ``layer`` 0: ``image`` itself, the published place, scored by
+    :meth:`GenerativeBackend.rest`; l: block l's output at the image positions, l below the last block
+    (after the last block the image states reach no answer token)."""
+    if layer == 0:
+        return image, answer_score(backend, query), None
+    depth = len(decoder_blocks(backend, "image_layer"))
+    if layer >= depth:  # past the last block no attention is left: the image states reach no answer token
+        raise InputError(
+            f"image_layer={layer}: the image states after block {layer} of the language model's {depth} no "
+            f"longer reach the answer; use 0 .. {depth - 1}"
+        )
+    hidden, logits = states_site(backend, query, image, layer, query.image_positions, "image_layer")
+    return (
+        hidden,
+        lambda z: answer_log_likelihood(logits(z), query.answer_ids),
+        lambda z: token_log_probs(logits(z), query.answer_ids),
+    )
 
 
 def fit_prompt(
@@ -384,8 +455,9 @@ def fit_prompt(
 
 
 def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) -> AnswerFit:
-    """Fit M2IB's bottleneck on ``query``'s image-token states for its answer's log-likelihood; with
-    ``per_word``, one more per answer word (one batched fit); with ``prompt_side``, one on the prompt."""
+    """Fit M2IB's bottleneck on ``query``'s image-token states (at ``image_layer``) for its answer's
+    log-likelihood; with ``per_word``, one more per answer word (one batched fit); with ``prompt_side``,
+    one on the prompt (its image tokens unbottlenecked, at the projector site)."""
     require_memory(
         memory_needed(backend, query, s),
         backend.device,
@@ -395,12 +467,13 @@ def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) 
     )
     with evaluation_mode(backend.model):
         with torch.no_grad():
-            hidden = backend.image_states(query).float()  # [1, K, D]
-            plain = float(backend.rest(query, hidden)[0])
-        kl_map, compression, fit = fit_once(hidden, answer_score(backend, query), **loop_settings(s))
+            states = backend.image_states(query).float()  # [1, K, D]
+            plain = float(backend.rest(query, states)[0])
+        hidden, score, log_probs = image_site(backend, query, states, s.image_layer)
+        kl_map, compression, fit = fit_once(hidden, score, **loop_settings(s))
         token_scores = finite(kl_map[0].detach().cpu(), s)
-        words = fit_words(backend, query, hidden, s) if s.per_word else None
-        prompt, prompt_info = fit_prompt(backend, query, hidden, s) if s.prompt_side else (None, {})
+        words = fit_words(backend, query, hidden, s, log_probs) if s.per_word else None
+        prompt, prompt_info = fit_prompt(backend, query, states, s) if s.prompt_side else (None, {})
     grid_map = grid_scores(token_scores, query.cells.cpu(), query.grid)
     image_map = upsample(grid_map, (int(query.display.shape[-2]), int(query.display.shape[-1])))
     info = {
@@ -424,6 +497,7 @@ __all__ = [
     "fit_rows",
     "fit_words",
     "grid_scores",
+    "image_site",
     "prompt_positions",
     "upsample",
     "word_groups",
