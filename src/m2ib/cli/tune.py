@@ -10,11 +10,55 @@ from pathlib import Path
 from .. import preflight
 from .common import COMMANDS, add_ray_flags, model_help, ray_config_from, status
 
+#: The flags of the CLIP path that a generative tune refuses when given (flag, attribute, default).
+CLIP_ONLY = (
+    ("--towers", "towers", "image,text"),
+    ("--image-layers", "image_layers", None),
+    ("--text-layers", "text_layers", None),
+    ("--bottlenecks", "bottlenecks", "published,standardised"),
+    ("--batch-size", "batch_size", 16),
+    ("--ray", "ray", None),
+)
+
+
+def run_answer_tune(args: argparse.Namespace) -> int:
+    """A generative VLM's tune (docs/tune.md, "Generative models"): --layers are the image
+    bottleneck's sites (0: the projector's output; l: decoder block l's output), --betas its betas."""
+    from ..errors import InputError
+    from ..tuning.answer_tune import AnswerTuneRequest, answer_tune
+    from ..tuning.grid import parse_betas, parse_layers
+
+    for flag, name, default in CLIP_ONLY:
+        if getattr(args, name, default) != default:
+            raise InputError(f"{flag} does not apply to a generative model's tune (its grid: --layers x --betas)")
+    request = AnswerTuneRequest(
+        model=str(args.model),
+        data=args.data,
+        out=args.out,
+        layers=parse_layers(args.layers, "--layers"),
+        betas=parse_betas(args.betas),
+        rows=args.rows,
+        seed=args.seed,
+        device=args.device,
+        command="m2ib " + shlex.join(getattr(args, "argv", [])),
+        progress=not args.no_progress,
+    )
+    status(f"tuning M2IB on the answers of {args.data} with {args.model} ...")
+    outcome = answer_tune(request)
+    for line in outcome.lines:
+        print(line)
+    print(outcome.files["settings"])
+    print(outcome.files["report"])
+    return 0
+
 
 def run_tune(args: argparse.Namespace) -> int:
+    from ..tuning.answer_tune import is_generative_model
     from ..tuning.grid import parse_betas, parse_layers, parse_towers, parse_variants
     from ..tuning.tune import TuneRequest, tune
 
+    if args.generative or is_generative_model(str(args.model)):
+        return run_answer_tune(args)
     preflight.check_installed(preflight.command_needs(args))
 
     towers = parse_towers(args.towers)
@@ -94,4 +138,12 @@ def add_tune(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="bottleneck fits run together (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--generative",
+        action="store_true",
+        help="tune M2IB on a generative VLM's answers (automatic for a model folder whose config.json names a "
+        "supported generative class; needed for a hub id): --data is then a TSV with columns image, prompt "
+        "and answer, --layers the image bottleneck's sites (0 = the projector's output, l = the language "
+        "model's block l; default 0 and the middle block); see docs/tune.md",
+    )
     add_ray_flags(p)

@@ -61,6 +61,20 @@ class AnswerTuneRequest:
     progress: bool = True
 
 
+def is_generative_model(spec: str) -> bool:
+    """Whether ``spec`` is a model folder whose ``config.json`` names a supported generative VLM class
+    (no weights read; a hub id is not looked up: ``m2ib tune --generative`` says so)."""
+    from ..generative.loading import model_class
+
+    if not (Path(spec) / "config.json").is_file():
+        return False
+    try:
+        model_class(Path(spec))
+    except InputError:
+        return False
+    return True
+
+
 def config_depth(spec: str) -> int | None:
     """The language model's block count from a model folder's ``config.json`` (no weights read); None
     when it is not a folder or does not say."""
@@ -216,5 +230,6 @@ __all__ = [
     "answer_tune",
     "check_answer_request",
     "config_depth",
+    "is_generative_model",
     "read_answer_settings",
 ]
