@@ -119,7 +119,8 @@ def answer_criteria(
         "agreement": _mean([spearman(a.image_map, b.image_map) for a, b in zip(fits, second)]),
         "constant": sum(is_constant(f.grid_map) for f in fits) / len(fits),
     }
-    deletion, insertion = [], []
+    deletion: list[float] = []
+    insertion: list[float] = []
     for item, f in zip(items, fits):
         for kind, into in (("deletion", deletion), ("insertion", insertion)):
             curve = answer_curve(backend, item.query, f.token_scores, insertion=kind == "insertion", steps=CURVE_STEPS)

@@ -85,7 +85,7 @@ def config_depth(spec: str) -> int | None:
         return None
     if not isinstance(data, dict):
         return None
-    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+    text = data["text_config"] if isinstance(data.get("text_config"), dict) else data
     depth = text.get("num_hidden_layers", data.get("num_hidden_layers"))
     return depth if isinstance(depth, int) and depth > 0 else None
 
