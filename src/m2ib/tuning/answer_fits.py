@@ -174,8 +174,10 @@ def score_answer_grid(
     """Score every point of ``grid`` not yet in ``store``, one synced record per point as it finishes;
     per site, one randomised copy shared by its betas."""
     bar = Progress(len(grid), grid.done(store), progress)
+    randomised: GenerativeBackend | None = None
     try:
         for _, layer, todo in grid.todo(store):
+            randomised = None  # the last site's copy freed before the next is made: one copy at a time
             randomised = randomised_above_site(backend, layer, seed)
             for point in todo:
                 record = point_record(backend, randomised, items, point, fixed, seed)
