@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -189,6 +190,8 @@ def test_the_randomised_copy_differs_above_the_site_only():
         ({"data": "one.tsv"}, r"1 row\(s\); tune needs 2"),
         ({"data": "noprompt.tsv"}, "no prompt column"),
         ({"data": "noimage.tsv"}, "no image file"),
+        ({"data": "badmask.tsv"}, "the mask is"),
+        ({"data": "nomask.tsv"}, "no mask file"),
     ],
 )
 def test_bad_input_is_one_line_before_the_model_loads(saved, tmp_path, monkeypatch, change, message):
@@ -197,6 +200,10 @@ def test_bad_input_is_one_line_before_the_model_loads(saved, tmp_path, monkeypat
     (tmp_path / "one.tsv").write_text(f"image\tprompt\tanswer\n{saved / 's0.png'}\t{PROMPT}\ta\n")
     (tmp_path / "noprompt.tsv").write_text(f"image\tquestion\n{saved / 's0.png'}\tq\n{saved / 's1.png'}\tq\n")
     (tmp_path / "noimage.tsv").write_text(f"image\tprompt\nmissing.png\t{PROMPT}\ns0.png\t{PROMPT}\n")
+    Image.new("L", (4, 8)).save(tmp_path / "small.png")
+    two = f"image\tprompt\tmask\n{saved / 's0.png'}\t{PROMPT}\t\n{saved / 's1.png'}\t{PROMPT}\t"
+    (tmp_path / "badmask.tsv").write_text(two + "small.png\n")
+    (tmp_path / "nomask.tsv").write_text(two + "absent.png\n")
     monkeypatch.setattr(loading, "load_generative", lambda *a, **k: pytest.fail("the model loaded"))
     if "data" in change:
         change = {"data": str(tmp_path / change["data"])}
@@ -221,3 +228,34 @@ def test_the_command_line_detects_the_generative_model(saved, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "other"), "--towers", "image"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--towers does not apply" in err and len(err.splitlines()) == 1
+
+
+def test_masks_give_pointing_and_energy_above_their_chance(saved, tmp_path):
+    left, low = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    left[:5, :3], low[4:, 2:] = 255, 255  # asymmetric: a transposed or flipped mask is caught
+    Image.fromarray(left).save(tmp_path / "m0.png")
+    Image.fromarray(low).save(tmp_path / "m1.png")
+    rows = [
+        (saved / "s0.png", "a red circle", "m0.png"),
+        (saved / "s1.png", "blue", "m1.png"),
+        (saved / "s2.png", "red", ""),
+    ]
+    data = tmp_path / "vqa.tsv"
+    data.write_text("image\tprompt\tanswer\tmask\n" + "".join(f"{i}\t{PROMPT}\t{a}\t{m}\n" for i, a, m in rows))
+    out = tmp_path / "out"
+    answer_tune(request(saved, out, data=str(data), layers=(1,), betas=(1.0,)))
+    (record,) = points(out).values()
+    model, processor = tiny_llava(seed=0)
+    hits, energies = [], []
+    for image, answer, mask_file in rows[:2]:  # a plain computation from explain_answer's map and the mask file
+        exp = m2ib.explain_answer(
+            model, str(image), PROMPT, answer, processor=processor, image_layer=1, beta=1.0, **FAST
+        )
+        mask = torch.from_numpy(np.array(Image.open(tmp_path / mask_file).convert("L")) > 127)
+        hits.append(float(mask.flatten()[int(exp.image_map.flatten().argmax())]))
+        energies.append(float((exp.image_map * mask).sum() / exp.image_map.sum()))
+    assert record["criteria"]["pointing"] == pytest.approx(sum(hits) / 2)
+    assert record["criteria"]["energy"] == pytest.approx(sum(energies) / 2, abs=1e-5)
+    chance = json.loads((out / "m2ib.json").read_text())["tune"]["towers"]["image"]["chance"]
+    area = (15 / 64 + 24 / 64) / 2
+    assert chance == pytest.approx({"pointing": area, "energy": area})

@@ -3,8 +3,10 @@
 The format: a tab-separated file with a header line naming the columns ``image`` (a path, relative
 to the file's folder or absolute), ``prompt`` (in the model's chat format, with its image
 placeholder; a literal ``\\n`` in the cell is read as a line break) and, optionally, ``answer``
-(the text to explain; an empty cell, or no such column: the model's own greedy answer). Other
-columns are ignored. Rows without an image or a prompt are errors, not skipped.
+(the text to explain; an empty cell, or no such column: the model's own greedy answer) and
+``mask`` (a ground-truth mask of the object the answer names: an image of the same size as the
+row's image, white inside; an empty cell or no column: none). Other columns are ignored. Rows
+without an image or a prompt are errors, not skipped.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ COLUMNS = ("image", "prompt")
 @dataclass(frozen=True)
 class VQARow:
     """One row: its id (``row N``, 1-based line of the data after the header), the image's path,
-    the prompt, and the answer ('' for the model's own)."""
+    the prompt, the answer ('' for the model's own) and the mask's path ('' for none)."""
 
     id: str
     image: str
     prompt: str
     answer: str
+    mask: str = ""
 
 
 def _cell(row: dict[str, str | None], key: str) -> str:
@@ -61,8 +64,10 @@ def read_vqa(path: str | Path, rows: int | None = None, seed: int = 0) -> list[V
         image, prompt = _cell(row, "image"), _cell(row, "prompt").replace("\\n", "\n")
         if not image or not prompt:
             raise InputError(f"--data {path}: row {number} has no {'image' if not image else 'prompt'}")
-        picture = Path(image) if Path(image).is_absolute() else file.parent / image
-        out.append(VQARow(f"row {number}", str(picture), prompt, _cell(row, "answer")))
+        mask = _cell(row, "mask")
+        out.append(
+            VQARow(f"row {number}", _path(file, image), prompt, _cell(row, "answer"), mask and _path(file, mask))
+        )
     if len(out) < MIN_ROWS:
         raise InputError(f"--data {path}: {len(out)} row(s); tune needs {MIN_ROWS} or more")
     if rows is not None and rows < len(out):
@@ -71,7 +76,29 @@ def read_vqa(path: str | Path, rows: int | None = None, seed: int = 0) -> list[V
     absent = next((r for r in out if not Path(r.image).is_file()), None)
     if absent is not None:
         raise InputError(f"--data {path}: {absent.id}: no image file {absent.image}")
+    for r in out:
+        if r.mask:
+            check_mask(r, path)
     return out
+
+
+def _path(table: Path, cell: str) -> str:
+    return str(Path(cell) if Path(cell).is_absolute() else table.parent / cell)
+
+
+def check_mask(row: VQARow, path: str | Path) -> None:
+    """The row's mask file exists, is an image and has its image's size (headers read only)."""
+    from PIL import Image
+
+    if not Path(row.mask).is_file():
+        raise InputError(f"--data {path}: {row.id}: no mask file {row.mask}")
+    try:
+        with Image.open(row.mask) as m, Image.open(row.image) as i:
+            sizes = m.size, i.size
+    except OSError as exc:
+        raise InputError(f"--data {path}: {row.id}: unreadable image or mask ({exc})") from None
+    if sizes[0] != sizes[1]:
+        raise InputError(f"--data {path}: {row.id}: the mask is {sizes[0]}, its image {sizes[1]}: give the same size")
 
 
 __all__ = ["MIN_ROWS", "VQARow", "read_vqa"]

@@ -14,7 +14,11 @@ positions) and that beta, every other setting fixed for the run. Its criteria, a
   log-likelihood (:func:`m2ib.generative.metrics.answer_curve`, on the image tokens where they enter
   the language model, :data:`~m2ib.tuning.criteria.CURVE_STEPS` steps, zero baseline) ranked by the map;
 * ``agreement`` (higher): mean Spearman between the maps of seeds ``seed`` and ``seed + 1``;
-* ``constant`` (lower): the share of rows whose map is the same on every grid cell.
+* ``constant`` (lower): the share of rows whose map is the same on every grid cell;
+* ``pointing`` and ``energy`` (higher), rows with a mask only: the map's maximum inside the mask,
+  the share of the map's mass inside it (:mod:`m2ib.metrics.localisation`); the mask is passed
+  through the family's own processor as an image (:func:`display_mask`), so it sits where the
+  map does, at the model's input size. Chance level of both: the mean mask area.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..errors import InputError
 from ..generative.base import GenerativeBackend, Query, evaluation_mode
 from ..generative.m2ib import AnswerFit, AnswerM2IBSettings, decoder_blocks, fit_answer
 from ..generative.metrics import answer_curve
+from ..metrics.localisation import energy_inside, pointing_hit
 from ..metrics.sanity import randomise_, spearman
 from .answer_data import VQARow
 from .criteria import CURVE_STEPS, is_constant
@@ -49,6 +54,20 @@ class AnswerItem:
     query: Query
     answer: str
     source: str  # "given" or "generated"
+    mask: torch.Tensor | None = None  # [H, W] bool at the model's input size (the map's)
+
+
+def display_mask(backend: GenerativeBackend, row: VQARow, size: tuple[int, int]) -> torch.Tensor:
+    """The row's mask as the model sees its image: the mask image (white inside) through the
+    family's processor and :meth:`~m2ib.generative.base.GenerativeBackend.display_image` (its
+    resize and crop), channels averaged, above one half; one line when it does not land at ``size``."""
+    from ..inputs import load_image
+
+    picture, _ = load_image(row.mask)
+    shown = backend.display_image(backend.prompt_inputs(picture, row.prompt)).float().mean(0) > 0.5
+    if tuple(shown.shape) != size:
+        raise InputError(f"--data {row.id}: the mask lands at {tuple(shown.shape)}, the map at {size}")
+    return shown
 
 
 def prepare_items(backend: GenerativeBackend, rows: Sequence[VQARow], max_new_tokens: int) -> list[AnswerItem]:
@@ -69,8 +88,17 @@ def prepare_items(backend: GenerativeBackend, rows: Sequence[VQARow], max_new_to
             answer, source = backend.generate(picture, row.prompt, max_new_tokens), "generated"
             if not answer.strip():
                 raise InputError(f"--data {row.id}: the model's own answer is empty; give one in the answer column")
-        items.append(AnswerItem(row, backend.prepare(picture, row.prompt, answer), answer, source))
+        query = backend.prepare(picture, row.prompt, answer)
+        size = (int(query.display.shape[-2]), int(query.display.shape[-1]))
+        mask = display_mask(backend, row, size) if row.mask else None
+        items.append(AnswerItem(row, query, answer, source, mask))
     return items
+
+
+def chance_levels(items: Sequence[AnswerItem]) -> dict[str, float]:
+    """The chance level of pointing and energy: the mean area of the rows' masks ({} without masks)."""
+    areas = [float(it.mask.float().mean()) for it in items if it.mask is not None and bool(it.mask.any())]
+    return {"pointing": _mean(areas), "energy": _mean(areas)} if areas else {}
 
 
 def point_settings(fixed: dict[str, Any], layer: int, beta: float, seed: int) -> AnswerM2IBSettings:
@@ -128,6 +156,10 @@ def answer_criteria(
     out["faithfulness"] = _mean([i - d for i, d in zip(insertion, deletion)])
     out["deletion"] = _mean(deletion)  # kept for the report; not criteria
     out["insertion"] = _mean(insertion)
+    pairs = [(f.image_map, it.mask) for it, f in zip(items, fits) if it.mask is not None and bool(it.mask.any())]
+    if pairs:
+        out["pointing"] = _mean([float(pointing_hit(m, g)) for m, g in pairs])
+        out["energy"] = _mean([energy_inside(m, g) for m, g in pairs])
     return out
 
 
@@ -191,6 +223,8 @@ __all__ = [
     "POINT_SETTINGS",
     "AnswerItem",
     "answer_criteria",
+    "chance_levels",
+    "display_mask",
     "point_settings",
     "prepare_items",
     "randomised_above_site",

@@ -186,7 +186,7 @@ def answer_tune(req: AnswerTuneRequest) -> TuneOutcome:
     from ..fileio import folder_lock
     from ..generative.loading import load_generative
     from ..generative.m2ib import decoder_blocks
-    from .answer_fits import prepare_items, score_answer_grid
+    from .answer_fits import chance_levels, prepare_items, score_answer_grid
     from .choice import choose_all
     from .report import write_report
     from .run import Grid
@@ -210,11 +210,16 @@ def answer_tune(req: AnswerTuneRequest) -> TuneOutcome:
             "pairs": len(items),
             "seed": req.seed,
             "grid": grid.as_dict(),
-            "generative": {"settings": req.settings, "answers": [it.answer for it in items]},
+            "generative": {
+                "settings": req.settings,
+                "answers": [it.answer for it in items],
+                "masks": sum(it.mask is not None for it in items),
+            },
         }
         store = open_store(out, identity)
         score_answer_grid(backend, items, grid, store, req.seed, dict(req.settings), req.progress)
-        choices = choose_all({"image": [store.points[p.key] for p in grid.towers["image"]]}, {"image": {}})
+        records = [store.points[p.key] for p in grid.towers["image"]]
+        choices = choose_all({"image": records}, {"image": chance_levels(items)})
         run = {"command": req.command, **identity}
         files = {"settings": write_answer_settings(out, choices, run, dict(req.settings)), "records": store.path}
         published = {"image": Point("image", "published", 0, PUBLISHED_BETA).key}
