@@ -36,7 +36,8 @@ class AnswerExplanation(Result):
         family: the generative family (``"llava"``, ``"paligemma"``, ...).
         model: the model's name (its ``_name_or_path``, else its class).
         settings: every setting used (:class:`~m2ib.generative.m2ib.AnswerM2IBSettings`).
-        info: the answer's log-likelihood, bottlenecked and not, and the fit's compression.
+        info: the answer's log-likelihood, bottlenecked and not, and the fit's compression (and the
+            prompt side's, when fitted).
 
     Examples:
         >>> import sys, tempfile, m2ib
@@ -49,8 +50,11 @@ class AnswerExplanation(Result):
         ... )
         >>> exp
         <AnswerExplanation m2ib of answer 'a red circle' to '<image> what is in the image ?'>
-        >>> exp.answer_source, exp.family, sorted(exp.info)
-        ('given', 'llava', ['compression', 'log_likelihood', 'log_likelihood_bottlenecked'])
+        >>> exp.answer_source, exp.family, exp.words
+        ('given', 'llava', ['a', 'red', 'circle'])
+        >>> sorted(exp.info)  # doctest: +NORMALIZE_WHITESPACE
+        ['compression', 'log_likelihood', 'log_likelihood_bottlenecked', 'prompt_compression',
+         'prompt_log_likelihood_bottlenecked']
         >>> sorted(exp.save(tempfile.mkdtemp()))  # answer.npz, answer.png, then answer.json
         ['json', 'npz', 'png']
     """
