@@ -82,7 +82,7 @@ def unnormalised(processor, pixels):
 
 @pytest.mark.parametrize(("shape", "tiles", "grid"), [((32, 48), (2, 3), (8, 12)), ((48, 32), (3, 2), (12, 8))])
 def test_a_tile_block_reaches_its_own_token_and_cell(shape, tiles, grid):
-    """No vision layer (patch-local): the 4 x 4 px block (i=1, j=2) of the last tile moves exactly one token;
+    """No vision layer (patch-local): the 4 x 4 px block (i=1, j=2) of tile (1, 0) moves exactly one token;
     its cell is where those pixels sit in the displayed (stitched) image. The same block of the thumbnail
     moves exactly the thumbnail's token i * 4 + j, mapped to cell -1."""
     model, processor = tiny_internvl(seed=1, vision_layers=0)
@@ -90,11 +90,11 @@ def test_a_tile_block_reaches_its_own_token_and_cell(shape, tiles, grid):
     query = backend.prepare(image_of(*shape), PROMPT, ANSWER)
     rows, cols = tiles
     assert query.grid == grid and query.display.shape == (3, *shape)
-    tile = rows * cols - 1  # tile (rows - 1, cols - 1): tiles row-major, then the thumbnail
+    tile = 1 * cols + 0  # tile (1, 0): tiles row-major, then the thumbnail
     moved = moved_tokens(backend, query, tile, slice(4, 8), slice(8, 12))
     assert moved == [tile * 16 + 1 * 4 + 2]
     row, col = divmod(int(query.cells[moved[0]]), grid[1])
-    assert (row, col) == ((rows - 1) * 4 + 1, (cols - 1) * 4 + 2)
+    assert (row, col) == (1 * 4 + 1, 0 * 4 + 2)
     block = unnormalised(processor, query.inputs["pixel_values"][tile])[:, 4:8, 8:12]
     torch.testing.assert_close(query.display[:, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4], block)
     thumbnail = rows * cols
