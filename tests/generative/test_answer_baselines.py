@@ -288,12 +288,16 @@ def other_family(family: str):
         from tiny_paligemma import tiny_paligemma
 
         return *tiny_paligemma(seed=0), "what is in the image ?", (8, 8)
+    if family == "internvl":
+        from tiny_internvl import PROMPT as INTERNVL_PROMPT, tiny_internvl
+
+        return *tiny_internvl(seed=0), INTERNVL_PROMPT, (32, 48)
     from tiny_idefics3 import tiny_idefics3
 
     return *tiny_idefics3(seed=0, split=True), PROMPT, (32, 48)
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "paligemma", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "paligemma", "idefics3", "internvl"])
 def test_every_method_runs_on_every_family(family):
     model, processor, prompt, shape = other_family(family)
     g = torch.Generator().manual_seed(3)
