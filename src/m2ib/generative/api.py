@@ -39,7 +39,7 @@ def explain_answer(
 
     Args:
         model: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA-1.5,
-            PaliGemma 1 and 2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL; ``m2ib list`` prints them)
+            PaliGemma 1 and 2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, InternVL; ``m2ib list`` prints them)
             with its ``processor``, or a :class:`~m2ib.generative.base.GenerativeBackend`.
         image: a path, a PIL image or an image tensor, as :func:`m2ib.explain` takes one.
         prompt: the question or instruction, in the model's own chat format, with the image
@@ -57,7 +57,8 @@ def explain_answer(
         **settings: the method's settings. M2IB's (:class:`~m2ib.generative.m2ib.AnswerM2IBSettings`):
             ``beta`` (default 0.1), ``var`` (1.0), ``steps`` (10), ``lr`` (1.0), ``samples`` (10),
             ``init_alpha`` (5.0), ``seed`` (0): the paper's values; ``per_word`` (True: one map per
-            answer word too), ``prompt_side`` and ``prompt_layer`` (a score per prompt word). Bad
+            answer word too), ``prompt_side`` and ``prompt_layer`` (a score per prompt word),
+            ``image_layer`` (0: the bottleneck on the projector's output; l: after language-model block l). Bad
             settings are one line, before any model work.
 
     Returns:
