@@ -1,7 +1,10 @@
-"""Time ``m2ib tune`` on the built-in random CLIP ViT-B/32 (12-block towers) and extrapolate to the
-default grid on 16 pairs (target: <= 30 minutes on 2 idle CPU cores).
+"""Time ``m2ib tune`` on the built-in random CLIP ViT-B/32 (12-block towers): the default grid on 16
+pairs (target: <= 30 minutes on 2 idle CPU cores). With no flags the run is that grid itself and
+the table gives its wall time, its CPU time and the CPU time over the best two-thread scaling seen.
 
-The run itself may be smaller (fewer pairs, layers, betas: the cores may be shared); the
+    OMP_NUM_THREADS=2 python benchmarks/bench_tune.py --out out/bench_tune
+
+A smaller run may be made instead (fewer pairs, layers, betas: the cores may be shared); the
 extrapolation reads the measured seconds of each finished point from OUT/points.jsonl and fits,
 per tower, ``seconds = a * pairs * blocks_after_the_bottleneck + b * pairs`` (the fits run the
 blocks after the bottleneck; the criteria run the whole tower a fixed number of times per pair), then
@@ -76,6 +79,18 @@ def main() -> None:
     if wall is not None:
         print(f"wall time of the run: {wall:.0f} s ({len(points)} points)")
     grid = [(layer, beta, v) for v in DEFAULT_VARIANTS for layer in DEFAULT_LAYERS for beta in DEFAULT_BETAS]
+    measured = {(q["tower"], q["layer"], q["beta"], q["variant"]) for q in points}
+    whole = pairs == TARGET_PAIRS and all((t, *g) in measured for t in DEPTH for g in grid)
+    if whole:  # the run is the default grid itself: no extrapolation needed
+        cpu = sum(q["cpu_seconds"] for q in points)
+        scaling = max(q["cpu_seconds"] / q["seconds"] for q in points if q["seconds"] > 0)
+        print(
+            f"the default grid itself ({len(points)} points, {pairs} pairs): wall "
+            + (f"{wall / 60:.1f} min (the cores may be shared), " if wall is not None else "")
+            + f"points' wall sum {sum(q['seconds'] for q in points) / 60:.1f} min, CPU {cpu / 60:.1f} min; "
+            f"at the best two-thread scaling seen in this run ({scaling:.2f} CPU-s per s), {cpu / scaling / 60:.1f} min "
+            "of wall on 2 idle cores (target <= 30 min)"
+        )
     for key in ("seconds", "cpu_seconds"):  # wall time (noisy on shared cores), and the process's CPU time
         total = 0.0
         for tower in sorted({q["tower"] for q in points}):
