@@ -87,9 +87,26 @@ class GenerativeBackend(ABC):
     #: the placeholder text a prompt must contain once, where the image goes (the family's default)
     image_token: str = "<image>"
 
+    #: the image processor's normalisation (mean, std of every channel) where it does not say its own
+    default_normalisation: tuple[float, float] = (0.0, 1.0)
+
     def __init__(self, model: torch.nn.Module, processor: Any):
         self.model: Any = model  # a transformers model: its methods are the family's to call
         self.processor = processor
+        # the processor's own placeholder wins over the family's default
+        self.image_token = str(getattr(processor, "image_token", None) or type(self).image_token)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def unnormalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` [3, H, W] as the processor normalised them, back to [0, 1]."""
+        images = getattr(self.processor, "image_processor", None)
+        mean0, std0 = self.default_normalisation
+        mean = torch.tensor(getattr(images, "image_mean", None) or [mean0] * 3).view(3, 1, 1)
+        std = torch.tensor(getattr(images, "image_std", None) or [std0] * 3).view(3, 1, 1)
+        return (pixels.float().cpu() * std + mean).clamp(0, 1)
 
     @property
     def device(self) -> torch.device:

@@ -44,13 +44,7 @@ _TAG = re.compile(r"<row_(\d+)_col_(\d+)>|<global-img>")
 class Idefics3Backend(GenerativeBackend):
     """Idefics3 / SmolVLM: tiles + a global image, pixel-shuffle connector, causal language model."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any):
-        super().__init__(model, processor)
-        self.image_token = str(getattr(processor, "image_token", None) or "<image>")
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
+    default_normalisation = (0.5, 0.5)
 
     def side(self, inputs: dict[str, torch.Tensor]) -> int:
         """Tokens a side of one tile (or of the global image): tile px / patch / scale factor, as the
@@ -124,10 +118,7 @@ class Idefics3Backend(GenerativeBackend):
             pixels = grid.permute(2, 0, 3, 1, 4).reshape(3, rows * pixels.shape[-2], cols * pixels.shape[-1])
         else:
             pixels = pixels[-1]
-        images = getattr(self.processor, "image_processor", None)
-        mean = torch.tensor(getattr(images, "image_mean", None) or [0.5, 0.5, 0.5]).view(3, 1, 1)
-        std = torch.tensor(getattr(images, "image_std", None) or [0.5, 0.5, 0.5]).view(3, 1, 1)
-        return (pixels * std + mean).clamp(0, 1)
+        return self.unnormalised(pixels)
 
 
 def _is_smolvlm(model: torch.nn.Module) -> bool:

@@ -64,20 +64,17 @@ def image_size(image: Any) -> tuple[int, int]:
 class InternVLBackend(GenerativeBackend):
     """InternVL: tiles + a thumbnail, pixel shuffle, MLP projector, causal language model (Qwen2, ...)."""
 
+    default_normalisation = (0.5, 0.5)
+
     image_token = "<IMG_CONTEXT>"
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         super().__init__(model, processor)
-        self.image_token = str(getattr(processor, "image_token", None) or "<IMG_CONTEXT>")
         self.video_token = str(getattr(processor, "video_token", None) or "<video>")
         self.wrappers = (
             str(getattr(processor, "start_image_token", None) or "<img>"),
             str(getattr(processor, "end_image_token", None) or "</img>"),
         )
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
 
     def check_prompt(self, prompt: str) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -157,10 +154,7 @@ class InternVLBackend(GenerativeBackend):
             rows, cols = grid
             tiles = pixels[: rows * cols].view(rows, cols, *pixels.shape[1:])
             image = tiles.permute(2, 0, 3, 1, 4).reshape(3, rows * pixels.shape[-2], cols * pixels.shape[-1])
-        images = getattr(self.processor, "image_processor", None)
-        mean = torch.tensor(getattr(images, "image_mean", None) or [0.5, 0.5, 0.5]).view(3, 1, 1)
-        std = torch.tensor(getattr(images, "image_std", None) or [0.5, 0.5, 0.5]).view(3, 1, 1)
-        return (image * std + mean).clamp(0, 1)
+        return self.unnormalised(image)
 
 
 register(

@@ -23,14 +23,6 @@ from .base import GenerativeBackend, GenerativeFamily, Query, class_names, regis
 class LlavaBackend(GenerativeBackend):
     """LLaVA-1.5: CLIP-style vision tower, MLP projector, causal language model."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any):
-        super().__init__(model, processor)
-        self.image_token = str(getattr(processor, "image_token", None) or "<image>")
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
-
     def prompt_inputs(self, image: Any, prompt: str) -> dict[str, torch.Tensor]:
         out = self.processor(images=image, text=prompt, return_tensors="pt")
         return {k: out[k] for k in ("input_ids", "attention_mask", "pixel_values")}
@@ -60,10 +52,7 @@ class LlavaBackend(GenerativeBackend):
 
     def display_image(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = inputs["pixel_values"][0].float().cpu()
-        images = getattr(self.processor, "image_processor", None)
-        mean = torch.tensor(getattr(images, "image_mean", None) or [0.0, 0.0, 0.0]).view(3, 1, 1)
-        std = torch.tensor(getattr(images, "image_std", None) or [1.0, 1.0, 1.0]).view(3, 1, 1)
-        return (pixels * std + mean).clamp(0, 1)
+        return self.unnormalised(pixels)
 
 
 def _is_llava(model: torch.nn.Module) -> bool:

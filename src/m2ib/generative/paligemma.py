@@ -36,13 +36,7 @@ from .base import GenerativeBackend, GenerativeFamily, Query, class_names, regis
 class PaliGemmaBackend(GenerativeBackend):
     """PaliGemma: SigLIP vision tower, linear projector, Gemma with a bidirectional prefix."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any):
-        super().__init__(model, processor)
-        self.image_token = str(getattr(processor, "image_token", None) or "<image>")
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
+    default_normalisation = (0.5, 0.5)
 
     def check_prompt(self, prompt: str) -> None:
         """Plain text, or ``<image>`` once at the very start; anything else is one line."""
@@ -97,10 +91,7 @@ class PaliGemmaBackend(GenerativeBackend):
 
     def display_image(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = inputs["pixel_values"][0].float().cpu()
-        images = getattr(self.processor, "image_processor", None)
-        mean = torch.tensor(getattr(images, "image_mean", None) or [0.5, 0.5, 0.5]).view(3, 1, 1)
-        std = torch.tensor(getattr(images, "image_std", None) or [0.5, 0.5, 0.5]).view(3, 1, 1)
-        return (pixels * std + mean).clamp(0, 1)
+        return self.unnormalised(pixels)
 
 
 def _is_paligemma(model: torch.nn.Module) -> bool:

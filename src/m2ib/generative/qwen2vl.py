@@ -58,12 +58,7 @@ class Qwen2VLBackend(GenerativeBackend):
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         super().__init__(model, processor)
-        self.image_token = str(getattr(processor, "image_token", None) or "<|image_pad|>")
         self.video_token = str(getattr(processor, "video_token", None) or "<|video_pad|>")
-
-    @property
-    def config(self) -> Any:
-        return self.model.config
 
     def check_prompt(self, prompt: str) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -155,10 +150,7 @@ class Qwen2VLBackend(GenerativeBackend):
         # undo the processor's flattening: [rows, cols, merge, merge, C, T, p, p], time step 0
         cells = pixels.view(rows, cols, merge, merge, 3, steps, patch, patch)[:, :, :, :, :, 0]
         image = cells.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, rows * merge * patch, cols * merge * patch)
-        images = getattr(self.processor, "image_processor", None)
-        mean = torch.tensor(getattr(images, "image_mean", None) or [0.0, 0.0, 0.0]).view(3, 1, 1)
-        std = torch.tensor(getattr(images, "image_std", None) or [1.0, 1.0, 1.0]).view(3, 1, 1)
-        return (image * std + mean).clamp(0, 1)
+        return self.unnormalised(image)
 
     def generate(self, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
         # model.generate caches the prompt's rope offsets on the model (model.model.rope_deltas): restore them
