@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -44,7 +45,14 @@ def test_explain_answer_from_the_command_line(saved, tmp_path, capsys):
         (["--answer", ""], "empty"),
         (["--answer", "a", "--negative", "blue"], "--negative does not apply"),
         (["--answer", "a", "--text-beta", "1"], "--text-beta does not apply"),
-        (["--answer", "a", "--image-layer", "1"], "--image-layer does not apply"),  # an interaction method's flag
+        (["--answer", "a", "--method", "saliency", "--image-layer", "1"], "--image-layer does not apply"),
+        (["--answer", "a", "--method", "rise", "--no-per-word"], "--no-per-word does not apply"),
+        (["--answer", "a", "--method", "occlusion", "--prompt-side"], "--prompt-side does not apply"),
+        (["--answer", "a", "--image-layer", "-1"], "image_layer=-1 must be an integer >= 0"),
+        (["--answer", "a", "--image-layer", "two"], "image_layer='two' must be a whole number"),
+        (["--no-per-word"], "--no-per-word is a setting of the answer methods"),  # without --answer
+        (["--prompt-side"], "--prompt-side is a setting of the answer methods"),
+        (["--image-layer", "1"], "--image-layer is a setting of exclip, and of M2IB on an answer"),
         (["--answer", "a", "--steps", "0"], "steps"),
         (["--answer", "a", "--method", "gradcam"], "one answer method"),
     ],
@@ -73,3 +81,34 @@ def test_a_model_that_is_not_generative_is_one_line(saved, tmp_path, capsys):
     ]
     assert main(args) == 2
     assert "not a supported generative model" in capsys.readouterr().err
+
+
+def _fit_by_cli(saved, out, *flags):
+    args = ["explain", str(saved / "scene.png"), PROMPT, "--answer", "a red circle", "--model", str(saved / "model")]
+    assert main([*args, "--out", str(out), "--steps", "2", "--samples", "1", "--no-figure", *flags]) == 0
+    return json.loads((out / "scene.json").read_text()), np.load(out / "scene.npz")
+
+
+def test_the_switches_reach_the_fit(saved, tmp_path):
+    record, arrays = _fit_by_cli(saved, tmp_path / "off", "--no-per-word", "--no-prompt-side")
+    assert record["settings"]["per_word"] is False and record["settings"]["prompt_side"] is False
+    assert "word_maps" not in arrays and "prompt_scores" not in arrays and not record["words"]
+    record, arrays = _fit_by_cli(saved, tmp_path / "on", "--per-word", "--no-prompt-side")
+    assert record["settings"]["per_word"] is True and record["words"] == ["a", "red", "circle"]
+    assert arrays["word_maps"].shape[0] == 3 and "prompt_scores" not in arrays
+    record, arrays = _fit_by_cli(saved, tmp_path / "prompt", "--no-per-word", "--prompt-side")
+    assert "word_maps" not in arrays and arrays["prompt_scores"].shape == (len(record["prompt_words"]),)
+
+
+def test_image_layer_puts_the_site_where_the_api_does(saved, tmp_path):
+    from m2ib.generative import explain_answer
+    from m2ib.generative.loading import load_generative
+
+    record, arrays = _fit_by_cli(saved, tmp_path / "one", "--image-layer", "1", "--no-per-word", "--no-prompt-side")
+    assert record["settings"]["image_layer"] == 1
+    backend = load_generative(str(saved / "model"))
+    same = dict(steps=2, samples=1, per_word=False, prompt_side=False)
+    api = explain_answer(backend, saved / "scene.png", PROMPT, answer="a red circle", image_layer=1, **same)
+    at_input = explain_answer(backend, saved / "scene.png", PROMPT, answer="a red circle", image_layer=0, **same)
+    np.testing.assert_allclose(arrays["token_scores"], api.token_scores.numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(arrays["token_scores"], at_input.token_scores.numpy(), rtol=1e-3)

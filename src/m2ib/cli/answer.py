@@ -5,7 +5,9 @@ STEM.png, STEM.npz and STEM.json into --out.
 The flags of the pairs pipeline that have no meaning for one answer are refused in one line, as
 are setting flags the chosen answer method does not read. M2IB: ``--vision-beta`` is the answer's
 beta (the bottleneck sits on the image tokens), ``--steps``, ``--lr``, ``--samples``,
-``--init-alpha``, ``--var`` and ``--seed`` keep their meaning. The other answer methods read the
+``--init-alpha``, ``--var`` and ``--seed`` keep their meaning; ``--image-layer`` (exCLIP's flag, here
+M2IB's bottleneck site), ``--per-word``/``--no-per-word`` and ``--prompt-side``/``--no-prompt-side``
+(switches, :func:`add_answer_switches`) set M2IB's answer-only settings. The other answer methods read the
 flags named after their settings (``--masks``, ``--window``, ``--baseline``, ``--layer``, ...); the
 flags only answer methods have (:func:`answer_flag_methods`) are refused without ``--answer``.
 """
@@ -28,7 +30,53 @@ ANSWER_SETTINGS = {
     "init_alpha": "init_alpha",
     "var": "var",
     "seed": "seed",
+    "image_layer": "image_layer",
+    "per_word": "per_word",
+    "prompt_side": "prompt_side",
 }
+
+#: M2IB's boolean answer settings: each an on/off switch (``--per-word``/``--no-per-word``), as
+#: train-shapes makes its boolean fields, not a ``true|false`` value.
+ANSWER_SWITCHES = ("per_word", "prompt_side")
+
+
+def add_answer_switches(parser: argparse.ArgumentParser) -> None:
+    """``--NAME``/``--no-NAME`` for each of :data:`ANSWER_SWITCHES` (None when not given), with the setting's help."""
+    from ..generative.m2ib import AnswerM2IBSettings
+    from ..settings import fields_of
+
+    group = parser.add_argument_group("answer settings (M2IB with --answer; default: the setting's)")
+    fields = {f.name: f for f in fields_of(AnswerM2IBSettings)}
+    for name in ANSWER_SWITCHES:
+        field = fields[name]
+        group.add_argument(
+            field.flag,
+            dest=name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{field.help} (default: {'on' if field.default else 'off'}; --answer with --method m2ib only)",
+        )
+
+
+def describe_answer_site(parser: argparse.ArgumentParser) -> None:
+    """Add M2IB's answer meaning to the help of ``--image-layer`` (a flag of exCLIP's setting too)."""
+    from ..generative.m2ib import AnswerM2IBSettings
+    from ..settings import fields_of
+
+    field = next(f for f in fields_of(AnswerM2IBSettings) if f.name == "image_layer")
+    for action in parser._actions:
+        if action.dest == "image_layer":
+            action.help = f"{action.help}; with --answer (m2ib): {field.help} (default: {field.default})"
+
+
+def _switches(args: argparse.Namespace) -> dict[str, bool]:
+    """The answer switches given (True/False), by setting name."""
+    return {name: getattr(args, name) for name in ANSWER_SWITCHES if getattr(args, name, None) is not None}
+
+
+def _flag(name: str, value: Any) -> str:
+    """The flag a setting was given by (``--no-per-word`` for a switch turned off)."""
+    return ("--no-" if value is False and name in ANSWER_SWITCHES else "--") + name.replace("_", "-")
 
 
 def answer_flag_methods() -> dict[str, Any]:
@@ -42,14 +90,18 @@ def answer_flag_methods() -> dict[str, Any]:
 def refuse_answer_flags(args: argparse.Namespace) -> None:
     """Without --answer, a setting flag that only answer methods have is refused in one line."""
     from ..methods import REGISTRY
-    from ..settings import given_settings
+    from ..settings import given_settings, owners
 
     clip = given_settings(args, {**REGISTRY, **interactions()})
-    for name in given_settings(args, answer_flag_methods()):
+    if "image_layer" in clip and not {m.strip() for m in args.method.split(",")} & set(
+        owners({**REGISTRY, **interactions()}, "image_layer")
+    ):
+        raise InputError(
+            "--image-layer is a setting of exclip, and of M2IB on an answer: give --method exclip, or --answer"
+        )
+    for name, value in {**given_settings(args, answer_flag_methods()), **_switches(args)}.items():
         if name not in clip:
-            raise InputError(
-                f"--{name.replace('_', '-')} is a setting of the answer methods: it applies with --answer only"
-            )
+            raise InputError(f"{_flag(name, value)} is a setting of the answer methods: it applies with --answer only")
 
 
 def _flags(names: Any) -> str:
@@ -64,10 +116,11 @@ def _answer_settings(args: argparse.Namespace, method: Any) -> dict[str, Any]:
     fields = {f.name: f for f in fields_of(method.Settings)}
     rename = ANSWER_SETTINGS if method.name == "m2ib" else {name: name for name in fields}
     out = {}
-    for name, value in given_settings(args, {**REGISTRY, **interactions(), **answer_flag_methods()}).items():
+    given = {**given_settings(args, {**REGISTRY, **interactions(), **answer_flag_methods()}), **_switches(args)}
+    for name, value in given.items():
         if name not in rename:
             raise InputError(
-                f"--{name.replace('_', '-')} does not apply to --answer with --method {method.name} "
+                f"{_flag(name, value)} does not apply to --answer with --method {method.name} "
                 f"(it reads {_flags(rename)})"
             )
         out[rename[name]] = fields[rename[name]].parse(value)

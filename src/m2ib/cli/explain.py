@@ -77,7 +77,8 @@ def add_explain(sub) -> None:
         help="explain a generative VLM's answer TEXT to the prompt (TEXT is then the prompt, in the "
         "family's form: LLaVA and Idefics3 <image>, Qwen2-VL <|image_pad|>, InternVL <IMG_CONTEXT>, "
         "PaliGemma plain text); --model: its save_pretrained folder or hub id (LLaVA-1.5, PaliGemma, "
-        "Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, InternVL: m2ib list); see docs/generative.md",
+        "Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, InternVL: m2ib list); M2IB's settings: --vision-beta (its "
+        "beta), --steps, ..., --image-layer, --[no-]per-word, --[no-]prompt-side; see docs/generative.md",
     )
     ex.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -103,9 +104,11 @@ def add_explain(sub) -> None:
         "the same command is skipped, and one made with another text, image, method, setting or model "
         "is refused)",
     )
-    from .answer import answer_flag_methods
+    from .answer import add_answer_switches, answer_flag_methods, describe_answer_site
 
     add_setting_flags(ex, {**REGISTRY, **interactions(), **answer_flag_methods()})
+    describe_answer_site(ex)
+    add_answer_switches(ex)
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
