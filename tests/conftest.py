@@ -78,6 +78,22 @@ def fast():
 
 
 @pytest.fixture(scope="session")
+def saved_llava(tmp_path_factory):
+    """A folder with a random tiny LLaVA saved by save_pretrained (``model/``, tests/generative/tiny_llava.py)
+    and an 8 px image (``scene.png``): what ``m2ib explain --answer`` and ``m2ib serve`` load."""
+    from PIL import Image
+    from tiny_llava import tiny_llava
+
+    folder = tmp_path_factory.mktemp("llava")
+    model, processor = tiny_llava(seed=0)
+    model.save_pretrained(folder / "model")
+    processor.save_pretrained(folder / "model")
+    g = torch.Generator().manual_seed(3)
+    Image.fromarray((torch.rand(8, 8, 3, generator=g) * 255).byte().numpy()).save(folder / "scene.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tune_tiny():
     """m2ib tune's tests: the built-in random-tiny model (4 + 4 blocks, 64 px) and 3 shapes pairs as tune data."""
     import m2ib

@@ -6,9 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-from tiny_llava import tiny_llava
 
 from m2ib.cli import main
 
@@ -16,14 +13,8 @@ PROMPT = "<image> what is in the image ?"
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llava")
-    model, processor = tiny_llava(seed=0)
-    model.save_pretrained(folder / "model")
-    processor.save_pretrained(folder / "model")
-    g = torch.Generator().manual_seed(3)
-    Image.fromarray((torch.rand(8, 8, 3, generator=g) * 255).byte().numpy()).save(folder / "scene.png")
-    return folder
+def saved(saved_llava):
+    return saved_llava  # tests/conftest.py: a saved tiny LLaVA and an 8 px image
 
 
 def test_explain_answer_from_the_command_line(saved, tmp_path, capsys):

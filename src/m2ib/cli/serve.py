@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import preflight
 from ..errors import M2IBError
+from ..serve.answer import registered_answer_methods
 from ..serve.app import build_app, launch
 from ..serve.callbacks import registered_methods
 from ..serve.environment import INSTALL_HINT
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         help=f"built-in name ({', '.join(BUILTIN_MODELS)}), Hugging Face hub id (cached; set "
-        f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL})",
+        f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL}); a generative "
+        "VLM's save_pretrained folder (LLaVA, PaliGemma, Idefics3, Qwen2-VL, InternVL, ...) gets the Answer tab "
+        "instead of the CLIP tabs (docs/guide/viewer.md)",
     )
     add_settings_flag(parser)
     parser.add_argument(
@@ -104,13 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_megapixels=args.max_megapixels,
             settings=from_file,
         )
-        log.info(
-            "model %s on %s; methods: %s; interaction methods: %s",
-            demo.m2ib_backend.name,
-            demo.m2ib_backend.device,
-            ", ".join(registered_methods()),
-            ", ".join(registered_interactions()),
-        )
+        if demo.m2ib_generative:
+            log.info(
+                "generative model %s on %s; answer methods: %s",
+                args.model,
+                demo.m2ib_backend.device,
+                ", ".join(registered_answer_methods()),
+            )
+        else:
+            log.info(
+                "model %s on %s; methods: %s; interaction methods: %s",
+                demo.m2ib_backend.name,
+                demo.m2ib_backend.device,
+                ", ".join(registered_methods()),
+                ", ".join(registered_interactions()),
+            )
         launch(demo, args.host, args.port, share=args.share, block=True, max_upload_mb=args.max_upload_mb)
     except M2IBError as exc:
         print(f"m2ib: error: {exc}", file=sys.stderr)

@@ -46,6 +46,23 @@ def model_class(directory: Path) -> str:
     return found
 
 
+def is_generative(spec: object) -> bool:
+    """Whether ``spec`` is a generative VLM: a :class:`GenerativeBackend`, or a folder whose
+    ``config.json`` names a model class a registered family loads (what :func:`load_generative`
+    reads); anything else (a built-in CLIP name, a CLIP folder, a hub id) is not, without an error."""
+    if isinstance(spec, GenerativeBackend):
+        return True
+    if not isinstance(spec, (str, Path)):
+        return False
+    config = Path(spec).expanduser() / "config.json"
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    except (OSError, ValueError, AttributeError):  # unreadable, or not a JSON object: not a generative folder
+        return False
+    supported = {f.model_class for f in GENERATIVE_FAMILIES.values() if f.model_class}
+    return any(a in supported for a in architectures)
+
+
 def load_generative(spec: str, device: str | None = None) -> GenerativeBackend:
     """The backend of the generative VLM at ``spec`` (float32, eval mode, on ``device``)."""
     import transformers
@@ -63,4 +80,4 @@ def load_generative(spec: str, device: str | None = None) -> GenerativeBackend:
     return generative_backend(model, processor)
 
 
-__all__ = ["load_generative", "model_class", "model_directory"]
+__all__ = ["is_generative", "load_generative", "model_class", "model_directory"]

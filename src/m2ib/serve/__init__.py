@@ -12,6 +12,9 @@ The page is a thin layer over the API, in rooms of one job each:
 * :mod:`.interplay`: the "Word-region interactions" tab as plain functions (compute an
   :class:`m2ib.interactions.Interaction` once per pair; a clicked word -> its ``span_map``; a
   box from two clicks -> the words' ``region_scores``); :mod:`.interaction_tab`: its components;
+* :mod:`.answer`: the "Answer" tab of a generative model's page as a plain function
+  (:func:`explain_answer_page`: an answer explained by an answer method, each word's map, the
+  prompt's scores); :mod:`.answer_tab`: its components;
 * :mod:`.scenes`: the example scenes; :mod:`.app`: the layout and :func:`launch`.
 
 Its command line (``m2ib serve``) is :mod:`m2ib.cli.serve`.
@@ -22,6 +25,7 @@ and telemetry are switched off (unless the variables are already set), the serve
 """
 
 from ..errors import InputError, M2IBError
+from .answer import AnswerOutputs, answer_specs, explain_answer_page, registered_answer_methods
 from .app import CSS, build_app, launch
 from .callbacks import COMPARE_ALL, PairOutputs, explain_pair, registered_methods
 from .controls import (
@@ -60,6 +64,10 @@ from .scenes import example_scenes
 
 __all__ = [
     "AUTO",
+    "AnswerOutputs",
+    "answer_specs",
+    "explain_answer_page",
+    "registered_answer_methods",
     "COMPARE_ALL",
     "CSS",
     "ELEM",

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import M2IBError
+from ..errors import InputError, M2IBError
+from .answer_tab import answer_tab
 from .callbacks import COMPARE_ALL, explain_pair, registered_methods
 from .controls import name_api_parameters, one_line, setting_specs, settings_accordion
 from .environment import accepted, import_gradio
@@ -27,9 +28,9 @@ log = logging.getLogger("m2ib.serve")
 CSS = """
 .gradio-container { max-width: 1280px !important; margin: 0 auto !important; }
 #m2ib-title h1 { margin-bottom: 0; }
-#m2ib-image img, #m2ib-heatmap img { width: 100% !important; height: 100% !important; object-fit: contain; }
+#m2ib-image img, #m2ib-heatmap img, #m2ib-answer-heatmap img { width: 100% !important; height: 100% !important; object-fit: contain; }
 #m2ib-heatmap-note, #m2ib-tokens .m2ib-legend { font-size: 0.8em; opacity: 0.8; }
-#m2ib-heatmap img { image-rendering: pixelated; }
+#m2ib-heatmap img, #m2ib-answer-heatmap img, #m2ib-answer-words img { image-rendering: pixelated; }
 #m2ib-status { min-height: 1.5em; }
 #m2ib-footer { font-size: 0.8em; opacity: 0.75; }
 """
@@ -58,11 +59,15 @@ def build_app(
 ) -> Any:
     """The viewer page (``m2ib serve``), a ``gr.Blocks`` (not launched; see :func:`launch`).
 
-    Two tabs: "Explain" (one method, or every method compared, with each method's settings as
-    controls) and "Word-region interactions". Needs Gradio (``pip install 'm2ib[viewer]'``).
+    On a CLIP-style model two tabs: "Explain" (one method, or every method compared, with each method's
+    settings as controls) and "Word-region interactions". On a generative VLM (a ``save_pretrained``
+    folder that :func:`m2ib.generative.loading.is_generative` recognises, or its backend) one tab,
+    "Answer" (:mod:`m2ib.serve.answer_tab`): an answer explained by an answer method. Needs Gradio
+    (``pip install 'm2ib[viewer]'``).
 
     Args:
-        model: anything ``m2ib.load`` takes (default ``None``: the shipped ``shapes`` model), or a backend.
+        model: anything ``m2ib.load`` takes (default ``None``: the shipped ``shapes`` model), or a backend;
+            or a generative VLM's folder or :class:`~m2ib.generative.base.GenerativeBackend`.
         device: ``cpu``, ``cuda``, ...; default ``None``: where the model loads.
         max_upload_mb: uploads over this size are refused with a message; default
             :data:`~m2ib.serve.limits.MAX_UPLOAD_MB` (20).
@@ -70,11 +75,12 @@ def build_app(
             :data:`~m2ib.serve.limits.MAX_MEGAPIXELS` (40).
         workdir: where example scenes and downloads are written (default: a temporary folder,
             removed when the process exits); output files older than an hour are deleted.
-        settings: a settings file or mapping replacing the model's recommended values (``m2ib.load``'s).
+        settings: a settings file or mapping replacing the model's recommended values (``m2ib.load``'s;
+            refused for a generative model).
 
     Returns:
         The ``gr.Blocks`` page, queued (one explanation at a time); ``demo.m2ib_backend`` is
-        the loaded model.
+        the loaded model, ``demo.m2ib_generative`` whether it is a generative VLM.
 
     Examples:
         >>> from m2ib.serve.app import build_app, launch
@@ -89,78 +95,130 @@ def build_app(
         Skipped here: importing Gradio takes about 15 s.
     """
     gr = import_gradio()
-    from ..api import load
-    from ..models import DEFAULT_MODEL
+    from ..generative.loading import is_generative
 
-    backend = load(DEFAULT_MODEL if model is None else model, device=device, settings=settings)
-    methods = registered_methods()
-    if not methods:
-        raise M2IBError("no attribution method is registered")
+    generative = is_generative(model)
+    backend = _load(model, device, settings, generative)
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="m2ib-serve-")
         _remove_at_exit(workdir)
     workdir = Path(workdir)
     (workdir / "runs").mkdir(parents=True, exist_ok=True)
-    specs = {name: setting_specs(backend, name) for name in methods}
-    keys = [(s.method, s.name) for name in methods for s in specs[name]]
     limits = {"max_bytes": max_upload_mb * 1e6, "max_pixels": max_megapixels * 1e6}
+    name = _model_name(backend)
 
     blocks_kw = {"title": "m2ib viewer", "analytics_enabled": False, "delete_cache": (KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)}
     with gr.Blocks(**accepted(gr.Blocks.__init__, **blocks_kw)) as demo:
-        gr.Markdown(
-            f"# m2ib viewer\nWhich image regions and which words make **{html.escape(backend.name)}** match an "
-            f"image with a text. Upload an image (or click an example scene), type a text, press **Explain**.",
-            elem_id=f"{ELEM}-title",
-        )
+        gr.Markdown(_heading(name, generative), elem_id=f"{ELEM}-title")
         with gr.Tabs(elem_id=f"{ELEM}-tabs"):
-            with gr.Tab("Explain", id="explain", elem_id=f"{ELEM}-tab-explain"), gr.Row(equal_height=False):
-                with gr.Column(scale=4, min_width=320):
-                    inputs = _input_column(gr, methods, specs, example_scenes(workdir))
-                with gr.Column(scale=6, min_width=420):
-                    outputs = _output_column(gr, backend)
-            with gr.Tab("Word-region interactions", id="interactions", elem_id=f"{ELEM}-tab-interactions"):
-                tab = interaction_tab(
-                    gr,
-                    backend,
-                    workdir / "runs",
-                    limits,
-                    example_scenes(workdir, both=True),
-                    lambda message: _page_error(gr, message),
-                )
+            if generative:
+                with gr.Tab("Answer", id="answer", elem_id=f"{ELEM}-tab-answer"):
+                    tab = answer_tab(
+                        gr,
+                        backend,
+                        workdir / "runs",
+                        limits,
+                        [p for p, _ in example_scenes(workdir)],
+                        lambda message: _page_error(gr, message),
+                    )
+                wired = {"m2ib_answer_keys": tab["keys"], "m2ib_answer_groups": tab["groups"]}
+            else:
+                wired = _clip_tabs(gr, backend, workdir, limits)
         gr.Markdown(
-            f"Model **{html.escape(backend.name)}** on {getattr(backend, 'device', 'cpu')} · runs on this "
+            f"Model **{html.escape(name)}** on {getattr(backend, 'device', 'cpu')} · runs on this "
             "machine: no analytics, no hub access, one explanation at a time · M2IB: [Wang, Rudner and "
             "Wilson, NeurIPS 2023](https://arxiv.org/abs/2312.17174)",
             elem_id=f"{ELEM}-footer",
         )
-
-        def show_settings(selected):
-            return [gr.update(visible=selected in (name, COMPARE_ALL)) for name in methods]
-
-        explain_clicked = _explain_callback(gr, backend, keys, workdir / "runs", limits)
-        inputs.method.change(
-            show_settings,
-            inputs=inputs.method,
-            outputs=inputs.groups,
-            queue=False,
-            **accepted(inputs.method.change, api_visibility="private"),
-        )
-        gr.on(
-            [inputs.run.click, inputs.text.submit],
-            explain_clicked,
-            inputs=[inputs.image, inputs.text, inputs.method, *inputs.controls],
-            outputs=[*outputs, inputs.status],
-            **accepted(
-                gr.on, api_name="explain", show_progress="full", concurrency_limit=1, concurrency_id="m2ib-model"
-            ),
-        )
     demo.queue(default_concurrency_limit=1)
     demo.m2ib_backend = backend  # for callers and tests: the loaded model
-    demo.m2ib_setting_keys = keys
-    demo.m2ib_setting_groups = {name: f"{ELEM}-settings-{name}" for name in methods}
-    demo.m2ib_interaction_keys = tab["keys"]
-    demo.m2ib_interaction_groups = tab["groups"]
+    demo.m2ib_generative = generative
+    for attribute, value in wired.items():
+        setattr(demo, attribute, value)
     return demo
+
+
+def _load(model: Any, device: str | None, settings: Any, generative: bool) -> Any:
+    """The backend: a generative VLM's (:func:`m2ib.generative.loading.load_generative`), else ``m2ib.load``'s."""
+    from ..api import load
+    from ..models import DEFAULT_MODEL
+
+    if not generative:
+        return load(DEFAULT_MODEL if model is None else model, device=device, settings=settings)
+    if settings is not None:
+        raise InputError(
+            "a settings file holds a CLIP-style model's recommended values: drop it for a generative model"
+        )
+    from ..generative.base import GenerativeBackend
+    from ..generative.loading import load_generative
+
+    return model if isinstance(model, GenerativeBackend) else load_generative(str(model), device=device)
+
+
+def _model_name(backend: Any) -> str:
+    config = getattr(getattr(backend, "model", None), "config", None)  # a generative backend: its folder
+    return str(getattr(backend, "name", None) or getattr(config, "_name_or_path", "") or type(backend).__name__)
+
+
+def _heading(name: str, generative: bool) -> str:
+    if generative:
+        return (
+            f"# m2ib viewer\nWhich image regions **{html.escape(name)}**, a generative vision-language model, "
+            "needs to give an answer. Upload an image (or click an example scene), type a prompt and an answer "
+            "(or none: the model's own), press **Explain the answer**. The Explain and Word-region interactions "
+            "tabs explain CLIP-style models: start the viewer on one (`m2ib serve --model NAME`) to use them."
+        )
+    return (
+        f"# m2ib viewer\nWhich image regions and which words make **{html.escape(name)}** match an "
+        f"image with a text. Upload an image (or click an example scene), type a text, press **Explain**."
+    )
+
+
+def _clip_tabs(gr, backend: Any, workdir: Path, limits: dict[str, float]) -> dict[str, Any]:
+    """The "Explain" and "Word-region interactions" tabs (a CLIP-style model), wired; the page's attributes."""
+    methods = registered_methods()
+    if not methods:
+        raise M2IBError("no attribution method is registered")
+    specs = {name: setting_specs(backend, name) for name in methods}
+    keys = [(s.method, s.name) for name in methods for s in specs[name]]
+    with gr.Tab("Explain", id="explain", elem_id=f"{ELEM}-tab-explain"), gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=320):
+            inputs = _input_column(gr, methods, specs, example_scenes(workdir))
+        with gr.Column(scale=6, min_width=420):
+            outputs = _output_column(gr, backend)
+    with gr.Tab("Word-region interactions", id="interactions", elem_id=f"{ELEM}-tab-interactions"):
+        tab = interaction_tab(
+            gr,
+            backend,
+            workdir / "runs",
+            limits,
+            example_scenes(workdir, both=True),
+            lambda message: _page_error(gr, message),
+        )
+
+    def show_settings(selected):
+        return [gr.update(visible=selected in (name, COMPARE_ALL)) for name in methods]
+
+    inputs.method.change(
+        show_settings,
+        inputs=inputs.method,
+        outputs=inputs.groups,
+        queue=False,
+        **accepted(inputs.method.change, api_visibility="private"),
+    )
+    gr.on(
+        [inputs.run.click, inputs.text.submit],
+        _explain_callback(gr, backend, keys, workdir / "runs", limits),
+        inputs=[inputs.image, inputs.text, inputs.method, *inputs.controls],
+        outputs=[*outputs, inputs.status],
+        **accepted(gr.on, api_name="explain", show_progress="full", concurrency_limit=1, concurrency_id="m2ib-model"),
+    )
+    return {
+        "m2ib_setting_keys": keys,
+        "m2ib_setting_groups": {name: f"{ELEM}-settings-{name}" for name in methods},
+        "m2ib_interaction_keys": tab["keys"],
+        "m2ib_interaction_groups": tab["groups"],
+    }
 
 
 def _input_column(gr, methods: dict[str, Any], specs: dict[str, list], scenes: list[tuple[str, str]]) -> _InputWidgets:

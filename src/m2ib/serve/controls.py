@@ -124,13 +124,15 @@ def setting_control(gr, spec: SettingSpec):
     return gr.Textbox(**accepted(gr.Textbox, value=spec.value, placeholder=spec.auto, **common))
 
 
-def name_api_parameters(fn: Callable, keys: Sequence[tuple[str, str]], tracker: Any) -> Callable:
-    """Give a button's callback the signature Gradio's API shows: image, text, method, then one
-    parameter per setting (``m2ib_steps``, ``exclip_text_layer``, ...), not param_3, param_4, ..."""
+def name_api_parameters(
+    fn: Callable, keys: Sequence[tuple[str, str]], tracker: Any, leading: Sequence[str] = ("image", "text", "method")
+) -> Callable:
+    """Give a button's callback the signature Gradio's API shows: ``leading`` (image, text, method), then
+    one parameter per setting (``m2ib_steps``, ``exclip_text_layer``, ...), not param_3, param_4, ..."""
     P = inspect.Parameter
     # What inspect.signature reads; through __dict__, as typeshed declares no __signature__ on functions.
     fn.__dict__["__signature__"] = inspect.Signature(
-        [P(n, P.POSITIONAL_OR_KEYWORD) for n in ("image", "text", "method")]
+        [P(n, P.POSITIONAL_OR_KEYWORD) for n in leading]
         + [P(f"{owner}_{name}".replace("-", "_"), P.POSITIONAL_OR_KEYWORD) for owner, name in keys]
         + [P("progress", P.KEYWORD_ONLY, default=tracker)]
     )
