@@ -169,6 +169,16 @@ def test_a_generative_model_gets_the_answer_tab_only(app, backend, tmp_path):
         serve.build_app(demo.m2ib_backend, settings={"m2ib": {"steps": 2}}, workdir=tmp_path)
 
 
+def test_m2ib_serve_on_a_generative_folder(saved_llava, monkeypatch, capsys):
+    from m2ib.cli import serve as serve_command
+
+    served = []
+    monkeypatch.setattr(serve_command, "launch", lambda demo, *a, **k: served.append(demo) or "http://127.0.0.1:0/")
+    assert serve_command.main(["--model", str(saved_llava / "model"), "--port", "0"]) == 0
+    assert served and served[0].m2ib_generative and _tabs(served[0]) == ["Answer"]
+    assert "answer methods: m2ib, saliency" in capsys.readouterr().err  # the command's log line
+
+
 def test_the_button_is_an_api_endpoint(app, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
