@@ -8,7 +8,7 @@ file that registers a :class:`GenerativeFamily` in :data:`GENERATIVE_FAMILIES`. 
 
 from __future__ import annotations
 
-from . import idefics3, internvl, llava, paligemma, qwen2vl  # noqa: F401  (register the families)
+from . import idefics3, internvl, llava, llava_next, paligemma, qwen2vl  # noqa: F401  (register the families)
 from .api import explain_answer
 from .base import GENERATIVE_FAMILIES, GenerativeBackend, GenerativeFamily, Query, generative_backend, register
 from .m2ib import AnswerM2IBSettings, fit_answer

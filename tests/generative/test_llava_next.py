@@ -1,0 +1,184 @@
+"""LLaVA-NeXT and LLaVA-OneVision behind the generative seam, on random tiny models (offline).
+
+8 px tiles of 4 x 4 tokens. The 8 x 48 (wide) image is cut as 1 x 3 tiles, its token grid 4 x 12 of which
+unpadding keeps rows 1-2 (2 x 12); the 48 x 8 (tall) one as 3 x 1, columns 1-2 kept (12 x 2); the 24 x 40
+one as 2 x 2, rows 2-5 kept (4 x 8). OneVision with ``anyres_max_1`` shrinks those grids (1 x 9, 9 x 1, 2 x 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tiny_llava_next import tiny_llava_next, tiny_llava_onevision
+
+import m2ib
+from m2ib.errors import InputError
+from m2ib.generative import generative_backend
+
+PROMPT = "<image> what is in the image ?"
+ANSWER = "a red circle"
+N = 4  # tokens a side of a tile
+# picture shape -> (tiles R x C, un-padded grid h x w, its top-left corner in the padded (R*4) x (C*4) grid)
+SHAPES = {(8, 48): ((1, 3), (2, 12), (1, 0)), (48, 8): ((3, 1), (12, 2), (0, 1)), (24, 40): ((2, 2), (4, 8), (2, 0))}
+SHRUNK = {(8, 48): (1, 9), (48, 8): (9, 1), (24, 40): (2, 5)}
+
+
+def picture(shape: tuple[int, int]) -> Image.Image:
+    g = torch.Generator().manual_seed(3)
+    return Image.fromarray((torch.rand(*shape, 3, generator=g) * 255).byte().numpy())
+
+
+def tiny(family: str, patch_local: bool = False):
+    if family == "llava-next":
+        return tiny_llava_next(seed=0, patch_local=patch_local)
+    aspect = "anyres_max_1" if family == "shrunk" else "anyres_max_9"
+    return tiny_llava_onevision(seed=0, patch_local=patch_local, aspect=aspect)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("family", ["llava-next", "llava-onevision", "shrunk"])
+def test_split_forward_matches_the_models_own_forward(family, shape):
+    model, processor = tiny(family)
+    backend = generative_backend(model, processor)
+    query = backend.prepare(picture(shape), PROMPT, ANSWER)
+    tiles, (h, w), _ = SHAPES[shape]
+    rows, cols = SHRUNK[shape] if family == "shrunk" else (h, w)
+    assert backend.tile_grid(query.inputs) == tiles and query.grid == (rows, cols)
+    assert query.cells.numel() == N * N + rows * (cols + 1)  # base, then each row and its newline
+    captured = []
+
+    def entering(module, args, kwargs):  # what the language model is given: the site, in the sequence
+        captured.append(kwargs["inputs_embeds"][0, query.image_positions].detach())
+
+    hook = model.model.language_model.register_forward_pre_hook(entering, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            out = model(**query.inputs)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        states = backend.image_states(query)
+        got = backend.rest(query, states)
+    torch.testing.assert_close(states[0], captured[0], rtol=0, atol=1e-6)
+    logp = out.logits[0, query.answer_start - 1 : query.answer_end - 1].log_softmax(-1)
+    torch.testing.assert_close(got[0], logp.gather(-1, query.answer_ids[:, None]).sum(), rtol=0, atol=1e-5)
+    ids = query.input_ids[0]
+    assert (ids[query.image_positions] == model.config.image_token_id).all()
+    assert int((ids == model.config.image_token_id).sum()) == query.cells.numel()
+    # the display: the un-padded region, 2 px a token (unshrunk) of the tiles stitched back
+    assert query.display.shape == (3, 2 * h, 2 * w)
+
+
+def moved_tokens(backend, query, image: int, row: int, col: int) -> list[int]:
+    """The image tokens whose states change when patch (row, col) (2 x 2 px) of image ``image`` (0: base) changes."""
+    pixels = query.inputs["pixel_values"].clone()
+    pixels[0, image, :, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2] += 1.0
+    changed = dataclasses.replace(query, inputs={**query.inputs, "pixel_values": pixels})
+    with torch.no_grad():
+        before, after = backend.image_states(query)[0], backend.image_states(changed)[0]
+    return ((after - before).abs().amax(-1) > 1e-6).nonzero()[:, 0].tolist()
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("family", ["llava-next", "llava-onevision"])
+def test_a_patch_reaches_exactly_the_token_its_cell_names(family, shape):
+    """The projector reading the patch embeddings (patch-local): a patch of the last tile moves exactly the token whose cell is that patch's
+    place in the un-padded grid (worked out here from the tile geometry), and the display shows that patch's
+    pixels in that cell; a patch of the base image moves its own base token (cell -1); a patch in the cut-off
+    padding moves nothing; the newline tokens are the model's ``image_newline``, cell -1, one after each row."""
+    model, processor = tiny(family, patch_local=True)
+    backend = generative_backend(model, processor)
+    query = backend.prepare(picture(shape), PROMPT, ANSWER)
+    (tiles_r, tiles_c), (h, w), (top, left) = SHAPES[shape]
+    r, c, a, b = tiles_r - 1, tiles_c - 1, 1, 1  # patch (1, 1) of the last tile
+    cell = (r * N + a - top) * w + (c * N + b - left)
+    moved = moved_tokens(backend, query, 1 + r * tiles_c + c, a, b)
+    assert moved == (query.cells == cell).nonzero()[:, 0].tolist() and len(moved) == 1
+    assert moved[0] == N * N + (r * N + a - top) * (w + 1) + (c * N + b - left)  # the sequence's order
+    pixels = query.inputs["pixel_values"][0, 1 + r * tiles_c + c, :, 2 * a : 2 * a + 2, 2 * b : 2 * b + 2]
+    row, col = divmod(cell, w)
+    torch.testing.assert_close(
+        query.display[:, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2], backend.unnormalised(pixels)
+    )
+    assert moved_tokens(backend, query, 0, 3, 2) == [3 * N + 2] and int(query.cells[3 * N + 2]) == -1
+    assert moved_tokens(backend, query, 1, 0, 0) == []  # top-left patch of the first tile: padding, cut
+    newlines = N * N + torch.arange(1, h + 1) * (w + 1) - 1
+    assert (query.cells[newlines] == -1).all() and int((query.cells == -1).sum()) == N * N + h
+    with torch.no_grad():
+        states = backend.image_states(query)[0]
+    torch.testing.assert_close(states[newlines], model.model.image_newline.expand(h, -1), rtol=0, atol=0)
+    assert sorted(query.cells[query.cells >= 0].tolist()) == list(range(h * w))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_a_patch_of_a_shrunk_grid_reaches_the_tokens_that_blend_it(shape):
+    """OneVision past anyres_max_N: the un-padded grid is shrunk bilinearly, so a patch reaches the shrunk tokens
+    whose bilinear weights include it. A plain computation, a one-hot grid interpolated as the model does, names
+    the cells; the tokens that move are exactly the tokens of those cells."""
+    model, processor = tiny("shrunk", patch_local=True)
+    backend = generative_backend(model, processor)
+    query = backend.prepare(picture(shape), PROMPT, ANSWER)
+    (tiles_r, tiles_c), (h, w), (top, left) = SHAPES[shape]
+    r, c, a, b = tiles_r - 1, tiles_c - 1, 1, 1
+    onehot = torch.zeros(1, 1, h, w)
+    onehot[0, 0, r * N + a - top, c * N + b - left] = 1.0
+    reach = F.interpolate(onehot, list(SHRUNK[shape]), mode="bilinear")[0, 0].flatten()
+    cells = reach.nonzero()[:, 0].tolist()
+    moved = moved_tokens(backend, query, 1 + r * tiles_c + c, a, b)
+    assert cells and moved == [k for k in range(query.cells.numel()) if int(query.cells[k]) in cells]
+    assert query.display.shape == (3, 2 * h, 2 * w)
+
+
+def hooks(model) -> list:
+    return [(n, list(m._forward_hooks.values()), list(m._forward_pre_hooks.values())) for n, m in model.named_modules()]
+
+
+def test_a_tiny_fit_gives_a_finite_varied_map_and_leaves_the_model():
+    model, processor = tiny("llava-next")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backend = generative_backend(model, processor)
+    with torch.no_grad():  # transformers installs its own output-capturing hooks once, on a first forward
+        backend.image_states(backend.prepare(picture((24, 40)), PROMPT, ANSWER))
+    own = hooks(model)
+    exp = m2ib.explain_answer(model, picture((24, 40)), PROMPT, answer=ANSWER, processor=processor, steps=2, samples=2)
+    assert exp.family == "llava-next" and exp.token_scores.shape == (52,)
+    assert exp.grid_map.shape == (4, 8) and exp.image_map.shape == (8, 16)
+    assert torch.isfinite(exp.grid_map).all() and exp.grid_map.std() > 0
+    assert (exp.token_scores[: N * N] > 0).all()  # the base image's tokens: bottlenecked and scored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert hooks(model) == own  # none of ours left
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [("what is in the image ?", "exactly once"), ("<image> <image> what ?", "exactly once"), ("<video> what ?", "video")],
+)
+def test_bad_prompts_are_one_line(prompt, message):
+    model, processor = tiny("llava-onevision")
+    with pytest.raises(InputError, match=message) as info:
+        m2ib.explain_answer(model, picture((24, 40)), prompt, answer=ANSWER, processor=processor)
+    assert "\n" not in str(info.value)
+
+
+def test_a_processor_that_disagrees_with_the_model_is_one_line():
+    model, processor = tiny("llava-next")
+    backend = generative_backend(model, processor)
+    inputs = backend.prompt_inputs(picture((24, 40)), PROMPT)
+    inputs["image_sizes"] = torch.tensor([[8, 48]])  # another tile grid than the text's tokens were made for
+    with pytest.raises(InputError, match="image tokens"):
+        backend.image_layout(inputs)
+
+
+def test_a_saved_llava_next_loads_by_its_architecture(tmp_path):
+    from m2ib.generative.loading import load_generative
+
+    model, processor = tiny("llava-next")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    backend = load_generative(str(tmp_path))
+    assert type(backend.model).__name__ == "LlavaNextForConditionalGeneration"
+    exp = m2ib.explain_answer(backend, picture((8, 48)), PROMPT, answer=ANSWER, steps=1, samples=1)
+    assert exp.family == "llava-next" and exp.grid_map.shape == (2, 12)
