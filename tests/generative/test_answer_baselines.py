@@ -292,12 +292,17 @@ def other_family(family: str):
         from tiny_internvl import PROMPT as INTERNVL_PROMPT, tiny_internvl
 
         return *tiny_internvl(seed=0), INTERNVL_PROMPT, (32, 48)
+    if family in ("llava-next", "llava-onevision"):
+        from tiny_llava_next import tiny_llava_next, tiny_llava_onevision
+
+        build = tiny_llava_next if family == "llava-next" else tiny_llava_onevision
+        return *build(seed=0), PROMPT, (24, 40)
     from tiny_idefics3 import tiny_idefics3
 
     return *tiny_idefics3(seed=0, split=True), PROMPT, (32, 48)
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "paligemma", "idefics3", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "paligemma", "idefics3", "internvl", "llava-next", "llava-onevision"])
 def test_every_method_runs_on_every_family(family):
     model, processor, prompt, shape = other_family(family)
     g = torch.Generator().manual_seed(3)
