@@ -132,6 +132,25 @@ def test_a_patch_of_a_shrunk_grid_reaches_the_tokens_that_blend_it(shape):
     assert query.display.shape == (3, 2 * h, 2 * w)
 
 
+@pytest.mark.parametrize("tile", [8, 9])
+def test_the_display_shows_each_drawn_cell_its_own_patch(tile):
+    """Every drawn cell's 2 x 2 px of the display are the pixels of the tile patch that token reads, found from
+    the padded grid: with 9 px tiles the last pixel row and column of each tile is read by no patch (as
+    SigLIP-384/14's last 6 px), so the display must leave them out, not stitch whole tiles."""
+    model, processor = tiny_llava_onevision(seed=0, tile=tile)
+    backend = generative_backend(model, processor)
+    query = backend.prepare(picture((24, 40)), PROMPT, ANSWER)
+    (tiles_r, tiles_c), (h, w), (top, left) = SHAPES[(24, 40)]
+    assert backend.tile_grid(query.inputs) == (tiles_r, tiles_c) and backend.unpadded(query.inputs) == (top, left, h, w)
+    assert query.display.shape == (3, 2 * h, 2 * w)
+    for cell in range(h * w):
+        row, col = divmod(cell, w)
+        (r, a), (c, b) = divmod(row + top, N), divmod(col + left, N)
+        pixels = query.inputs["pixel_values"][0, 1 + r * tiles_c + c, :, 2 * a : 2 * a + 2, 2 * b : 2 * b + 2]
+        shown = query.display[:, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2]
+        torch.testing.assert_close(shown, backend.unnormalised(pixels), msg=f"cell {cell}")
+
+
 def hooks(model) -> list:
     return [(n, list(m._forward_hooks.values()), list(m._forward_pre_hooks.values())) for n, m in model.named_modules()]
 
@@ -154,7 +173,11 @@ def test_a_tiny_fit_gives_a_finite_varied_map_and_leaves_the_model():
 
 @pytest.mark.parametrize(
     ("prompt", "message"),
-    [("what is in the image ?", "exactly once"), ("<image> <image> what ?", "exactly once"), ("<video> what ?", "video")],
+    [
+        ("what is in the image ?", "exactly once"),
+        ("<image> <image> what ?", "exactly once"),
+        ("<video> what ?", "video"),
+    ],
 )
 def test_bad_prompts_are_one_line(prompt, message):
     model, processor = tiny("llava-onevision")
@@ -170,6 +193,10 @@ def test_a_processor_that_disagrees_with_the_model_is_one_line():
     inputs["image_sizes"] = torch.tensor([[8, 48]])  # another tile grid than the text's tokens were made for
     with pytest.raises(InputError, match="image tokens"):
         backend.image_layout(inputs)
+    model, processor = tiny("llava-onevision")
+    model.config.vision_aspect_ratio = "pad"  # a form the model cannot parse either
+    with pytest.raises(InputError, match="anyres_max_N"):
+        generative_backend(model, processor).prepare(picture((24, 40)), PROMPT, ANSWER)
 
 
 def test_a_saved_llava_next_loads_by_its_architecture(tmp_path):

@@ -75,10 +75,11 @@ def add_explain(sub) -> None:
         default=None,
         metavar="TEXT",
         help="explain a generative VLM's answer TEXT to the prompt (TEXT is then the prompt, in the "
-        "family's form: LLaVA and Idefics3 <image>, Qwen2-VL <|image_pad|>, InternVL <IMG_CONTEXT>, "
-        "PaliGemma plain text); --model: its save_pretrained folder or hub id (LLaVA-1.5, PaliGemma, "
-        "Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, InternVL: m2ib list); M2IB's settings: --vision-beta (its "
-        "beta), --steps, ..., --image-layer, --[no-]per-word, --[no-]prompt-side; see docs/generative.md",
+        "family's form: LLaVA (1.5, NeXT, OneVision) and Idefics3 <image>, Qwen2-VL <|image_pad|>, "
+        "InternVL <IMG_CONTEXT>, PaliGemma plain text); --model: its save_pretrained folder or hub id "
+        "(LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, "
+        "InternVL: m2ib list); M2IB's settings: --vision-beta (its beta), --steps, ..., --image-layer, "
+        "--[no-]per-word, --[no-]prompt-side; see docs/generative.md",
     )
     ex.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")

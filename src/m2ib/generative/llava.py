@@ -6,8 +6,8 @@ token comes first and covers no pixel). ``LlavaModel.forward`` writes them, in o
 positions where ``input_ids == config.image_token_id`` (``masked_scatter``): token k is patch k of
 the (H/p) x (W/p) grid, row-major. The bottleneck site is that projector output.
 
-Not covered here: LLaVA-NeXT / OneVision (``LlavaNext*``: tiles, unpadding, row newlines) and
-batches of several images; those classes are not recognised, so they are refused, not mis-mapped.
+LLaVA-NeXT / OneVision (tiles, unpadding, row newlines) are their own families, in
+:mod:`.llava_next`. Not covered here: several images per prompt, batches of prompts.
 """
 
 from __future__ import annotations
