@@ -32,7 +32,7 @@ like every other token (the first n*n entries of ``token_scores``), not drawn. W
 them over their cells: that needs a token x cell weight matrix in the seam, which every method and
 ``grid_scores`` read; not done (docs/generative.md). The **display** is the tiles stitched back,
 cropped to the un-padded region: the image as the model's tile tokens see it, at the patch grid's
-resolution. The tests move one patch of a tile (and of the base image) with a vision tower of no
+resolution (each tile cut to the n * patch px its patches read: SigLIP-384/14 reads 378). The tests move one patch of a tile (and of the base image) with a vision tower of no
 layers and check that exactly the token these cells name moves.
 
 **Prompt.** ``<image>`` once (the processor expands it), in the model's chat format, e.g.
@@ -44,6 +44,7 @@ several images (OneVision's multi-image path: no tiles, one newline), videos, ba
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -130,11 +131,12 @@ class LlavaNextBackend(GenerativeBackend):
     def display_image(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         rows, cols = self.tile_grid(inputs)
         top, left, height, width = self.unpadded(inputs)
-        tiles = inputs["pixel_values"][0, 1 : 1 + rows * cols].float().cpu()  # [R*C, 3, T, T], row-major
-        size = int(tiles.shape[-1])
-        image = tiles.view(rows, cols, 3, size, size).permute(2, 0, 3, 1, 4).reshape(3, rows * size, cols * size)
-        patch = size // self.tokens_a_side()  # the un-padded region, in pixels
-        image = image[:, top * patch : (top + height) * patch, left * patch : (left + width) * patch]
+        n = self.tokens_a_side()
+        patch = int(inputs["pixel_values"].shape[-1]) // n
+        size = n * patch  # the pixels a tile's patches see (SigLIP-384/14: 378 of 384; the rest is never read)
+        tiles = inputs["pixel_values"][0, 1 : 1 + rows * cols, :, :size, :size].float().cpu()  # row-major
+        image = tiles.reshape(rows, cols, 3, size, size).permute(2, 0, 3, 1, 4).reshape(3, rows * size, cols * size)
+        image = image[:, top * patch : (top + height) * patch, left * patch : (left + width) * patch]  # un-padded
         return self.unnormalised(image)
 
 
@@ -154,7 +156,10 @@ class LlavaOnevisionBackend(LlavaNextBackend):
 
     def packed_grid(self, height: int, width: int) -> tuple[int, int]:
         """The un-padded h x w, shrunk as ``pack_image_features`` does past ``anyres_max_N``'s N tiles."""
-        most = int(str(self.config.vision_aspect_ratio).strip("anyres_max_"))  # the model's own parse
+        found = re.fullmatch(r"anyres_max_(\d+)", str(self.config.vision_aspect_ratio))
+        if found is None:  # the model itself parses only this form
+            raise InputError(f"vision_aspect_ratio {self.config.vision_aspect_ratio!r} is not 'anyres_max_N'")
+        most = int(found.group(1))
         n = self.tokens_a_side()
         ratio = math.sqrt(height * width / (most * n**2))
         if ratio > 1.1:
