@@ -209,3 +209,31 @@ def test_a_saved_llava_next_loads_by_its_architecture(tmp_path):
     assert type(backend.model).__name__ == "LlavaNextForConditionalGeneration"
     exp = m2ib.explain_answer(backend, picture((8, 48)), PROMPT, answer=ANSWER, steps=1, samples=1)
     assert exp.family == "llava-next" and exp.grid_map.shape == (2, 12)
+
+
+def test_the_fit_finds_the_tile_token_the_answer_reads():
+    """A planted signal on the 24 x 40 layout: a likelihood that reads only the token at cell (3, 5) of the
+    4 x 8 grid (sequence index 16 base + 3 rows of 9 + 5) must give it the largest KL by far and put the map's
+    peak on that cell; the base tokens and newlines are scored but not drawn."""
+    from m2ib.generative import AnswerM2IBSettings, fit_answer
+
+    model, processor = tiny("llava-next")
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(1, 52, 32, generator=g)
+    states = 3.0 * states / states.norm(dim=-1, keepdim=True)
+    read = N * N + 3 * 9 + 5
+
+    class ReadsOneToken(type(generative_backend(model, processor))):
+        def image_states(self, query):
+            return states.clone()
+
+        def rest(self, query, z):
+            return -10.0 * (z[:, read] - states[:, read]).square().sum(-1)
+
+    backend = ReadsOneToken(model, processor)
+    fit = fit_answer(
+        backend, backend.prepare(picture((24, 40)), PROMPT, ANSWER), AnswerM2IBSettings(steps=10, samples=4)
+    )
+    others = torch.cat([fit.token_scores[:read], fit.token_scores[read + 1 :]])
+    assert int(fit.token_scores.argmax()) == read and fit.token_scores[read] > 100 * others.max()
+    assert fit.grid_map.shape == (4, 8) and divmod(int(fit.grid_map.argmax()), 8) == (3, 5)
