@@ -237,3 +237,28 @@ def test_the_fit_finds_the_tile_token_the_answer_reads():
     others = torch.cat([fit.token_scores[:read], fit.token_scores[read + 1 :]])
     assert int(fit.token_scores.argmax()) == read and fit.token_scores[read] > 100 * others.max()
     assert fit.grid_map.shape == (4, 8) and divmod(int(fit.grid_map.argmax()), 8) == (3, 5)
+
+
+def test_explain_a_saved_onevision_from_the_command_line(tmp_path, capsys):
+    import json
+
+    import transformers as tf
+    from tiny_llava_next import images_only
+
+    from m2ib.cli import main
+
+    model, processor = tiny("llava-onevision")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    with images_only(tf.LlavaOnevisionProcessor):  # no torchvision here for the video processor
+        processor.save_pretrained(folder)
+    picture((8, 48)).save(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    args = ["explain", str(tmp_path / "scene.png"), PROMPT, "--answer", ANSWER, "--model", str(folder)]
+    with images_only(tf.LlavaOnevisionProcessor):
+        code = main([*args, "--out", str(out), "--steps", "2", "--samples", "1"])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "scene.json").read_text())
+    assert record["answer"] == ANSWER and record["family"] == "llava-onevision"
+    assert (out / "scene.npz").exists() and (out / "scene.png").exists()
+    assert main(["list"]) == 0 and "LlavaOnevisionForConditionalGeneration" in capsys.readouterr().out
