@@ -186,6 +186,15 @@ def test_bad_prompts_are_one_line(prompt, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("shape", [(1, 100), (100, 1)])
+def test_an_image_too_thin_to_draw_is_one_line(shape):
+    """Unpadding a 1 x 100 image's 1 x 3 tile grid leaves no token row: the model packs the base image only."""
+    model, processor = tiny("llava-next")
+    with pytest.raises(InputError, match="too thin") as info:
+        m2ib.explain_answer(model, picture(shape), PROMPT, answer=ANSWER, processor=processor)
+    assert "\n" not in str(info.value)
+
+
 def test_a_processor_that_disagrees_with_the_model_is_one_line():
     model, processor = tiny("llava-next")
     backend = generative_backend(model, processor)

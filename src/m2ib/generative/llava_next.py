@@ -91,7 +91,13 @@ class LlavaNextBackend(GenerativeBackend):
         rows, cols = self.tile_grid(inputs)
         n = self.tokens_a_side()
         index = torch.arange(rows * n * cols * n).view(1, rows * n, cols * n)
-        kept = unpad_image(index, [int(v) for v in inputs["image_sizes"][0]])
+        size = [int(v) for v in inputs["image_sizes"][0]]
+        kept = unpad_image(index, size)
+        if kept.numel() == 0:  # the model then packs the base image only: nothing to draw
+            raise InputError(
+                f"the {size[0]} x {size[1]} image is too thin for this model: unpadding leaves no row or column of "
+                "its tiles' tokens; crop or pad it to a less extreme aspect ratio"
+            )
         top, left = divmod(int(kept[0, 0, 0]), cols * n)
         return top, left, int(kept.shape[1]), int(kept.shape[2])
 
