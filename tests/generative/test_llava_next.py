@@ -167,6 +167,9 @@ def test_a_tiny_fit_gives_a_finite_varied_map_and_leaves_the_model():
     assert exp.grid_map.shape == (4, 8) and exp.image_map.shape == (8, 16)
     assert torch.isfinite(exp.grid_map).all() and exp.grid_map.std() > 0
     assert (exp.token_scores[: N * N] > 0).all()  # the base image's tokens: bottlenecked and scored
+    query = backend.prepare(picture((24, 40)), PROMPT, ANSWER)  # and drawn: each over its cells, by its share
+    drawn = exp.token_scores[query.cells >= 0].sum() + exp.token_scores @ query.spread.to_dense().sum(1)
+    torch.testing.assert_close(exp.grid_map.sum(), drawn)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert hooks(model) == own  # none of ours left
 
@@ -271,3 +274,76 @@ def test_explain_a_saved_onevision_from_the_command_line(tmp_path, capsys):
     assert record["answer"] == ANSWER and record["family"] == "llava-onevision"
     assert (out / "scene.npz").exists() and (out / "scene.png").exists()
     assert main(["list"]) == 0 and "LlavaOnevisionForConditionalGeneration" in capsys.readouterr().out
+
+
+def ramp(shape: tuple[int, int]) -> Image.Image:
+    """Red rises down the image, green to the right, linearly (pixel centres): a region's mean is its centre's value."""
+    h, w = shape
+    y = ((torch.arange(h) + 0.5) / h)[:, None].expand(h, w)
+    x = ((torch.arange(w) + 0.5) / w)[None, :].expand(h, w)
+    return Image.fromarray((torch.stack([y, x, torch.zeros(h, w)], -1) * 255).round().byte().numpy())
+
+
+VARIANTS = {"llava-next": {}, "shrunk": {"aspect": "anyres_max_1"}, "9 px tiles": {"tile": 9}}
+
+
+def variant(name: str):
+    return tiny_llava_next(seed=0) if name == "llava-next" else tiny_llava_onevision(seed=0, **VARIANTS[name])
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (30, 30)])
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_cells_extent_in_the_image_is_what_the_display_shows_there(name, shape):
+    """The cells' extents in the original image (``edges``: through unpadding, the tiles, the processor's resize
+    and centred paste) against what the model's own processor put in each cell: on a linear ramp, a cell's mean
+    colour in the display is the ramp's value at the centre of the extent (to the resize's rounding; shrunk
+    cells end mid-pixel of the display, so pooling it by whole pixels is looser)."""
+    model, processor = variant(name)
+    backend = generative_backend(model, processor)
+    query = backend.prepare(ramp(shape), PROMPT, ANSWER)
+    rows, cols = query.grid
+    shown = F.adaptive_avg_pool2d(query.display[None], (rows, cols))[0]  # [3, rows, cols]
+    (top, bottom), (left, right) = backend.edges(query.inputs, 0, rows), backend.edges(query.inputs, 1, cols)
+    tolerance = 0.03 if name == "shrunk" else 0.005
+    down = ((top + bottom) / 2 / shape[0]).float()[:, None].expand(rows, cols)
+    across = ((left + right) / 2 / shape[1]).float()[None, :].expand(rows, cols)
+    torch.testing.assert_close(shown[0], down, rtol=0, atol=tolerance)
+    torch.testing.assert_close(shown[1], across, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (48, 8)])
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_the_spread_is_each_base_tokens_area_in_each_cell(name, shape):
+    """A plain count: points on a fine lattice over the original image, each in the base token (a, b) = the
+    n x n split of the whole image and in the cell whose extent holds it; a token's share of a cell is the
+    fraction of its points there. Tile and newline tokens spread nowhere; the map of a base token's score is
+    its spread."""
+    from m2ib.generative.m2ib import grid_scores
+
+    model, processor = variant(name)
+    backend = generative_backend(model, processor)
+    query = backend.prepare(picture(shape), PROMPT, ANSWER)
+    rows, cols = query.grid
+    spread = query.spread.to_dense()
+    assert spread.shape == (query.cells.numel(), rows * cols) and not spread[N * N :].any()
+    step = 64  # lattice points per pixel side
+    counts = torch.zeros(N * N, rows * cols)
+    ys = (torch.arange(shape[0] * step, dtype=torch.float64) + 0.5) / step
+    xs = (torch.arange(shape[1] * step, dtype=torch.float64) + 0.5) / step
+
+    def place(points, axis, count):  # the cell along ``axis`` holding each point, -1 for none
+        begin, end = backend.edges(query.inputs, axis, count)
+        inside = (points[:, None] >= begin[None]) & (points[:, None] < end[None])
+        return torch.where(inside.any(1), inside.float().argmax(1), -1)
+
+    row, col = place(ys, 0, rows), place(xs, 1, cols)
+    a, b = (ys * N / shape[0]).long(), (xs * N / shape[1]).long()
+    token = (a[:, None] * N + b[None, :]).flatten()
+    cell = (row[:, None] * cols + col[None, :]).flatten()
+    hit = (row[:, None] >= 0) & (col[None, :] >= 0)
+    counts.index_put_((token[hit.flatten()], cell[hit.flatten()]), torch.ones(int(hit.sum())), accumulate=True)
+    per_token = shape[0] * shape[1] * step * step / (N * N)
+    torch.testing.assert_close(spread[: N * N], counts / per_token, rtol=0, atol=2e-3)
+    scores = torch.zeros(query.cells.numel())
+    scores[5] = 2.0
+    torch.testing.assert_close(grid_scores(scores, query.cells, query.grid, query.spread).flatten(), 2 * spread[5])

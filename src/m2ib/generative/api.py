@@ -109,7 +109,7 @@ def explain_answer(
             raise InputError("the model's own answer is empty: pass answer=TEXT to explain a given answer")
     query = backend.prepare(picture, prompt, answer)
     fit = explainer.explain(backend, query, s)
-    grid_map = grid_scores(fit.scores, query.cells.cpu(), query.grid)
+    grid_map = grid_scores(fit.scores, query.cells.cpu(), query.grid, query.spread)
     image_map = upsample(grid_map, (int(query.display.shape[-2]), int(query.display.shape[-1])))
     tokens = backend.tokenizer.convert_ids_to_tokens(query.answer_ids.tolist())
     return AnswerExplanation(

@@ -43,7 +43,12 @@ class Query:
     ``cells`` [K] maps each to its cell of the ``grid`` (rows, cols; row-major), -1 for a token
     that covers no pixels (a class token, a row separator). The answer's tokens are
     ``input_ids[0, answer_start:answer_start + len(answer_ids)]``. ``display`` [3, H, W] in [0, 1]
-    is the image as the model sees it (after the processor's resize and crop)."""
+    is the image as the model sees it (after the processor's resize and crop). ``spread``, where a
+    family has tokens that each cover several cells (LLaVA-NeXT's base image), is a sparse
+    [K, rows * cols] matrix: each such token's share of each cell (its area there over its whole
+    area); those tokens have cell -1, so whatever reads ``cells`` alone treats them as covering no
+    single cell, and :func:`~m2ib.generative.m2ib.grid_scores` adds their spread scores. None: every
+    token is one cell or none."""
 
     inputs: dict[str, torch.Tensor]
     image_positions: torch.Tensor
@@ -52,6 +57,7 @@ class Query:
     answer_start: int
     answer_ids: torch.Tensor
     display: torch.Tensor
+    spread: torch.Tensor | None = None
 
     @property
     def answer_end(self) -> int:
@@ -133,6 +139,13 @@ class GenerativeBackend(ABC):
     def display_image(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The image as the model sees it, [3, H, W] in [0, 1]."""
 
+    def image_spread(
+        self, inputs: dict[str, torch.Tensor], cells: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The :attr:`Query.spread` of tokens that cover several cells, sparse [K, rows * cols] on the CPU;
+        default None (every token is one cell or none)."""
+        return None
+
     def answer_logits(self, query: Query, embeds: torch.Tensor) -> torch.Tensor:
         """Logits [B, A, V] predicting the answer's tokens from input embeddings [B, L, D].
         Default: the model's own forward on ``inputs_embeds``, logits kept for the answer only."""
@@ -182,7 +195,9 @@ class GenerativeBackend(ABC):
             raise InputError(f"the prompt has no image token after processing: does it contain {self.image_token!r}?")
         if int(positions.max()) >= start:
             raise InputError("the answer contains the image placeholder: give the answer as plain text")
-        return Query(inputs, positions, cells, grid, start, answer_ids.to(self.device), self.display_image(inputs))
+        spread = self.image_spread(inputs, cells, grid)
+        display = self.display_image(inputs)
+        return Query(inputs, positions, cells, grid, start, answer_ids.to(self.device), display, spread)
 
     def embeds_with(self, query: Query, states: torch.Tensor) -> torch.Tensor:
         """The language model's input embeddings [B, L, D] with ``states`` [B, K, D] at the image positions."""

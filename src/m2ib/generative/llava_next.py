@@ -121,6 +121,53 @@ class LlavaNextBackend(GenerativeBackend):
             )
         return positions, cells.to(positions.device), (rows, cols)
 
+    def edges(self, inputs: dict[str, torch.Tensor], axis: int, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each of the grid's ``cells`` along ``axis`` (0: rows, 1: columns) starts and ends, in the
+        original image's pixels: un-padded token coordinate -> padded -> the processor's canvas (tiles of T px
+        holding n patches of p px: with T > n p a tile's last pixels are read by no token, so a cell's end
+        is not the next one's start) -> the image resized into that canvas, centred."""
+        from transformers.image_processing_utils import select_best_resolution
+
+        size = [int(v) for v in inputs["image_sizes"][0]]
+        best = select_best_resolution(size, self.config.image_grid_pinpoints)
+        scale = min(best[0] / size[0], best[1] / size[1])  # as get_patch_output_size
+        resized = best[axis] if best[axis] / size[axis] == scale else min(math.ceil(size[axis] * scale), best[axis])
+        offset = (best[axis] - resized) // 2  # the processor's centred paste
+        top, left, height, width = self.unpadded(inputs)
+        start, extent = (top, height) if axis == 0 else (left, width)
+        n, tile = self.tokens_a_side(), int(inputs["pixel_values"].shape[-1])
+        token = start + torch.arange(cells + 1, dtype=torch.float64) * extent / cells  # padded, fractional
+
+        def pixels(at: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:  # ``at`` inside token ``whole``
+            whole = whole.clamp(start, start + extent - 1)
+            canvas = (whole // n) * tile + (whole % n + at - whole) * (tile // n)
+            return ((canvas - offset) * size[axis] / resized).clamp(0, size[axis])
+
+        low, high = token[:-1], token[1:]
+        return pixels(low, low.floor()), pixels(high, high.ceil() - 1)
+
+    def image_spread(
+        self, inputs: dict[str, torch.Tensor], cells: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The base image's tokens over the grid: token (a, b) covers rows a H/n .. (a+1) H/n and columns
+        b W/n .. (b+1) W/n of the original H x W image (the base is the image squashed to n x n patches); its
+        share of a cell is the area both cover over the token's area (separable: rows times columns)."""
+        n = self.tokens_a_side()
+        shares = []
+        for axis, count in enumerate(grid):
+            full = float(inputs["image_sizes"][0][axis])
+            base = torch.arange(n + 1, dtype=torch.float64) * full / n
+            begin, end = self.edges(inputs, axis, count)
+            low = torch.maximum(base[:-1, None], begin[None, :])
+            high = torch.minimum(base[1:, None], end[None, :])
+            shares.append(((high - low).clamp(min=0) * n / full).float())  # [n, cells along the axis]
+        (a, i), (b, j) = shares[0].nonzero().T, shares[1].nonzero().T
+        rows = (a[:, None] * n + b[None, :]).flatten()  # the base tokens come first in the sequence
+        columns = (i[:, None] * grid[1] + j[None, :]).flatten()
+        values = (shares[0][a, i][:, None] * shares[1][b, j][None, :]).flatten()
+        shape = (int(cells.numel()), grid[0] * grid[1])
+        return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=True).coalesce()
+
     def image_features(self, inputs: dict[str, torch.Tensor]) -> Any:
         extra = {k: inputs[k] for k in self.extra_inputs if k in inputs}
         return self.model.model.get_image_features(pixel_values=inputs["pixel_values"], **extra).pooler_output

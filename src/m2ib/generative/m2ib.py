@@ -243,11 +243,16 @@ def loop_settings(s: AnswerM2IBSettings) -> dict[str, Any]:
     }
 
 
-def grid_scores(scores: torch.Tensor, cells: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Token scores [K] placed on the grid [rows, cols] (summed per cell; tokens at cell -1 left out)."""
+def grid_scores(
+    scores: torch.Tensor, cells: torch.Tensor, grid: tuple[int, int], spread: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Token scores [K] placed on the grid [rows, cols]: summed per cell; a token at cell -1 is left out,
+    unless ``spread`` [K, rows * cols] (sparse; :attr:`Query.spread`) shares its score among its cells."""
     keep = cells >= 0
     out = torch.zeros(grid[0] * grid[1], dtype=scores.dtype, device=scores.device)
     out.index_add_(0, cells[keep], scores[keep])
+    if spread is not None:
+        out += torch.sparse.mm(spread.t().to(scores.device, scores.dtype), scores[:, None])[:, 0]
     return out.view(grid)
 
 
@@ -288,7 +293,7 @@ def maps_of(token_scores: torch.Tensor, query: Query) -> tuple[torch.Tensor, tor
     """Token scores [..., K] -> (grid maps [..., rows, cols], image maps [..., H, W] min-max)."""
     flat = token_scores.reshape(-1, token_scores.shape[-1])
     size = (int(query.display.shape[-2]), int(query.display.shape[-1]))
-    grids = torch.stack([grid_scores(t, query.cells.cpu(), query.grid) for t in flat])
+    grids = torch.stack([grid_scores(t, query.cells.cpu(), query.grid, query.spread) for t in flat])
     images = torch.stack([upsample(g, size) for g in grids])
     return grids.view(*token_scores.shape[:-1], *query.grid), images.view(*token_scores.shape[:-1], *size)
 
@@ -474,7 +479,7 @@ def fit_answer(backend: GenerativeBackend, query: Query, s: AnswerM2IBSettings) 
         token_scores = finite(kl_map[0].detach().cpu(), s)
         words = fit_words(backend, query, hidden, s, log_probs) if s.per_word else None
         prompt, prompt_info = fit_prompt(backend, query, states, s) if s.prompt_side else (None, {})
-    grid_map = grid_scores(token_scores, query.cells.cpu(), query.grid)
+    grid_map = grid_scores(token_scores, query.cells.cpu(), query.grid, query.spread)
     image_map = upsample(grid_map, (int(query.display.shape[-2]), int(query.display.shape[-1])))
     info = {
         "log_likelihood": plain,  # the answer's log-likelihood without the bottleneck
