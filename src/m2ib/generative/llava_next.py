@@ -22,18 +22,25 @@ positions: that packed output (after projector, unpadding and newlines) is the b
 **Tokens back to pixels (this module's choice).** The grid is the un-padded (for OneVision,
 possibly shrunk) tile grid, h x w: its token (i, j) is cell i*w + j. Without the shrink, the
 token covers the patch at row top + i, column left + j of the stitched, padded high-resolution
-image (top/left the rows/columns ``unpad_image`` removed); with it, token (i, j) is a bilinear
+image (top/left: the rows/columns ``unpad_image`` removed); with it, token (i, j) is a bilinear
 blend of the un-padded grid's tokens around (i + 0.5) * h_u / h - 0.5 (and likewise for columns),
 so it is drawn on the coarser grid over the same region. The **row-end newline tokens** cover no
-pixel: cell -1. The **base image's tokens** each cover an (R*n / n) x (C*n / n) block of that grid,
-fractionally (the base image is squashed, the tiles are not); the seam maps a token to one cell,
-so they get cell -1, as Idefics3's global image and InternVL's thumbnail: bottlenecked and scored
-like every other token (the first n*n entries of ``token_scores``), not drawn. Why not spread
-them over their cells: that needs a token x cell weight matrix in the seam, which every method and
-``grid_scores`` read; not done (docs/generative.md). The **display** is the tiles stitched back,
-cropped to the un-padded region: the image as the model's tile tokens see it, at the patch grid's
-resolution (each tile cut to the n * patch px its patches read: SigLIP-384/14 reads 378). The tests move one patch of a tile (and of the base image) with a vision tower of no
-layers and check that exactly the token these cells name moves.
+pixel: cell -1. The **base image's tokens** cover the whole image at n x n, so each covers a
+block of about R x C cells, fractionally (the base is squashed, the tiles keep the aspect ratio):
+cell -1, and :attr:`Query.spread` gives each one's share of every cell, the area of the original
+image both cover over the token's area (``edges``: a cell's extent in the original image, through
+unpadding, the tiles and the processor's resize and centred paste; the base token (a, b) covers
+rows a H/n .. (a+1) H/n, columns b W/n .. (b+1) W/n). The map (``grid_scores``) thus draws a base
+token's score spread over its cells by area, a tile token's in its own cell: each token's score
+laid evenly over the image it reads, the base image's at its coarser resolution. Why spread, not
+leave them off the map as Idefics3's global image and InternVL's thumbnail are: an answer read
+mostly from the base image would otherwise draw nothing. Methods that perturb cells read
+``cells`` only: RISE never masks a base token (its score 0), occlusion hides each alone. The
+**display** is the tiles stitched back, cropped to the un-padded region: the image as the tile
+tokens see it, at the patch grid's resolution (each tile cut to the n * patch px its patches read:
+SigLIP-384/14 reads 378 of 384). The tests move one patch of a tile (and of the base image) with a
+patch-local projector input and check that exactly the token these cells name moves, and check
+each cell's extent against what the display shows there.
 
 **Prompt.** ``<image>`` once (the processor expands it), in the model's chat format, e.g.
 LLaVA-1.6-Mistral's ``"[INST] <image>\\nWhat is shown? [/INST]"`` or OneVision's
@@ -129,7 +136,7 @@ class LlavaNextBackend(GenerativeBackend):
         from transformers.image_processing_utils import select_best_resolution
 
         size = [int(v) for v in inputs["image_sizes"][0]]
-        best = select_best_resolution(size, self.config.image_grid_pinpoints)
+        best = select_best_resolution(tuple(size), self.config.image_grid_pinpoints)
         scale = min(best[0] / size[0], best[1] / size[1])  # as get_patch_output_size
         resized = best[axis] if best[axis] / size[axis] == scale else min(math.ceil(size[axis] * scale), best[axis])
         offset = (best[axis] - resized) // 2  # the processor's centred paste
