@@ -76,6 +76,44 @@ def answer_log_likelihood(logits: torch.Tensor, answer_ids: torch.Tensor) -> tor
     return logp.gather(-1, index)[..., 0].sum(-1)
 
 
+Extents = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def area_spread(tokens: Extents, cells: Extents, first: int, total: int) -> torch.Tensor:
+    """A :attr:`Query.spread` for a block of tokens laid on their own grid over the image: token ``first
+    + a * nb + b`` covers rows ``tokens[0]`` (begin, end) [a] and columns ``tokens[1]`` [b], cell ``i * cols + j``
+    rows ``cells[0]`` [i] and columns ``cells[1]`` [j], all in one frame (the original image, or any linear
+    map of it); a token's share of a cell is the area both cover over the token's (separable: rows times
+    columns). Sparse [total, rows * cols] on the CPU."""
+    shares = []
+    for (begin, end), (low, high) in zip(tokens, cells):
+        overlap = torch.minimum(end[:, None], high[None]) - torch.maximum(begin[:, None], low[None])
+        shares.append((overlap.clamp(min=0) / (end - begin)[:, None]).float())  # [tokens, cells] along the axis
+    (a, i), (b, j) = shares[0].nonzero().T, shares[1].nonzero().T
+    rows = first + (a[:, None] * shares[1].shape[0] + b[None, :]).flatten()
+    columns = (i[:, None] * shares[1].shape[1] + j[None, :]).flatten()
+    values = (shares[0][a, i][:, None] * shares[1][b, j][None, :]).flatten()
+    shape = (total, shares[0].shape[1] * shares[1].shape[1])
+    return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=True).coalesce()
+
+
+def whole_image_spread(tiles: tuple[int, int], n: int, tile: int, read: int, total: int) -> torch.Tensor:
+    """The :attr:`Query.spread` of a whole-image view's n x n tokens, the last of ``total``, over a fine grid of
+    R x C tiles' n x n tokens, both resizes of one image (Idefics3's global image, InternVL's thumbnail): in
+    that image's fraction, tile cell (r n + q) covers (r tile + q read / n) / (R tile) .. (r tile + (q + 1)
+    read / n) / (R tile), and whole-image token a covers a read / n / tile .. (a + 1) read / n / tile (a
+    tile's last ``tile - read`` px, if any, are read by no token)."""
+    extents = []
+    for count in tiles:
+        q = torch.arange(count * n, dtype=torch.float64)
+        start = (q // n) * tile + (q % n) * read / n
+        cells = (start / (count * tile), (start + read / n) / (count * tile))
+        a = torch.arange(n, dtype=torch.float64)
+        extents.append(((a * read / n / tile, (a + 1) * read / n / tile), cells))
+    (rows_t, rows_c), (cols_t, cols_c) = extents
+    return area_spread((rows_t, cols_t), (rows_c, cols_c), total - n * n, total)
+
+
 @contextlib.contextmanager
 def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
     """``model`` in eval mode (no dropout) for the block, its own mode restored after."""
@@ -266,8 +304,10 @@ __all__ = [
     "GenerativeFamily",
     "Query",
     "answer_log_likelihood",
+    "area_spread",
     "class_names",
     "evaluation_mode",
     "generative_backend",
     "register",
+    "whole_image_spread",
 ]

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register, whole_image_spread
 
 _TAG = re.compile(r"<row_(\d+)_col_(\d+)>|<global-img>")
 
@@ -96,6 +96,18 @@ class Idefics3Backend(GenerativeBackend):
         cells = [((r * n + i) * (cols * n) + c * n + j) for r, c in split]
         cells.append(torch.full((n * n,), -1) if split else i * n + j)  # the global image: drawn only alone
         return positions, torch.cat(cells).to(positions.device), (rows * n, cols * n)
+
+    def image_spread(
+        self, inputs: dict[str, torch.Tensor], cells: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The global image's tokens over the tiles' grid (both resizes of the one image the processor resized
+        to R x C tiles): each over its R x C block of cells, by area; None without tiles."""
+        n = self.side(inputs)
+        if bool((cells >= 0).all()):  # no tiles: the global image is the grid
+            return None
+        read = n * int(self.config.vision_config.patch_size) * int(self.config.scale_factor)
+        tiles = (grid[0] // n, grid[1] // n)
+        return whole_image_spread(tiles, n, int(inputs["pixel_values"].shape[-1]), read, int(cells.numel()))
 
     def image_states(self, query: Query) -> torch.Tensor:
         features = self.model.model.get_image_features(

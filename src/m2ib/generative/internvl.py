@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register, whole_image_spread
 
 EXAMPLE = "<|im_start|>user\\n<IMG_CONTEXT>\\nWhat is shown?<|im_end|>\\n<|im_start|>assistant\\n"
 
@@ -105,9 +105,13 @@ class InternVLBackend(GenerativeBackend):
         pixels = inputs["pixel_values"]
         if pixels.dim() != 4 or pixels.shape[-1] != pixels.shape[-2]:
             raise InputError(f"pixel_values {tuple(pixels.shape)} are not square tiles: use the model's own processor")
+        return int(pixels.shape[-1]) // self.token_px()
+
+    def token_px(self) -> int:
+        """Pixels a side of the block one token reads: patch x s (s = 1 / ``downsample_ratio``)."""
         patch = self.config.vision_config.patch_size
         patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
-        return int(pixels.shape[-1]) // patch // round(1 / float(self.config.downsample_ratio))
+        return patch * round(1 / float(self.config.downsample_ratio))
 
     def tile_grid(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int] | None:
         """(rows, cols) of tiles the processor cut the image into (a thumbnail last); None for one image only."""
@@ -140,6 +144,17 @@ class InternVLBackend(GenerativeBackend):
         cells = [(r * n + i) * (cols * n) + c * n + j for r in range(rows) for c in range(cols)]  # tiles row-major
         cells.append(torch.full((n * n,), -1))  # the thumbnail: scored, not drawn
         return positions, torch.cat(cells).to(positions.device), (rows * n, cols * n)
+
+    def image_spread(
+        self, inputs: dict[str, torch.Tensor], cells: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The thumbnail's tokens over the tiles' grid (both resizes of the whole image): each over its R x C
+        block of cells, by area; None with one tile (no thumbnail)."""
+        tiles = self.tile_grid(inputs)
+        if tiles is None:
+            return None
+        n, size = self.side(inputs), int(inputs["pixel_values"].shape[-1])
+        return whole_image_spread(tiles, n, size, n * self.token_px(), int(cells.numel()))
 
     def image_states(self, query: Query) -> torch.Tensor:
         features = self.model.model.get_image_features(pixel_values=query.inputs["pixel_values"]).pooler_output

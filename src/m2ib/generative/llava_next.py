@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, area_spread, class_names, register
 
 
 class LlavaNextBackend(GenerativeBackend):
@@ -160,20 +160,13 @@ class LlavaNextBackend(GenerativeBackend):
         b W/n .. (b+1) W/n of the original H x W image (the base is the image squashed to n x n patches); its
         share of a cell is the area both cover over the token's area (separable: rows times columns)."""
         n = self.tokens_a_side()
-        shares = []
+        tokens, extents = [], []
         for axis, count in enumerate(grid):
-            full = float(inputs["image_sizes"][0][axis])
-            base = torch.arange(n + 1, dtype=torch.float64) * full / n
-            begin, end = self.edges(inputs, axis, count)
-            low = torch.maximum(base[:-1, None], begin[None, :])
-            high = torch.minimum(base[1:, None], end[None, :])
-            shares.append(((high - low).clamp(min=0) * n / full).float())  # [n, cells along the axis]
-        (a, i), (b, j) = shares[0].nonzero().T, shares[1].nonzero().T
-        rows = (a[:, None] * n + b[None, :]).flatten()  # the base tokens come first in the sequence
-        columns = (i[:, None] * grid[1] + j[None, :]).flatten()
-        values = (shares[0][a, i][:, None] * shares[1][b, j][None, :]).flatten()
-        shape = (int(cells.numel()), grid[0] * grid[1])
-        return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=True).coalesce()
+            base = torch.arange(n + 1, dtype=torch.float64) * float(inputs["image_sizes"][0][axis]) / n
+            tokens.append((base[:-1], base[1:]))
+            extents.append(self.edges(inputs, axis, count))
+        # the base tokens come first in the sequence
+        return area_spread((tokens[0], tokens[1]), (extents[0], extents[1]), 0, int(cells.numel()))
 
     def image_features(self, inputs: dict[str, torch.Tensor]) -> Any:
         extra = {k: inputs[k] for k in self.extra_inputs if k in inputs}
