@@ -59,19 +59,32 @@ class OcclusionSettings(Settings):
         check_choice(self.baseline, "baseline", BASELINES)
 
 
-def occlusion_windows(cells: torch.Tensor, grid: tuple[int, int], window: int) -> torch.Tensor:
-    """Which tokens each occlusion hides: [W, K] bool, the squares row-major, then each no-pixel token alone."""
+def occlusion_windows(
+    cells: torch.Tensor, grid: tuple[int, int], window: int, spread: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Which tokens each occlusion hides: [W, K] bool, the squares row-major, then each no-pixel token alone.
+    A square hides the tokens of its cells and every token spread over several cells (``spread`` [K, rows *
+    cols], :attr:`Query.spread`) with a share above zero in one of them."""
     rows, cols = grid
     if window > min(rows, cols):
         raise InputError(f"window={window} is larger than the {rows} x {cols} image-token grid")
-    r, c = cells.div(cols, rounding_mode="floor"), cells % cols
-    squares = [
-        (cells >= 0) & (r >= i) & (r < i + window) & (c >= j) & (c < j + window)
-        for i in range(rows - window + 1)
-        for j in range(cols - window + 1)
-    ]
-    alone = [torch.arange(cells.numel(), device=cells.device) == k for k in (cells < 0).nonzero()[:, 0].tolist()]
-    return torch.stack(squares + alone)
+    cell = torch.arange(rows * cols, device=cells.device)
+    r, c = cell.div(cols, rounding_mode="floor"), cell % cols  # each cell's row and column
+    inside = torch.stack(  # [squares, rows * cols]: the cells of each square
+        [
+            (r >= i) & (r < i + window) & (c >= j) & (c < j + window)
+            for i in range(rows - window + 1)
+            for j in range(cols - window + 1)
+        ]
+    )
+    hide = inside[:, cells.clamp(min=0)] & (cells >= 0)[None]
+    lone = cells < 0
+    if spread is not None:
+        touches = spread.to_dense().to(cells.device) > 0  # [K, rows * cols]
+        hide = hide | ((inside.float() @ touches.T.float()) > 0)
+        lone = lone & ~touches.any(1)
+    alone = [torch.arange(cells.numel(), device=cells.device) == k for k in lone.nonzero()[:, 0].tolist()]
+    return torch.cat([hide, torch.stack(alone)]) if alone else hide
 
 
 @register
@@ -85,7 +98,7 @@ class AnswerOcclusion(AnswerMethod):
 
     def attribute(self, backend: GenerativeBackend, query: Query, settings: OcclusionSettings) -> AnswerScores:
         states = plain_states(backend, query)
-        hide = occlusion_windows(query.cells, query.grid, settings.window)  # [W, K]
+        hide = occlusion_windows(query.cells, query.grid, settings.window, query.spread)  # [W, K]
         base = baseline_states(states, settings.baseline)
         with torch.no_grad():
             full = float(backend.rest(query, states)[0])

@@ -84,11 +84,33 @@ class AnswerRISESettings(Settings):
             raise InputError(f"p_keep={p!r} must be in (0, 1]")
 
 
-def token_masks(sampler: MaskSampler, start: int, stop: int, cells: torch.Tensor) -> torch.Tensor:
-    """Masks ``start .. stop - 1`` per image token: [n, K] in [0, 1]; no-pixel tokens (cell -1) 1."""
+def token_masks(
+    sampler: MaskSampler, start: int, stop: int, cells: torch.Tensor, spread: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Masks ``start .. stop - 1`` per image token: [n, K] in [0, 1]. A token keeps its cell's value; a token
+    spread over several cells (``spread`` [K, rows * cols], :attr:`Query.spread`) the mean of theirs weighted
+    by its shares; a token of no pixel (cell -1, no spread) 1."""
     grids = sampler(start, stop).flatten(1)  # [n, rows * cols]
     out = grids[:, cells.clamp(min=0)]
-    return torch.where(cells[None] >= 0, out, torch.ones_like(out))
+    if spread is not None:
+        weights = spread.to(grids.device, grids.dtype)
+        total = share_sums(weights)
+        mean = torch.sparse.mm(weights, grids.T).T / total.clamp(min=1e-12)  # [n, K]
+        out = torch.where(total[None] > 0, mean, out)
+    return torch.where(masked(cells, spread)[None], out, torch.ones_like(out))
+
+
+def share_sums(spread: torch.Tensor) -> torch.Tensor:
+    """[K]: each token's shares summed over the cells (0 for a token not spread)."""
+    ones = torch.ones(spread.shape[1], 1, dtype=spread.dtype, device=spread.device)
+    return torch.sparse.mm(spread, ones)[:, 0]
+
+
+def masked(cells: torch.Tensor, spread: torch.Tensor | None) -> torch.Tensor:
+    """[K] bool: the tokens a mask reaches, those with a cell or a share of some."""
+    if spread is None:
+        return cells >= 0
+    return (cells >= 0) | (share_sums(spread.float()) > 0).to(cells.device)
 
 
 @register
@@ -111,15 +133,15 @@ class AnswerRISE(AnswerMethod):
         with progress(settings.masks, "rise") as bar:
             for start in range(0, settings.masks, settings.max_batch):
                 stop = min(settings.masks, start + settings.max_batch)
-                keep = token_masks(sampler, start, stop, cells)  # [n, K]
+                keep = token_masks(sampler, start, stop, cells, query.spread)  # [n, K]
                 with torch.no_grad():
                     values = backend.rest(query, mixed(states, keep, base)).float()
                 f = (values.double() - full).exp() if settings.score == "probability" else values.double() - full
                 saliency += (f.to(keep.device) @ keep.double()).float()
                 bar.update(stop - start)
         saliency = saliency / (settings.masks * settings.p_keep)
-        saliency[cells < 0] = 0.0
+        saliency[~masked(cells, query.spread)] = 0.0
         return AnswerScores(saliency, {"log_likelihood": full, "masks": float(settings.masks)})
 
 
-__all__ = ["AnswerRISE", "AnswerRISESettings", "token_masks"]
+__all__ = ["AnswerRISE", "AnswerRISESettings", "masked", "share_sums", "token_masks"]
