@@ -90,9 +90,7 @@ def test_occlusion_hides_every_token_with_a_share_in_the_square(next_query, wind
     for i in range(4 - window + 1):
         for j in range(8 - window + 1):
             square = {r * 8 + c for r in range(i, i + window) for c in range(j, j + window)}
-            expected.append(
-                [cell in square or any(spread[k, s] > 0 for s in square) for k, cell in enumerate(cells)]
-            )
+            expected.append([cell in square or any(spread[k, s] > 0 for s in square) for k, cell in enumerate(cells)])
     for k, cell in enumerate(cells):
         if cell < 0 and not spread[k].any():  # a newline: alone
             expected.append([m == k for m in range(len(cells))])

@@ -112,6 +112,7 @@ def test_a_tiny_fit_gives_a_finite_varied_map_and_leaves_the_model(picture, smol
     assert exp.grid_map.shape == (8, 12) and exp.image_map.shape == (32, 48) and exp.token_scores.shape == (112,)
     assert torch.isfinite(exp.grid_map).all() and exp.grid_map.std() > 0
     assert torch.isfinite(exp.token_scores).all() and (exp.token_scores[96:] > 0).all()  # global tokens: scored
+    torch.testing.assert_close(exp.grid_map.sum(), exp.token_scores.sum())  # and drawn: each share sums to 1
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 

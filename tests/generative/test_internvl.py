@@ -124,6 +124,7 @@ def test_a_tiny_fit_gives_a_finite_varied_map_and_leaves_the_model(tiled, pictur
     assert exp.grid_map.shape == (8, 12) and exp.image_map.shape == (32, 48) and exp.token_scores.shape == (112,)
     assert torch.isfinite(exp.grid_map).all() and exp.grid_map.std() > 0
     assert torch.isfinite(exp.token_scores).all() and (exp.token_scores[96:] > 0).all()  # thumbnail: scored
+    torch.testing.assert_close(exp.grid_map.sum(), exp.token_scores.sum())  # and drawn: each share sums to 1
     assert exp.words == ["a", "red", "circle"] and exp.word_maps.shape == (3, 32, 48)
     assert torch.isfinite(exp.word_maps).all() and exp.word_grid_maps.shape == (3, 8, 12)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -226,7 +226,7 @@ def test_a_saved_llava_next_loads_by_its_architecture(tmp_path):
 def test_the_fit_finds_the_tile_token_the_answer_reads():
     """A planted signal on the 24 x 40 layout: a likelihood that reads only the token at cell (3, 5) of the
     4 x 8 grid (sequence index 16 base + 3 rows of 9 + 5) must give it the largest KL by far and put the map's
-    peak on that cell; the base tokens and newlines are scored but not drawn."""
+    peak on that cell (the base tokens are drawn spread over their cells, the newlines not at all)."""
     from m2ib.generative import AnswerM2IBSettings, fit_answer
 
     model, processor = tiny("llava-next")

@@ -47,8 +47,9 @@ class Query:
     family has tokens that each cover several cells (LLaVA-NeXT's base image), is a sparse
     [K, rows * cols] matrix: each such token's share of each cell (its area there over its whole
     area); those tokens have cell -1, so whatever reads ``cells`` alone treats them as covering no
-    single cell, and :func:`~m2ib.generative.m2ib.grid_scores` adds their spread scores. None: every
-    token is one cell or none."""
+    single cell: :func:`~m2ib.generative.m2ib.grid_scores` adds their spread scores, RISE masks
+    them by the shares' weighted mean of the mask, occlusion hides them with every square they have
+    a share in. None: every token is one cell or none."""
 
     inputs: dict[str, torch.Tensor]
     image_positions: torch.Tensor

@@ -17,10 +17,16 @@ patch / s tokens a side) covers patch rows i*s .. i*s+s-1 and columns j*s .. j*s
 
 **The grid** is the tiles' tokens on one fine grid over the whole (resized) image, (R*n) x (C*n):
 token (i, j) of tile (r, c) is cell ``(r*n + i) * C*n + c*n + j``. **The global image's tokens**
-each cover an R x C block of that grid; the seam maps a token to one cell, so they get cell -1:
-they are bottlenecked and scored like every other token (their scores are the last n*n entries of
-``token_scores``), but they are not drawn on the map, which is the tiles' view at the finer grid.
-Without tiles the global image is the grid, n x n, and all its tokens are drawn. The tile each
+each cover an R x C block of that grid: the processor resizes the image to R x C tiles' size
+(``resize_for_vision_encoder``), cuts the tiles from it and squashes all of it to one tile for the
+global image, so both views cover the same whole image. They get cell -1 and :attr:`Query.spread`
+(``image_spread``): global token (a, b) covers rows a/n .. (a+1)/n and columns b/n .. (b+1)/n of
+the image, a tile cell its own px block of its tile, and its share of a cell is the area both cover
+over its own (exactly its R x C block when a tile's px are n whole tokens' blocks, as in every
+released model). They are scored like every other token (the last n*n entries of
+``token_scores``: ``token_scores[-n*n:].view(n, n)`` is the global image's own coarse map) and drawn
+spread over their blocks; RISE masks each by its block's mean and occlusion hides it with any of its
+cells. Without tiles the global image is the grid, n x n, and all its tokens are drawn one a cell. The tile each
 run of tokens belongs to is read from its ``<row_r_col_c>`` / ``<global-img>`` tag in the
 sequence itself, not from the image size.
 

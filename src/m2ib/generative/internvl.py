@@ -19,9 +19,13 @@ not transposed; tests/generative/test_internvl.py checks it by moving one block'
 tiles' tokens make one fine grid over the resized image, (R*n) x (C*n): token (i, j) of tile
 (r, c) is cell ``(r*n + i) * C*n + c*n + j``, and the display is the tiles stitched back (the image
 as the model's tiles see it). **The thumbnail's tokens** each cover an R x C block of that grid
-(both are resizes of the same image); the seam maps a token to one cell, so they get cell -1:
-bottlenecked and scored like every other token (the last n*n entries of ``token_scores``), not
-drawn. With one tile the image is the grid, n x n, all drawn.
+(``crop_to_patches`` squashes the whole image to R*T x C*T for the tiles and to T x T for the
+thumbnail: both cover the whole image). They get cell -1 and :attr:`Query.spread` (``image_spread``):
+thumbnail token (a, b) covers rows a/n .. (a+1)/n and columns b/n .. (b+1)/n of the image, and its
+share of a tile cell is the area both cover over its own (exactly its R x C block). They are
+bottlenecked and scored like every other token (the last n*n entries of ``token_scores``) and drawn
+spread over their blocks; RISE masks each by its block's mean and occlusion hides it with any of its
+cells. With one tile the image is the grid, n x n, all drawn one a cell.
 
 **Which arrangement.** The sequence holds no tile tags (``<img>``, the R*C+1 runs of n*n
 ``<IMG_CONTEXT>``, ``</img>``), so R x C is recomputed as the processor chose it: transformers'

@@ -32,10 +32,10 @@ image both cover over the token's area (``edges``: a cell's extent in the origin
 unpadding, the tiles and the processor's resize and centred paste; the base token (a, b) covers
 rows a H/n .. (a+1) H/n, columns b W/n .. (b+1) W/n). The map (``grid_scores``) thus draws a base
 token's score spread over its cells by area, a tile token's in its own cell: each token's score
-laid evenly over the image it reads, the base image's at its coarser resolution. Why spread, not
-leave them off the map as Idefics3's global image and InternVL's thumbnail are: an answer read
-mostly from the base image would otherwise draw nothing. Methods that perturb cells read
-``cells`` only: RISE never masks a base token (its score 0), occlusion hides each alone. The
+laid evenly over the image it reads, the base image's at its coarser resolution (as Idefics3's
+global image and InternVL's thumbnail, over whole blocks there): an answer read mostly from the
+base image would otherwise draw nothing. RISE masks a base token by its shares' weighted mean of
+the mask over its cells; occlusion hides it with every square it has a share in. The
 **display** is the tiles stitched back, cropped to the un-padded region: the image as the tile
 tokens see it, at the patch grid's resolution (each tile cut to the n * patch px its patches read:
 SigLIP-384/14 reads 378 of 384). The tests move one patch of a tile (and of the base image) with a

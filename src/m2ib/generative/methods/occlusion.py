@@ -12,8 +12,12 @@ this image's token states) and the answer's summed log-likelihood is recomputed:
     score_k = mean of drop(W) over the squares W that hide token k
 
 (captum's ``Occlusion`` rule: each feature's attribution is the mean over the windows covering it).
-A token that covers no pixel (cell -1, e.g. a class token) is hidden on its own once. With
-``window=1`` (default) a token's score is exactly the drop when it alone is hidden. Copies are
+A token spread over several cells (:attr:`Query.spread`: LLaVA-NeXT's base image, Idefics3's
+global image, InternVL's thumbnail) is hidden by every square holding a cell where its share is
+above zero (the square hides that part of the image, which it reads), its score the mean over
+those squares. A token that covers no pixel (cell -1 and no spread, e.g. a row newline) is hidden on
+its own once. With ``window=1`` (default) a one-cell token's score is exactly the drop when its cell
+is hidden (alone, unless a spread token shares the cell). Copies are
 batched through ``backend.rest``, at most ``max_batch`` a pass; no gradient.
 """
 

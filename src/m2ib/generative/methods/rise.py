@@ -16,7 +16,11 @@ default, or the mean of this image's token states). With ``f(M_n)`` the score of
 unmasked one, ``exp(logL(M_n) - logL)``: the paper's class probability with the answer's
 probability in its place, divided by a constant (so the map's shape is the paper's; the ratio
 keeps long answers, whose probability underflows, finite); ``log_likelihood`` is
-``logL(M_n) - logL``. Tokens that cover no pixel (cell -1) are never masked and score 0. The same
+``logL(M_n) - logL``. A token spread over several cells (:attr:`Query.spread`: LLaVA-NeXT's base
+image, Idefics3's global image, InternVL's thumbnail) keeps the mean of ``M_n`` over its cells
+weighted by its shares, ``m = sum_c w_kc M_n[c] / sum_c w_kc`` (soft: the image is the grid, and
+it reads a blend of it), and that ``m`` stands for ``M_n[c_k]`` in the score. Tokens that cover no
+pixel (cell -1, no spread: a row newline) are never masked and score 0. The same
 seed gives the same masks. Defaults: 2000 masks, an 8 x 8 grid, p = 0.5, as m2ib's CLIP RISE.
 Copies are batched through ``backend.rest``, at most ``max_batch`` a pass; no gradient.
 """
