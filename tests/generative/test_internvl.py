@@ -226,3 +226,18 @@ def test_the_fit_finds_the_thumbnail_token_the_answer_reads(tiled, picture):
     block = torch.zeros(8, 12, dtype=torch.bool)
     block[2:4, 6:9] = True
     assert fit.grid_map[block].min() > 10 * fit.grid_map[~block].max()
+
+
+@pytest.mark.parametrize(("tiles", "tile", "block"), [((2, 3), 16, 4), ((3, 2), 18, 4), ((1, 3), 15, 3)])
+def test_whole_image_spread_is_the_lattice_count_with_unread_pixels_too(tiles, tile, block):
+    """``whole_image_spread`` alone, also where a tile's last px are read by no token (18 px tiles of 4 x 4
+    px blocks: 2 px unread; released models have none), against the plain lattice count, to 1e-3."""
+    from whole_image_lattice import lattice_spread
+
+    from m2ib.generative.base import whole_image_spread
+
+    n = tile // block
+    spread = whole_image_spread(tiles, n, tile, block, 7 + n * n).to_dense()
+    assert spread.shape == (7 + n * n, tiles[0] * n * tiles[1] * n) and not spread[:7].any()
+    torch.testing.assert_close(spread[7:], lattice_spread(tiles, tile, n, block), rtol=0, atol=1e-3)
+    assert (spread[7:].sum(1) < 1).any() == (tile > n * block)  # unread px: a token's shares fall short of 1

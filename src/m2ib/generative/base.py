@@ -88,8 +88,10 @@ def area_spread(tokens: Extents, cells: Extents, first: int, total: int) -> torc
     columns). Sparse [total, rows * cols] on the CPU."""
     shares = []
     for (begin, end), (low, high) in zip(tokens, cells):
+        extent = (end - begin)[:, None]
         overlap = torch.minimum(end[:, None], high[None]) - torch.maximum(begin[:, None], low[None])
-        shares.append((overlap.clamp(min=0) / (end - begin)[:, None]).float())  # [tokens, cells] along the axis
+        overlap = torch.where(overlap > 1e-9 * extent, overlap, 0.0)  # edges that meet, up to rounding: no area
+        shares.append((overlap / extent).float())  # [tokens, cells] along the axis
     (a, i), (b, j) = shares[0].nonzero().T, shares[1].nonzero().T
     rows = first + (a[:, None] * shares[1].shape[0] + b[None, :]).flatten()
     columns = (i[:, None] * shares[1].shape[1] + j[None, :]).flatten()
@@ -98,19 +100,19 @@ def area_spread(tokens: Extents, cells: Extents, first: int, total: int) -> torc
     return torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=True).coalesce()
 
 
-def whole_image_spread(tiles: tuple[int, int], n: int, tile: int, read: int, total: int) -> torch.Tensor:
+def whole_image_spread(tiles: tuple[int, int], n: int, tile: int, block: int, total: int) -> torch.Tensor:
     """The :attr:`Query.spread` of a whole-image view's n x n tokens, the last of ``total``, over a fine grid of
-    R x C tiles' n x n tokens, both resizes of one image (Idefics3's global image, InternVL's thumbnail): in
-    that image's fraction, tile cell (r n + q) covers (r tile + q read / n) / (R tile) .. (r tile + (q + 1)
-    read / n) / (R tile), and whole-image token a covers a read / n / tile .. (a + 1) read / n / tile (a
-    tile's last ``tile - read`` px, if any, are read by no token)."""
+    R x C tiles' n x n tokens, both resizes of one image to ``tile`` px a tile (Idefics3's global image,
+    InternVL's thumbnail), each token reading a ``block`` px square. In the stitched tiles' px (R tile x C
+    tile), tile cell r n + q covers r tile + q block .. + block, and whole-image token a covers a block R ..
+    (a + 1) block R (R times its own px: the whole image is R tiles high). Integers: no rounding; a tile's
+    last ``tile - n block`` px, if any, are read by no token."""
     extents = []
     for count in tiles:
         q = torch.arange(count * n, dtype=torch.float64)
-        start = (q // n) * tile + (q % n) * read / n
-        cells = (start / (count * tile), (start + read / n) / (count * tile))
-        a = torch.arange(n, dtype=torch.float64)
-        extents.append(((a * read / n / tile, (a + 1) * read / n / tile), cells))
+        start = (q // n) * tile + (q % n) * block
+        a = torch.arange(n, dtype=torch.float64) * block * count
+        extents.append(((a, a + block * count), (start, start + block)))
     (rows_t, rows_c), (cols_t, cols_c) = extents
     return area_spread((rows_t, cols_t), (rows_c, cols_c), total - n * n, total)
 

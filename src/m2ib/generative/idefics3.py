@@ -111,9 +111,9 @@ class Idefics3Backend(GenerativeBackend):
         n = self.side(inputs)
         if bool((cells >= 0).all()):  # no tiles: the global image is the grid
             return None
-        read = n * int(self.config.vision_config.patch_size) * int(self.config.scale_factor)
+        block = int(self.config.vision_config.patch_size) * int(self.config.scale_factor)  # px a token reads a side
         tiles = (grid[0] // n, grid[1] // n)
-        return whole_image_spread(tiles, n, int(inputs["pixel_values"].shape[-1]), read, int(cells.numel()))
+        return whole_image_spread(tiles, n, int(inputs["pixel_values"].shape[-1]), block, int(cells.numel()))
 
     def image_states(self, query: Query) -> torch.Tensor:
         features = self.model.model.get_image_features(

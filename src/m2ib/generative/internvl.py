@@ -158,7 +158,7 @@ class InternVLBackend(GenerativeBackend):
         if tiles is None:
             return None
         n, size = self.side(inputs), int(inputs["pixel_values"].shape[-1])
-        return whole_image_spread(tiles, n, size, n * self.token_px(), int(cells.numel()))
+        return whole_image_spread(tiles, n, size, self.token_px(), int(cells.numel()))
 
     def image_states(self, query: Query) -> torch.Tensor:
         features = self.model.model.get_image_features(pixel_values=query.inputs["pixel_values"]).pooler_output
