@@ -286,6 +286,11 @@ def class_names(model: torch.nn.Module) -> set[str]:
     return {c.__name__ for c in type(model).__mro__}
 
 
+def is_class(name: str) -> Callable[[torch.nn.Module], bool]:
+    """A family's ``recognises``: the model's class, or one of its bases, is named ``name``."""
+    return lambda model: name in class_names(model)
+
+
 def generative_backend(model: torch.nn.Module | GenerativeBackend, processor: Any = None) -> GenerativeBackend:
     """The backend of the first family that recognises ``model``; one line naming the supported ones otherwise."""
     if isinstance(model, GenerativeBackend):
@@ -309,6 +314,7 @@ __all__ = [
     "answer_log_likelihood",
     "area_spread",
     "class_names",
+    "is_class",
     "evaluation_mode",
     "generative_backend",
     "register",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, is_class, register
 
 
 class LlavaBackend(GenerativeBackend):
@@ -55,15 +55,11 @@ class LlavaBackend(GenerativeBackend):
         return self.unnormalised(pixels)
 
 
-def _is_llava(model: torch.nn.Module) -> bool:
-    return "LlavaForConditionalGeneration" in class_names(model)
-
-
 register(
     GenerativeFamily(
         name="llava",
         supports="transformers LlavaForConditionalGeneration (LLaVA-1.5 layout)",
-        recognises=_is_llava,
+        recognises=is_class("LlavaForConditionalGeneration"),
         backend=LlavaBackend,
         model_class="LlavaForConditionalGeneration",
     )

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, area_spread, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, area_spread, is_class, register
 
 
 class LlavaNextBackend(GenerativeBackend):
@@ -220,15 +220,11 @@ class LlavaOnevisionBackend(LlavaNextBackend):
         return height, width
 
 
-def _named(name: str) -> Any:
-    return lambda model: name in class_names(model)
-
-
 register(
     GenerativeFamily(
         name="llava-next",
         supports="transformers LlavaNextForConditionalGeneration (LLaVA-1.6: base image + unpadded tiles)",
-        recognises=_named("LlavaNextForConditionalGeneration"),
+        recognises=is_class("LlavaNextForConditionalGeneration"),
         backend=LlavaNextBackend,
         model_class="LlavaNextForConditionalGeneration",
     )
@@ -237,7 +233,7 @@ register(
     GenerativeFamily(
         name="llava-onevision",
         supports="transformers LlavaOnevisionForConditionalGeneration (base image + unpadded tiles; one image)",
-        recognises=_named("LlavaOnevisionForConditionalGeneration"),
+        recognises=is_class("LlavaOnevisionForConditionalGeneration"),
         backend=LlavaOnevisionBackend,
         model_class="LlavaOnevisionForConditionalGeneration",
     )

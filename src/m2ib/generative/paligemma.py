@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, is_class, register
 
 
 class PaliGemmaBackend(GenerativeBackend):
@@ -94,15 +94,11 @@ class PaliGemmaBackend(GenerativeBackend):
         return self.unnormalised(pixels)
 
 
-def _is_paligemma(model: torch.nn.Module) -> bool:
-    return "PaliGemmaForConditionalGeneration" in class_names(model)
-
-
 register(
     GenerativeFamily(
         name="paligemma",
         supports="transformers PaliGemmaForConditionalGeneration (PaliGemma 1 and 2, prompt as plain text)",
-        recognises=_is_paligemma,
+        recognises=is_class("PaliGemmaForConditionalGeneration"),
         backend=PaliGemmaBackend,
         model_class="PaliGemmaForConditionalGeneration",
     )

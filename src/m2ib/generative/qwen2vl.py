@@ -38,13 +38,12 @@ Not covered: videos, several images per prompt, batches of prompts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import InputError
-from .base import GenerativeBackend, GenerativeFamily, Query, class_names, register
+from .base import GenerativeBackend, GenerativeFamily, Query, is_class, register
 
 EXAMPLE = (
     "<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>\\n<|im_start|>assistant\\n"
@@ -162,15 +161,11 @@ class Qwen2VLBackend(GenerativeBackend):
             inner.rope_deltas = saved
 
 
-def _recognises(name: str) -> Callable[[torch.nn.Module], bool]:
-    return lambda model: name in class_names(model)
-
-
 register(
     GenerativeFamily(
         name="qwen2-vl",
         supports="transformers Qwen2VLForConditionalGeneration (one image)",
-        recognises=_recognises("Qwen2VLForConditionalGeneration"),
+        recognises=is_class("Qwen2VLForConditionalGeneration"),
         backend=Qwen2VLBackend,
         model_class="Qwen2VLForConditionalGeneration",
     )
@@ -179,7 +174,7 @@ register(
     GenerativeFamily(
         name="qwen2.5-vl",
         supports="transformers Qwen2_5_VLForConditionalGeneration (one image)",
-        recognises=_recognises("Qwen2_5_VLForConditionalGeneration"),
+        recognises=is_class("Qwen2_5_VLForConditionalGeneration"),
         backend=Qwen2VLBackend,
         model_class="Qwen2_5_VLForConditionalGeneration",
     )

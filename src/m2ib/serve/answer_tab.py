@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import M2IBError
 from .answer import answer_specs, example_prompt, explain_answer_page, registered_answer_methods
-from .controls import name_api_parameters, one_line, settings_accordion
+from .controls import name_api_parameters, reported, settings_accordion
 from .environment import accepted
 from .limits import KEEP_OUTPUTS_S, prune
 from .render import ELEM
@@ -152,26 +151,19 @@ def _callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path, limits:
         settings = {name: value for (o, name), value in zip(keys, values) if o == owner}
         prune(runs, KEEP_OUTPUTS_S)
         started = time.perf_counter()
-        try:
-            with lock:
-                out = explain_answer_page(
-                    backend,
-                    image_path,
-                    prompt,
-                    answer,
-                    method_name,
-                    settings,
-                    max_new_tokens=longest,
-                    workdir=tempfile.mkdtemp(dir=runs),
-                    progress=progress,
-                    **limits,
-                )
-        except M2IBError as exc:
-            log.warning("rejected: %s", one_line(exc))
-            raise errors(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the server keeps serving
-            log.error("failed: %s", one_line(exc))
-            raise errors(f"the explanation failed ({one_line(exc)}); see the server log") from None
+        with reported(errors, "explanation"), lock:
+            out = explain_answer_page(
+                backend,
+                image_path,
+                prompt,
+                answer,
+                method_name,
+                settings,
+                max_new_tokens=longest,
+                workdir=tempfile.mkdtemp(dir=runs),
+                progress=progress,
+                **limits,
+            )
         log.info(
             "explained the answer %r with %s in %.1f s",
             out.explanation.answer,

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from ..errors import InputError, M2IBError
 from .answer_tab import answer_tab
 from .callbacks import COMPARE_ALL, explain_pair, registered_methods
-from .controls import name_api_parameters, one_line, setting_specs, settings_accordion
+from .controls import name_api_parameters, one_line, reported, setting_specs, settings_accordion
 from .environment import accepted, import_gradio
 from .interaction_tab import interaction_tab
 from .limits import KEEP_OUTPUTS_S, MAX_MEGAPIXELS, MAX_UPLOAD_MB, prune
@@ -320,24 +320,17 @@ def _explain_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
         settings = by_method if method_name == COMPARE_ALL else by_method.get(method_name, {})
         prune(runs, KEEP_OUTPUTS_S)
         started = time.perf_counter()
-        try:
-            with lock:
-                result = explain_pair(
-                    backend,
-                    image_path,
-                    text_value,
-                    method_name,
-                    settings,
-                    workdir=tempfile.mkdtemp(dir=runs),
-                    progress=progress,
-                    **limits,
-                )
-        except M2IBError as exc:
-            log.warning("rejected: %s", one_line(exc))
-            raise _page_error(gr, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the server keeps serving
-            log.error("failed: %s", one_line(exc))
-            raise _page_error(gr, f"the explanation failed ({one_line(exc)}); see the server log") from None
+        with reported(lambda message: _page_error(gr, message), "explanation"), lock:
+            result = explain_pair(
+                backend,
+                image_path,
+                text_value,
+                method_name,
+                settings,
+                workdir=tempfile.mkdtemp(dir=runs),
+                progress=progress,
+                **limits,
+            )
         log.info(
             "explained %r on %s with %s in %.1f s",
             text_value.strip(),

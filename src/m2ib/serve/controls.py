@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..settings import SettingField, fields_of
@@ -144,6 +146,23 @@ def one_line(exc: BaseException) -> str:
     from ..api import one_line as line
 
     return line(exc)
+
+
+@contextlib.contextmanager
+def reported(errors: Callable[[str], Exception], what: str) -> Iterator[None]:
+    """One model job of a tab: bad input (an ``M2IBError``) becomes its one line in the page; any other
+    failure is logged and becomes a short line naming ``what`` failed (the server keeps serving)."""
+    from ..errors import M2IBError
+
+    log = logging.getLogger("m2ib.serve")
+    try:
+        yield
+    except M2IBError as exc:
+        log.warning("rejected: %s", one_line(exc))
+        raise errors(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - the server keeps serving
+        log.error("failed: %s", one_line(exc))
+        raise errors(f"the {what} failed ({one_line(exc)}); see the server log") from None
 
 
 def settings_accordion(

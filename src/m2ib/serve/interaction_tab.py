@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import M2IBError
-from .controls import name_api_parameters, one_line, settings_accordion
+from .controls import name_api_parameters, reported, settings_accordion
 from .environment import accepted
 from .interplay import (
     SELECTED,
@@ -200,25 +200,18 @@ def _compute_callback(gr, backend: Any, keys: list[tuple[str, str]], runs: Path,
         settings = {name: value for (owner, name), value in zip(keys, values) if owner == method_name}
         prune(runs, KEEP_OUTPUTS_S)
         started = time.perf_counter()
-        try:
-            with lock:
-                result, first, files, status = compute_interaction(
-                    backend,
-                    image_path,
-                    text_value,
-                    method_name,
-                    settings,
-                    cache=cache,
-                    workdir=tempfile.mkdtemp(dir=runs),
-                    progress=progress,
-                    **limits,
-                )
-        except M2IBError as exc:
-            log.warning("rejected: %s", one_line(exc))
-            raise errors(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the server keeps serving
-            log.error("failed: %s", one_line(exc))
-            raise errors(f"the interactions failed ({one_line(exc)}); see the server log") from None
+        with reported(errors, "interactions"), lock:
+            result, first, files, status = compute_interaction(
+                backend,
+                image_path,
+                text_value,
+                method_name,
+                settings,
+                cache=cache,
+                workdir=tempfile.mkdtemp(dir=runs),
+                progress=progress,
+                **limits,
+            )
         log.info(
             "interactions of %r on %s with %s in %.1f s",
             text_value.strip(),
