@@ -58,7 +58,7 @@ def list_models() -> list[str]:
     Examples:
         >>> import m2ib
         >>> m2ib.list_models()
-        ['shapes', 'random-tiny', 'random-vit-b-32']
+        ['shapes', 'shapes-vqa', 'random-tiny', 'random-vit-b-32']
     """
     from .models import BUILTIN_MODELS as builtin
 

@@ -145,6 +145,9 @@ def _random_builder(spec: RandomCLIPSpec, label: str):
 
 
 SHAPES_DIR = MODELS_DIR / "shapes"
+# A generative model (LLaVA) on the shapes world; its saved weights leave out the vision tower,
+# which is the shapes CLIP's (m2ib.json's vision_tower_from; the loader puts it back).
+SHAPES_VQA_DIR = MODELS_DIR / "shapes_vqa"
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -155,6 +158,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "small CLIP trained on m2ib's synthetic shapes world (96 px, offline default)",
             directory=SHAPES_DIR,
             missing_hint="reinstall m2ib, or train one with `m2ib train-shapes --out DIR`",
+        ),
+        BuiltinModel(
+            "shapes-vqa",
+            "small LLaVA answering questions about the shapes world (the shapes CLIP's vision tower; "
+            "generative: explain its answers with --answer)",
+            directory=SHAPES_VQA_DIR,
+            missing_hint="reinstall m2ib, or train one with `python -m m2ib.training.vqa --out DIR`",
         ),
         BuiltinModel(
             "random-tiny",

@@ -1,0 +1,117 @@
+"""Accuracy of the shipped shapes-vqa model on the TEST split, and where its answer maps point.
+
+Accuracy: for each question kind (colour, shape, exists, caption), ``--n`` questions about the
+test split's scenes with 2 to 4 objects (``m2ib.training.vqa.scenes("test", ...)``: scene i asks
+one question of each kind that it can ask, drawn with ``numpy.random.default_rng(--seed)``); an
+answer is right when the model's greedy answer (``GenerativeBackend.generate``: the full LLaVA
+forward from the image file's pixels) equals the expected one exactly.
+
+Pointing (``--pointing N``): N test questions that name one object ("what colour is the star ?",
+"what shape is red ?", alternating); each method explains the expected answer given the question
+(``m2ib.explain_answer``, its defaults) and the question counts as a hit when the answer's map
+peaks inside that object's mask (``m2ib.generative.metrics.pointing_game``). Chance is the
+object's share of the image (``chance`` column: its mean).
+
+    python benchmarks/shapes_vqa.py                        # accuracy, 200 questions per kind
+    python benchmarks/shapes_vqa.py --n 0 --pointing 200 --methods m2ib,saliency,relevancy,occlusion
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import m2ib
+from m2ib.generative.loading import load_generative
+from m2ib.generative.metrics import pointing_game
+from m2ib.training.vqa import scenes
+from m2ib.training.vqa_data import QUESTION_KINDS, make_question
+
+
+def questions(kinds: tuple[str, ...], n: int, seed: int) -> list:
+    """(scene, question) pairs: ``n`` per kind, scene i of the test split asking one of each kind it can."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list] = {k: [] for k in kinds}
+    items: list = []
+    start = 0
+    while any(len(v) < n for v in out.values()):
+        if start >= len(items):
+            items = scenes("test", max(2 * len(items), 64))
+        scene = items[start]
+        start += 1
+        for kind in kinds:
+            q = make_question(scene, kind, rng)
+            if q is not None and len(out[kind]) < n:
+                out[kind].append((scene, q))
+    return [p for k in kinds for p in out[k]]
+
+
+def accuracy(backend, n: int, seed: int) -> dict[str, dict]:
+    rows: dict[str, dict] = {k: {"right": 0, "n": 0, "wrong": []} for k in QUESTION_KINDS}
+    for scene, q in tqdm(questions(QUESTION_KINDS, n, seed), desc="accuracy"):
+        got = backend.generate(scene.to_pil(), q.prompt, max_new_tokens=24)
+        row = rows[q.kind]
+        row["n"] += 1
+        row["right"] += got == q.answer
+        if got != q.answer and len(row["wrong"]) < 3:
+            row["wrong"].append(f"{q.question} -> {got!r} (expected {q.answer!r})")
+    return rows
+
+
+def pointing(backend, n: int, seed: int, methods: list[str]) -> dict:
+    pairs = questions(("colour", "shape"), (n + 1) // 2, seed + 1)
+    pairs = [p for pair in zip(pairs[: len(pairs) // 2], pairs[len(pairs) // 2 :], strict=True) for p in pair][:n]
+    out = {}
+    for method in methods:
+        hits, start = 0, time.perf_counter()
+        for scene, q in tqdm(pairs, desc=f"pointing {method}"):
+            exp = m2ib.explain_answer(backend, scene.to_pil(), q.prompt, answer=q.answer, method=method)
+            hits += pointing_game(exp.image_map, scene.masks[q.target])
+        out[method] = {"hits": hits, "n": len(pairs), "seconds": round(time.perf_counter() - start, 1)}
+    chance = float(np.mean([scene.masks[q.target].float().mean() for scene, q in pairs])) if pairs else 0.0
+    return {"chance": chance, "methods": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes-vqa", help="built-in name or a saved model directory")
+    parser.add_argument("--n", type=int, default=200, help="questions per kind (0: no accuracy)")
+    parser.add_argument("--pointing", type=int, default=0, help="pointing-game questions (0: none)")
+    parser.add_argument("--methods", default="m2ib,saliency,relevancy,occlusion")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args(argv)
+    backend = load_generative(args.model)
+    result: dict = {"model": args.model, "command": "python benchmarks/shapes_vqa.py " + " ".join(sys.argv[1:])}
+    if args.n:
+        rows = result["accuracy"] = accuracy(backend, args.n, args.seed)
+        print("| question | example | right | accuracy |\n|---|---|---|---|")
+        examples = {
+            "colour": "what colour is the star ?",
+            "shape": "what shape is red ?",
+            "exists": "is there a blue circle ?",
+            "caption": "describe the image .",
+        }
+        for kind, row in rows.items():
+            print(f"| {kind} | {examples[kind]} | {row['right']}/{row['n']} | {row['right'] / row['n']:.1%} |")
+        for kind, row in rows.items():
+            for wrong in row["wrong"]:
+                print(f"  wrong ({kind}): {wrong}")
+    if args.pointing:
+        point = result["pointing"] = pointing(backend, args.pointing, args.seed, args.methods.split(","))
+        print(f"\n| method | pointing | seconds | (chance {point['chance']:.1%}) |\n|---|---|---|---|")
+        for method, row in point["methods"].items():
+            print(f"| {method} | {row['hits']}/{row['n']} = {row['hits'] / row['n']:.1%} | {row['seconds']} | |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The shipped shapes-vqa model (a LLaVA on the shapes world) and the code that trains it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from m2ib.datasets.shapes import COLOURS, SHAPES
+from m2ib.errors import InputError
+from m2ib.generative.loading import load_generative
+from m2ib.models import BUILTIN_MODELS, SHAPES_DIR, SHAPES_VQA_DIR
+from m2ib.training import vqa
+from m2ib.training.vqa_data import QUESTION_KINDS, make_question
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_generative("shapes-vqa")
+
+
+def _clip_vision_state():
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(SHAPES_DIR).vision_model.state_dict()
+
+
+def _same_tower(model) -> bool:
+    mine, clip = model.model.vision_tower.state_dict(), _clip_vision_state()
+    return mine.keys() == clip.keys() and all(torch.equal(mine[k], clip[k]) for k in clip)
+
+
+def test_the_shipped_model_loads_by_name_with_the_shapes_clip_vision_tower(shipped):
+    assert BUILTIN_MODELS["shapes-vqa"].directory == SHAPES_VQA_DIR
+    assert type(shipped).__name__ == "LlavaBackend"
+    assert _same_tower(shipped.model)  # put back from the shapes CLIP, not left at random
+    # the shipped folder does not duplicate the CLIP's weights
+    from safetensors import safe_open
+
+    with safe_open(str(SHAPES_VQA_DIR / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.startswith(vqa.VISION_PREFIX)]  # noqa: SIM118 (not a dict)
+
+
+def test_the_processor_gives_one_token_per_patch(shipped):
+    scene = vqa.scenes("test", 1)[0]
+    inputs = shipped.processor(images=scene.to_pil(), text="USER: <image>\nwhat shape is red ? ASSISTANT:")
+    patch = shipped.config.vision_config.patch_size
+    count = int((torch.as_tensor(inputs["input_ids"]) == shipped.config.image_token_id).sum())
+    assert count == (96 // patch) ** 2 == 256
+
+
+def test_the_shipped_model_answers_fixed_test_questions(shipped):
+    # one question of each kind it can ask about each of the first test scenes (fixed before looking)
+    items = vqa.scenes("test", 4)
+    rng = np.random.default_rng(0)
+    right, total = 0, 0
+    for scene in items:
+        for kind in QUESTION_KINDS:
+            q = make_question(scene, kind, rng)
+            if q is None:
+                continue
+            total += 1
+            right += shipped.generate(scene.to_pil(), q.prompt, max_new_tokens=24) == q.answer
+    assert total >= 12 and right >= total - 1, f"{right}/{total} right"
+
+
+def test_explain_answer_runs_on_the_shipped_model(shipped):
+    import m2ib
+
+    scene = vqa.scenes("test", 1)[0]
+    q = make_question(scene, "colour", np.random.default_rng(0)) or make_question(
+        scene, "exists", np.random.default_rng(0)
+    )
+    exp = m2ib.explain_answer(shipped, scene.to_pil(), q.prompt, answer=q.answer, steps=2, samples=1)
+    assert exp.image_map.shape == (96, 96) and torch.isfinite(exp.image_map).all()
+    assert float(exp.image_map.std()) > 0
+
+
+def test_a_changed_shapes_clip_is_refused(tmp_path):
+    copy = tmp_path / "vqa"
+    shutil.copytree(SHAPES_VQA_DIR, copy)
+    record = json.loads((copy / "m2ib.json").read_text())
+    record["vision_tower_from"]["sha256"] = "0" * 64
+    (copy / "m2ib.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="has changed"):
+        load_generative(str(copy))
+
+
+def test_the_cached_feature_path_is_llavas_own_forward():
+    model, processor = vqa.build(vqa.QUICK)
+    items = vqa.scenes("train", 3)
+    features = vqa.image_features(model, processor, items, progress=False)
+    pairs = vqa.draw_questions(items, np.random.default_rng(0), 3, 2)
+    ids, mask, _ = vqa.make_batch(processor.tokenizer, pairs, features.shape[1])
+    index = torch.tensor([i for i, _ in pairs])
+    with torch.no_grad():
+        full = vqa.logits_from_features(model, features[index], ids, mask)
+        shared, cut = vqa.shared_prefix_logits(model, features[index[::2]], ids, mask)
+        scene, q = items[pairs[0][0]], pairs[0][1]
+        inputs = processor(images=scene.to_pil(), text=q.prompt, return_tensors="pt")
+        own = model(**inputs).logits[0]
+    n = inputs["input_ids"].shape[1]
+    assert torch.equal(inputs["input_ids"][0], ids[0, :n])  # the processor's tokens, image expanded alike
+    torch.testing.assert_close(full[0, :n], own, atol=1e-3, rtol=0)  # float16 features: 1e-4 off
+    torch.testing.assert_close(shared, full[:, cut:], atol=1e-5, rtol=0)
+
+
+def test_questions_are_asked_only_where_the_answer_is_unique():
+    rng = np.random.default_rng(1)
+    for scene in vqa.scenes("val", 40):
+        colours = [o.colour for o in scene.objects]
+        shapes = [o.shape for o in scene.objects]
+        q = make_question(scene, "colour", rng)
+        assert (q is None) == all(shapes.count(s) > 1 for s in shapes)
+        if q is not None:
+            assert shapes.count(scene.objects[q.target].shape) == 1 and q.answer == colours[q.target]
+        q = make_question(scene, "shape", rng)
+        if q is not None:
+            assert colours.count(scene.objects[q.target].colour) == 1 and q.answer == shapes[q.target]
+        q = make_question(scene, "exists", rng)
+        named = tuple(w for w in q.question.split() if w in COLOURS or w in SHAPES)
+        assert (q.answer == "yes") == scene.has(*named)
+        caption = make_question(scene, "caption", rng).answer
+        assert caption.count(" a ") + caption.count(" an ") + 1 == len(scene.objects)
+
+
+@pytest.mark.slow
+def test_training_runs_end_to_end_and_the_result_loads(tmp_path):
+    out = tmp_path / "model"
+    assert vqa.main(["--out", str(out), "--quick", "--no-progress"]) == 0
+    record = json.loads((out / "m2ib.json").read_text())
+    assert record["training"]["steps_done"] == vqa.QUICK.steps
+    backend = load_generative(str(out))
+    assert _same_tower(backend.model)
+    assert vqa.main(["--out", str(out), "--quick"]) == 2  # never writes over a folder
