@@ -136,3 +136,20 @@ def test_training_runs_end_to_end_and_the_result_loads(tmp_path):
     backend = load_generative(str(out))
     assert _same_tower(backend.model)
     assert vqa.main(["--out", str(out), "--quick"]) == 2  # never writes over a folder
+
+
+def test_the_command_line_explains_an_answer_of_the_built_in_model(tmp_path):
+    from m2ib.cli import main
+
+    scene = vqa.scenes("test", 1)[0]
+    scene.to_pil().save(tmp_path / "scene.png")
+    q = make_question(scene, "caption", np.random.default_rng(0))
+    args = ["explain", str(tmp_path / "scene.png"), q.prompt, "--answer", q.answer, "--model", "shapes-vqa"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--steps", "2", "--samples", "1"]) == 0
+    record = json.loads((tmp_path / "out" / "scene.json").read_text())
+    assert record["answer"] == q.answer and record["family"] == "llava"
+
+
+def test_a_built_in_clip_is_not_a_generative_model():
+    with pytest.raises(InputError, match="not a generative model"):
+        load_generative("random-tiny")

@@ -55,6 +55,7 @@ class VQAConfig:
     lm_heads: int = 4
     feature_layer: int = -2  # the CLIP block whose output the projector reads (LLaVA's choice)
     seed: int = 0
+    init: str = ""  # a saved shapes-vqa folder whose projector and language model training starts from ("": random)
 
 
 QUICK = VQAConfig(scenes=16, val_scenes=4, steps=3, batch_size=4, per_scene=2, lm_width=32, lm_layers=1, lm_heads=2)
@@ -260,6 +261,18 @@ def accuracy(model, tokenizer, features: torch.Tensor, items: list, seed: int) -
     return out
 
 
+def warm_start(model, folder: Path) -> None:
+    """The projector's and the language model's weights from a saved shapes-vqa ``folder`` (the
+    vision tower stays the shapes CLIP's); a folder whose weights do not fit is an error."""
+    from transformers import LlavaForConditionalGeneration
+
+    saved = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)  # its key names, as saved
+    state = {k: v for k, v in saved.state_dict().items() if not k.startswith(VISION_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(VISION_PREFIX) for k in missing):
+        raise ValueError(f"{folder}: not a shapes-vqa model of this shape ({len(missing)} missing, {unexpected[:3]})")
+
+
 def _schedule(config: VQAConfig, step: int) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -317,6 +330,8 @@ def run(config: VQAConfig, out: Path, progress: bool = True, command: str = "") 
     """Build, cache the features, train, measure on the validation scenes, export to ``out``; the record."""
     start = time.perf_counter()
     model, processor = build(config)
+    if config.init:
+        warm_start(model, Path(config.init))
     train_items, val_items = scenes("train", config.scenes, config.seed), scenes("val", config.val_scenes)
     features = image_features(model, processor, train_items, progress=progress)
     val_features = image_features(model, processor, val_items, progress=progress)
