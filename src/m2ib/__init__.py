@@ -52,17 +52,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'm2ib' has no attribute {name!r}")
 
 
-def list_models() -> list[str]:
-    """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories.
+def list_models(generative: bool = False) -> list[str]:
+    """Names of the built-in models ``m2ib.load`` accepts besides hub ids and directories (with
+    ``generative``: those ``m2ib.explain_answer`` accepts).
 
     Examples:
         >>> import m2ib
         >>> m2ib.list_models()
-        ['shapes', 'shapes-vqa', 'random-tiny', 'random-vit-b-32']
+        ['shapes', 'random-tiny', 'random-vit-b-32']
+        >>> m2ib.list_models(generative=True)
+        ['shapes-vqa']
     """
-    from .models import BUILTIN_MODELS as builtin
+    from .models import builtin_names
 
-    return list(builtin)
+    return builtin_names(generative)
 
 
 __all__ = [

@@ -167,3 +167,22 @@ def test_the_command_line_explains_an_answer_of_the_built_in_model(tmp_path):
 def test_a_built_in_clip_is_not_a_generative_model():
     with pytest.raises(InputError, match="not a generative model"):
         load_generative("random-tiny")
+
+
+def test_clip_paths_refuse_the_generative_built_in_in_one_line_and_do_not_list_it(tmp_path, capsys):
+    import m2ib
+    from m2ib.auditing.control import check_control
+    from m2ib.cli import main
+    from m2ib.cli.common import model_help
+
+    assert "shapes-vqa" not in m2ib.list_models() and m2ib.list_models(generative=True) == ["shapes-vqa"]
+    assert "shapes-vqa" not in model_help()
+    with pytest.raises(InputError, match="generative VLM.*--answer"):
+        m2ib.load("shapes-vqa")
+    with pytest.raises(InputError, match="--control shapes-vqa is a generative VLM"):
+        check_control("shapes-vqa")
+    scene = vqa.scenes("test", 1)[0]
+    scene.to_pil().save(tmp_path / "scene.png")
+    assert main(["explain", str(tmp_path / "scene.png"), "a red star", "--model", "shapes-vqa"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--answer" in err[0], err

@@ -54,9 +54,11 @@ def control_spec(control: Any) -> str:
 def check_control(control: Any) -> str:
     """The control's spec, checked without loading anything: one line when it names no model
     (a built-in name, an existing directory, a hub id ``ORG/NAME`` or a prefixed spec)."""
-    from ..models import BUILTIN_MODELS
+    from ..models import BUILTIN_MODELS, builtin_names, generative_refusal
 
     spec = control_spec(control)
+    if spec in BUILTIN_MODELS and BUILTIN_MODELS[spec].generative:
+        raise InputError(f"--control {generative_refusal(spec)}")
     if not isinstance(control, (str, os.PathLike)) or spec in (RANDOMISED, NONE) or spec in BUILTIN_MODELS:
         return spec
     path = Path(spec).expanduser()
@@ -69,7 +71,7 @@ def check_control(control: Any) -> str:
     if not hub_id:
         raise InputError(
             f"--control {spec}: no such model or directory (give {RANDOMISED}, {NONE}, "
-            f"a built-in name ({', '.join(BUILTIN_MODELS)}), a model directory or a hub id)"
+            f"a built-in name ({', '.join(builtin_names())}), a model directory or a hub id)"
         )
     return spec
 

@@ -135,9 +135,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".we
 def _load_named(source: str, processor: Any = None, tokenizer: Any = None) -> Backend:
     """A built-in name, ``PREFIX:SPEC`` of a family, an existing file or directory in a family's
     format, or else a transformers name (``hf:``: a hub id)."""
-    from ..models import BUILTIN_MODELS
+    from ..models import BUILTIN_MODELS, generative_refusal
 
     if source in BUILTIN_MODELS:
+        if BUILTIN_MODELS[source].generative:
+            raise InputError(generative_refusal(source))
         return _load_builtin(BUILTIN_MODELS[source], processor, tokenizer)
     family = registry.family_of_name(source)
     if family is not None and family.prefix is not None:  # family_of_name only returns prefixed families

@@ -23,9 +23,9 @@ COMMANDS = {
 
 def model_help() -> str:
     """The help of every --model flag: what names a model."""
-    from ..models import BUILTIN_MODELS, DEFAULT_MODEL
+    from ..models import DEFAULT_MODEL, builtin_names
 
-    names = ", ".join(BUILTIN_MODELS)
+    names = ", ".join(builtin_names())
     return (
         f"built-in name ({names}), Hugging Face hub id (e.g. openai/clip-vit-base-patch32, or hf:ID), a local "
         f"directory, open_clip:ARCH@TAG / open_clip:hf-hub:ORG/REPO, clip:ViT-B/32 / clip:FILE.pt "

@@ -23,7 +23,7 @@ log = logging.getLogger("m2ib.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..models import BUILTIN_MODELS, DEFAULT_MODEL
+    from ..models import DEFAULT_MODEL, builtin_names
 
     parser = argparse.ArgumentParser(
         prog="m2ib serve",
@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), Hugging Face hub id (cached; set "
-        f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL}); a generative "
-        "VLM's save_pretrained folder (LLaVA, PaliGemma, Idefics3, Qwen2-VL, InternVL, ...) gets the Answer tab "
-        "instead of the CLIP tabs (docs/guide/viewer.md)",
+        help=f"built-in name ({', '.join(builtin_names())}), Hugging Face hub id (cached; set "
+        f"HF_HUB_OFFLINE=0 to download) or a local directory (default: {DEFAULT_MODEL}); a generative VLM "
+        f"({', '.join(builtin_names(generative=True))}, or a save_pretrained folder of LLaVA, PaliGemma, Idefics3, "
+        "Qwen2-VL, InternVL, ...) gets the Answer tab instead of the CLIP tabs (docs/guide/viewer.md)",
     )
     add_settings_flag(parser)
     parser.add_argument(

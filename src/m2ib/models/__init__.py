@@ -52,6 +52,7 @@ class BuiltinModel:
     build: Callable[[], tuple[torch.nn.Module, object, object, dict]] | None = None
     directory: Path | None = None  # a save_pretrained directory (weights, tokenizer, m2ib.json settings)
     missing_hint: str = "reinstall m2ib"  # what to do when this install lacks the directory
+    generative: bool = False  # a generative VLM (m2ib.explain_answer), not a CLIP (m2ib.load)
 
     def saved_directory(self) -> Path:
         """``directory``, or a one-line error when this install lacks it."""
@@ -165,6 +166,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "generative: explain its answers with --answer)",
             directory=SHAPES_VQA_DIR,
             missing_hint="reinstall m2ib, or train one with `python -m m2ib.training.vqa --out DIR`",
+            generative=True,
         ),
         BuiltinModel(
             "random-tiny",
@@ -178,3 +180,17 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         ),
     )
 }
+
+
+def builtin_names(generative: bool = False) -> list[str]:
+    """The built-in models' names: the CLIPs (``m2ib.load``), or with ``generative`` the generative
+    VLMs (``m2ib.explain_answer``)."""
+    return [name for name, model in BUILTIN_MODELS.items() if model.generative == generative]
+
+
+def generative_refusal(name: str) -> str:
+    """The one line for a built-in generative model given where a CLIP is expected."""
+    return (
+        f"{name} is a generative VLM, not a CLIP: explain its answers with m2ib.explain_answer(image, prompt, "
+        f"model={name!r}) or `m2ib explain IMAGE PROMPT --answer TEXT --model {name}`"
+    )
