@@ -218,8 +218,14 @@ def logits_from_features(model, features: torch.Tensor, ids: torch.Tensor, mask:
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the labelled tokens, each predicted from the position before it."""
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+    """Cross-entropy of the labelled tokens, each predicted from the position before it: the mean
+    over each question's answer tokens, then over the questions. Each question weighs the same: a
+    mean over all tokens would give a caption (about 10 tokens) ten times a one-word answer's weight,
+    and the one-word questions, which need the image most, would be learnt last."""
+    target = labels[:, 1:]
+    tokens = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target, reduction="none")
+    counted = (target != -100).float()
+    return ((tokens * counted).sum(1) / counted.sum(1).clamp(min=1)).mean()
 
 
 @torch.no_grad()
