@@ -359,6 +359,8 @@ def run(config: VQAConfig, out: Path, progress: bool = True, command: str = "") 
             "val_accuracy": accuracy(model, processor.tokenizer, val_features, val_items, config.seed + 1),
         },
     }
+    if config.init:  # the run it started from, so that the whole training is on record
+        record["training"]["init_record"] = json.loads((Path(config.init) / "m2ib.json").read_text())["training"]
     export(model, processor, out, record)
     return record
 
