@@ -186,3 +186,27 @@ def test_clip_paths_refuse_the_generative_built_in_in_one_line_and_do_not_list_i
     assert main(["explain", str(tmp_path / "scene.png"), "a red star", "--model", "shapes-vqa"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--answer" in err[0], err
+
+
+def test_explain_answer_takes_the_built_in_name(shipped):
+    import m2ib
+
+    scene = vqa.scenes("test", 1)[0]
+    q = make_question(scene, "caption", np.random.default_rng(0))
+    by_name = m2ib.explain_answer("shapes-vqa", scene.to_pil(), q.prompt, answer=q.answer, steps=2, samples=1)
+    by_backend = m2ib.explain_answer(shipped, scene.to_pil(), q.prompt, answer=q.answer, steps=2, samples=1)
+    torch.testing.assert_close(by_name.token_scores, by_backend.token_scores, rtol=0, atol=0)
+    with pytest.raises(InputError, match="a built-in CLIP, not a generative model"):
+        m2ib.explain_answer("shapes", scene.to_pil(), q.prompt, answer=q.answer)
+
+
+def test_the_viewer_opens_the_answer_tab_on_the_built_in_with_its_own_prompt_form(shipped):
+    from m2ib.generative.loading import is_generative
+    from m2ib.serve.answer import example_prompt
+
+    assert is_generative("shapes-vqa") and not is_generative("shapes")
+    prompt = example_prompt(shipped)
+    assert prompt == "USER: <image>\ndescribe the image . ASSISTANT:"
+    shipped.check_prompt(prompt)
+    ids = shipped.tokenizer(prompt)["input_ids"]
+    assert shipped.tokenizer.unk_token_id not in ids  # every word in its closed vocabulary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ def _family_name(backend: GenerativeBackend) -> str:
 
 
 def explain_answer(
-    model: torch.nn.Module | GenerativeBackend,
+    model: str | os.PathLike | torch.nn.Module | GenerativeBackend,
     image: Any,
     prompt: str,
     answer: str | None = None,
@@ -38,9 +39,12 @@ def explain_answer(
     docs/generative.md). The model is never modified.
 
     Args:
-        model: a supported transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA-1.5,
-            PaliGemma 1 and 2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, InternVL; ``m2ib list`` prints them)
-            with its ``processor``, or a :class:`~m2ib.generative.base.GenerativeBackend`.
+        model: a built-in name (``"shapes-vqa"``; ``m2ib.list_models(generative=True)``), a
+            ``save_pretrained`` folder or a hub id (loaded with its own processor); or a supported
+            transformers model (``m2ib.generative.GENERATIVE_FAMILIES``: LLaVA-1.5, LLaVA-NeXT,
+            LLaVA-OneVision, PaliGemma 1 and 2, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, InternVL;
+            ``m2ib list`` prints them) with its ``processor``; or a
+            :class:`~m2ib.generative.base.GenerativeBackend`.
         image: a path, a PIL image or an image tensor, as :func:`m2ib.explain` takes one.
         prompt: the question or instruction, in the model's own chat format, with the image
             placeholder once where the family asks for one (LLaVA: ``<image>``; PaliGemma takes
@@ -99,7 +103,12 @@ def explain_answer(
         raise InputError(f"the answer {answer!r} is empty: give the text to explain, or None for the model's own")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    backend = generative_backend(model, processor)
+    if isinstance(model, (str, os.PathLike)):  # a name: the shipped shapes-vqa, a folder or a hub id
+        from .loading import load_generative
+
+        backend = load_generative(str(model))
+    else:
+        backend = generative_backend(model, processor)
     backend.check_prompt(prompt)
     picture, _ = load_image(image)
     source = "given"

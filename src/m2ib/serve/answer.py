@@ -10,6 +10,7 @@ one typed, or the model's own when the answer box is empty).
 from __future__ import annotations
 
 import html
+import json
 import os
 import tempfile
 import time
@@ -60,7 +61,14 @@ def answer_specs(name: str) -> list[SettingSpec]:
 
 
 def example_prompt(backend: Any) -> str:
-    """A prompt this model's family reads: a LLaVA-style chat turn, else the placeholder first, else plain text."""
+    """A prompt this model reads: its own form where its folder's ``m2ib.json`` states one (the
+    shipped shapes-vqa: a closed vocabulary), else a LLaVA-style chat turn, else the placeholder
+    first, else plain text."""
+    own = Path(str(getattr(backend.config, "_name_or_path", "") or "")) / "m2ib.json"
+    if own.is_file():
+        form = json.loads(own.read_text()).get("prompt")
+        if isinstance(form, str) and "{question}" in form:
+            return form.format(question="describe the image .")
     token = backend.image_token
     for prompt in (f"USER: {token}\nWhat is in the image? ASSISTANT:", f"{token} What is in the image?"):
         try:
