@@ -13,7 +13,7 @@ peaks inside that object's mask (``m2ib.generative.metrics.pointing_game``). Cha
 object's share of the image (``chance`` column: its mean).
 
     python benchmarks/shapes_vqa.py                        # accuracy, 200 questions per kind
-    python benchmarks/shapes_vqa.py --n 0 --pointing 200 --methods m2ib,saliency,relevancy,occlusion
+    python benchmarks/shapes_vqa.py --n 0 --pointing 200 --sanity 200   # every answer method
 """
 
 from __future__ import annotations
@@ -63,16 +63,37 @@ def accuracy(backend, n: int, seed: int) -> dict[str, dict]:
     return rows
 
 
-def pointing(backend, n: int, seed: int, methods: list[str]) -> dict:
+def _explain(backend, scene, q, method: str):
+    # the whole answer's map only: the per-word maps and the prompt side are other fits
+    extra = {"per_word": False, "prompt_side": False} if method == "m2ib" else {}
+    return m2ib.explain_answer(backend, scene.to_pil(), q.prompt, answer=q.answer, method=method, **extra)
+
+
+def pointing(backend, n: int, seed: int, methods: list[str], sanity: int) -> dict:
+    """Each method's pointing hits on ``n`` questions and, on the first ``sanity`` of them, the mean
+    |Spearman| between its map and its map on a copy of the model whose language model (every block
+    and the head, above the projector's output) is randomised (lower: the map depends on the model)."""
+    from m2ib.metrics.sanity import spearman
+    from m2ib.tuning.answer_fits import randomised_above_site
+
     pairs = questions(("colour", "shape"), (n + 1) // 2, seed + 1)
     pairs = [p for pair in zip(pairs[: len(pairs) // 2], pairs[len(pairs) // 2 :], strict=True) for p in pair][:n]
+    randomised = randomised_above_site(backend, 0, seed) if sanity else None
     out = {}
     for method in methods:
-        hits, start = 0, time.perf_counter()
-        for scene, q in tqdm(pairs, desc=f"pointing {method}"):
-            exp = m2ib.explain_answer(backend, scene.to_pil(), q.prompt, answer=q.answer, method=method)
+        hits, rhos, start = 0, [], time.perf_counter()
+        for i, (scene, q) in enumerate(tqdm(pairs, desc=f"pointing {method}")):
+            exp = _explain(backend, scene, q, method)
             hits += pointing_game(exp.image_map, scene.masks[q.target])
-        out[method] = {"hits": hits, "n": len(pairs), "seconds": round(time.perf_counter() - start, 1)}
+            if i < sanity:
+                rhos.append(abs(spearman(exp.image_map, _explain(randomised, scene, q, method).image_map)))
+        out[method] = {
+            "hits": hits,
+            "n": len(pairs),
+            "sanity_abs_rho": float(np.nanmean(rhos)) if rhos else None,
+            "sanity_n": len(rhos),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     chance = float(np.mean([scene.masks[q.target].float().mean() for scene, q in pairs])) if pairs else 0.0
     return {"chance": chance, "methods": out}
 
@@ -82,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="shapes-vqa", help="built-in name or a saved model directory")
     parser.add_argument("--n", type=int, default=200, help="questions per kind (0: no accuracy)")
     parser.add_argument("--pointing", type=int, default=0, help="pointing-game questions (0: none)")
-    parser.add_argument("--methods", default="m2ib,saliency,relevancy,occlusion")
+    parser.add_argument("--sanity", type=int, default=0, help="of the pointing questions, how many also get the sanity check")
+    parser.add_argument("--methods", default="m2ib,saliency,input_x_gradient,llava_cam,relevancy,occlusion,rise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -103,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             for wrong in row["wrong"]:
                 print(f"  wrong ({kind}): {wrong}")
     if args.pointing:
-        point = result["pointing"] = pointing(backend, args.pointing, args.seed, args.methods.split(","))
-        print(f"\n| method | pointing | seconds | (chance {point['chance']:.1%}) |\n|---|---|---|---|")
+        point = result["pointing"] = pointing(backend, args.pointing, args.seed, args.methods.split(","), args.sanity)
+        print(f"\n| method | pointing (chance {point['chance']:.1%}) | sanity abs rho (lower: better) | seconds |")
+        print("|---|---|---|---|")
         for method, row in point["methods"].items():
-            print(f"| {method} | {row['hits']}/{row['n']} = {row['hits'] / row['n']:.1%} | {row['seconds']} | |")
+            rho = f"{row['sanity_abs_rho']:.3f} ({row['sanity_n']})" if row["sanity_n"] else "-"
+            print(f"| {method} | {row['hits']}/{row['n']} = {row['hits'] / row['n']:.1%} | {rho} | {row['seconds']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -181,11 +181,25 @@ def test_clip_paths_refuse_the_generative_built_in_in_one_line_and_do_not_list_i
         m2ib.load("shapes-vqa")
     with pytest.raises(InputError, match="--control shapes-vqa is a generative VLM"):
         check_control("shapes-vqa")
+    assert main(["explain", "examples/scene3.png", "a red star", "--model", "random-tiny", "--answer", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a built-in CLIP, not a generative model" in err[0], err
+
+
+def test_without_answer_the_command_line_explains_the_models_own_answer(tmp_path, capsys, shipped):
+    from m2ib.cli import main
+
     scene = vqa.scenes("test", 1)[0]
     scene.to_pil().save(tmp_path / "scene.png")
+    prompt = "USER: <image>\ndescribe the image . ASSISTANT:"
+    args = ["explain", str(tmp_path / "scene.png"), prompt, "--model", "shapes-vqa", "--out", str(tmp_path / "out")]
+    assert main([*args, "--steps", "2", "--samples", "1"]) == 0
+    record = json.loads((tmp_path / "out" / "scene.json").read_text())
+    assert record["answer_source"] == "generated"
+    assert record["answer"] == shipped.generate(scene.to_pil(), prompt)
     assert main(["explain", str(tmp_path / "scene.png"), "a red star", "--model", "shapes-vqa"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--answer" in err[0], err
+    assert len(err) == 1 and "<image>" in err[-1], err
 
 
 def test_explain_answer_takes_the_built_in_name(shipped):

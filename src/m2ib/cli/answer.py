@@ -155,7 +155,8 @@ def run_answer(args: argparse.Namespace) -> int:
         )
     method = answer_method(args.method)
     settings = method.make_settings(**_answer_settings(args, method))  # bad values: one line, before the model loads
-    preflight.check_text(args.answer, "--answer")
+    if args.answer is not None:  # else the model's own answer, generated after the load
+        preflight.check_text(args.answer, "--answer")
     preflight.check_text(args.text, "the prompt")
     preflight.check_image_files([args.image])
     preflight.check_device(args.device)
@@ -166,7 +167,8 @@ def run_answer(args: argparse.Namespace) -> int:
     status(f"loading model {args.model} ...")
     backend = load_generative(str(args.model), device=args.device)
     backend.check_prompt(args.text)
-    status(f"explaining the answer ({method.name}) ...")
+    what = "answer" if args.answer is not None else "model's own answer"
+    status(f"explaining the {what} ({method.name}) ...")
     result = explain_answer(
         backend, args.image, args.text, answer=args.answer, method=method.name, **settings.as_dict()
     )

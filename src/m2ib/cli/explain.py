@@ -74,7 +74,8 @@ def add_explain(sub) -> None:
         "--answer",
         default=None,
         metavar="TEXT",
-        help="explain a generative VLM's answer TEXT to the prompt (TEXT is then the prompt, in the "
+        help="explain a generative VLM's answer TEXT to the prompt (without --answer, a generative --model "
+        "such as shapes-vqa or a model folder explains its own answer, generated first; TEXT is then the prompt, in the "
         "family's form: LLaVA (1.5, NeXT, OneVision) and Idefics3 <image>, Qwen2-VL <|image_pad|>, "
         "InternVL <IMG_CONTEXT>, PaliGemma plain text); --model: its save_pretrained folder or hub id "
         "(LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, Idefics3, SmolVLM, Qwen2-VL, Qwen2.5-VL, "
@@ -197,7 +198,9 @@ def run_explain(args: argparse.Namespace) -> int:
     from .common import freeze_startup, status
 
     preflight.check_numeric_flags(args)  # then the extras the flags need, before any model loads
-    if args.answer is not None:  # a generative VLM's answer: its own short route
+    from ..generative.loading import is_generative
+
+    if args.answer is not None or is_generative(args.model):  # a generative VLM's answer: its own short route
         from .answer import run_answer
 
         return run_answer(args)
