@@ -224,3 +224,20 @@ def test_the_viewer_opens_the_answer_tab_on_the_built_in_with_its_own_prompt_for
     shipped.check_prompt(prompt)
     ids = shipped.tokenizer(prompt)["input_ids"]
     assert shipped.tokenizer.unk_token_id not in ids  # every word in its closed vocabulary
+
+
+def test_question_kinds_are_drawn_with_their_weights_and_a_bad_spec_is_one_line(tmp_path, capsys):
+    assert vqa.kind_weights("").tolist() == [0.25] * 4
+    assert vqa.kind_weights("colour:2,exists:2").tolist() == pytest.approx([1 / 3, 1 / 6, 1 / 3, 1 / 6])
+    items = vqa.scenes("train", 20)
+    drawn = vqa.draw_questions(items, np.random.default_rng(0), 300, 2, "caption:0,shape:0")
+    kinds = [q.kind for _, q in drawn]
+    assert set(kinds) == {"colour", "exists"} and kinds.count("colour") > 200  # 1/2 weight, redrawn where not askable
+    same = next(s for s in vqa.scenes("val", 50) if make_question(s, "colour", np.random.default_rng(0)) is None)
+    with pytest.raises(ValueError, match="can ask none of these kinds"):  # not an endless loop
+        vqa.draw_questions([same], np.random.default_rng(0), 1, 2, "colour:1,shape:0,exists:0,caption:0")
+    for bad in ("color:2", "colour:x", "colour:0,shape:0,exists:0,caption:0"):
+        with pytest.raises(ValueError, match="--kinds"):
+            vqa.kind_weights(bad)
+    assert vqa.main(["--out", str(tmp_path / "m"), "--quick", "--kinds", "color:2"]) == 2
+    assert "--kinds" in capsys.readouterr().err and not (tmp_path / "m").exists()

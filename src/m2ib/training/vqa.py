@@ -55,6 +55,7 @@ class VQAConfig:
     lm_heads: int = 4
     feature_layer: int = -2  # the CLIP block whose output the projector reads (LLaVA's choice)
     seed: int = 0
+    kinds: str = ""  # question kinds' sampling weights, "colour:2,exists:2" ("": uniform; a kind left out: 1)
     init: str = ""  # a saved shapes-vqa folder whose projector and language model training starts from ("": random)
 
 
@@ -153,14 +154,40 @@ def prompt_ids(tokenizer, question: Question, image_tokens: int) -> list[int]:
     return ids[:at] + [image] * image_tokens + ids[at + 1 :]
 
 
-def draw_questions(items: list, rng: np.random.Generator, n: int, per_scene: int) -> list[tuple[int, Question]]:
-    """``n`` scenes drawn uniformly, ``per_scene`` questions each (kinds uniform; a kind a scene cannot
-    ask is redrawn): (scene index, question) pairs, a scene's questions together."""
+def kind_weights(spec: str) -> np.ndarray:
+    """``"colour:2,shape:1,exists:2,caption:1"`` -> the probabilities of :data:`QUESTION_KINDS`, in
+    their order (a kind left out: weight 1); a malformed spec is one line."""
+    weights = dict.fromkeys(QUESTION_KINDS, 1.0)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, _, value = part.partition(":")
+        if kind not in weights or not value.replace(".", "", 1).isdigit():
+            raise ValueError(f"--kinds {spec!r}: give KIND:WEIGHT pairs, kinds {', '.join(QUESTION_KINDS)}")
+        weights[kind] = float(value)
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"--kinds {spec!r}: the weights sum to zero")
+    return np.array([weights[k] / total for k in QUESTION_KINDS])
+
+
+def draw_questions(
+    items: list, rng: np.random.Generator, n: int, per_scene: int, kinds: str = ""
+) -> list[tuple[int, Question]]:
+    """``n`` scenes drawn uniformly, ``per_scene`` questions each (kinds drawn with ``kinds``'
+    weights, :func:`kind_weights`, uniform by default; a kind a scene cannot ask is redrawn):
+    (scene index, question) pairs, a scene's questions together."""
+    p = kind_weights(kinds)
     out: list[tuple[int, Question]] = []
     for i in rng.integers(len(items), size=n):
+        # colour/shape need an object unique in the scene: a scene that can ask no weighted kind would never end
+        if not any(
+            w > 0 and make_question(items[int(i)], k, np.random.default_rng(0)) for k, w in zip(QUESTION_KINDS, p)
+        ):
+            raise ValueError(
+                f"--kinds {kinds!r}: training scene {int(i)} can ask none of these kinds; weight exists or caption"
+            )
         asked = 0
         while asked < per_scene:
-            q = make_question(items[int(i)], QUESTION_KINDS[int(rng.integers(len(QUESTION_KINDS)))], rng)
+            q = make_question(items[int(i)], QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=p))], rng)
             if q is not None:
                 out.append((int(i), q))
                 asked += 1
@@ -301,7 +328,7 @@ def train(model, tokenizer, features: torch.Tensor, items: list, config: VQAConf
     for _ in bar:
         if config.time_limit and time.perf_counter() - start > config.time_limit:
             break
-        pairs = draw_questions(items, rng, config.batch_size // config.per_scene, config.per_scene)
+        pairs = draw_questions(items, rng, config.batch_size // config.per_scene, config.per_scene, config.kinds)
         ids, mask, labels = make_batch(tokenizer, pairs, features.shape[1])
         index = torch.tensor([i for i, _ in pairs[:: config.per_scene]])
         logits, cut = shared_prefix_logits(model, features[index], ids, mask)
@@ -382,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     given = {f: getattr(args, f) for f in asdict(VQAConfig()) if getattr(args, f) is not None}
     config = replace(QUICK if args.quick else VQAConfig(), **given)
+    try:
+        kind_weights(config.kinds)
+    except ValueError as exc:
+        print(f"m2ib: {exc}", file=sys.stderr)
+        return 2
     command = "python -m m2ib.training.vqa " + " ".join(argv if argv is not None else sys.argv[1:])
     record = run(config, out, progress=not args.no_progress, command=command)
     print(json.dumps(record["training"]["val_accuracy"]))
