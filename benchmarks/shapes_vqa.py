@@ -94,6 +94,7 @@ def pointing(backend, n: int, seed: int, methods: list[str], sanity: int) -> dic
             "sanity_n": len(rhos),
             "seconds": round(time.perf_counter() - start, 1),
         }
+        print(f"{method}: {out[method]}", file=sys.stderr, flush=True)  # each row as it is done
     chance = float(np.mean([scene.masks[q.target].float().mean() for scene, q in pairs])) if pairs else 0.0
     return {"chance": chance, "methods": out}
 
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="shapes-vqa", help="built-in name or a saved model directory")
     parser.add_argument("--n", type=int, default=200, help="questions per kind (0: no accuracy)")
     parser.add_argument("--pointing", type=int, default=0, help="pointing-game questions (0: none)")
-    parser.add_argument("--sanity", type=int, default=0, help="of the pointing questions, how many also get the sanity check")
+    parser.add_argument(
+        "--sanity", type=int, default=0, help="of the pointing questions, how many also get the sanity check"
+    )
     parser.add_argument("--methods", default="m2ib,saliency,input_x_gradient,llava_cam,relevancy,occlusion,rise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the numbers here")

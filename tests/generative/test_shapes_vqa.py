@@ -66,11 +66,11 @@ def _fixed_test_accuracy(backend) -> tuple[int, int]:
 
 
 def test_the_shipped_model_answers_fixed_test_questions(shipped):
-    # The shipped weights are far from the 95 % target (docs/generative.md: about half the short
-    # answers right); this checks that trained weights are shipped and read: an untrained model
-    # answers almost none exactly (a test below), the shipped one at least a quarter.
+    # The shipped weights answer 28 of these 30 (greedy, deterministic); the test split's accuracy
+    # is in docs/generative.md (200 per kind: colour 92 %, shape 100 %, exists 98 %, caption 80 %).
+    # An untrained language model answers almost none exactly (the test below).
     right, total = _fixed_test_accuracy(shipped)
-    assert total >= 24 and right >= total / 4, f"{right}/{total} right"
+    assert total >= 24 and right >= 0.85 * total, f"{right}/{total} right"
 
 
 def test_an_untrained_language_model_fails_the_fixed_questions(shipped):
