@@ -63,9 +63,7 @@ for name in ("shortcut", "clean"):
     model = m2ib.load(materialise(name, work / f"model-{name}"))
     audits[name] = m2ib.audit(model, scenes, work / f"audit-{name}", batch_size=6, progress=False)
     share = float(mass_in(audits[name].summary.prior, cover))
-    print(
-        f"{name:8s}: the mark's box holds {share:.3f} of the mean map's mass (an even map: {cover.float().mean():.3f})"
-    )
+    print(f"{name:8s}: the mark's box holds {share:.3f} of the mean map's mass (an even map: {cover.float().mean():.3f})")
     for region in audits[name].summary.regions[:3]:
         print(f"    {region.name}: {region.where((16, 16))}, {region.mass:.3f} of the mass")
 

@@ -28,10 +28,7 @@ command = ["evaluate", "--data", "shapes:test:6", "--methods", "m2ib,chefer", "-
 
 # Stop after the first batch, as a kill would: --time-limit starts no new batch after 1 s.
 main(command + ["--time-limit", "1"])
-print(
-    sum(1 for _ in open(out / "results.jsonl")),
-    "lines in results.jsonl (a provenance record, then one per pair and method)",
-)
+print(sum(1 for _ in open(out / "results.jsonl")), "lines in results.jsonl (a provenance record, then one per pair and method)")
 
 # %% [markdown]
 # The same command again resumes: it skips what is done.
