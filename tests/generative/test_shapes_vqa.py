@@ -150,6 +150,10 @@ def test_training_runs_end_to_end_and_the_result_loads(tmp_path):
     backend = load_generative(str(out))
     assert _same_tower(backend.model)
     assert vqa.main(["--out", str(out), "--quick"]) == 2  # never writes over a folder
+    again = tmp_path / "again"  # a warm start keeps the record of the run it started from
+    assert vqa.main(["--out", str(again), "--quick", "--no-progress", "--init", str(out)]) == 0
+    chained = json.loads((again / "m2ib.json").read_text())["training"]
+    assert chained["init_record"] == record["training"] and chained["config"]["init"] == str(out)
 
 
 def test_the_command_line_explains_an_answer_of_the_built_in_model(tmp_path):

@@ -269,6 +269,8 @@ def greedy_answers(model, tokenizer, features: torch.Tensor, questions: list[Que
             ids[b, : len(r)] = torch.tensor(r)
         mask = (torch.arange(length)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
         logits = logits_from_features(model, features, ids, mask)
+        # an image placeholder as an answer token would ask for a second image (an untrained model may pick it)
+        logits[..., model.config.image_token_id] = float("-inf")
         for b, r in enumerate(rows):
             token = int(logits[b, len(r) - 1].argmax())
             if not done[b]:
@@ -369,25 +371,26 @@ def run(config: VQAConfig, out: Path, progress: bool = True, command: str = "") 
     features = image_features(model, processor, train_items, progress=progress)
     val_features = image_features(model, processor, val_items, progress=progress)
     losses = train(model, processor.tokenizer, features, train_items, config, progress)
+    training: dict[str, Any] = {
+        "command": command,
+        "config": asdict(config),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "steps_done": len(losses),
+        "final_loss": losses[-1],
+        "mean_loss_last_50": float(np.mean(losses[-50:])),
+        "loss_curve": {i + 1: round(losses[i], 5) for i in range(0, len(losses), max(1, len(losses) // 20))},
+        "val_accuracy": accuracy(model, processor.tokenizer, val_features, val_items, config.seed + 1),
+    }
+    if config.init:  # the run it started from, so that the whole training is on record
+        training["init_record"] = json.loads((Path(config.init) / "m2ib.json").read_text())["training"]
     record = {
         "name": "shapes-vqa",
         "prompt": PROMPT,
         "vision_tower_from": {"model": "shapes", "sha256": sha256(SHAPES_DIR / "model.safetensors")},
-        "training": {
-            "command": command,
-            "config": asdict(config),
-            "wall_seconds": round(time.perf_counter() - start, 1),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "steps_done": len(losses),
-            "final_loss": losses[-1],
-            "mean_loss_last_50": float(np.mean(losses[-50:])),
-            "loss_curve": {i + 1: round(losses[i], 5) for i in range(0, len(losses), max(1, len(losses) // 20))},
-            "val_accuracy": accuracy(model, processor.tokenizer, val_features, val_items, config.seed + 1),
-        },
+        "training": training,
     }
-    if config.init:  # the run it started from, so that the whole training is on record
-        record["training"]["init_record"] = json.loads((Path(config.init) / "m2ib.json").read_text())["training"]
     export(model, processor, out, record)
     return record
 
