@@ -5,7 +5,6 @@ generative model, and a run fills it in a real browser (Debian's chromium throug
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -234,6 +233,4 @@ def test_answer_tab_in_a_browser(app, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    if os.environ.get("M2IB_UPDATE_SCREENSHOT"):  # refresh the docs' picture
-        shutil.copyfile(shot, ROOT / "docs" / "viewer_answer.png")
     assert outside == []  # offline and private: the page asks nothing of other hosts

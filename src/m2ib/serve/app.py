@@ -105,7 +105,7 @@ def build_app(
     workdir = Path(workdir)
     (workdir / "runs").mkdir(parents=True, exist_ok=True)
     limits = {"max_bytes": max_upload_mb * 1e6, "max_pixels": max_megapixels * 1e6}
-    name = _model_name(backend)
+    name = model if generative and isinstance(model, str) else _model_name(backend)  # "shapes-vqa", not its folder
 
     blocks_kw = {"title": "m2ib viewer", "analytics_enabled": False, "delete_cache": (KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)}
     with gr.Blocks(**accepted(gr.Blocks.__init__, **blocks_kw)) as demo:
