@@ -58,6 +58,10 @@ print("peak inside the named object:", pointing_game(exp.image_map, scene.masks[
 print({w: round(float(s), 3) for w, s in zip(exp.prompt_words, exp.prompt_scores, strict=True)})
 
 # %% [markdown]
+# Read the prompt scores with care: on this model the prompt side ranks function words such as
+# "the" and ":" high. As on the CLIP path, M2IB's KL term grows with a token state's norm
+# ([the KL-norm study](../kl_norms.md)), and the prompt's bottleneck sits on the embeddings.
+#
 # A caption has an answer word per object: each word's map should sit on its own object.
 
 # %%
