@@ -103,3 +103,12 @@ def test_image_layer_puts_the_site_where_the_api_does(saved, tmp_path):
     at_input = explain_answer(backend, saved / "scene.png", PROMPT, answer="a red circle", image_layer=0, **same)
     np.testing.assert_allclose(arrays["token_scores"], api.token_scores.numpy(), rtol=1e-5, atol=1e-7)
     assert not np.allclose(arrays["token_scores"], at_input.token_scores.numpy(), rtol=1e-3)
+
+
+def test_an_image_the_processor_cannot_read_is_one_line_before_the_model_loads(tmp_path, capsys):
+    bad = tmp_path / "scene.png"
+    bad.write_bytes(b"not a png")  # a file, but no image
+    args = ["explain", str(bad), PROMPT, "--answer", "a", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scene.png" in err and "no-model" not in err  # the image, not the model
