@@ -190,44 +190,17 @@ def test_the_global_images_tokens_spread_over_their_cells_by_area(tiled, picture
     """The global image's 16 tokens (the last) over the 8 x 12 grid: a plain count on a lattice over the display
     (each point's tile cell and the global image's token that reads it), to 1e-3; tile tokens spread nowhere; the
     map of one global image token's score is its spread, its 2 x 3 block of cells."""
-    from whole_image_lattice import lattice_spread
+    from whole_image_lattice import check_whole_image_spread
 
-    from m2ib.generative.m2ib import grid_scores
-
-    backend = generative_backend(*tiled)
-    query = backend.prepare(picture, PROMPT, ANSWER)
-    spread = query.spread.to_dense()
-    assert spread.shape == (112, 96) and not spread[:96].any() and (query.cells[96:] == -1).all()
-    torch.testing.assert_close(spread[96:], lattice_spread((2, 3), 16, 4), rtol=0, atol=1e-3)
-    scores = torch.zeros(112)
-    scores[96 + 1 * 4 + 2] = 2.0  # token (1, 2): rows 2-3, columns 6-8
-    shown = grid_scores(scores, query.cells, query.grid, query.spread)
-    assert shown.nonzero().tolist() == [[r, c] for r in (2, 3) for c in (6, 7, 8)]
-    torch.testing.assert_close(shown.sum(), torch.tensor(2.0))
+    check_whole_image_spread(generative_backend(*tiled), picture, PROMPT, ANSWER)
 
 
 def test_the_fit_finds_the_global_token_the_answer_reads(tiled, picture):
     """A planted signal: a likelihood that reads only global image token (1, 2) must give it the largest KL by far
     and put the map's peak on its 2 x 3 block of cells (rows 2-3, columns 6-8 of the 8 x 12 grid)."""
-    from m2ib.generative import AnswerM2IBSettings, fit_answer
+    from whole_image_lattice import check_fit_finds_the_whole_image_token
 
     model, processor = tiled
-    g = torch.Generator().manual_seed(0)
-    states = torch.randn(1, 112, 32, generator=g)
-    states = 3.0 * states / states.norm(dim=-1, keepdim=True)
-    read = 96 + 1 * 4 + 2
-
-    class ReadsOneToken(type(generative_backend(model, processor))):
-        def image_states(self, query):
-            return states.clone()
-
-        def rest(self, query, z):
-            return -10.0 * (z[:, read] - states[:, read]).square().sum(-1)
-
-    backend = ReadsOneToken(model, processor)
-    fit = fit_answer(backend, backend.prepare(picture, PROMPT, ANSWER), AnswerM2IBSettings(steps=10, samples=4))
-    others = torch.cat([fit.token_scores[:read], fit.token_scores[read + 1 :]])
-    assert int(fit.token_scores.argmax()) == read and fit.token_scores[read] > 100 * others.max()
-    block = torch.zeros(8, 12, dtype=torch.bool)
-    block[2:4, 6:9] = True
-    assert fit.grid_map[block].min() > 10 * fit.grid_map[~block].max()
+    check_fit_finds_the_whole_image_token(
+        type(generative_backend(model, processor)), model, processor, picture, PROMPT, ANSWER
+    )
