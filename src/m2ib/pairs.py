@@ -193,14 +193,19 @@ def explain_pairs(load: Callable[[], Backend], rows: PairRows, stems: Sequence[s
 
 def check_no_clash(rows: PairRows, stems: Sequence[str], job: PairsJob) -> None:
     """Refuse a run any of whose files would have the path of an input (an image or ``job.inputs``)."""
-    inputs = {Path(p).resolve(): p for p in [*(image for image, _ in rows.pairs), *map(str, job.inputs)]}
+    refuse_over_inputs(job.out, stems, [*(image for image, _ in rows.pairs), *map(str, job.inputs)])
+
+
+def refuse_over_inputs(out: Path, stems: Sequence[str], inputs: Sequence[str]) -> None:
+    """One line when a file ``out/STEM.{png,npz,json}`` would have the path of one of ``inputs``."""
+    resolved = {Path(p).resolve(): p for p in inputs}
     for stem in stems:
         for suffix in SUFFIXES:
-            target = (job.out / f"{stem}.{suffix}").resolve()
-            if target in inputs:
+            target = (out / f"{stem}.{suffix}").resolve()
+            if target in resolved:
                 raise InputError(
-                    f"--out {job.out}: would write {job.out / f'{stem}.{suffix}'} over the input "
-                    f"{inputs[target]}; pick another --out"
+                    f"--out {out}: would write {out / f'{stem}.{suffix}'} over the input "
+                    f"{resolved[target]}; pick another --out"
                 )
 
 

@@ -112,3 +112,16 @@ def test_an_image_the_processor_cannot_read_is_one_line_before_the_model_loads(t
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "scene.png" in err and "no-model" not in err  # the image, not the model
+
+
+def test_out_at_the_images_folder_never_writes_over_the_image(saved, tmp_path, capsys):
+    import shutil
+
+    image = tmp_path / "scene.png"
+    shutil.copyfile(saved / "scene.png", image)
+    before = image.read_bytes()
+    args = ["explain", str(image), PROMPT, "--answer", "a", "--model", str(saved / "model"), "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "over the input" in err
+    assert image.read_bytes() == before and not (tmp_path / "scene.json").exists()

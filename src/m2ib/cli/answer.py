@@ -147,6 +147,7 @@ def run_answer(args: argparse.Namespace) -> int:
     from ..generative import explain_answer
     from ..generative.loading import load_generative
     from ..generative.methods import ANSWER_METHODS, answer_method
+    from ..pairs import refuse_over_inputs
 
     _check_flags(args)
     if args.method not in ANSWER_METHODS:
@@ -161,6 +162,7 @@ def run_answer(args: argparse.Namespace) -> int:
     preflight.check_image_files([args.image])
     preflight.check_device(args.device)
     stem = Path(args.image).stem
+    refuse_over_inputs(Path(args.out), [stem], [args.image])  # the figure would be IMAGE itself
     done = Path(args.out) / f"{stem}.json"  # written last: the record that a result is complete
     if done.exists() and not args.overwrite:
         raise InputError(f"{done} exists: --overwrite to redo it, or choose another --out")
